@@ -1,0 +1,43 @@
+"""causalrec: what does recommending this item actually cause?
+
+Per-item causal effects of recommendations from logged data, batched on torch.
+Heavy modules (torch, transformers, dowhy) load on first use of a name.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "InteractionLog": "schema",
+    "SchemaError": "schema",
+    "read_log": "schema",
+    "estimate_item_effects": "estimate",
+    "ItemEffectEstimator": "estimate",
+    "TextEncoder": "confounders",
+    "TextReducer": "confounders",
+    "CausalGraph": "graph",
+    "NotIdentifiableError": "graph",
+    "refute_item_effects": "refute",
+    "sensitivity": "refute",
+    "deep_dive": "refute",
+    "rank_items": "rank",
+    "compare_policies": "rank",
+    "EffectReport": "report",
+    "FairnessAudit": "audit",
+    "estimate_item_values": "bandit",
+    "estimate_policy_value": "bandit",
+}
+
+__all__ = sorted(_EXPORTS) + ["datasets", "__version__"]
+
+
+def __getattr__(name):
+    if name == "datasets":
+        return import_module("causalrec.datasets")
+    if name in _EXPORTS:
+        return getattr(import_module(f"causalrec.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'causalrec' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
