@@ -1,0 +1,230 @@
+"""A recommendation-log simulator with known per-item causal effects.
+
+The logging policy recommends items to users it expects to click (confounded exposure):
+exposure and the untreated outcome both rise with user activity and with a match between the
+topic of the user's profile text and the item's topic. Rows per item are heavy-tailed (Zipf).
+Potential outcomes are simulated, so every row carries its true effect and each item's true
+ATE is the average of those over its rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SimulatedLog", "simulate_log", "load_sample"]
+
+TOPICS = {
+    "sports": ["football", "marathon training", "cycling", "the gym", "tennis", "hiking trails",
+               "basketball", "swimming", "yoga", "rock climbing"],
+    "cooking": ["baking bread", "vegan recipes", "italian food", "spicy curries", "barbecue",
+                "pastry", "fermentation", "street food", "coffee brewing", "meal prep"],
+    "technology": ["programming", "smartphones", "gaming PCs", "machine learning", "gadgets",
+                   "open source", "robotics", "home automation", "drones", "cyber security"],
+    "fashion": ["sneakers", "vintage clothing", "streetwear", "handbags", "designer jackets",
+                "sustainable fashion", "watches", "denim", "summer dresses", "jewellery"],
+    "travel": ["backpacking", "city breaks", "beach resorts", "road trips", "camping",
+               "train journeys", "island hopping", "ski holidays", "museums abroad", "cruises"],
+    "music": ["jazz", "vinyl records", "guitar", "live concerts", "classical piano", "hip hop",
+              "music festivals", "synthesizers", "indie bands", "opera"],
+    "gardening": ["houseplants", "vegetable patches", "roses", "composting", "bonsai",
+                  "succulents", "garden design", "orchids", "herb gardens", "lawn care"],
+    "finance": ["index funds", "budgeting", "crypto", "real estate", "saving for retirement",
+                "stock picking", "personal loans", "frugal living", "dividends", "tax tips"],
+}
+FILLERS = ["Always looking for something new.", "Weekend person.", "Night owl.",
+           "Shops mostly on the phone.", "Loves a good deal.", "Reads reviews first.",
+           "Buys gifts for friends.", "Prefers quality over quantity.", ""]
+GROUPS = ["A", "B", "C", "D"]
+DEVICES = ["mobile", "desktop", "tablet"]
+
+
+@dataclass
+class SimulatedLog:
+    """A simulated log with its ground truth.
+
+    Attributes
+    ----------
+    data : the log, one row per opportunity.
+    truth : one row per item: ``item, true_ate, n, n_treated, n_control, topic, planted``.
+    group_truth : one row per item and user group: ``item, group, true_ate, n``.
+    roles : keyword arguments naming the columns for ``estimate_item_effects``.
+    params : the simulation settings.
+    """
+
+    data: pd.DataFrame
+    truth: pd.DataFrame
+    group_truth: pd.DataFrame
+    roles: dict
+    params: dict = field(default_factory=dict)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _profile_text(rng, topic: str, noise_topic: str | None) -> str:
+    words = list(rng.choice(TOPICS[topic], size=3, replace=False))
+    if noise_topic is not None:
+        words[2] = str(rng.choice(TOPICS[noise_topic]))
+    return f"Into {words[0]}, {words[1]} and {words[2]}. {rng.choice(FILLERS)}".strip()
+
+
+def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, *,
+                 outcome: str = "binary", numeric_confounding: float = 1.0,
+                 text_confounding: float = 1.0, effect_scale: float = 1.0,
+                 popularity_skew: float = 1.0, n_topics: int = 5, n_groups: int = 2,
+                 effect_disparity: float = 0.0, exposure_disparity: float = 0.0,
+                 disparity_share: float = 0.3, n_providers: int = 8,
+                 seed: int = 0) -> SimulatedLog:
+    """Simulate a confounded recommendation log with known per-item effects.
+
+    Parameters
+    ----------
+    outcome : "binary" (column ``clicked``) or "continuous" (column ``watch_minutes``).
+    numeric_confounding, text_confounding : strength of confounding through the numeric
+        columns (activity, hour, tenure) and through the topic of ``user_text``. Set one to 0
+        to make the other the only route.
+    effect_scale : multiplies every item's effect (0 gives no effect anywhere).
+    popularity_skew : Zipf exponent of rows per item (larger: heavier head, thinner tail).
+    effect_disparity : on a share ``disparity_share`` of items (``truth.planted``), the effect
+        for users outside the first group is multiplied by ``1 - effect_disparity``.
+    exposure_disparity : logit decrease of exposure for users outside the first group.
+    """
+    if outcome not in {"binary", "continuous"}:
+        raise ValueError(f"outcome must be 'binary' or 'continuous', got {outcome!r}")
+    if not 1 <= n_topics <= len(TOPICS):
+        raise ValueError(f"n_topics must be in [1, {len(TOPICS)}]")
+    if not 1 <= n_groups <= len(GROUPS):
+        raise ValueError(f"n_groups must be in [1, {len(GROUPS)}]")
+    rng = np.random.default_rng(seed)
+    topics = list(TOPICS)[:n_topics]
+
+    # users: topic (only visible through the profile text), activity, tenure, group, device
+    u_topic = rng.integers(n_topics, size=n_users)
+    noisy = rng.random(n_users) < 0.2
+    noise_topic = rng.integers(n_topics, size=n_users)
+    u_text = np.array([_profile_text(rng, topics[t], topics[o] if z else None)
+                       for t, o, z in zip(u_topic, noise_topic, noisy)], dtype=object)
+    u_activity = rng.normal(size=n_users)
+    u_tenure = rng.exponential(2.0, size=n_users)
+    u_group = rng.choice(n_groups, size=n_users, p=_group_shares(n_groups))
+    u_device = rng.choice(len(DEVICES), size=n_users, p=[0.6, 0.3, 0.1])
+
+    # items: topic, exposure and click base rates, effect on the logit scale, provider
+    i_topic = rng.integers(n_topics, size=n_items)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** popularity_skew
+    i_expose = rng.normal(-1.0, 0.6, size=n_items) + 0.4 * np.log(popularity / popularity.max())
+    i_base = rng.normal(-2.0, 0.5, size=n_items)
+    i_effect = effect_scale * np.where(rng.random(n_items) < 0.25, 0.0,
+                                       rng.gamma(2.0, 0.25, size=n_items))
+    i_effect -= effect_scale * 0.15 * (rng.random(n_items) < 0.1)
+    planted = rng.random(n_items) < disparity_share if effect_disparity else np.zeros(n_items, bool)
+    i_provider = rng.integers(n_providers, size=n_items)
+    i_text = np.array([f"{topics[t].title()} item: {', '.join(rng.choice(TOPICS[topics[t]], 2, replace=False))}"
+                       f" (ref {k})" for k, t in enumerate(i_topic)], dtype=object)
+
+    # opportunities
+    item = rng.choice(n_items, size=n_rows, p=popularity / popularity.sum())
+    user = rng.integers(n_users, size=n_rows)
+    hour = rng.integers(24, size=n_rows)
+    activity, tenure, group = u_activity[user], u_tenure[user], u_group[user]
+    match = (u_topic[user] == i_topic[item]).astype(float)
+    hour_z = (hour - 11.5) / 6.9
+    tenure_z = (tenure - 2.0) / 2.0
+
+    expose_logit = (i_expose[item]
+                    + numeric_confounding * (0.9 * activity + 0.3 * hour_z - 0.3 * tenure_z)
+                    + text_confounding * 1.6 * (match - 1.0 / n_topics)
+                    - exposure_disparity * (group > 0))
+    propensity = _sigmoid(np.clip(expose_logit, -3.5, 3.5))
+    treated = (rng.random(n_rows) < propensity).astype(np.int64)
+
+    base = (i_base[item]
+            + numeric_confounding * (0.8 * activity + 0.2 * hour_z + 0.3 * tenure_z)
+            + text_confounding * 1.4 * (match - 1.0 / n_topics))
+    effect = i_effect[item] * (1.0 + 0.2 * activity)
+    effect = np.where(planted[item] & (group > 0), effect * (1.0 - effect_disparity), effect)
+    if outcome == "binary":
+        y0, y1 = _sigmoid(base), _sigmoid(base + effect)
+        y = (rng.random(n_rows) < np.where(treated == 1, y1, y0)).astype(np.int64)
+        outcome_col = "clicked"
+    else:
+        y0, y1 = 10.0 + 4.0 * base, 10.0 + 4.0 * (base + effect)
+        y = np.where(treated == 1, y1, y0) + rng.normal(0.0, 3.0, size=n_rows)
+        outcome_col = "watch_minutes"
+    row_effect = y1 - y0
+
+    data = pd.DataFrame({
+        "user_id": user, "item_id": item,
+        "recommended": treated, outcome_col: y,
+        "user_activity": activity, "hour": hour, "tenure": tenure,
+        "device": np.array(DEVICES, dtype=object)[u_device[user]],
+        "user_group": np.array(GROUPS, dtype=object)[group],
+        "user_text": u_text[user], "item_text": i_text[item],
+        "item_provider": np.array([f"provider_{p}" for p in range(n_providers)], dtype=object)[i_provider[item]],
+        "propensity": propensity,
+    })
+    truth = _truth(data.assign(_effect=row_effect), ["item_id"])
+    truth = truth.assign(topic=np.array(topics, dtype=object)[i_topic[truth["item"]]],
+                         planted=planted[truth["item"]])
+    group_truth = _truth(data.assign(_effect=row_effect), ["item_id", "user_group"])
+    roles = _roles(outcome_col)
+    params = dict(n_items=n_items, n_users=n_users, n_rows=n_rows, outcome=outcome,
+                  numeric_confounding=numeric_confounding, text_confounding=text_confounding,
+                  effect_scale=effect_scale, popularity_skew=popularity_skew, n_topics=n_topics,
+                  n_groups=n_groups, effect_disparity=effect_disparity,
+                  exposure_disparity=exposure_disparity, disparity_share=disparity_share,
+                  seed=seed)
+    return SimulatedLog(data, truth, group_truth, roles, params)
+
+
+def _roles(outcome_col: str) -> dict:
+    return dict(item="item_id", treatment="recommended", outcome=outcome_col,
+                confounders=["user_activity", "hour", "tenure"],
+                categorical=["device", "user_group"], text=["user_text"])
+
+
+def _group_shares(n_groups: int) -> np.ndarray:
+    shares = np.linspace(1.5, 1.0, n_groups)
+    return shares / shares.sum()
+
+
+def _truth(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per-segment true ATE: the mean of the rows' individual effects."""
+    out = (frame.groupby(keys, sort=True)
+           .agg(true_ate=("_effect", "mean"), n=("_effect", "size"),
+                n_treated=("recommended", "sum"))
+           .reset_index())
+    out["n_control"] = out["n"] - out["n_treated"]
+    return out.rename(columns={"item_id": "item", "user_group": "group"})
+
+
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data"
+SAMPLE_SETTINGS = dict(n_items=120, n_users=1500, n_rows=30_000, effect_disparity=0.6,
+                       exposure_disparity=0.5, seed=2026)
+
+
+def load_sample() -> SimulatedLog:
+    """The bundled sample log (``data/sample_log.parquet``) with its truth.
+
+    Falls back to regenerating it (same seed) when the files are not next to the package.
+    """
+    log_path, truth_path = SAMPLE_DIR / "sample_log.parquet", SAMPLE_DIR / "sample_truth.csv"
+    if not (log_path.exists() and truth_path.exists()):
+        return simulate_log(**SAMPLE_SETTINGS)
+    group_path = SAMPLE_DIR / "sample_group_truth.csv"
+    group_truth = pd.read_csv(group_path) if group_path.exists() else None
+    return SimulatedLog(pd.read_parquet(log_path), pd.read_csv(truth_path), group_truth,
+                        _roles("clicked"), dict(SAMPLE_SETTINGS))
+
+
+def write_sample(directory: Path = SAMPLE_DIR) -> None:
+    """Regenerate the bundled sample files."""
+    sim = simulate_log(**SAMPLE_SETTINGS)
+    directory.mkdir(parents=True, exist_ok=True)
+    sim.data.to_parquet(directory / "sample_log.parquet", index=False)
+    sim.truth.to_csv(directory / "sample_truth.csv", index=False)
+    sim.group_truth.to_csv(directory / "sample_group_truth.csv", index=False)

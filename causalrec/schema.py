@@ -1,0 +1,165 @@
+"""Column roles of a logged-interaction table, validated once.
+
+A log has one row per (user, item, context) opportunity: a binary treatment (the item was
+recommended or exposed), an outcome, and the columns that confound the two.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["InteractionLog", "SchemaError", "read_log"]
+
+
+class SchemaError(ValueError):
+    """A column of the log is missing, mistyped or holds invalid values."""
+
+    def __init__(self, column: str | None, problem: str):
+        self.column = column
+        self.problem = problem
+        super().__init__(f"column {column!r}: {problem}" if column else problem)
+
+
+def read_log(path) -> pd.DataFrame:
+    """Read a log from CSV or Parquet (chosen by the file suffix)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such log file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    if suffix in {".csv", ".gz", ".tsv"}:
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file")
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+@dataclass
+class InteractionLog:
+    """A validated log with named column roles.
+
+    Parameters
+    ----------
+    data : DataFrame, one row per opportunity.
+    item : column (or columns) identifying the item; effects are estimated per item.
+    treatment : binary column, 1 when the item was recommended / exposed.
+    outcome : numeric column (click, purchase, watch time).
+    confounders : numeric columns that affect both exposure and outcome.
+    categorical : categorical confounders (one-hot encoded downstream).
+    text : free-text confounders (embedded downstream, see ``causalrec.confounders``).
+    propensity : logged probability of treatment; used instead of a fitted model.
+    user : user identifier (not a confounder; kept for reports).
+    group : sensitive user group, for fairness audits.
+    """
+
+    data: pd.DataFrame
+    item: str | list[str]
+    treatment: str
+    outcome: str
+    confounders: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    propensity: str | None = None
+    user: str | None = None
+    group: str | None = None
+
+    def __post_init__(self):
+        self.confounders = _as_list(self.confounders)
+        self.categorical = _as_list(self.categorical)
+        self.text = _as_list(self.text)
+        self._validate()
+
+    @property
+    def item_columns(self) -> list[str]:
+        return _as_list(self.item)
+
+    @property
+    def roles(self) -> dict[str, list[str]]:
+        """Role name -> columns, for every role that is set."""
+        roles = {
+            "item": self.item_columns,
+            "treatment": [self.treatment],
+            "outcome": [self.outcome],
+            "confounders": self.confounders,
+            "categorical": self.categorical,
+            "text": self.text,
+            "propensity": _as_list(self.propensity),
+            "user": _as_list(self.user),
+            "group": _as_list(self.group),
+        }
+        return {role: cols for role, cols in roles.items() if cols}
+
+    @property
+    def outcome_is_binary(self) -> bool:
+        return bool(np.isin(self.data[self.outcome].to_numpy(), [0, 1]).all())
+
+    def _validate(self) -> None:
+        df = self.data
+        if not isinstance(df, pd.DataFrame):
+            raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
+        if len(df) == 0:
+            raise SchemaError(None, "the log is empty (no rows)")
+        seen: dict[str, str] = {}
+        for role, cols in self.roles.items():
+            for col in cols:
+                if not isinstance(col, str) and not np.isscalar(col):
+                    raise SchemaError(str(col), f"role {role!r} expects column names")
+                if col in seen and not (role == "group" and seen[col] == "categorical"):
+                    raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
+                seen.setdefault(col, role)
+                if col not in df.columns:
+                    raise SchemaError(col, f"missing from the log (role {role!r})")
+        for col in self.item_columns:
+            _check_no_missing(df[col], col)
+        self._check_treatment(df[self.treatment])
+        for col in [self.outcome, *self.confounders]:
+            _check_finite_numeric(df[col], col)
+        if self.propensity is not None:
+            p = df[self.propensity]
+            _check_finite_numeric(p, self.propensity)
+            bad = int(((p <= 0) | (p > 1)).sum())
+            if bad:
+                raise SchemaError(self.propensity, f"{bad} logged propensities outside (0, 1]")
+        for col in self.text:
+            values = df[col]
+            wrong = values[values.notna() & ~values.map(lambda v: isinstance(v, str))]
+            if len(wrong):
+                raise SchemaError(
+                    col, f"text column holds {len(wrong)} non-string values, "
+                    f"e.g. {wrong.iloc[0]!r} ({type(wrong.iloc[0]).__name__})")
+        if self.group is not None:
+            _check_no_missing(df[self.group], self.group)
+
+    def _check_treatment(self, t: pd.Series) -> None:
+        if t.isna().any():
+            raise SchemaError(self.treatment, f"{int(t.isna().sum())} missing treatment values")
+        if not (pd.api.types.is_bool_dtype(t) or pd.api.types.is_numeric_dtype(t)):
+            raise SchemaError(self.treatment, f"treatment must be binary 0/1, got dtype {t.dtype}")
+        values = np.unique(t.to_numpy(dtype=float))
+        if not np.isin(values, [0.0, 1.0]).all():
+            shown = ", ".join(f"{v:g}" for v in values[:5])
+            raise SchemaError(self.treatment, f"treatment must be binary 0/1, found values {shown}")
+
+
+def _check_no_missing(s: pd.Series, col: str) -> None:
+    if s.isna().any():
+        raise SchemaError(col, f"{int(s.isna().sum())} missing values")
+
+
+def _check_finite_numeric(s: pd.Series, col: str) -> None:
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+        raise SchemaError(col, f"must be numeric, got dtype {s.dtype}")
+    values = s.to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise SchemaError(col, f"{int(bad.sum())} NaN or infinite values")
