@@ -49,6 +49,8 @@ class SimulatedLog:
     ----------
     data : the log, one row per opportunity.
     truth : one row per item: ``item, true_ate, n, n_treated, n_control, topic, planted``.
+    row_truth : per row of ``data``: true ``propensity``, expected outcomes ``mu0``, ``mu1``
+        without / with the recommendation, and the row's ``effect`` (``mu1 - mu0``).
     group_truth : one row per item and user group: ``item, group, true_ate, n``.
     roles : keyword arguments naming the columns for ``estimate_item_effects``.
     params : the simulation settings.
@@ -59,6 +61,7 @@ class SimulatedLog:
     group_truth: pd.DataFrame
     roles: dict
     params: dict = field(default_factory=dict)
+    row_truth: pd.DataFrame | None = None
 
 
 def _sigmoid(z):
@@ -178,7 +181,8 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                   n_groups=n_groups, effect_disparity=effect_disparity,
                   exposure_disparity=exposure_disparity, disparity_share=disparity_share,
                   seed=seed)
-    return SimulatedLog(data, truth, group_truth, roles, params)
+    row_truth = pd.DataFrame({"propensity": propensity, "mu0": y0, "mu1": y1, "effect": row_effect})
+    return SimulatedLog(data, truth, group_truth, roles, params, row_truth)
 
 
 def _roles(outcome_col: str) -> dict:

@@ -1,0 +1,101 @@
+"""From a validated log to tensors: confounder matrix, segment ids, cross-fitting folds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..schema import InteractionLog
+
+__all__ = ["Design", "build_design", "segment_ids", "assign_folds"]
+
+
+@dataclass
+class Design:
+    """Standardised confounder matrix (no intercept) and its column names."""
+
+    X: np.ndarray
+    columns: list[str]
+    dropped: list[str]
+
+
+def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
+                 max_levels: int = 50, dtype=np.float32) -> Design:
+    """Numeric confounders, one-hot categoricals and ``extra`` columns (e.g. text components),
+    each standardised; constant columns are dropped (they carry no information)."""
+    df = log.data
+    parts, names = [], []
+    if log.confounders:
+        parts.append(df[log.confounders].to_numpy(dtype=np.float64))
+        names += log.confounders
+    for col in log.categorical:
+        onehot, levels = _one_hot(df[col], max_levels)
+        parts.append(onehot[:, 1:])  # reference coding: no column collinear with the intercept
+        names += [f"{col}={level}" for level in levels[1:]]
+    if extra is not None and extra.shape[1]:
+        parts.append(extra.to_numpy(dtype=np.float64))
+        names += list(extra.columns)
+    if not parts:
+        return Design(np.zeros((len(df), 0), dtype=dtype), [], [])
+    X = np.concatenate(parts, axis=1)
+    mean, std = X.mean(0), X.std(0)
+    keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
+    X = ((X[:, keep] - mean[keep]) / std[keep]).astype(dtype)
+    return Design(X, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k])
+
+
+def _one_hot(values: pd.Series, max_levels: int):
+    """One column per level (sorted); levels beyond the ``max_levels`` most frequent pool
+    into ``__other__``. Missing values are a level of their own."""
+    values = values.astype(object).where(values.notna(), "__missing__").astype(str)
+    counts = values.value_counts()
+    if len(counts) > max_levels:
+        values = values.where(values.isin(counts.index[:max_levels - 1]), "__other__")
+    codes, levels = pd.factorize(values, sort=True)
+    onehot = np.zeros((len(values), len(levels)))
+    onehot[np.arange(len(values)), codes] = 1.0
+    return onehot, list(levels)
+
+
+def segment_ids(df: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Dense segment id per row (sorted by key values) and the key table per segment."""
+    if len(keys) == 1:
+        codes, uniques = pd.factorize(df[keys[0]], sort=True)
+        return codes.astype(np.int64), pd.DataFrame({keys[0]: uniques})
+    index = pd.MultiIndex.from_frame(df[keys])
+    codes, uniques = index.factorize(sort=True)
+    return codes.astype(np.int64), uniques.to_frame(index=False)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the bits of a 64-bit key."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, treatment: np.ndarray,
+                 outcome: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Cross-fitting folds stratified by segment and treatment arm.
+
+    Within each (segment, arm) stratum rows are ordered by a seeded hash of their content (the
+    confounder and item columns, then the outcome), and dealt round-robin into folds from a
+    per-segment offset. The assignment therefore does not depend on row order, and swapping
+    the treatment labels keeps every row in its fold.
+    """
+    if n_folds == 1:
+        return np.zeros(len(df), dtype=np.int64)
+    key = pd.util.hash_pandas_object(df[content], index=False).to_numpy()
+    key = _mix(key ^ _mix(np.full(1, seed, dtype=np.uint64)))
+    order = np.lexsort((outcome, key, treatment, segment))
+    stratum = segment * 2 + treatment
+    sorted_stratum = stratum[order]
+    starts = np.flatnonzero(np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]])
+    lengths = np.diff(np.r_[starts, len(order)])
+    rank = np.arange(len(order)) - np.repeat(starts, lengths)
+    offset = _mix(segment[order].astype(np.uint64) + _mix(np.full(1, seed + 1, dtype=np.uint64)))
+    folds = np.empty(len(df), dtype=np.int64)
+    folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
+    return folds

@@ -1,0 +1,386 @@
+"""Per-item causal effects of a recommendation: AIPW / IPW / outcome regression for all items
+in one batched, cross-fitted pass."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from ..schema import InteractionLog, SchemaError
+from . import _core
+from .design import assign_folds, build_design, segment_ids
+from .summary import EffectSummary
+
+__all__ = ["ItemEffectEstimator", "estimate_item_effects", "resolve_device"]
+
+METHODS = ("aipw", "ipw", "or")
+NUISANCE = ("pooled", "per_item")
+# statuses for which no estimate is formed: numbers are NaN
+NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
+
+
+def resolve_device(device="auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "float64": torch.float64}
+    if dtype not in table:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return table[dtype]
+
+
+class ItemEffectEstimator:
+    """Average effect of recommending each item, estimated for all items at once.
+
+    Parameters
+    ----------
+    method : "aipw" (doubly robust, default), "ipw" (Hajek-normalised) or "or" (outcome
+        regression). Every method reports influence-function standard errors.
+    nuisance : "pooled" (default): one model over all rows with item intercepts and item
+        slopes shrunk toward shared slopes; "per_item": independent ridge models per item.
+    n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
+    penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
+    shrinkage : pooled ridge penalty on an item's deviation from the shared slopes.
+    intercept_penalty : ridge on item intercepts; tiny, it only keeps one-arm items finite.
+    outcome_model : "auto" (logistic for 0/1 outcomes, else linear), "logistic", "linear".
+    clip : propensities are clipped into [clip, 1 - clip] (rows clipped are counted).
+    trim : if set, rows with propensity outside [trim, 1 - trim] are dropped from the item's
+        estimate (the estimand becomes the effect on the overlap population).
+    min_rows_per_arm : items with fewer treated or control rows get status "too_few_rows".
+    min_ess : items whose effective sample size in either arm is below this get status
+        "poor_overlap" (estimates are still reported).
+    alpha : 1 - confidence level of the intervals.
+    text_encoder, text_components : how text columns become confounders.
+    device : "auto" (CUDA when present), "cpu", "cuda", ... ; dtype : "float32" / "float64".
+    seed : fixes the cross-fitting folds.
+
+    Attributes
+    ----------
+    effects_ : DataFrame, one row per item (see ``estimate_item_effects``).
+    propensity_, mu0_, mu1_, psi_, fold_ : Series aligned with the log's rows (NaN / -1 for
+        items that could not be estimated): fitted propensity (clipped), outcome predictions
+        under control / treatment, influence values, cross-fitting fold.
+    design_columns_ : names of the confounder columns the models used.
+    nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model.
+    """
+
+    def __init__(self, method="aipw", nuisance="pooled", n_folds=2, penalty=1.0,
+                 shrinkage=10.0, intercept_penalty=1e-3, outcome_model="auto", clip=0.01,
+                 trim=None, min_rows_per_arm=5, min_ess=5.0, alpha=0.05, text_encoder=None,
+                 text_components=8, device="auto", dtype="float32", seed=0, max_iter=30):
+        self.method = method
+        self.nuisance = nuisance
+        self.n_folds = n_folds
+        self.penalty = penalty
+        self.shrinkage = shrinkage
+        self.intercept_penalty = intercept_penalty
+        self.outcome_model = outcome_model
+        self.clip = clip
+        self.trim = trim
+        self.min_rows_per_arm = min_rows_per_arm
+        self.min_ess = min_ess
+        self.alpha = alpha
+        self.text_encoder = text_encoder
+        self.text_components = text_components
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+        self.max_iter = max_iter
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.nuisance not in NUISANCE:
+            raise ValueError(f"nuisance must be one of {NUISANCE}, got {self.nuisance!r}")
+        if not (isinstance(self.n_folds, (int, np.integer)) and self.n_folds >= 1):
+            raise ValueError(f"n_folds must be a positive integer, got {self.n_folds!r}")
+        if not 0 <= self.clip < 0.5:
+            raise ValueError(f"clip must be in [0, 0.5), got {self.clip!r}")
+        if self.trim is not None and not 0 < self.trim < 0.5:
+            raise ValueError(f"trim must be in (0, 0.5), got {self.trim!r}")
+        if self.outcome_model not in ("auto", "logistic", "linear"):
+            raise ValueError(f"outcome_model must be 'auto', 'logistic' or 'linear', "
+                             f"got {self.outcome_model!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, log: InteractionLog) -> "ItemEffectEstimator":
+        """Estimate every item's effect from a validated ``InteractionLog``."""
+        self._check_params()
+        if not isinstance(log, InteractionLog):
+            raise TypeError("fit expects an InteractionLog; use estimate_item_effects for a DataFrame")
+        device, dtype = resolve_device(self.device), _resolve_dtype(self.dtype)
+        df = log.data
+        keys = log.item_columns
+        seg, self.segments_ = segment_ids(df, keys)
+        n_seg = len(self.segments_)
+        t = df[log.treatment].to_numpy(dtype=np.int64)
+        y = df[log.outcome].to_numpy(dtype=np.float64)
+        n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
+        n_all = np.bincount(seg, minlength=n_seg)
+        status = _pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
+        use = status[seg] == "ok"
+
+        text_features = self._text_features(log)
+        design = build_design(log, text_features, dtype=np.float64)
+        self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
+        self.outcome_family_ = self._outcome_family(log)
+        content = keys + log.confounders + log.categorical + log.text
+        folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
+
+        rows = np.flatnonzero(use)
+        preds = self._fit_nuisances(design.X[rows], seg[rows], t[rows], y[rows], folds[rows],
+                                    n_seg, None if log.propensity is None
+                                    else df[log.propensity].to_numpy(dtype=np.float64)[rows],
+                                    device, dtype)
+        e, mu0, mu1 = (p.to(torch.float64).cpu().numpy() for p in preds)
+        table, psi, e_clipped = _effects_table(seg[rows], t[rows], y[rows], e, mu0, mu1, n_seg,
+                                               self.method, self.clip, self.trim, self.alpha)
+        table["status"] = _post_status(status, table, self.min_ess)
+        table.loc[table["status"].isin(NO_ESTIMATE), ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
+
+        item_frame = self.segments_.rename(columns={keys[0]: "item"})
+        self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
+        index = df.index
+        self.propensity_ = _row_series(index, rows, e_clipped, "propensity")
+        self.mu0_ = _row_series(index, rows, mu0, "mu0")
+        self.mu1_ = _row_series(index, rows, mu1, "mu1")
+        self.psi_ = _row_series(index, rows, psi, "psi")
+        self.fold_ = pd.Series(folds, index=index, name="fold")
+        self.log_ = log
+        return self
+
+    def _text_features(self, log: InteractionLog) -> pd.DataFrame | None:
+        if not log.text:
+            self.text_confounders_ = None
+            return None
+        from ..confounders import TextConfounders
+        self.text_confounders_ = TextConfounders(encoder=self.text_encoder,
+                                                 n_components=self.text_components)
+        return self.text_confounders_.fit_transform(log.data, log.text)
+
+    def _outcome_family(self, log: InteractionLog) -> str:
+        if self.outcome_model == "logistic":
+            if not log.outcome_is_binary:
+                raise SchemaError(log.outcome, "outcome_model='logistic' needs a 0/1 outcome")
+            return "logistic"
+        if self.outcome_model == "linear":
+            return "gaussian"
+        return "logistic" if log.outcome_is_binary else "gaussian"
+
+    def _fit_nuisances(self, X, seg, t, y, folds, n_seg, logged_e, device, dtype):
+        """Cross-fitted propensity and outcome predictions for every row, all items at once."""
+        F = self.n_folds
+        n = len(seg)
+        X_t = torch.as_tensor(X, dtype=dtype, device=device)
+        Xi = torch.cat([torch.ones(n, 1, dtype=dtype, device=device), X_t], dim=1)
+        del X_t
+        cells = (seg * F + folds) * 2 + t
+        layout = _core.make_layout(cells, n_seg * F * 2, device=device)
+        Xb = _core.pad(layout, Xi)
+        del Xi
+        wb = layout.valid.to(dtype)
+        tb = _core.pad(layout, torch.as_tensor(t, dtype=dtype, device=device))
+        yb = _core.pad(layout, torch.as_tensor(y, dtype=dtype, device=device))
+        block_seg = layout.block_cell // (2 * F)
+        block_fold = (layout.block_cell // 2) % F
+        block_arm = layout.block_cell % 2
+        local_pen, shared_pen = _core.penalties(
+            Xb.shape[-1], self.nuisance == "pooled", self.penalty, self.shrinkage,
+            self.intercept_penalty, dtype, device)
+        fit = dict(pooled=self.nuisance == "pooled", local_penalty=local_pen,
+                   shared_penalty=shared_pen, max_iter=self.max_iter)
+        out = {name: torch.full((n,), float("nan"), dtype=dtype, device=device)
+               for name in ("e", "mu0", "mu1")}
+        if logged_e is not None:
+            out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
+        self.nuisance_fits_ = []
+        for f in range(F):
+            train = block_fold != f if F > 1 else torch.ones_like(block_fold, dtype=torch.bool)
+            test = torch.nonzero(block_fold == f if F > 1 else train).squeeze(1)
+            fits = {}
+            if logged_e is None:
+                blocks = torch.nonzero(train).squeeze(1)
+                fits["e"] = _core.fit_glm(Xb, tb, wb, blocks, block_seg, n_seg,
+                                          family="logistic", **fit)
+            for arm in (0, 1):
+                blocks = torch.nonzero(train & (block_arm == arm)).squeeze(1)
+                fits[f"mu{arm}"] = _core.fit_glm(Xb, yb, wb, blocks, block_seg, n_seg,
+                                                 family=self.outcome_family_, **fit)
+            for name, model in fits.items():
+                pred = _core.predict_glm(model, Xb, test, block_seg)
+                _core.unpad(layout, pred, test, out=out[name])
+            self.nuisance_fits_.append(fits)
+        self.n_iter_ = max((m.n_iter for fits in self.nuisance_fits_ for m in fits.values()), default=0)
+        self.converged_ = all(m.converged for fits in self.nuisance_fits_ for m in fits.values())
+        return out["e"], out["mu0"], out["mu1"]
+
+    # ------------------------------------------------------------------ results
+    def _check_fitted(self):
+        if not hasattr(self, "effects_"):
+            raise RuntimeError("this estimator is not fitted yet; call fit(log) first")
+
+    def effect(self) -> pd.Series:
+        """Estimated ATE per item."""
+        self._check_fitted()
+        return self.effects_.set_index(self._keys())["ate"]
+
+    def effect_interval(self, alpha: float | None = None) -> pd.DataFrame:
+        """Normal confidence interval per item at level 1 - alpha."""
+        self._check_fitted()
+        z = stats.norm.ppf(1 - (self.alpha if alpha is None else alpha) / 2)
+        eff = self.effects_.set_index(self._keys())
+        return pd.DataFrame({"ci_low": eff["ate"] - z * eff["se"],
+                             "ci_high": eff["ate"] + z * eff["se"]})
+
+    def summary_frame(self, alpha: float | None = None) -> pd.DataFrame:
+        """The effects table with intervals at level 1 - alpha."""
+        self._check_fitted()
+        frame = self.effects_.copy()
+        interval = self.effect_interval(alpha)
+        frame["ci_low"], frame["ci_high"] = interval["ci_low"].to_numpy(), interval["ci_high"].to_numpy()
+        return frame
+
+    def summary(self, top: int = 10) -> EffectSummary:
+        self._check_fitted()
+        return EffectSummary(self, top=top)
+
+    def _keys(self):
+        return ["item"] + list(self.effects_.columns[1:len(self.segments_.columns)])
+
+
+def _pre_status(n_t, n_c, min_rows):
+    status = np.full(len(n_t), "ok", dtype=object)
+    status[(n_t < min_rows) | (n_c < min_rows)] = "too_few_rows"
+    status[n_c == 0] = "no_control"
+    status[n_t == 0] = "no_treated"
+    return status
+
+
+def _post_status(status, table, min_ess):
+    status = status.copy()
+    ok = status == "ok"
+    poor = ok & ~(np.minimum(table["ess_treated"], table["ess_control"]) >= min_ess)
+    status[poor] = "poor_overlap"
+    constant = ok & (table["outcome_sd"].to_numpy() == 0)
+    status[constant] = "constant_outcome"
+    status[(status == "ok") & ~np.isfinite(table["ate"].to_numpy())] = "fit_failed"
+    return status
+
+
+def _seg_sum(values, seg, n_seg):
+    return np.bincount(seg, weights=values, minlength=n_seg)
+
+
+def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha):
+    """Per-row influence values and per-item estimates, all in float64."""
+    e_clip = np.clip(e, clip, 1 - clip)
+    keep = np.ones(len(seg), bool) if trim is None else (e >= trim) & (e <= 1 - trim)
+    k = keep.astype(float)
+    wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
+    n_keep = _seg_sum(k, seg, n_seg)
+    correction = wt * (y - mu1) - wc * (y - mu0)
+    if method == "aipw":
+        psi = mu1 - mu0 + correction
+    elif method == "ipw":  # Hajek: weighted arm means, linearised
+        s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m1, m0 = _seg_sum(wt * y, seg, n_seg) / s1, _seg_sum(wc * y, seg, n_seg) / s0
+            psi = (m1 - m0)[seg] + n_keep[seg] * (wt * (y - m1[seg]) / s1[seg]
+                                                 - wc * (y - m0[seg]) / s0[seg])
+    else:  # outcome regression; spread by the AIPW influence function, centred on OR
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_corr = _seg_sum(k * correction, seg, n_seg) / n_keep
+        psi = mu1 - mu0 + correction - mean_corr[seg]
+    psi = np.where(keep, psi, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ate = _seg_sum(psi, seg, n_seg) / n_keep
+        var = (_seg_sum(psi ** 2, seg, n_seg) - n_keep * ate ** 2) / (n_keep - 1)
+        se = np.sqrt(np.maximum(var, 0) / n_keep)
+        z = stats.norm.ppf(1 - alpha / 2)
+        p_value = 2 * stats.norm.sf(np.abs(ate / se))
+        n_t = _seg_sum(t, seg, n_seg)
+        n_c = _seg_sum(1 - t, seg, n_seg)
+        treated_mean = _seg_sum(t * y, seg, n_seg) / n_t
+        control_mean = _seg_sum((1 - t) * y, seg, n_seg) / n_c
+        y_mean = _seg_sum(y, seg, n_seg) / (n_t + n_c)
+        outcome_sd = np.sqrt(np.maximum(_seg_sum(y ** 2, seg, n_seg) / (n_t + n_c) - y_mean ** 2, 0))
+        outcome_sd[np.abs(outcome_sd) < 1e-12 * np.maximum(1, np.abs(y_mean))] = 0.0
+        ess_t = _seg_sum(wt, seg, n_seg) ** 2 / _seg_sum(wt ** 2, seg, n_seg)
+        ess_c = _seg_sum(wc, seg, n_seg) ** 2 / _seg_sum(wc ** 2, seg, n_seg)
+        mu0_mean = _seg_sum(mu0, seg, n_seg) / (n_t + n_c)
+    e_min = np.full(n_seg, np.nan)
+    e_max = np.full(n_seg, np.nan)
+    np.fmin.at(e_min, seg, e)
+    np.fmax.at(e_max, seg, e)
+    table = pd.DataFrame({
+        "ate": ate, "se": se, "ci_low": ate - z * se, "ci_high": ate + z * se,
+        "p_value": p_value, "naive_ate": treated_mean - control_mean,
+        "treated_mean": treated_mean, "control_mean": control_mean, "mu0_mean": mu0_mean,
+        "outcome_sd": outcome_sd, "e_min": e_min, "e_max": e_max,
+        "ess_treated": ess_t, "ess_control": ess_c,
+        "n_clipped": _seg_sum((e != e_clip).astype(float), seg, n_seg).astype(np.int64),
+        "n_trimmed": _seg_sum(1 - k, seg, n_seg).astype(np.int64),
+    })
+    return table, psi, e_clip
+
+
+def _column_order(item_frame, table):
+    head = ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated", "n_control", "status"]
+    rest = [c for c in table.columns if c not in head]
+    return list(item_frame.columns) + head + rest
+
+
+def _row_series(index, rows, values, name):
+    out = np.full(len(index), np.nan)
+    out[rows] = values
+    return pd.Series(out, index=index, name=name)
+
+
+def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
+                          confounders=None, categorical=None, text=None, propensity=None,
+                          by=None, graph=None, **options) -> pd.DataFrame:
+    """Average causal effect of recommending each item, with honest intervals.
+
+    Parameters
+    ----------
+    df : the log, one row per (user, item, context) opportunity.
+    item, treatment, outcome : column names (treatment is 0/1).
+    confounders, categorical, text : numeric, categorical and free-text confounders.
+    propensity : logged probability of treatment; when given, IPW/AIPW use it.
+    by : extra segment columns (e.g. a user group): effects per item x group.
+    graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders.
+    **options : parameters of ``ItemEffectEstimator`` (method, nuisance, n_folds, seed, ...).
+
+    Returns
+    -------
+    DataFrame, one row per item: ``item, ate, se, ci_low, ci_high, p_value, n, n_treated,
+    n_control, status`` then diagnostics (``naive_ate``, arm means, propensity range,
+    effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
+    reason the item could not be (reliably) estimated; items without an estimate get NaN.
+    """
+    if graph is not None:
+        roles = graph.adjustment_columns(df)
+        confounders = _union(confounders, roles.get("confounders"))
+        categorical = _union(categorical, roles.get("categorical"))
+        text = _union(text, roles.get("text"))
+    item_cols = [item] + ([by] if isinstance(by, str) else list(by or []))
+    log = InteractionLog(df, item=item_cols, treatment=treatment, outcome=outcome,
+                         confounders=confounders or [], categorical=categorical or [],
+                         text=text or [], propensity=propensity)
+    return ItemEffectEstimator(**options).fit(log).effects_
+
+
+def _union(a, b):
+    a = [a] if isinstance(a, str) else list(a or [])
+    return a + [c for c in (b or []) if c not in a]
