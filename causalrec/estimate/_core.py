@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Layout", "make_layout", "pad", "unpad", "GLMFit", "fit_glm", "predict_glm",
+__all__ = ["Layout", "make_layout", "pad", "pad_design", "unpad", "GLMFit", "fit_glm", "predict_glm",
            "segment_sum", "fit_segment_glm"]
 
 CHUNK_BYTES = 256 * 2**20
@@ -78,6 +78,15 @@ def pad(layout: Layout, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor
     out = values[idx]
     mask = layout.valid.reshape(layout.valid.shape + (1,) * (values.dim() - 1))
     return torch.where(mask, out, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
+
+
+def pad_design(layout: Layout, X: torch.Tensor) -> torch.Tensor:
+    """Blocked design with an intercept column first, built in one allocation."""
+    Xb = X.new_zeros(layout.rows.shape + (X.shape[1] + 1,))
+    valid = layout.valid
+    Xb[..., 0] = valid.to(X.dtype)
+    Xb[..., 1:][valid] = X[layout.rows[valid]]
+    return Xb
 
 
 def unpad(layout: Layout, blocked: torch.Tensor, blocks: torch.Tensor | None = None,
@@ -243,12 +252,11 @@ def fit_segment_glm(X, y, segment, n_segments, *, weight=None, family="logistic"
     """
     X = torch.as_tensor(X)
     dtype, device = X.dtype, X.device
-    Xi = torch.cat([torch.ones(len(X), 1, dtype=dtype, device=device), X], dim=1)
     y = torch.as_tensor(y, dtype=dtype, device=device)
     w = torch.ones(len(X), dtype=dtype, device=device) if weight is None else \
         torch.as_tensor(weight, dtype=dtype, device=device)
     layout = make_layout(np.asarray(torch.as_tensor(segment).cpu()), n_segments, device=device)
-    Xb, yb, wb = pad(layout, Xi), pad(layout, y), pad(layout, w)
+    Xb, yb, wb = pad_design(layout, X), pad(layout, y), pad(layout, w)
     blocks = torch.arange(layout.rows.shape[0], device=device)
     local_pen, shared_pen = penalties(X.shape[1] + 1, pooled, penalty, shrinkage,
                                       intercept_penalty, dtype, device)

@@ -27,21 +27,24 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     df = log.data
     parts, names = [], []
     if log.confounders:
-        parts.append(df[log.confounders].to_numpy(dtype=np.float64))
+        parts.append(df[log.confounders].to_numpy(dtype=dtype))
         names += log.confounders
     for col in log.categorical:
         onehot, levels = _one_hot(df[col], max_levels)
-        parts.append(onehot[:, 1:])  # reference coding: no column collinear with the intercept
+        parts.append(onehot[:, 1:].astype(dtype))  # reference coding: no column collinear with the intercept
         names += [f"{col}={level}" for level in levels[1:]]
     if extra is not None and extra.shape[1]:
-        parts.append(extra.to_numpy(dtype=np.float64))
+        parts.append(extra.to_numpy(dtype=dtype))
         names += list(extra.columns)
     if not parts:
         return Design(np.zeros((len(df), 0), dtype=dtype), [], [])
-    X = np.concatenate(parts, axis=1)
-    mean, std = X.mean(0), X.std(0)
+    X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    mean = X.mean(0, dtype=np.float64)
+    std = np.sqrt(((X - mean.astype(dtype)) ** 2).mean(0, dtype=np.float64))
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
-    X = ((X[:, keep] - mean[keep]) / std[keep]).astype(dtype)
+    X = X[:, keep] if not keep.all() else X.copy()
+    X -= mean[keep].astype(dtype)
+    X /= std[keep].astype(dtype)
     return Design(X, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k])
 
 

@@ -130,14 +130,17 @@ class ItemEffectEstimator:
         use = status[seg] == "ok"
 
         text_features = self._text_features(log)
-        design = build_design(log, text_features, dtype=np.float64)
+        design = build_design(log, text_features,
+                              dtype=np.float64 if dtype == torch.float64 else np.float32)
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.outcome_family_ = self._outcome_family(log)
         content = keys + log.confounders + log.categorical + log.text
         folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
 
         rows = np.flatnonzero(use)
-        preds = self._fit_nuisances(design.X[rows], seg[rows], t[rows], y[rows], folds[rows],
+        X = design.X if len(rows) == len(df) else design.X[rows]
+        del design
+        preds = self._fit_nuisances(X, seg[rows], t[rows], y[rows], folds[rows],
                                     n_seg, None if log.propensity is None
                                     else df[log.propensity].to_numpy(dtype=np.float64)[rows],
                                     device, dtype)
@@ -151,6 +154,9 @@ class ItemEffectEstimator:
 
         item_frame = self.segments_.rename(columns={keys[0]: "item"})
         self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
+        self.effects_.attrs.update(method=self.method, nuisance=self.nuisance,
+                                   n_folds=self.n_folds, seed=self.seed, device=str(device),
+                                   outcome_model=self.outcome_family_)
         index = df.index
         self.propensity_ = _row_series(index, rows, e_clipped, "propensity")
         self.mu0_ = _row_series(index, rows, mu0, "mu0")
@@ -182,13 +188,9 @@ class ItemEffectEstimator:
         """Cross-fitted propensity and outcome predictions for every row, all items at once."""
         F = self.n_folds
         n = len(seg)
-        X_t = torch.as_tensor(X, dtype=dtype, device=device)
-        Xi = torch.cat([torch.ones(n, 1, dtype=dtype, device=device), X_t], dim=1)
-        del X_t
         cells = (seg * F + folds) * 2 + t
         layout = _core.make_layout(cells, n_seg * F * 2, device=device)
-        Xb = _core.pad(layout, Xi)
-        del Xi
+        Xb = _core.pad_design(layout, torch.as_tensor(X, dtype=dtype, device=device))
         wb = layout.valid.to(dtype)
         tb = _core.pad(layout, torch.as_tensor(t, dtype=dtype, device=device))
         yb = _core.pad(layout, torch.as_tensor(y, dtype=dtype, device=device))
@@ -374,10 +376,13 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
         confounders = _union(confounders, roles.get("confounders"))
         categorical = _union(categorical, roles.get("categorical"))
         text = _union(text, roles.get("text"))
-    item_cols = [item] + ([by] if isinstance(by, str) else list(by or []))
-    log = InteractionLog(df, item=item_cols, treatment=treatment, outcome=outcome,
-                         confounders=confounders or [], categorical=categorical or [],
-                         text=text or [], propensity=propensity)
+    by = [by] if isinstance(by, str) else list(by or [])
+    # a segment column is constant within each segment, so it cannot confound there
+    confounders, categorical, text = ([c for c in _union(cols, None) if c not in by]
+                                      for cols in (confounders, categorical, text))
+    log = InteractionLog(df, item=[item] + by, treatment=treatment, outcome=outcome,
+                         confounders=confounders, categorical=categorical, text=text,
+                         propensity=propensity)
     return ItemEffectEstimator(**options).fit(log).effects_
 
 

@@ -1,0 +1,122 @@
+"""Time the batched estimator against EconML's LinearDRLearner run per item in a loop.
+
+    python benchmarks/bench_estimator.py --items 1000 --rows 1000000 --d 64 --econml-items 20
+
+Data: d standard-normal confounders, Zipf-distributed rows per item, a logistic logging policy
+and a logistic click model whose item intercepts and slopes vary around shared ones; each
+item's true ATE is the mean over its rows of P(click | recommended) - P(click | not).
+Prints one Markdown table row (paste it into benchmarks/README.md) and writes JSON if asked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def generate(n_items: int, n_rows: int, d: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    item = rng.choice(n_items, size=n_rows, p=weights / weights.sum()).astype(np.int32)
+    X = rng.standard_normal((n_rows, d), dtype=np.float32)
+    scale = 1.0 / np.sqrt(d)
+    beta_e = rng.normal(0, 1.2 * scale, d)
+    beta_y = rng.normal(0, 1.0 * scale, d)
+    dev_e = rng.normal(0, 0.3 * scale, (n_items, d)).astype(np.float32)
+    a_e = rng.normal(-1.0, 0.7, n_items)
+    a_y = rng.normal(-1.5, 0.5, n_items)
+    tau = rng.gamma(2.0, 0.2, n_items) * (rng.random(n_items) < 0.7)
+    confound = X @ beta_e.astype(np.float32)
+    logit_e = a_e[item] + confound + np.einsum("ij,ij->i", X, dev_e[item])
+    e = 1 / (1 + np.exp(-np.clip(logit_e, -3.5, 3.5)))
+    t = (rng.random(n_rows) < e).astype(np.int8)
+    base = a_y[item] + X @ beta_y.astype(np.float32) + 0.8 * confound
+    p0, p1 = 1 / (1 + np.exp(-base)), 1 / (1 + np.exp(-(base + tau[item])))
+    y = (rng.random(n_rows) < np.where(t == 1, p1, p0)).astype(np.int8)
+    cols = {f"x{j}": X[:, j] for j in range(d)}
+    df = pd.DataFrame({"item": item, "t": t, "y": y, **cols})
+    truth = pd.Series(p1 - p0).groupby(item).mean()
+    return df, truth, [f"x{j}" for j in range(d)]
+
+
+def run_ours(df, confounders, device, dtype):
+    import causalrec as cr
+    start = time.perf_counter()
+    effects = cr.estimate_item_effects(df, item="item", treatment="t", outcome="y",
+                                       confounders=confounders, device=device, dtype=dtype)
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return effects.set_index("item"), time.perf_counter() - start
+
+
+def run_econml(df, confounders, items):
+    from econml.dr import LinearDRLearner
+    from sklearn.linear_model import LogisticRegression
+    estimates = {}
+    start = time.perf_counter()
+    for k in items:
+        rows = df[df["item"] == k]
+        learner = LinearDRLearner(model_propensity=LogisticRegression(max_iter=1000),
+                                  model_regression=LogisticRegression(max_iter=1000),
+                                  discrete_outcome=True, cv=2, random_state=0)
+        learner.fit(rows["y"].to_numpy(), rows["t"].to_numpy(), X=None,
+                    W=rows[confounders].to_numpy())
+        estimates[k] = float(np.ravel(learner.ate())[0])
+    return pd.Series(estimates), time.perf_counter() - start
+
+
+def rmse(estimate, truth):
+    return float(np.sqrt(((estimate - truth.loc[estimate.index]) ** 2).mean()))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--econml-items", type=int, default=20,
+                        help="items the EconML loop runs on (0 skips it)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+
+    df, truth, confounders = generate(args.items, args.rows, args.d)
+    run_ours(df.iloc[:20_000], confounders, args.device, args.dtype)  # warm-up (CUDA init)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    effects, seconds = run_ours(df, confounders, args.device, args.dtype)
+    ok = effects[effects["status"] == "ok"]
+    result = dict(machine=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+                  device=str(effects.attrs.get("device", args.device)),
+                  items=args.items, rows=args.rows, d=args.d, seconds=round(seconds, 2),
+                  items_ok=len(ok), rmse_all=round(rmse(ok["ate"], truth), 5),
+                  peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    if torch.cuda.is_available():
+        result["gpu"] = torch.cuda.get_device_name()
+        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.econml_items:
+        # a spread of item sizes: every k-th item among those estimated
+        subset = ok.index[np.linspace(0, len(ok) - 1, args.econml_items).astype(int)]
+        theirs, econml_seconds = run_econml(df, confounders, subset)
+        per_item_ours = seconds / args.items
+        per_item_theirs = econml_seconds / len(subset)
+        result.update(econml_items=len(subset), econml_seconds=round(econml_seconds, 2),
+                      speedup_per_item=round(per_item_theirs / per_item_ours, 1),
+                      rmse_subset_ours=round(rmse(ok["ate"].loc[subset], truth), 5),
+                      rmse_subset_econml=round(rmse(theirs, truth), 5))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The batched per-item effect estimator: correctness against references, statistics,
+invariances and bad inputs."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import optimize
+from sklearn.linear_model import LogisticRegression, Ridge
+
+import causalrec as cr
+from causalrec.estimate import _core
+from causalrec.estimate.design import build_design
+from causalrec.schema import SchemaError
+
+
+def numeric_roles(sim):
+    roles = dict(sim.roles)
+    roles.pop("text")
+    return roles
+
+
+@pytest.fixture(scope="module")
+def segments_data():
+    rng = np.random.default_rng(0)
+    K, d = 50, 6
+    n_k = rng.integers(60, 300, size=K)
+    seg = np.repeat(np.arange(K), n_k)
+    X = rng.normal(size=(len(seg), d))
+    beta = rng.normal(size=(K, d))
+    eta = (X * beta[seg]).sum(1) + rng.normal(size=K)[seg]
+    y_bin = (rng.random(len(seg)) < 1 / (1 + np.exp(-eta))).astype(float)
+    y_cont = eta + rng.normal(size=len(seg))
+    return X, seg, K, y_bin, y_cont
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_item_logistic_equals_sklearn(segments_data, dtype):
+    X, seg, K, y, _ = segments_data
+    fit = _core.fit_segment_glm(torch.tensor(X, dtype=dtype), y, seg, K, pooled=False,
+                                penalty=2.0, intercept_penalty=0.0)
+    coef = fit.coef.double().numpy()
+    worst = 0.0
+    for k in range(K):
+        rows = seg == k
+        ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(X[rows], y[rows])
+        ours = 1 / (1 + np.exp(-(coef[k, 0] + X[rows] @ coef[k, 1:])))
+        worst = max(worst, np.abs(ref.predict_proba(X[rows])[:, 1] - ours).max())
+    assert fit.converged
+    assert worst < 1e-4
+
+
+def test_per_item_linear_equals_sklearn_ridge(segments_data):
+    X, seg, K, _, y = segments_data
+    fit = _core.fit_segment_glm(torch.tensor(X), y, seg, K, family="gaussian", pooled=False,
+                                penalty=3.0, intercept_penalty=0.0)
+    coef = fit.coef.numpy()
+    worst = max(np.abs(Ridge(alpha=3.0).fit(X[seg == k], y[seg == k]).predict(X[seg == k])
+                       - (coef[k, 0] + X[seg == k] @ coef[k, 1:])).max() for k in range(K))
+    assert worst < 1e-4
+
+
+def test_pooled_newton_reaches_the_penalised_optimum(segments_data):
+    """The Schur-complement Newton solve must land on the optimum a generic solver finds."""
+    X, seg, K, y, _ = segments_data
+    shrink = 5.0
+    fit = _core.fit_segment_glm(torch.tensor(X), y, seg, K, pooled=True, shrinkage=shrink)
+    p = X.shape[1] + 1
+    Xi = np.column_stack([np.ones(len(X)), X])
+    local_pen, shared_pen = (v.numpy() for v in _core.penalties(p, True, 1.0, shrink, 1e-3,
+                                                                 torch.float64, "cpu"))
+
+    def objective(params):
+        shared, local = params[:p], params[p:].reshape(K, p)
+        eta = (Xi * (shared + local)[seg]).sum(1)
+        mu = 1 / (1 + np.exp(-eta))
+        loss = np.logaddexp(0, eta).sum() - y @ eta
+        g_rows = Xi * (mu - y)[:, None]
+        g_local = np.zeros((K, p))
+        np.add.at(g_local, seg, g_rows)
+        value = loss + 0.5 * (local_pen * local ** 2).sum() + 0.5 * (shared_pen * shared ** 2).sum()
+        grad = np.concatenate([g_local.sum(0) + shared_pen * shared,
+                               (g_local + local_pen * local).ravel()])
+        return value, grad
+
+    ref = optimize.minimize(objective, np.zeros(p * (K + 1)), jac=True, method="L-BFGS-B",
+                            options=dict(maxiter=20_000, gtol=1e-9, ftol=1e-15))
+    ours = np.concatenate([fit.shared.numpy(), fit.local.numpy().ravel()])
+    assert objective(ours)[0] <= ref.fun + 1e-6
+    coef_ref = ref.x[:p] + ref.x[p:].reshape(K, p)
+    eta_ours = (Xi * fit.coef.numpy()[seg]).sum(1)
+    eta_ref = (Xi * coef_ref[seg]).sum(1)
+    assert np.abs(1 / (1 + np.exp(-eta_ours)) - 1 / (1 + np.exp(-eta_ref))).max() < 1e-4
+
+
+def test_estimator_per_item_propensities_equal_sklearn():
+    sim = cr.datasets.simulate_log(n_items=50, n_users=800, n_rows=30_000, popularity_skew=0.3,
+                                   seed=3)
+    roles = numeric_roles(sim)
+    log = cr.InteractionLog(sim.data, **roles)
+    est = cr.ItemEffectEstimator(nuisance="per_item", n_folds=1, intercept_penalty=0.0,
+                                 clip=0.0, dtype="float64", penalty=1.0).fit(log)
+    X = build_design(log, dtype=np.float64).X
+    t = sim.data["recommended"].to_numpy()
+    y = sim.data["clicked"].to_numpy()
+    worst_e = worst_mu = 0.0
+    for k in est.effects_.loc[est.effects_["status"] != "no_treated", "item"]:
+        rows = (sim.data["item_id"] == k).to_numpy()
+        ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(X[rows], t[rows])
+        worst_e = max(worst_e, np.abs(ref.predict_proba(X[rows])[:, 1]
+                                      - est.propensity_[rows]).max())
+        treated = rows & (t == 1)
+        if len(np.unique(y[treated])) == 2:
+            ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(X[treated], y[treated])
+            worst_mu = max(worst_mu, np.abs(ref.predict_proba(X[rows])[:, 1] - est.mu1_[rows]).max())
+    assert (est.effects_["status"] != "no_treated").sum() >= 45
+    assert worst_e < 1e-4 and worst_mu < 1e-4
+
+
+def _replicate(seed, nuisance="pooled"):
+    sim = cr.datasets.simulate_log(n_items=60, n_users=3000, n_rows=60_000, text_confounding=0.0,
+                                   popularity_skew=0.6, seed=seed)
+    est = cr.ItemEffectEstimator(nuisance=nuisance, seed=seed).fit(
+        cr.InteractionLog(sim.data, **numeric_roles(sim)))
+    d, rt = sim.data, sim.row_truth
+    t, y, e = d["recommended"].to_numpy(), d["clicked"].to_numpy(), rt["propensity"].to_numpy()
+    psi = rt["mu1"] - rt["mu0"] + t * (y - rt["mu1"]) / e - (1 - t) * (y - rt["mu0"]) / (1 - e)
+    oracle = psi.groupby(d["item_id"].to_numpy()).mean().rename("oracle").rename_axis("item")
+    out = est.effects_.merge(sim.truth[["item", "true_ate"]], on="item")
+    return out.merge(oracle.reset_index(), on="item")
+
+
+@pytest.fixture(scope="module")
+def replications():
+    return pd.concat([_replicate(seed) for seed in range(8)], ignore_index=True)
+
+
+def test_rmse_close_to_oracle_aipw_and_far_better_than_naive(replications):
+    ok = replications[replications["status"] == "ok"]
+    assert len(ok) > 0.9 * len(replications)
+    rmse = np.sqrt(((ok["ate"] - ok["true_ate"]) ** 2).mean())
+    oracle = np.sqrt(((ok["oracle"] - ok["true_ate"]) ** 2).mean())
+    naive = np.sqrt(((ok["naive_ate"] - ok["true_ate"]) ** 2).mean())
+    assert rmse <= 1.3 * oracle
+    assert naive >= 1.7 * rmse
+
+
+def test_interval_coverage_over_replications(replications):
+    ok = replications[replications["status"] == "ok"]
+    covered = (ok["ci_low"] <= ok["true_ate"]) & (ok["true_ate"] <= ok["ci_high"])
+    # ~480 intervals: binomial sd of the coverage is ~0.01, [0.92, 0.98] is about 3 sd wide
+    assert 0.92 <= covered.mean() <= 0.98
+
+
+def test_agrees_with_econml_linear_dr_learner():
+    from econml.dr import LinearDRLearner
+    from sklearn.linear_model import LinearRegression
+    sim = cr.datasets.simulate_log(n_items=20, n_rows=40_000, outcome="continuous",
+                                   text_confounding=0.0, popularity_skew=0.5, seed=5)
+    roles = numeric_roles(sim)
+    log = cr.InteractionLog(sim.data, **roles)
+    ours = cr.ItemEffectEstimator(nuisance="per_item", outcome_model="linear",
+                                  dtype="float64").fit(log).effects_.set_index("item")
+    X = build_design(log, dtype=np.float64).X
+    big = ours[ours["status"] == "ok"].nlargest(5, "n").index
+    for k in big:
+        rows = (sim.data["item_id"] == k).to_numpy()
+        learner = LinearDRLearner(model_propensity=LogisticRegression(C=1.0),
+                                  model_regression=LinearRegression(), cv=2, random_state=0)
+        learner.fit(sim.data["watch_minutes"].to_numpy()[rows],
+                    sim.data["recommended"].to_numpy()[rows], X=None, W=X[rows])
+        theirs = float(np.ravel(learner.ate())[0])
+        # same estimand, same data, different folds: differences are a fraction of the se
+        assert abs(theirs - ours.loc[k, "ate"]) < 1.0 * ours.loc[k, "se"]
+
+
+@pytest.fixture(scope="module")
+def continuous_sim():
+    return cr.datasets.simulate_log(n_items=40, n_rows=20_000, outcome="continuous",
+                                    popularity_skew=0.5, text_confounding=0.0, seed=11)
+
+
+def _fit(df, sim, **opts):
+    roles = numeric_roles(sim)
+    opts.setdefault("dtype", "float64")
+    return cr.estimate_item_effects(df, **roles, **opts).set_index("item")
+
+
+def test_invariant_to_row_order(continuous_sim):
+    df = continuous_sim.data
+    base = _fit(df, continuous_sim)
+    shuffled = _fit(df.sample(frac=1.0, random_state=1), continuous_sim)
+    pd.testing.assert_frame_equal(base, shuffled.loc[base.index], rtol=1e-7, atol=1e-9)
+
+
+def test_outcome_shift_and_scale(continuous_sim):
+    df = continuous_sim.data
+    base = _fit(df, continuous_sim)
+    shifted = _fit(df.assign(watch_minutes=df["watch_minutes"] + 100.0), continuous_sim)
+    scaled = _fit(df.assign(watch_minutes=df["watch_minutes"] * 3.0), continuous_sim)
+    ok = base["status"] == "ok"
+    np.testing.assert_allclose(shifted["ate"][ok], base["ate"][ok], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(shifted["se"][ok], base["se"][ok], rtol=1e-6)
+    np.testing.assert_allclose(scaled["ate"][ok], 3 * base["ate"][ok], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(scaled["se"][ok], 3 * base["se"][ok], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["aipw", "ipw", "or"])
+def test_flipping_treatment_negates_the_effect(continuous_sim, method):
+    df = continuous_sim.data
+    base = _fit(df, continuous_sim, method=method)
+    flipped = _fit(df.assign(recommended=1 - df["recommended"]), continuous_sim, method=method)
+    ok = base["status"] == "ok"
+    np.testing.assert_allclose(flipped["ate"][ok], -base["ate"][ok], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(flipped["se"][ok], base["se"][ok], rtol=1e-6)
+
+
+def test_float32_matches_float64():
+    sim = cr.datasets.simulate_log(n_items=40, n_rows=30_000, popularity_skew=0.5, seed=2)
+    e64 = _fit(sim.data, sim, dtype="float64")
+    e32 = _fit(sim.data, sim, dtype="float32")
+    ok = e64["status"] == "ok"
+    assert ((e32["ate"] - e64["ate"]).abs()[ok] < 0.01 * e64["se"][ok]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    sim = cr.datasets.simulate_log(n_items=40, n_rows=30_000, popularity_skew=0.5, seed=2)
+    cpu = _fit(sim.data, sim, device="cpu")
+    gpu = _fit(sim.data, sim, device="cuda")
+    ok = cpu["status"] == "ok"
+    np.testing.assert_allclose(gpu["ate"][ok], cpu["ate"][ok], atol=1e-4)
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+    sim = cr.datasets.simulate_log(n_items=30, n_rows=8_000, seed=4)
+    base = _fit(sim.data, sim)
+    monkeypatch.setattr(_core, "CHUNK_BYTES", 50_000)
+    chunked = _fit(sim.data, sim)
+    pd.testing.assert_frame_equal(base, chunked, rtol=1e-9, atol=1e-12)
+
+
+def test_logged_propensity_is_used():
+    sim = cr.datasets.simulate_log(n_items=20, n_rows=10_000, popularity_skew=0.5, seed=6)
+    roles = numeric_roles(sim)
+    est = cr.ItemEffectEstimator(method="ipw", clip=0.0).fit(
+        cr.InteractionLog(sim.data, **roles, propensity="propensity"))
+    fitted = est.propensity_.notna()
+    np.testing.assert_allclose(est.propensity_[fitted], sim.data["propensity"][fitted], rtol=1e-6)
+
+
+def test_segments_by_group_and_summary():
+    sim = cr.datasets.simulate_log(n_items=15, n_rows=15_000, popularity_skew=0.5, seed=7)
+    roles = numeric_roles(sim)
+    eff = cr.estimate_item_effects(sim.data, **roles, by="user_group")
+    assert list(eff.columns[:3]) == ["item", "user_group", "ate"]
+    assert len(eff) == sim.data.groupby(["item_id", "user_group"]).ngroups
+    est = cr.ItemEffectEstimator().fit(cr.InteractionLog(sim.data, **roles))
+    text = str(est.summary())
+    assert "AIPW" in text and "Items estimated (ok)" in text
+    interval = est.effect_interval(alpha=0.1)
+    assert (interval["ci_high"] - interval["ci_low"] < est.effects_.set_index("item")["ci_high"]
+            - est.effects_.set_index("item")["ci_low"]).loc[est.effects_.set_index("item")["status"] == "ok"].all()
+
+
+# ---------------------------------------------------------------- bad inputs
+@pytest.fixture(scope="module")
+def small():
+    sim = cr.datasets.simulate_log(n_items=8, n_rows=3_000, popularity_skew=0.3, seed=9)
+    return sim.data, numeric_roles(sim)
+
+
+@pytest.mark.parametrize("mutate, column", [
+    (lambda d: d.drop(columns="hour"), "hour"),
+    (lambda d: d.assign(hour=d["hour"].astype(str)), "hour"),
+    (lambda d: d.assign(hour=np.where(np.arange(len(d)) == 3, np.nan, d["hour"])), "hour"),
+    (lambda d: d.assign(tenure=np.where(np.arange(len(d)) == 3, np.inf, d["tenure"])), "tenure"),
+    (lambda d: d.assign(clicked=np.where(np.arange(len(d)) == 3, np.nan, d["clicked"])), "clicked"),
+    (lambda d: d.assign(recommended=d["recommended"] * 2), "recommended"),
+    (lambda d: d.assign(recommended=d["recommended"].map({0: "no", 1: "yes"})), "recommended"),
+])
+def test_bad_columns_raise_schema_error(small, mutate, column):
+    df, roles = small
+    with pytest.raises(SchemaError) as info:
+        cr.estimate_item_effects(mutate(df), **roles)
+    assert info.value.column == column
+    assert column in str(info.value)
+
+
+def test_empty_frame_and_duplicate_roles(small):
+    df, roles = small
+    with pytest.raises(SchemaError, match="empty"):
+        cr.estimate_item_effects(df.iloc[:0], **roles)
+    with pytest.raises(SchemaError, match="two roles"):
+        cr.estimate_item_effects(df, **{**roles, "confounders": ["hour", "clicked"]})
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])
+def test_logged_propensity_outside_unit_interval(small, bad):
+    df, roles = small
+    df = df.assign(propensity=np.where(np.arange(len(df)) == 0, bad, df["propensity"]))
+    with pytest.raises(SchemaError, match=r"outside \(0, 1\]"):
+        cr.estimate_item_effects(df, **roles, propensity="propensity")
+
+
+def test_items_without_an_arm_get_a_status_not_a_crash(small):
+    df, roles = small
+    items = sorted(df["item_id"].unique())
+    df = df[~((df["item_id"] == items[0]) & (df["recommended"] == 1))]
+    df = df[~((df["item_id"] == items[1]) & (df["recommended"] == 0))]
+    df = df[~((df["item_id"] == items[2]) & (df["recommended"] == 1))
+            | (df.groupby(["item_id", "recommended"]).cumcount() < 2)]
+    eff = cr.estimate_item_effects(df, **roles).set_index("item")
+    assert eff.loc[items[0], "status"] == "no_treated"
+    assert eff.loc[items[1], "status"] == "no_control"
+    assert eff.loc[items[2], "status"] == "too_few_rows"
+    assert eff.loc[items[:3], "ate"].isna().all()
+    assert (eff.loc[items[3:], "status"] != "no_treated").all()
+    assert eff.loc[items[3:], "ate"].notna().all()
+
+
+def test_bad_options(small):
+    df, roles = small
+    for bad in [dict(method="dml"), dict(nuisance="forest"), dict(n_folds=0), dict(clip=0.7),
+                dict(trim=0.0), dict(dtype="float16"), dict(outcome_model="probit")]:
+        with pytest.raises(ValueError):
+            cr.estimate_item_effects(df, **roles, **bad)
