@@ -15,6 +15,8 @@ from pathlib import Path
 import networkx as nx
 import pandas as pd
 
+from .schema import _as_list
+
 __all__ = ["CausalGraph", "GraphError", "NotIdentifiableError", "ROLES"]
 
 ROLES = ("user", "item", "context", "text", "treatment", "outcome", "unobserved",
@@ -465,14 +467,6 @@ class CausalGraph:
         return (f"CausalGraph(treatment={self.treatment!r}, outcome={self.outcome!r}, "
                 f"{self.graph.number_of_nodes()} nodes, {self.graph.number_of_edges()} edges, "
                 f"unobserved={self.unobserved})")
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return list(value)
 
 
 def _as_digraph(graph) -> nx.DiGraph:

@@ -68,7 +68,9 @@ def segment_ids(df: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, pd.DataF
         return codes.astype(np.int64), pd.DataFrame({keys[0]: uniques})
     index = pd.MultiIndex.from_frame(df[keys])
     codes, uniques = index.factorize(sort=True)
-    return codes.astype(np.int64), uniques.to_frame(index=False)
+    frame = uniques.to_frame(index=False)
+    frame.columns = keys
+    return codes.astype(np.int64), frame
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
