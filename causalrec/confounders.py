@@ -350,6 +350,8 @@ class TextReducer:
         self.n_components = n_components
 
     def fit(self, X, sample_weight=None) -> "TextReducer":
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 0:
+            raise ValueError(f"n_components must be an integer >= 0, got {self.n_components!r}")
         X = np.asarray(X, dtype=np.float64)
         w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, float)
         w = w / w.sum()
@@ -357,7 +359,7 @@ class TextReducer:
         _, s, vt = np.linalg.svd((X - self.mean_) * np.sqrt(w)[:, None], full_matrices=False)
         variance = s**2
         total = variance.sum()
-        rank = int((variance > 1e-10 * max(total, 1e-300)).sum()) if total > 0 else 0
+        rank = int((variance > 1e-10 * total).sum()) if total > 0 else 0
         k = min(self.n_components, rank)
         # A fixed sign (largest loading positive) makes refits reproducible across platforms.
         signs = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(1)])

@@ -267,6 +267,8 @@ def test_weighted_reducer_equals_pca_over_repeated_rows():
     np.testing.assert_allclose(weighted.components_ @ weighted.components_.T, np.eye(3),
                                atol=1e-12)
     assert TextReducer(n_components=8).fit(unique[:3]).components_.shape == (2, 6)  # rank 2
+    with pytest.raises(ValueError, match="n_components"):
+        TextReducer(n_components=-1).fit(unique)
 
 
 def test_text_confounders_fit_once_and_reuse(encoder):
@@ -311,3 +313,47 @@ def test_text_confounders_errors_and_constant_column(encoder):
         tc.fit(df, ["nope"])
     out = tc.fit_transform(df, "t")
     assert out.shape == (5, 0) and tc.report_.loc["t", "n_components"] == 0
+
+
+# -- end to end: text confounding is removed by adjusting for the text -----------------------
+@pytest.fixture(scope="session")
+def session_encoder(tmp_path_factory):
+    return TextEncoder(cache_dir=tmp_path_factory.mktemp("text-cache"), progress=False)
+
+
+@pytest.mark.slow
+def test_text_adjustment_removes_text_confounding(session_encoder):
+    from causalrec import estimate_item_effects
+    from causalrec.datasets import simulate_log
+
+    # Confounding only through the topic of user_text (numeric columns are not confounders);
+    # 150 items x ~670 rows so item-level text slopes are estimable; 500 users = <= 500 texts.
+    sim = simulate_log(n_items=150, n_users=500, n_rows=100_000, numeric_confounding=0.0,
+                       text_confounding=1.0, popularity_skew=0.3, seed=0)
+    truth = sim.truth.set_index("item")["true_ate"]
+    roles = {**sim.roles, "text": None}
+    numeric = estimate_item_effects(sim.data, **roles, seed=0).set_index("item")
+    with_text = estimate_item_effects(sim.data, **{**roles, "text": ["user_text"]},
+                                      text_encoder=session_encoder, seed=0).set_index("item")
+
+    ok = numeric.index[(numeric.status == "ok") & (with_text.status == "ok")]
+    assert len(ok) >= 140
+    true = truth.loc[ok]
+    naive_err = numeric.loc[ok, "naive_ate"] - true
+    naive_bias = naive_err.mean()
+    # Badly biased: far beyond its standard error and as large as the effects themselves.
+    assert naive_bias > 5 * naive_err.std() / np.sqrt(len(ok))
+    assert naive_bias > 0.5 * true.abs().mean()
+
+    def bias_and_coverage(effects):
+        est = effects.loc[ok]
+        covered = (est.ci_low <= true) & (true <= est.ci_high)
+        return (est.ate - true).mean(), covered.mean()
+
+    numeric_bias, numeric_cover = bias_and_coverage(numeric)
+    text_bias, text_cover = bias_and_coverage(with_text)
+    assert numeric_bias > 0.5 * naive_bias  # numeric columns alone leave most of the bias
+    assert numeric_cover < 0.90
+    assert abs(text_bias) <= 0.2 * naive_bias  # the text removes at least 80% of it
+    # 150 items: the coverage's binomial standard error is ~0.018 around 0.95.
+    assert 0.90 <= text_cover <= 0.98
