@@ -275,3 +275,21 @@ def test_gml_round_trip(tmp_path):
         assert (back.treatment, back.outcome, back.unobserved) == ("rec", "click", ["taste"])
     with pytest.raises(GraphError, match="no treatment"):
         CausalGraph.from_gml('graph [ directed 1 node [ id 0 label "a" ] ]')
+
+
+def test_estimator_uses_the_graphs_adjustment_set():
+    from causalrec import estimate_item_effects
+    from causalrec.datasets import simulate_log
+
+    sim = simulate_log(n_items=10, n_rows=3000, text_confounding=0.0, seed=2)
+    g = CausalGraph.recommendation("recommended", "clicked", context=["hour"],
+                                   user=["user_activity", "tenure", "device"])
+    g.add_edge("recommended", "watched").add_edge("watched", "clicked")   # a mediator
+    cols = g.adjustment_columns(sim.data)
+    assert cols == {"confounders": ["hour", "tenure", "user_activity"],
+                    "categorical": ["device"], "text": []}
+    via_graph = estimate_item_effects(sim.data, "item_id", "recommended", "clicked", graph=g)
+    explicit = estimate_item_effects(sim.data, "item_id", "recommended", "clicked",
+                                     confounders=cols["confounders"],
+                                     categorical=cols["categorical"])
+    pd.testing.assert_frame_equal(via_graph, explicit)
