@@ -1,0 +1,193 @@
+"""The causalrec command line: round trips on CSV and Parquet, the console script, errors."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causalrec.cli import main
+from causalrec.datasets import simulate_log
+from causalrec.estimate import estimate_item_effects
+from causalrec.graph import CausalGraph
+
+SIM = dict(n_items=12, n_users=200, n_rows=2000, seed=3)
+ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
+             confounders=["user_activity", "hour", "tenure"], categorical=["device", "user_group"])
+FLAGS = ["--item", "item_id", "--treatment", "recommended", "--outcome", "clicked",
+         "--confounders", "user_activity,hour,tenure", "--categorical", "device,user_group"]
+
+
+def console_script() -> str:
+    """The installed ``causalrec`` entry point of this environment."""
+    path = Path(sys.executable).parent / "causalrec"
+    return str(path) if path.exists() else shutil.which("causalrec")
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    """The same simulated log written by ``causalrec simulate`` as CSV and as Parquet."""
+    root = tmp_path_factory.mktemp("sim")
+    for fmt in ("csv", "parquet"):
+        argv = ["simulate", "--out", str(root / fmt), "--items", str(SIM["n_items"]),
+                "--users", str(SIM["n_users"]), "--rows", str(SIM["n_rows"]),
+                "--seed", str(SIM["seed"]), "--format", fmt, "-q"]
+        assert main(argv) == 0
+    return {"csv": root / "csv" / "log.csv", "parquet": root / "parquet" / "log.parquet"}
+
+
+def one_error_line(stderr: str) -> str:
+    """The error line: the last line, the only one that is not a progress line."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("causalrec: error: ")]
+    assert errors == lines[-1:], stderr
+    assert all(line.startswith("causalrec: ") for line in lines) and "Traceback" not in stderr
+    return errors[0]
+
+
+def test_simulate_writes_log_truth_and_roles(logs):
+    sim = simulate_log(**SIM)
+    folder = logs["csv"].parent
+    assert json.loads((folder / "roles.json").read_text()) == sim.roles
+    truth = pd.read_csv(folder / "truth.csv")
+    np.testing.assert_allclose(truth["true_ate"], sim.truth["true_ate"], rtol=1e-12)
+    for path in logs.values():
+        data = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        assert data.shape == sim.data.shape
+        np.testing.assert_array_equal(data["clicked"], sim.data["clicked"])
+
+
+@pytest.mark.parametrize("fmt,out_name", [("csv", "effects.csv"), ("parquet", "effects.parquet")])
+def test_effects_round_trip_matches_the_library(logs, tmp_path, capsys, fmt, out_name):
+    out = tmp_path / out_name
+    assert main(["effects", str(logs[fmt]), *FLAGS, "--seed", "0", "-q", "--out", str(out)]) == 0
+    assert "Wrote effects of 12 items" in capsys.readouterr().out
+    got = pd.read_csv(out) if out.suffix == ".csv" else pd.read_parquet(out)
+    expected = estimate_item_effects(simulate_log(**SIM).data, **ROLES, seed=0)
+    assert list(got.columns) == list(expected.columns)
+    assert list(got["status"]) == list(expected["status"])
+    # a CSV log re-parses floats to within an ulp; estimates follow to far below their SEs
+    np.testing.assert_allclose(got["ate"], expected["ate"], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got["se"], expected["se"], rtol=1e-7, atol=1e-9)
+
+
+def test_graph_file_supplies_the_confounders(logs, tmp_path):
+    graph = CausalGraph.recommendation("recommended", "clicked",
+                                       user=["user_activity", "tenure", "user_group"],
+                                       context=["hour", "device"])
+    graph.to_gml(tmp_path / "graph.gml")
+    out = tmp_path / "from_graph.csv"
+    argv = ["effects", str(logs["parquet"]), "--item", "item_id", "--treatment", "recommended",
+            "--outcome", "clicked", "--graph", str(tmp_path / "graph.gml"), "-q", "--out", str(out)]
+    assert main(argv) == 0
+    expected = estimate_item_effects(pd.read_parquet(logs["parquet"]), item="item_id",
+                                     treatment="recommended", outcome="clicked", graph=graph)
+    np.testing.assert_allclose(pd.read_csv(out)["ate"], expected["ate"], rtol=1e-7, atol=1e-9)
+
+
+def test_report_through_the_console_script(logs, tmp_path):
+    out = tmp_path / "report"
+    result = subprocess.run([console_script(), "report", str(logs["parquet"]), *FLAGS,
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"Report: {(out / 'report.html').resolve()}" in result.stdout
+    assert "causalrec: estimating effects ..." in result.stderr  # progress on stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and 'id="ranking"' in page
+    table = pd.read_csv(out / "effects.csv")
+    assert len(table) == SIM["n_items"]
+    assert {"rank", "posterior_mean", "prob_positive", "q_value", "rv"} <= set(table.columns)
+    assert (out / "effects.parquet").exists() and (out / "policies.csv").exists()
+
+
+def test_console_script_error_is_one_line(tmp_path):
+    result = subprocess.run([console_script(), "effects", str(tmp_path / "missing.csv"), *FLAGS,
+                             "--out", str(tmp_path / "e.csv")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    assert one_error_line(result.stderr) == (
+        f"causalrec: error: no such log file: {tmp_path / 'missing.csv'}")
+    module = subprocess.run([sys.executable, "-m", "causalrec.cli", "--version"],
+                            capture_output=True, text=True, timeout=300)
+    assert module.returncode == 0 and module.stdout.startswith("causalrec ")
+
+
+@pytest.mark.parametrize("change,code,message", [
+    ({"log": "missing.csv"}, 1, "no such log file"),
+    ({"log": "log.txt"}, 1, "expected a .csv or .parquet file"),
+    ({"--item": "nope"}, 1, "column 'nope': missing from the log"),
+    ({"--treatment": "hour"}, 1, "column 'hour': treatment must be binary"),
+    ({"--method": "magic"}, 1, "method must be one of"),
+    ({"--out": "effects.txt"}, 1, "--out must end in .csv or .parquet"),
+    ({"--graph": "missing.gml"}, 1, "no such graph file"),
+    ({"--graph": "log.txt"}, 1, "cannot read the graph"),
+    ({"--device": "gpu9"}, 1, "gpu9"),
+    ({"--folds": "0"}, 2, "argument --folds: expected a positive integer, got '0'"),
+    ({"--bogus": "1"}, 2, "unrecognized arguments: --bogus 1"),
+    ({"--item": None}, 2, "the following arguments are required: --item"),
+])
+def test_bad_input_exits_non_zero_with_one_line(logs, tmp_path, capsys, change, code, message):
+    (tmp_path / "log.txt").write_text("not a log")
+    options = {"log": str(logs["csv"]), "--item": "item_id", "--treatment": "recommended",
+               "--outcome": "clicked", "--out": str(tmp_path / "effects.csv")}
+    for key, value in change.items():
+        if value is None:
+            del options[key]
+        else:
+            options[key] = str(tmp_path / value) if key in ("log", "--graph") else value
+    argv = ["effects", options.pop("log")] + [x for kv in options.items() for x in kv]
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert message in one_error_line(captured.err) and captured.out == ""
+    assert not (tmp_path / "effects.csv").exists()
+
+
+def test_no_command_and_unknown_command_are_usage_errors(capsys):
+    assert main([]) == 2
+    assert "required: COMMAND" in one_error_line(capsys.readouterr().err)
+    assert main(["explain"]) == 2
+    assert "invalid choice: 'explain'" in one_error_line(capsys.readouterr().err)
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("effects", "report", "audit", "simulate", "demo"):
+        assert command in out
+
+
+def test_audit_writes_its_tables(logs, tmp_path, capsys):
+    out = tmp_path / "audit"
+    argv = ["audit", str(logs["csv"]), *FLAGS, "--group", "user_group",
+            "--provider", "item_provider", "-q", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    group_effects = pd.read_csv(out / "group_effects.csv")
+    n_groups = pd.read_csv(logs["csv"])["user_group"].nunique()
+    assert len(group_effects) == SIM["n_items"] * n_groups
+    assert {"item", "group", "ate", "se"} <= set(group_effects.columns)
+    assert {"item", "difference", "q_value"} <= set(pd.read_csv(out / "disparity.csv").columns)
+    page = (out / "audit.html").read_text(encoding="utf-8")
+    assert "<script" not in page and 'src="http' not in page
+
+
+@pytest.mark.slow
+def test_report_with_refutation(logs, tmp_path, capsys):
+    out = tmp_path / "refuted"
+    assert main(["report", str(logs["csv"]), *FLAGS, "--refute", "-q", "--out", str(out)]) == 0
+    refutation = pd.read_csv(out / "refutation.csv")
+    assert set(refutation["check"]) == {"placebo", "random_common_cause", "subset"}
+    assert "<td>placebo</td>" in (out / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_demo_reports_on_the_bundled_sample(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--no-text", "-q", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"Report: {(out / 'report.html').resolve()}" in stdout
+    assert "Against the simulation's known effects" in stdout
+    table = pd.read_csv(out / "effects.csv")
+    assert table["rank"].notna().sum() >= 10
