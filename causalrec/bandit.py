@@ -1,0 +1,639 @@
+"""Off-policy estimates from bandit logs: which item was shown, the outcome, and the logged
+probability of showing it.
+
+Treatment is multi-valued (which item, in which position). For every item ``a`` the value
+``V(a)`` is the expected outcome had ``a`` been shown, averaged over the logged contexts and
+positions; a policy's value is the expected outcome had it chosen the items. All estimators
+are means of per-row influence values ``psi``, so one formula gives the estimate and its
+standard error:
+
+* ``ipw``   psi = 1{a_i = a} y_i / p_i                          (Horvitz-Thompson)
+* ``snipw`` psi = V + n 1{a_i = a} (y_i - V) / (p_i S),  S = sum 1{a_i = a} / p_i
+* ``dr``    psi = q(x_i, a) + 1{a_i = a} (y_i - q(x_i, a_i)) / p_i
+* ``dm``    psi = q(x_i, a), spread by the DR correction (centred so that its mean is DM)
+
+A policy replaces ``1{a_i = a}`` by ``pi(a_i | i)`` and ``q(x_i, a)`` by ``sum_a pi(a | i)
+q(x_i, a)``. The outcome model ``q`` is the package's batched pooled GLM
+(``estimate._core.fit_glm``, the solver behind ``fit_segment_glm``: per item an intercept and
+slope deviations shrunk toward shared ones), cross-fitted so that DR's influence-function SE
+is honest. Predictions for every item are formed for one chunk of rows at a time: a rows x
+items matrix never exists for the whole log.
+
+For 0/1 outcomes with rare events (clicks), the plug-in variance of an item with no click is
+zero and with one click it is a coin toss. Each SE is therefore floored at the SE the same
+estimator would have if the item's rows had the log's mean rate (the pooled, null variance,
+``sqrt(r (1 - r) sum w^2) / n``), and the status says ``few_events``.
+"""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from .estimate import _core
+from .estimate.design import assign_folds, build_design
+from .estimate.estimator import _resolve_dtype, resolve_device
+from .schema import InteractionLog, SchemaError
+
+__all__ = ["BanditEstimator", "estimate_item_values", "estimate_policy_value",
+           "estimate_logging_policy"]
+
+METHODS = ("dr", "ipw", "snipw", "dm")
+OUTCOME_SEGMENTS = ("item", "item_position")
+_SHOWN = "__shown__"   # constant treatment column: every logged row is an impression
+ROW_SUM_TOL = 1e-6
+
+
+class BanditEstimator:
+    """Per-item values and policy values from a log of (context, shown item, outcome,
+    logged propensity).
+
+    Parameters
+    ----------
+    method : "dr" (doubly robust, default), "ipw", "snipw" (self-normalised IPW) or "dm"
+        (direct method: the outcome model alone).
+    n_folds : cross-fitting folds for the outcome model (stratified by item and outcome).
+    outcome_segments : "item" (default; position enters as a covariate) or "item_position"
+        (one segment per item x position).
+    shrinkage : ridge on an item's slope deviations from the shared slopes.
+    intercept_shrinkage : ridge on an item's intercept deviation; with a handful of clicks
+        per item the item effects borrow strength from the overall click rate.
+    max_levels : categorical confounders keep their most frequent levels (rest pooled).
+    min_shown, min_ess, min_events : thresholds of the ``status`` column (shown rows,
+        effective sample size of the weights, rows with a nonzero 0/1 outcome).
+    se_floor : for 0/1 outcomes, floor each standard error at the one the estimator would
+        have at the log's mean outcome rate (see the module docstring).
+    alpha : 1 - confidence level.
+    device : for the outcome model ("auto": CUDA when present). dtype : its precision;
+        float64 by default, since Newton steps on a rare-click logistic model stall in float32.
+    chunk_rows : rows per chunk when predicting every item (None: sized to ~256 MiB).
+    seed : fixes the folds.
+
+    Attributes
+    ----------
+    values_ : DataFrame, one row per item (see ``estimate_item_values``).
+    items_ : the item catalogue (ndarray). positions_ : the logged positions (or None).
+    fold_ : Series, the cross-fitting fold of every row.
+    outcome_coef_ : per fold, (segments, 1 + confounder columns) coefficients of the outcome
+        model (intercept first), or None for ipw / snipw.
+    design_columns_ : names of the outcome model's covariates.
+    """
+
+    def __init__(self, method="dr", n_folds=2, outcome_segments="item", shrinkage=10.0,
+                 intercept_shrinkage=1.0, max_levels=50, min_shown=10, min_ess=10.0,
+                 min_events=5, se_floor=True, alpha=0.05, device="auto", dtype="float64",
+                 chunk_rows=None, seed=0, max_iter=50):
+        self.method = method
+        self.n_folds = n_folds
+        self.outcome_segments = outcome_segments
+        self.shrinkage = shrinkage
+        self.intercept_shrinkage = intercept_shrinkage
+        self.max_levels = max_levels
+        self.min_shown = min_shown
+        self.min_ess = min_ess
+        self.min_events = min_events
+        self.se_floor = se_floor
+        self.alpha = alpha
+        self.device = device
+        self.dtype = dtype
+        self.chunk_rows = chunk_rows
+        self.seed = seed
+        self.max_iter = max_iter
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.outcome_segments not in OUTCOME_SEGMENTS:
+            raise ValueError(f"outcome_segments must be one of {OUTCOME_SEGMENTS}, "
+                             f"got {self.outcome_segments!r}")
+        if not (isinstance(self.n_folds, (int, np.integer)) and self.n_folds >= 1):
+            raise ValueError(f"n_folds must be a positive integer, got {self.n_folds!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if self.chunk_rows is not None and not (isinstance(self.chunk_rows, (int, np.integer))
+                                                and self.chunk_rows >= 1):
+            raise ValueError(f"chunk_rows must be a positive integer or None, got {self.chunk_rows!r}")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, df: pd.DataFrame, item: str, outcome: str, propensity: str,
+            position: str | None = None, confounders=None, items=None) -> "BanditEstimator":
+        """Validate the log, fit the cross-fitted outcome model (dr / dm) and the item values.
+
+        ``propensity`` is the logged probability of the shown item (in its position when
+        ``position`` is given). ``confounders`` are user/context columns: numeric ones enter as
+        they are, others (e.g. hashed strings) are one-hot encoded. ``items`` is the item
+        catalogue (default: the logged items, sorted).
+        """
+        self._check_params()
+        log = _bandit_log(df, item, outcome, propensity, position, confounders)
+        self.position_ = position
+        self.items_ = _catalogue(df[item], items)
+        self._a = pd.Index(self.items_).get_indexer(df[item]).astype(np.int64)
+        if position is not None:
+            self.positions_ = np.sort(df[position].unique())
+            self._k = np.searchsorted(self.positions_, df[position].to_numpy()).astype(np.int64)
+        else:
+            self.positions_, self._k = None, np.zeros(len(df), dtype=np.int64)
+        self._y = df[outcome].to_numpy(dtype=np.float64, copy=True)
+        self._w0 = 1.0 / df[propensity].to_numpy(dtype=np.float64)
+        self.outcome_binary_ = log.outcome_is_binary
+        self._device = resolve_device(self.device)
+        click = (self._y > 0).astype(np.int64) if self.outcome_binary_ else np.zeros(len(df), np.int64)
+        content = [item] + ([position] if position else []) + log.confounders + log.categorical
+        self.fold_ = pd.Series(assign_folds(df, content, self._a, click, self._y, self.n_folds,
+                                            self.seed), index=df.index, name="fold")
+        self.outcome_coef_, self._q_obs, self._n_pos_seg = None, None, 1
+        if self.method in ("dr", "dm"):
+            self._fit_outcome_model(log)
+        self.values_ = self.item_values()
+        return self
+
+    def _fit_outcome_model(self, log: InteractionLog) -> None:
+        df = log.data
+        extra = None
+        if self.position_ is not None and self.outcome_segments == "item":
+            extra = pd.get_dummies(df[self.position_].astype(str), prefix=self.position_,
+                                   drop_first=True, dtype=float)
+        design = build_design(log, extra, max_levels=self.max_levels, dtype=np.float64)
+        self.design_columns_ = design.columns
+        dtype = _resolve_dtype(self.dtype)
+        self._X = torch.as_tensor(design.X, dtype=dtype, device=self._device)
+        by_pos = self.outcome_segments == "item_position" and self.position_ is not None
+        self._n_pos_seg = len(self.positions_) if by_pos else 1
+        n_seg = len(self.items_) * self._n_pos_seg
+        seg = self._a * self._n_pos_seg + (self._k if by_pos else 0)
+        family = "logistic" if self.outcome_binary_ else "gaussian"
+        folds, F = self.fold_.to_numpy(), self.n_folds
+        # one blocked layout for all folds (cells = segment x fold), as the effect estimator does
+        layout = _core.make_layout(seg * F + folds, n_seg * F, device=self._device)
+        y = torch.as_tensor(self._y, dtype=dtype, device=self._device)
+        Xb, yb, wb = _core.pad_design(layout, self._X), _core.pad(layout, y), layout.valid.to(dtype)
+        block_seg, block_fold = layout.block_cell // F, layout.block_cell % F
+        local_pen, shared_pen = _core.penalties(Xb.shape[-1], True, 1.0, self.shrinkage,
+                                                self.intercept_shrinkage, dtype, self._device)
+        # Item intercepts are shrunk toward the shared one, which then is well identified: give it
+        # the same weak ridge as the shared slopes (a N(0, 1) prior would pull a rare-click
+        # model's base rate toward 50%).
+        shared_pen[0] = shared_pen[-1] if len(shared_pen) > 1 else 1e-4
+        self.outcome_coef_, self.outcome_converged_ = [], True
+        for f in range(F):
+            train = torch.nonzero(block_fold != f if F > 1 else block_fold >= 0).squeeze(1)
+            fit = _core.fit_glm(Xb, yb, wb, train, block_seg, n_seg, family=family, pooled=True,
+                                local_penalty=local_pen, shared_penalty=shared_pen,
+                                max_iter=self.max_iter)
+            self.outcome_coef_.append(fit.coef)
+            self.outcome_converged_ &= bool(fit.converged)
+        self._family = family
+        self._fold_t = torch.as_tensor(folds.copy(), device=self._device)
+        self._k_t = torch.as_tensor(self._k, device=self._device)
+        self._a_t = torch.as_tensor(self._a, device=self._device)
+
+    # ------------------------------------------------------------------ outcome model
+    def _rows_per_chunk(self) -> int:
+        if self.chunk_rows is not None:
+            return int(self.chunk_rows)
+        per_row = 8 * len(self.items_) * self._n_pos_seg * 6  # a few float64 row x item temporaries
+        return max(1, _core.CHUNK_BYTES // per_row)
+
+    def _predict(self, rows: torch.Tensor) -> torch.Tensor:
+        """q(x_i, a) for the given rows and every item, (len(rows), n_items) float64,
+        each row predicted by the model that did not see its fold."""
+        n_items = len(self.items_)
+        out = torch.empty(len(rows), n_items, dtype=torch.float64, device=self._device)
+        for f, coef in enumerate(self.outcome_coef_):
+            mine = self._fold_t[rows] == f if self.n_folds > 1 else torch.ones_like(rows, dtype=torch.bool)
+            r = rows[mine]
+            eta = self._X[r] @ coef[:, 1:].T + coef[:, 0]
+            if self._n_pos_seg > 1:  # pick each row's own position
+                eta = eta.view(len(r), n_items, self._n_pos_seg)
+                eta = eta.gather(2, self._k_t[r].view(-1, 1, 1).expand(-1, n_items, 1)).squeeze(2)
+            mean = torch.sigmoid(eta) if self._family == "logistic" else eta
+            out[mine] = mean.to(torch.float64)
+        return out
+
+    def _chunks(self, use_model: bool = True):
+        """Row chunks with each row's predictions for every item (None without the model)."""
+        n = len(self._y)
+        step = self._rows_per_chunk()
+        for start in range(0, n, step):
+            rows = torch.arange(start, min(n, start + step), device=self._device)
+            yield rows, (self._predict(rows) if use_model else None)
+
+    def _observed_q(self) -> np.ndarray:
+        """q(x_i, a_i) for the shown item of every row (computed once)."""
+        if self._q_obs is None:
+            q = np.empty(len(self._y))
+            for rows, q_rows in self._chunks():
+                shown = q_rows.gather(1, self._a_t[rows].view(-1, 1)).squeeze(1)
+                q[rows.cpu().numpy()] = shown.cpu().numpy()
+            self._q_obs = q
+        return self._q_obs
+
+    # ------------------------------------------------------------------ item values
+    def item_values(self, by_position: bool = False, method: str | None = None) -> pd.DataFrame:
+        """Value of showing each item (one row per item, or per item x position).
+
+        ``method`` overrides the estimator's method; the fitted outcome model is reused, so
+        one dr / dm fit gives all four estimators."""
+        self._check_fitted()
+        method = self._resolve_method(method)
+        g, groups = self._groups(by_position)
+        G, A, n_g = len(groups), len(self.items_), np.bincount(g, minlength=len(groups))
+        a, y, w0 = self._a, self._y, self._w0
+        cell = g * A + a
+        shown_w = np.bincount(cell, weights=w0, minlength=G * A).reshape(G, A)
+        shown_w2 = np.bincount(cell, weights=w0 ** 2, minlength=G * A).reshape(G, A)
+        n_shown = np.bincount(cell, minlength=G * A).reshape(G, A)
+        n_events = np.bincount(cell, weights=(y != 0).astype(float), minlength=G * A).reshape(G, A)
+
+        base, corr, centre = None, None, np.zeros((G, A))
+        if method == "ipw":
+            corr = w0 * y
+        elif method == "snipw":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                V = np.bincount(cell, weights=w0 * y, minlength=G * A).reshape(G, A) / shown_w
+            V = np.nan_to_num(V)
+            base = V
+            corr = n_g[g] * w0 * (y - V[g, a]) / np.where(shown_w[g, a] > 0, shown_w[g, a], 1.0)
+        else:
+            corr = w0 * (y - self._observed_q())
+            if method == "dm":
+                centre = np.bincount(cell, weights=corr, minlength=G * A).reshape(G, A) / n_g[:, None]
+        sums = self._accumulate_items(g, G, base, corr, centre, use_model=method in ("dr", "dm"))
+        value, se = _mean_se(sums["s1"], sums["s2"], n_g[:, None])
+        ate, ate_se = _mean_se(sums["d1"], sums["d2"], n_g[:, None])
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ess = shown_w ** 2 / shown_w2
+        if self.outcome_binary_ and self.se_floor:
+            floor = _se_floor(method, shown_w, shown_w2, n_g[:, None],
+                              (np.bincount(g, weights=y, minlength=G) / n_g)[:, None])
+            se, ate_se = np.fmax(se, floor), np.fmax(ate_se, floor)
+        unsupported = n_shown == 0
+        if method in ("ipw", "snipw"):
+            # weighting cannot value an item never shown, nor a uniform mix that includes it
+            value[unsupported] = np.nan
+            ate[unsupported.any(1)] = np.nan
+        se[unsupported] = ate_se[unsupported] = np.nan
+        status = self._status(ess, n_events)
+        status[n_shown < self.min_shown] = "few_shown"
+        status[unsupported] = "not_shown"
+        lo, hi = self._interval(value, se, clip=self.outcome_binary_)
+        ate_lo, ate_hi = self._interval(ate, ate_se, clip=False)
+        table = pd.DataFrame({
+            "item": np.tile(self.items_, G),
+            "value": value.ravel(), "se": se.ravel(), "ci_low": lo.ravel(), "ci_high": hi.ravel(),
+            "n_shown": n_shown.ravel(), "ess": ess.ravel(), "status": status.ravel(),
+            "ate": ate.ravel(), "ate_se": ate_se.ravel(),
+            "ate_ci_low": ate_lo.ravel(), "ate_ci_high": ate_hi.ravel(),
+            "n_events": n_events.ravel().astype(np.int64), "n_rows": np.repeat(n_g, A),
+        })
+        if by_position:
+            table.insert(1, self.position_, np.repeat(groups, A))
+        return table
+
+    def _accumulate_items(self, g, G, base, corr, centre, use_model) -> dict:
+        """Per (group, item): sums of psi, psi^2 and of psi minus its row mean over items
+        (the effect against a uniformly random item), chunk by chunk."""
+        dev, A = self._device, len(self.items_)
+        g_t, a_t = torch.as_tensor(g, device=dev), torch.as_tensor(self._a, device=dev)
+        corr_t = torch.as_tensor(corr, dtype=torch.float64, device=dev)
+        centre_t = torch.as_tensor(centre, dtype=torch.float64, device=dev)
+        base_t = None if base is None else torch.as_tensor(base, dtype=torch.float64, device=dev)
+        sums = {k: torch.zeros(G, A, dtype=torch.float64, device=dev) for k in ("s1", "s2", "d1", "d2")}
+        for rows, q in self._chunks(use_model):
+            gr = g_t[rows]
+            if q is not None:
+                psi = q
+            elif base_t is not None:
+                psi = base_t[gr].clone()
+            else:
+                psi = torch.zeros(len(rows), A, dtype=torch.float64, device=dev)
+            psi[torch.arange(len(rows), device=dev), a_t[rows]] += corr_t[rows]
+            psi -= centre_t[gr]
+            d = psi - psi.mean(1, keepdim=True)
+            for key, val in (("s1", psi), ("s2", psi ** 2), ("d1", d), ("d2", d ** 2)):
+                sums[key].index_add_(0, gr, val)
+        return {k: v.cpu().numpy() for k, v in sums.items()}
+
+    def _status(self, ess, n_events) -> np.ndarray:
+        """"ok", or why the estimate is weak (callers add their own, stronger reasons)."""
+        status = np.full(np.shape(ess), "ok", dtype=object)
+        if self.outcome_binary_:
+            status[n_events < self.min_events] = "few_events"
+        status[~(ess >= self.min_ess)] = "low_ess"
+        return status
+
+    def _interval(self, value, se, clip: bool):
+        """Normal interval; for 0/1 outcomes a value's interval is cut to [0, 1], but always
+        contains the estimate (DR may put an estimate slightly below 0)."""
+        z = stats.norm.ppf(1 - self.alpha / 2)
+        lo, hi = value - z * se, value + z * se
+        if not clip:
+            return lo, hi
+        return np.fmin(np.clip(lo, 0, 1), value), np.fmax(np.clip(hi, 0, 1), value)
+
+    def _resolve_method(self, method):
+        method = self.method if method is None else method
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method in ("dr", "dm") and self.outcome_coef_ is None:
+            raise ValueError(f"method {method!r} needs the outcome model: fit with method='dr' or 'dm'")
+        return method
+
+    def _groups(self, by_position: bool):
+        if not by_position:
+            return np.zeros(len(self._y), dtype=np.int64), np.array(["all"])
+        if self.position_ is None:
+            raise ValueError("by_position=True needs the position column (fit(..., position=...))")
+        return self._k, self.positions_
+
+    # ------------------------------------------------------------------ policy value
+    def policy_value(self, policy, by_position: bool = False, method: str | None = None) -> pd.DataFrame:
+        """Estimated value of a policy given as item probabilities per logged row.
+
+        ``policy`` : a (rows x items) array in the order of ``items_``, a DataFrame with item
+        columns (absent items get probability 0), or a sparse pair ``(item_ids, probs)`` of
+        (rows x k) arrays (e.g. a top-k list). Rows follow the log's row order.
+        Returns one row (or one per position): ``value, se, ci_low, ci_high, n, ess, status,
+        logged_value, unsupported_mass, method``. ``method`` overrides the estimator's.
+        """
+        self._check_fitted()
+        method = self._resolve_method(method)
+        pol = _Policy(policy, self.items_, len(self._y))
+        g, groups = self._groups(by_position)
+        G, n_g, y = len(groups), np.bincount(g, minlength=len(groups)), self._y
+        w = pol.at(self._a) * self._w0
+        sw = np.bincount(g, weights=w, minlength=G)
+        sw2 = np.bincount(g, weights=w ** 2, minlength=G)
+        n_events = np.bincount(g, weights=((w > 0) & (y != 0)).astype(float), minlength=G)
+        if method == "ipw":
+            psi = w * y
+        elif method == "snipw":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                V = np.bincount(g, weights=w * y, minlength=G) / sw
+                psi = V[g] + n_g[g] * w * (y - V[g]) / sw[g]
+        else:
+            psi = w * (y - self._observed_q())
+            if method == "dm":
+                psi = psi - (np.bincount(g, weights=psi, minlength=G) / n_g)[g]
+            for rows, q in self._chunks():
+                r = rows.cpu().numpy()
+                psi[r] += pol.expect(q, r)
+        value, se = _mean_se(np.bincount(g, weights=psi, minlength=G),
+                             np.bincount(g, weights=psi ** 2, minlength=G), n_g)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ess = sw ** 2 / sw2
+        logged = np.bincount(g, weights=y, minlength=G) / n_g
+        if self.outcome_binary_ and self.se_floor:
+            se = np.fmax(se, _se_floor(method, sw, sw2, n_g, logged))
+        shown = np.bincount(g * len(self.items_) + self._a,
+                            minlength=G * len(self.items_)).reshape(G, -1) > 0
+        unsupported = np.bincount(g, weights=pol.mass_outside(shown[g]), minlength=G) / n_g
+        status = self._status(ess, n_events)
+        status[unsupported > ROW_SUM_TOL] = "unsupported"
+        lo, hi = self._interval(value, se, clip=self.outcome_binary_)
+        table = pd.DataFrame({
+            "value": value, "se": se, "ci_low": lo, "ci_high": hi,
+            "n": n_g, "ess": ess, "status": status, "logged_value": logged,
+            "unsupported_mass": unsupported, "method": method,
+        })
+        if by_position:
+            table.insert(0, self.position_, groups)
+        return table
+
+    # ------------------------------------------------------------------ results
+    def _check_fitted(self):
+        if not hasattr(self, "fold_"):
+            raise RuntimeError("this estimator is not fitted yet; call fit(...) first")
+
+    def summary(self, top: int = 10) -> "BanditSummary":
+        self._check_fitted()
+        return BanditSummary(self, top=top)
+
+
+class _Policy:
+    """A validated policy: dense (rows x items) probabilities or sparse (ids, probs) lists."""
+
+    def __init__(self, policy, items: np.ndarray, n_rows: int):
+        catalogue = pd.Index(items)
+        if isinstance(policy, tuple) and len(policy) == 2:
+            ids, probs = (np.asarray(p) for p in policy)
+            ids = ids.reshape(n_rows, -1) if ids.ndim == 1 and ids.size == n_rows else ids
+            probs = probs.reshape(ids.shape) if probs.size == ids.size else probs
+            if ids.shape != probs.shape or ids.ndim != 2 or len(ids) != n_rows:
+                raise ValueError(f"a sparse policy is (item_ids, probs), two arrays of shape "
+                                 f"(rows, k) with rows = {n_rows}; got {ids.shape} and {probs.shape}")
+            codes = catalogue.get_indexer(ids.ravel())
+            _check_known(ids.ravel()[codes < 0])
+            self.codes, self.dense = codes.reshape(ids.shape), None
+            self.probs = probs.astype(np.float64)
+        else:
+            if isinstance(policy, pd.DataFrame):
+                _check_known(np.asarray(policy.columns)[catalogue.get_indexer(policy.columns) < 0])
+                policy = policy.reindex(columns=catalogue, fill_value=0.0).to_numpy(dtype=np.float64)
+            dense = np.asarray(policy, dtype=np.float64)
+            if dense.shape != (n_rows, len(catalogue)):
+                raise ValueError(f"a dense policy has shape (rows, items) = ({n_rows}, "
+                                 f"{len(catalogue)}), got {dense.shape}")
+            self.dense, self.probs = dense, dense
+        _check_probabilities(self.probs)
+
+    def at(self, a: np.ndarray) -> np.ndarray:
+        """pi(a_i | row i) for one item per row."""
+        if self.dense is not None:
+            return self.dense[np.arange(len(a)), a]
+        return (self.probs * (self.codes == a[:, None])).sum(1)
+
+    def expect(self, q: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """sum_a pi(a | i) q(x_i, a) for a chunk of rows."""
+        if self.dense is not None:
+            pi = torch.as_tensor(self.dense[rows], device=q.device)
+            return (pi * q).sum(1).cpu().numpy()
+        codes = torch.as_tensor(self.codes[rows], device=q.device)
+        probs = torch.as_tensor(self.probs[rows], device=q.device)
+        return (q.gather(1, codes) * probs).sum(1).cpu().numpy()
+
+    def mass_outside(self, allowed: np.ndarray) -> np.ndarray:
+        """Per row, the probability put on items where ``allowed`` (rows x items) is False."""
+        if self.dense is not None:
+            return (self.dense * ~allowed).sum(1)
+        ok = np.take_along_axis(allowed, self.codes, axis=1)
+        return (self.probs * ~ok).sum(1)
+
+
+def _check_known(unknown) -> None:
+    if len(unknown):
+        shown = ", ".join(repr(u) for u in pd.unique(unknown)[:5].tolist())
+        raise ValueError(f"the policy names item(s) not in the catalogue: {shown}")
+
+
+def _check_probabilities(probs: np.ndarray) -> None:
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("policy probabilities must be finite and non-negative")
+    sums = probs.sum(1)
+    bad = np.flatnonzero(np.abs(sums - 1) > ROW_SUM_TOL)
+    if len(bad):
+        raise ValueError(f"policy probabilities must sum to 1 in every row: {len(bad)} of "
+                         f"{len(sums)} rows do not (row {bad[0]} sums to {sums[bad[0]]:.6g})")
+
+
+def _se_floor(method, sum_w, sum_w2, n, rate):
+    """SE of the estimator if every weighted row had the group's mean 0/1 outcome ``rate``
+    (its variance under the pooled rate): a rare-event item with zero or one click is not
+    more precise than an average item shown with the same weights."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(rate * (1 - rate) * sum_w2) / (sum_w if method == "snipw" else n)
+
+
+def _mean_se(s1, s2, n):
+    """Mean and standard error of a mean from sums of values and squares."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / n
+        var = np.maximum(s2 - n * mean ** 2, 0) / (n - 1)
+        return mean, np.sqrt(var / n)
+
+
+def _catalogue(logged: pd.Series, items) -> np.ndarray:
+    seen = np.sort(logged.unique())
+    if items is None:
+        return seen
+    items = pd.Index(items)
+    if items.has_duplicates:
+        raise ValueError("items: the catalogue lists an item twice")
+    missing = seen[items.get_indexer(seen) < 0]
+    if len(missing):
+        raise SchemaError(logged.name, f"logged item(s) missing from items=: "
+                                       f"{', '.join(map(repr, missing[:5].tolist()))}")
+    return np.asarray(items)
+
+
+def _bandit_log(df, item, outcome, propensity, position, confounders) -> InteractionLog:
+    """Validate the roles once (via ``InteractionLog``); non-numeric confounders become
+    categorical (one-hot) columns."""
+    if not isinstance(df, pd.DataFrame):
+        raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
+    if propensity is None:
+        raise SchemaError(None, "a bandit log needs the logged propensity column (propensity=)")
+    confounders = [confounders] if isinstance(confounders, str) else list(confounders or [])
+    numeric = [c for c in confounders if c in df and (pd.api.types.is_numeric_dtype(df[c])
+                                                      or pd.api.types.is_bool_dtype(df[c]))]
+    if _SHOWN in df:
+        raise SchemaError(_SHOWN, "reserved column name")
+    return InteractionLog(df.assign(**{_SHOWN: 1}), item=[item] + ([position] if position else []),
+                          treatment=_SHOWN, outcome=outcome, confounders=numeric,
+                          categorical=[c for c in confounders if c not in numeric],
+                          propensity=propensity)
+
+
+# ---------------------------------------------------------------------- functions
+def estimate_item_values(df: pd.DataFrame, item: str, outcome: str, propensity: str,
+                         position: str | None = None, confounders=None, method: str = "dr",
+                         by_position: bool = False, items=None, **options) -> pd.DataFrame:
+    """Value of showing each item, from a bandit log with logged propensities.
+
+    Parameters
+    ----------
+    df : the log, one row per impression (the item shown, in a position).
+    item, outcome, propensity : column names; ``propensity`` is the probability the logging
+        policy gave the shown item (in its position), as logged.
+    position : optional position column: it enters the outcome model and ``by_position``.
+    confounders : context columns (numeric, or categorical such as hashed strings).
+    method : "dr", "ipw", "snipw" or "dm".
+    by_position : one row per item x position instead of per item.
+    items : the item catalogue (default: the logged items).
+    **options : parameters of ``BanditEstimator`` (n_folds, shrinkage, alpha, seed, ...).
+
+    Returns
+    -------
+    DataFrame, one row per item: ``item, value, se, ci_low, ci_high, n_shown, ess, status,
+    ate, ate_se, ate_ci_low, ate_ci_high, n_events, n_rows``. ``value`` is the expected
+    outcome had the item been shown (averaged over the logged contexts and positions);
+    ``ate`` is the effect of showing it instead of a uniformly random catalogue item.
+    ``status``: "ok", "few_events" (fewer than ``min_events`` nonzero 0/1 outcomes: the
+    interval is rough), "low_ess", "few_shown", "not_shown" (no estimate for ipw / snipw).
+    """
+    est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
+                                                        position, confounders, items)
+    return est.item_values(by_position=True) if by_position else est.values_
+
+
+def estimate_policy_value(df: pd.DataFrame, policy, item: str, outcome: str, propensity: str,
+                          position: str | None = None, confounders=None, method: str = "dr",
+                          by_position: bool = False, items=None, **options) -> pd.DataFrame:
+    """Value a policy would have earned on the logged contexts, with a confidence interval.
+
+    ``policy`` gives item probabilities per logged row: a (rows x items) array (columns in the
+    order of ``items`` or of the sorted logged items), a DataFrame with item columns, or a
+    sparse ``(item_ids, probs)`` pair of (rows x k) arrays. Other arguments as in
+    ``estimate_item_values``. Returns one row (one per position with ``by_position``):
+    ``value, se, ci_low, ci_high, n, ess, status, logged_value, unsupported_mass, method``.
+    """
+    est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
+                                                        position, confounders, items)
+    return est.policy_value(policy, by_position=by_position)
+
+
+def estimate_logging_policy(df: pd.DataFrame, item: str, propensity: str,
+                            position: str | None = None, items=None) -> pd.DataFrame:
+    """Average action distribution of a context-free logging policy, from its log.
+
+    For position k and item a: ``n(a, k) / sum 1 / p_i`` over the rows showing a at k, the
+    inverse-propensity estimate of the time-averaged probability (exact when the policy was
+    constant; the mean of the logged propensities would over-weight the times the item was
+    likely). Rows are normalised to sum to 1. Returns a DataFrame indexed by position (one
+    row "all" without ``position``) with one column per item.
+    """
+    _bandit_log(df.assign(__outcome__=0.0), item, "__outcome__", propensity, position, None)
+    items = _catalogue(df[item], items)
+    k = df[position] if position is not None else pd.Series("all", index=df.index)
+    inv = 1.0 / df[propensity].to_numpy(dtype=np.float64)
+    cells = pd.DataFrame({"k": k.to_numpy(), "a": df[item].to_numpy(), "inv": inv})
+    grouped = cells.groupby(["k", "a"])["inv"].agg(["size", "sum"])
+    table = (grouped["size"] / grouped["sum"]).unstack("a").reindex(columns=items).fillna(0.0)
+    table.index.name, table.columns.name = position or "position", item
+    return table.div(table.sum(axis=1), axis=0)
+
+
+class BanditSummary:
+    """Header facts and the items with the highest estimated values."""
+
+    def __init__(self, est: BanditEstimator, top: int = 10):
+        values = est.values_
+        self.info = {
+            "Method": est.method.upper(),
+            "Outcome model": ("none" if est.outcome_coef_ is None else
+                              f"pooled GLM by {est.outcome_segments}, {est.n_folds}-fold cross-fitted"),
+            "Rows (impressions)": len(est._y),
+            "Items": len(est.items_),
+            "Positions": "-" if est.positions_ is None else len(est.positions_),
+            "Logged mean outcome": f"{est._y.mean():.5g}",
+            "Confidence level": f"{1 - est.alpha:.0%}",
+        }
+        self.status_counts = values["status"].value_counts()
+        cols = ["value", "se", "ci_low", "ci_high", "ate", "ate_se", "n_shown", "ess", "status"]
+        self.table = values.nlargest(top, "value").set_index("item")[cols]
+
+    def __str__(self) -> str:
+        width = 78
+        lines = ["=" * width, "Item values from a bandit log".center(width), "=" * width]
+        lines += [f"{k + ':':<30}{v}" for k, v in self.info.items()]
+        lines += ["-" * width, "Item status: " + ", ".join(f"{k} {v}" for k, v in self.status_counts.items()),
+                  "-" * width, f"Highest estimated values (top {len(self.table)}):"]
+        with pd.option_context("display.width", width, "display.max_columns", 20,
+                               "display.float_format", "{:.4g}".format):
+            lines += [self.table.to_string(), "=" * width]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.info.items())
+        status = html.escape(", ".join(f"{k} {v}" for k, v in self.status_counts.items()))
+        return (f"<table>{rows}</table><p>Item status: {status}</p>"
+                + self.table.to_html(float_format="{:.4g}".format))
