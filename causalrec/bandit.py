@@ -36,7 +36,7 @@ from scipy import stats
 from .estimate import _core
 from .estimate.design import assign_folds, build_design
 from .estimate.estimator import _resolve_dtype, resolve_device
-from .schema import InteractionLog, SchemaError
+from .schema import InteractionLog, SchemaError, _as_list
 
 __all__ = ["BanditEstimator", "estimate_item_values", "estimate_policy_value",
            "estimate_logging_policy"]
@@ -519,7 +519,7 @@ def _bandit_log(df, item, outcome, propensity, position, confounders) -> Interac
         raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
     if propensity is None:
         raise SchemaError(None, "a bandit log needs the logged propensity column (propensity=)")
-    confounders = [confounders] if isinstance(confounders, str) else list(confounders or [])
+    confounders = _as_list(confounders)
     numeric = [c for c in confounders if c in df and (pd.api.types.is_numeric_dtype(df[c])
                                                       or pd.api.types.is_bool_dtype(df[c]))]
     if _SHOWN in df:
