@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
 
 import causalrec as cr
@@ -19,17 +18,6 @@ OBD = ROOT / "data" / "obd"
 USER = [f"user_feature_{k}" for k in range(4)]
 ROLES = dict(item="item_id", outcome="click", propensity="propensity_score", position="position")
 Z = stats.norm.ppf(0.975)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The outcome model's per-item matrices are tiny: under ``pytest -n 2`` on two cores,
-    torch's intra-op threads only spin against each other (a DR fit on OBD takes ~1 s with
-    one thread and 5-40 s with two on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from causalrec.refute import (_permute_within, _subsample_within, deep_dive, e_v
                               refute_item_effects, robustness_value, sensitivity,
                               summarize_refutations)
 
-# Items need about 50 rows per arm for the normal approximation of the per-item SE (below
-# that the estimator's placebo false-positive rate measured ~7-12%), hence min_rows_per_arm.
+# Placebo shares are sharpest on items with many rows per arm (the per-item t intervals are
+# asymptotic), hence min_rows_per_arm.
 MIN_ROWS = 50
 N_SUBSETS = 3
 
@@ -103,9 +103,10 @@ def test_random_common_cause_leaves_estimates_in_place(refutations):
     rcc = refutations[(refutations["check"] == "random_common_cause")
                       & refutations["passed"].notna()]
     shift = rcc["shift_in_se"].abs()
-    # Moves stay well inside the SEs (they are mostly the re-drawn cross-fitting folds).
-    assert shift.median() < 0.6
-    assert (shift <= 1).mean() >= 0.8
+    # The folds are kept, so a pure-noise confounder moves estimates by a small fraction of
+    # their SEs (one extra ridge-penalised column in the nuisance models).
+    assert shift.median() < 0.2
+    assert (shift <= 0.5).mean() >= 0.9
 
 
 def test_subset_stability_matches_subsampling_theory(refutations):

@@ -55,7 +55,8 @@ class ItemEffectEstimator:
     min_rows_per_arm : items with fewer treated or control rows get status "too_few_rows".
     min_ess : items whose effective sample size in either arm is below this get status
         "poor_overlap" (estimates are still reported).
-    alpha : 1 - confidence level of the intervals.
+    alpha : 1 - confidence level of the intervals. Intervals and p-values use Student t
+        with ``dof = min(n_treated, n_control) - 1`` (normal for large items).
     text_encoder, text_components : how text columns become confounders.
     device : "auto" (CUDA when present), "cpu", "cuda", ... ; dtype : "float32" / "float64".
     seed : fixes the cross-fitting folds.
@@ -72,7 +73,7 @@ class ItemEffectEstimator:
 
     def __init__(self, method="aipw", nuisance="pooled", n_folds=2, penalty=1.0,
                  shrinkage=10.0, intercept_penalty=1e-3, outcome_model="auto", clip=0.01,
-                 trim=None, min_rows_per_arm=5, min_ess=5.0, alpha=0.05, text_encoder=None,
+                 trim=None, min_rows_per_arm=10, min_ess=5.0, alpha=0.05, text_encoder=None,
                  text_components=8, device="auto", dtype="float32", seed=0, max_iter=30):
         self.method = method
         self.nuisance = nuisance
@@ -112,8 +113,13 @@ class ItemEffectEstimator:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, log: InteractionLog) -> "ItemEffectEstimator":
-        """Estimate every item's effect from a validated ``InteractionLog``."""
+    def fit(self, log: InteractionLog, folds=None) -> "ItemEffectEstimator":
+        """Estimate every item's effect from a validated ``InteractionLog``.
+
+        ``folds`` (optional, one integer in [0, n_folds) per row) fixes the cross-fitting
+        folds, e.g. to re-use ``fold_`` of an earlier fit when refuting it; by default they
+        are drawn from a seeded hash of each row's content (see ``assign_folds``).
+        """
         self._check_params()
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog; use estimate_item_effects for a DataFrame")
@@ -135,7 +141,10 @@ class ItemEffectEstimator:
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.outcome_family_ = self._outcome_family(log)
         content = keys + log.confounders + log.categorical + log.text
-        folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
+        if folds is None:
+            folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
+        else:
+            folds = _check_folds(folds, len(df), self.n_folds)
 
         rows = np.flatnonzero(use)
         X = design.X if len(rows) == len(df) else design.X[rows]
@@ -146,7 +155,8 @@ class ItemEffectEstimator:
                                     device, dtype)
         e, mu0, mu1 = (p.to(torch.float64).cpu().numpy() for p in preds)
         table, psi, e_clipped = _effects_table(seg[rows], t[rows], y[rows], e, mu0, mu1, n_seg,
-                                               self.method, self.clip, self.trim, self.alpha)
+                                               self.method, self.clip, self.trim, self.alpha,
+                                               binary=log.outcome_is_binary)
         table["status"] = _post_status(status, table, self.min_ess)
         table.loc[table["status"].isin(NO_ESTIMATE), ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
@@ -240,8 +250,8 @@ class ItemEffectEstimator:
     def effect_interval(self, alpha: float | None = None) -> pd.DataFrame:
         """Normal confidence interval per item at level 1 - alpha."""
         self._check_fitted()
-        z = stats.norm.ppf(1 - (self.alpha if alpha is None else alpha) / 2)
         eff = self.effects_.set_index(self._keys())
+        z = stats.t.ppf(1 - (self.alpha if alpha is None else alpha) / 2, eff["dof"])
         return pd.DataFrame({"ci_low": eff["ate"] - z * eff["se"],
                              "ci_high": eff["ate"] + z * eff["se"]})
 
@@ -259,6 +269,16 @@ class ItemEffectEstimator:
 
     def _keys(self):
         return ["item"] + list(self.effects_.columns[1:len(self.segments_.columns)])
+
+
+def _check_folds(folds, n_rows, n_folds) -> np.ndarray:
+    folds = np.asarray(folds)
+    if folds.shape != (n_rows,) or not np.issubdtype(folds.dtype, np.integer):
+        raise ValueError(f"folds must be {n_rows} integers (one per row), got shape "
+                         f"{folds.shape} and dtype {folds.dtype}")
+    if len(folds) and (folds.min() < 0 or folds.max() >= n_folds):
+        raise ValueError(f"folds must lie in [0, {n_folds}), found {folds.min()}..{folds.max()}")
+    return folds.astype(np.int64)
 
 
 def _pre_status(n_t, n_c, min_rows):
@@ -284,7 +304,7 @@ def _seg_sum(values, seg, n_seg):
     return np.bincount(seg, weights=values, minlength=n_seg)
 
 
-def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha):
+def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary):
     """Per-row influence values and per-item estimates, all in float64."""
     e_clip = np.clip(e, clip, 1 - clip)
     keep = np.ones(len(seg), bool) if trim is None else (e >= trim) & (e <= 1 - trim)
@@ -308,11 +328,26 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha):
     with np.errstate(invalid="ignore", divide="ignore"):
         ate = _seg_sum(psi, seg, n_seg) / n_keep
         var = (_seg_sum(psi ** 2, seg, n_seg) - n_keep * ate ** 2) / (n_keep - 1)
-        se = np.sqrt(np.maximum(var, 0) / n_keep)
-        z = stats.norm.ppf(1 - alpha / 2)
-        p_value = 2 * stats.norm.sf(np.abs(ate / se))
+        var_of_mean = np.maximum(var, 0) / n_keep
+        if binary:
+            # An arm with no (or only) clicks shows no residual spread, so the empirical
+            # variance collapses; the variance implied by the fitted click probabilities
+            # does not. Take the larger: it only binds where the empirical one is degenerate.
+            if method == "ipw":
+                r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
+                model = _seg_sum(wt ** 2 * r1, seg, n_seg) / s1 ** 2 + _seg_sum(wc ** 2 * r0, seg, n_seg) / s0 ** 2
+            else:
+                spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
+                model = _seg_sum(spread, seg, n_seg) / n_keep ** 2
+            var_of_mean = np.fmax(var_of_mean, model)
+        se = np.sqrt(var_of_mean)
         n_t = _seg_sum(t, seg, n_seg)
         n_c = _seg_sum(1 - t, seg, n_seg)
+        # Student t with the smaller arm's degrees of freedom: IPW-weighted influence values
+        # are heavy-tailed, and with a few dozen rows in an arm a normal interval is too short.
+        dof = np.maximum(np.minimum(n_t, n_c) - 1, 1)
+        z = stats.t.ppf(1 - alpha / 2, dof)
+        p_value = 2 * stats.t.sf(np.abs(ate / se), dof)
         treated_mean = _seg_sum(t * y, seg, n_seg) / n_t
         control_mean = _seg_sum((1 - t) * y, seg, n_seg) / n_c
         y_mean = _seg_sum(y, seg, n_seg) / (n_t + n_c)
@@ -327,7 +362,7 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha):
     np.fmax.at(e_max, seg, e)
     table = pd.DataFrame({
         "ate": ate, "se": se, "ci_low": ate - z * se, "ci_high": ate + z * se,
-        "p_value": p_value, "naive_ate": treated_mean - control_mean,
+        "p_value": p_value, "dof": dof, "naive_ate": treated_mean - control_mean,
         "treated_mean": treated_mean, "control_mean": control_mean, "mu0_mean": mu0_mean,
         "outcome_sd": outcome_sd, "e_min": e_min, "e_max": e_max,
         "ess_treated": ess_t, "ess_control": ess_c,
@@ -351,7 +386,7 @@ def _row_series(index, rows, values, name):
 
 def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
                           confounders=None, categorical=None, text=None, propensity=None,
-                          by=None, graph=None, **options) -> pd.DataFrame:
+                          by=None, graph=None, folds=None, **options) -> pd.DataFrame:
     """Average causal effect of recommending each item, with honest intervals.
 
     Parameters
@@ -362,6 +397,7 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     propensity : logged probability of treatment; when given, IPW/AIPW use it.
     by : extra segment columns (e.g. a user group): effects per item x group.
     graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders.
+    folds : optional cross-fitting fold per row (see ``ItemEffectEstimator.fit``).
     **options : parameters of ``ItemEffectEstimator`` (method, nuisance, n_folds, seed, ...).
 
     Returns
@@ -383,7 +419,7 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     log = InteractionLog(df, item=[item] + by, treatment=treatment, outcome=outcome,
                          confounders=confounders, categorical=categorical, text=text,
                          propensity=propensity)
-    return ItemEffectEstimator(**options).fit(log).effects_
+    return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
 
 
 def _union(a, b):
