@@ -376,14 +376,19 @@ class TextConfounders:
     """Text columns -> ``<column>_pc<k>`` numeric confounders (fitted once, reused).
 
     ``encoder`` is a TextEncoder, a local model path, or None for the default TextEncoder.
+    With two or more text columns, ``pair_similarity`` adds the cosine similarity of each
+    pair's embeddings (``<a>~<b>_cos``): in a recommender the match between a user's profile
+    and an item's description is what drives both exposure and clicks, and one shared slope on
+    the match serves every item, including tail items too small for item-specific slopes.
     After ``fit``: ``reducers_`` (column -> TextReducer), ``columns_``, ``feature_names_``,
     ``report_`` (per column: n_rows, n_unique, n_missing, n_truncated, n_components,
     explained_variance).
     """
 
-    def __init__(self, encoder=None, n_components: int = 8):
+    def __init__(self, encoder=None, n_components: int = 8, pair_similarity: bool = True):
         self.encoder = encoder
         self.n_components = n_components
+        self.pair_similarity = pair_similarity
 
     def fit(self, df: pd.DataFrame, columns) -> "TextConfounders":
         self.fit_transform(df, columns)
@@ -404,14 +409,22 @@ class TextConfounders:
     @property
     def feature_names_(self) -> list[str]:
         return [f"{col}_pc{k}" for col in self.columns_
-                for k in range(len(self.reducers_[col].components_))]
+                for k in range(len(self.reducers_[col].components_))] + self._pair_names()
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        cols = self.columns_ if self.pair_similarity else []
+        return [(a, b) for i, a in enumerate(cols) for b in cols[i + 1:]]
+
+    def _pair_names(self) -> list[str]:
+        return [f"{a}~{b}_cos" for a, b in self._pairs()]
 
     def _scores(self, df: pd.DataFrame, fit: bool = False) -> pd.DataFrame:
-        parts, report = [], []
+        parts, report, embedded = [], [], {}
         for col in self.columns_:
             if col not in df.columns:
                 raise SchemaError(col, "text column missing from the data")
             emb, codes = self.encoder_.encode_unique(df[col], column=col)
+            embedded[col] = emb, codes
             if fit:
                 # Weighting unique texts by their row counts = PCA over rows, in m x d memory.
                 reducer = TextReducer(self.n_components).fit(
@@ -426,6 +439,18 @@ class TextConfounders:
             scores = self.reducers_[col].transform(emb)[codes]
             parts.append(pd.DataFrame(scores, index=df.index,
                                       columns=[f"{col}_pc{k}" for k in range(scores.shape[1])]))
+        for (a, b), name in zip(self._pairs(), self._pair_names()):
+            parts.append(pd.DataFrame({name: _row_cosine(*embedded[a], *embedded[b])},
+                                      index=df.index))
         if fit:
             self.report_ = pd.DataFrame(report).set_index("column")
         return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=df.index)
+
+
+def _row_cosine(emb_a, codes_a, emb_b, codes_b, chunk: int = 65_536) -> np.ndarray:
+    """Per-row dot product of two L2-normalised embeddings, without an n x 384 matrix."""
+    out = np.empty(len(codes_a), dtype=np.float64)
+    for start in range(0, len(out), chunk):
+        rows = slice(start, start + chunk)
+        out[rows] = np.einsum("ij,ij->i", emb_a[codes_a[rows]], emb_b[codes_b[rows]])
+    return out

@@ -276,7 +276,7 @@ def test_text_confounders_fit_once_and_reuse(encoder):
     df = pd.DataFrame({"user_text": [texts[i % 13] for i in range(130)],
                        "item_text": [COOKING[i % 3] for i in range(130)],
                        "x": np.arange(130)}, index=[f"r{i}" for i in range(130)])
-    tc = TextConfounders(encoder=encoder, n_components=4)
+    tc = TextConfounders(encoder=encoder, n_components=4, pair_similarity=False)
     out = tc.fit_transform(df, ["user_text", "item_text"])
     assert list(out.columns) == tc.feature_names_ == [
         "user_text_pc0", "user_text_pc1", "user_text_pc2", "user_text_pc3",
@@ -295,6 +295,18 @@ def test_text_confounders_fit_once_and_reuse(encoder):
     assert again.index.equals(new.index)
     np.testing.assert_allclose(again.iloc[1:], out.loc[again.index[1:]], atol=1e-12)
     assert encoder.n_model_calls_ == calls + 1
+
+
+def test_pair_similarity_is_the_cosine_of_the_two_texts(encoder):
+    df = pd.DataFrame({"user_text": SPORTS + COOKING, "item_text": COOKING[:3] * 2 + SPORTS[:3] * 2})
+    out = TextConfounders(encoder=encoder, n_components=2).fit_transform(df, ["user_text", "item_text"])
+    assert out.columns[-1] == "user_text~item_text_cos"
+    a, b = encoder.encode(df["user_text"]), encoder.encode(df["item_text"])
+    np.testing.assert_allclose(out["user_text~item_text_cos"], (a * b).sum(1), atol=1e-6)
+    # every pair above mixes topics; same-topic pairs are more similar
+    same = TextConfounders(encoder=encoder, n_components=2).fit_transform(
+        pd.DataFrame({"user_text": SPORTS, "item_text": SPORTS[::-1]}), ["user_text", "item_text"])
+    assert same.iloc[:, -1].mean() > out.iloc[:, -1].mean()
 
 
 def test_leading_component_separates_topics(encoder):
