@@ -27,12 +27,12 @@ def generate(n_items: int, n_rows: int, d: int, seed: int = 0):
     item = rng.choice(n_items, size=n_rows, p=weights / weights.sum()).astype(np.int32)
     X = rng.standard_normal((n_rows, d), dtype=np.float32)
     scale = 1.0 / np.sqrt(d)
-    beta_e = rng.normal(0, 1.2 * scale, d)
+    beta_e = rng.normal(0, 0.7 * scale, d)
     beta_y = rng.normal(0, 1.0 * scale, d)
     dev_e = rng.normal(0, 0.3 * scale, (n_items, d)).astype(np.float32)
     a_e = rng.normal(-1.0, 0.7, n_items)
     a_y = rng.normal(-1.5, 0.5, n_items)
-    tau = rng.gamma(2.0, 0.2, n_items) * (rng.random(n_items) < 0.7)
+    tau = rng.gamma(2.0, 0.3, n_items) * (rng.random(n_items) < 0.7)
     confound = X @ beta_e.astype(np.float32)
     logit_e = a_e[item] + confound + np.einsum("ij,ij->i", X, dev_e[item])
     e = 1 / (1 + np.exp(-np.clip(logit_e, -3.5, 3.5)))
@@ -65,7 +65,8 @@ def run_econml(df, confounders, items):
         rows = df[df["item"] == k]
         learner = LinearDRLearner(model_propensity=LogisticRegression(max_iter=1000),
                                   model_regression=LogisticRegression(max_iter=1000),
-                                  discrete_outcome=True, cv=2, random_state=0)
+                                  discrete_outcome=True, cv=2, min_propensity=0.01,
+                                  random_state=0)
         learner.fit(rows["y"].to_numpy(), rows["t"].to_numpy(), X=None,
                     W=rows[confounders].to_numpy())
         estimates[k] = float(np.ravel(learner.ate())[0])

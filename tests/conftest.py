@@ -11,5 +11,7 @@ import torch  # noqa: E402
 
 # CI runs two pytest workers on two cores. The batched fits are many small matrix products:
 # torch's intra-op threads would only spin against the other worker (measured 5-20x slower).
+# Notebook kernels and CLI subprocesses inherit OMP_NUM_THREADS.
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)

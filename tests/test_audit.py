@@ -5,7 +5,6 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
@@ -19,16 +18,6 @@ from causalrec.schema import SchemaError
 SETTINGS = dict(n_items=30, n_rows=80_000, popularity_skew=0.5, numeric_confounding=0.6,
                 text_confounding=0.0, effect_scale=2.0, disparity_share=0.4)
 Z3 = 3.0  # tolerance in standard errors: a fixed-seed check that fails 0.3% of the time
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """CI runs two pytest workers on two cores: torch's spinning intra-op threads then slow
-    these small batched fits down many times over (measured: 8 s instead of 0.4 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def roles(sim):
