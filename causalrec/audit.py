@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .estimate import ItemEffectEstimator, resolve_device
+from .estimate import ItemEffectEstimator, resolve_device, resolve_shrinkage
 from .estimate import _core
 from .estimate.design import build_design
 from .report import (_escape, _facts_table, _figure_to_img, _html_page, _html_table,
@@ -505,7 +505,8 @@ class _ExposureModel:
 
     def _penalties(self, p, n_shared):
         est = self.estimator
-        local, shared = _core.penalties(p, True, est.penalty, est.shrinkage, est.intercept_penalty,
+        shrinkage = resolve_shrinkage(est.shrinkage, p - 1)
+        local, shared = _core.penalties(p, True, est.penalty, shrinkage, est.intercept_penalty,
                                         torch.float64, self.device)
         if n_shared:
             local[p - n_shared:] = SHARED_ONLY

@@ -129,10 +129,19 @@ def _mean_var_loss(eta, y, family):
 
 
 def _chunks(blocks: torch.Tensor, block_size: int, p: int):
+    """Slices over runs of consecutive block indices (views, no copies), each run cut into
+    pieces of bounded memory; layouts that keep each fit's cells together make runs long."""
     per_block = block_size * p * 4 * 3 + p * p * 4 * 2
     step = max(1, CHUNK_BYTES // per_block)
-    for start in range(0, len(blocks), step):
-        yield blocks[start:start + step]
+    if len(blocks) == 0:
+        return
+    idx = blocks.cpu()
+    breaks = torch.nonzero(idx[1:] - idx[:-1] != 1).squeeze(1) + 1
+    starts = torch.cat([idx[:1], idx[breaks]]).tolist()
+    ends = (torch.cat([idx[breaks - 1], idx[-1:]]) + 1).tolist()
+    for start, end in zip(starts, ends):
+        for a in range(start, end, step):
+            yield slice(a, min(a + step, end))
 
 
 def _pass(Xb, yb, wb, blocks, block_seg, coef, n_seg, family, need_hessian):
@@ -140,17 +149,25 @@ def _pass(Xb, yb, wb, blocks, block_seg, coef, n_seg, family, need_hessian):
     p = Xb.shape[-1]
     loss = torch.zeros(n_seg, dtype=Xb.dtype, device=Xb.device)
     grad = torch.zeros(n_seg, p, dtype=Xb.dtype, device=Xb.device)
-    gram = torch.zeros(n_seg, p, p, dtype=Xb.dtype, device=Xb.device) if need_hessian else None
+    both = torch.zeros(n_seg, p, p + 1, dtype=Xb.dtype, device=Xb.device) if need_hessian else None
     for chunk in _chunks(blocks, Xb.shape[1], p):
         X, y, w = Xb[chunk], yb[chunk], wb[chunk]
         seg = block_seg[chunk]
         eta = torch.bmm(X, coef[seg].unsqueeze(-1)).squeeze(-1)
         mu, var, row_loss = _mean_var_loss(eta, y, family)
         loss.index_add_(0, seg, (w * row_loss).sum(1))
-        grad.index_add_(0, seg, torch.bmm(X.transpose(1, 2), (w * (mu - y)).unsqueeze(-1)).squeeze(-1))
-        if need_hessian:
-            gram.index_add_(0, seg, torch.bmm(X.transpose(1, 2), X * (w * var).unsqueeze(-1)))
-    return loss, grad, gram
+        residual = w * (mu - y)
+        if not need_hessian:
+            grad.index_add_(0, seg, torch.bmm(X.mT, residual.unsqueeze(-1)).squeeze(-1))
+            continue
+        # one bmm gives the Gram matrix and the gradient: X' [X * w var | w (mu - y)]
+        Z = torch.empty(X.shape[:2] + (p + 1,), dtype=X.dtype, device=X.device)
+        torch.mul(X, (w * var).unsqueeze(-1), out=Z[..., :p])
+        Z[..., p] = residual
+        both.index_add_(0, seg, torch.bmm(X.mT, Z))
+    if need_hessian:
+        return loss, both[..., p].contiguous(), both[..., :p].contiguous()
+    return loss, grad, None
 
 
 def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -160,9 +177,9 @@ def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     for jitter in (0.0, 1e-7, 1e-5, 1e-3):
         L, info = torch.linalg.cholesky_ex(A + jitter * scale * eye)
         if not bool((info > 0).any()):
-            # two triangular solves: ~10x faster than batched cholesky_solve on CPU
-            Z = torch.linalg.solve_triangular(L, B, upper=False)
-            return torch.linalg.solve_triangular(L.mT, Z, upper=True)
+            # inverse from the factor, then a bmm: several times faster on CPU than batched
+            # cholesky_solve or triangular solves with p + 1 right-hand sides
+            return torch.cholesky_inverse(L) @ B
     return torch.linalg.pinv(A) @ B
 
 
@@ -174,10 +191,13 @@ def _newton_step(grad, gram, local, shared, local_pen, shared_pen, pooled):
     # Schur complement: eliminate the block-diagonal segment part, solve for the shared part.
     M = _solve_spd(A, torch.cat([gram, g_local.unsqueeze(-1)], dim=-1))
     M_gram, M_g = M[..., :-1], M[..., -1]
-    S = gram.sum(0) + torch.diag(shared_pen) - torch.einsum("kij,kjl->il", gram, M_gram)
-    r = grad.sum(0) + shared_pen * shared - torch.einsum("kij,kj->i", gram, M_g)
+    K, p = grad.shape
+    # sum_k G_k M_k as one GEMM: (p, K p) @ (K p, p + 1); G_k is symmetric
+    GM = gram.transpose(0, 1).reshape(p, K * p) @ M.reshape(K * p, p + 1)
+    S = gram.sum(0) + torch.diag(shared_pen) - GM[:, :p]
+    r = grad.sum(0) + shared_pen * shared - GM[:, p]
     d_shared = _solve_spd(S.unsqueeze(0), r.view(1, -1, 1)).view(-1)
-    d_local = M_g - torch.einsum("kij,j->ki", M_gram, d_shared)
+    d_local = M_g - M_gram @ d_shared
     return d_shared, d_local
 
 
@@ -191,11 +211,16 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
     """
     p = Xb.shape[-1]
     opts = dict(dtype=Xb.dtype, device=Xb.device)
-    tol = max(tol, 100 * torch.finfo(Xb.dtype).eps)  # float32 steps never get below its noise
+    # float32 steps and sums never get below their rounding noise: compare within it
+    tol = max(tol, 100 * torch.finfo(Xb.dtype).eps)
+    rel_slack = 100 * torch.finfo(Xb.dtype).eps
     local_pen = torch.as_tensor(local_penalty, **opts).expand(p)
     shared_pen = torch.as_tensor(0.0 if shared_penalty is None else shared_penalty, **opts).expand(p)
     local, shared = torch.zeros(n_seg, p, **opts), torch.zeros(p, **opts)
     offset = 0.0
+    if family == "logistic":  # start at the overall rate: saves Newton steps on rare events
+        rate = ((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
+        shared[0] = torch.logit(rate)
     if family == "gaussian":  # centre y: penalties then shrink toward the overall mean
         offset = float((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12))
         yb = yb - offset
@@ -218,7 +243,7 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
             loss, grad, gram = _pass(Xb, yb, wb, blocks, block_seg, new_local + new_shared,
                                      n_seg, family, True)
             new_obj = objective(loss, new_local, new_shared)
-            worse = new_obj > obj + 1e-7 * obj.abs().clamp(min=1.0)
+            worse = new_obj > obj + rel_slack * obj.abs().clamp(min=1.0)
             if family == "gaussian" or not bool(worse.any()):
                 break
             step = torch.where(worse, step / 2, step)

@@ -21,7 +21,8 @@ class EffectSummary:
         overall_se = float(np.sqrt((w ** 2 * ok["se"] ** 2).sum())) if len(ok) else np.nan
         self.info = {
             "Method": estimator.method.upper(),
-            "Nuisance models": f"{estimator.nuisance} (outcome: {estimator.outcome_family_})",
+            "Nuisance models": f"{estimator.nuisance} (outcome: {estimator.outcome_family_})"
+                               + (f", shrinkage {estimator.shrinkage_:g}" if estimator.nuisance == "pooled" else ""),
             "Cross-fitting folds": estimator.n_folds,
             "Rows": int(eff["n"].sum()),
             "Items": len(eff),
