@@ -26,8 +26,6 @@ estimator would have if the item's rows had the log's mean rate (the pooled, nul
 """
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 import torch
@@ -36,6 +34,7 @@ from scipy import stats
 from .estimate import _core
 from .estimate.design import assign_folds, build_design
 from .estimate.estimator import _resolve_dtype, resolve_device
+from .estimate.summary import Summary
 from .schema import InteractionLog, SchemaError, _as_list
 
 __all__ = ["BanditEstimator", "estimate_item_values", "estimate_policy_value",
@@ -599,12 +598,14 @@ def estimate_logging_policy(df: pd.DataFrame, item: str, propensity: str,
     return table.div(table.sum(axis=1), axis=0)
 
 
-class BanditSummary:
+class BanditSummary(Summary):
     """Header facts and the items with the highest estimated values."""
+
+    title = "Item values from a bandit log"
 
     def __init__(self, est: BanditEstimator, top: int = 10):
         values = est.values_
-        self.info = {
+        info = {
             "Method": est.method.upper(),
             "Outcome model": ("none" if est.outcome_coef_ is None else
                               f"pooled GLM by {est.outcome_segments}, {est.n_folds}-fold cross-fitted"),
@@ -614,26 +615,7 @@ class BanditSummary:
             "Logged mean outcome": f"{est._y.mean():.5g}",
             "Confidence level": f"{1 - est.alpha:.0%}",
         }
-        self.status_counts = values["status"].value_counts()
         cols = ["value", "se", "ci_low", "ci_high", "ate", "ate_se", "n_shown", "ess", "status"]
-        self.table = values.nlargest(top, "value").set_index("item")[cols]
-
-    def __str__(self) -> str:
-        width = 78
-        lines = ["=" * width, "Item values from a bandit log".center(width), "=" * width]
-        lines += [f"{k + ':':<30}{v}" for k, v in self.info.items()]
-        lines += ["-" * width, "Item status: " + ", ".join(f"{k} {v}" for k, v in self.status_counts.items()),
-                  "-" * width, f"Highest estimated values (top {len(self.table)}):"]
-        with pd.option_context("display.width", width, "display.max_columns", 20,
-                               "display.float_format", "{:.4g}".format):
-            lines += [self.table.to_string(), "=" * width]
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in self.info.items())
-        status = html.escape(", ".join(f"{k} {v}" for k, v in self.status_counts.items()))
-        return (f"<table>{rows}</table><p>Item status: {status}</p>"
-                + self.table.to_html(float_format="{:.4g}".format))
+        super().__init__(info, values["status"].value_counts(),
+                         values.nlargest(top, "value").set_index("item")[cols],
+                         "Highest estimated values")
