@@ -215,7 +215,7 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=()):
 
 
 def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None = None,
-               prior: str = "npmle", alpha: float = 0.05, fdr: float = 0.1, *,
+               prior: str = "normal", alpha: float = 0.05, fdr: float = 0.1, *,
                n_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank items by empirical-Bayes shrunk effects.
 
@@ -227,7 +227,11 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
     by : "posterior_mean", "lower_bound" (``posterior_low``: favours items known to help), or
         "ate" (raw estimate; subject to the winner's curse).
     k : return only the top k rows; also the k of ``prob_top_k`` (default min(10, n ok)).
-    prior : "npmle" or "normal" (see ``EmpiricalBayesPrior``).
+    prior : "normal" (default) or "npmle" (see ``EmpiricalBayesPrior``). The NPMLE gives
+        slightly better point estimates on sparse, skewed effects but its discrete support
+        makes the intervals of extreme items too short (on the bundled sample, 53 items:
+        posterior-interval coverage 0.70 vs 0.91 with the normal prior, same RMSE), so the
+        default is the prior whose intervals are honest.
     alpha : posterior intervals are equal-tailed ``1 - alpha``.
     fdr : Benjamini-Hochberg level of the calls ``bh_positive`` / ``bh_negative``: BH on the
         two-sided p-values of ``ate / se``, direction from the sign of ``ate``; this controls

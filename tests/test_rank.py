@@ -170,7 +170,7 @@ def test_output_keeps_raw_columns_and_unusable_rows():
     assert set(tail.item) == {"x", "y", "z"}
     assert tail[["posterior_mean", "posterior_sd", "prob_top_k", "q_value", "rank"]].isna().all().all()
     assert not tail.bh_positive.any() and not tail.bh_negative.any()
-    assert out.attrs["prior"]["n"] == 100 and out.attrs["prior"]["kind"] == "npmle"
+    assert out.attrs["prior"]["n"] == 100 and out.attrs["prior"]["kind"] == "normal"
 
 
 def test_rows_order_does_not_change_posteriors():
@@ -178,7 +178,7 @@ def test_rows_order_does_not_change_posteriors():
     cols = ["posterior_mean", "posterior_sd", "posterior_low", "posterior_high", "q_value", "rank"]
     a = rank_items(eff, n_draws=20).set_index("item")[cols]
     b = rank_items(eff.sample(frac=1, random_state=0), n_draws=20).set_index("item")[cols]
-    pd.testing.assert_frame_equal(a, b.loc[a.index], atol=1e-10, rtol=0)
+    pd.testing.assert_frame_equal(a, b.loc[a.index], atol=1e-7, rtol=0)  # the normal prior is fitted by a 1-d optimiser
 
 
 def test_bh_q_values_known_answer():
