@@ -207,8 +207,8 @@ def _truth(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data"
-SAMPLE_SETTINGS = dict(n_items=120, n_users=1500, n_rows=30_000, effect_disparity=0.6,
-                       exposure_disparity=0.5, seed=2026)
+SAMPLE_SETTINGS = dict(n_items=120, n_users=1500, n_rows=30_000, popularity_skew=0.7,
+                       effect_disparity=0.6, exposure_disparity=0.5, seed=2026)
 
 
 def load_sample() -> SimulatedLog:
