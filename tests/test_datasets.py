@@ -62,3 +62,10 @@ def test_read_log_csv_parquet_and_errors(tmp_path):
     (tmp_path / "log.xlsx").write_text("x")
     with pytest.raises(cr.SchemaError, match="csv or .parquet"):
         cr.read_log(tmp_path / "log.xlsx")
+
+
+def test_every_exported_name_resolves():
+    for name in cr.__all__:
+        assert getattr(cr, name) is not None
+    with pytest.raises(AttributeError):
+        cr.not_a_name
