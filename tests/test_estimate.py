@@ -324,3 +324,21 @@ def test_bad_options(small):
                 dict(trim=0.0), dict(shrinkage=-1.0), dict(dtype="float16"), dict(outcome_model="probit")]:
         with pytest.raises(ValueError):
             cr.estimate_item_effects(df, **roles, **bad)
+
+
+def test_result_accessors_and_refitting_with_the_same_folds(small):
+    df, roles = small
+    log = cr.InteractionLog(df, **roles)
+    est = cr.ItemEffectEstimator(dtype="float64").fit(log)
+    eff = est.effects_.set_index("item")
+    pd.testing.assert_series_equal(est.effect(), eff["ate"])
+    frame = est.summary_frame(alpha=0.2).set_index("item")
+    ok = eff["status"] == "ok"
+    assert (frame["ci_high"] - frame["ci_low"])[ok].lt((eff["ci_high"] - eff["ci_low"])[ok]).all()
+    assert est.psi_.groupby(df["item_id"]).mean()[ok].sub(eff["ate"][ok]).abs().max() < 1e-12
+    again = cr.ItemEffectEstimator(dtype="float64", seed=123).fit(log, folds=est.fold_.to_numpy())
+    pd.testing.assert_frame_equal(again.effects_, est.effects_)
+    with pytest.raises(ValueError, match="folds"):
+        cr.ItemEffectEstimator().fit(log, folds=np.full(len(df), 5))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cr.ItemEffectEstimator().effect()
