@@ -342,3 +342,16 @@ def test_result_accessors_and_refitting_with_the_same_folds(small):
         cr.ItemEffectEstimator().fit(log, folds=np.full(len(df), 5))
     with pytest.raises(RuntimeError, match="not fitted"):
         cr.ItemEffectEstimator().effect()
+
+
+def test_repeated_splits_average_out_of_fold_predictions(small):
+    df, roles = small
+    log = cr.InteractionLog(df, **roles)
+    fits = [cr.ItemEffectEstimator(dtype="float64", seed=s).fit(log) for s in (0, 1)]
+    both = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=2).fit(log)
+    for name in ("mu0_", "mu1_"):
+        expected = (getattr(fits[0], name) + getattr(fits[1], name)) / 2
+        pd.testing.assert_series_equal(getattr(both, name), expected, rtol=1e-10)
+    assert len(both.nuisance_fits_) == 2 * both.n_folds
+    with pytest.raises(ValueError, match="n_repeats"):
+        cr.ItemEffectEstimator(n_repeats=0).fit(log)

@@ -51,6 +51,8 @@ class ItemEffectEstimator:
     nuisance : "pooled" (default): one model over all rows with item intercepts and item
         slopes shrunk toward shared slopes; "per_item": independent ridge models per item.
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
+    n_repeats : independent cross-fitting splits whose out-of-fold predictions are averaged
+        (costs ``n_repeats`` times the fits; reduces the split-to-split noise of small items).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -81,13 +83,14 @@ class ItemEffectEstimator:
     nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model.
     """
 
-    def __init__(self, method="aipw", nuisance="pooled", n_folds=2, penalty=1.0,
+    def __init__(self, method="aipw", nuisance="pooled", n_folds=2, n_repeats=1, penalty=1.0,
                  shrinkage="auto", intercept_penalty=1e-3, outcome_model="auto", clip=0.01,
                  trim=None, min_rows_per_arm=10, min_ess=5.0, alpha=0.05, text_encoder=None,
                  text_components=8, device="auto", dtype="float32", seed=0, max_iter=30):
         self.method = method
         self.nuisance = nuisance
         self.n_folds = n_folds
+        self.n_repeats = n_repeats
         self.penalty = penalty
         self.shrinkage = shrinkage
         self.intercept_penalty = intercept_penalty
@@ -110,6 +113,8 @@ class ItemEffectEstimator:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.nuisance not in NUISANCE:
             raise ValueError(f"nuisance must be one of {NUISANCE}, got {self.nuisance!r}")
+        if not (isinstance(self.n_repeats, (int, np.integer)) and self.n_repeats >= 1):
+            raise ValueError(f"n_repeats must be a positive integer, got {self.n_repeats!r}")
         if not (isinstance(self.n_folds, (int, np.integer)) and self.n_folds >= 1):
             raise ValueError(f"n_folds must be a positive integer, got {self.n_folds!r}")
         if not 0 <= self.clip < 0.5:
@@ -162,11 +167,19 @@ class ItemEffectEstimator:
         rows = np.flatnonzero(use)
         X = design.X if len(rows) == len(df) else design.X[rows]
         del design
-        preds = self._fit_nuisances(X, seg[rows], t[rows], y[rows], folds[rows],
-                                    n_seg, None if log.propensity is None
-                                    else df[log.propensity].to_numpy(dtype=np.float64)[rows],
-                                    device, dtype)
-        e, mu0, mu1 = (p.to(torch.float64).cpu().numpy() for p in preds)
+        logged_e = (None if log.propensity is None
+                    else df[log.propensity].to_numpy(dtype=np.float64)[rows])
+        # Each repeat's predictions are out-of-fold for every row, so their average is too;
+        # averaging removes the noise of one particular split.
+        self.nuisance_fits_ = []
+        e, mu0, mu1 = 0.0, 0.0, 0.0
+        for repeat in range(self.n_repeats):
+            split = folds if repeat == 0 else assign_folds(df, content, seg, t, y, self.n_folds,
+                                                           self.seed + repeat)
+            preds = self._fit_nuisances(X, seg[rows], t[rows], y[rows], split[rows], n_seg,
+                                        logged_e, device, dtype)
+            e, mu0, mu1 = (acc + p.to(torch.float64).cpu().numpy() / self.n_repeats
+                           for acc, p in zip((e, mu0, mu1), preds))
         table, psi, e_clipped = _effects_table(seg[rows], t[rows], y[rows], e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
                                                binary=log.outcome_is_binary)
@@ -230,7 +243,6 @@ class ItemEffectEstimator:
                for name in ("e", "mu0", "mu1")}
         if logged_e is not None:
             out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
-        self.nuisance_fits_ = []
         for f in range(F):
             train = block_fold != f if F > 1 else torch.ones_like(block_fold, dtype=torch.bool)
             test = torch.nonzero(block_fold == f if F > 1 else train).squeeze(1)
