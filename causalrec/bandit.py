@@ -172,12 +172,12 @@ class BanditEstimator:
         y = torch.as_tensor(self._y, dtype=dtype, device=self._device)
         Xb, yb, wb = _core.pad_design(layout, self._X), _core.pad(layout, y), layout.valid.to(dtype)
         block_seg, block_fold = layout.block_cell // F, layout.block_cell % F
-        local_pen, shared_pen = _core.penalties(Xb.shape[-1], True, 1.0, self.shrinkage,
-                                                self.intercept_shrinkage, dtype, self._device)
         # Item intercepts are shrunk toward the shared one, which then is well identified: give it
         # the same weak ridge as the shared slopes (a N(0, 1) prior would pull a rare-click
         # model's base rate toward 50%).
-        shared_pen[0] = shared_pen[-1] if len(shared_pen) > 1 else 1e-4
+        local_pen, shared_pen = _core.penalties(Xb.shape[-1], True, 1.0, self.shrinkage,
+                                                self.intercept_shrinkage, dtype, self._device,
+                                                shared_intercept_penalty=1e-4)
         self.outcome_coef_, self.outcome_converged_ = [], True
         for f in range(F):
             train = torch.nonzero(block_fold != f if F > 1 else block_fold >= 0).squeeze(1)

@@ -188,8 +188,8 @@ def _read(args, progress):
                                          outcome=args.outcome)
         except nx.NetworkXError as exc:  # a malformed GML file
             raise GraphError(f"cannot read the graph {args.graph}: {exc}") from None
-        for role, columns in graph.adjustment_columns(df).items():
-            roles[role] += [c for c in columns if c not in roles[role]]
+        roles.update(graph.merge_adjustment(df, roles["confounders"], roles["categorical"],
+                                            roles["text"]))
     log = InteractionLog(df, **roles)
     progress.say(f"{len(df):,} rows, {df[args.item].nunique():,} items")
     return log, roles, graph

@@ -370,6 +370,16 @@ class CausalGraph:
                 columns["confounders" if numeric else "categorical"].append(node)
         return columns
 
+    def merge_adjustment(self, df: pd.DataFrame, confounders=(), categorical=(),
+                         text=()) -> dict[str, list[str]]:
+        """Columns given by hand plus this graph's ``adjustment_columns(df)``, per role, in
+        that order and without duplicates."""
+        merged = {"confounders": _as_list(confounders), "categorical": _as_list(categorical),
+                  "text": _as_list(text)}
+        for role, columns in self.adjustment_columns(df).items():
+            merged[role] += [c for c in columns if c not in merged[role]]
+        return merged
+
     def to_dowhy(self, df: pd.DataFrame, **kwargs):
         """A ``dowhy.CausalModel`` on ``df`` with this graph (passed as a networkx DiGraph).
 

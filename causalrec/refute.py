@@ -106,10 +106,8 @@ def _resolve_confounders(df, confounders, categorical, text, graph, encoder, n_c
     """Confounder columns from the arguments and the graph; text becomes numeric components."""
     confounders, categorical, text = map(_as_list, (confounders, categorical, text))
     if graph is not None:
-        roles = graph.adjustment_columns(df)
-        confounders += [c for c in roles["confounders"] if c not in confounders]
-        categorical += [c for c in roles["categorical"] if c not in categorical]
-        text += [c for c in roles["text"] if c not in text]
+        roles = graph.merge_adjustment(df, confounders, categorical, text)
+        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
     if text:
         from .confounders import TextConfounders
         components = TextConfounders(encoder=encoder, n_components=n_components

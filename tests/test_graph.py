@@ -208,6 +208,16 @@ def test_adjustment_columns():
             log_frame())
 
 
+def test_merge_adjustment_keeps_hand_given_columns_first_without_duplicates():
+    g = CausalGraph.recommendation("rec", "click", user=["activity", "is_new", "device"],
+                                   text=["bio"])
+    merged = g.merge_adjustment(log_frame(), confounders="is_new", categorical=["other"])
+    assert merged == {"confounders": ["is_new", "activity"], "categorical": ["other", "device"],
+                      "text": ["bio"]}
+    with pytest.raises(GraphError, match="not columns"):
+        g.merge_adjustment(log_frame().drop(columns="bio"))
+
+
 # ----------------------------------------------------------------- DoWhy
 DOWHY_CASES = [CONFOUNDER, M_GRAPH, BUTTERFLY, MEDIATOR,
                [("X1", "X2"), ("X2", "T"), ("X1", "Y"), ("T", "Y")],

@@ -303,12 +303,13 @@ def fit_segment_glm(X, y, segment, n_segments, *, weight=None, family="logistic"
                    max_iter=max_iter, tol=tol)
 
 
-def penalties(p, pooled, penalty, shrinkage, intercept_penalty, dtype, device):
+def penalties(p, pooled, penalty, shrinkage, intercept_penalty, dtype, device,
+              shared_intercept_penalty=1.0):
     """(local, shared) ridge penalty vectors, intercept first."""
     local = torch.full((p,), float(shrinkage if pooled else penalty), dtype=dtype, device=device)
     local[0] = intercept_penalty
     # The shared intercept is nearly unidentified next to almost-free item intercepts: a weak
     # N(0, 1) prior keeps the Schur complement well conditioned without biasing anything.
     shared = torch.full((p,), 1e-4, dtype=dtype, device=device)
-    shared[0] = 1.0
+    shared[0] = shared_intercept_penalty
     return local, shared

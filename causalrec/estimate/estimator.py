@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ..schema import InteractionLog, SchemaError
+from ..schema import InteractionLog, SchemaError, _as_list
 from . import _core
 from .design import assign_folds, build_design, segment_ids
 from .summary import EffectSummary
@@ -436,20 +436,14 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     reason the item could not be (reliably) estimated; items without an estimate get NaN.
     """
     if graph is not None:
-        roles = graph.adjustment_columns(df)
-        confounders = _union(confounders, roles.get("confounders"))
-        categorical = _union(categorical, roles.get("categorical"))
-        text = _union(text, roles.get("text"))
-    by = [by] if isinstance(by, str) else list(by or [])
+        roles = graph.merge_adjustment(df, confounders, categorical, text)
+        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
+    by = _as_list(by)
     # a segment column is constant within each segment, so it cannot confound there
-    confounders, categorical, text = ([c for c in _union(cols, None) if c not in by]
+    confounders, categorical, text = ([c for c in _as_list(cols) if c not in by]
                                       for cols in (confounders, categorical, text))
     log = InteractionLog(df, item=[item] + by, treatment=treatment, outcome=outcome,
                          confounders=confounders, categorical=categorical, text=text,
                          propensity=propensity)
     return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
 
-
-def _union(a, b):
-    a = [a] if isinstance(a, str) else list(a or [])
-    return a + [c for c in (b or []) if c not in a]
