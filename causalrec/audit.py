@@ -499,8 +499,7 @@ class _ExposureModel:
 
     def _pad(self, X, t):
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)
-        Xi = torch.cat([torch.ones(len(t), 1, dtype=torch.float64, device=self.device), as_t(X)], 1)
-        return (_core.pad(self.layout, Xi), _core.pad(self.layout, as_t(t)),
+        return (_core.pad_design(self.layout, as_t(X)), _core.pad(self.layout, as_t(t)),
                 self.layout.valid.to(torch.float64))
 
     def _penalties(self, p, n_shared):
