@@ -542,9 +542,8 @@ class _ExposureModel:
         of the penalised Hessian after eliminating the per-item coefficients."""
         _, _, gram = _core._pass(Xb, tb, wb, self.blocks, self.layout.block_cell, local + shared,
                                  self.n_items, "logistic", True)
-        A = gram + torch.diag_embed(local_pen.expand(gram.shape[:-1]))
-        S = gram.sum(0) + torch.diag(shared_pen) - torch.einsum(
-            "kij,kjl->il", gram, torch.linalg.solve(A, gram))
+        _, inv_sum = _core.segment_inverses(gram, local_pen)
+        S = _core.shared_hessian(inv_sum, len(gram), local_pen, shared_pen)
         return torch.linalg.inv(S).cpu().numpy()
 
 

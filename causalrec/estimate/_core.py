@@ -22,9 +22,14 @@ import numpy as np
 import torch
 
 __all__ = ["Layout", "make_layout", "pad", "pad_design", "unpad", "GLMFit", "fit_glm", "predict_glm",
-           "segment_sum", "fit_segment_glm"]
+           "segment_sum", "fit_segment_glm", "spd_inverse", "segment_inverses", "shared_hessian"]
 
-CHUNK_BYTES = 256 * 2**20
+# Gram passes work through the blocks in chunks of about this size: small enough that the
+# temporaries are recycled by the allocator and stay in cache (fresh multi-hundred-MB buffers
+# page-fault on every pass, which cost as much as the arithmetic on a 2-core VM).
+CHUNK_BYTES = 16 * 2**20
+# Per-segment Newton algebra (p x p inverses) runs over this many bytes of matrices at a time.
+SOLVE_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -147,10 +152,16 @@ def _chunks(blocks: torch.Tensor, block_size: int, p: int):
 def _pass(Xb, yb, wb, blocks, block_seg, coef, n_seg, family, need_hessian):
     """One pass over the blocks: per-segment loss, gradient and (optionally) Gram matrix."""
     p = Xb.shape[-1]
-    loss = torch.zeros(n_seg, dtype=Xb.dtype, device=Xb.device)
-    grad = torch.zeros(n_seg, p, dtype=Xb.dtype, device=Xb.device)
-    both = torch.zeros(n_seg, p, p + 1, dtype=Xb.dtype, device=Xb.device) if need_hessian else None
-    for chunk in _chunks(blocks, Xb.shape[1], p):
+    opts = dict(dtype=Xb.dtype, device=Xb.device)
+    loss = torch.zeros(n_seg, **opts)
+    grad = torch.zeros(n_seg, p, **opts)
+    both = torch.zeros(n_seg, p, p + 1, **opts) if need_hessian else None
+    chunks = list(_chunks(blocks, Xb.shape[1], p))
+    if need_hessian and chunks:  # buffers reused by every chunk
+        longest = max(c.stop - c.start for c in chunks)
+        Z_buf = torch.empty((longest,) + Xb.shape[1:2] + (p + 1,), **opts)
+        G_buf = torch.empty(longest, p, p + 1, **opts)
+    for chunk in chunks:
         X, y, w = Xb[chunk], yb[chunk], wb[chunk]
         seg = block_seg[chunk]
         eta = torch.bmm(X, coef[seg].unsqueeze(-1)).squeeze(-1)
@@ -161,17 +172,17 @@ def _pass(Xb, yb, wb, blocks, block_seg, coef, n_seg, family, need_hessian):
             grad.index_add_(0, seg, torch.bmm(X.mT, residual.unsqueeze(-1)).squeeze(-1))
             continue
         # one bmm gives the Gram matrix and the gradient: X' [X * w var | w (mu - y)]
-        Z = torch.empty(X.shape[:2] + (p + 1,), dtype=X.dtype, device=X.device)
+        Z, G = Z_buf[:len(X)], G_buf[:len(X)]
         torch.mul(X, (w * var).unsqueeze(-1), out=Z[..., :p])
         Z[..., p] = residual
-        both.index_add_(0, seg, torch.bmm(X.mT, Z))
+        both.index_add_(0, seg, torch.bmm(X.mT, Z, out=G))
     if need_hessian:
         return loss, both[..., p].contiguous(), both[..., :p].contiguous()
     return loss, grad, None
 
 
-def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Batched SPD solve; near-singular systems get a growing diagonal jitter."""
+def _robust_spd_inverse(A: torch.Tensor) -> torch.Tensor:
+    """Batched SPD inverse by Cholesky; near-singular matrices get a growing diagonal jitter."""
     L, info = torch.linalg.cholesky_ex(A)
     if bool((info > 0).any()):
         scale = A.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp(min=1.0)[..., None, None]
@@ -181,38 +192,91 @@ def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
             if not bool((info > 0).any()):
                 break
         else:
-            return torch.linalg.pinv(A) @ B
-    # inverse from the factor, then a bmm: several times faster on CPU than batched
-    # cholesky_solve or triangular solves with p + 1 right-hand sides
-    return torch.cholesky_inverse(L) @ B
+            return torch.linalg.pinv(A, hermitian=True)
+    return torch.cholesky_inverse(L)
+
+
+def _block_inverse(A: torch.Tensor, base: int = 8) -> torch.Tensor:
+    """Batched SPD inverse by recursive 2 x 2 blocking: nearly all work is ``bmm``, which on
+    CPU runs several times faster than per-matrix LAPACK factorisations of small matrices."""
+    n = A.shape[-1]
+    if n <= base:
+        return torch.linalg.inv_ex(A)[0]
+    h = n // 2
+    A11, A12, A22 = A[:, :h, :h].contiguous(), A[:, :h, h:].contiguous(), A[:, h:, h:]
+    B = _block_inverse(A11, base)
+    C = torch.bmm(A12.mT, B)                               # A21 A11^-1
+    Si = _block_inverse(torch.baddbmm(A22, C, A12, alpha=-1), base)  # Schur complement
+    SiC = torch.bmm(Si, C)
+    out = torch.empty_like(A)
+    torch.baddbmm(B, C.mT, SiC, out=out[:, :h, :h])
+    out[:, h:, :h] = SiC.neg_()
+    out[:, :h, h:] = SiC.mT
+    out[:, h:, h:] = Si
+    return out
+
+
+def spd_inverse(A: torch.Tensor) -> torch.Tensor:
+    """Inverses of a batch (K, p, p) of symmetric positive definite matrices."""
+    inv = _block_inverse(A)
+    # an SPD inverse has a positive diagonal, and a failed elimination spreads NaN / inf onto it
+    diag = inv.diagonal(dim1=-2, dim2=-1)
+    bad = ~((diag > 0) & torch.isfinite(diag)).all(-1)
+    if bool(bad.any()):  # no pivoting in the blocking: redo failures the careful way
+        inv[bad] = _robust_spd_inverse(A[bad])
+    return inv
+
+
+def segment_inverses(gram, local_pen):
+    """(G_k + diag(local_pen))^-1 for every segment and their sum (float64), computed a
+    bounded slab at a time."""
+    K, p = gram.shape[:2]
+    out = torch.empty_like(gram)
+    total = torch.zeros(p, p, dtype=torch.float64, device=gram.device)
+    step = max(1, SOLVE_BYTES // (4 * p * p * gram.element_size()))
+    for a in range(0, K, step):
+        A = gram[a:a + step].clone()
+        A.diagonal(dim1=-2, dim2=-1).add_(local_pen)
+        out[a:a + step] = spd_inverse(A)
+        total += out[a:a + step].sum(0)
+    return out, total
+
+
+def shared_hessian(inv_sum, n_seg, local_pen, shared_pen):
+    """Schur complement of the pooled penalised Hessian after eliminating the segment
+    deviations: S = diag(shared_pen) + K L - L (sum_k A_k^-1) L with L = diag(local_pen).
+
+    Follows from G_k A_k^-1 = I - L A_k^-1 (A_k = G_k + L): only the sum of the inverses is
+    needed, not the K products G_k A_k^-1 G_k.
+    """
+    lam = local_pen.to(torch.float64)
+    return torch.diag(shared_pen.to(torch.float64) + n_seg * lam) - lam[:, None] * inv_sum * lam
 
 
 def _newton_step(grad, gram, local, shared, local_pen, shared_pen, pooled):
-    A = gram.clone()
-    A.diagonal(dim1=-2, dim2=-1).add_(local_pen)
     g_local = grad + local_pen * local
+    inv, inv_sum = segment_inverses(gram, local_pen)
+    u = torch.bmm(inv, g_local.unsqueeze(-1)).squeeze(-1)  # A_k^-1 g_k
     if not pooled:
-        return torch.zeros_like(shared), _solve_spd(A, g_local.unsqueeze(-1)).squeeze(-1)
-    # Schur complement: eliminate the block-diagonal segment part, solve for the shared part.
-    M = _solve_spd(A, torch.cat([gram, g_local.unsqueeze(-1)], dim=-1))
-    M_gram, M_g = M[..., :-1], M[..., -1]
-    K, p = grad.shape
-    # sum_k G_k M_k as one GEMM: (p, K p) @ (K p, p + 1); G_k is symmetric
-    GM = gram.transpose(0, 1).reshape(p, K * p) @ M.reshape(K * p, p + 1)
-    S = gram.sum(0) + torch.diag(shared_pen) - GM[:, :p]
-    r = grad.sum(0) + shared_pen * shared - GM[:, p]
-    d_shared = _solve_spd(S.unsqueeze(0), r.view(1, -1, 1)).view(-1)
-    d_local = M_g - M_gram @ d_shared
+        return torch.zeros_like(shared), u
+    # Eliminate the segment deviations (d_k = A_k^-1 (g_k - G_k d_shared)) and solve for the
+    # shared part; with G_k = A_k - L the right-hand side needs only sums over segments.
+    S = shared_hessian(inv_sum, len(inv), local_pen, shared_pen)
+    r = (shared_pen * shared).to(torch.float64) + (local_pen * (u - local)).sum(0, dtype=torch.float64)
+    d_shared = (_robust_spd_inverse(S.unsqueeze(0))[0] @ r).to(grad.dtype)
+    d_local = u + torch.bmm(inv, (local_pen * d_shared).expand_as(u).unsqueeze(-1)).squeeze(-1) - d_shared
     return d_shared, d_local
 
 
 def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=True,
-            local_penalty, shared_penalty=None, max_iter=30, tol=1e-6) -> GLMFit:
+            local_penalty, shared_penalty=None, max_iter=30, tol=1e-6,
+            init: GLMFit | None = None) -> GLMFit:
     """Penalised GLM for all segments at once by Newton's method with step halving.
 
     Xb (n_blocks, B, p) holds an intercept column first; wb is a row weight (0 on padding);
     only ``blocks`` enter the fit; ``block_seg`` maps every block to its segment.
     ``local_penalty`` / ``shared_penalty`` are (p,) ridge penalties on theta_k / gamma.
+    ``init`` starts Newton from an earlier fit of the same model (e.g. on another fold).
     """
     p = Xb.shape[-1]
     opts = dict(dtype=Xb.dtype, device=Xb.device)
@@ -230,40 +294,71 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
     if family == "gaussian":  # centre y: penalties then shrink toward the overall mean
         offset = float((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12))
         yb = yb - offset
+    if init is not None:
+        # per segment, keep the earlier fit where it beats the cold start: an intercept that
+        # ran off toward -inf on data without events is a bad start on data with some
+        shared = init.shared.to(**opts).clone()
+        shared[0] -= offset
+        warm = init.local.to(**opts)
+        cold_loss = _pass(Xb, yb, wb, blocks, block_seg, local + shared, n_seg, family, False)[0]
+        warm_loss = _pass(Xb, yb, wb, blocks, block_seg, warm + shared, n_seg, family, False)[0]
+        warm_loss += 0.5 * (local_pen * warm ** 2).sum(1)
+        local = torch.where((warm_loss < cold_loss).unsqueeze(1), warm, local)
 
-    def objective(loss, local, shared):
-        penalty = 0.5 * (local_pen * local ** 2).sum(1)
-        if pooled:
-            return loss.sum() + penalty.sum() + 0.5 * (shared_pen * shared ** 2).sum()
-        return loss + penalty
+    def penalised(loss, local):  # per segment
+        return loss + 0.5 * (local_pen * local ** 2).sum(1)
+
+    def total(obj, shared):
+        return obj.sum() + 0.5 * (shared_pen * shared ** 2).sum()
 
     loss, grad, gram = _pass(Xb, yb, wb, blocks, block_seg, local + shared, n_seg, family, True)
-    obj = objective(loss, local, shared)
+    obj = penalised(loss, local)
+    # Joint phase: the shared part and every segment move together (pooled models). Once the
+    # shared part has converged, only segments that have not are iterated, with the shared
+    # part fixed, and passes read only their blocks: the last Newton steps typically concern
+    # a handful of segments (e.g. an intercept drifting toward -inf in an arm without events).
+    joint = pooled
+    active = torch.ones(n_seg, dtype=torch.bool, device=Xb.device)
+    run = blocks
     converged, it = False, 0
     for it in range(1, max_iter + 1):
-        d_shared, d_local = _newton_step(grad, gram, local, shared, local_pen, shared_pen, pooled)
+        idx = torch.nonzero(active).squeeze(1)
+        d_shared, d_local = _newton_step(grad[idx], gram[idx], local[idx], shared, local_pen,
+                                         shared_pen, joint)
         # Newton decrement (predicted loss decrease) per segment and of the shared part
-        decrement = max(float(((grad + local_pen * local) * d_local).sum(1).abs().max()) if n_seg else 0.0,
-                        float(((grad.sum(0) + shared_pen * shared) * d_shared).sum().abs()))
-        step = torch.ones(1 if pooled else n_seg, **opts)
+        decrement = ((grad[idx] + local_pen * local[idx]) * d_local).sum(1).abs()
+        shared_decrement = float(((grad.sum(0) + shared_pen * shared) * d_shared).sum().abs())
+        step = torch.ones(1 if joint else len(idx), **opts)
         for _ in range(30):  # halve the step where the penalised loss went up
-            new_local = local - step.view(-1, 1) * d_local
-            new_shared = shared - step[0] * d_shared if pooled else shared
-            loss, grad, gram = _pass(Xb, yb, wb, blocks, block_seg, new_local + new_shared,
+            new_local = local.clone()
+            new_local[idx] -= step.view(-1, 1) * d_local
+            new_shared = shared - step[0] * d_shared if joint else shared
+            loss, grad, gram = _pass(Xb, yb, wb, run, block_seg, new_local + new_shared,
                                      n_seg, family, True)
-            new_obj = objective(loss, new_local, new_shared)
-            worse = new_obj > obj + rel_slack * obj.abs().clamp(min=1.0)
+            new_obj = penalised(loss, new_local)
+            if joint:
+                before, after = total(obj, shared), total(new_obj, new_shared)
+            else:
+                before, after = obj[idx], new_obj[idx]
+            worse = after > before + rel_slack * before.abs().clamp(min=1.0)
             if family == "gaussian" or not bool(worse.any()):
                 break
             step = torch.where(worse, step / 2, step)
-        size = max(float((step.view(-1, 1) * d_local).abs().max()) if n_seg else 0.0,
+        size = max(float((step.view(-1, 1) * d_local).abs().max()) if len(idx) else 0.0,
                    float((step[0] * d_shared).abs().max()))
-        local, shared, obj = new_local, new_shared, new_obj
+        local, shared = new_local, new_shared
+        obj[idx] = new_obj[idx]
+        worst = max(float(decrement.max()) if len(idx) else 0.0, shared_decrement)
         # The decrement test ends the slow drift of an intercept toward -inf in an arm that
         # never clicks (steps of ~1 that no longer change the loss or any prediction).
-        if family == "gaussian" or size < tol or decrement < decrement_tol:
+        if family == "gaussian" or size < tol or worst < decrement_tol:
             converged = True
             break
+        if joint and shared_decrement < decrement_tol:
+            joint = False
+        if not joint:
+            active[idx] = decrement >= decrement_tol
+            run = blocks[active[block_seg[blocks]]]
     shared = shared.clone()
     shared[0] += offset
     return GLMFit(shared, local, family, it, converged)
