@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..schema import InteractionLog
 
-__all__ = ["Design", "build_design", "segment_ids", "assign_folds"]
+__all__ = ["Design", "build_design", "segment_ids", "assign_folds", "row_hash"]
 
 
 @dataclass
@@ -81,6 +82,75 @@ def _mix(h: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(31))
 
 
+# ---- row hashing: pandas.util.hash_pandas_object(df, index=False), bit for bit, but computed
+# in cache-sized row chunks with in-place torch int64 ops (2-3x faster on numeric columns).
+# int64 arithmetic wraps like uint64, so only the right shifts need a mask to be logical.
+def _as_int64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _mix_inplace(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        tmp &= (1 << (64 - shift)) - 1
+        x ^= tmp
+        if mult is not None:
+            x *= _as_int64(mult)
+    return x
+
+
+def _is_plain_numeric(dtype) -> bool:
+    return isinstance(dtype, np.dtype) and (dtype == bool or dtype.kind in "iuf")
+
+
+def _column_bits(values: np.ndarray) -> np.ndarray:
+    """pandas' pre-mix uint64 image of a numeric numpy column, as int64."""
+    dtype = values.dtype
+    if dtype == bool:
+        return values.astype(np.int64)
+    width = f"u{dtype.itemsize}"
+    bits = values.view(width).astype(np.uint64)
+    if dtype.kind == "f":  # pandas hashes every NaN alike and -0.0 as 0.0
+        bits[np.isnan(values)] = np.array(np.nan, dtype=dtype).view(width)
+        bits[bits == np.array(-0.0, dtype=dtype).view(width)] = 0
+    return bits.view(np.int64)
+
+
+def row_hash(df: pd.DataFrame, chunk_rows: int = 1 << 18) -> np.ndarray:
+    """uint64 hash of each row's values; equals ``pd.util.hash_pandas_object(df, index=False)``."""
+    columns = []  # (values, already hashed)
+    for _, col in df.items():
+        if _is_plain_numeric(col.dtype):
+            columns.append((col.to_numpy(), False))
+        else:  # strings, categoricals, extension types: pandas' own per-column hash
+            columns.append((pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy(), True))
+    out = np.empty(len(df), dtype=np.uint64)
+    for start in range(0, len(df), chunk_rows):
+        stop = min(start + chunk_rows, len(df))
+        acc = torch.full((stop - start,), 0x345678, dtype=torch.int64)
+        tmp = torch.empty_like(acc)
+        mult = 1000003
+        for i, (values, hashed) in enumerate(columns):
+            part = torch.from_numpy(values[start:stop] if hashed else _column_bits(values[start:stop]))
+            acc ^= part if hashed else _mix_inplace(part, tmp)
+            acc *= _as_int64(mult)
+            mult = (mult + 82520 + 2 * (len(columns) - i)) % (1 << 64)
+        acc += 97531
+        out[start:stop] = acc.numpy().view(np.uint64)
+    return out
+
+
+def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
+    """``np.lexsort((outcome, key, stratum))`` by two stable torch sorts (several times faster)."""
+    flipped = torch.from_numpy((key ^ np.uint64(1 << 63)).view(np.int64))  # signed order = unsigned
+    by_key = torch.sort(flipped, stable=True).indices
+    order = by_key[torch.sort(torch.from_numpy(stratum)[by_key], stable=True).indices].numpy()
+    s, k = stratum[order], key[order]
+    if bool(((s[1:] == s[:-1]) & (k[1:] == k[:-1])).any()):  # duplicated rows: outcome breaks ties
+        return np.lexsort((outcome, key, stratum))
+    return order
+
+
 def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, treatment: np.ndarray,
                  outcome: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Cross-fitting folds stratified by segment and treatment arm.
@@ -92,10 +162,9 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     """
     if n_folds == 1:
         return np.zeros(len(df), dtype=np.int64)
-    key = pd.util.hash_pandas_object(df[content], index=False).to_numpy()
-    key = _mix(key ^ _mix(np.full(1, seed, dtype=np.uint64)))
-    order = np.lexsort((outcome, key, treatment, segment))
+    key = _mix(row_hash(df[content]) ^ _mix(np.full(1, seed, dtype=np.uint64)))
     stratum = segment * 2 + treatment
+    order = _stratum_order(stratum, key, outcome)
     sorted_stratum = stratum[order]
     starts = np.flatnonzero(np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]])
     lengths = np.diff(np.r_[starts, len(order)])
