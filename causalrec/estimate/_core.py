@@ -206,7 +206,7 @@ def _robust_spd_inverse(A: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(L)
 
 
-def _block_inverse(A: torch.Tensor, base: int = 8) -> torch.Tensor:
+def _block_inverse(A: torch.Tensor, base: int = 16) -> torch.Tensor:
     """Batched SPD inverse by recursive 2 x 2 blocking: nearly all work is ``bmm``, which on
     CPU runs several times faster than per-matrix LAPACK factorisations of small matrices."""
     n = A.shape[-1]
@@ -339,32 +339,37 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
         # Newton decrement (predicted loss decrease) per segment and of the shared part
         decrement = ((grad[idx] + local_pen * local[idx]) * d_local).sum(1).abs()
         shared_decrement = float(((grad.sum(0) + shared_pen * shared) * d_shared).sum().abs())
+        worst = max(float(decrement.max()) if len(idx) else 0.0, shared_decrement)
+        full_size = max(float(d_local.abs().max()) if len(idx) else 0.0, float(d_shared.abs().max()))
+        # The decrement test ends the slow drift of an intercept toward -inf in an arm that
+        # never clicks (steps of ~1 that no longer change the loss or any prediction).
+        # Known before the step is taken: a last step needs losses, not another Gram pass.
+        last = family == "gaussian" or full_size < tol or worst < decrement_tol
         step = torch.ones(1 if joint else len(idx), **opts)
         for _ in range(30):  # halve the step where the penalised loss went up
             new_local = local.clone()
             new_local[idx] -= step.view(-1, 1) * d_local
             new_shared = shared - step[0] * d_shared if joint else shared
+            if family == "gaussian":  # quadratic loss: the Newton step is exact
+                break
             loss, grad, gram = _pass(Xb, yb, wb, run, block_seg, new_local + new_shared,
-                                     n_seg, family, True, acc)
+                                     n_seg, family, not last, acc)
             new_obj = penalised(loss, new_local)
             if joint:
                 before, after = total(obj, shared), total(new_obj, new_shared)
             else:
                 before, after = obj[idx], new_obj[idx]
             worse = after > before + rel_slack * before.abs().clamp(min=1.0)
-            if family == "gaussian" or not bool(worse.any()):
+            if not bool(worse.any()):
                 break
             step = torch.where(worse, step / 2, step)
         size = max(float((step.view(-1, 1) * d_local).abs().max()) if len(idx) else 0.0,
                    float((step[0] * d_shared).abs().max()))
         local, shared = new_local, new_shared
-        obj[idx] = new_obj[idx]
-        worst = max(float(decrement.max()) if len(idx) else 0.0, shared_decrement)
-        # The decrement test ends the slow drift of an intercept toward -inf in an arm that
-        # never clicks (steps of ~1 that no longer change the loss or any prediction).
-        if family == "gaussian" or size < tol or worst < decrement_tol:
+        if last or size < tol:
             converged = True
             break
+        obj[idx] = new_obj[idx]
         if joint and shared_decrement < decrement_tol:
             joint = False
         if not joint:
