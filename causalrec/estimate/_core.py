@@ -298,19 +298,29 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
     shared_pen = torch.as_tensor(0.0 if shared_penalty is None else shared_penalty, **opts).expand(p)
     local, shared = torch.zeros(n_seg, p, **opts), torch.zeros(p, **opts)
     offset = 0.0
-    if family == "logistic":  # start at the overall rate: saves Newton steps on rare events
-        rate = ((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
+    start_logit = None
+    if family == "logistic":
+        # start at the overall rate and each segment at its own (smoothed) rate: saves the
+        # Newton steps that would only find the intercepts, and more on rare events
+        w_seg = segment_sum(wb[blocks].sum(1), block_seg[blocks], n_seg)
+        wy_seg = segment_sum((wb[blocks] * yb[blocks]).sum(1), block_seg[blocks], n_seg)
+        rate = (wy_seg.sum() / w_seg.sum().clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
         shared[0] = torch.logit(rate)
+        start_logit = torch.logit((wy_seg + rate) / (w_seg + 1))
     if family == "gaussian":  # centre y: penalties then shrink toward the overall mean
         offset = float((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12))
         yb = yb - offset
     if init is not None:
-        # per segment, keep the earlier fit where it beats the cold start: an intercept that
-        # ran off toward -inf on data without events is a bad start on data with some
         shared = init.shared.to(**opts).clone()
         shared[0] -= offset
+    if start_logit is not None:
+        local[:, 0] = start_logit - shared[0]
+    if init is not None:
+        # per segment, keep the earlier fit where it beats the cold start: an intercept that
+        # ran off toward -inf on data without events is a bad start on data with some
         warm = init.local.to(**opts)
         cold_loss = _pass(Xb, yb, wb, blocks, block_seg, local + shared, n_seg, family, False)[0]
+        cold_loss += 0.5 * (local_pen * local ** 2).sum(1)
         warm_loss = _pass(Xb, yb, wb, blocks, block_seg, warm + shared, n_seg, family, False)[0]
         warm_loss += 0.5 * (local_pen * warm ** 2).sum(1)
         local = torch.where((warm_loss < cold_loss).unsqueeze(1), warm, local)
