@@ -355,3 +355,33 @@ def test_repeated_splits_average_out_of_fold_predictions(small):
     assert len(both.nuisance_fits_) == 2 * both.n_folds
     with pytest.raises(ValueError, match="n_repeats"):
         cr.ItemEffectEstimator(n_repeats=0).fit(log)
+
+
+def test_normalised_and_textbook_aipw_from_their_formulas(small):
+    """normalize=True: mean(mu1 - mu0) plus weighted-mean residuals per arm; False: the plain
+    average of the AIPW scores. The normalised SE is never below the textbook one."""
+    df, roles = small
+    log = cr.InteractionLog(df, **roles)
+    folds = cr.ItemEffectEstimator().fit(log).fold_.to_numpy()
+    fits = {flag: cr.ItemEffectEstimator(dtype="float64", normalize=flag).fit(log, folds=folds)
+            for flag in (True, False)}
+    est = fits[True]
+    rows = est.propensity_.notna()
+    d = pd.DataFrame({"item": df["item_id"], "t": df[roles["treatment"]],
+                      "y": df[roles["outcome"]], "e": est.propensity_,
+                      "mu0": est.mu0_, "mu1": est.mu1_})[rows]
+    d["wt"], d["wc"] = d.t / d.e, (1 - d.t) / (1 - d.e)
+    g = d.groupby("item")
+    normalised = (g.apply(lambda x: (x.mu1 - x.mu0).mean()
+                          + (x.wt * (x.y - x.mu1)).sum() / x.wt.sum()
+                          - (x.wc * (x.y - x.mu0)).sum() / x.wc.sum()))
+    plain = g.apply(lambda x: (x.mu1 - x.mu0 + x.wt * (x.y - x.mu1) - x.wc * (x.y - x.mu0)).mean())
+    for flag, expected in ((True, normalised), (False, plain)):
+        eff = fits[flag].effects_.set_index("item")
+        ok = eff.index[eff["status"] == "ok"]
+        np.testing.assert_allclose(eff.loc[ok, "ate"], expected.loc[ok], rtol=1e-10, atol=1e-12)
+    se = {flag: fits[flag].effects_.set_index("item")["se"] for flag in (True, False)}
+    assert (se[True] >= se[False] - 1e-12).all()
+    assert "normalised" in str(est.summary())
+    with pytest.raises(ValueError, match="normalize"):
+        cr.ItemEffectEstimator(normalize="yes").fit(log)

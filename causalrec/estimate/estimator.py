@@ -48,6 +48,12 @@ class ItemEffectEstimator:
     ----------
     method : "aipw" (doubly robust, default), "ipw" (Hajek-normalised) or "or" (outcome
         regression). Every method reports influence-function standard errors.
+    normalize : AIPW averages its residual correction with normalised weights,
+        sum w (y - mu) / sum w per arm, instead of dividing by n (default True). Still doubly
+        robust, but a few extreme weights can no longer swing an item's estimate; its standard
+        error is the larger of the normalised and the plain AIPW influence-function SEs,
+        because a dominant weight hides its own residual from the normalised one.
+        False gives textbook AIPW.
     nuisance : "pooled" (default): one model over all rows with item intercepts and item
         slopes shrunk toward shared slopes; "per_item": independent ridge models per item.
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
@@ -83,11 +89,13 @@ class ItemEffectEstimator:
     nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model.
     """
 
-    def __init__(self, method="aipw", nuisance="pooled", n_folds=2, n_repeats=1, penalty=1.0,
+    def __init__(self, method="aipw", normalize=True, nuisance="pooled", n_folds=2, n_repeats=1,
+                 penalty=1.0,
                  shrinkage="auto", intercept_penalty=1e-3, outcome_model="auto", clip=0.01,
                  trim=None, min_rows_per_arm=10, min_ess=5.0, alpha=0.05, text_encoder=None,
                  text_components=8, device="auto", dtype="float32", seed=0, max_iter=30):
         self.method = method
+        self.normalize = normalize
         self.nuisance = nuisance
         self.n_folds = n_folds
         self.n_repeats = n_repeats
@@ -111,6 +119,8 @@ class ItemEffectEstimator:
     def _check_params(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
         if self.nuisance not in NUISANCE:
             raise ValueError(f"nuisance must be one of {NUISANCE}, got {self.nuisance!r}")
         if not (isinstance(self.n_repeats, (int, np.integer)) and self.n_repeats >= 1):
@@ -182,7 +192,8 @@ class ItemEffectEstimator:
                            for acc, p in zip((e, mu0, mu1), preds))
         table, psi, e_clipped = _effects_table(seg[rows], t[rows], y[rows], e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
-                                               binary=log.outcome_is_binary)
+                                               binary=log.outcome_is_binary,
+                                               normalize=self.normalize)
         table["status"] = _post_status(status, table, self.min_ess)
         table.loc[table["status"].isin(NO_ESTIMATE), ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
@@ -190,7 +201,8 @@ class ItemEffectEstimator:
 
         item_frame = self.segments_.rename(columns={keys[0]: "item"})
         self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
-        self.effects_.attrs.update(method=self.method, nuisance=self.nuisance,
+        self.effects_.attrs.update(method=self.method, normalize=self.normalize,
+                                   nuisance=self.nuisance,
                                    n_folds=self.n_folds, seed=self.seed, device=str(device),
                                    outcome_model=self.outcome_family_)
         index = df.index
@@ -334,7 +346,8 @@ def _seg_sum(values, seg, n_seg):
     return np.bincount(seg, weights=values, minlength=n_seg)
 
 
-def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary):
+def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
+                   normalize=True):
     """Per-row influence values and per-item estimates, all in float64."""
     e_clip = np.clip(e, clip, 1 - clip)
     keep = np.ones(len(seg), bool) if trim is None else (e >= trim) & (e <= 1 - trim)
@@ -342,7 +355,17 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bin
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
     n_keep = _seg_sum(k, seg, n_seg)
     correction = wt * (y - mu1) - wc * (y - mu0)
-    if method == "aipw":
+    psi_plain = None  # textbook AIPW influence values, for the normalised AIPW's variance
+    if method == "aipw" and normalize:
+        # residuals averaged with normalised weights (Robins et al. 2007), linearised
+        s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
+            r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
+            psi = mu1 - mu0 + (r1 - r0)[seg] + n_keep[seg] * (
+                wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
+        psi_plain = np.where(keep, mu1 - mu0 + correction, 0.0)
+    elif method == "aipw":
         psi = mu1 - mu0 + correction
     elif method == "ipw":  # Hajek: weighted arm means, linearised
         s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
@@ -357,8 +380,9 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bin
     psi = np.where(keep, psi, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         ate = _seg_sum(psi, seg, n_seg) / n_keep
-        var = (_seg_sum(psi ** 2, seg, n_seg) - n_keep * ate ** 2) / (n_keep - 1)
-        var_of_mean = np.maximum(var, 0) / n_keep
+        var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
+        if psi_plain is not None:
+            var_of_mean = np.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
         n_t = _seg_sum(t, seg, n_seg)
         n_c = _seg_sum(1 - t, seg, n_seg)
         if binary:
@@ -402,6 +426,12 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bin
         "n_trimmed": _seg_sum(1 - k, seg, n_seg).astype(np.int64),
     })
     return table, psi, e_clip
+
+
+def _variance_of_mean(psi, seg, n_seg, n):
+    mean = _seg_sum(psi, seg, n_seg) / n
+    var = (_seg_sum(psi ** 2, seg, n_seg) - n * mean ** 2) / (n - 1)
+    return np.maximum(var, 0) / n
 
 
 def _column_order(item_frame, table):

@@ -54,7 +54,8 @@ class EffectSummary(Summary):
         if estimator.nuisance == "pooled":
             nuisance += f", shrinkage {estimator.shrinkage_:g}"
         info = {
-            "Method": estimator.method.upper(),
+            "Method": estimator.method.upper() + (" (normalised weights)" if estimator.method == "aipw"
+                                                  and estimator.normalize else ""),
             "Nuisance models": nuisance,
             "Cross-fitting folds": estimator.n_folds,
             "Rows": int(eff["n"].sum()),
