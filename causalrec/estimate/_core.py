@@ -245,7 +245,7 @@ def segment_inverses(gram, local_pen):
     total = torch.zeros(p, p, dtype=torch.float64, device=gram.device)
     step = max(1, SOLVE_BYTES // (4 * p * p * gram.element_size()))
     for a in range(0, K, step):
-        A = gram[a:a + step].clone()
+        A = gram[a:a + step].clone(memory_format=torch.contiguous_format)
         A.diagonal(dim1=-2, dim2=-1).add_(local_pen)
         out[a:a + step] = spd_inverse(A)
         total += out[a:a + step].sum(0)
