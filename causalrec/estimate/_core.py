@@ -310,17 +310,17 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
     if family == "gaussian":  # centre y: penalties then shrink toward the overall mean
         offset = float((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12))
         yb = yb - offset
-    if init is not None:
+    if init is not None and family == "logistic":  # (a Gaussian fit is one exact step anyway)
         shared = init.shared.to(**opts).clone()
-        shared[0] -= offset
     if start_logit is not None:
         local[:, 0] = start_logit - shared[0]
-    if init is not None:
+    if init is not None and family == "logistic":
         # per segment, keep the earlier fit where it beats the cold start: an intercept that
-        # ran off toward -inf on data without events is a bad start on data with some
+        # ran off toward -inf on data without events is a bad start on data with some. The
+        # cold start's linear predictor is constant per segment, so its loss needs no pass.
         warm = init.local.to(**opts)
-        cold_loss = _pass(Xb, yb, wb, blocks, block_seg, local + shared, n_seg, family, False)[0]
-        cold_loss += 0.5 * (local_pen * local ** 2).sum(1)
+        cold_loss = (w_seg * torch.nn.functional.softplus(start_logit) - wy_seg * start_logit
+                     + 0.5 * (local_pen * local ** 2).sum(1))
         warm_loss = _pass(Xb, yb, wb, blocks, block_seg, warm + shared, n_seg, family, False)[0]
         warm_loss += 0.5 * (local_pen * warm ** 2).sum(1)
         local = torch.where((warm_loss < cold_loss).unsqueeze(1), warm, local)
