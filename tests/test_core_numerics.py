@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from causalrec.estimate import _core
-from causalrec.estimate.design import _stratum_order, row_hash
+from causalrec.estimate.design import _mix, _stratum_order, row_hash
 
 
 def _spd_batch(K, p, seed=0, dtype=torch.float64):
@@ -101,3 +101,13 @@ def test_stratum_order_equals_lexsort():
     stratum[:100] = stratum[100:200]
     np.testing.assert_array_equal(_stratum_order(stratum, key, outcome),
                                   np.lexsort((outcome, key, stratum)))
+
+
+def test_mix_is_the_splitmix64_finaliser():
+    keys = np.array([0, 1, 7, 2**63 + 5, 2**64 - 1], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = (keys ^ (keys >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        expected = h ^ (h >> np.uint64(31))
+    np.testing.assert_array_equal(_mix(keys), expected)
+    np.testing.assert_array_equal(keys, np.array([0, 1, 7, 2**63 + 5, 2**64 - 1], dtype=np.uint64))

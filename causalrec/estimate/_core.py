@@ -298,8 +298,17 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
     shared_pen = torch.as_tensor(0.0 if shared_penalty is None else shared_penalty, **opts).expand(p)
     local, shared = torch.zeros(n_seg, p, **opts), torch.zeros(p, **opts)
     offset = 0.0
-    start_logit = None
-    if family == "logistic":
+
+    def penalised(loss, local):  # per segment
+        return loss + 0.5 * (local_pen * local ** 2).sum(1)
+
+    def total(obj, shared):
+        return obj.sum() + 0.5 * (shared_pen * shared ** 2).sum()
+
+    if family == "gaussian":  # centre y: penalties then shrink toward the overall mean
+        offset = float((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12))
+        yb = yb - offset
+    else:
         # start at the overall rate and each segment at its own (smoothed) rate: saves the
         # Newton steps that would only find the intercepts, and more on rare events
         w_seg = segment_sum(wb[blocks].sum(1), block_seg[blocks], n_seg)
@@ -307,29 +316,18 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
         rate = (wy_seg.sum() / w_seg.sum().clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
         shared[0] = torch.logit(rate)
         start_logit = torch.logit((wy_seg + rate) / (w_seg + 1))
-    if family == "gaussian":  # centre y: penalties then shrink toward the overall mean
-        offset = float((wb[blocks] * yb[blocks]).sum() / wb[blocks].sum().clamp(min=1e-12))
-        yb = yb - offset
-    if init is not None and family == "logistic":  # (a Gaussian fit is one exact step anyway)
-        shared = init.shared.to(**opts).clone()
-    if start_logit is not None:
+        if init is not None:  # (a Gaussian fit is one exact step from anywhere)
+            shared = init.shared.to(**opts).clone()
         local[:, 0] = start_logit - shared[0]
-    if init is not None and family == "logistic":
-        # per segment, keep the earlier fit where it beats the cold start: an intercept that
-        # ran off toward -inf on data without events is a bad start on data with some. The
-        # cold start's linear predictor is constant per segment, so its loss needs no pass.
-        warm = init.local.to(**opts)
-        cold_loss = (w_seg * torch.nn.functional.softplus(start_logit) - wy_seg * start_logit
-                     + 0.5 * (local_pen * local ** 2).sum(1))
-        warm_loss = _pass(Xb, yb, wb, blocks, block_seg, warm + shared, n_seg, family, False)[0]
-        warm_loss += 0.5 * (local_pen * warm ** 2).sum(1)
-        local = torch.where((warm_loss < cold_loss).unsqueeze(1), warm, local)
-
-    def penalised(loss, local):  # per segment
-        return loss + 0.5 * (local_pen * local ** 2).sum(1)
-
-    def total(obj, shared):
-        return obj.sum() + 0.5 * (shared_pen * shared ** 2).sum()
+        if init is not None:
+            # per segment, keep the earlier fit where it beats the cold start: an intercept
+            # that ran off toward -inf on data without events is a bad start on data with
+            # some. The cold linear predictor is constant per segment: its loss needs no pass.
+            warm = init.local.to(**opts)
+            cold_loss = w_seg * torch.nn.functional.softplus(start_logit) - wy_seg * start_logit
+            warm_loss = _pass(Xb, yb, wb, blocks, block_seg, warm + shared, n_seg, family, False)[0]
+            better = penalised(warm_loss, warm) < penalised(cold_loss, local)
+            local = torch.where(better.unsqueeze(1), warm, local)
 
     acc = torch.empty(n_seg, p, p + 1, **opts)  # one Gram accumulator for every pass
     loss, grad, gram = _pass(Xb, yb, wb, blocks, block_seg, local + shared, n_seg, family, True, acc)

@@ -357,22 +357,13 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bin
     correction = wt * (y - mu1) - wc * (y - mu0)
     psi_plain = None  # textbook AIPW influence values, for the normalised AIPW's variance
     if method == "aipw" and normalize:
-        # residuals averaged with normalised weights (Robins et al. 2007), linearised
-        s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
-            r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
-            psi = mu1 - mu0 + (r1 - r0)[seg] + n_keep[seg] * (
-                wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
+        # residuals averaged with normalised weights (Robins et al. 2007)
+        psi, *_ = _normalised_scores(seg, wt, wc, y, mu0, mu1, n_keep, n_seg)
         psi_plain = np.where(keep, mu1 - mu0 + correction, 0.0)
     elif method == "aipw":
         psi = mu1 - mu0 + correction
-    elif method == "ipw":  # Hajek: weighted arm means, linearised
-        s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m1, m0 = _seg_sum(wt * y, seg, n_seg) / s1, _seg_sum(wc * y, seg, n_seg) / s0
-            psi = (m1 - m0)[seg] + n_keep[seg] * (wt * (y - m1[seg]) / s1[seg]
-                                                 - wc * (y - m0[seg]) / s0[seg])
+    elif method == "ipw":  # Hajek: weighted arm means, i.e. normalised AIPW without outcome model
+        psi, m1, m0, s1, s0 = _normalised_scores(seg, wt, wc, y, 0.0, 0.0, n_keep, n_seg)
     else:  # outcome regression; spread by the AIPW influence function, centred on OR
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_corr = _seg_sum(k * correction, seg, n_seg) / n_keep
@@ -426,6 +417,18 @@ def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bin
         "n_trimmed": _seg_sum(1 - k, seg, n_seg).astype(np.int64),
     })
     return table, psi, e_clip
+
+
+def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
+    """Influence values of mean(mu1 - mu0) + the per-arm weighted means of the residuals with
+    normalised weights, linearised; also those means and the weight sums (s1, s0)."""
+    s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
+        r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
+        psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
+            wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
+    return psi, r1, r0, s1, s0
 
 
 def _variance_of_mean(psi, seg, n_seg, n):
