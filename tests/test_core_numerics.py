@@ -73,6 +73,37 @@ def test_warm_start_reaches_the_cold_start_optimum():
     assert float((p_cold - p_warm).abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-7), (torch.float32, 2e-5)])
+def test_chord_steps_end_at_the_newton_optimum(monkeypatch, dtype, tol):
+    """Fits that reuse a Hessian (chord steps) must stop where Newton with a fresh Hessian at
+    every step stops; the pooled model's shared part converges through them too."""
+    rng = np.random.default_rng(5)
+    K, d = 60, 8
+    seg = np.repeat(np.arange(K), rng.integers(40, 400, size=K))
+    X = torch.tensor(rng.normal(size=(len(seg), d)), dtype=dtype)
+    beta = rng.normal(size=d) + 0.5 * rng.normal(size=(K, d))
+    eta = (X.double().numpy() * beta[seg]).sum(1) - 1.0
+    y = (rng.random(len(seg)) < 1 / (1 + np.exp(-eta))).astype(float)
+    hessian_passes = []
+    real_pass = _core._pass
+
+    def counting_pass(*args):
+        hessian_passes.append(args[8])
+        return real_pass(*args)
+
+    monkeypatch.setattr(_core, "_pass", counting_pass)
+    fits, default = {}, _core.HESSIAN_STEPS
+    for steps in (default, 10_000):
+        monkeypatch.setattr(_core, "HESSIAN_STEPS", steps)
+        hessian_passes.clear()
+        fits[steps] = _core.fit_segment_glm(X, y, seg, K, pooled=True, shrinkage=2.0)
+        assert fits[steps].converged
+        gradient_only = hessian_passes[:-1].count(False)  # the last pass needs only losses
+        assert gradient_only >= 2 if steps == default else gradient_only == 0
+    chord, newton = (torch.cat([f.coef, f.shared[None]]) for f in fits.values())
+    assert float((chord - newton).abs().max()) < tol * max(1.0, float(newton.abs().max()))
+
+
 def test_row_hash_equals_pandas():
     rng = np.random.default_rng(0)
     n = 5_003
