@@ -40,13 +40,28 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     if not parts:
         return Design(np.zeros((len(df), 0), dtype=dtype), [], [])
     X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    mean = X.mean(0, dtype=np.float64)
-    std = np.sqrt(((X - mean.astype(dtype)) ** 2).mean(0, dtype=np.float64))
+    X, mean, std = _centre(X)
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
-    X = X[:, keep] if not keep.all() else X.copy()
-    X -= mean[keep].astype(dtype)
-    X /= std[keep].astype(dtype)
+    if not keep.all():
+        X = X[:, keep]
+    for a in range(0, len(X), _ROWS):
+        X[a:a + _ROWS] /= std[keep].astype(dtype)
     return Design(X, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k])
+
+
+_ROWS = 16384  # rows per chunk: a few MB, cache-sized
+
+
+def _centre(X: np.ndarray):
+    """A centred, C-ordered copy of X (which may be a read-only, column-major view of a
+    frame) and the column means and standard deviations, in cache-sized row chunks."""
+    mean = X.mean(0, dtype=np.float64)
+    out = np.empty(X.shape, dtype=X.dtype)
+    squares = np.zeros(X.shape[1])
+    for a in range(0, len(X), _ROWS):
+        chunk = np.subtract(X[a:a + _ROWS], mean.astype(X.dtype), out=out[a:a + _ROWS])
+        squares += np.einsum("ij,ij->j", chunk, chunk, dtype=np.float64)
+    return out, mean, np.sqrt(squares / max(len(X), 1))
 
 
 def _one_hot(values: pd.Series, max_levels: int):
