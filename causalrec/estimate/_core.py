@@ -16,12 +16,13 @@ Two model structures share one Newton solver:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Layout", "make_layout", "pad", "pad_design", "unpad", "GLMFit", "fit_glm", "predict_glm",
+__all__ = ["Layout", "make_layout", "read_only_tensor", "pad", "pad_design", "unpad", "GLMFit", "fit_glm", "predict_glm",
            "segment_sum", "fit_segment_glm", "spd_inverse", "segment_inverses", "shared_hessian"]
 
 # Gram passes work through the blocks in chunks of about this size: small enough that the
@@ -83,6 +84,14 @@ def make_layout(cells: np.ndarray, n_cells: int, block_size: int | None = None,
                   torch.as_tensor(block_cell, device=device), n)
 
 
+def read_only_tensor(values: np.ndarray, dtype=None, device=None) -> torch.Tensor:
+    """``torch.as_tensor`` for arrays that may be read-only views of a frame, for callers
+    that never write to the result (torch warns about every such array otherwise)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(values, dtype=dtype, device=device)
+
+
 def pad(layout: Layout, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """Row-indexed values (n, ...) -> blocked (n_blocks, block_size, ...)."""
     idx = layout.rows.clamp(min=0)
@@ -91,18 +100,23 @@ def pad(layout: Layout, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor
     return torch.where(mask, out, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
 
 
-def pad_design(layout: Layout, X: torch.Tensor) -> torch.Tensor:
+def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None) -> torch.Tensor:
     """Blocked design with an intercept column first (zeros on padding), gathered a chunk of
     blocks at a time into one reused buffer (``index_select`` into a buffer is ~3x faster than
-    advanced indexing, which allocates a fresh tensor per chunk)."""
+    advanced indexing, which allocates a fresh tensor per chunk). With ``center`` / ``scale``
+    the columns are standardised on the way, as ``(x - center) * scale``."""
     n_blocks, B = layout.rows.shape
     Xb = X.new_empty((n_blocks, B, X.shape[1] + 1))
     step = max(1, CHUNK_BYTES // (Xb[0].numel() * Xb.element_size()))
     buf = X.new_empty((min(step, n_blocks) * B, X.shape[1]))
+    if center is not None:
+        center, scale = (torch.as_tensor(v, dtype=X.dtype, device=X.device) for v in (center, scale))
     for a in range(0, n_blocks, step):
         rows = layout.rows[a:a + step]
         padding = (rows < 0).unsqueeze(-1)
         gathered = torch.index_select(X, 0, rows.clamp(min=0).reshape(-1), out=buf[:rows.numel()])
+        if center is not None:
+            gathered.sub_(center).mul_(scale)
         chunk = Xb[a:a + step]
         chunk[..., 1:] = gathered.view(rows.shape + (X.shape[1],))
         chunk[..., 0] = 1.0

@@ -8,21 +8,28 @@ import pandas as pd
 import torch
 
 from ..schema import InteractionLog
+from ._core import read_only_tensor
 
 __all__ = ["Design", "build_design", "segment_ids", "assign_folds", "row_hash"]
 
 
 @dataclass
 class Design:
-    """Standardised confounder matrix (no intercept) and its column names."""
+    """Confounder matrix (no intercept, C order) and its column names. With
+    ``standardised=False`` X holds raw values and ``(X - center) * scale`` is the standardised
+    matrix: the estimator applies that while it pads rows into blocks, which spares a full
+    copy of X."""
 
     X: np.ndarray
     columns: list[str]
     dropped: list[str]
+    center: np.ndarray
+    scale: np.ndarray
+    standardised: bool = True
 
 
 def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
-                 max_levels: int = 50, dtype=np.float32) -> Design:
+                 max_levels: int = 50, dtype=np.float32, standardise: bool = True) -> Design:
     """Numeric confounders, one-hot categoricals and ``extra`` columns (e.g. text components),
     each standardised; constant columns are dropped (they carry no information)."""
     df = log.data
@@ -38,30 +45,43 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
         parts.append(extra.to_numpy(dtype=dtype))
         names += list(extra.columns)
     if not parts:
-        return Design(np.zeros((len(df), 0), dtype=dtype), [], [])
+        empty = np.zeros(0)
+        return Design(np.zeros((len(df), 0), dtype=dtype), [], [], empty, empty, standardise)
     X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    X, mean, std = _centre(X)
+    # rows are gathered into blocks later: C order (a frame's single block is column-major)
+    owned = len(parts) > 1 or not X.flags.c_contiguous
+    X = np.ascontiguousarray(X)
+    mean, std = _moments(X)
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
     if not keep.all():
-        X = X[:, keep]
+        X, owned = X[:, keep], True
+    center, scale = mean[keep], 1.0 / std[keep]
+    if standardise:
+        X = X if owned and X.flags.writeable else X.copy()
+        for a in range(0, len(X), _ROWS):
+            X[a:a + _ROWS] -= center.astype(dtype)
+            X[a:a + _ROWS] *= scale.astype(dtype)
+    return Design(X, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k],
+                  center, scale, standardise)
+
+
+_ROWS = 65536  # rows per chunk: a few MB, cache-sized
+
+
+def _moments(X: np.ndarray):
+    """Column means and standard deviations: two passes over cache-sized row chunks (no
+    centred copy of X), chunk sums in X's precision accumulated in float64."""
+    X = read_only_tensor(X)
+    total = torch.zeros(X.shape[1], dtype=torch.float64)
     for a in range(0, len(X), _ROWS):
-        X[a:a + _ROWS] /= std[keep].astype(dtype)
-    return Design(X, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k])
-
-
-_ROWS = 16384  # rows per chunk: a few MB, cache-sized
-
-
-def _centre(X: np.ndarray):
-    """A centred, C-ordered copy of X (which may be a read-only, column-major view of a
-    frame) and the column means and standard deviations, in cache-sized row chunks."""
-    mean = X.mean(0, dtype=np.float64)
-    out = np.empty(X.shape, dtype=X.dtype)
-    squares = np.zeros(X.shape[1])
+        total += X[a:a + _ROWS].sum(0)
+    mean = total / max(len(X), 1)
+    squares = torch.zeros_like(total)
+    buf = X.new_empty((min(_ROWS, len(X)), X.shape[1]))
     for a in range(0, len(X), _ROWS):
-        chunk = np.subtract(X[a:a + _ROWS], mean.astype(X.dtype), out=out[a:a + _ROWS])
-        squares += np.einsum("ij,ij->j", chunk, chunk, dtype=np.float64)
-    return out, mean, np.sqrt(squares / max(len(X), 1))
+        chunk = X[a:a + _ROWS]
+        squares += torch.sub(chunk, mean.to(X.dtype), out=buf[:len(chunk)]).square_().sum(0)
+    return mean.numpy(), (squares / max(len(X), 1)).sqrt().numpy()
 
 
 def _one_hot(values: pd.Series, max_levels: int):

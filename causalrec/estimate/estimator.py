@@ -160,10 +160,10 @@ class ItemEffectEstimator:
         n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
         n_all = np.bincount(seg, minlength=n_seg)
         status = _pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
-        use = status[seg] == "ok"
+        use = (status == "ok")[seg]
 
         text_features = self._text_features(log)
-        design = build_design(log, text_features,
+        design = build_design(log, text_features, standardise=False,
                               dtype=np.float64 if dtype == torch.float64 else np.float32)
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
@@ -176,6 +176,7 @@ class ItemEffectEstimator:
 
         rows = np.flatnonzero(use)
         X = design.X if len(rows) == len(df) else design.X[rows]
+        standardise = design.center, design.scale
         del design
         logged_e = (None if log.propensity is None
                     else df[log.propensity].to_numpy(dtype=np.float64)[rows])
@@ -186,10 +187,11 @@ class ItemEffectEstimator:
         for repeat in range(self.n_repeats):
             split = folds if repeat == 0 else assign_folds(df, content, seg, t, y, self.n_folds,
                                                            self.seed + repeat)
-            preds = self._fit_nuisances(X, seg[rows], t[rows], y[rows], split[rows], n_seg,
-                                        logged_e, device, dtype)
-            e, mu0, mu1 = (acc + p.to(torch.float64).cpu().numpy() / self.n_repeats
-                           for acc, p in zip((e, mu0, mu1), preds))
+            preds = self._fit_nuisances(X, standardise, seg[rows], t[rows], y[rows], split[rows],
+                                        n_seg, logged_e, device, dtype)
+            preds = [p.to(torch.float64).cpu().numpy() for p in preds]
+            e, mu0, mu1 = preds if self.n_repeats == 1 else (
+                acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
         table, psi, e_clipped = _effects_table(seg[rows], t[rows], y[rows], e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
                                                binary=log.outcome_is_binary,
@@ -232,14 +234,15 @@ class ItemEffectEstimator:
             return "gaussian"
         return "logistic" if log.outcome_is_binary else "gaussian"
 
-    def _fit_nuisances(self, X, seg, t, y, folds, n_seg, logged_e, device, dtype):
-        """Cross-fitted propensity and outcome predictions for every row, all items at once."""
+    def _fit_nuisances(self, X, standardise, seg, t, y, folds, n_seg, logged_e, device, dtype):
+        """Cross-fitted propensity and outcome predictions for every row, all items at once;
+        ``standardise`` = (center, scale) of X's columns."""
         F = self.n_folds
         n = len(seg)
         # cells ordered (fold, arm, item): every fit's blocks form a few contiguous runs
         cells = (folds * 2 + t) * n_seg + seg
         layout = _core.make_layout(cells, n_seg * F * 2, device=device)
-        Xb = _core.pad_design(layout, torch.as_tensor(X, dtype=dtype, device=device))
+        Xb = _core.pad_design(layout, _core.read_only_tensor(X, dtype, device), *standardise)
         wb = layout.valid.to(dtype)
         tb = _core.pad(layout, torch.as_tensor(t, dtype=dtype, device=device))
         yb = _core.pad(layout, torch.as_tensor(y, dtype=dtype, device=device))
