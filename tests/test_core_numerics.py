@@ -132,6 +132,10 @@ def test_stratum_order_equals_lexsort():
     stratum[:100] = stratum[100:200]
     np.testing.assert_array_equal(_stratum_order(stratum, key, outcome),
                                   np.lexsort((outcome, key, stratum)))
+    key[200:300] = key[300:400] ^ np.uint64(1)  # keys equal but for their lowest bit
+    stratum[200:300] = stratum[300:400]
+    np.testing.assert_array_equal(_stratum_order(stratum, key, outcome),
+                                  np.lexsort((outcome, key, stratum)))
 
 
 def test_mix_is_the_splitmix64_finaliser():

@@ -64,8 +64,8 @@ def make_layout(cells: np.ndarray, n_cells: int, block_size: int | None = None,
     """
     cells = np.asarray(cells, dtype=np.int64)
     n = len(cells)
-    if order is None:
-        order = np.argsort(cells, kind="stable")
+    if order is None:  # torch's stable sort: several times faster than numpy's on int64
+        order = torch.sort(read_only_tensor(cells), stable=True).indices.numpy()
     counts = np.bincount(cells, minlength=n_cells)
     if block_size is None:
         mean_cell = n / max(1, int((counts > 0).sum()))
@@ -74,9 +74,8 @@ def make_layout(cells: np.ndarray, n_cells: int, block_size: int | None = None,
     n_blocks = int(blocks_per_cell.sum())
     first_block = np.concatenate([[0], np.cumsum(blocks_per_cell)[:-1]])
     first_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sorted_cells = cells[order]
-    rank = np.arange(n) - first_row[sorted_cells]
-    slot = first_block[sorted_cells] * block_size + rank
+    sorted_cells = np.repeat(np.arange(n_cells), counts)  # = cells[order], without a gather
+    slot = np.arange(n) + (first_block * block_size - first_row)[sorted_cells]
     rows = np.full(n_blocks * block_size, -1, dtype=np.int64)
     rows[slot] = order
     block_cell = np.repeat(np.arange(n_cells), blocks_per_cell)
