@@ -196,7 +196,7 @@ class BanditEstimator:
         if self.chunk_rows is not None:
             return int(self.chunk_rows)
         per_row = 8 * len(self.items_) * self._n_pos_seg * 6  # a few float64 row x item temporaries
-        return max(1, _core.CHUNK_BYTES // per_row)
+        return max(1, _core.chunk_bytes(self._device) // per_row)
 
     def _predict(self, rows: torch.Tensor) -> torch.Tensor:
         """q(x_i, a) for the given rows and every item, (len(rows), n_items) float64,

@@ -23,14 +23,20 @@ import numpy as np
 import torch
 
 __all__ = ["Layout", "make_layout", "read_only_tensor", "pad", "pad_design", "unpad", "GLMFit", "fit_glm", "predict_glm",
-           "segment_sum", "fit_segment_glm", "spd_inverse", "segment_inverses", "shared_hessian"]
+           "segment_sum", "chunk_bytes", "fit_segment_glm", "spd_inverse", "segment_inverses", "shared_hessian"]
 
-# Gram passes work through the blocks in chunks of about this size: small enough that the
-# temporaries are recycled by the allocator and stay in cache (fresh multi-hundred-MB buffers
-# page-fault on every pass, which cost as much as the arithmetic on a 2-core VM).
+# Gram passes, padding and the per-segment p x p algebra work in chunks of about this size on
+# CPU: small enough that the temporaries are recycled by the allocator and stay in cache
+# (fresh multi-hundred-MB buffers page-fault on every pass, which cost as much as the
+# arithmetic on a 2-core VM). On a GPU chunks only amortise kernel launches.
 CHUNK_BYTES = 16 * 2**20
-# Per-segment Newton algebra (p x p inverses) runs over this many bytes of matrices at a time.
-SOLVE_BYTES = 16 * 2**20
+GPU_CHUNK_BYTES = 512 * 2**20
+
+
+def chunk_bytes(device) -> int:
+    return CHUNK_BYTES if torch.device(device).type == "cpu" else GPU_CHUNK_BYTES
+
+
 # Newton steps with a fresh Hessian before chord steps (the last Hessian's factors reused: a
 # gradient pass per step, no Gram matrices, no inverses); a chord step that shrinks the Newton
 # decrement by less than REFRESH_RATIO orders a fresh Hessian.
@@ -106,7 +112,7 @@ def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None) -> torc
     the columns are standardised on the way, as ``(x - center) * scale``."""
     n_blocks, B = layout.rows.shape
     Xb = X.new_empty((n_blocks, B, X.shape[1] + 1))
-    step = max(1, CHUNK_BYTES // (Xb[0].numel() * Xb.element_size()))
+    step = max(1, chunk_bytes(X.device) // (Xb[0].numel() * Xb.element_size()))
     buf = X.new_empty((min(step, n_blocks) * B, X.shape[1]))
     if center is not None:
         center, scale = (torch.as_tensor(v, dtype=X.dtype, device=X.device) for v in (center, scale))
@@ -166,7 +172,7 @@ def _chunks(blocks: torch.Tensor, block_size: int, p: int):
     """Slices over runs of consecutive block indices (views, no copies), each run cut into
     pieces of bounded memory; layouts that keep each fit's cells together make runs long."""
     per_block = block_size * p * 4 * 3 + p * p * 4 * 2
-    step = max(1, CHUNK_BYTES // per_block)
+    step = max(1, chunk_bytes(blocks.device) // per_block)
     if len(blocks) == 0:
         return
     idx = blocks.cpu()
@@ -274,7 +280,7 @@ def segment_inverses(gram, local_pen):
     K, p = gram.shape[:2]
     out = torch.empty_like(gram)
     total = torch.zeros(p, p, dtype=torch.float64, device=gram.device)
-    step = max(1, SOLVE_BYTES // (4 * p * p * gram.element_size()))
+    step = max(1, chunk_bytes(gram.device) // (4 * p * p * gram.element_size()))
     for a in range(0, K, step):
         A = gram[a:a + step].clone(memory_format=torch.contiguous_format)
         A.diagonal(dim1=-2, dim2=-1).add_(local_pen)
