@@ -330,7 +330,7 @@ def _newton_direction(grad, local, shared, inv, S_inv, local_pen, shared_pen):
 
 
 def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=True,
-            local_penalty, shared_penalty=None, max_iter=30, tol=1e-6,
+            local_penalty, shared_penalty=None, max_iter=50, tol=1e-6,
             init: GLMFit | None = None) -> GLMFit:
     """Penalised GLM for all segments at once by Newton's method with step halving.
 

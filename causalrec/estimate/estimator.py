@@ -78,6 +78,8 @@ class ItemEffectEstimator:
     text_encoder, text_components : how text columns become confounders.
     device : "auto" (CUDA when present), "cpu", "cuda", ... ; dtype : "float32" / "float64".
     seed : fixes the cross-fitting folds.
+    max_iter : most Newton-type steps per nuisance fit (two Newton steps, then chord steps that
+        reuse the last Hessian; a fit that stops here has ``converged_`` False).
 
     Attributes
     ----------
@@ -93,7 +95,7 @@ class ItemEffectEstimator:
                  penalty=1.0,
                  shrinkage="auto", intercept_penalty=1e-3, outcome_model="auto", clip=0.01,
                  trim=None, min_rows_per_arm=10, min_ess=5.0, alpha=0.05, text_encoder=None,
-                 text_components=8, device="auto", dtype="float32", seed=0, max_iter=30):
+                 text_components=8, device="auto", dtype="float32", seed=0, max_iter=50):
         self.method = method
         self.normalize = normalize
         self.nuisance = nuisance

@@ -63,7 +63,7 @@ class EffectSummary(Summary):
             "Items estimated (ok)": len(ok),
             "Confounder columns": len(estimator.design_columns_),
             "Propensity clip": estimator.clip,
-            "Newton iterations (max)": estimator.n_iter_,
+            "Newton steps (max, incl. chord)": estimator.n_iter_,
             "Overall effect (row-weighted)": f"{self.overall:.5g} (se {self.overall_se:.3g})",
         }
         cols = [c for c in ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated",
