@@ -104,6 +104,19 @@ def test_chord_steps_end_at_the_newton_optimum(monkeypatch, dtype, tol):
     assert float((chord - newton).abs().max()) < tol * max(1.0, float(newton.abs().max()))
 
 
+def test_pad_design_standardises_and_gathers_a_row_subset_without_copying():
+    rng = np.random.default_rng(2)
+    X = torch.tensor(rng.normal(3.0, 2.0, size=(500, 4)))
+    rows = np.sort(rng.choice(500, 300, replace=False))
+    cells = rng.integers(0, 7, 300)
+    layout = _core.make_layout(cells, 7, block_size=8)
+    center, scale = X.mean(0).numpy(), (1 / X.std(0)).numpy()
+    ours = _core.pad_design(layout, X, center, scale, index=torch.as_tensor(rows))
+    expected = _core.pad_design(layout, (X[rows] - X.mean(0)) / X.std(0))
+    torch.testing.assert_close(ours, expected)
+    assert bool((ours[~layout.valid] == 0).all())  # padding stays zero, intercept included
+
+
 def test_row_hash_equals_pandas():
     rng = np.random.default_rng(0)
     n = 5_003

@@ -105,11 +105,13 @@ def pad(layout: Layout, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor
     return torch.where(mask, out, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
 
 
-def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None) -> torch.Tensor:
+def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None,
+               index: torch.Tensor | None = None) -> torch.Tensor:
     """Blocked design with an intercept column first (zeros on padding), gathered a chunk of
     blocks at a time into one reused buffer (``index_select`` into a buffer is ~3x faster than
     advanced indexing, which allocates a fresh tensor per chunk). With ``center`` / ``scale``
-    the columns are standardised on the way, as ``(x - center) * scale``."""
+    the columns are standardised on the way, as ``(x - center) * scale``. ``index`` maps the
+    layout's rows to rows of X (a subset of X's rows, without copying X)."""
     n_blocks, B = layout.rows.shape
     Xb = X.new_empty((n_blocks, B, X.shape[1] + 1))
     step = max(1, chunk_bytes(X.device) // (Xb[0].numel() * Xb.element_size()))
@@ -119,7 +121,10 @@ def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None) -> torc
     for a in range(0, n_blocks, step):
         rows = layout.rows[a:a + step]
         padding = (rows < 0).unsqueeze(-1)
-        gathered = torch.index_select(X, 0, rows.clamp(min=0).reshape(-1), out=buf[:rows.numel()])
+        source = rows.clamp(min=0).reshape(-1)
+        if index is not None:
+            source = index[source]
+        gathered = torch.index_select(X, 0, source, out=buf[:rows.numel()])
         if center is not None:
             gathered.sub_(center).mul_(scale)
         chunk = Xb[a:a + step]

@@ -177,8 +177,8 @@ class ItemEffectEstimator:
             folds = _check_folds(folds, len(df), self.n_folds)
 
         rows = np.flatnonzero(use)
-        X = design.X if len(rows) == len(df) else design.X[rows]
-        standardise = design.center, design.scale
+        # X stays whole (a subset would copy it): the padding gathers only the rows in use
+        X, standardise = design.X, (design.center, design.scale)
         del design
         logged_e = (None if log.propensity is None
                     else df[log.propensity].to_numpy(dtype=np.float64)[rows])
@@ -189,8 +189,8 @@ class ItemEffectEstimator:
         for repeat in range(self.n_repeats):
             split = folds if repeat == 0 else assign_folds(df, content, seg, t, y, self.n_folds,
                                                            self.seed + repeat)
-            preds = self._fit_nuisances(X, standardise, seg[rows], t[rows], y[rows], split[rows],
-                                        n_seg, logged_e, device, dtype)
+            preds = self._fit_nuisances(X, standardise, rows, seg[rows], t[rows], y[rows],
+                                        split[rows], n_seg, logged_e, device, dtype)
             preds = [p.to(torch.float64).cpu().numpy() for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
@@ -236,15 +236,19 @@ class ItemEffectEstimator:
             return "gaussian"
         return "logistic" if log.outcome_is_binary else "gaussian"
 
-    def _fit_nuisances(self, X, standardise, seg, t, y, folds, n_seg, logged_e, device, dtype):
-        """Cross-fitted propensity and outcome predictions for every row, all items at once;
-        ``standardise`` = (center, scale) of X's columns."""
+    def _fit_nuisances(self, X, standardise, rows, seg, t, y, folds, n_seg, logged_e, device,
+                       dtype):
+        """Cross-fitted propensity and outcome predictions for the rows in use (``rows`` of X;
+        seg, t, y, folds are already subset), all items at once; ``standardise`` = (center,
+        scale) of X's columns."""
         F = self.n_folds
         n = len(seg)
         # cells ordered (fold, arm, item): every fit's blocks form a few contiguous runs
         cells = (folds * 2 + t) * n_seg + seg
         layout = _core.make_layout(cells, n_seg * F * 2, device=device)
-        Xb = _core.pad_design(layout, _core.read_only_tensor(X, dtype, device), *standardise)
+        index = None if len(rows) == len(X) else torch.as_tensor(rows, device=device)
+        Xb = _core.pad_design(layout, _core.read_only_tensor(X, dtype, device), *standardise,
+                              index=index)
         wb = layout.valid.to(dtype)
         tb = _core.pad(layout, torch.as_tensor(t, dtype=dtype, device=device))
         yb = _core.pad(layout, torch.as_tensor(y, dtype=dtype, device=device))
