@@ -101,7 +101,10 @@ class InteractionLog:
 
     @property
     def outcome_is_binary(self) -> bool:
-        return bool(np.isin(self.data[self.outcome].to_numpy(), [0, 1]).all())
+        values = self.data[self.outcome].to_numpy()
+        if values.dtype.kind in "iub":  # integers: a range check, no set lookups
+            return bool(values.min() >= 0 and values.max() <= 1)
+        return bool(np.isin(values, [0, 1]).all())
 
     def _validate(self) -> None:
         df = self.data
@@ -159,7 +162,10 @@ def _check_no_missing(s: pd.Series, col: str) -> None:
 def _check_finite_numeric(s: pd.Series, col: str) -> None:
     if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
         raise SchemaError(col, f"must be numeric, got dtype {s.dtype}")
-    values = s.to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise SchemaError(col, f"{int(bad.sum())} NaN or infinite values")
+    values = s.to_numpy()
+    if values.dtype.kind in "iub":  # plain integers and booleans are finite
+        return
+    if values.dtype.kind != "f":  # extension types (nullable integers, ...): NA becomes NaN
+        values = s.to_numpy(dtype=float)
+    if not np.isfinite(values).all():  # no float64 copy of float32 columns
+        raise SchemaError(col, f"{int((~np.isfinite(values)).sum())} NaN or infinite values")
