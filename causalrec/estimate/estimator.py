@@ -191,13 +191,17 @@ class ItemEffectEstimator:
                                                            self.seed + repeat)
             preds = self._fit_nuisances(X, standardise, rows, seg[rows], t[rows], y[rows],
                                         split[rows], n_seg, logged_e, device, dtype)
-            preds = [p.to(torch.float64).cpu().numpy() for p in preds]
+            preds = [p.to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        table, psi, e_clipped = _effects_table(seg[rows], t[rows], y[rows], e, mu0, mu1, n_seg,
+        on_device = lambda a, kind: torch.as_tensor(a[rows], dtype=kind, device=device)
+        table, psi, e_clipped = _effects_table(on_device(seg, torch.long),
+                                               on_device(t, torch.float64),
+                                               on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
                                                binary=log.outcome_is_binary,
                                                normalize=self.normalize)
+        mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         table["status"] = _post_status(status, table, self.min_ess)
         table.loc[table["status"].isin(NO_ESTIMATE), ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
@@ -352,98 +356,100 @@ def _post_status(status, table, min_ess):
 
 
 def _seg_sum(values, seg, n_seg):
-    return np.bincount(seg, weights=values, minlength=n_seg)
+    return torch.zeros(n_seg, dtype=values.dtype, device=values.device).index_add_(0, seg, values)
 
 
 def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
                    normalize=True):
-    """Per-row influence values and per-item estimates, all in float64."""
-    e_clip = np.clip(e, clip, 1 - clip)
-    keep = np.ones(len(seg), bool) if trim is None else (e >= trim) & (e <= 1 - trim)
-    k = keep.astype(float)
+    """Per-row influence values and per-item estimates, in float64 on the tensors' device
+    (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
+    Returns the per-item table and, as numpy, psi and the clipped propensities."""
+    S = lambda values: _seg_sum(values, seg, n_seg)
+    e_clip = e.clamp(clip, 1 - clip)
+    keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
+    k = keep.to(e.dtype)
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
-    n_keep = _seg_sum(k, seg, n_seg)
+    n_keep = S(k)
     correction = wt * (y - mu1) - wc * (y - mu0)
     psi_plain = None  # textbook AIPW influence values, for the normalised AIPW's variance
     if method == "aipw" and normalize:
         # residuals averaged with normalised weights (Robins et al. 2007)
         psi, *_ = _normalised_scores(seg, wt, wc, y, mu0, mu1, n_keep, n_seg)
-        psi_plain = np.where(keep, mu1 - mu0 + correction, 0.0)
+        psi_plain = torch.where(keep, mu1 - mu0 + correction, 0.0)
     elif method == "aipw":
         psi = mu1 - mu0 + correction
     elif method == "ipw":  # Hajek: weighted arm means, i.e. normalised AIPW without outcome model
         psi, m1, m0, s1, s0 = _normalised_scores(seg, wt, wc, y, 0.0, 0.0, n_keep, n_seg)
     else:  # outcome regression; spread by the AIPW influence function, centred on OR
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_corr = _seg_sum(k * correction, seg, n_seg) / n_keep
-        psi = mu1 - mu0 + correction - mean_corr[seg]
-    psi = np.where(keep, psi, 0.0)
+        psi = mu1 - mu0 + correction - (S(k * correction) / n_keep)[seg]
+    psi = torch.where(keep, psi, 0.0)
+    ate = S(psi) / n_keep
+    var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
+    if psi_plain is not None:
+        var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
+    n_t, n_c = S(t), S(1 - t)
+    if binary:
+        # An arm with no (or only) clicks shows no residual spread, so the empirical
+        # variance collapses; the variance implied by the fitted click probabilities
+        # does not. Those items take the larger of the two.
+        events_t, events_c = S(t * y), S((1 - t) * y)
+        degenerate = ((events_t == 0) | (events_t == n_t) | (events_c == 0) | (events_c == n_c))
+        if method == "ipw":
+            r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
+            model = S(wt ** 2 * r1) / s1 ** 2 + S(wc ** 2 * r0) / s0 ** 2
+        else:
+            spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
+            model = S(spread) / n_keep ** 2
+        var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
+    n_all = n_t + n_c
+    y_mean = S(y) / n_all
+    per_item = {  # float64 numpy from here on
+        "ate": ate, "se": var_of_mean.sqrt(), "n_t": n_t, "n_c": n_c,
+        "treated_mean": S(t * y) / n_t, "control_mean": S((1 - t) * y) / n_c,
+        "y_mean": y_mean, "y_sq": S(y ** 2) / n_all,
+        "ess_treated": S(wt) ** 2 / S(wt ** 2), "ess_control": S(wc) ** 2 / S(wc ** 2),
+        "mu0_mean": S(mu0) / n_all,
+        "e_min": e.new_full((n_seg,), float("inf")).scatter_reduce_(0, seg, e, "amin"),
+        "e_max": e.new_full((n_seg,), float("-inf")).scatter_reduce_(0, seg, e, "amax"),
+        "n_clipped": S((e != e_clip).to(e.dtype)), "n_trimmed": S(1 - k),
+    }
+    v = {name: values.cpu().numpy() for name, values in per_item.items()}
+    ate, se, empty = v["ate"], v["se"], v["n_t"] + v["n_c"] == 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        ate = _seg_sum(psi, seg, n_seg) / n_keep
-        var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
-        if psi_plain is not None:
-            var_of_mean = np.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
-        n_t = _seg_sum(t, seg, n_seg)
-        n_c = _seg_sum(1 - t, seg, n_seg)
-        if binary:
-            # An arm with no (or only) clicks shows no residual spread, so the empirical
-            # variance collapses; the variance implied by the fitted click probabilities
-            # does not. Those items take the larger of the two.
-            events_t, events_c = _seg_sum(t * y, seg, n_seg), _seg_sum((1 - t) * y, seg, n_seg)
-            degenerate = ((events_t == 0) | (events_t == n_t) | (events_c == 0) | (events_c == n_c))
-            if method == "ipw":
-                r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
-                model = _seg_sum(wt ** 2 * r1, seg, n_seg) / s1 ** 2 + _seg_sum(wc ** 2 * r0, seg, n_seg) / s0 ** 2
-            else:
-                spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
-                model = _seg_sum(spread, seg, n_seg) / n_keep ** 2
-            var_of_mean = np.where(degenerate, np.fmax(var_of_mean, model), var_of_mean)
-        se = np.sqrt(var_of_mean)
         # Student t with the smaller arm's degrees of freedom: IPW-weighted influence values
         # are heavy-tailed, and with a few dozen rows in an arm a normal interval is too short.
-        dof = np.maximum(np.minimum(n_t, n_c) - 1, 1)
+        dof = np.maximum(np.minimum(v["n_t"], v["n_c"]) - 1, 1)
         z = stats.t.ppf(1 - alpha / 2, dof)
         p_value = 2 * stats.t.sf(np.abs(ate / se), dof)
-        treated_mean = _seg_sum(t * y, seg, n_seg) / n_t
-        control_mean = _seg_sum((1 - t) * y, seg, n_seg) / n_c
-        y_mean = _seg_sum(y, seg, n_seg) / (n_t + n_c)
-        outcome_sd = np.sqrt(np.maximum(_seg_sum(y ** 2, seg, n_seg) / (n_t + n_c) - y_mean ** 2, 0))
-        outcome_sd[np.abs(outcome_sd) < 1e-12 * np.maximum(1, np.abs(y_mean))] = 0.0
-        ess_t = _seg_sum(wt, seg, n_seg) ** 2 / _seg_sum(wt ** 2, seg, n_seg)
-        ess_c = _seg_sum(wc, seg, n_seg) ** 2 / _seg_sum(wc ** 2, seg, n_seg)
-        mu0_mean = _seg_sum(mu0, seg, n_seg) / (n_t + n_c)
-    e_min = np.full(n_seg, np.nan)
-    e_max = np.full(n_seg, np.nan)
-    np.fmin.at(e_min, seg, e)
-    np.fmax.at(e_max, seg, e)
+        outcome_sd = np.sqrt(np.maximum(v["y_sq"] - v["y_mean"] ** 2, 0))
+    outcome_sd[np.abs(outcome_sd) < 1e-12 * np.maximum(1, np.abs(v["y_mean"]))] = 0.0
     table = pd.DataFrame({
         "ate": ate, "se": se, "ci_low": ate - z * se, "ci_high": ate + z * se,
-        "p_value": p_value, "dof": dof, "naive_ate": treated_mean - control_mean,
-        "treated_mean": treated_mean, "control_mean": control_mean, "mu0_mean": mu0_mean,
-        "outcome_sd": outcome_sd, "e_min": e_min, "e_max": e_max,
-        "ess_treated": ess_t, "ess_control": ess_c,
-        "n_clipped": _seg_sum((e != e_clip).astype(float), seg, n_seg).astype(np.int64),
-        "n_trimmed": _seg_sum(1 - k, seg, n_seg).astype(np.int64),
+        "p_value": p_value, "dof": dof, "naive_ate": v["treated_mean"] - v["control_mean"],
+        "treated_mean": v["treated_mean"], "control_mean": v["control_mean"],
+        "mu0_mean": v["mu0_mean"], "outcome_sd": outcome_sd,
+        "e_min": np.where(empty, np.nan, v["e_min"]), "e_max": np.where(empty, np.nan, v["e_max"]),
+        "ess_treated": v["ess_treated"], "ess_control": v["ess_control"],
+        "n_clipped": v["n_clipped"].astype(np.int64), "n_trimmed": v["n_trimmed"].astype(np.int64),
     })
-    return table, psi, e_clip
+    return table, psi.cpu().numpy(), e_clip.cpu().numpy()
 
 
 def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
     """Influence values of mean(mu1 - mu0) + the per-arm weighted means of the residuals with
     normalised weights, linearised; also those means and the weight sums (s1, s0)."""
     s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
-        r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
-        psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
-            wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
+    r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
+    r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
+    psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
+        wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
     return psi, r1, r0, s1, s0
 
 
 def _variance_of_mean(psi, seg, n_seg, n):
     mean = _seg_sum(psi, seg, n_seg) / n
     var = (_seg_sum(psi ** 2, seg, n_seg) - n * mean ** 2) / (n - 1)
-    return np.maximum(var, 0) / n
+    return var.clamp(min=0) / n
 
 
 def _column_order(item_frame, table):
