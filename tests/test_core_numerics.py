@@ -117,6 +117,26 @@ def test_pad_design_standardises_and_gathers_a_row_subset_without_copying():
     assert bool((ours[~layout.valid] == 0).all())  # padding stays zero, intercept included
 
 
+def test_raw_design_with_its_moments_equals_the_standardised_design():
+    import causalrec as cr
+    from causalrec.estimate.design import build_design
+    rng = np.random.default_rng(6)
+    n = 2_000
+    values = rng.normal(size=(n, 3)) * [1.0, 50.0, 1e-3] + [0.0, 1e4, -2.0]
+    df = pd.DataFrame(values, columns=["a", "b", "c"]).assign(
+        const=1.0, item=rng.integers(0, 5, n), t=rng.integers(0, 2, n), y=rng.random(n))
+    log = cr.InteractionLog(df, item="item", treatment="t", outcome="y",
+                            confounders=["a", "b", "const", "c"])
+    standard = build_design(log, dtype=np.float64)
+    assert standard.dropped == ["const"] and standard.columns == ["a", "b", "c"]
+    np.testing.assert_allclose(standard.X.mean(0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(standard.X.std(0), 1.0, rtol=1e-10)
+    for contiguous in (True, False):
+        raw = build_design(log, dtype=np.float64, standardise=False, contiguous=contiguous)
+        assert raw.X.flags.c_contiguous or not contiguous
+        np.testing.assert_allclose((raw.X - raw.center) * raw.scale, standard.X, atol=1e-10)
+
+
 def test_row_hash_equals_pandas():
     rng = np.random.default_rng(0)
     n = 5_003

@@ -29,9 +29,15 @@ class Design:
 
 
 def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
-                 max_levels: int = 50, dtype=np.float32, standardise: bool = True) -> Design:
+                 max_levels: int = 50, dtype=np.float32, standardise: bool = True,
+                 contiguous: bool = True) -> Design:
     """Numeric confounders, one-hot categoricals and ``extra`` columns (e.g. text components),
-    each standardised; constant columns are dropped (they carry no information)."""
+    each standardised; constant columns are dropped (they carry no information).
+
+    ``contiguous=False`` (with ``standardise=False``) may return X in a frame's column-major
+    order: a GPU consumer copies it as is and reorders it on the device, which spares the host
+    a transposing copy of the whole matrix.
+    """
     df = log.data
     parts, names = [], []
     if log.confounders:
@@ -50,11 +56,13 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     # rows are gathered into blocks later: C order (a frame's single block is column-major)
     owned = len(parts) > 1 or not X.flags.c_contiguous
-    X = np.ascontiguousarray(X)
+    if contiguous or standardise:
+        X = np.ascontiguousarray(X)
     mean, std = _moments(X)
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
-    if not keep.all():
+    if not keep.all():  # (column selection can return column-major order)
         X, owned = X[:, keep], True
+        X = np.ascontiguousarray(X) if contiguous or standardise else X
     center, scale = mean[keep], 1.0 / std[keep]
     if standardise:
         X = X if owned and X.flags.writeable else X.copy()

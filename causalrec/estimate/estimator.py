@@ -166,6 +166,7 @@ class ItemEffectEstimator:
 
         text_features = self._text_features(log)
         design = build_design(log, text_features, standardise=False,
+                              contiguous=device.type == "cpu",
                               dtype=np.float64 if dtype == torch.float64 else np.float32)
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
@@ -251,8 +252,8 @@ class ItemEffectEstimator:
         cells = (folds * 2 + t) * n_seg + seg
         layout = _core.make_layout(cells, n_seg * F * 2, device=device)
         index = None if len(rows) == len(X) else torch.as_tensor(rows, device=device)
-        Xb = _core.pad_design(layout, _core.read_only_tensor(X, dtype, device), *standardise,
-                              index=index)
+        X = _core.read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
+        Xb = _core.pad_design(layout, X, *standardise, index=index)
         wb = layout.valid.to(dtype)
         tb = _core.pad(layout, torch.as_tensor(t, dtype=dtype, device=device))
         yb = _core.pad(layout, torch.as_tensor(y, dtype=dtype, device=device))
