@@ -345,7 +345,8 @@ def _newton_direction(grad, local, shared, inv, S_inv, local_pen, shared_pen):
 def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=True,
             local_penalty, shared_penalty=None, max_iter=50, tol=1e-6,
             init: GLMFit | None = None) -> GLMFit:
-    """Penalised GLM for all segments at once by Newton's method with step halving.
+    """Penalised GLM for all segments at once by Newton's method with step halving; after
+    HESSIAN_STEPS fresh Hessians, chord steps reuse the last one's factors.
 
     Xb (n_blocks, B, p) holds an intercept column first; wb is a row weight (0 on padding);
     only ``blocks`` enter the fit; ``block_seg`` maps every block to its segment.
