@@ -55,14 +55,15 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
         return Design(np.zeros((len(df), 0), dtype=dtype), [], [], empty, empty, standardise)
     X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     # rows are gathered into blocks later: C order (a frame's single block is column-major)
+    contiguous = contiguous or standardise
     owned = len(parts) > 1 or not X.flags.c_contiguous
-    if contiguous or standardise:
+    if contiguous:
         X = np.ascontiguousarray(X)
     mean, std = _moments(X)
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
     if not keep.all():  # (column selection can return column-major order)
         X, owned = X[:, keep], True
-        X = np.ascontiguousarray(X) if contiguous or standardise else X
+        X = np.ascontiguousarray(X) if contiguous else X
     center, scale = mean[keep], 1.0 / std[keep]
     if standardise:
         X = X if owned and X.flags.writeable else X.copy()

@@ -170,7 +170,8 @@ class ItemEffectEstimator:
                               dtype=np.float64 if dtype == torch.float64 else np.float32)
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
-        self.outcome_family_ = self._outcome_family(log)
+        binary = log.outcome_is_binary  # one scan of the outcome column
+        self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
         if folds is None:
             folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
@@ -200,7 +201,7 @@ class ItemEffectEstimator:
                                                on_device(t, torch.float64),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
-                                               binary=log.outcome_is_binary,
+                                               binary=binary,
                                                normalize=self.normalize)
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         table["status"] = _post_status(status, table, self.min_ess)
@@ -232,14 +233,14 @@ class ItemEffectEstimator:
                                                  n_components=self.text_components)
         return self.text_confounders_.fit_transform(log.data, log.text)
 
-    def _outcome_family(self, log: InteractionLog) -> str:
+    def _outcome_family(self, log: InteractionLog, binary: bool) -> str:
         if self.outcome_model == "logistic":
-            if not log.outcome_is_binary:
+            if not binary:
                 raise SchemaError(log.outcome, "outcome_model='logistic' needs a 0/1 outcome")
             return "logistic"
         if self.outcome_model == "linear":
             return "gaussian"
-        return "logistic" if log.outcome_is_binary else "gaussian"
+        return "logistic" if binary else "gaussian"
 
     def _fit_nuisances(self, X, standardise, rows, seg, t, y, folds, n_seg, logged_e, device,
                        dtype):
