@@ -137,6 +137,26 @@ def test_raw_design_with_its_moments_equals_the_standardised_design():
         np.testing.assert_allclose((raw.X - raw.center) * raw.scale, standard.X, atol=1e-10)
 
 
+def test_buffer_helpers():
+    """``empty`` gives writable CPU buffers of the asked dtype (numpy-backed); ``read_only_tensor``
+    reads a read-only frame view without torch's warning; chunk budgets follow the device."""
+    import warnings
+    for dtype in (torch.float32, torch.float64, torch.int64):
+        buf = _core.empty((3, 4), dtype, "cpu")
+        assert buf.shape == (3, 4) and buf.dtype == dtype
+        buf.fill_(2)
+        assert int(buf.sum()) == 24
+    frame = pd.DataFrame(np.arange(6.0).reshape(3, 2))
+    values = frame.to_numpy()
+    values.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = _core.read_only_tensor(values, torch.float32)
+    np.testing.assert_array_equal(t.numpy(), values)
+    assert _core.chunk_bytes("cpu") == _core.CHUNK_BYTES
+    assert _core.chunk_bytes(torch.device("cuda")) == _core.GPU_CHUNK_BYTES
+
+
 def test_row_hash_equals_pandas():
     rng = np.random.default_rng(0)
     n = 5_003
