@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from ..schema import InteractionLog
-from ._core import read_only_tensor
+from ..glm.layout import read_only_tensor
 
 __all__ = ["Design", "build_design", "segment_ids", "assign_folds", "row_hash"]
 
