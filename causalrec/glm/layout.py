@@ -134,7 +134,7 @@ def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None,
     layout's rows to rows of X (a subset of X's rows, without copying X)."""
     n_blocks, B = layout.rows.shape
     Xb = empty((n_blocks, B, X.shape[1] + 1), X.dtype, X.device)
-    step = max(1, chunk_bytes(X.device) // (Xb[0].numel() * Xb.element_size()))
+    step = max(1, chunk_bytes(X.device) // (B * (X.shape[1] + 1) * Xb.element_size()))
     buf = X.new_empty((min(step, n_blocks) * B, X.shape[1]))
     if center is not None:
         center, scale = (torch.as_tensor(v, dtype=X.dtype, device=X.device) for v in (center, scale))

@@ -10,7 +10,7 @@ summed numbers, and the result equals a fit of all segments at once.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
 
@@ -61,13 +61,21 @@ class ThreadReducer:
             raise ValueError(f"expected {self.n_shards} shards, got {len(shards)}")
         if self.n_shards == 1:
             return [fn(shards[0], self.view(0))]
-        with ThreadPoolExecutor(self.n_shards) as pool:
-            futures = [pool.submit(fn, shard, self.view(rank)) for rank, shard in enumerate(shards)]
+        def guarded(rank, shard):
             try:
-                return [f.result() for f in futures]
+                return fn(shard, self.view(rank))
             except BaseException:
                 self._barrier.abort()  # one failed shard must not leave the others waiting
                 raise
+
+        with ThreadPoolExecutor(self.n_shards) as pool:
+            futures = [pool.submit(guarded, rank, shard) for rank, shard in enumerate(shards)]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and f.exception() is not None
+                      and not isinstance(f.exception(), threading.BrokenBarrierError)]
+            if failed:  # the shard that failed first, not one it broke the barrier of
+                raise failed[0].exception()
+            return [f.result() for f in futures]
 
 
 class _RankView(Reducer):

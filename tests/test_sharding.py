@@ -1,0 +1,131 @@
+"""Sharded fits equal whole fits: the engine's reducer carries everything that couples
+segments, and per-segment decisions make a subset's fit the fit it gets in the whole run."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import causalrec as cr
+from causalrec.glm import SegmentGLM, ThreadReducer
+
+
+@pytest.fixture(scope="module")
+def segments():
+    rng = np.random.default_rng(7)
+    K, d = 24, 5
+    sizes = rng.integers(20, 300, size=K)
+    sizes[3] = 4000  # one very large segment
+    seg = np.repeat(np.arange(K), sizes)
+    X = rng.normal(size=(len(seg), d))
+    beta = rng.normal(size=d) + 0.5 * rng.normal(size=(K, d))
+    eta = (X * beta[seg]).sum(1) - 1.0
+    y = (rng.random(len(seg)) < 1 / (1 + np.exp(-eta))).astype(float)
+    y[seg == 5] = 0.0  # no events: an intercept that drifts toward -inf
+    return X, y, seg, K
+
+
+def _sharded_fit(X, y, seg, K, shard_of, **options):
+    """Each shard's rows in its own solver and thread, renumbered 0..n_s - 1."""
+    shards = [np.flatnonzero(shard_of == s) for s in range(shard_of.max() + 1)]
+
+    def fit(items, reducer):
+        code = np.full(K, -1)
+        code[items] = np.arange(len(items))
+        rows = code[seg] >= 0
+        return SegmentGLM(**options).fit(X[rows], y[rows], code[seg[rows]],
+                                         n_segments=len(items), reducer=reducer)
+
+    coef = np.empty((K, X.shape[1] + 1))
+    converged = np.empty(K, dtype=bool)
+    for items, model in zip(shards, ThreadReducer(len(shards)).run(fit, shards)):
+        coef[items], converged[items] = model.coef_, model.converged_
+    return coef, converged
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+@pytest.mark.parametrize("n_shards", [1, 2, 3])
+def test_sharded_segment_glm_equals_the_whole_fit(segments, pooled, n_shards):
+    X, y, seg, K = segments
+    options = dict(pooled=pooled, shrinkage=4.0, tol=1e-9)
+    whole = SegmentGLM(**options).fit(X, y, seg, n_segments=K)
+    shard_of = np.arange(K) % n_shards
+    shard_of[3] = n_shards - 1  # the large segment shares the last shard
+    coef, converged = _sharded_fit(X, y, seg, K, shard_of, **options)
+    assert whole.converged_.all() and converged.all()
+    scale = np.maximum(np.abs(whole.coef_), 1.0)
+    assert np.max(np.abs(coef - whole.coef_) / scale) < 1e-9
+
+
+def test_per_item_fit_of_a_subset_is_its_fit_in_the_whole_run(segments):
+    X, y, seg, K = segments
+    whole = SegmentGLM(pooled=False, tol=1e-9).fit(X, y, seg, n_segments=K)
+    keep = np.isin(seg, [0, 3, 5])
+    part = SegmentGLM(pooled=False, tol=1e-9).fit(X[keep], y[keep], np.searchsorted([0, 3, 5], seg[keep]))
+    # the same optimum, the same steps; only the layout's block size (chosen from the data)
+    # changes the order of the floating-point sums
+    np.testing.assert_allclose(part.coef_, whole.coef_[[0, 3, 5]], rtol=1e-12, atol=1e-14)
+    assert part.n_iter_ <= whole.n_iter_
+
+
+def _log(seed=3):
+    sim = cr.datasets.simulate_log(n_items=30, n_rows=12_000, popularity_skew=1.2, seed=seed)
+    df = sim.data.copy()
+    # three unestimable items: no treated rows, too few rows, no control rows
+    df.loc[df["item_id"] == df["item_id"].unique()[0], "recommended"] = 0
+    tiny = df.index[df["item_id"] == df["item_id"].unique()[1]][:5]
+    df = df.drop(df.index[df["item_id"] == df["item_id"].unique()[1]].difference(tiny))
+    df.loc[df["item_id"] == df["item_id"].unique()[2], "recommended"] = 1
+    roles = dict(sim.roles)
+    roles.pop("text")
+    return df, roles
+
+
+@pytest.mark.parametrize("nuisance", ["pooled", "per_item"])
+@pytest.mark.parametrize("method", ["aipw", "ipw", "or"])
+def test_sharded_estimator_equals_the_whole_fit(nuisance, method):
+    df, roles = _log()
+    options = dict(nuisance=nuisance, method=method, dtype="float64", seed=1)
+    whole = cr.estimate_item_effects(df, **roles, **options)
+    items = whole["item"].to_numpy()
+    unestimable = whole["status"].isin(["no_treated", "no_control", "too_few_rows"]).to_numpy()
+    assert unestimable.sum() >= 3
+    largest = int(np.argmax(whole["n"].to_numpy() * ~unestimable))
+    for shards in (2, 3):
+        explicit = np.arange(len(items)) % (shards - 1)  # shards 0..S-2 hold estimable items
+        explicit[unestimable] = shards - 1               # a shard of unestimable items only
+        explicit[largest] = 0
+        for spec in (shards, explicit):
+            sharded = cr.estimate_item_effects(df, **roles, **options, shards=spec)
+            pd.testing.assert_series_equal(sharded["status"], whole["status"])
+            for col in ("ate", "se", "ci_low", "ci_high", "p_value"):
+                np.testing.assert_allclose(sharded[col], whole[col], rtol=1e-9, atol=1e-12)
+
+
+def test_sharded_estimator_keeps_folds_and_logged_propensities():
+    df, roles = _log(seed=4)
+    df = df.assign(logged=np.clip(df["user_activity"].rank(pct=True), 0.05, 0.95))
+    a = cr.ItemEffectEstimator(dtype="float64").fit(cr.InteractionLog(df, **roles, propensity="logged"))
+    b = cr.ItemEffectEstimator(dtype="float64", shards=3).fit(
+        cr.InteractionLog(df, **roles, propensity="logged"))
+    pd.testing.assert_series_equal(a.fold_, b.fold_)
+    np.testing.assert_allclose(b.mu1_, a.mu1_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.effects_["ate"], a.effects_["ate"], rtol=1e-9, atol=1e-12)
+
+
+def test_bad_shards_raise():
+    df, roles = _log()
+    with pytest.raises(ValueError, match="shards"):
+        cr.estimate_item_effects(df, **roles, shards=0)
+    with pytest.raises(ValueError, match="one shard id per item"):
+        cr.estimate_item_effects(df, **roles, shards=np.zeros(3, dtype=int))
+
+
+def test_a_failing_shard_raises_its_error_instead_of_hanging():
+    def fit(shard, reducer):
+        if shard == 1:
+            raise RuntimeError("shard 1 failed")
+        return reducer.sum(torch.ones(1))  # would wait for shard 1 forever without the abort
+
+    with pytest.raises(RuntimeError, match="shard 1 failed"):
+        ThreadReducer(3).run(fit, [0, 1, 2])
+    assert [float(v) for v in ThreadReducer(3).run(lambda s, r: r.sum(torch.tensor([s + 1.0])), [0, 1, 2])] == [6.0] * 3
