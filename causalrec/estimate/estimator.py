@@ -9,7 +9,7 @@ from scipy import stats
 
 from ..schema import InteractionLog, SchemaError, _as_list
 from . import _core
-from .design import assign_folds, build_design, segment_ids
+from .design import MAX_FOLDS, DesignSpec, assign_folds, segment_ids
 from .summary import EffectSummary
 
 __all__ = ["ItemEffectEstimator", "estimate_item_effects", "resolve_device", "resolve_shrinkage"]
@@ -127,8 +127,11 @@ class ItemEffectEstimator:
             raise ValueError(f"nuisance must be one of {NUISANCE}, got {self.nuisance!r}")
         if not (isinstance(self.n_repeats, (int, np.integer)) and self.n_repeats >= 1):
             raise ValueError(f"n_repeats must be a positive integer, got {self.n_repeats!r}")
-        if not (isinstance(self.n_folds, (int, np.integer)) and self.n_folds >= 1):
-            raise ValueError(f"n_folds must be a positive integer, got {self.n_folds!r}")
+        if not (isinstance(self.n_folds, (int, np.integer)) and 1 <= self.n_folds <= MAX_FOLDS):
+            raise ValueError(f"n_folds must be an integer in [1, {MAX_FOLDS}], got {self.n_folds!r}")
+        if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)
+                and 0 <= self.seed < 2**63 - self.n_repeats):
+            raise ValueError(f"seed must be an integer in [0, 2**63 - n_repeats), got {self.seed!r}")
         if not 0 <= self.clip < 0.5:
             raise ValueError(f"clip must be in [0, 0.5), got {self.clip!r}")
         if self.trim is not None and not 0 < self.trim < 0.5:
@@ -163,24 +166,28 @@ class ItemEffectEstimator:
         n_all = np.bincount(seg, minlength=n_seg)
         status = _pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
         use = (status == "ok")[seg]
+        if use.any() and np.ptp(y[use]) == 0:  # nothing to model: no fit (it cannot converge)
+            status[status == "ok"] = "constant_outcome"
+            use[:] = False
 
+        rows = np.flatnonzero(use)
         text_features = self._text_features(log)
-        design = build_design(log, text_features, standardise=False,
-                              contiguous=device.type == "cpu",
-                              dtype=np.float64 if dtype == torch.float64 else np.float32)
+        # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
+        spec = DesignSpec.from_log(log, text_features, rows=rows if len(rows) else None)
+        design = spec.transform(log, text_features,
+                                dtype=np.float64 if dtype == torch.float64 else np.float32)
+        self.design_spec_ = spec
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
         binary = log.outcome_is_binary  # one scan of the outcome column
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
-        if folds is None:
-            folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
-        else:
-            folds = _check_folds(folds, len(df), self.n_folds)
-
-        rows = np.flatnonzero(use)
-        # X stays whole (a subset would copy it): the padding gathers only the rows in use
-        X, standardise = design.X, (design.center, design.scale)
+        fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
+                                            item_columns=keys)
+        folds = fold_of(self.seed) if folds is None else _check_folds(folds, len(df), self.n_folds)
+        # X is already standardised (in float64, then cast); it stays whole (a subset would
+        # copy it): the padding gathers only the rows in use
+        X, standardise = design.X, (None, None)
         del design
         logged_e = (None if log.propensity is None
                     else df[log.propensity].to_numpy(dtype=np.float64)[rows])
@@ -189,8 +196,11 @@ class ItemEffectEstimator:
         self.nuisance_fits_ = []
         e, mu0, mu1 = 0.0, 0.0, 0.0
         for repeat in range(self.n_repeats):
-            split = folds if repeat == 0 else assign_folds(df, content, seg, t, y, self.n_folds,
-                                                           self.seed + repeat)
+            split = folds if repeat == 0 else fold_of(self.seed + repeat)
+            if not len(rows):  # no item is estimable: statuses only, no fit
+                self.n_iter_, self.converged_ = 0, True
+                e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
+                break
             preds = self._fit_nuisances(X, standardise, rows, seg[rows], t[rows], y[rows],
                                         split[rows], n_seg, logged_e, device, dtype)
             preds = [p.to(torch.float64) for p in preds]
