@@ -163,7 +163,8 @@ def test_concurrent_puts_and_compaction_lose_nothing(tmp_path):
     cache.max_chunks = 3  # force many compactions racing with writers
     rng = np.random.default_rng(0)
     keys = np.array([b"ab" + rng.bytes(15).hex().encode() for _ in range(400)], dtype="S32")
-    emb = rng.normal(size=(400, 4)).astype(np.float32)
+    emb = rng.normal(size=(400, 4))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)  # unit rows, as encoded
     truncated = rng.random(400) < 0.5
 
     def writer(k):

@@ -368,10 +368,11 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     """Cross-fitting folds stratified by segment and treatment arm.
 
     Within each (segment, arm) stratum the distinct row contents (the ``content`` columns in
-    name order, numbers by value whatever their dtype, and the outcome) are ordered by a
-    seeded hash and dealt round-robin into folds from a per-segment offset; rows with the
-    same content share a fold (duplicates never straddle folds; a ``CausalrecWarning``
-    counts them). The assignment therefore depends neither on row order nor on column order
+    name order, numbers by value whatever their dtype) are ordered by a seeded hash and
+    dealt round-robin into folds from a per-segment offset; rows with the same content share
+    a fold, so duplicated rows never straddle folds (a ``CausalrecWarning`` counts the exact
+    duplicates, outcome included). The outcome plays no part, so shifting or scaling it
+    keeps every fold. The assignment therefore depends neither on row order nor on column order
     or dtypes, and swapping the treatment labels keeps every row in its fold. The offset
     comes from a hash of the ``item_columns`` values when given (an item's folds then do not
     depend on which other items are in the log), else from the segment id. Cost: one hash
@@ -381,16 +382,17 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     if n_folds == 1:
         return np.zeros(len(df), dtype=np.int64)
     outcome = np.asarray(outcome, dtype=np.float64)
-    key = _mix(_content_key(df, content, seed) ^ _mix(_canonical_bits(outcome).view(np.uint64)))
+    key = _content_key(df, content, seed)
     stratum = segment * 2 + treatment
     order = _stratum_order(stratum, key, outcome)
-    sorted_stratum, sorted_key = stratum[order], key[order]
+    sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
     new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
     new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
     group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
     starts = np.flatnonzero(new_stratum)
     rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
-    n_duplicates = int(len(order) - new_content.sum())
+    # equal content sorts by outcome: exact duplicates are neighbours
+    n_duplicates = int(len(order) - (new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]]).sum())
     if n_duplicates:
         warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
                       "treatment and outcome); each set of duplicates is kept in one "
