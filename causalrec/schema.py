@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["InteractionLog", "SchemaError", "CausalrecWarning", "read_log"]
+__all__ = ["InteractionLog", "SchemaError", "CausalrecWarning", "read_log", "csv_safe"]
 
 
 class CausalrecWarning(UserWarning):
@@ -47,6 +47,36 @@ def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
         except LookupError:
             raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
     raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot run as spreadsheet formulas: a cell starting with
+    = + - @ (or tab / CR) gets a leading single quote (OWASP's CSV-injection advice). Only
+    text cells: numbers, negative ones included (also as text, like "-3.5"), are written as
+    they are."""
+    out = frame.copy()
+    for col in out.columns:
+        values = out[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        text = values.map(_is_formula)
+        if text.any():
+            out[col] = values.where(~text, "'" + values.astype(object).where(text, "").astype(str))
+    renamed = {c: "'" + c for c in out.columns if _is_formula(c)}
+    return out.rename(columns=renamed) if renamed else out
+
+
+def _is_formula(value) -> bool:
+    if not (isinstance(value, str) and value.startswith(_FORMULA_START)):
+        return False
+    try:
+        float(value)
+        return False  # a number written as text ("-3.5") is not a formula
+    except ValueError:
+        return True
 
 
 def _as_list(value) -> list[str]:
