@@ -82,7 +82,7 @@ def test_shifted_and_huge_columns_are_kept_and_dropped_ones_are_named(sim_df):
     np.testing.assert_allclose(design.X[:, 0], reference.X[:, 0], atol=2e-4)
     np.testing.assert_allclose(design.X[:, 2], reference.X[:, 2], atol=1e-5)  # no overflow
     with pytest.warns(CausalrecWarning, match="flat"):
-        est = _fit(df, roles)
+        est = cr.ItemEffectEstimator(nuisance="per_item").fit(cr.InteractionLog(df, **roles))
     assert est.dropped_columns_ == ["flat"]
 
 
