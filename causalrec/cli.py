@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,11 @@ class _Progress:
         start = time.perf_counter()
         yield
         self.say(f"{message}: done in {time.perf_counter() - start:.1f} s")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings about the data as one line each, like errors (no source lines)."""
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str) -> None:
@@ -401,7 +407,9 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     progress = _Progress(getattr(args, "quiet", False))
     try:
-        return args.func(args, progress)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args, progress)
     except (ValueError, OSError, RuntimeError, TypeError) as exc:
         # SchemaError and GraphError are ValueErrors (UnicodeError too), FileNotFoundError an
         # OSError, a bad torch device a RuntimeError, a wrongly typed column a TypeError.
