@@ -30,6 +30,10 @@ _EXPORTS = {
     "FairnessAudit": "audit",
     "estimate_item_values": "bandit",
     "estimate_policy_value": "bandit",
+    "SegmentGLM": "glm",
+    "NotFittedError": "exceptions",
+    "ConvergenceWarning": "exceptions",
+    "DataWarning": "exceptions",
 }
 
 __all__ = sorted(_EXPORTS) + ["datasets", "__version__"]

@@ -26,8 +26,12 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .estimate import ItemEffectEstimator, resolve_device, resolve_shrinkage
-from .estimate import _core
+from .base import BaseEstimator
+from .estimate import ItemEffectEstimator, resolve_shrinkage
+from .utils.validation import InstanceOf, Integer, Interval, Options
+from .estimate.nuisance import warn_unconverged
+from .glm import BlockedDesign, SegmentGLM
+from .glm.layout import resolve_device
 from .estimate.design import build_design
 from .report import (_escape, _facts_table, _figure_to_img, _html_page, _html_table,
                      _mpl_label, _new_figure, _paragraph, _section)
@@ -36,17 +40,16 @@ from .schema import InteractionLog, SchemaError, _as_list
 __all__ = ["FairnessAudit", "AuditSummary"]
 
 COMPARE = ("reference", "max-min")
-# a local ridge this large pins a coefficient to its shared value: one shift for all items
-SHARED_ONLY = 1e8
 
 
-class FairnessAudit:
+class FairnessAudit(BaseEstimator):
     """Group fairness of a recommender's causal effects and of its exposure.
 
     Parameters
     ----------
-    df, item, treatment, outcome, confounders, categorical, text, propensity :
-        the log and its column roles, as for ``estimate_item_effects``. When the group column
+    item, treatment, outcome, confounders, categorical, text, propensity :
+        the log's column roles, as for ``estimate_item_effects``; the log itself goes to
+        ``fit(df)``. When the group column
         is also listed in ``categorical`` it is left out of every model: the effect segments
         already split by group, and the exposure comparison asks about users *like* the
         group's users, so the group itself must not be adjusted away.
@@ -63,11 +66,11 @@ class FairnessAudit:
     fdr : Benjamini-Hochberg level for ``flagged``.
     min_group_rows : groups with fewer rows get status "too_few_rows" and are left out of the
         group-level comparisons (their item segments are still estimated and reported).
-    **options : ``ItemEffectEstimator`` parameters (method, nuisance, n_folds, alpha, seed,
-        device, text_encoder, ...); its ``alpha`` sets every interval here.
+    estimator : an (unfitted) ``ItemEffectEstimator`` whose parameters every effect and
+        exposure model here uses (method, nuisance, n_folds, alpha, seed, device,
+        text_encoder, ...); its ``alpha`` sets every interval. Default: its defaults.
 
-    Computation happens in ``fit`` (also triggered by the first access to a result:
-    ``group_effects``, ``disparity``, ``exposure``, ``benefit``, ``providers``, ``metrics``).
+    Everything is computed by ``fit(df)``; results read before it raise ``NotFittedError``.
     Group labels keep their type; all tables name the group column ``group``.
 
     Statuses: a group is "ok", "too_few_rows", "no_treated" or "no_control"; a segment has
@@ -79,7 +82,7 @@ class FairnessAudit:
     --------------------------
     group_effects_ : item x group effects ``item, group, ate, se, ci_low, ci_high, p_value, n,
         n_treated, n_control, status, ...``; every item x group pair appears.
-    disparity_ : per item (and compared group): ``item, group, reference, difference, se,
+    disparity_ : per item (and compared group): ``item, group, reference, disparity, se,
         ci_low, ci_high, p_value, q_value, flagged, ate_group, ate_reference, n_group,
         n_reference, status``; BH runs over all "ok" rows of the table.
     overall_disparity_ : traffic-weighted mean disparity per compared group (see
@@ -99,11 +102,16 @@ class FairnessAudit:
     alpha_ : 1 - confidence level of every interval (the estimator's ``alpha``).
     """
 
-    def __init__(self, df: pd.DataFrame, item: str, treatment: str, outcome: str,
-                 confounders=None, categorical=None, text=None, propensity=None, group=None,
-                 provider=None, reference=None, compare="reference", fdr=0.1,
-                 min_group_rows=50, **options):
-        self.df = df
+    _parameter_constraints = {
+        "compare": [Options(*COMPARE)],
+        "fdr": [Interval(0, 1, "neither")],
+        "min_group_rows": [Integer(1, None)],
+        "estimator": [Options(None), InstanceOf((ItemEffectEstimator,), "an ItemEffectEstimator")],
+    }
+
+    def __init__(self, *, item, treatment, outcome, group=None, confounders=None,
+                 categorical=None, text=None, propensity=None, provider=None, reference=None,
+                 compare="reference", fdr=0.1, min_group_rows=50, estimator=None):
         self.item = item
         self.treatment = treatment
         self.outcome = outcome
@@ -117,23 +125,17 @@ class FairnessAudit:
         self.compare = compare
         self.fdr = fdr
         self.min_group_rows = min_group_rows
-        self.options = options
+        self.estimator = estimator
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> InteractionLog:
-        if self.compare not in COMPARE:
-            raise ValueError(f"compare must be one of {COMPARE}, got {self.compare!r}")
-        if not 0 < self.fdr < 1:
-            raise ValueError(f"fdr must lie in (0, 1), got {self.fdr!r}")
-        if not (isinstance(self.min_group_rows, (int, np.integer)) and self.min_group_rows >= 1):
-            raise ValueError(f"min_group_rows must be a positive integer, "
-                             f"got {self.min_group_rows!r}")
+    def _validate(self, df) -> InteractionLog:
+        self._validate_params()
         if self.group is None:
             raise SchemaError(None, "a fairness audit needs a group column (group=...)")
         if not isinstance(self.item, str):
             raise SchemaError(str(self.item), "the audit expects a single item column")
         categorical = [c for c in _as_list(self.categorical) if c != self.group]
-        log = InteractionLog(self.df, item=self.item, treatment=self.treatment,
+        log = InteractionLog(df, item=self.item, treatment=self.treatment,
                              outcome=self.outcome, confounders=self.confounders or [],
                              categorical=categorical, text=self.text or [],
                              propensity=self.propensity, group=self.group)
@@ -156,12 +158,15 @@ class FairnessAudit:
         return log
 
     # ------------------------------------------------------------------ fitting
-    def fit(self) -> "FairnessAudit":
-        """Run the audit (effects per item x group, disparities, exposure, benefit)."""
-        log = self._validate()
+    def fit(self, df: pd.DataFrame) -> "FairnessAudit":
+        """Run the audit on the log ``df`` (effects per item x group, disparities, exposure,
+        benefit)."""
+        log = self._validate(df)
         self.__dict__.pop("_metric_frame", None)  # a refit may have new data or columns
-        self.estimator_ = ItemEffectEstimator(**self.options)
-        self.estimator_._check_params()
+        self.data_ = df
+        base = ItemEffectEstimator() if self.estimator is None else self.estimator
+        self.estimator_ = ItemEffectEstimator(**base.get_params())
+        self.estimator_._validate_params()
         self.alpha_ = self.estimator_.alpha
         data, numeric = self._with_text_features(log)
         # effects per item x group: the group joins the item as a segment key
@@ -260,7 +265,7 @@ class FairnessAudit:
         for group, part in rows.groupby("group", sort=True):
             w = (part["n_group"] + part["n_reference"]).to_numpy(float)
             w = w / w.sum()
-            value = float(w @ part["difference"])
+            value = float(w @ part["disparity"])
             se = float(np.sqrt(w ** 2 @ part["se"] ** 2))
             out.append(dict(group=group, reference=part["reference"].iloc[0], n_items=len(part),
                             disparity=value, se=se, ci_low=value - z * se, ci_high=value + z * se,
@@ -355,46 +360,30 @@ class FairnessAudit:
 
     # ------------------------------------------------------------------ results
     def _fitted(self) -> None:
-        if not hasattr(self, "disparity_"):
-            raise RuntimeError("the audit is not fitted yet; call fit() first")
-
-    def _result(self, name):
-        if not hasattr(self, name):
-            self.fit()
-        return getattr(self, name)
-
-    group_effects = property(lambda self: self._result("group_effects_"),
-                             doc="Item x group effects (fits on first access).")
-    disparity = property(lambda self: self._result("disparity_"),
-                         doc="Per-item disparity between groups (fits on first access).")
-    exposure = property(lambda self: self._result("exposure_"),
-                        doc="Exposure by group, raw and adjusted (fits on first access).")
-    benefit = property(lambda self: self._result("benefit_"),
-                       doc="Exposure share over uplift share per group.")
-    providers = property(lambda self: self._result("providers_"),
-                         doc="Exposure share over uplift share per provider (or None).")
+        self._check_is_fitted("disparity_")
 
     def metric_frame(self):
         """Outcome and exposure rates by group as a fairlearn ``MetricFrame`` (descriptive,
         not causal). Built on first use and cached: MetricFrame is slow on large logs."""
         if not hasattr(self, "_metric_frame"):
-            self._metric_frame = _metric_frame(self.df, self.treatment, self.outcome, self.group)
+            self._fitted()
+            self._metric_frame = _metric_frame(self.data_, self.treatment, self.outcome, self.group)
         return self._metric_frame
 
     @property
     def metrics(self) -> pd.DataFrame:
         """``metric_frame().by_group``: exposure rate, outcome rate, outcome rate with and
         without the recommendation, per group."""
-        self._result("disparity_")
+        self._fitted()
         return self.metric_frame().by_group
 
     def summary(self) -> "AuditSummary":
-        self._result("disparity_")
+        self._fitted()
         return AuditSummary(self)
 
     def to_html(self) -> str:
         """The audit as one self-contained HTML page (the effect report's style)."""
-        self._result("disparity_")
+        self._fitted()
         return _audit_html(self)
 
     def report(self, path) -> Path:
@@ -431,7 +420,7 @@ def _disparity_vs_reference(effects, reference, groups, alpha) -> pd.DataFrame:
             status = np.full(len(ref), "group_" + group_status, dtype=object)
         parts.append(pd.DataFrame({
             "item": ref.index, "group": g, "reference": reference,
-            "difference": diff.to_numpy(), "se": se.to_numpy(),
+            "disparity": diff.to_numpy(), "se": se.to_numpy(),
             "ci_low": (diff - z * se).to_numpy(), "ci_high": (diff + z * se).to_numpy(),
             "p_value": 2 * stats.t.sf(np.abs((diff / se).to_numpy()), dof),
             "ate_group": cur["ate"].to_numpy(), "ate_reference": ref["ate"].to_numpy(),
@@ -448,7 +437,7 @@ def _disparity_max_min(effects, groups, alpha) -> pd.DataFrame:
     rows = []
     for item in pd.unique(effects["item"]):
         part = usable[usable["item"] == item]
-        row = dict(item=item, group=None, reference=None, difference=np.nan, se=np.nan,
+        row = dict(item=item, group=None, reference=None, disparity=np.nan, se=np.nan,
                    ci_low=np.nan, ci_high=np.nan, p_value=np.nan, ate_group=np.nan,
                    ate_reference=np.nan, n_group=0, n_reference=0,
                    n_groups=len(part), status="fewer_than_two_groups")
@@ -458,7 +447,7 @@ def _disparity_max_min(effects, groups, alpha) -> pd.DataFrame:
             ate = part["ate"].to_numpy()
             q = float(w @ (ate - (w @ ate) / w.sum()) ** 2)
             diff, se = hi["ate"] - lo["ate"], np.hypot(hi["se"], lo["se"])
-            row.update(group=hi["group"], reference=lo["group"], difference=diff, se=se,
+            row.update(group=hi["group"], reference=lo["group"], disparity=diff, se=se,
                        ci_low=diff - z * se, ci_high=diff + z * se,
                        p_value=stats.chi2.sf(q, len(part) - 1), ate_group=hi["ate"],
                        ate_reference=lo["ate"], n_group=hi["n"], n_reference=lo["n"],
@@ -469,7 +458,7 @@ def _disparity_max_min(effects, groups, alpha) -> pd.DataFrame:
 
 def _blank_failed(table: pd.DataFrame) -> pd.DataFrame:
     bad = table["status"] != "ok"
-    table.loc[bad, ["difference", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+    table.loc[bad, ["disparity", "se", "ci_low", "ci_high", "p_value"]] = np.nan
     return table
 
 
@@ -494,57 +483,42 @@ class _ExposureModel:
         self.estimator = estimator
         self.device = resolve_device(estimator.device)
         self.n_items = n_items
-        self.layout = _core.make_layout(item_codes, n_items, device=self.device)
-        self.blocks = torch.arange(self.layout.rows.shape[0], device=self.device)
+        self.item_codes = item_codes
 
-    def _pad(self, X, t):
-        as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)
-        return (_core.pad_design(self.layout, as_t(X)), _core.pad(self.layout, as_t(t)),
-                self.layout.valid.to(torch.float64))
-
-    def _penalties(self, p, n_shared):
+    def _model(self, p, n_shared) -> SegmentGLM:
         est = self.estimator
-        shrinkage = resolve_shrinkage(est.shrinkage, p - 1)
-        local, shared = _core.penalties(p, True, est.penalty, shrinkage, est.intercept_penalty,
-                                        torch.float64, self.device)
-        if n_shared:
-            local[p - n_shared:] = SHARED_ONLY
-        return local, shared
+        return SegmentGLM(family="logistic", pooled=True, penalty=est.penalty,
+                          shrinkage=resolve_shrinkage(est.shrinkage, p - 1),
+                          intercept_penalty=est.intercept_penalty,
+                          shared_columns=list(range(p - 1 - n_shared, p - 1)),
+                          max_iter=max(est.max_iter, 50), tol=1e-6, device=self.device,
+                          dtype=torch.float64)
+
+    def _design(self, X) -> BlockedDesign:
+        return BlockedDesign(torch.as_tensor(X, dtype=torch.float64, device=self.device),
+                             self.item_codes, self.n_items)
 
     def fit(self, X, t, n_shared=0) -> "_ExposureModel":
-        Xb, tb, wb = self._pad(X, t)
-        local_pen, shared_pen = self._penalties(Xb.shape[-1], n_shared)
-        self.fit_ = _core.fit_glm(Xb, tb, wb, self.blocks, self.layout.block_cell, self.n_items,
-                                  family="logistic", pooled=True, local_penalty=local_pen,
-                                  shared_penalty=shared_pen,
-                                  max_iter=max(self.estimator.max_iter, 50))
-        pred = _core.predict_glm(self.fit_, Xb, self.blocks, self.layout.block_cell)
-        self.e_ = _core.unpad(self.layout, pred).cpu().numpy()
+        design = self._design(X)
+        tb, blocks = design.pad(t), design.blocks()
+        self.model_ = self._model(design.X.shape[-1], n_shared).fit_blocks(
+            design, tb, blocks, n_segments=self.n_items)
+        warn_unconverged(self.model_.converged_, np.arange(self.n_items), "audit exposure model")
+        self.e_ = design.unpad(self.model_.predict_blocks(design, blocks)).cpu().numpy()
         if n_shared:
-            cov = self._shared_cov(Xb, tb, wb, self.fit_.local, self.fit_.shared, local_pen,
-                                   shared_pen)
-            self.shared_tail_ = (self.fit_.shared[-n_shared:].cpu().numpy(),
-                                 cov[-n_shared:, -n_shared:])
+            cov = self.model_.shared_covariance(design, tb, blocks)
+            self.shared_tail_ = (self.model_.shared_coef_[-n_shared:], cov[-n_shared:, -n_shared:])
         return self
 
     def score_variance(self, X, indicator) -> float:
         """Efficient score variance of an indicator column added with coefficient 0: the
         variance of ``sum over its rows of (t - e)`` under the fitted model."""
-        Xb, tb, wb = self._pad(np.column_stack([X, indicator]), np.zeros(len(indicator)))
-        local_pen, shared_pen = self._penalties(Xb.shape[-1], 1)
+        design = self._design(np.column_stack([X, indicator]))
         zero = lambda a: torch.cat([a, a.new_zeros(a.shape[:-1] + (1,))], -1)
-        cov = self._shared_cov(Xb, tb, wb, zero(self.fit_.local), zero(self.fit_.shared),
-                               local_pen, shared_pen)
+        fit = self.model_.fit_
+        cov = self._model(design.X.shape[-1], 1).shared_covariance(design, design.pad(np.zeros(len(indicator))),
+                                        design.blocks(), coef=(zero(fit.shared), zero(fit.local)))
         return float(1.0 / cov[-1, -1])
-
-    def _shared_cov(self, Xb, tb, wb, local, shared, local_pen, shared_pen) -> np.ndarray:
-        """Posterior covariance of the shared coefficients: inverse of the Schur complement
-        of the penalised Hessian after eliminating the per-item coefficients."""
-        _, _, gram = _core._pass(Xb, tb, wb, self.blocks, self.layout.block_cell, local + shared,
-                                 self.n_items, "logistic", True)
-        _, inv_sum = _core.segment_inverses(gram, local_pen)
-        S = _core.shared_hessian(inv_sum, len(gram), local_pen, shared_pen)
-        return torch.linalg.inv(S).cpu().numpy()
 
 
 # ---------------------------------------------------------------------- benefit, metrics
@@ -702,8 +676,8 @@ def _effects_section(audit) -> str:
     out = _html_table(audit.overall_disparity_, caption="Overall disparity, weighted by the "
                                                          "items' rows in the compared groups")
     if len(ok):
-        shown = ok.assign(_z=(ok["difference"] / ok["se"]).abs()).nlargest(25, "_z")
-        shown = shown.sort_values("difference", kind="stable")
+        shown = ok.assign(_z=(ok["disparity"] / ok["se"]).abs()).nlargest(25, "_z")
+        shown = shown.sort_values("disparity", kind="stable")
         fig = _new_figure(7.5, 1.2 + 0.26 * len(shown))
         ax = fig.subplots()
         y = np.arange(len(shown), dtype=float)
@@ -712,8 +686,8 @@ def _effects_section(audit) -> str:
             part = shown["flagged"].to_numpy() == flag
             if part.any():
                 s = shown[part]
-                ax.errorbar(s["difference"], y[part], xerr=[s["difference"] - s["ci_low"],
-                                                            s["ci_high"] - s["difference"]],
+                ax.errorbar(s["disparity"], y[part], xerr=[s["disparity"] - s["ci_low"],
+                                                            s["ci_high"] - s["disparity"]],
                             fmt="o", ms=4, capsize=2, color=color, label=label)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, [_mpl_label(f"{i} ({g})") for i, g in zip(shown["item"], shown["group"])],
@@ -721,7 +695,7 @@ def _effects_section(audit) -> str:
         ax.set_xlabel("effect in group minus effect in reference group")
         ax.legend(fontsize=8, loc="lower right")
         out += _figure(fig, "per-item effect disparity",
-                       "Items with the strongest evidence of a disparity (largest |difference / "
+                       "Items with the strongest evidence of a disparity (largest |disparity / "
                        "se|), with their confidence intervals.")
     else:
         out += _paragraph("No item could be compared between groups.", "warn")

@@ -14,8 +14,8 @@ standard error:
 
 A policy replaces ``1{a_i = a}`` by ``pi(a_i | i)`` and ``q(x_i, a)`` by ``sum_a pi(a | i)
 q(x_i, a)``. The outcome model ``q`` is the package's batched pooled GLM
-(``estimate._core.fit_glm``, the solver behind ``fit_segment_glm``: per item an intercept and
-slope deviations shrunk toward shared ones), cross-fitted so that DR's influence-function SE
+(``causalrec.glm.SegmentGLM``: per item an intercept and slope deviations shrunk toward
+shared ones), cross-fitted so that DR's influence-function SE
 is honest. Predictions for every item are formed for one chunk of rows at a time: a rows x
 items matrix never exists for the whole log.
 
@@ -31,9 +31,10 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .estimate import _core
 from .estimate.design import assign_folds, build_design
-from .estimate.estimator import _resolve_dtype, resolve_device
+from .estimate.nuisance import warn_unconverged
+from .glm import BlockedDesign, SegmentGLM
+from .glm.layout import chunk_bytes, resolve_device, resolve_dtype
 from .estimate.summary import Summary
 from .schema import InteractionLog, SchemaError, _as_list
 
@@ -159,7 +160,7 @@ class BanditEstimator:
                                    drop_first=True, dtype=float)
         design = build_design(log, extra, max_levels=self.max_levels, dtype=np.float64)
         self.design_columns_ = design.columns
-        dtype = _resolve_dtype(self.dtype)
+        dtype = resolve_dtype(self.dtype)
         self._X = torch.as_tensor(design.X, dtype=dtype, device=self._device)
         by_pos = self.outcome_segments == "item_position" and self.position_ is not None
         self._n_pos_seg = len(self.positions_) if by_pos else 1
@@ -168,24 +169,28 @@ class BanditEstimator:
         family = "logistic" if self.outcome_binary_ else "gaussian"
         folds, F = self.fold_.to_numpy(), self.n_folds
         # one blocked layout for all folds (cells = segment x fold), as the effect estimator does
-        layout = _core.make_layout(seg * F + folds, n_seg * F, device=self._device)
-        y = torch.as_tensor(self._y, dtype=dtype, device=self._device)
-        Xb, yb, wb = _core.pad_design(layout, self._X), _core.pad(layout, y), layout.valid.to(dtype)
-        block_seg, block_fold = layout.block_cell // F, layout.block_cell % F
+        design = BlockedDesign(self._X, seg * F + folds, n_seg * F,
+                               cell_segment=np.repeat(np.arange(n_seg), F))
+        yb = design.pad(self._y)
+        block_fold = design.block_cell % F
         # Item intercepts are shrunk toward the shared one, which then is well identified: give it
         # the same weak ridge as the shared slopes (a N(0, 1) prior would pull a rare-click
         # model's base rate toward 50%).
-        local_pen, shared_pen = _core.penalties(Xb.shape[-1], True, 1.0, self.shrinkage,
-                                                self.intercept_shrinkage, dtype, self._device,
-                                                shared_intercept_penalty=1e-4)
-        self.outcome_coef_, self.outcome_converged_ = [], True
+        model = SegmentGLM(family=family, pooled=True, shrinkage=self.shrinkage,
+                           intercept_penalty=self.intercept_shrinkage,
+                           shared_intercept_penalty=1e-4, max_iter=self.max_iter, tol=1e-6,
+                           device=self._device, dtype=dtype)
+        self.outcome_coef_, converged = [], np.ones(n_seg, dtype=bool)
         for f in range(F):
-            train = torch.nonzero(block_fold != f if F > 1 else block_fold >= 0).squeeze(1)
-            fit = _core.fit_glm(Xb, yb, wb, train, block_seg, n_seg, family=family, pooled=True,
-                                local_penalty=local_pen, shared_penalty=shared_pen,
-                                max_iter=self.max_iter)
-            self.outcome_coef_.append(fit.coef)
-            self.outcome_converged_ &= bool(fit.converged)
+            train = design.blocks(block_fold != f if F > 1 else block_fold >= 0)
+            fit = SegmentGLM(**model.get_params()).fit_blocks(design, yb, train, n_segments=n_seg)
+            self.outcome_coef_.append(fit.fit_.coef)
+            converged &= fit.converged_
+        self.outcome_converged_ = bool(converged.all())
+        names = np.repeat(self.items_, self._n_pos_seg).astype(str)
+        if self._n_pos_seg > 1:
+            names = np.char.add(names, np.char.add(" @ ", np.tile(self.positions_.astype(str), len(self.items_))))
+        warn_unconverged(converged, names, "bandit outcome model")
         self._family = family
         self._fold_t = torch.as_tensor(folds.copy(), device=self._device)
         self._k_t = torch.as_tensor(self._k, device=self._device)
@@ -196,7 +201,7 @@ class BanditEstimator:
         if self.chunk_rows is not None:
             return int(self.chunk_rows)
         per_row = 8 * len(self.items_) * self._n_pos_seg * 6  # a few float64 row x item temporaries
-        return max(1, _core.chunk_bytes(self._device) // per_row)
+        return max(1, chunk_bytes(self._device) // per_row)
 
     def _predict(self, rows: torch.Tensor) -> torch.Tensor:
         """q(x_i, a) for the given rows and every item, (len(rows), n_items) float64,

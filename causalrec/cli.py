@@ -167,7 +167,7 @@ def _estimator(args):
     _check_device(args.device)
     estimator = ItemEffectEstimator(method=args.method, nuisance=args.nuisance,
                                     n_folds=args.folds, device=args.device, seed=args.seed)
-    estimator._check_params()  # fail on a bad flag now, not after minutes of fitting
+    estimator._validate_params()  # fail on a bad flag now, not after minutes of fitting
     return estimator
 
 
@@ -336,14 +336,15 @@ def _cmd_audit(args, progress) -> int:
     options = dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
                    device=args.device, seed=args.seed)
     with progress.step("auditing effects across groups"):
-        audit = FairnessAudit(log.data, **roles, group=args.group, provider=args.provider,
-                              **options).fit()
+        from .estimate import ItemEffectEstimator
+        audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
+                              estimator=ItemEffectEstimator(**options)).fit(log.data)
     from .schema import csv_safe
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_safe(audit.group_effects).to_csv(out / "group_effects.csv", index=False)
-    csv_safe(audit.disparity).to_csv(out / "disparity.csv", index=False)
+    csv_safe(audit.group_effects_).to_csv(out / "group_effects.csv", index=False)
+    csv_safe(audit.disparity_).to_csv(out / "disparity.csv", index=False)
     audit.report(out / "audit.html")
     print(f"Audit: {(out / 'audit.html').resolve()}")
     print(f"Tables: {out / 'group_effects.csv'}, {out / 'disparity.csv'}")

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import CausalrecWarning, SchemaError, _as_list
+from .exceptions import DataWarning
+from .schema import SchemaError, _as_list
 
 __all__ = ["TextEncoder", "TextReducer", "TextConfounders", "MISSING_TEXT"]
 
@@ -162,7 +163,7 @@ class _EmbeddingCache:
                 continue
             # chunks are complete once renamed into place, so this one is bad for good
             warnings.warn(f"embedding cache chunk {path} skipped and removed ({problem}); its "
-                          "texts are encoded again", CausalrecWarning, stacklevel=4)
+                          "texts are encoded again", DataWarning, stacklevel=4)
             path.unlink(missing_ok=True)
         if not parts:
             return None

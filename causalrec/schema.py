@@ -11,12 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["InteractionLog", "SchemaError", "CausalrecWarning", "read_log", "csv_safe"]
-
-
-class CausalrecWarning(UserWarning):
-    """Something in the data changed what was estimated (a column dropped, duplicate rows,
-    a cache entry rejected); the message says what."""
+__all__ = ["InteractionLog", "SchemaError", "read_log", "csv_safe"]
 
 
 class SchemaError(ValueError):

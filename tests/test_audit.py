@@ -42,7 +42,7 @@ def planted():
     no_effect = sim.truth.set_index("item")["true_ate"].abs() < 1e-12
     df = sim.data.assign(provider=np.where(no_effect.reindex(sim.data["item_id"]).to_numpy(),
                                            "no_effect", "effective"))
-    audit = cr.FairnessAudit(df, **roles(sim), group="user_group", provider="provider").fit()
+    audit = cr.FairnessAudit(**roles(sim), group="user_group", provider="provider").fit(df)
     return sim, audit
 
 
@@ -53,7 +53,7 @@ def no_effect_disparity():
     for seed in (11, 12, 13, 14):
         sim = cr.datasets.simulate_log(**dict(SETTINGS, n_items=40), effect_disparity=0.0,
                                        exposure_disparity=0.5, seed=seed)
-        runs.append((sim, cr.FairnessAudit(sim.data, **roles(sim), group="user_group").fit()))
+        runs.append((sim, cr.FairnessAudit(**roles(sim), group="user_group").fit(sim.data)))
     return runs
 
 
@@ -65,7 +65,7 @@ def test_recovers_planted_effect_disparity(planted):
     assert audit.reference_ == "A"  # the largest group
     for items, should_be_negative in ((planted_items, True), (clean_items, False)):
         overall = audit.overall_disparity(items).iloc[0]
-        ok = audit.disparity.query("status == 'ok'")
+        ok = audit.disparity_.query("status == 'ok'")
         assert overall["n_items"] == ok["item"].isin(items).sum() > 5
         truth = true_disparity(sim, ok.loc[ok["item"].isin(items), "item"])
         assert abs(overall["disparity"] - truth) < Z3 * overall["se"]
@@ -75,11 +75,11 @@ def test_recovers_planted_effect_disparity(planted):
 
 def test_flags_planted_items_more_often_than_clean_ones(planted):
     sim, audit = planted
-    d = audit.disparity.merge(sim.truth[["item", "planted"]], on="item")
+    d = audit.disparity_.merge(sim.truth[["item", "planted"]], on="item")
     d = d[d["status"] == "ok"]
     rate = d.groupby("planted")["flagged"].mean()
     assert rate[True] > rate[False]
-    assert (d.loc[d["flagged"] & d["planted"], "difference"] < 0).all()
+    assert (d.loc[d["flagged"] & d["planted"], "disparity"] < 0).all()
     assert audit.flagged_share_ == pytest.approx(d["flagged"].mean())
     # q-values are BH-adjusted p-values: monotone in p, never below p
     ordered = d.sort_values("p_value")
@@ -88,7 +88,7 @@ def test_flags_planted_items_more_often_than_clean_ones(planted):
 
 def test_adjusted_exposure_matches_planted_logit_shift(planted):
     sim, audit = planted
-    e = audit.exposure.set_index("group")
+    e = audit.exposure_.set_index("group")
     planted_shift = -sim.params["exposure_disparity"]
     assert abs(e.loc["B", "logit_shift"] - planted_shift) < Z3 * e.loc["B", "logit_shift_se"]
     assert e.loc["B", "logit_shift_high"] < 0 and e.loc["A", "logit_shift"] == 0
@@ -100,7 +100,7 @@ def test_adjusted_exposure_matches_planted_logit_shift(planted):
 
 def usable_true_uplift(sim, audit, key="group", key_of_item=None):
     """True uplift (rows x true effect) summed over the segments the audit could use."""
-    seg = audit.group_effects.query("n > 0")
+    seg = audit.group_effects_.query("n > 0")
     usable = (seg["status"] == "ok").groupby(seg["item"]).all()
     truth = sim.group_truth[sim.group_truth["item"].isin(usable.index[usable])]
     truth = truth.assign(uplift=truth["n"] * truth["true_ate"])
@@ -111,10 +111,10 @@ def usable_true_uplift(sim, audit, key="group", key_of_item=None):
 
 def test_provider_without_effect_gets_exposure_beyond_its_benefit(planted):
     sim, audit = planted
-    p = audit.providers.set_index("provider")
+    p = audit.providers_.set_index("provider")
     assert p["exposure_share"].sum() == pytest.approx(1) and p["uplift_share"].sum() == pytest.approx(1)
-    assert p["n_items_total"].sum() == audit.group_effects["item"].nunique()
-    provider = sim.data.assign(provider=audit.df["provider"]).groupby("item_id")["provider"].first()
+    assert p["n_items_total"].sum() == audit.group_effects_["item"].nunique()
+    provider = sim.data.assign(provider=audit.data_["provider"]).groupby("item_id")["provider"].first()
     truth = usable_true_uplift(sim, audit, "provider", provider)
     assert truth["no_effect"] == 0
     assert (np.abs(p["uplift"] - truth) < Z3 * p["uplift_se"]).all()
@@ -127,7 +127,7 @@ def test_provider_without_effect_gets_exposure_beyond_its_benefit(planted):
 def test_no_effect_disparity_keeps_flags_near_nominal(no_effect_disparity):
     p_values = []
     for sim, audit in no_effect_disparity:
-        ok = audit.disparity.query("status == 'ok'")
+        ok = audit.disparity_.query("status == 'ok'")
         assert len(ok) >= 35
         # with no true disparity BH flags anything at all in at most ~fdr of the runs
         assert audit.flagged_share_ <= audit.fdr
@@ -147,7 +147,7 @@ def test_exposure_versus_benefit_recovers_the_true_ratio(no_effect_disparity):
     """Equal effects, lower exposure for B: B gets less exposure than its share of the
     benefit. The estimated ratio matches the one computed from the true effects."""
     sim, audit = no_effect_disparity[0]
-    b = audit.benefit.set_index("group")
+    b = audit.benefit_.set_index("group")
     assert b["exposure_share"].sum() == pytest.approx(1) and b["uplift_share"].sum() == pytest.approx(1)
     assert b["n_items"].nunique() == 1  # one common set of items for all groups
     true_share = usable_true_uplift(sim, audit) / usable_true_uplift(sim, audit).sum()
@@ -156,7 +156,7 @@ def test_exposure_versus_benefit_recovers_the_true_ratio(no_effect_disparity):
     assert true_ratio["B"] < 1 and b.loc["B", "exposure_uplift_ratio"] < 1
     assert (b["ratio_low"] < b["exposure_uplift_ratio"]).all()
     assert (b["exposure_uplift_ratio"] < b["ratio_high"]).all()
-    e = audit.exposure.set_index("group")
+    e = audit.exposure_.set_index("group")
     assert abs(e.loc["B", "logit_shift"] + sim.params["exposure_disparity"]) < Z3 * e.loc["B", "logit_shift_se"]
 
 
@@ -203,15 +203,15 @@ def test_exposure_model_matches_unpenalised_mle_and_fisher_information(logistic_
 def three_groups():
     sim = cr.datasets.simulate_log(**dict(SETTINGS, n_items=20, n_rows=24_000), n_groups=3,
                                    effect_disparity=1.0, exposure_disparity=0.5, seed=4)
-    return sim, cr.FairnessAudit(sim.data, **roles(sim), group="user_group").fit()
+    return sim, cr.FairnessAudit(**roles(sim), group="user_group").fit(sim.data)
 
 
 def test_three_groups_compare_each_with_the_largest(three_groups):
     sim, audit = three_groups
     assert audit.reference_ == sim.data["user_group"].value_counts().idxmax() == "A"
-    d = audit.disparity
+    d = audit.disparity_
     assert sorted(d["group"].unique()) == ["B", "C"] and len(d) == 2 * 20
-    e = audit.exposure.set_index("group")
+    e = audit.exposure_.set_index("group")
     for g in ("B", "C"):  # the simulator lowers exposure of every group but the first
         assert abs(e.loc[g, "logit_shift"] + 0.5) < Z3 * e.loc[g, "logit_shift_se"]
     assert set(audit.overall_disparity_["group"]) == {"B", "C"}
@@ -236,48 +236,51 @@ def small():
     (lambda d: d, dict(group="user_group", compare="all"), ValueError, "compare"),
     (lambda d: d, dict(group="user_group", fdr=1.5), ValueError, "fdr"),
     (lambda d: d, dict(group="user_group", reference="Z"), ValueError, "reference"),
-    (lambda d: d, dict(group="user_group", method="magic"), ValueError, "method"),
+    (lambda d: d, dict(group="user_group", estimator=cr.ItemEffectEstimator(method="magic")),
+     ValueError, "method"),
 ])
 def test_bad_inputs_raise_documented_errors(small, mutate, kwargs, error, match):
     data, r = small
     with pytest.raises(error, match=match):
-        cr.FairnessAudit(mutate(data), **r, **kwargs).fit()
+        cr.FairnessAudit(**r, **kwargs).fit(mutate(data))
 
 
 def test_group_without_treated_rows_and_tiny_group_get_a_status(small):
     data, r = small
     data = data.assign(recommended=np.where(data["user_group"] == "C", 0, data["recommended"]))
     data.loc[data.index[:20], "user_group"] = "D"  # 20 rows: below min_group_rows
-    audit = cr.FairnessAudit(data, **r, group="user_group", provider="item_provider").fit()
+    audit = cr.FairnessAudit(**r, group="user_group", provider="item_provider").fit(data)
     assert audit.groups_["status"].to_dict() == {"A": "ok", "B": "ok", "C": "no_treated",
                                                  "D": "too_few_rows"}
-    seg = audit.group_effects.set_index("group")
+    seg = audit.group_effects_.set_index("group")
     assert (seg.loc["C", "status"] == "no_treated").all() and seg.loc["C", "ate"].isna().all()
-    assert len(audit.group_effects) == 8 * 4  # every item x group pair is reported
-    d = audit.disparity.set_index("group")
+    assert len(audit.group_effects_) == 8 * 4  # every item x group pair is reported
+    d = audit.disparity_.set_index("group")
     assert (d.loc["C", "status"] == "group_no_treated").all()
     assert (d.loc["D", "status"] == "group_too_few_rows").all()
     assert not d.loc[["C", "D"], "flagged"].any()
-    e = audit.exposure.set_index("group")
+    e = audit.exposure_.set_index("group")
     assert e.loc["C", "exposure_rate"] == 0 and e.loc["C", "exposure_ratio"] == 0
     assert np.isnan(e.loc["C", "logit_shift"]) and e.loc["C", "status"] == "no_treated"
     assert np.isfinite(e.loc["B", "logit_shift_se"])
-    b = audit.benefit.set_index("group")
+    b = audit.benefit_.set_index("group")
     assert b.loc["C", "status"] == "no_treated" and b.loc[["A", "B"], "exposure_share"].sum() == pytest.approx(1)
     assert "C: no_treated" in str(audit.summary())
 
 
-def test_results_fit_on_first_access_and_metrics_match_rates(small):
+def test_results_need_fit_and_metrics_match_rates(small):
     data, r = small
-    audit = cr.FairnessAudit(data, **r, group="user_group")
-    with pytest.raises(RuntimeError, match="not fitted"):
-        audit.overall_disparity()
-    assert {"item", "group", "ate", "se", "ci_low", "ci_high", "n", "status"} <= set(audit.group_effects)
+    audit = cr.FairnessAudit(**r, group="user_group")
+    for read in (audit.overall_disparity, lambda: audit.metrics, audit.summary, audit.to_html):
+        with pytest.raises(cr.NotFittedError, match="not fitted"):
+            read()
+    audit.fit(data)
+    assert {"item", "group", "ate", "se", "ci_low", "ci_high", "n", "status"} <= set(audit.group_effects_)
     m = audit.metrics
     by_group = data.groupby("user_group")
     np.testing.assert_allclose(m["exposure_rate"], by_group["recommended"].mean())
     np.testing.assert_allclose(m["outcome_rate"], by_group["clicked"].mean())
-    np.testing.assert_allclose(audit.exposure.set_index("group")["exposure_rate"], m["exposure_rate"])
+    np.testing.assert_allclose(audit.exposure_.set_index("group")["exposure_rate"], m["exposure_rate"])
 
 
 def test_report_is_self_contained_and_escapes_data(small, tmp_path):
@@ -285,7 +288,7 @@ def test_report_is_self_contained_and_escapes_data(small, tmp_path):
     evil = "<script>alert('x')</script>"
     data = data.assign(user_group=data["user_group"].map({"A": evil, "B": "B&B", "C": "C"}),
                        item_provider="<b>" + data["item_provider"])
-    audit = cr.FairnessAudit(data, **r, group="user_group", provider="item_provider")
+    audit = cr.FairnessAudit(**r, group="user_group", provider="item_provider").fit(data)
     path = audit.report(tmp_path / "sub" / "audit.html")
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "Content-Security-Policy" in page
@@ -300,8 +303,8 @@ def test_report_is_self_contained_and_escapes_data(small, tmp_path):
 
 def test_changing_the_reference_only_relabels_differences(small):
     data, r = small
-    vs_a, vs_c = (cr.FairnessAudit(data, **r, group="user_group", reference=ref).fit()
-                  .disparity.pivot(index="item", columns="group", values="difference")
+    vs_a, vs_c = (cr.FairnessAudit(**r, group="user_group", reference=ref).fit(data)
+                  .disparity_.pivot(index="item", columns="group", values="disparity")
                   for ref in (None, "C"))
     np.testing.assert_allclose(vs_c["B"], vs_a["B"] - vs_a["C"], atol=1e-10)
     np.testing.assert_allclose(vs_c["A"], -vs_a["C"], atol=1e-10)
@@ -309,15 +312,15 @@ def test_changing_the_reference_only_relabels_differences(small):
 
 def test_max_min_uses_a_homogeneity_test(small):
     data, r = small
-    audit = cr.FairnessAudit(data, **r, group="user_group", compare="max-min").fit()
-    d = audit.disparity.set_index("item")
-    assert len(d) == data["item_id"].nunique() and (d["difference"].dropna() >= 0).all()
-    eff = audit.group_effects
+    audit = cr.FairnessAudit(**r, group="user_group", compare="max-min").fit(data)
+    d = audit.disparity_.set_index("item")
+    assert len(d) == data["item_id"].nunique() and (d["disparity"].dropna() >= 0).all()
+    eff = audit.group_effects_
     for item in d.index[d["status"] == "ok"]:
         part = eff[(eff["item"] == item) & (eff["status"] == "ok")]
         w = 1 / part["se"] ** 2
         q = (w * (part["ate"] - (w * part["ate"]).sum() / w.sum()) ** 2).sum()
         assert d.loc[item, "p_value"] == pytest.approx(stats.chi2.sf(q, len(part) - 1))
-        assert d.loc[item, "difference"] == pytest.approx(part["ate"].max() - part["ate"].min())
+        assert d.loc[item, "disparity"] == pytest.approx(part["ate"].max() - part["ate"].min())
         assert d.loc[item, "group"] == part.loc[part["ate"].idxmax(), "group"]
     assert list(audit.overall_disparity_["group"]) == ["max"]

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import causalrec as cr
-from causalrec.schema import CausalrecWarning, SchemaError, read_log
+from causalrec.exceptions import DataWarning
+from causalrec.schema import SchemaError, read_log
 
 ROLES = dict(item="item", treatment="t", outcome="y", confounders=["x1", "x2"],
              categorical=["c"])
@@ -31,7 +32,7 @@ def small_log(seed=0, n_items=4, rows=(80, 160), binary=True):
 
 def fit(df, roles=ROLES, **options):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CausalrecWarning)
+        warnings.simplefilter("ignore", DataWarning)
         return cr.estimate_item_effects(df, **roles, **options)
 
 

@@ -168,7 +168,7 @@ def test_audit_writes_its_tables(logs, tmp_path, capsys):
     n_groups = pd.read_csv(logs["csv"])["user_group"].nunique()
     assert len(group_effects) == SIM["n_items"] * n_groups
     assert {"item", "group", "ate", "se"} <= set(group_effects.columns)
-    assert {"item", "difference", "q_value"} <= set(pd.read_csv(out / "disparity.csv").columns)
+    assert {"item", "disparity", "q_value"} <= set(pd.read_csv(out / "disparity.csv").columns)
     page = (out / "audit.html").read_text(encoding="utf-8")
     assert "<script" not in page and 'src="http' not in page
 

@@ -196,7 +196,7 @@ def test_corrupt_cache_entry_is_ignored_and_recomputed(tmp_path):
 
 @pytest.mark.parametrize("forge", ["nan", "inf", "not_unit", "wrong_width", "float64"])
 def test_bad_cache_values_are_skipped_removed_and_reencoded(tmp_path, forge):
-    from causalrec.schema import CausalrecWarning
+    from causalrec.exceptions import DataWarning
 
     emb = TextEncoder(cache_dir=tmp_path, dtype="float32").encode(SPORTS)
     chunk = sorted(tmp_path.rglob("*.npz"))[0]
@@ -209,7 +209,7 @@ def test_bad_cache_values_are_skipped_removed_and_reencoded(tmp_path, forge):
               "float64": lambda e: e.astype(np.float64)}[forge](stored)
     np.savez(chunk, keys=keys, emb=forged, truncated=truncated)
     again = TextEncoder(cache_dir=tmp_path, dtype="float32")
-    with pytest.warns(CausalrecWarning, match="embedding cache chunk .* skipped and removed"):
+    with pytest.warns(DataWarning, match="embedding cache chunk .* skipped and removed"):
         got = again.encode(SPORTS)
     np.testing.assert_allclose(got, emb, atol=2e-5)  # the forged values are never used
     assert again.n_encoded_ == len(keys) and not chunk.exists()

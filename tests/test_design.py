@@ -9,7 +9,7 @@ import pytest
 
 import causalrec as cr
 from causalrec.estimate.design import MAX_FOLDS, DesignSpec, assign_folds, build_design
-from causalrec.schema import CausalrecWarning
+from causalrec.exceptions import DataWarning
 
 ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
              confounders=["user_activity", "hour", "tenure"], categorical=["device", "user_group"])
@@ -24,7 +24,7 @@ def sim_df():
 def _fit(df, roles=ROLES, **options):
     options = dict(dict(nuisance="per_item", dtype="float64"), **options)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CausalrecWarning)  # the log has a few duplicate rows
+        warnings.simplefilter("ignore", DataWarning)  # the log has a few duplicate rows
         return cr.ItemEffectEstimator(**options).fit(cr.InteractionLog(df, **roles))
 
 
@@ -74,14 +74,14 @@ def test_shifted_and_huge_columns_are_kept_and_dropped_ones_are_named(sim_df):
                        flat=3.0)
     roles = dict(ROLES, confounders=["shifted", "hour", "huge", "flat"])
     log = cr.InteractionLog(df, **roles)
-    with pytest.warns(CausalrecWarning, match="'flat' \\(constant"):
+    with pytest.warns(DataWarning, match="'flat' \\(constant"):
         design = build_design(log)  # float32, as the estimator uses it
     assert design.columns[:3] == ["shifted", "hour", "huge"] and design.dropped == ["flat"]
     reference = build_design(cr.InteractionLog(sim_df, **ROLES), dtype=np.float64)
     # 1e12 + x keeps x to float64's spacing at 1e12 (1.2e-4; float32 alone would keep nothing)
     np.testing.assert_allclose(design.X[:, 0], reference.X[:, 0], atol=2e-4)
     np.testing.assert_allclose(design.X[:, 2], reference.X[:, 2], atol=1e-5)  # no overflow
-    with pytest.warns(CausalrecWarning, match="flat"):
+    with pytest.warns(DataWarning, match="flat"):
         est = cr.ItemEffectEstimator(nuisance="per_item").fit(cr.InteractionLog(df, **roles))
     assert est.dropped_columns_ == ["flat"]
 
@@ -116,7 +116,7 @@ def test_folds_and_estimates_ignore_column_order_and_dtypes(sim_df):
 # -- item 7: duplicates never straddle folds -----------------------------------------------
 def test_duplicate_rows_share_a_fold_and_are_counted(sim_df):
     doubled = pd.concat([sim_df, sim_df], ignore_index=True)
-    with pytest.warns(CausalrecWarning, match="rows repeat another row exactly") as record:
+    with pytest.warns(DataWarning, match="rows repeat another row exactly") as record:
         est = cr.ItemEffectEstimator(nuisance="per_item", n_folds=3).fit(
             cr.InteractionLog(doubled, **ROLES))
     n = len(sim_df)
@@ -151,7 +151,7 @@ def test_fold_count_is_bounded_and_folds_are_balanced(sim_df):
         cr.ItemEffectEstimator(n_folds=MAX_FOLDS + 1).fit(cr.InteractionLog(sim_df, **ROLES))
     seg = sim_df["item_id"].to_numpy()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CausalrecWarning)
+        warnings.simplefilter("ignore", DataWarning)
         folds = assign_folds(sim_df, ["item_id", *ROLES["confounders"]], seg,
                              sim_df["recommended"].to_numpy(), sim_df["clicked"].to_numpy(), 20, 0)
     counts = np.bincount(folds, minlength=20)

@@ -8,7 +8,7 @@ from scipy import optimize
 from sklearn.linear_model import LogisticRegression, Ridge
 
 import causalrec as cr
-from causalrec.estimate import _core
+from causalrec.glm import layout as glm_layout
 from causalrec.estimate.design import build_design
 from causalrec.schema import SchemaError
 
@@ -17,79 +17,6 @@ def numeric_roles(sim):
     roles = dict(sim.roles)
     roles.pop("text")
     return roles
-
-
-@pytest.fixture(scope="module")
-def segments_data():
-    rng = np.random.default_rng(0)
-    K, d = 50, 6
-    n_k = rng.integers(60, 300, size=K)
-    seg = np.repeat(np.arange(K), n_k)
-    X = rng.normal(size=(len(seg), d))
-    beta = rng.normal(size=(K, d))
-    eta = (X * beta[seg]).sum(1) + rng.normal(size=K)[seg]
-    y_bin = (rng.random(len(seg)) < 1 / (1 + np.exp(-eta))).astype(float)
-    y_cont = eta + rng.normal(size=len(seg))
-    return X, seg, K, y_bin, y_cont
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_per_item_logistic_equals_sklearn(segments_data, dtype):
-    X, seg, K, y, _ = segments_data
-    fit = _core.fit_segment_glm(torch.tensor(X, dtype=dtype), y, seg, K, pooled=False,
-                                penalty=2.0, intercept_penalty=0.0)
-    coef = fit.coef.double().numpy()
-    worst = 0.0
-    for k in range(K):
-        rows = seg == k
-        ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(X[rows], y[rows])
-        ours = 1 / (1 + np.exp(-(coef[k, 0] + X[rows] @ coef[k, 1:])))
-        worst = max(worst, np.abs(ref.predict_proba(X[rows])[:, 1] - ours).max())
-    assert fit.converged
-    assert worst < 1e-4
-
-
-def test_per_item_linear_equals_sklearn_ridge(segments_data):
-    X, seg, K, _, y = segments_data
-    fit = _core.fit_segment_glm(torch.tensor(X), y, seg, K, family="gaussian", pooled=False,
-                                penalty=3.0, intercept_penalty=0.0)
-    coef = fit.coef.numpy()
-    worst = max(np.abs(Ridge(alpha=3.0).fit(X[seg == k], y[seg == k]).predict(X[seg == k])
-                       - (coef[k, 0] + X[seg == k] @ coef[k, 1:])).max() for k in range(K))
-    assert worst < 1e-4
-
-
-def test_pooled_newton_reaches_the_penalised_optimum(segments_data):
-    """The Schur-complement Newton solve must land on the optimum a generic solver finds."""
-    X, seg, K, y, _ = segments_data
-    shrink = 5.0
-    fit = _core.fit_segment_glm(torch.tensor(X), y, seg, K, pooled=True, shrinkage=shrink)
-    p = X.shape[1] + 1
-    Xi = np.column_stack([np.ones(len(X)), X])
-    local_pen, shared_pen = (v.numpy() for v in _core.penalties(p, True, 1.0, shrink, 1e-3,
-                                                                 torch.float64, "cpu"))
-
-    def objective(params):
-        shared, local = params[:p], params[p:].reshape(K, p)
-        eta = (Xi * (shared + local)[seg]).sum(1)
-        mu = 1 / (1 + np.exp(-eta))
-        loss = np.logaddexp(0, eta).sum() - y @ eta
-        g_rows = Xi * (mu - y)[:, None]
-        g_local = np.zeros((K, p))
-        np.add.at(g_local, seg, g_rows)
-        value = loss + 0.5 * (local_pen * local ** 2).sum() + 0.5 * (shared_pen * shared ** 2).sum()
-        grad = np.concatenate([g_local.sum(0) + shared_pen * shared,
-                               (g_local + local_pen * local).ravel()])
-        return value, grad
-
-    ref = optimize.minimize(objective, np.zeros(p * (K + 1)), jac=True, method="L-BFGS-B",
-                            options=dict(maxiter=20_000, gtol=1e-9, ftol=1e-15))
-    ours = np.concatenate([fit.shared.numpy(), fit.local.numpy().ravel()])
-    assert objective(ours)[0] <= ref.fun + 1e-6
-    coef_ref = ref.x[:p] + ref.x[p:].reshape(K, p)
-    eta_ours = (Xi * fit.coef.numpy()[seg]).sum(1)
-    eta_ref = (Xi * coef_ref[seg]).sum(1)
-    assert np.abs(1 / (1 + np.exp(-eta_ours)) - 1 / (1 + np.exp(-eta_ref))).max() < 1e-4
 
 
 def test_estimator_per_item_propensities_equal_sklearn():
@@ -234,7 +161,7 @@ def test_cuda_matches_cpu():
 def test_chunking_does_not_change_results(monkeypatch):
     sim = cr.datasets.simulate_log(n_items=30, n_rows=8_000, seed=4)
     base = _fit(sim.data, sim)
-    monkeypatch.setattr(_core, "CHUNK_BYTES", 50_000)
+    monkeypatch.setattr(glm_layout, "CHUNK_BYTES", 50_000)
     chunked = _fit(sim.data, sim)
     pd.testing.assert_frame_equal(base, chunked, rtol=1e-9, atol=1e-12)
 

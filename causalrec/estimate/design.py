@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..schema import CausalrecWarning, InteractionLog
+from ..exceptions import DataWarning
+from ..schema import InteractionLog
 
 __all__ = ["Design", "DesignSpec", "build_design", "segment_ids", "assign_folds", "row_hash",
            "MAX_FOLDS"]
@@ -71,7 +72,7 @@ class DesignSpec:
                  max_levels: int = 50, min_level_count: int = 10, warn: bool = True):
         """The spec of ``log`` (and ``extra`` columns aligned with its rows), from ``rows``
         (positions; None for all): moments are robust to a few extreme values and computed
-        in float64; dropped columns raise a ``CausalrecWarning`` naming them."""
+        in float64; dropped columns raise a ``DataWarning`` naming them."""
         if not (isinstance(max_levels, (int, np.integer)) and max_levels >= 2):
             raise ValueError(f"max_levels must be an integer >= 2, got {max_levels!r}")
         if not (isinstance(min_level_count, (int, np.integer)) and min_level_count >= 1):
@@ -108,7 +109,7 @@ class DesignSpec:
                    dropped, pooled, binary, len(y))
         if warn and dropped:
             warnings.warn("confounder columns dropped: " + "; ".join(
-                f"{name!r} ({why})" for name, why in dropped.items()), CausalrecWarning,
+                f"{name!r} ({why})" for name, why in dropped.items()), DataWarning,
                 stacklevel=3)
         return spec
 
@@ -370,7 +371,7 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     Within each (segment, arm) stratum the distinct row contents (the ``content`` columns in
     name order, numbers by value whatever their dtype) are ordered by a seeded hash and
     dealt round-robin into folds from a per-segment offset; rows with the same content share
-    a fold, so duplicated rows never straddle folds (a ``CausalrecWarning`` counts the exact
+    a fold, so duplicated rows never straddle folds (a ``DataWarning`` counts the exact
     duplicates, outcome included). The outcome plays no part, so shifting or scaling it
     keeps every fold. The assignment therefore depends neither on row order nor on column order
     or dtypes, and swapping the treatment labels keeps every row in its fold. The offset
@@ -396,7 +397,7 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     if n_duplicates:
         warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
                       "treatment and outcome); each set of duplicates is kept in one "
-                      "cross-fitting fold", CausalrecWarning, stacklevel=2)
+                      "cross-fitting fold", DataWarning, stacklevel=2)
     if item_columns:
         base = _content_key(df, item_columns, seed + 1)[order]
     else:

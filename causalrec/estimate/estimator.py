@@ -5,26 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
+from ..base import BaseEstimator
+from ..glm import SegmentGLM
+from ..glm.layout import resolve_device, resolve_dtype
+from ..inference import interval
 from ..schema import InteractionLog, SchemaError, _as_list
-from . import _core
+from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import MAX_FOLDS, DesignSpec, assign_folds, segment_ids
+from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
+from .scores import NO_ESTIMATE, effects_table, post_status, pre_status
 from .summary import EffectSummary
 
 __all__ = ["ItemEffectEstimator", "estimate_item_effects", "resolve_device", "resolve_shrinkage"]
 
 METHODS = ("aipw", "ipw", "or")
 NUISANCE = ("pooled", "per_item")
-# statuses for which no estimate is formed: numbers are NaN
-NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
 AUTO_SHRINKAGE_PER_COLUMN = 1.0
-
-
-def resolve_device(device="auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_shrinkage(shrinkage, n_columns: int) -> float:
@@ -32,16 +29,14 @@ def resolve_shrinkage(shrinkage, n_columns: int) -> float:
     return float(AUTO_SHRINKAGE_PER_COLUMN * max(1, n_columns) if shrinkage == "auto" else shrinkage)
 
 
-def _resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "float64": torch.float64}
-    if dtype not in table:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return table[dtype]
+def _shards_ok(value) -> bool:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return value >= 1
+    values = np.asarray(value)
+    return values.ndim == 1 and values.dtype.kind in "iu" and len(values) > 0 and values.min() >= 0
 
 
-class ItemEffectEstimator:
+class ItemEffectEstimator(BaseEstimator):
     """Average effect of recommending each item, estimated for all items at once.
 
     Parameters
@@ -79,7 +74,13 @@ class ItemEffectEstimator:
     device : "auto" (CUDA when present), "cpu", "cuda", ... ; dtype : "float32" / "float64".
     seed : fixes the cross-fitting folds.
     max_iter : most Newton-type steps per nuisance fit (two Newton steps, then chord steps that
-        reuse the last Hessian; a fit that stops here has ``converged_`` False).
+        reuse the last Hessian). An item whose fits stop here has ``converged`` False in the
+        effects table, and a ``ConvergenceWarning`` names the model and the items.
+    shards : 1 (default), a number S of shards, or one shard id per item (in the effects
+        table's order). With S > 1 items are bin-packed by row count into S shards, each fitted
+        by its own solver in its own thread; the pooled models' coupling goes through the
+        engine's reducer, so the result equals the unsharded fit (up to rounding). It is how a
+        distributed backend runs the fit, and on a many-core machine it fits shards in parallel.
 
     Attributes
     ----------
@@ -91,11 +92,35 @@ class ItemEffectEstimator:
     nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model.
     """
 
-    def __init__(self, method="aipw", normalize=True, nuisance="pooled", n_folds=2, n_repeats=1,
-                 penalty=1.0,
-                 shrinkage="auto", intercept_penalty=1e-3, outcome_model="auto", clip=0.01,
-                 trim=None, min_rows_per_arm=10, min_ess=5.0, alpha=0.05, text_encoder=None,
-                 text_components=8, device="auto", dtype="float32", seed=0, max_iter=50):
+    _parameter_constraints = {
+        "method": [Options(*METHODS)],
+        "normalize": [Boolean()],
+        "nuisance": [Options(*NUISANCE)],
+        "n_folds": [Integer(1, MAX_FOLDS)],
+        "n_repeats": [Integer(1, None)],
+        "penalty": [Interval(0, None, "left")],
+        "shrinkage": [Options("auto"), Interval(0, None, "neither")],
+        "intercept_penalty": [Interval(0, None, "left")],
+        "outcome_model": [Options("auto", "logistic", "linear")],
+        "clip": [Interval(0, 0.5, "left")],
+        "trim": [Options(None), Interval(0, 0.5, "neither")],
+        "min_rows_per_arm": [Integer(1, None)],
+        "min_ess": [Interval(0, None, "left")],
+        "alpha": [Interval(0, 1, "neither")],
+        "text_encoder": [Options(None), Callable(lambda v: hasattr(v, "encode"), "an encoder with encode()")],
+        "text_components": [Integer(1, None)],
+        "device": [InstanceOf((str, torch.device), "'auto', 'cpu', 'cuda' or a torch.device")],
+        "dtype": [Options("float32", "float64", torch.float32, torch.float64)],
+        "seed": [Integer(0, 2**63 - 1)],
+        "max_iter": [Integer(1, None)],
+        "shards": [Callable(_shards_ok, "a positive integer or one shard id (>= 0) per item")],
+    }
+
+    def __init__(self, *, method="aipw", normalize=True, nuisance="pooled", n_folds=2,
+                 n_repeats=1, penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
+                 outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
+                 alpha=0.05, text_encoder=None, text_components=8, device="auto",
+                 dtype="float32", seed=0, max_iter=50, shards=1):
         self.method = method
         self.normalize = normalize
         self.nuisance = nuisance
@@ -116,33 +141,7 @@ class ItemEffectEstimator:
         self.dtype = dtype
         self.seed = seed
         self.max_iter = max_iter
-
-    # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not isinstance(self.normalize, (bool, np.bool_)):
-            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
-        if self.nuisance not in NUISANCE:
-            raise ValueError(f"nuisance must be one of {NUISANCE}, got {self.nuisance!r}")
-        if not (isinstance(self.n_repeats, (int, np.integer)) and self.n_repeats >= 1):
-            raise ValueError(f"n_repeats must be a positive integer, got {self.n_repeats!r}")
-        if not (isinstance(self.n_folds, (int, np.integer)) and 1 <= self.n_folds <= MAX_FOLDS):
-            raise ValueError(f"n_folds must be an integer in [1, {MAX_FOLDS}], got {self.n_folds!r}")
-        if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)
-                and 0 <= self.seed < 2**63 - self.n_repeats):
-            raise ValueError(f"seed must be an integer in [0, 2**63 - n_repeats), got {self.seed!r}")
-        if not 0 <= self.clip < 0.5:
-            raise ValueError(f"clip must be in [0, 0.5), got {self.clip!r}")
-        if self.trim is not None and not 0 < self.trim < 0.5:
-            raise ValueError(f"trim must be in (0, 0.5), got {self.trim!r}")
-        if not (self.shrinkage == "auto" or (np.isscalar(self.shrinkage) and self.shrinkage > 0)):
-            raise ValueError(f"shrinkage must be 'auto' or a positive number, got {self.shrinkage!r}")
-        if self.outcome_model not in ("auto", "logistic", "linear"):
-            raise ValueError(f"outcome_model must be 'auto', 'logistic' or 'linear', "
-                             f"got {self.outcome_model!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        self.shards = shards
 
     # ------------------------------------------------------------------ fitting
     def fit(self, log: InteractionLog, folds=None) -> "ItemEffectEstimator":
@@ -152,10 +151,10 @@ class ItemEffectEstimator:
         folds, e.g. to re-use ``fold_`` of an earlier fit when refuting it; by default they
         are drawn from a seeded hash of each row's content (see ``assign_folds``).
         """
-        self._check_params()
+        self._validate_params()
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog; use estimate_item_effects for a DataFrame")
-        device, dtype = resolve_device(self.device), _resolve_dtype(self.dtype)
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
         df = log.data
         keys = log.item_columns
         seg, self.segments_ = segment_ids(df, keys)
@@ -164,7 +163,7 @@ class ItemEffectEstimator:
         y = df[log.outcome].to_numpy(dtype=np.float64)
         n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
         n_all = np.bincount(seg, minlength=n_seg)
-        status = _pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
+        status = pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
         use = (status == "ok")[seg]
         if use.any() and np.ptp(y[use]) == 0:  # nothing to model: no fit (it cannot converge)
             status[status == "ok"] = "constant_outcome"
@@ -191,33 +190,49 @@ class ItemEffectEstimator:
         del design
         logged_e = (None if log.propensity is None
                     else df[log.propensity].to_numpy(dtype=np.float64)[rows])
+        shard_of_item = self._shard_of_item(np.bincount(seg[rows], minlength=n_seg), n_seg)
         # Each repeat's predictions are out-of-fold for every row, so their average is too;
         # averaging removes the noise of one particular split.
-        self.nuisance_fits_ = []
+        fits = None
+        self.nuisance_fits_, converged = [], {}
         e, mu0, mu1 = 0.0, 0.0, 0.0
+        propensity, outcome = self._nuisance_models(log.propensity is None)
         for repeat in range(self.n_repeats):
             split = folds if repeat == 0 else fold_of(self.seed + repeat)
             if not len(rows):  # no item is estimable: statuses only, no fit
-                self.n_iter_, self.converged_ = 0, True
+                self.n_iter_ = 0
                 e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
                 break
-            preds = self._fit_nuisances(X, standardise, rows, seg[rows], t[rows], y[rows],
-                                        split[rows], n_seg, logged_e, device, dtype)
-            preds = [p.to(torch.float64) for p in preds]
+            fits = cross_fit(X, *standardise, rows, seg[rows], t[rows], y[rows], split[rows],
+                             n_seg, n_folds=self.n_folds, propensity=propensity, outcome=outcome,
+                             logged_e=logged_e, shard_of_item=shard_of_item, device=device,
+                             dtype=dtype, warm=fits.shard_fits if fits else None)
+            self.nuisance_fits_ += fits.shard_fits[0] if len(fits.shard_fits) == 1 else []
+            for name, ok in fits.converged.items():
+                converged[name] = converged.get(name, True) & ok
+            self.n_iter_ = max(getattr(self, "n_iter_", 0) if repeat else 0, fits.n_iter)
+            preds = [p.to(torch.float64) for p in (fits.e, fits.mu0, fits.mu1)]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
+        item_names = self.segments_[keys[0]].to_numpy()
+        for name, ok in converged.items():  # items without rows in use have nothing to fit
+            warn_unconverged(ok | (status != "ok"), item_names, MODEL_NAMES[name] + " model")
+        item_converged = np.logical_and.reduce(list(converged.values())) if converged \
+            else np.ones(n_seg, dtype=bool)
+        self.converged_ = bool(item_converged[status == "ok"].all())
         on_device = lambda a, kind: torch.as_tensor(a[rows], dtype=kind, device=device)
-        table, psi, e_clipped = _effects_table(on_device(seg, torch.long),
+        table, psi, e_clipped = effects_table(on_device(seg, torch.long),
                                                on_device(t, torch.float64),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
                                                binary=binary,
                                                normalize=self.normalize)
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
-        table["status"] = _post_status(status, table, self.min_ess)
+        table["status"] = post_status(status, table, self.min_ess)
         table.loc[table["status"].isin(NO_ESTIMATE), ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
         table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
+        table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)
 
         item_frame = self.segments_.rename(columns={keys[0]: "item"})
         self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
@@ -252,62 +267,26 @@ class ItemEffectEstimator:
             return "gaussian"
         return "logistic" if binary else "gaussian"
 
-    def _fit_nuisances(self, X, standardise, rows, seg, t, y, folds, n_seg, logged_e, device,
-                       dtype):
-        """Cross-fitted propensity and outcome predictions for the rows in use (``rows`` of X;
-        seg, t, y, folds are already subset), all items at once; ``standardise`` = (center,
-        scale) of X's columns."""
-        F = self.n_folds
-        n = len(seg)
-        # cells ordered (fold, arm, item): every fit's blocks form a few contiguous runs
-        cells = (folds * 2 + t) * n_seg + seg
-        layout = _core.make_layout(cells, n_seg * F * 2, device=device)
-        index = None if len(rows) == len(X) else torch.as_tensor(rows, device=device)
-        X = _core.read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
-        Xb = _core.pad_design(layout, X, *standardise, index=index)
-        wb = layout.valid.to(dtype)
-        tb = _core.pad(layout, torch.as_tensor(t, dtype=dtype, device=device))
-        yb = _core.pad(layout, torch.as_tensor(y, dtype=dtype, device=device))
-        block_seg = layout.block_cell % n_seg
-        block_fold = layout.block_cell // (2 * n_seg)
-        block_arm = (layout.block_cell // n_seg) % 2
-        local_pen, shared_pen = _core.penalties(
-            Xb.shape[-1], self.nuisance == "pooled", self.penalty, self.shrinkage_,
-            self.intercept_penalty, dtype, device)
-        fit = dict(pooled=self.nuisance == "pooled", local_penalty=local_pen,
-                   shared_penalty=shared_pen, max_iter=self.max_iter)
-        out = {name: torch.full((n,), float("nan"), dtype=dtype, device=device)
-               for name in ("e", "mu0", "mu1")}
-        if logged_e is not None:
-            out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
-        for f in range(F):
-            train = block_fold != f if F > 1 else torch.ones_like(block_fold, dtype=torch.bool)
-            test = torch.nonzero(block_fold == f if F > 1 else train).squeeze(1)
-            # later folds start Newton from the first fold's fits: same model, half the data
-            # shared, so they begin close to their optimum and need fewer Gram passes
-            start = self.nuisance_fits_[0] if self.nuisance_fits_ else {}
-            fits = {}
-            if logged_e is None:
-                blocks = torch.nonzero(train).squeeze(1)
-                fits["e"] = _core.fit_glm(Xb, tb, wb, blocks, block_seg, n_seg,
-                                          family="logistic", init=start.get("e"), **fit)
-            for arm in (0, 1):
-                blocks = torch.nonzero(train & (block_arm == arm)).squeeze(1)
-                fits[f"mu{arm}"] = _core.fit_glm(Xb, yb, wb, blocks, block_seg, n_seg,
-                                                 family=self.outcome_family_,
-                                                 init=start.get(f"mu{arm}"), **fit)
-            for name, model in fits.items():
-                pred = _core.predict_glm(model, Xb, test, block_seg)
-                _core.unpad(layout, pred, test, out=out[name])
-            self.nuisance_fits_.append(fits)
-        self.n_iter_ = max((m.n_iter for fits in self.nuisance_fits_ for m in fits.values()), default=0)
-        self.converged_ = all(m.converged for fits in self.nuisance_fits_ for m in fits.values())
-        return out["e"], out["mu0"], out["mu1"]
+    def _nuisance_models(self, fit_propensity: bool):
+        """Unfitted propensity (None for a logged one) and outcome models."""
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
+        common = dict(pooled=self.nuisance == "pooled", penalty=self.penalty,
+                      shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
+                      max_iter=self.max_iter, tol=1e-6, device=device, dtype=dtype)
+        propensity = SegmentGLM(family="logistic", **common) if fit_propensity else None
+        return propensity, SegmentGLM(family=self.outcome_family_, **common)
+
+    def _shard_of_item(self, rows_per_item, n_items):
+        if isinstance(self.shards, (int, np.integer)):
+            return None if self.shards == 1 else pack_shards(rows_per_item, int(self.shards))
+        shards = np.asarray(self.shards, dtype=np.int64)
+        if len(shards) != n_items:
+            raise ValueError(f"shards must hold one shard id per item ({n_items}), got {len(shards)}")
+        return np.unique(shards, return_inverse=True)[1]  # ids 0..S-1, every shard non-empty
 
     # ------------------------------------------------------------------ results
     def _check_fitted(self):
-        if not hasattr(self, "effects_"):
-            raise RuntimeError("this estimator is not fitted yet; call fit(log) first")
+        self._check_is_fitted("effects_")
 
     def effect(self) -> pd.Series:
         """Estimated ATE per item."""
@@ -315,12 +294,13 @@ class ItemEffectEstimator:
         return self.effects_.set_index(self._keys())["ate"]
 
     def effect_interval(self, alpha: float | None = None) -> pd.DataFrame:
-        """Normal confidence interval per item at level 1 - alpha."""
+        """Confidence interval per item at level 1 - alpha (default: the estimator's alpha):
+        Student t with the item's ``dof`` degrees of freedom (see ``causalrec.inference``)."""
         self._check_fitted()
         eff = self.effects_.set_index(self._keys())
-        z = stats.t.ppf(1 - (self.alpha if alpha is None else alpha) / 2, eff["dof"])
-        return pd.DataFrame({"ci_low": eff["ate"] - z * eff["se"],
-                             "ci_high": eff["ate"] + z * eff["se"]})
+        low, high = interval(eff["ate"], eff["se"], self.alpha if alpha is None else alpha,
+                             eff["dof"].to_numpy(float))
+        return pd.DataFrame({"ci_low": low, "ci_high": high})
 
     def summary_frame(self, alpha: float | None = None) -> pd.DataFrame:
         """The effects table with intervals at level 1 - alpha."""
@@ -346,122 +326,6 @@ def _check_folds(folds, n_rows, n_folds) -> np.ndarray:
     if len(folds) and (folds.min() < 0 or folds.max() >= n_folds):
         raise ValueError(f"folds must lie in [0, {n_folds}), found {folds.min()}..{folds.max()}")
     return folds.astype(np.int64)
-
-
-def _pre_status(n_t, n_c, min_rows):
-    status = np.full(len(n_t), "ok", dtype=object)
-    status[(n_t < min_rows) | (n_c < min_rows)] = "too_few_rows"
-    status[n_c == 0] = "no_control"
-    status[n_t == 0] = "no_treated"
-    return status
-
-
-def _post_status(status, table, min_ess):
-    status = status.copy()
-    ok = status == "ok"
-    poor = ok & ~(np.minimum(table["ess_treated"], table["ess_control"]) >= min_ess)
-    status[poor] = "poor_overlap"
-    constant = ok & (table["outcome_sd"].to_numpy() == 0)
-    status[constant] = "constant_outcome"
-    status[(status == "ok") & ~np.isfinite(table["ate"].to_numpy())] = "fit_failed"
-    return status
-
-
-def _seg_sum(values, seg, n_seg):
-    return torch.zeros(n_seg, dtype=values.dtype, device=values.device).index_add_(0, seg, values)
-
-
-def _effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True):
-    """Per-row influence values and per-item estimates, in float64 on the tensors' device
-    (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
-    Returns the per-item table and, as numpy, psi and the clipped propensities."""
-    S = lambda values: _seg_sum(values, seg, n_seg)
-    e_clip = e.clamp(clip, 1 - clip)
-    keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
-    k = keep.to(e.dtype)
-    wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
-    n_keep = S(k)
-    correction = wt * (y - mu1) - wc * (y - mu0)
-    psi_plain = None  # textbook AIPW influence values, for the normalised AIPW's variance
-    if method == "aipw" and normalize:
-        # residuals averaged with normalised weights (Robins et al. 2007)
-        psi, *_ = _normalised_scores(seg, wt, wc, y, mu0, mu1, n_keep, n_seg)
-        psi_plain = torch.where(keep, mu1 - mu0 + correction, 0.0)
-    elif method == "aipw":
-        psi = mu1 - mu0 + correction
-    elif method == "ipw":  # Hajek: weighted arm means, i.e. normalised AIPW without outcome model
-        psi, m1, m0, s1, s0 = _normalised_scores(seg, wt, wc, y, 0.0, 0.0, n_keep, n_seg)
-    else:  # outcome regression; spread by the AIPW influence function, centred on OR
-        psi = mu1 - mu0 + correction - (S(k * correction) / n_keep)[seg]
-    psi = torch.where(keep, psi, 0.0)
-    ate = S(psi) / n_keep
-    var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
-    if psi_plain is not None:
-        var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
-    n_t, n_c = S(t), S(1 - t)
-    if binary:
-        # An arm with no (or only) clicks shows no residual spread, so the empirical
-        # variance collapses; the variance implied by the fitted click probabilities
-        # does not. Those items take the larger of the two.
-        events_t, events_c = S(t * y), S((1 - t) * y)
-        degenerate = ((events_t == 0) | (events_t == n_t) | (events_c == 0) | (events_c == n_c))
-        if method == "ipw":
-            r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
-            model = S(wt ** 2 * r1) / s1 ** 2 + S(wc ** 2 * r0) / s0 ** 2
-        else:
-            spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
-            model = S(spread) / n_keep ** 2
-        var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
-    n_all = n_t + n_c
-    y_mean = S(y) / n_all
-    per_item = {  # float64 numpy from here on
-        "ate": ate, "se": var_of_mean.sqrt(), "n_t": n_t, "n_c": n_c,
-        "treated_mean": S(t * y) / n_t, "control_mean": S((1 - t) * y) / n_c,
-        "y_mean": y_mean, "y_sq": S(y ** 2) / n_all,
-        "ess_treated": S(wt) ** 2 / S(wt ** 2), "ess_control": S(wc) ** 2 / S(wc ** 2),
-        "mu0_mean": S(mu0) / n_all,
-        "e_min": e.new_full((n_seg,), float("inf")).scatter_reduce_(0, seg, e, "amin"),
-        "e_max": e.new_full((n_seg,), float("-inf")).scatter_reduce_(0, seg, e, "amax"),
-        "n_clipped": S((e != e_clip).to(e.dtype)), "n_trimmed": S(1 - k),
-    }
-    v = {name: values.cpu().numpy() for name, values in per_item.items()}
-    ate, se, empty = v["ate"], v["se"], v["n_t"] + v["n_c"] == 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # Student t with the smaller arm's degrees of freedom: IPW-weighted influence values
-        # are heavy-tailed, and with a few dozen rows in an arm a normal interval is too short.
-        dof = np.maximum(np.minimum(v["n_t"], v["n_c"]) - 1, 1)
-        z = stats.t.ppf(1 - alpha / 2, dof)
-        p_value = 2 * stats.t.sf(np.abs(ate / se), dof)
-        outcome_sd = np.sqrt(np.maximum(v["y_sq"] - v["y_mean"] ** 2, 0))
-    outcome_sd[np.abs(outcome_sd) < 1e-12 * np.maximum(1, np.abs(v["y_mean"]))] = 0.0
-    table = pd.DataFrame({
-        "ate": ate, "se": se, "ci_low": ate - z * se, "ci_high": ate + z * se,
-        "p_value": p_value, "dof": dof, "naive_ate": v["treated_mean"] - v["control_mean"],
-        "treated_mean": v["treated_mean"], "control_mean": v["control_mean"],
-        "mu0_mean": v["mu0_mean"], "outcome_sd": outcome_sd,
-        "e_min": np.where(empty, np.nan, v["e_min"]), "e_max": np.where(empty, np.nan, v["e_max"]),
-        "ess_treated": v["ess_treated"], "ess_control": v["ess_control"],
-        "n_clipped": v["n_clipped"].astype(np.int64), "n_trimmed": v["n_trimmed"].astype(np.int64),
-    })
-    return table, psi.cpu().numpy(), e_clip.cpu().numpy()
-
-
-def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
-    """Influence values of mean(mu1 - mu0) + the per-arm weighted means of the residuals with
-    normalised weights, linearised; also those means and the weight sums (s1, s0)."""
-    s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
-    r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
-    r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
-    psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
-        wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
-    return psi, r1, r0, s1, s0
-
-
-def _variance_of_mean(psi, seg, n_seg, n):
-    mean = _seg_sum(psi, seg, n_seg) / n
-    var = (_seg_sum(psi ** 2, seg, n_seg) - n * mean ** 2) / (n - 1)
-    return var.clamp(min=0) / n
 
 
 def _column_order(item_frame, table):

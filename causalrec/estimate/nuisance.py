@@ -1,0 +1,153 @@
+"""Cross-fitted nuisance models (propensity, outcome under each arm) for all items at once.
+
+Rows are laid out once in cells ordered (fold, arm, item), so every model's blocks form a few
+contiguous runs; each fold fits the propensity on its training rows and one outcome model per
+arm, then predicts the held-out fold. Items can be split into shards, each fitted by its own
+solver in its own thread and coupled through the engine's reducer: the result equals the
+whole fit (the pattern a distributed backend runs, one task per shard).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..exceptions import ConvergenceWarning
+from ..glm import BlockedDesign, SegmentGLM, ThreadReducer
+from ..glm.layout import block_size_for, read_only_tensor
+from ..glm.reducer import Reducer
+
+__all__ = ["CrossFit", "cross_fit", "pack_shards"]
+
+MODEL_NAMES = {"e": "propensity", "mu0": "outcome (control)", "mu1": "outcome (treated)"}
+
+
+@dataclass
+class CrossFit:
+    """Out-of-fold predictions for the rows in use; per shard, per fold, the fitted models
+    (``SegmentGLM`` by name "e", "mu0", "mu1"; segments numbered within the shard); whether
+    every model of each item converged."""
+
+    e: torch.Tensor
+    mu0: torch.Tensor
+    mu1: torch.Tensor
+    shard_items: list      # per shard: the item codes it holds (its segment k is items[k])
+    shard_fits: list       # per shard: per fold {name: SegmentGLM}
+    converged: dict        # model name -> (n_items,) bool
+    n_iter: int
+
+
+def pack_shards(rows_per_item: np.ndarray, n_shards: int) -> np.ndarray:
+    """Shard id per item: items bin-packed by row count, largest first, each onto the shard
+    with the fewest rows so far (a giant item gets a shard of its own; no item is split)."""
+    load = np.zeros(n_shards, dtype=np.int64)
+    out = np.empty(len(rows_per_item), dtype=np.int64)
+    for item in np.argsort(-np.asarray(rows_per_item), kind="stable"):
+        shard = int(np.argmin(load))
+        out[item] = shard
+        load[shard] += rows_per_item[item]
+    return out
+
+
+def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
+              propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
+              shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None
+              ) -> CrossFit:
+    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (seg, t, y, folds already subset to them).
+
+    ``propensity`` / ``outcome`` are unfitted ``SegmentGLM`` prototypes (their parameters are
+    copied for every fit); ``propensity=None`` uses ``logged_e``. ``warm`` holds an earlier
+    cross-fit's models to start from (e.g. another repeat's first fold).
+    """
+    cells = (folds * 2 + t) * n_seg + seg
+    block_size = block_size_for(np.bincount(cells, minlength=n_seg * n_folds * 2))
+    X = read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
+    out = {name: torch.full((len(seg),), float("nan"), dtype=dtype, device=device)
+           for name in MODEL_NAMES}
+    if logged_e is not None:
+        out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
+    job = dict(X=X, center=center, scale=scale, rows=rows, seg=seg, t=t, y=y, folds=folds,
+               n_folds=n_folds, n_items=n_seg, propensity=propensity, outcome=outcome,
+               block_size=block_size)
+    if shard_of_item is None or int(np.max(shard_of_item, initial=0)) == 0:
+        shards = [np.arange(n_seg)]
+        results = [_fit_shard(shards[0], Reducer(), warm[0] if warm else None, **job)]
+    else:
+        n_shards = int(np.max(shard_of_item)) + 1
+        shards = [np.flatnonzero(shard_of_item == s) for s in range(n_shards)]
+        starts = warm or [None] * n_shards
+        results = ThreadReducer(n_shards).run(
+            lambda shard, red: _fit_shard(shard[0], red, shard[1], **job), list(zip(shards, starts)))
+    converged = {}
+    for items, (mine, preds, fits) in zip(shards, results):
+        for name, values in preds.items():
+            out[name][mine] = values
+            ok = converged.setdefault(name, np.ones(n_seg, dtype=bool))
+            for models in fits:
+                ok[items] &= models[name].converged_
+    n_iter = max((m.n_iter_ for _, _, fits in results for models in fits for m in models.values()),
+                 default=0)
+    return CrossFit(out["e"], out["mu0"], out["mu1"], shards, [r[2] for r in results],
+                    converged, n_iter)
+
+
+def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds, n_folds,
+               n_items, propensity, outcome, block_size):
+    """One solver's share: the rows of ``items``, renumbered 0..len(items)-1; ``warm`` is an
+    earlier cross-fit of the same shard (its first fold's models start every fold)."""
+    if len(items) == n_items:  # the whole run: no renumbering
+        mine, local_seg = np.arange(len(seg)), seg
+    else:
+        code = np.full(n_items, -1, dtype=np.int64)
+        code[items] = np.arange(len(items))
+        mine = np.flatnonzero(code[seg] >= 0)
+        local_seg = code[seg[mine]]
+    n_seg = len(items)
+    device, dtype = X.device, X.dtype
+    t_mine, y_mine, f_mine = t[mine], y[mine], folds[mine]
+    cells = (f_mine * 2 + t_mine) * n_seg + local_seg
+    index = rows[mine]
+    index = None if len(index) == len(X) else torch.as_tensor(index, device=device)
+    design = BlockedDesign(X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
+                           center=center, scale=scale, index=index, block_size=block_size)
+    tb = design.pad(torch.as_tensor(t_mine, dtype=dtype, device=device))
+    yb = design.pad(torch.as_tensor(y_mine, dtype=dtype, device=device))
+    block_fold = design.block_cell // (2 * n_seg)
+    block_arm = (design.block_cell // n_seg) % 2
+    preds = {name: torch.full((len(mine),), float("nan"), dtype=dtype, device=device)
+             for name in MODEL_NAMES if name != "e" or propensity is not None}
+    fits = []
+    for f in range(n_folds):
+        train = block_fold != f if n_folds > 1 else torch.ones_like(block_fold, dtype=torch.bool)
+        test = design.blocks(block_fold == f if n_folds > 1 else train)
+        # later folds (and repeats) start Newton from the first fold's fits: same model, half
+        # the data shared, so they begin close to their optimum and need fewer Gram passes
+        start = warm[0] if warm else (fits[0] if fits else {})
+        models = {}
+        if propensity is not None:
+            models["e"] = _clone(propensity).fit_blocks(
+                design, tb, design.blocks(train), n_segments=n_seg, init=start.get("e"), reducer=reducer)
+        for arm in (0, 1):
+            models[f"mu{arm}"] = _clone(outcome).fit_blocks(
+                design, yb, design.blocks(train & (block_arm == arm)), n_segments=n_seg,
+                init=start.get(f"mu{arm}"), reducer=reducer)
+        for name, model in models.items():
+            design.unpad(model.predict_blocks(design, test), test, out=preds[name])
+        fits.append(models)
+    return mine, preds, fits
+
+
+def _clone(model: SegmentGLM) -> SegmentGLM:
+    return type(model)(**model.get_params())
+
+
+def warn_unconverged(converged: np.ndarray, item_names, model: str) -> None:
+    """One ConvergenceWarning naming the model and (up to ten of) the items."""
+    bad = np.flatnonzero(~converged)
+    if len(bad):
+        names = ", ".join(str(item_names[i]) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        warnings.warn(f"{model}: {len(bad)} item(s) stopped at max_iter before converging "
+                      f"({names}); raise max_iter, or check these items' data",
+                      ConvergenceWarning, stacklevel=3)

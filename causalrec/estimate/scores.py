@@ -1,0 +1,130 @@
+"""From out-of-fold nuisance predictions to per-item estimates: influence values (AIPW,
+Hajek IPW, outcome regression), standard errors, intervals, and each item's status."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..inference import interval, p_value
+
+__all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSES"]
+
+# statuses for which no estimate is formed: numbers are NaN
+NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
+STATUSES = ("ok",) + NO_ESTIMATE + ("poor_overlap", "constant_outcome", "fit_failed")
+
+
+def pre_status(n_t, n_c, min_rows):
+    status = np.full(len(n_t), "ok", dtype=object)
+    status[(n_t < min_rows) | (n_c < min_rows)] = "too_few_rows"
+    status[n_c == 0] = "no_control"
+    status[n_t == 0] = "no_treated"
+    return status
+
+
+def post_status(status, table, min_ess):
+    status = status.copy()
+    ok = status == "ok"
+    poor = ok & ~(np.minimum(table["ess_treated"], table["ess_control"]) >= min_ess)
+    status[poor] = "poor_overlap"
+    constant = ok & (table["outcome_sd"].to_numpy() == 0)
+    status[constant] = "constant_outcome"
+    status[(status == "ok") & ~np.isfinite(table["ate"].to_numpy())] = "fit_failed"
+    return status
+
+
+def _seg_sum(values, seg, n_seg):
+    return torch.zeros(n_seg, dtype=values.dtype, device=values.device).index_add_(0, seg, values)
+
+
+def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
+                   normalize=True):
+    """Per-row influence values and per-item estimates, in float64 on the tensors' device
+    (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
+    Returns the per-item table and, as numpy, psi and the clipped propensities."""
+    S = lambda values: _seg_sum(values, seg, n_seg)
+    e_clip = e.clamp(clip, 1 - clip)
+    keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
+    k = keep.to(e.dtype)
+    wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
+    n_keep = S(k)
+    correction = wt * (y - mu1) - wc * (y - mu0)
+    psi_plain = None  # textbook AIPW influence values, for the normalised AIPW's variance
+    if method == "aipw" and normalize:
+        # residuals averaged with normalised weights (Robins et al. 2007)
+        psi, *_ = _normalised_scores(seg, wt, wc, y, mu0, mu1, n_keep, n_seg)
+        psi_plain = torch.where(keep, mu1 - mu0 + correction, 0.0)
+    elif method == "aipw":
+        psi = mu1 - mu0 + correction
+    elif method == "ipw":  # Hajek: weighted arm means, i.e. normalised AIPW without outcome model
+        psi, m1, m0, s1, s0 = _normalised_scores(seg, wt, wc, y, 0.0, 0.0, n_keep, n_seg)
+    else:  # outcome regression; spread by the AIPW influence function, centred on OR
+        psi = mu1 - mu0 + correction - (S(k * correction) / n_keep)[seg]
+    psi = torch.where(keep, psi, 0.0)
+    ate = S(psi) / n_keep
+    var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
+    if psi_plain is not None:
+        var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
+    n_t, n_c = S(t), S(1 - t)
+    if binary:
+        # An arm with no (or only) clicks shows no residual spread, so the empirical
+        # variance collapses; the variance implied by the fitted click probabilities
+        # does not. Those items take the larger of the two.
+        events_t, events_c = S(t * y), S((1 - t) * y)
+        degenerate = ((events_t == 0) | (events_t == n_t) | (events_c == 0) | (events_c == n_c))
+        if method == "ipw":
+            r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
+            model = S(wt ** 2 * r1) / s1 ** 2 + S(wc ** 2 * r0) / s0 ** 2
+        else:
+            spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
+            model = S(spread) / n_keep ** 2
+        var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
+    n_all = n_t + n_c
+    y_mean = S(y) / n_all
+    per_item = {  # float64 numpy from here on
+        "ate": ate, "se": var_of_mean.sqrt(), "n_t": n_t, "n_c": n_c,
+        "treated_mean": S(t * y) / n_t, "control_mean": S((1 - t) * y) / n_c,
+        "y_mean": y_mean, "y_sq": S(y ** 2) / n_all,
+        "ess_treated": S(wt) ** 2 / S(wt ** 2), "ess_control": S(wc) ** 2 / S(wc ** 2),
+        "mu0_mean": S(mu0) / n_all,
+        "e_min": e.new_full((n_seg,), float("inf")).scatter_reduce_(0, seg, e, "amin"),
+        "e_max": e.new_full((n_seg,), float("-inf")).scatter_reduce_(0, seg, e, "amax"),
+        "n_clipped": S((e != e_clip).to(e.dtype)), "n_trimmed": S(1 - k),
+    }
+    v = {name: values.cpu().numpy() for name, values in per_item.items()}
+    ate, se, empty = v["ate"], v["se"], v["n_t"] + v["n_c"] == 0
+    # Student t with the smaller arm's degrees of freedom: IPW-weighted influence values are
+    # heavy-tailed, and with a few dozen rows in an arm a normal interval is too short.
+    dof = np.maximum(np.minimum(v["n_t"], v["n_c"]) - 1, 1)
+    ci_low, ci_high = interval(ate, se, alpha, dof)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        outcome_sd = np.sqrt(np.maximum(v["y_sq"] - v["y_mean"] ** 2, 0))
+    outcome_sd[np.abs(outcome_sd) < 1e-12 * np.maximum(1, np.abs(v["y_mean"]))] = 0.0
+    table = pd.DataFrame({
+        "ate": ate, "se": se, "ci_low": ci_low, "ci_high": ci_high,
+        "p_value": p_value(ate, se, dof), "dof": dof, "naive_ate": v["treated_mean"] - v["control_mean"],
+        "treated_mean": v["treated_mean"], "control_mean": v["control_mean"],
+        "mu0_mean": v["mu0_mean"], "outcome_sd": outcome_sd,
+        "e_min": np.where(empty, np.nan, v["e_min"]), "e_max": np.where(empty, np.nan, v["e_max"]),
+        "ess_treated": v["ess_treated"], "ess_control": v["ess_control"],
+        "n_clipped": v["n_clipped"].astype(np.int64), "n_trimmed": v["n_trimmed"].astype(np.int64),
+    })
+    return table, psi.cpu().numpy(), e_clip.cpu().numpy()
+
+
+def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
+    """Influence values of mean(mu1 - mu0) + the per-arm weighted means of the residuals with
+    normalised weights, linearised; also those means and the weight sums (s1, s0)."""
+    s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
+    r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
+    r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
+    psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
+        wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
+    return psi, r1, r0, s1, s0
+
+
+def _variance_of_mean(psi, seg, n_seg, n):
+    mean = _seg_sum(psi, seg, n_seg) / n
+    var = (_seg_sum(psi ** 2, seg, n_seg) - n * mean ** 2) / (n - 1)
+    return var.clamp(min=0) / n

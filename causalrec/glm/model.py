@@ -1,0 +1,222 @@
+"""``SegmentGLM``: the one door to the batched segment GLM.
+
+A model is fitted either from row-indexed arrays (``fit`` / ``predict``) or, when several
+models share one padded design (the effect estimator fits a propensity and two outcome models
+per fold on the same rows), from a ``BlockedDesign`` (``fit_blocks`` / ``predict_blocks``), so
+the design is padded once.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..base import BaseEstimator
+from ..exceptions import ConvergenceWarning
+from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
+from .layout import (Layout, chunk_bytes, make_layout, pad, pad_design, read_only_tensor,
+                     resolve_device, resolve_dtype, unpad)
+from .linalg import robust_spd_inverse, segment_inverses, shared_hessian
+from .solver import GLMFit, _Blocks, _pass, fit_glm, predict_glm
+
+__all__ = ["SegmentGLM", "BlockedDesign"]
+
+# local penalty of columns whose coefficient is shared by every segment (no deviations)
+SHARED_ONLY = 1e8
+
+
+class BlockedDesign:
+    """Rows of X padded into the block layout of ``cells`` (intercept column first).
+
+    ``cell_segment`` maps each cell to its segment (default: cells are segments). ``center`` /
+    ``scale`` standardise the columns on the way; ``index`` maps the layout's rows to rows of
+    X (a subset of X without copying it); ``block_size`` fixes the layout's block size (a
+    sharded fit passes the whole log's choice).
+    """
+
+    def __init__(self, X: torch.Tensor, cells, n_cells: int, *, cell_segment=None,
+                 center=None, scale=None, index=None, block_size=None):
+        self.device = X.device
+        self.layout: Layout = make_layout(cells, n_cells, block_size=block_size, device=X.device)
+        self.X = pad_design(self.layout, X, center, scale, index=index)
+        self.weight = self.layout.valid.to(X.dtype)
+        self.block_cell = self.layout.block_cell
+        seg_of_cell = (torch.arange(n_cells, device=X.device) if cell_segment is None
+                       else torch.as_tensor(cell_segment, device=X.device))
+        self.block_seg = seg_of_cell[self.block_cell]
+
+    @property
+    def n_blocks(self) -> int:
+        return self.X.shape[0]
+
+    def pad(self, values) -> torch.Tensor:
+        """Row values (in the layout's row numbering) -> blocked (n_blocks, block_size)."""
+        values = torch.as_tensor(values, dtype=self.X.dtype, device=self.device)
+        return pad(self.layout, values)
+
+    def blocks(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of the blocks where ``mask`` (over blocks) holds; all when None."""
+        if mask is None:
+            return torch.arange(self.n_blocks, device=self.device)
+        return torch.nonzero(mask).squeeze(1)
+
+    def unpad(self, blocked, blocks=None, out=None) -> torch.Tensor:
+        return unpad(self.layout, blocked, blocks, out=out)
+
+
+class SegmentGLM(BaseEstimator):
+    """Penalised logistic or linear model for many segments at once.
+
+    Parameters
+    ----------
+    family : "logistic" or "gaussian".
+    pooled : True: coefficients are shared + segment deviation, deviations shrunk toward zero
+        by ``shrinkage`` (small segments borrow strength); False: independent models per
+        segment with ridge ``penalty`` on the slopes (scikit-learn's ``C = 1 / penalty``).
+    penalty, shrinkage : ridge penalties (see ``pooled``).
+    intercept_penalty : ridge on segment intercepts (per segment) or intercept deviations.
+    shared_intercept_penalty : ridge on the shared intercept (pooled): a weak N(0, 1) prior
+        keeps it identified next to almost-free segment intercepts.
+    shared_columns : indices (into X's columns) whose coefficients are shared by every segment,
+        with no segment deviation (pooled only; e.g. a group indicator's logit shift).
+    max_iter, tol : Newton-type steps at most, and the step size that counts as converged.
+    device, dtype : where and in which precision the fit runs.
+
+    Attributes
+    ----------
+    coef_ : (n_segments, d + 1) numpy array, intercept first; shared_coef_ : (d + 1,).
+    converged_ : (n_segments,) bool; n_iter_ : steps taken; fit_ : the solver's ``GLMFit``.
+    """
+
+    _parameter_constraints = {
+        "family": [Options("logistic", "gaussian")],
+        "pooled": [Boolean()],
+        "penalty": [Interval(0, None, "left")],
+        "shrinkage": [Interval(0, None, "neither")],
+        "intercept_penalty": [Interval(0, None, "left")],
+        "shared_intercept_penalty": [Interval(0, None, "neither")],
+        "shared_columns": [InstanceOf((tuple, list, np.ndarray), "a sequence of column indices")],
+        "max_iter": [Integer(1, None)],
+        "tol": [Interval(0, None, "neither")],
+        "device": [InstanceOf((str, torch.device), "a device name or a torch.device")],
+        "dtype": [Options("float32", "float64", torch.float32, torch.float64)],
+    }
+
+    def __init__(self, *, family="logistic", pooled=True, penalty=1.0, shrinkage=10.0,
+                 intercept_penalty=1e-3, shared_intercept_penalty=1.0, shared_columns=(),
+                 max_iter=50, tol=1e-7, device="cpu", dtype="float64"):
+        self.family = family
+        self.pooled = pooled
+        self.penalty = penalty
+        self.shrinkage = shrinkage
+        self.intercept_penalty = intercept_penalty
+        self.shared_intercept_penalty = shared_intercept_penalty
+        self.shared_columns = shared_columns
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ penalties
+    def _penalties(self, p: int, dtype, device):
+        """(local, shared) ridge penalty vectors over the p = d + 1 coefficients."""
+        local = torch.full((p,), float(self.shrinkage if self.pooled else self.penalty),
+                           dtype=dtype, device=device)
+        local[0] = self.intercept_penalty
+        shared = torch.full((p,), 1e-4, dtype=dtype, device=device)
+        shared[0] = self.shared_intercept_penalty
+        columns = [int(c) for c in self.shared_columns]
+        if columns:
+            if not self.pooled:
+                raise ValueError("shared_columns needs pooled=True")
+            if min(columns) < 0 or max(columns) >= p - 1:
+                raise ValueError(f"shared_columns must index X's {p - 1} columns, got {columns}")
+            local[[c + 1 for c in columns]] = SHARED_ONLY
+        return local, shared
+
+    # ------------------------------------------------------------------ blocked interface
+    def fit_blocks(self, design: BlockedDesign, y_blocked, blocks, *, n_segments: int,
+                   weight_blocked=None, offset_blocked=None, init: "SegmentGLM | None" = None,
+                   reducer=None) -> "SegmentGLM":
+        """Fit on ``blocks`` of a padded design (``y_blocked`` etc. as ``design.pad`` gives)."""
+        self._validate_params()
+        Xb = design.X
+        local_pen, shared_pen = self._penalties(Xb.shape[-1], Xb.dtype, Xb.device)
+        weight = design.weight if weight_blocked is None else design.weight * weight_blocked
+        self.fit_: GLMFit = fit_glm(
+            Xb, y_blocked, weight, blocks, design.block_seg, n_segments, family=self.family,
+            pooled=self.pooled, local_penalty=local_pen, shared_penalty=shared_pen,
+            max_iter=self.max_iter, tol=self.tol, init=None if init is None else init.fit_,
+            offset=offset_blocked, reducer=reducer)
+        self._penalty_vectors = (local_pen, shared_pen)
+        self.coef_ = self.fit_.coef.cpu().numpy()
+        self.shared_coef_ = self.fit_.shared.cpu().numpy()
+        self.converged_ = self.fit_.segment_converged.cpu().numpy()
+        self.n_iter_ = self.fit_.n_iter
+        return self
+
+    def predict_blocks(self, design: BlockedDesign, blocks, offset_blocked=None) -> torch.Tensor:
+        """Mean predictions on ``blocks``: (len(blocks), block_size)."""
+        self._check_is_fitted("fit_")
+        return predict_glm(self.fit_, design.X, blocks, design.block_seg, offset_blocked)
+
+    def shared_covariance(self, design: BlockedDesign, y_blocked, blocks, *, coef=None) -> np.ndarray:
+        """Posterior covariance of the shared coefficients (pooled): the inverse of the Schur
+        complement of the penalised Hessian after eliminating the segment deviations, at the
+        fitted coefficients or at ``coef = (shared, local)``."""
+        if coef is None:
+            self._check_is_fitted("fit_")
+            coef = (self.fit_.shared, self.fit_.local)
+        Xb = design.X
+        shared, local = coef
+        local_pen, shared_pen = self._penalties(Xb.shape[-1], Xb.dtype, Xb.device)
+        data = _Blocks(Xb, y_blocked, design.weight, None, design.block_seg, len(local), self.family)
+        _, _, gram = _pass(data, blocks, local + shared, need_hessian=True)
+        _, inv_sum = segment_inverses(gram, local_pen)
+        S = shared_hessian(inv_sum, len(gram), local_pen, shared_pen)
+        return robust_spd_inverse(S.unsqueeze(0))[0].cpu().numpy()
+
+    # ------------------------------------------------------------------ row interface
+    def fit(self, X, y, segment, *, n_segments: int | None = None, weight=None, offset=None,
+            reducer=None) -> "SegmentGLM":
+        """Fit from row arrays: X (n, d) without an intercept column, y (n,), segment (n,)
+        integer codes in [0, n_segments), optional row weight and linear-predictor offset."""
+        self._validate_params()
+        X = self._as_tensor(X)
+        segment = np.asarray(torch.as_tensor(segment).cpu(), dtype=np.int64)
+        if X.ndim != 2 or len(segment) != len(X):
+            raise ValueError(f"X must be (n, d) with one segment per row; got X {tuple(X.shape)} "
+                             f"and {len(segment)} segments")
+        n_segments = int(segment.max()) + 1 if n_segments is None and len(segment) else int(n_segments or 0)
+        if len(segment) and (segment.min() < 0 or segment.max() >= n_segments):
+            raise ValueError(f"segment codes must lie in [0, {n_segments})")
+        design = BlockedDesign(X, segment, n_segments)
+        pad_rows = lambda v: None if v is None else design.pad(self._as_tensor(v))
+        return self.fit_blocks(design, pad_rows(y), design.blocks(), n_segments=n_segments,
+                               weight_blocked=pad_rows(weight), offset_blocked=pad_rows(offset),
+                               reducer=reducer)
+
+    def decision_function(self, X, segment, offset=None) -> np.ndarray:
+        """Linear predictor of each row under its segment's coefficients."""
+        self._check_is_fitted("fit_")
+        X = self._as_tensor(X)
+        coef = self.fit_.coef
+        seg = torch.as_tensor(np.asarray(segment, dtype=np.int64), device=coef.device)
+        out = torch.empty(len(X), dtype=coef.dtype, device=coef.device)
+        step = max(1, chunk_bytes(coef.device) // (8 * max(1, X.shape[1] + 1)))
+        for a in range(0, len(X), step):  # row chunks: no (n, p) gather of coefficients
+            c = coef[seg[a:a + step]]
+            out[a:a + step] = (X[a:a + step] * c[:, 1:]).sum(1) + c[:, 0]
+        if offset is not None:
+            out += self._as_tensor(offset)
+        return out.cpu().numpy()
+
+    def predict(self, X, segment, offset=None) -> np.ndarray:
+        """Mean of each row: a probability (logistic) or the linear predictor (gaussian)."""
+        eta = self.decision_function(X, segment, offset)
+        return 1.0 / (1.0 + np.exp(-eta)) if self.family == "logistic" else eta
+
+    def _as_tensor(self, values) -> torch.Tensor:
+        return read_only_tensor(np.asarray(values) if not torch.is_tensor(values) else values,
+                                resolve_dtype(self.dtype), resolve_device(self.device))

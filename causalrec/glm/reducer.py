@@ -1,0 +1,81 @@
+"""Reducers: how a solver that holds some of the segments learns the sums over all of them.
+
+Everything in ``fit_glm`` that couples segments goes through a reducer: the sums that build a
+pooled model's Schur complement and shared gradient, the objective of each line-search trial,
+and the statistics behind every global stop / refresh / halving decision. Each process (or
+thread, or Spark task) runs the same solver on its own segments and calls the reducer at the
+same points in the same order, so every one of them takes the same decisions from the same
+summed numbers, and the result equals a fit of all segments at once.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+__all__ = ["Reducer", "ThreadReducer"]
+
+
+class Reducer:
+    """The identity reducer: one solver holds every segment."""
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of ``value`` (this solver's partial sum) over all solvers."""
+        return value
+
+    def max(self, value: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum of ``value`` over all solvers."""
+        return value
+
+
+class ThreadReducer:
+    """S solvers in S threads of one process, summed in a fixed (shard) order.
+
+    ``run(fn, shards)`` calls ``fn(shard, reducer_view)`` for every shard in its own thread and
+    returns the results in shard order. It is the pattern a distributed backend follows (one
+    all-reduce per call) and lets tests check that sharded fits equal whole ones.
+    """
+
+    def __init__(self, n_shards: int):
+        if n_shards < 1:
+            raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
+        self.n_shards = n_shards
+        self._barrier = threading.Barrier(n_shards)
+        self._slots: list = [None] * n_shards
+
+    def _collect(self, rank: int, value: torch.Tensor, combine) -> torch.Tensor:
+        self._slots[rank] = value
+        self._barrier.wait()
+        out = self._slots[0].clone()
+        for other in self._slots[1:]:  # fixed order: every rank gets bitwise the same result
+            out = combine(out, other.to(out.device))
+        self._barrier.wait()  # no rank overwrites its slot before all have read
+        return out
+
+    def view(self, rank: int) -> "_RankView":
+        return _RankView(self, rank)
+
+    def run(self, fn, shards: list) -> list:
+        if len(shards) != self.n_shards:
+            raise ValueError(f"expected {self.n_shards} shards, got {len(shards)}")
+        if self.n_shards == 1:
+            return [fn(shards[0], self.view(0))]
+        with ThreadPoolExecutor(self.n_shards) as pool:
+            futures = [pool.submit(fn, shard, self.view(rank)) for rank, shard in enumerate(shards)]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                self._barrier.abort()  # one failed shard must not leave the others waiting
+                raise
+
+
+class _RankView(Reducer):
+    def __init__(self, parent: ThreadReducer, rank: int):
+        self.parent, self.rank = parent, rank
+
+    def sum(self, value):
+        return self.parent._collect(self.rank, value, torch.add)
+
+    def max(self, value):
+        return self.parent._collect(self.rank, value, torch.maximum)

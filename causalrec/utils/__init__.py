@@ -1,0 +1,1 @@
+"""Shared helpers: the one door for parameter validation."""
