@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,11 @@ class _Progress:
         start = time.perf_counter()
         yield
         self.say(f"{message}: done in {time.perf_counter() - start:.1f} s")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings about the data as one line each, like errors (no source lines)."""
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str) -> None:
@@ -95,6 +101,8 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", type=_columns, default=[], metavar="T",
                         help="free-text confounder columns (embedded offline with BERT)")
     parser.add_argument("--propensity", help="column of logged recommendation probabilities")
+    parser.add_argument("--encoding", default="utf-8",
+                        help="text encoding of a CSV log (default utf-8; e.g. latin-1, cp1252)")
     parser.add_argument("--graph", help="causal graph (.gml, see CausalGraph.to_gml); its "
                                         "adjustment set is added to the confounders")
     _add_estimation_flags(parser)
@@ -156,10 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _estimator(args):
     from .estimate import ItemEffectEstimator
 
+    _check_device(args.device)
     estimator = ItemEffectEstimator(method=args.method, nuisance=args.nuisance,
                                     n_folds=args.folds, device=args.device, seed=args.seed)
     estimator._validate_params()  # fail on a bad flag now, not after minutes of fitting
     return estimator
+
+
+def _check_device(device: str) -> None:
+    """--device names a device this machine has (torch only asserts, deep inside a fit)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type if device != "auto" else "cpu"
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
+    if kind == "cuda":
+        index = torch.device(device).index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: no such CUDA device on this machine "
+                             "(use --device cpu or auto)")
+    elif kind != "cpu":
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
 
 
 def _roles(args) -> dict:
@@ -173,7 +199,7 @@ def _read(args, progress):
     from .schema import InteractionLog, read_log
 
     with progress.step(f"reading {args.log}"):
-        df = read_log(args.log)
+        df = read_log(args.log, encoding=args.encoding)
     roles = _roles(args)
     graph = None
     if getattr(args, "graph", None):
@@ -234,10 +260,12 @@ def _check_table_path(path: Path) -> None:
 
 
 def _write_table(frame, path: Path) -> None:
+    from .schema import csv_safe
+
     _check_table_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
+        csv_safe(frame).to_csv(path, index=False)
     else:
         frame.to_parquet(path, index=False)
 
@@ -311,10 +339,12 @@ def _cmd_audit(args, progress) -> int:
         from .estimate import ItemEffectEstimator
         audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
                               estimator=ItemEffectEstimator(**options)).fit(log.data)
+    from .schema import csv_safe
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    audit.group_effects_.to_csv(out / "group_effects.csv", index=False)
-    audit.disparity_.to_csv(out / "disparity.csv", index=False)
+    csv_safe(audit.group_effects_).to_csv(out / "group_effects.csv", index=False)
+    csv_safe(audit.disparity_).to_csv(out / "disparity.csv", index=False)
     audit.report(out / "audit.html")
     print(f"Audit: {(out / 'audit.html').resolve()}")
     print(f"Tables: {out / 'group_effects.csv'}, {out / 'disparity.csv'}")
@@ -378,10 +408,13 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     progress = _Progress(getattr(args, "quiet", False))
     try:
-        return args.func(args, progress)
-    except (ValueError, OSError, RuntimeError) as exc:
-        # SchemaError and GraphError are ValueErrors, FileNotFoundError an OSError, a bad
-        # torch device a RuntimeError. CAUSALREC_DEBUG=1 shows the traceback instead.
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args, progress)
+    except (ValueError, OSError, RuntimeError, TypeError) as exc:
+        # SchemaError and GraphError are ValueErrors (UnicodeError too), FileNotFoundError an
+        # OSError, a bad torch device a RuntimeError, a wrongly typed column a TypeError.
+        # CAUSALREC_DEBUG=1 shows the traceback instead.
         if os.environ.get("CAUSALREC_DEBUG"):
             raise
         _fail(exc)

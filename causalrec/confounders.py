@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .exceptions import DataWarning
 from .schema import SchemaError, _as_list
 
 __all__ = ["TextEncoder", "TextReducer", "TextConfounders", "MISSING_TEXT"]
@@ -81,8 +82,10 @@ def _clean_texts(texts, column: str | None) -> tuple[np.ndarray, int]:
     """Texts as an object array of str, missing ones replaced by MISSING_TEXT; n missing."""
     if isinstance(texts, str):
         raise TypeError("expected a sequence of texts, got a single string")
-    values = (texts.to_numpy(dtype=object) if isinstance(texts, (pd.Series, pd.Index))
-              else np.asarray(list(texts), dtype=object))
+    # always a fresh array: to_numpy may return a view of the caller's data (pandas 2) or a
+    # read-only one (pandas 3), and missing texts are written into it below
+    values = np.array(texts.to_numpy(dtype=object) if isinstance(texts, (pd.Series, pd.Index))
+                      else list(texts), dtype=object, copy=True)
     missing = pd.isna(values) | np.array([isinstance(v, str) and not v.strip() for v in values],
                                          dtype=bool)
     wrong = [v for v, m in zip(values, missing) if not m and not isinstance(v, str)]
@@ -93,9 +96,15 @@ def _clean_texts(texts, column: str | None) -> tuple[np.ndarray, int]:
     return values, int(missing.sum())
 
 
-def _text_keys(texts) -> np.ndarray:
-    return np.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest()
-                     for t in texts], dtype="S32")
+def _text_keys(texts, column: str | None = None) -> np.ndarray:
+    keys = []
+    for t in texts:
+        try:
+            keys.append(hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest())
+        except UnicodeEncodeError as exc:  # a lone surrogate: not text any model can read
+            raise SchemaError(column or "texts", f"text {t[:40]!r} is not valid Unicode "
+                              f"({exc.reason} at position {exc.start}); clean or drop it") from None
+    return np.array(keys, dtype="S32")
 
 
 class _EmbeddingCache:
@@ -109,8 +118,27 @@ class _EmbeddingCache:
 
     max_chunks = 16
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, width: int | None = None):
         self.root = root
+        self.width = width  # the model's embedding width, when known
+
+    def _valid(self, keys, emb, truncated) -> str | None:
+        """Why a chunk's arrays cannot be cache entries, or None. Embeddings are finite,
+        float32, L2-normalised rows of the model's width."""
+        if keys.ndim != 1 or keys.dtype != np.dtype("S32"):
+            return f"keys of dtype {keys.dtype} and shape {keys.shape}"
+        if emb.ndim != 2 or emb.dtype != np.float32 or len(emb) != len(keys):
+            return f"embeddings of dtype {emb.dtype} and shape {emb.shape} for {len(keys)} keys"
+        if self.width is not None and emb.shape[1] != self.width:
+            return f"embeddings {emb.shape[1]} wide, the model's are {self.width}"
+        if truncated.shape != keys.shape or truncated.dtype != bool:
+            return f"truncated flags of dtype {truncated.dtype} and shape {truncated.shape}"
+        if not np.isfinite(emb).all():
+            return "NaN or infinite embeddings"
+        norms = np.sqrt(np.square(emb, dtype=np.float64).sum(1))
+        if len(norms) and np.abs(norms - 1).max() > 1e-3:
+            return "embeddings that are not unit length"
+        return None
 
     @staticmethod
     def _by_shard(keys: np.ndarray):
@@ -127,8 +155,16 @@ class _EmbeddingCache:
                     part = (z["keys"], z["emb"], z["truncated"], path)
             except Exception:  # corrupt, truncated, or removed by a concurrent compaction
                 continue
-            if part[1].ndim == 2 and len(part[0]) == len(part[1]) == len(part[2]):
+            problem = self._valid(*part[:3])
+            if problem is None and parts and part[1].shape[1] != parts[0][1].shape[1]:
+                problem = f"embeddings {part[1].shape[1]} wide, other chunks' {parts[0][1].shape[1]}"
+            if problem is None:
                 parts.append(part)
+                continue
+            # chunks are complete once renamed into place, so this one is bad for good
+            warnings.warn(f"embedding cache chunk {path} skipped and removed ({problem}); its "
+                          "texts are encoded again", DataWarning, stacklevel=4)
+            path.unlink(missing_ok=True)
         if not parts:
             return None
         keys, first = np.unique(np.concatenate([p[0] for p in parts]), return_index=True)
@@ -143,6 +179,8 @@ class _EmbeddingCache:
             if stored is None:
                 continue
             stored_keys, stored_emb, stored_trunc, _ = stored
+            if emb is not None and stored_emb.shape[1] != emb.shape[1]:
+                continue  # (only when the model's width is unknown) encoded again
             pos = np.minimum(np.searchsorted(stored_keys, keys[rows]), len(stored_keys) - 1)
             hit = stored_keys[pos] == keys[rows]
             if emb is None:
@@ -220,7 +258,7 @@ class TextEncoder:
         if len(values) == 0:
             raise ValueError("no texts to encode")
         codes, uniques = pd.factorize(values)
-        keys = _text_keys(uniques)
+        keys = _text_keys(uniques, column)
         cache = self._cache()
         emb, found, truncated = cache.get(keys) if cache else (None, np.zeros(len(keys), bool),
                                                                np.zeros(len(keys), bool))
@@ -328,7 +366,20 @@ class TextEncoder:
             import platformdirs
 
             root = Path(platformdirs.user_cache_dir("causalrec")) / "text-embeddings"
-        return _EmbeddingCache(Path(root).expanduser() / self._cache_namespace())
+        return _EmbeddingCache(Path(root).expanduser() / self._cache_namespace(),
+                               width=self._embedding_width())
+
+    def _embedding_width(self) -> int | None:
+        """The model's hidden size from its config (without loading the model)."""
+        if getattr(self, "model_", None) is not None:
+            return int(self.model_.config.hidden_size)
+        config = self._model_path() / "config.json"
+        try:
+            import json
+
+            return int(json.loads(config.read_text())["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _cache_namespace(self) -> str:
         """Model identity (weight files' name, size, mtime; config) + encoding settings."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["InteractionLog", "SchemaError", "read_log"]
+__all__ = ["InteractionLog", "SchemaError", "read_log", "csv_safe"]
 
 
 class SchemaError(ValueError):
@@ -23,8 +23,9 @@ class SchemaError(ValueError):
         super().__init__(f"column {column!r}: {problem}" if column else problem)
 
 
-def read_log(path) -> pd.DataFrame:
-    """Read a log from CSV or Parquet (chosen by the file suffix)."""
+def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a log from CSV or Parquet (chosen by the file suffix); ``encoding`` is the text
+    encoding of a CSV (e.g. "latin-1", "cp1252")."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such log file: {path}")
@@ -32,8 +33,45 @@ def read_log(path) -> pd.DataFrame:
     if suffix in {".parquet", ".pq"}:
         return pd.read_parquet(path)
     if suffix in {".csv", ".gz", ".tsv"}:
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        try:
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding=encoding)
+        except UnicodeDecodeError as exc:
+            raise SchemaError(None, f"cannot read {path}: it is not {encoding} text ({exc.reason} "
+                              f"at byte {exc.start}); pass its encoding, e.g. "
+                              "encoding='latin-1' (--encoding on the command line)") from None
+        except LookupError:
+            raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
     raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot run as spreadsheet formulas: a cell starting with
+    = + - @ (or tab / CR) gets a leading single quote (OWASP's CSV-injection advice). Only
+    text cells: numbers, negative ones included (also as text, like "-3.5"), are written as
+    they are."""
+    out = frame.copy()
+    for col in out.columns:
+        values = out[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        text = values.map(_is_formula)
+        if text.any():
+            out[col] = values.where(~text, "'" + values.astype(object).where(text, "").astype(str))
+    renamed = {c: "'" + c for c in out.columns if _is_formula(c)}
+    return out.rename(columns=renamed) if renamed else out
+
+
+def _is_formula(value) -> bool:
+    if not (isinstance(value, str) and value.startswith(_FORMULA_START)):
+        return False
+    try:
+        float(value)
+        return False  # a number written as text ("-3.5") is not a formula
+    except ValueError:
+        return True
 
 
 def _as_list(value) -> list[str]:
@@ -124,6 +162,8 @@ class InteractionLog:
                     raise SchemaError(col, f"missing from the log (role {role!r})")
         for col in self.item_columns:
             _check_no_missing(df[col], col)
+        for col in self.item_columns + self.categorical:
+            _check_scalar_values(df[col], col)
         self._check_treatment(df[self.treatment])
         for col in [self.outcome, *self.confounders]:
             _check_finite_numeric(df[col], col)
@@ -133,6 +173,11 @@ class InteractionLog:
             bad = int(((p <= 0) | (p > 1)).sum())
             if bad:
                 raise SchemaError(self.propensity, f"{bad} logged propensities outside (0, 1]")
+            # a row logged with probability 1 of treatment could not have been a control
+            control = (df[self.treatment].to_numpy(dtype=float) == 0) & (p.to_numpy(dtype=float) >= 1)
+            if control.any():
+                raise SchemaError(self.propensity, f"{int(control.sum())} control rows have a "
+                                  "logged propensity of 1 (they could not have been controls)")
         for col in self.text:
             values = df[col]
             wrong = values[values.notna() & ~values.map(lambda v: isinstance(v, str))]
@@ -157,6 +202,17 @@ class InteractionLog:
 def _check_no_missing(s: pd.Series, col: str) -> None:
     if s.isna().any():
         raise SchemaError(col, f"{int(s.isna().sum())} missing values")
+
+
+def _check_scalar_values(s: pd.Series, col: str) -> None:
+    """Item ids and categories must be single values (a Parquet list column is not)."""
+    if s.dtype != object:
+        return
+    wrong = s[~s.map(pd.api.types.is_hashable)]
+    if len(wrong):
+        raise SchemaError(col, f"holds {len(wrong)} values that are not single values, e.g. "
+                          f"{wrong.iloc[0]!r} ({type(wrong.iloc[0]).__name__}); "
+                          "expected one id or category per row")
 
 
 def _check_finite_numeric(s: pd.Series, col: str) -> None:

@@ -191,3 +191,29 @@ def test_demo_reports_on_the_bundled_sample(tmp_path, capsys):
     assert "Against the simulation's known effects" in stdout
     table = pd.read_csv(out / "effects.csv")
     assert table["rank"].notna().sum() >= 10
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_one_line(logs, tmp_path, capsys):
+    argv = ["effects", str(logs["csv"]), *FLAGS, "--device", "cuda", "--out", str(tmp_path / "e.csv")]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "--device cuda: no such CUDA device" in one_error_line(captured.err)
+
+
+def test_encoding_flag_and_csv_outputs_cannot_run_formulas(logs, tmp_path, capsys):
+    df = pd.read_csv(logs["csv"])
+    names = {0: "=HYPERLINK(\"http://x\",\"y\")", 1: "+1+1", 2: "@SUM(A1)", 3: "-2+3", 4: "-5"}
+    df["item_id"] = df["item_id"].map(lambda k: names.get(k, f"café {k}"))
+    path = tmp_path / "latin.csv"
+    df.to_csv(path, index=False, encoding="latin-1")
+    out = tmp_path / "effects.csv"
+    assert main(["effects", str(path), *FLAGS, "--out", str(out), "-q"]) == 1
+    assert f"cannot read {path}: it is not utf-8 text" in one_error_line(capsys.readouterr().err)
+    assert main(["effects", str(path), *FLAGS, "--encoding", "latin-1", "--out", str(out), "-q"]) == 0
+    written = pd.read_csv(out)
+    items = set(written["item_id"] if "item_id" in written else written["item"])
+    assert {"'" + names[k] for k in range(4)} <= items  # escaped: text, not a formula
+    assert "-5" in items or -5 in items  # a number written as text is left alone
+    assert "café 7" in items
+    assert (written["ate"].dropna() < 0).any()  # negative numbers are written as numbers

@@ -163,7 +163,8 @@ def test_concurrent_puts_and_compaction_lose_nothing(tmp_path):
     cache.max_chunks = 3  # force many compactions racing with writers
     rng = np.random.default_rng(0)
     keys = np.array([b"ab" + rng.bytes(15).hex().encode() for _ in range(400)], dtype="S32")
-    emb = rng.normal(size=(400, 4)).astype(np.float32)
+    emb = rng.normal(size=(400, 4))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)  # unit rows, as encoded
     truncated = rng.random(400) < 0.5
 
     def writer(k):
@@ -191,6 +192,30 @@ def test_corrupt_cache_entry_is_ignored_and_recomputed(tmp_path):
     third = TextEncoder(cache_dir=tmp_path, dtype="float32")
     third.encode(SPORTS)
     assert getattr(third, "n_model_calls_", 0) == 0
+
+
+@pytest.mark.parametrize("forge", ["nan", "inf", "not_unit", "wrong_width", "float64"])
+def test_bad_cache_values_are_skipped_removed_and_reencoded(tmp_path, forge):
+    from causalrec.exceptions import DataWarning
+
+    emb = TextEncoder(cache_dir=tmp_path, dtype="float32").encode(SPORTS)
+    chunk = sorted(tmp_path.rglob("*.npz"))[0]
+    with np.load(chunk) as z:
+        keys, stored, truncated = z["keys"], z["emb"].copy(), z["truncated"]
+    forged = {"nan": lambda e: np.where(np.arange(e.shape[1]) == 0, np.nan, e).astype(np.float32),
+              "inf": lambda e: np.full_like(e, np.inf),
+              "not_unit": lambda e: e * 3.0,
+              "wrong_width": lambda e: e[:, :10] / np.linalg.norm(e[:, :10], axis=1, keepdims=True),
+              "float64": lambda e: e.astype(np.float64)}[forge](stored)
+    np.savez(chunk, keys=keys, emb=forged, truncated=truncated)
+    again = TextEncoder(cache_dir=tmp_path, dtype="float32")
+    with pytest.warns(DataWarning, match="embedding cache chunk .* skipped and removed"):
+        got = again.encode(SPORTS)
+    np.testing.assert_allclose(got, emb, atol=2e-5)  # the forged values are never used
+    assert again.n_encoded_ == len(keys) and not chunk.exists()
+    third = TextEncoder(cache_dir=tmp_path, dtype="float32")
+    third.encode(SPORTS)
+    assert getattr(third, "n_model_calls_", 0) == 0  # re-encoded entries were cached again
 
 
 # -- bad inputs ----------------------------------------------------------------------------

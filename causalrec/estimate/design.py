@@ -1,24 +1,36 @@
-"""From a validated log to tensors: confounder matrix, segment ids, cross-fitting folds."""
+"""From a validated log to tensors: confounder matrix, segment ids, cross-fitting folds.
+
+``DesignSpec`` holds the facts about the design that need the whole log (column moments,
+dropped columns, categorical levels, the 0/1 outcome check). It is computed once, from the
+rows that are fitted, and applied to the whole frame or to any shard of its rows alike.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..exceptions import DataWarning
 from ..schema import InteractionLog
-from ..glm.layout import read_only_tensor
 
-__all__ = ["Design", "build_design", "segment_ids", "assign_folds", "row_hash"]
+__all__ = ["Design", "DesignSpec", "build_design", "segment_ids", "assign_folds", "row_hash",
+           "MAX_FOLDS"]
+
+MAX_FOLDS = 50  # more folds only add fits: each holds out under 2% of an item's rows
+OTHER, MISSING = "__other__", "__missing__"
+_TAIL = 0.01  # share of rows winsorised at each end for the robust moments
+_INFLATION = 2.0  # plain std above this multiple of the winsorised one: outliers, use robust
+_ROWS = 16384  # rows per chunk while filling X: a few MB of float64, cache-sized
 
 
 @dataclass
 class Design:
     """Confounder matrix (no intercept, C order) and its column names. With
     ``standardised=False`` X holds raw values and ``(X - center) * scale`` is the standardised
-    matrix: the estimator applies that while it pads rows into blocks, which spares a full
-    copy of X."""
+    matrix."""
 
     X: np.ndarray
     columns: list[str]
@@ -28,82 +40,189 @@ class Design:
     standardised: bool = True
 
 
+@dataclass
+class DesignSpec:
+    """Everything needed to turn rows of a log into design rows, independently of which other
+    rows are present (picklable: plain Python and numpy fields).
+
+    confounders, extra : numeric source columns (``extra``: e.g. text components, passed
+        separately to ``transform``); categorical : column -> its levels, reference first;
+        rows with a level not in the list (rare, or unseen) count as ``__other__`` when that
+        level exists, else as the reference.
+    columns, center, scale : the kept output columns and their float64 moments.
+    dropped : dropped column -> why (constant, not finite, a single level).
+    pooled_levels : categorical column -> number of its levels pooled into ``__other__``.
+    outcome_binary : the outcome is 0/1 on the fitted rows.
+    n_rows : rows the moments came from.
+    """
+
+    confounders: list[str]
+    categorical: dict[str, list[str]]
+    extra: list[str]
+    columns: list[str]
+    center: np.ndarray
+    scale: np.ndarray
+    dropped: dict[str, str] = field(default_factory=dict)
+    pooled_levels: dict[str, int] = field(default_factory=dict)
+    outcome_binary: bool | None = None
+    n_rows: int = 0
+
+    @classmethod
+    def from_log(cls, log: InteractionLog, extra: pd.DataFrame | None = None, rows=None,
+                 max_levels: int = 50, min_level_count: int = 10, warn: bool = True):
+        """The spec of ``log`` (and ``extra`` columns aligned with its rows), from ``rows``
+        (positions; None for all): moments are robust to a few extreme values and computed
+        in float64; dropped columns raise a ``DataWarning`` naming them."""
+        if not (isinstance(max_levels, (int, np.integer)) and max_levels >= 2):
+            raise ValueError(f"max_levels must be an integer >= 2, got {max_levels!r}")
+        if not (isinstance(min_level_count, (int, np.integer)) and min_level_count >= 1):
+            raise ValueError(f"min_level_count must be a positive integer, got {min_level_count!r}")
+        df = log.data
+        take = (lambda v: v) if rows is None else (lambda v: v[rows])
+        sources, categorical, pooled, dropped = [], {}, {}, {}
+        for col in log.confounders:
+            sources.append((col, take(_float_column(df[col]))))
+        for col in log.categorical:
+            levels, n_pooled = _levels(take(_as_labels(df[col])), max_levels, min_level_count)
+            categorical[col] = levels
+            if n_pooled:
+                pooled[col] = n_pooled
+            if len(levels) < 2:
+                dropped[col] = "a single level on the fitted rows"
+            codes = _level_codes(take(_as_labels(df[col])), levels)
+            sources += [(f"{col}={level}", (codes == k).astype(np.float64))
+                        for k, level in enumerate(levels) if k > 0]
+        extra_names = [] if extra is None else [str(c) for c in extra.columns]
+        for col, name in zip([] if extra is None else extra.columns, extra_names):
+            sources.append((name, take(_float_column(extra[col]))))
+        columns, center, scale = [], [], []
+        for name, values in sources:
+            c, s, problem = _robust_moments(values)
+            if problem:
+                dropped[name] = problem
+            else:
+                columns.append(name), center.append(c), scale.append(s)
+        y = take(df[log.outcome].to_numpy())
+        binary = bool(np.isin(y, [0, 1]).all()) if len(y) else None
+        spec = cls(list(log.confounders), categorical, extra_names, columns,
+                   np.array(center, dtype=np.float64), np.array(scale, dtype=np.float64),
+                   dropped, pooled, binary, len(y))
+        if warn and dropped:
+            warnings.warn("confounder columns dropped: " + "; ".join(
+                f"{name!r} ({why})" for name, why in dropped.items()), DataWarning,
+                stacklevel=3)
+        return spec
+
+    def transform(self, data, extra: pd.DataFrame | None = None, dtype=np.float32,
+                  standardise: bool = True) -> Design:
+        """Design rows of ``data`` (an InteractionLog or a frame with the spec's columns):
+        each output row depends only on its input row, so shards concatenate to the whole."""
+        df = data.data if isinstance(data, InteractionLog) else data
+        if self.extra and (extra is None or len(extra) != len(df)):
+            raise ValueError(f"this design needs the extra columns {self.extra} for every row")
+        source = {}
+        for col in self.confounders:
+            source[col] = _float_column(df[col])
+        for col, levels in self.categorical.items():
+            codes = _level_codes(_as_labels(df[col]), levels)
+            source.update({f"{col}={level}": (codes, k) for k, level in enumerate(levels) if k})
+        for col, name in zip([] if extra is None else extra.columns, self.extra):
+            source[name] = _float_column(extra[col])
+        X = np.empty((len(df), len(self.columns)), dtype=dtype)
+        block = np.empty((min(_ROWS, len(df)), len(self.columns)), dtype=np.float64)
+        for a in range(0, len(df), _ROWS):  # row chunks: X is written in C order once
+            b = min(a + _ROWS, len(df))
+            for j, name in enumerate(self.columns):
+                values = source[name]
+                part = (values[0][a:b] == values[1]) if isinstance(values, tuple) else values[a:b]
+                if standardise:  # centred in float64 before any cast: 1e12 + x keeps its x
+                    np.subtract(part, self.center[j], out=block[:b - a, j])
+                    block[:b - a, j] *= self.scale[j]
+                else:
+                    block[:b - a, j] = part
+            X[a:b] = block[:b - a]
+        return Design(X, list(self.columns), list(self.dropped), self.center.copy(),
+                      self.scale.copy(), standardise)
+
+
 def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
                  max_levels: int = 50, dtype=np.float32, standardise: bool = True,
-                 contiguous: bool = True) -> Design:
+                 contiguous: bool = True, rows=None, min_level_count: int = 10) -> Design:
     """Numeric confounders, one-hot categoricals and ``extra`` columns (e.g. text components),
-    each standardised; constant columns are dropped (they carry no information).
-
-    ``contiguous=False`` (with ``standardise=False``) may return X in a frame's column-major
-    order: a GPU consumer copies it as is and reorders it on the device, which spares the host
-    a transposing copy of the whole matrix.
-    """
-    df = log.data
-    parts, names = [], []
-    if log.confounders:
-        parts.append(df[log.confounders].to_numpy(dtype=dtype))
-        names += log.confounders
-    for col in log.categorical:
-        onehot, levels = _one_hot(df[col], max_levels)
-        parts.append(onehot[:, 1:].astype(dtype))  # reference coding: no column collinear with the intercept
-        names += [f"{col}={level}" for level in levels[1:]]
-    if extra is not None and extra.shape[1]:
-        parts.append(extra.to_numpy(dtype=dtype))
-        names += list(extra.columns)
-    if not parts:
-        empty = np.zeros(0)
-        return Design(np.zeros((len(df), 0), dtype=dtype), [], [], empty, empty, standardise)
-    X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    # rows are gathered into blocks later: C order (a frame's single block is column-major)
-    contiguous = contiguous or standardise
-    owned = len(parts) > 1 or not X.flags.c_contiguous
-    if contiguous:
-        X = np.ascontiguousarray(X)
-    mean, std = _moments(X)
-    keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
-    if not keep.all():  # (column selection can return column-major order)
-        X, owned = X[:, keep], True
-        X = np.ascontiguousarray(X) if contiguous else X
-    center, scale = mean[keep], 1.0 / std[keep]
-    if standardise:
-        X = X if owned and X.flags.writeable else X.copy()
-        for a in range(0, len(X), _ROWS):
-            X[a:a + _ROWS] -= center.astype(dtype)
-            X[a:a + _ROWS] *= scale.astype(dtype)
-    return Design(X, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k],
-                  center, scale, standardise)
+    each standardised with moments of ``rows`` (None: all rows); constant columns are dropped.
+    The one code path of ``DesignSpec.from_log(...).transform(...)``; X is always C order
+    (``contiguous`` is kept for callers)."""
+    spec = DesignSpec.from_log(log, extra, rows=rows, max_levels=max_levels,
+                               min_level_count=min_level_count)
+    return spec.transform(log, extra, dtype=dtype, standardise=standardise)
 
 
-_ROWS = 65536  # rows per chunk: a few MB, cache-sized
+def _float_column(values: pd.Series) -> np.ndarray:
+    """A numeric column as float64 (no copy when it already is)."""
+    return values.to_numpy(dtype=np.float64)
 
 
-def _moments(X: np.ndarray):
-    """Column means and standard deviations: two passes over cache-sized row chunks (no
-    centred copy of X), chunk sums in X's precision accumulated in float64."""
-    X = read_only_tensor(X)
-    total = torch.zeros(X.shape[1], dtype=torch.float64)
-    for a in range(0, len(X), _ROWS):
-        total += X[a:a + _ROWS].sum(0)
-    mean = total / max(len(X), 1)
-    squares = torch.zeros_like(total)
-    buf = X.new_empty((min(_ROWS, len(X)), X.shape[1]))
-    for a in range(0, len(X), _ROWS):
-        chunk = X[a:a + _ROWS]
-        squares += torch.sub(chunk, mean.to(X.dtype), out=buf[:len(chunk)]).square_().sum(0)
-    return mean.numpy(), (squares / max(len(X), 1)).sqrt().numpy()
+def _mean_std(v: np.ndarray) -> tuple[float, float]:
+    """Mean and population std, scaled by the largest magnitude first (no overflow)."""
+    m = float(np.abs(v).max())
+    if m == 0 or not np.isfinite(m):
+        return (0.0, 0.0) if m == 0 else (np.nan, np.nan)
+    u = v / m
+    mean = u.mean()
+    return m * float(mean), m * float(np.sqrt(np.mean(np.square(u - mean))))
 
 
-def _one_hot(values: pd.Series, max_levels: int):
-    """One column per level (sorted); levels beyond the ``max_levels`` most frequent pool
-    into ``__other__``. Missing values are a level of their own."""
-    values = values.astype(object).where(values.notna(), "__missing__").astype(str)
-    counts = values.value_counts()
-    if len(counts) > max_levels:
-        values = values.where(values.isin(counts.index[:max_levels - 1]), "__other__")
-    codes, levels = pd.factorize(values, sort=True)
-    onehot = np.zeros((len(values), len(levels)))
-    onehot[np.arange(len(values)), codes] = 1.0
-    return onehot, list(levels)
+def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None]:
+    """(center, 1 / scale, why dropped or None). The plain mean and std, unless extreme rows
+    inflate the std more than twofold over the std of the column winsorised at its
+    ``_TAIL`` quantiles (at least one row each end): then the winsorised moments, so one
+    outlier cannot flatten a column. A winsorised std of 0 (a rare 0/1 flag) keeps the plain
+    moments."""
+    if len(v) == 0:
+        return np.nan, np.nan, "no fitted rows"
+    lo, hi = v.min(), v.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return np.nan, np.nan, "not finite"
+    if lo == hi:
+        return float(lo), np.nan, "constant on the fitted rows"
+    mean, std = _mean_std(v)
+    k = max(1, int(len(v) * _TAIL))
+    if 2 * k < len(v) - 1:
+        low, high = np.partition(v, [k, len(v) - 1 - k])[[k, len(v) - 1 - k]]
+        w_mean, w_std = _mean_std(np.clip(v, low, high))
+        if w_std > 0 and std > _INFLATION * w_std:
+            mean, std = w_mean, w_std
+    if not (np.isfinite(mean) and np.isfinite(std) and np.isfinite(1.0 / std) and std > 0):
+        return np.nan, np.nan, "not finite after standardising"
+    return mean, 1.0 / std, None
+
+
+def _as_labels(values: pd.Series) -> np.ndarray:
+    """Categorical values as strings; missing values are a level of their own."""
+    return values.astype(object).where(values.notna(), MISSING).astype(str).to_numpy(dtype=object)
+
+
+def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[str], int]:
+    """Sorted levels with at least ``min_count`` rows, at most ``max_levels - 1`` of them
+    by frequency (ties by label, so row order never matters) when pooling is needed; the
+    rest pool into ``__other__``. Returns the levels and how many were pooled."""
+    uniques, counts = np.unique(labels.astype(str), return_counts=True)
+    keep = counts >= min_count
+    if keep.sum() > max_levels - (not keep.all()):
+        order = np.lexsort((uniques, -counts))  # by count, then label
+        keep = np.zeros(len(uniques), dtype=bool)
+        keep[order[:max_levels - 1]] = True
+    n_pooled = int((~keep).sum())
+    levels = list(uniques[keep]) + ([OTHER] if n_pooled and OTHER not in uniques[keep] else [])
+    return sorted(str(level) for level in levels), n_pooled
+
+
+def _level_codes(labels: np.ndarray, levels: list[str]) -> np.ndarray:
+    """Index of each label in ``levels``; labels not listed go to ``__other__`` (if listed)
+    or to the reference level 0."""
+    codes = pd.Index(levels).get_indexer(labels)
+    codes[codes < 0] = levels.index(OTHER) if OTHER in levels else 0
+    return codes
 
 
 def segment_ids(df: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
@@ -119,9 +238,9 @@ def segment_ids(df: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, pd.DataF
 
 
 # ---- 64-bit hashing with in-place torch int64 ops: int64 arithmetic wraps like uint64, so
-# only the right shifts need a mask to be logical. Row hashes equal
-# pandas.util.hash_pandas_object(df, index=False) bit for bit, computed in cache-sized row
-# chunks (2-3x faster on numeric columns).
+# only the right shifts need a mask to be logical. ``row_hash`` equals
+# pandas.util.hash_pandas_object(df, index=False) bit for bit (or, with ``canonical=True``,
+# hashes numbers by value whatever their dtype), computed in cache-sized row chunks.
 def _as_int64(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
@@ -160,12 +279,44 @@ def _column_bits(values: np.ndarray) -> np.ndarray:
     return bits.view(np.int64)
 
 
-def row_hash(df: pd.DataFrame, chunk_rows: int = 1 << 18) -> np.ndarray:
-    """uint64 hash of each row's values; equals ``pd.util.hash_pandas_object(df, index=False)``."""
-    columns = []  # (values, already hashed)
+def _canonical_bits(values: np.ndarray) -> np.ndarray:
+    """A dtype-free image of numbers: integral values as their int64 (so 3, 3.0, True and
+    np.int8(3) agree), other floats as float64 bits (every NaN alike)."""
+    if values.dtype == bool or values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    v = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(v) & (np.abs(v) < 2.0 ** 63) & (v == np.round(v))
+    bits = v.view(np.int64).copy()
+    bits[np.isnan(v)] = np.array(np.nan).view(np.int64)
+    bits[integral] = v[integral].astype(np.int64)
+    return bits
+
+
+def _canonical_object_hash(col: pd.Series) -> np.ndarray:
+    """Hashes of a mixed column: numbers as in a numeric column, anything else as pandas."""
+    hashed = pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy()
+    values = col.to_numpy()
+    numeric = np.array([isinstance(v, (int, float, np.number)) for v in values], dtype=bool)
+    if numeric.any():
+        bits = _canonical_bits(values[numeric].astype(np.float64))
+        hashed[numeric] = _mix(bits.view(np.uint64)).view(np.int64)
+    return hashed
+
+
+def row_hash(df: pd.DataFrame, chunk_rows: int = 1 << 18, canonical: bool = False) -> np.ndarray:
+    """uint64 hash of each row's values; equals ``pd.util.hash_pandas_object(df, index=False)``.
+    ``canonical=True`` hashes numbers by value (see ``_canonical_bits``), so a column's dtype
+    does not matter; column order still does (``assign_folds`` sorts the columns)."""
+    columns, bits_of = [], _canonical_bits if canonical else _column_bits  # (values, hashed)
     for _, col in df.items():
         if _is_plain_numeric(col.dtype):
             columns.append((col.to_numpy(), False))
+        elif canonical and (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) \
+                and not isinstance(col.dtype, pd.CategoricalDtype):
+            columns.append((col.to_numpy(dtype=np.float64, na_value=np.nan), False))
+        elif canonical and col.dtype == object:
+            columns.append((_canonical_object_hash(col), True))
         else:  # strings, categoricals, extension types: pandas' own per-column hash
             columns.append((pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy(), True))
     out = np.empty(len(df), dtype=np.uint64)
@@ -175,7 +326,7 @@ def row_hash(df: pd.DataFrame, chunk_rows: int = 1 << 18) -> np.ndarray:
         tmp = torch.empty_like(acc)
         mult = 1000003
         for i, (values, hashed) in enumerate(columns):
-            part = torch.from_numpy(values[start:stop] if hashed else _column_bits(values[start:stop]))
+            part = torch.from_numpy(values[start:stop] if hashed else bits_of(values[start:stop]))
             acc ^= part if hashed else _mix_inplace(part, tmp)
             acc *= _as_int64(mult)
             mult = (mult + 82520 + 2 * (len(columns) - i)) % (1 << 64)
@@ -197,25 +348,61 @@ def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) ->
     return order.numpy()
 
 
+def _content_key(df: pd.DataFrame, columns: list[str], seed: int) -> np.ndarray:
+    """Seeded canonical hash of the named columns, taken in sorted name order."""
+    columns = sorted(dict.fromkeys(columns), key=str)
+    if not columns:
+        return _mix(np.full(len(df), seed, dtype=np.uint64))
+    return _mix(row_hash(df[columns], canonical=True) ^ _mix(np.full(1, seed, dtype=np.uint64)))
+
+
+def check_n_folds(n_folds) -> int:
+    if not (isinstance(n_folds, (int, np.integer)) and not isinstance(n_folds, bool)
+            and 1 <= n_folds <= MAX_FOLDS):
+        raise ValueError(f"n_folds must be an integer in [1, {MAX_FOLDS}], got {n_folds!r}")
+    return int(n_folds)
+
+
 def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, treatment: np.ndarray,
-                 outcome: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+                 outcome: np.ndarray, n_folds: int, seed: int,
+                 item_columns: list[str] | None = None) -> np.ndarray:
     """Cross-fitting folds stratified by segment and treatment arm.
 
-    Within each (segment, arm) stratum rows are ordered by a seeded hash of their content (the
-    confounder and item columns, then the outcome), and dealt round-robin into folds from a
-    per-segment offset. The assignment therefore does not depend on row order, and swapping
-    the treatment labels keeps every row in its fold.
+    Within each (segment, arm) stratum the distinct row contents (the ``content`` columns in
+    name order, numbers by value whatever their dtype) are ordered by a seeded hash and
+    dealt round-robin into folds from a per-segment offset; rows with the same content share
+    a fold, so duplicated rows never straddle folds (a ``DataWarning`` counts the exact
+    duplicates, outcome included). The outcome plays no part, so shifting or scaling it
+    keeps every fold. The assignment therefore depends neither on row order nor on column order
+    or dtypes, and swapping the treatment labels keeps every row in its fold. The offset
+    comes from a hash of the ``item_columns`` values when given (an item's folds then do not
+    depend on which other items are in the log), else from the segment id. Cost: one hash
+    and one sort of the rows, whatever ``n_folds``.
     """
+    n_folds = check_n_folds(n_folds)
     if n_folds == 1:
         return np.zeros(len(df), dtype=np.int64)
-    key = _mix(row_hash(df[content]) ^ _mix(np.full(1, seed, dtype=np.uint64)))
+    outcome = np.asarray(outcome, dtype=np.float64)
+    key = _content_key(df, content, seed)
     stratum = segment * 2 + treatment
     order = _stratum_order(stratum, key, outcome)
-    sorted_stratum = stratum[order]
-    starts = np.flatnonzero(np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]])
-    lengths = np.diff(np.r_[starts, len(order)])
-    rank = np.arange(len(order)) - np.repeat(starts, lengths)
-    offset = _mix(segment[order].astype(np.uint64) + _mix(np.full(1, seed + 1, dtype=np.uint64)))
+    sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
+    new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
+    new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+    group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
+    starts = np.flatnonzero(new_stratum)
+    rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
+    # equal content sorts by outcome: exact duplicates are neighbours
+    n_duplicates = int(len(order) - (new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]]).sum())
+    if n_duplicates:
+        warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
+                      "treatment and outcome); each set of duplicates is kept in one "
+                      "cross-fitting fold", DataWarning, stacklevel=2)
+    if item_columns:
+        base = _content_key(df, item_columns, seed + 1)[order]
+    else:
+        base = segment[order].astype(np.uint64) + _mix(np.full(1, seed + 1, dtype=np.uint64))
+    offset = _mix(base)
     folds = np.empty(len(df), dtype=np.int64)
     folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
     return folds

@@ -12,7 +12,7 @@ from ..glm.layout import resolve_device, resolve_dtype
 from ..inference import interval
 from ..schema import InteractionLog, SchemaError, _as_list
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
-from .design import assign_folds, build_design, segment_ids
+from .design import MAX_FOLDS, DesignSpec, assign_folds, segment_ids
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
 from .scores import NO_ESTIMATE, effects_table, post_status, pre_status
 from .summary import EffectSummary
@@ -96,7 +96,7 @@ class ItemEffectEstimator(BaseEstimator):
         "method": [Options(*METHODS)],
         "normalize": [Boolean()],
         "nuisance": [Options(*NUISANCE)],
-        "n_folds": [Integer(1, None)],
+        "n_folds": [Integer(1, MAX_FOLDS)],
         "n_repeats": [Integer(1, None)],
         "penalty": [Interval(0, None, "left")],
         "shrinkage": [Options("auto"), Interval(0, None, "neither")],
@@ -165,24 +165,28 @@ class ItemEffectEstimator(BaseEstimator):
         n_all = np.bincount(seg, minlength=n_seg)
         status = pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
         use = (status == "ok")[seg]
+        if use.any() and np.ptp(y[use]) == 0:  # nothing to model: no fit (it cannot converge)
+            status[status == "ok"] = "constant_outcome"
+            use[:] = False
 
+        rows = np.flatnonzero(use)
         text_features = self._text_features(log)
-        design = build_design(log, text_features, standardise=False,
-                              contiguous=device.type == "cpu",
-                              dtype=np.float64 if dtype == torch.float64 else np.float32)
+        # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
+        spec = DesignSpec.from_log(log, text_features, rows=rows if len(rows) else None)
+        design = spec.transform(log, text_features,
+                                dtype=np.float64 if dtype == torch.float64 else np.float32)
+        self.design_spec_ = spec
         self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
         self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
         binary = log.outcome_is_binary  # one scan of the outcome column
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
-        if folds is None:
-            folds = assign_folds(df, content, seg, t, y, self.n_folds, self.seed)
-        else:
-            folds = _check_folds(folds, len(df), self.n_folds)
-
-        rows = np.flatnonzero(use)
-        # X stays whole (a subset would copy it): the padding gathers only the rows in use
-        X, standardise = design.X, (design.center, design.scale)
+        fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
+                                            item_columns=keys)
+        folds = fold_of(self.seed) if folds is None else _check_folds(folds, len(df), self.n_folds)
+        # X is already standardised (in float64, then cast); it stays whole (a subset would
+        # copy it): the padding gathers only the rows in use
+        X, standardise = design.X, (None, None)
         del design
         logged_e = (None if log.propensity is None
                     else df[log.propensity].to_numpy(dtype=np.float64)[rows])
@@ -194,8 +198,11 @@ class ItemEffectEstimator(BaseEstimator):
         e, mu0, mu1 = 0.0, 0.0, 0.0
         propensity, outcome = self._nuisance_models(log.propensity is None)
         for repeat in range(self.n_repeats):
-            split = folds if repeat == 0 else assign_folds(df, content, seg, t, y, self.n_folds,
-                                                           self.seed + repeat)
+            split = folds if repeat == 0 else fold_of(self.seed + repeat)
+            if not len(rows):  # no item is estimable: statuses only, no fit
+                self.n_iter_ = 0
+                e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
+                break
             fits = cross_fit(X, *standardise, rows, seg[rows], t[rows], y[rows], split[rows],
                              n_seg, n_folds=self.n_folds, propensity=propensity, outcome=outcome,
                              logged_e=logged_e, shard_of_item=shard_of_item, device=device,
