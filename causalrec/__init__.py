@@ -30,6 +30,8 @@ _EXPORTS = {
     "FairnessAudit": "audit",
     "estimate_item_values": "bandit",
     "estimate_policy_value": "bandit",
+    "UpliftModel": "uplift",
+    "evaluate_policy": "uplift",
 }
 
 __all__ = sorted(_EXPORTS) + ["datasets", "__version__"]
