@@ -58,7 +58,8 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
                     n_points: int = 21, estimator_options: dict | None = None) -> PolicyEvaluation:
     """Compare "top-k per user by uplift" (``policy``, a fitted ``UpliftModel``) with
     baselines on a held-out ``log``: "click" (top-k by predicted click probability under
-    recommendation, mu1), "ate" (top-k by the item's average effect), "logging" (the logged
+    recommendation, mu1), "ate" (top-k by the item's average effect, as the
+    policy's stage-1 estimator estimated it), "logging" (the logged
     recommendations).
 
     user : the user column (default: the log's ``user`` role). truth : optional per-row true
@@ -93,7 +94,7 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
     users = pd.factorize(rows[user])[0]
 
     uplift = policy.effect(rows).to_numpy()
-    ate = policy.heterogeneity_.set_index("item")["ate"]
+    ate = policy.heterogeneity_.set_index("item")["estimator_ate"]
     scores = {"uplift": uplift, "click": mu1,
               "ate": ate.reindex(rows[policy.item_column_]).to_numpy()}
     scores = {name: s for name, s in scores.items() if name == "uplift" or name in baselines}

@@ -29,6 +29,8 @@ INF = float("inf")
 # variance), from nearly free slopes to none; inf = slopes fixed at zero
 LOCAL_GRID = tuple(10.0 ** np.arange(-1, 7)) + (INF,)
 SHARED_GRID = tuple(10.0 ** np.arange(-2, 6)) + (INF,)
+# ridge on item means toward the mean over items (0: each item's own mean pseudo-outcome)
+MEAN_GRID = (0.0,) + tuple(10.0 ** np.arange(1, 6))
 
 
 @dataclass
@@ -50,6 +52,7 @@ class RidgeFit:
     M_inv: torch.Tensor  # (d, d) inverse Schur complement of the shared slopes (0: none)
     local: float
     shared: float
+    mean: float
 
 
 def _blocked_grams(Z, values, weight, cell, n_cells, device):
@@ -95,12 +98,15 @@ def _local_factors(G, local):
     eye = torch.eye(d, dtype=G.dtype, device=G.device).expand_as(G)
     if local == INF:
         return torch.zeros_like(G), eye.clone()
+    if local == 0:  # free item slopes: plain least squares per item
+        return _core.spd_inverse(G.contiguous()), torch.zeros_like(G)
     # Q = local (G + local I)^-1 = (G / local + I)^-1: stable for any penalty
     Q = _core.spd_inverse((G / local + eye).contiguous())
     return Q / local, Q
 
 
-def fit_ridge(mom: Moments, local: float, shared: float, factors=None) -> RidgeFit:
+def fit_ridge(mom: Moments, local: float, shared: float, mean: float = 0.0,
+              factors=None) -> RidgeFit:
     """Pooled ridge from aggregated moments (K, p, p); ``factors`` = (n, m, G, c, gbar, P, Q)
     reused across shared penalties."""
     if factors is None:
@@ -117,9 +123,10 @@ def fit_ridge(mom: Moments, local: float, shared: float, factors=None) -> RidgeF
         M_inv = torch.linalg.inv(0.5 * (M + M.T))
         beta = M_inv @ torch.bmm(Q, c.unsqueeze(-1)).sum(0).squeeze(-1)
     slope = (torch.bmm(P, c.unsqueeze(-1)) + torch.bmm(Q, beta.expand_as(c).unsqueeze(-1))).squeeze(-1)
-    a = torch.where(n > 0, gbar, 0.0)
+    grand = (n * gbar).sum() / n.sum().clamp(min=1.0)
+    a = (n * gbar + mean * grand) / (n + mean) if mean > 0 else torch.where(n > 0, gbar, grand)
     coef = torch.cat([(a - (m * slope).sum(1)).unsqueeze(1), slope], dim=1)
-    return RidgeFit(coef, n, m, P, Q, M_inv, local, shared)
+    return RidgeFit(coef, n, m, P, Q, M_inv, local, shared, mean)
 
 
 def heldout_loss(coef, mom: Moments) -> torch.Tensor:
@@ -128,9 +135,10 @@ def heldout_loss(coef, mom: Moments) -> torch.Tensor:
     return mom.q - 2 * (coef * mom.b).sum(1) + (coef * Hc).sum(1)
 
 
-def select_penalties(cells: Moments, scale: float, local_grid=LOCAL_GRID, shared_grid=SHARED_GRID):
-    """Held-out DR loss (summed over folds, fits on the other folds) for every pair of
-    penalties (in units of ``scale``); returns a list of (local, shared, loss)."""
+def select_penalties(cells: Moments, scale: float, mean_grid=MEAN_GRID, local_grid=LOCAL_GRID,
+                     shared_grid=SHARED_GRID):
+    """Held-out DR loss (summed over folds, fits on the other folds) for every triple of
+    penalties (in units of ``scale``); returns a list of (mean, local, shared, loss)."""
     F = cells.H.shape[0]
     total = {}
     for f in range(F):
@@ -141,10 +149,12 @@ def select_penalties(cells: Moments, scale: float, local_grid=LOCAL_GRID, shared
         for local in local_grid:
             factors = (*base, *_local_factors(base[2], local * scale))
             for shared in shared_grid:
-                fit = fit_ridge(agg, local * scale, shared * scale, factors)
-                loss = float(heldout_loss(fit.coef, test).sum())
-                total[(local, shared)] = total.get((local, shared), 0.0) + loss
-    return [(local, shared, loss) for (local, shared), loss in total.items()]
+                for mean in mean_grid:
+                    fit = fit_ridge(agg, local * scale, shared * scale, mean * scale, factors)
+                    loss = float(heldout_loss(fit.coef, test).sum())
+                    key = (mean, local, shared)
+                    total[key] = total.get(key, 0.0) + loss
+    return [(*key, loss) for key, loss in total.items()]
 
 
 def covariance(fit: RidgeFit, B: torch.Tensor) -> torch.Tensor:
@@ -160,7 +170,7 @@ def covariance(fit: RidgeFit, B: torch.Tensor) -> torch.Tensor:
     D[:, 1:, 0] = -fit.m  # [1, z - m] = D [1, z]
     Bc = D @ B @ D.mT
     L = torch.zeros(K, p, p, dtype=B.dtype, device=B.device)
-    L[:, 0, 0] = 1.0 / fit.n.clamp(min=1.0)
+    L[:, 0, 0] = 1.0 / (fit.n + fit.mean).clamp(min=1.0)
     L[:, 1:, 1:] = fit.P
     J = torch.zeros(K, p, d, dtype=B.dtype, device=B.device)
     J[:, 1:, :] = fit.Q  # beta's loading on (a_k, slope_k)
