@@ -123,10 +123,14 @@ def fit_ridge(mom: Moments, local: float, shared: float, mean: float = 0.0,
         M_inv = torch.linalg.inv(0.5 * (M + M.T))
         beta = M_inv @ torch.bmm(Q, c.unsqueeze(-1)).sum(0).squeeze(-1)
     slope = (torch.bmm(P, c.unsqueeze(-1)) + torch.bmm(Q, beta.expand_as(c).unsqueeze(-1))).squeeze(-1)
-    grand = (n * gbar).sum() / n.sum().clamp(min=1.0)
-    a = (n * gbar + mean * grand) / (n + mean) if mean > 0 else torch.where(n > 0, gbar, grand)
-    coef = torch.cat([(a - (m * slope).sum(1)).unsqueeze(1), slope], dim=1)
+    coef = torch.cat([(_item_means(n, gbar, mean) - (m * slope).sum(1)).unsqueeze(1), slope], dim=1)
     return RidgeFit(coef, n, m, P, Q, M_inv, local, shared, mean)
+
+
+def _item_means(n, gbar, mean):
+    """Item means of the pseudo-outcomes, shrunk toward the mean over items by ridge ``mean``."""
+    grand = (n * gbar).sum() / n.sum().clamp(min=1.0)
+    return (n * gbar + mean * grand) / (n + mean) if mean > 0 else torch.where(n > 0, gbar, grand)
 
 
 def heldout_loss(coef, mom: Moments) -> torch.Tensor:
@@ -149,9 +153,11 @@ def select_penalties(cells: Moments, scale: float, mean_grid=MEAN_GRID, local_gr
         for local in local_grid:
             factors = (*base, *_local_factors(base[2], local * scale))
             for shared in shared_grid:
-                for mean in mean_grid:
-                    fit = fit_ridge(agg, local * scale, shared * scale, mean * scale, factors)
-                    loss = float(heldout_loss(fit.coef, test).sum())
+                fit = fit_ridge(agg, local * scale, shared * scale, 0.0, factors)
+                for mean in mean_grid:  # only the intercepts move with the mean penalty
+                    coef = fit.coef.clone()
+                    coef[:, 0] += _item_means(base[0], base[4], mean * scale) - _item_means(base[0], base[4], 0.0)
+                    loss = float(heldout_loss(coef, test).sum())
                     key = (mean, local, shared)
                     total[key] = total.get(key, 0.0) + loss
     return [(*key, loss) for key, loss in total.items()]
