@@ -34,6 +34,8 @@ _EXPORTS = {
     "NotFittedError": "exceptions",
     "ConvergenceWarning": "exceptions",
     "DataWarning": "exceptions",
+    "UpliftModel": "uplift",
+    "evaluate_policy": "uplift",
 }
 
 __all__ = sorted(_EXPORTS) + ["datasets", "__version__"]

@@ -33,7 +33,9 @@ from scipy import stats
 
 from .estimate.design import assign_folds, build_design
 from .estimate.nuisance import warn_unconverged
+from .base import BaseEstimator
 from .glm import BlockedDesign, SegmentGLM
+from .utils.validation import Boolean, InstanceOf, Integer, Interval, Options
 from .glm.layout import chunk_bytes, resolve_device, resolve_dtype
 from .estimate.summary import Summary
 from .schema import InteractionLog, SchemaError, _as_list
@@ -47,7 +49,7 @@ _SHOWN = "__shown__"   # constant treatment column: every logged row is an impre
 ROW_SUM_TOL = 1e-6
 
 
-class BanditEstimator:
+class BanditEstimator(BaseEstimator):
     """Per-item values and policy values from a log of (context, shown item, outcome,
     logged propensity).
 
@@ -82,7 +84,26 @@ class BanditEstimator:
     design_columns_ : names of the outcome model's covariates.
     """
 
-    def __init__(self, method="dr", n_folds=2, outcome_segments="item", shrinkage=10.0,
+    _parameter_constraints = {
+        "method": [Options(*METHODS)],
+        "n_folds": [Integer(1, None)],
+        "outcome_segments": [Options(*OUTCOME_SEGMENTS)],
+        "shrinkage": [Interval(0, None, "neither")],
+        "intercept_shrinkage": [Interval(0, None, "neither")],
+        "max_levels": [Integer(2, None)],
+        "min_shown": [Integer(0, None)],
+        "min_ess": [Interval(0, None)],
+        "min_events": [Integer(0, None)],
+        "se_floor": [Boolean()],
+        "alpha": [Interval(0, 1, "neither")],
+        "device": [InstanceOf((str, torch.device), "'auto', 'cpu', 'cuda' or a torch.device")],
+        "dtype": [Options("float32", "float64", torch.float32, torch.float64)],
+        "chunk_rows": [Options(None), Integer(1, None)],
+        "seed": [Integer(0, 2**63 - 1)],
+        "max_iter": [Integer(1, None)],
+    }
+
+    def __init__(self, *, method="dr", n_folds=2, outcome_segments="item", shrinkage=10.0,
                  intercept_shrinkage=1.0, max_levels=50, min_shown=10, min_ess=10.0,
                  min_events=5, se_floor=True, alpha=0.05, device="auto", dtype="float64",
                  chunk_rows=None, seed=0, max_iter=50):
@@ -103,21 +124,6 @@ class BanditEstimator:
         self.seed = seed
         self.max_iter = max_iter
 
-    # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.outcome_segments not in OUTCOME_SEGMENTS:
-            raise ValueError(f"outcome_segments must be one of {OUTCOME_SEGMENTS}, "
-                             f"got {self.outcome_segments!r}")
-        if not (isinstance(self.n_folds, (int, np.integer)) and self.n_folds >= 1):
-            raise ValueError(f"n_folds must be a positive integer, got {self.n_folds!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
-        if self.chunk_rows is not None and not (isinstance(self.chunk_rows, (int, np.integer))
-                                                and self.chunk_rows >= 1):
-            raise ValueError(f"chunk_rows must be a positive integer or None, got {self.chunk_rows!r}")
-
     # ------------------------------------------------------------------ fitting
     def fit(self, df: pd.DataFrame, item: str, outcome: str, propensity: str,
             position: str | None = None, confounders=None, items=None) -> "BanditEstimator":
@@ -128,7 +134,7 @@ class BanditEstimator:
         they are, others (e.g. hashed strings) are one-hot encoded. ``items`` is the item
         catalogue (default: the logged items, sorted).
         """
-        self._check_params()
+        self._validate_params()
         log = _bandit_log(df, item, outcome, propensity, position, confounders)
         self.position_ = position
         self.items_ = _catalogue(df[item], items)
@@ -269,31 +275,31 @@ class BanditEstimator:
                 centre = np.bincount(cell, weights=corr, minlength=G * A).reshape(G, A) / n_g[:, None]
         sums = self._accumulate_items(g, G, base, corr, centre, use_model=method in ("dr", "dm"))
         value, se = _mean_se(sums["s1"], sums["s2"], n_g[:, None])
-        ate, ate_se = _mean_se(sums["d1"], sums["d2"], n_g[:, None])
+        lift, lift_se = _mean_se(sums["d1"], sums["d2"], n_g[:, None])
 
         with np.errstate(invalid="ignore", divide="ignore"):
             ess = shown_w ** 2 / shown_w2
         if self.outcome_binary_ and self.se_floor:
             floor = _se_floor(method, shown_w, shown_w2, n_g[:, None],
                               (np.bincount(g, weights=y, minlength=G) / n_g)[:, None])
-            se, ate_se = np.fmax(se, floor), np.fmax(ate_se, floor)
+            se, lift_se = np.fmax(se, floor), np.fmax(lift_se, floor)
         unsupported = n_shown == 0
         if method in ("ipw", "snipw"):
             # weighting cannot value an item never shown, nor a uniform mix that includes it
             value[unsupported] = np.nan
-            ate[unsupported.any(1)] = np.nan
-        se[unsupported] = ate_se[unsupported] = np.nan
+            lift[unsupported.any(1)] = np.nan
+        se[unsupported] = lift_se[unsupported] = np.nan
         status = self._status(ess, n_events)
-        status[n_shown < self.min_shown] = "few_shown"
+        status[n_shown < self.min_shown] = "too_few_rows"
         status[unsupported] = "not_shown"
         lo, hi = self._interval(value, se, clip=self.outcome_binary_)
-        ate_lo, ate_hi = self._interval(ate, ate_se, clip=False)
+        lift_lo, lift_hi = self._interval(lift, lift_se, clip=False)
         table = pd.DataFrame({
             "item": np.tile(self.items_, G),
             "value": value.ravel(), "se": se.ravel(), "ci_low": lo.ravel(), "ci_high": hi.ravel(),
             "n_shown": n_shown.ravel(), "ess": ess.ravel(), "status": status.ravel(),
-            "ate": ate.ravel(), "ate_se": ate_se.ravel(),
-            "ate_ci_low": ate_lo.ravel(), "ate_ci_high": ate_hi.ravel(),
+            "lift": lift.ravel(), "lift_se": lift_se.ravel(),
+            "lift_ci_low": lift_lo.ravel(), "lift_ci_high": lift_hi.ravel(),
             "n_events": n_events.ravel().astype(np.int64), "n_rows": np.repeat(n_g, A),
         })
         if by_position:
@@ -329,7 +335,7 @@ class BanditEstimator:
         status = np.full(np.shape(ess), "ok", dtype=object)
         if self.outcome_binary_:
             status[n_events < self.min_events] = "few_events"
-        status[~(ess >= self.min_ess)] = "low_ess"
+        status[~(ess >= self.min_ess)] = "poor_overlap"
         return status
 
     def _interval(self, value, se, clip: bool):
@@ -412,8 +418,7 @@ class BanditEstimator:
 
     # ------------------------------------------------------------------ results
     def _check_fitted(self):
-        if not hasattr(self, "fold_"):
-            raise RuntimeError("this estimator is not fitted yet; call fit(...) first")
+        self._check_is_fitted("fold_")
 
     def summary(self, top: int = 10) -> "BanditSummary":
         self._check_fitted()
@@ -555,11 +560,12 @@ def estimate_item_values(df: pd.DataFrame, item: str, outcome: str, propensity: 
     Returns
     -------
     DataFrame, one row per item: ``item, value, se, ci_low, ci_high, n_shown, ess, status,
-    ate, ate_se, ate_ci_low, ate_ci_high, n_events, n_rows``. ``value`` is the expected
+    lift, lift_se, lift_ci_low, lift_ci_high, n_events, n_rows``. ``value`` is the expected
     outcome had the item been shown (averaged over the logged contexts and positions);
-    ``ate`` is the effect of showing it instead of a uniformly random catalogue item.
+    ``lift`` is the effect of showing it instead of a uniformly random catalogue item (not
+    an ``ate``: the comparison is another item, not no recommendation).
     ``status``: "ok", "few_events" (fewer than ``min_events`` nonzero 0/1 outcomes: the
-    interval is rough), "low_ess", "few_shown", "not_shown" (no estimate for ipw / snipw).
+    interval is rough), "poor_overlap", "too_few_rows", "not_shown" (no estimate for ipw / snipw).
     """
     est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
                                                         position, confounders, items)
@@ -620,7 +626,7 @@ class BanditSummary(Summary):
             "Logged mean outcome": f"{est._y.mean():.5g}",
             "Confidence level": f"{1 - est.alpha:.0%}",
         }
-        cols = ["value", "se", "ci_low", "ci_high", "ate", "ate_se", "n_shown", "ess", "status"]
+        cols = ["value", "se", "ci_low", "ci_high", "lift", "lift_se", "n_shown", "ess", "status"]
         super().__init__(info, values["status"].value_counts(),
                          values.nlargest(top, "value").set_index("item")[cols],
                          "Highest estimated values")

@@ -87,7 +87,7 @@ def test_weighting_on_uniform_log_equals_click_rates(random_log):
     binomial = np.sqrt(rate * (1 - rate) / clicks["size"] * n / (n - 1))
     np.testing.assert_allclose(sn["se"], binomial.to_numpy(), rtol=1e-10, atol=1e-15)
     # effect against a uniformly random item: value minus the catalogue mean
-    np.testing.assert_allclose(ipw["ate"], ipw["value"] - ipw["value"].mean(), atol=1e-14)
+    np.testing.assert_allclose(ipw["lift"], ipw["value"] - ipw["value"].mean(), atol=1e-14)
     assert (sn["n_shown"].to_numpy() == clicks["size"].to_numpy()).all()
     np.testing.assert_allclose(sn["ess"], clicks["size"].to_numpy())
     by_pos = cr.estimate_item_values(random_log, method="snipw", by_position=True, **ROLES)
@@ -165,7 +165,7 @@ def test_simulated_confounded_log_recovers_item_values(binary):
         assert np.all(np.abs(z) < 4), (method, z)
         assert (est["status"] == "ok").all()
         ate_truth = truth - truth.mean()
-        assert np.all(np.abs(est["ate"].to_numpy() - ate_truth.to_numpy()) < 4 * est["ate_se"].to_numpy())
+        assert np.all(np.abs(est["lift"].to_numpy() - ate_truth.to_numpy()) < 4 * est["lift_se"].to_numpy())
     se = est["se"].to_numpy()
     assert np.max(np.abs(naive.to_numpy() - truth.to_numpy()) / se) > 6  # confounding is real
 

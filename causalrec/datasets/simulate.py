@@ -81,7 +81,7 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                  popularity_skew: float = 1.0, n_topics: int = 5, n_groups: int = 2,
                  effect_disparity: float = 0.0, exposure_disparity: float = 0.0,
                  disparity_share: float = 0.3, n_providers: int = 8,
-                 seed: int = 0) -> SimulatedLog:
+                 effect_heterogeneity: float | None = None, seed: int = 0) -> SimulatedLog:
     """Simulate a confounded recommendation log with known per-item effects.
 
     Parameters
@@ -95,6 +95,14 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
     effect_disparity : on a share ``disparity_share`` of items (``truth.planted``), the effect
         for users outside the first group is multiplied by ``1 - effect_disparity``.
     exposure_disparity : logit decrease of exposure for users outside the first group.
+    effect_heterogeneity : None (default) keeps the effect on the logit scale above. A number
+        h >= 0 makes the effect additive on the outcome scale instead: row i of item k gets
+        ``tau_k + h * s * w_k'z_i``, with tau_k the item's effect at its base rate, s the mean
+        |tau_k| over items, z_i the standardised user activity, hour, tenure and device
+        (mobile), and w_k (norm ~1) a shared direction mixed with an item's own (drawn from a
+        separate random stream, so the exposure and the users are those of the default). So h
+        is the within-item spread of the effect in units of the typical item effect; h = 0
+        gives a constant effect per item (no heterogeneity; binary outcomes clip at 0 and 1).
     """
     if outcome not in {"binary", "continuous"}:
         raise ValueError(f"outcome must be 'binary' or 'continuous', got {outcome!r}")
@@ -150,7 +158,17 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
             + text_confounding * 1.4 * (match - 1.0 / n_topics))
     effect = i_effect[item] * (1.0 + 0.2 * activity)
     effect = np.where(planted[item] & (group > 0), effect * (1.0 - effect_disparity), effect)
-    if outcome == "binary":
+    if effect_heterogeneity is not None:
+        z = np.column_stack([activity, hour_z, tenure_z, (u_device[user] == 0) / 0.49 - 1.22])
+        y0, y1 = _additive_outcomes(outcome, base, i_base, i_effect, item, z,
+                                    float(effect_heterogeneity), planted[item] & (group > 0),
+                                    effect_disparity, np.random.default_rng([seed, 17]))
+        y = (rng.random(n_rows) < np.where(treated == 1, y1, y0)).astype(np.int64)
+        outcome_col = "clicked"
+        if outcome == "continuous":
+            y = np.where(treated == 1, y1, y0) + rng.normal(0.0, 3.0, size=n_rows)
+            outcome_col = "watch_minutes"
+    elif outcome == "binary":
         y0, y1 = _sigmoid(base), _sigmoid(base + effect)
         y = (rng.random(n_rows) < np.where(treated == 1, y1, y0)).astype(np.int64)
         outcome_col = "clicked"
@@ -181,8 +199,29 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                   n_groups=n_groups, effect_disparity=effect_disparity,
                   exposure_disparity=exposure_disparity, disparity_share=disparity_share,
                   seed=seed)
+    if effect_heterogeneity is not None:
+        params["effect_heterogeneity"] = effect_heterogeneity
     row_truth = pd.DataFrame({"propensity": propensity, "mu0": y0, "mu1": y1, "effect": row_effect})
     return SimulatedLog(data, truth, group_truth, roles, params, row_truth)
+
+
+def _additive_outcomes(outcome, base, i_base, i_effect, item, z, h, damped, disparity, rng):
+    """Expected outcomes without / with the recommendation when the effect is additive on the
+    outcome scale and varies linearly with the user features z (see ``effect_heterogeneity``)."""
+    if outcome == "binary":
+        y0 = _sigmoid(base)
+        tau = _sigmoid(i_base + i_effect) - _sigmoid(i_base)  # item effect at its base rate
+    else:
+        y0, tau = 10.0 + 4.0 * base, 4.0 * i_effect
+    shared = rng.normal(size=z.shape[1])
+    own = rng.normal(size=(len(tau), z.shape[1]))
+    w = (0.6 * shared / np.linalg.norm(shared)
+         + 0.8 * own / np.linalg.norm(own, axis=1, keepdims=True))
+    scale = np.abs(tau).mean()
+    effect = tau[item] + h * scale * np.einsum("ij,ij->i", z, w[item])
+    effect = np.where(damped, effect * (1.0 - disparity), effect)
+    y1 = np.clip(y0 + effect, 0.0, 1.0) if outcome == "binary" else y0 + effect
+    return y0, y1
 
 
 def _roles(outcome_col: str) -> dict:

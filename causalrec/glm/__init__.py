@@ -4,8 +4,8 @@
 complement, ``solver`` the Newton solver in named phases, ``reducer`` what couples segments
 across solvers, and ``model`` the public door, ``SegmentGLM``.
 """
-from .model import BlockedDesign, SegmentGLM
+from .model import BlockedDesign, SegmentGLM, segment_moments
 from .reducer import Reducer, ThreadReducer
 from .solver import GLMFit
 
-__all__ = ["SegmentGLM", "BlockedDesign", "GLMFit", "Reducer", "ThreadReducer"]
+__all__ = ["SegmentGLM", "BlockedDesign", "segment_moments", "GLMFit", "Reducer", "ThreadReducer"]

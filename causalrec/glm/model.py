@@ -20,7 +20,7 @@ from .layout import (Layout, chunk_bytes, make_layout, pad, pad_design, read_onl
 from .linalg import robust_spd_inverse, segment_inverses, shared_hessian
 from .solver import GLMFit, _Blocks, _pass, fit_glm, predict_glm
 
-__all__ = ["SegmentGLM", "BlockedDesign"]
+__all__ = ["SegmentGLM", "BlockedDesign", "segment_moments"]
 
 # local penalty of columns whose coefficient is shared by every segment (no deviations)
 SHARED_ONLY = 1e8
@@ -63,6 +63,22 @@ class BlockedDesign:
 
     def unpad(self, blocked, blocks=None, out=None) -> torch.Tensor:
         return unpad(self.layout, blocked, blocks, out=out)
+
+
+def segment_moments(X, y, weight, segment, n_segments: int):
+    """Per segment, with X1 = [1, X]: X1' W X1 (n_segments, p, p), X1' W y (n_segments, p)
+    and y' W y (n_segments,), from one blocked pass (e.g. the sufficient statistics of many
+    ridge regressions, refitted for other penalties without touching the rows again)."""
+    X = torch.as_tensor(X)
+    design = BlockedDesign(X, np.asarray(segment, dtype=np.int64), n_segments)
+    opts = dict(dtype=X.dtype, device=X.device)
+    data = _Blocks(design.X, design.pad(torch.as_tensor(y, **opts)),
+                   design.weight * design.pad(torch.as_tensor(weight, **opts)), None,
+                   design.block_seg, n_segments, "gaussian")
+    zero = torch.zeros(n_segments, design.X.shape[-1], **opts)
+    # a Gaussian pass at coefficients 0: loss 1/2 sum w y^2, gradient -X'Wy, Gram X'WX
+    loss, grad, gram = _pass(data, design.blocks(), zero, need_hessian=True)
+    return gram.clone(), -grad.clone(), 2 * loss
 
 
 class SegmentGLM(BaseEstimator):

@@ -1,0 +1,286 @@
+"""Per-user effects of recommending each item: a DR-learner over all items at once."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from ..base import BaseEstimator
+from ..estimate.design import segment_ids
+from ..estimate.estimator import ItemEffectEstimator, resolve_device
+from ..schema import InteractionLog, SchemaError, _as_list
+from ..utils.validation import Callable, InstanceOf, Interval, Options
+from . import ridge
+from .features import UserFeatures
+from .score import chunked_top_k, quadratic_forms
+
+__all__ = ["UpliftModel"]
+
+TEST_PENALTY = 1e-6  # the heterogeneity test's per-item fit: (almost) unpenalised
+
+
+class UpliftModel(BaseEstimator):
+    """Conditional effect tau_k(x) of recommending item k to a user with features x.
+
+    Stage 1 is ``ItemEffectEstimator`` (cross-fitted propensity and outcome models); each
+    row's doubly robust pseudo-outcome ``mu1 - mu0 + t (y - mu1) / e - (1 - t)(y - mu0) / (1 - e)``
+    uses nuisance models that never saw the row. Stage 2 regresses the pseudo-outcomes on the
+    user features, all items at once, with item slopes shrunk toward shared slopes and the
+    shared slopes toward zero (``causalrec.uplift.ridge``). Pseudo-outcomes are very noisy,
+    so both penalties are chosen by the held-out DR loss over the estimator's folds (fits on
+    the other folds), and so is a third one that shrinks each item's mean effect toward the
+    mean over items (small items' means are noisy); the grid includes the per-item ATE (no
+    mean shrinkage, infinite slope penalties), so the model is never worse than the ATE on
+    that loss.
+
+    Parameters
+    ----------
+    features, categorical, text : user columns the effect may vary with (numeric, one-hot
+        encoded, embedded text); they need not be the log's confounders.
+    shrinkage : "cv" (default) or a triple ``(mean, local, shared)`` of non-negative
+        penalties in units of the pseudo-outcomes' variance: on item means (toward the mean
+        over items), item slope deviations and shared slopes (``inf`` fixes those slopes at
+        zero; ``(0, 0, inf)`` is an unpenalised regression per item).
+    alpha : 1 - level of the intervals. fdr : Benjamini-Hochberg level of the
+        heterogeneity calls.
+    **estimator_options : options of ``ItemEffectEstimator`` (nuisance, n_folds, seed,
+        device, ...).
+
+    Attributes
+    ----------
+    estimator_ : the fitted stage-1 ``ItemEffectEstimator``.
+    items_ : item labels (the columns of ``effect_matrix``).
+    heterogeneity_ : per item: n, ate (mean pseudo-outcome), effect_sd (spread of the
+        fitted effect over the item's rows), wald, df, p_value (per-item Wald test that
+        the effect does not vary with the features, from an unpenalised fit with an HC3
+        sandwich covariance, F reference), q_value (BH across items), heterogeneous.
+    coef_ : per item and term ("mean", then each feature per standard deviation): coef,
+        se, ci_low, ci_high, p_value of the fitted (shrunk) model.
+    shrinkage_ : chosen (mean, local, shared) penalties; cv_results_ : held-out DR loss per
+        row for every triple of the grid (``chosen`` marks the minimum).
+    pseudo_outcome_ : per-row pseudo-outcomes (NaN on rows not used).
+    """
+
+    _parameter_constraints = {
+        "features": [InstanceOf((str, list, tuple), "a column name or a list of them")],
+        "categorical": [InstanceOf((str, list, tuple), "a column name or a list of them")],
+        "text": [InstanceOf((str, list, tuple), "a column name or a list of them")],
+        "shrinkage": [Options("cv"), Callable(
+            lambda v: isinstance(v, (tuple, list)) and len(v) == 3
+            and all(np.isscalar(x) and x >= 0 for x in v),
+            "a triple (mean, local, shared) of non-negative numbers")],
+        "alpha": [Interval(0, 1, "neither")],
+        "fdr": [Interval(0, 1, "neither")],
+    }
+
+    def __init__(self, *, features=(), categorical=(), text=(), shrinkage="cv", alpha=0.05,
+                 fdr=0.05, **estimator_options):
+        self.features = features
+        self.categorical = categorical
+        self.text = text
+        self.shrinkage = shrinkage
+        self.alpha = alpha
+        self.fdr = fdr
+        self.estimator_options = estimator_options
+
+    def get_params(self) -> dict:
+        return {**super().get_params(), **self.estimator_options}
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self):
+        self._validate_params()
+        if not (_as_list(self.features) or _as_list(self.categorical) or _as_list(self.text)):
+            raise ValueError("features, categorical or text must name at least one user column")
+
+    def fit(self, log: InteractionLog) -> "UpliftModel":
+        self._check_params()
+        if not isinstance(log, InteractionLog):
+            raise TypeError("fit expects an InteractionLog")
+        if len(log.item_columns) != 1:
+            raise ValueError(f"UpliftModel needs one item column, got {log.item_columns}")
+        self.item_column_ = log.item_columns[0]
+        self.encoder_ = UserFeatures(self.features, self.categorical, self.text,
+                                     text_encoder=self.estimator_options.get("text_encoder"),
+                                     text_components=self.estimator_options.get("text_components", 8))
+        self.encoder_._check(log.data, "log")  # before the costly stage 1
+        est = ItemEffectEstimator(**self.estimator_options).fit(log)
+        self.estimator_ = est
+        self.device_ = resolve_device(est.device)
+        df = log.data
+        item, segments = segment_ids(df, [self.item_column_])
+        self.items_ = pd.Index(segments[self.item_column_], name="item")
+        K = len(self.items_)
+        g = _pseudo_outcomes(df[log.treatment].to_numpy(float), df[log.outcome].to_numpy(float),
+                             est.propensity_.to_numpy(), est.mu0_.to_numpy(), est.mu1_.to_numpy())
+        use = np.isfinite(g)
+        self.pseudo_outcome_ = pd.Series(np.where(use, g, np.nan), index=df.index, name="pseudo_outcome")
+        Z = self.encoder_.fit_transform(df)[use]
+        g, item, fold = g[use], item[use], est.fold_.to_numpy()[use]
+        scale = float(np.var(g)) if len(g) > 1 else 1.0
+        cells = ridge.cell_moments(Z, g, item, fold, K, est.n_folds, self.device_)
+        self.shrinkage_, self.cv_results_ = self._choose(cells, scale)
+        mean, local, shared = (v * scale for v in self.shrinkage_)
+        total = ridge.Moments(cells.H.sum(0), cells.b.sum(0), cells.q.sum(0))
+        fit = ridge.fit_ridge(total, local, shared, mean)
+        self.coef_matrix_ = fit.coef
+        self.cov_ = ridge.covariance(fit, ridge.meat(Z, self._residual(Z, g, item, fit.coef), item, K,
+                                                     self.device_))
+        empty = fit.n == 0  # items without usable rows: no effect
+        self.coef_matrix_[empty] = float("nan")
+        self.cov_[empty] = float("nan")
+        self.heterogeneity_ = self._heterogeneity(total, Z, g, item, fit, scale)
+        self.coef_ = self._coef_table(fit)
+        return self
+
+    def _choose(self, cells, scale):
+        if self.shrinkage != "cv":
+            return tuple(float(v) for v in self.shrinkage), None
+        grid = ridge.select_penalties(cells, scale)
+        table = pd.DataFrame(grid, columns=["mean", "local", "shared", "heldout_loss"])
+        table["heldout_loss"] /= float(cells.H[..., 0, 0].sum())  # per row
+        best = table["heldout_loss"].idxmin()
+        table["chosen"] = table.index == best
+        return tuple(float(table.at[best, c]) for c in ("mean", "local", "shared")), table
+
+    @staticmethod
+    def _residual(Z, g, item, coef):
+        rows = coef[torch.as_tensor(item, device=coef.device)].cpu().numpy()
+        return g - rows[:, 0] - (rows[:, 1:] * Z).sum(1)
+
+    def _heterogeneity(self, total, Z, g, item, fit, scale) -> pd.DataFrame:
+        """Per-item Wald test of the slopes of an unpenalised per-item fit (HC1 sandwich)."""
+        free = ridge.fit_ridge(total, TEST_PENALTY * scale, ridge.INF)
+        # HC3: residuals inflated by their leverage; pseudo-outcomes are heavy-tailed (inverse
+        # propensity weights) and HC0/HC1 sandwiches rejected ~2x too often on null simulations
+        X = torch.cat([torch.ones(len(Z), 1, dtype=torch.float64), torch.as_tensor(Z)], 1).to(self.device_)
+        codes = torch.as_tensor(item, device=self.device_)
+        leverage = quadratic_forms(X, torch.linalg.pinv(total.H, hermitian=True), codes).cpu().numpy()
+        residual = self._residual(Z, g, item, free.coef) / np.maximum(1 - leverage, 1e-3)
+        V = ridge.covariance(free, ridge.meat(Z, residual, item, len(self.items_), self.device_))[:, 1:, 1:]
+        n, p = free.n.cpu().numpy(), free.coef.shape[1]
+        slope = free.coef[:, 1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            wald = (slope.unsqueeze(1) @ torch.linalg.pinv(V, hermitian=True)
+                    @ slope.unsqueeze(-1)).flatten().cpu().numpy()
+            df1 = torch.linalg.matrix_rank(V, hermitian=True).cpu().numpy().astype(float)
+            df2 = n - p
+            ok = (df1 > 0) & (df2 > 0)
+            p_value = np.where(ok, stats.f.sf(wald / np.maximum(df1, 1), df1, np.maximum(df2, 1)), np.nan)
+        q = np.full(len(p_value), np.nan)
+        finite = np.isfinite(p_value)
+        if finite.any():
+            q[finite] = stats.false_discovery_control(p_value[finite])
+        fitted = g - self._residual(Z, g, item, fit.coef)
+        spread = pd.Series(fitted).groupby(item).std(ddof=0).reindex(range(len(n)))
+        ate = self.estimator_.effects_
+        return pd.DataFrame({
+            "item": self.items_, "n": n.astype(np.int64),
+            "ate": np.where(n > 0, fit.coef[:, 0].cpu().numpy()
+                            + (fit.m * fit.coef[:, 1:]).sum(1).cpu().numpy(), np.nan),
+            "estimator_ate": ate["ate"].to_numpy(), "effect_sd": spread.to_numpy(),
+            "wald": np.where(ok, wald, np.nan), "df": df1, "p_value": p_value, "q_value": q,
+            "heterogeneous": q <= self.fdr})
+
+    def _coef_table(self, fit) -> pd.DataFrame:
+        K, p = fit.coef.shape
+        # centred coordinates: the mean effect, then slopes per standard deviation
+        T = torch.eye(p, dtype=fit.coef.dtype, device=fit.coef.device).repeat(K, 1, 1)
+        T[:, 0, 1:] = fit.m
+        centred = (T @ self.coef_matrix_.unsqueeze(-1)).squeeze(-1).cpu().numpy()
+        se = torch.sqrt((T @ self.cov_ @ T.mT).diagonal(dim1=-2, dim2=-1).clamp(min=0)).cpu().numpy()
+        z = stats.norm.ppf(1 - self.alpha / 2)
+        terms = ["mean"] + list(self.encoder_.columns_)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_value = 2 * stats.norm.sf(np.abs(centred / se))
+        return pd.DataFrame({
+            "item": np.repeat(self.items_.to_numpy(), p), "term": np.tile(terms, K),
+            "coef": centred.ravel(), "se": se.ravel(), "ci_low": (centred - z * se).ravel(),
+            "ci_high": (centred + z * se).ravel(), "p_value": p_value.ravel()})
+
+    # ------------------------------------------------------------------ prediction
+    def _check_fitted(self):
+        self._check_is_fitted("coef_")
+
+    def item_codes(self, items) -> np.ndarray:
+        """Positions of item labels in ``items_``; unknown items raise ValueError."""
+        self._check_fitted()
+        codes = self.items_.get_indexer(pd.Index(items))
+        if (codes < 0).any():
+            unknown = pd.unique(np.asarray(items, dtype=object)[codes < 0])
+            raise ValueError(f"{len(unknown)} unknown item(s), e.g. {list(unknown[:5])}: the model "
+                             f"was fitted on {len(self.items_)} items")
+        return codes
+
+    def _design(self, frame) -> torch.Tensor:
+        Z = torch.as_tensor(self.encoder_.transform(frame), dtype=torch.float64, device=self.device_)
+        return torch.cat([torch.ones(len(Z), 1, dtype=Z.dtype, device=Z.device), Z], dim=1)
+
+    def _rows(self, df):
+        self._check_fitted()
+        if not isinstance(df, pd.DataFrame) or self.item_column_ not in df.columns:
+            raise SchemaError(self.item_column_, "item column missing from the frame")
+        codes = torch.as_tensor(self.item_codes(df[self.item_column_]), device=self.device_)
+        return self._design(df), codes
+
+    def effect(self, df: pd.DataFrame) -> pd.Series:
+        """tau for each row of ``df``, for the item in its item column (Series on df.index)."""
+        X, codes = self._rows(df)
+        tau = (X * self.coef_matrix_[codes]).sum(1)
+        return pd.Series(tau.cpu().numpy(), index=df.index, name="uplift")
+
+    def effect_interval(self, df: pd.DataFrame, alpha: float | None = None) -> pd.DataFrame:
+        """Normal interval per row (ci_low, ci_high) from the second stage's covariance."""
+        X, codes = self._rows(df)
+        tau = (X * self.coef_matrix_[codes]).sum(1)
+        se = quadratic_forms(X, self.cov_, codes).sqrt()
+        z = stats.norm.ppf(1 - (self.alpha if alpha is None else alpha) / 2)
+        return pd.DataFrame({"ci_low": (tau - z * se).cpu().numpy(),
+                             "ci_high": (tau + z * se).cpu().numpy()}, index=df.index)
+
+    def effect_matrix(self, users: pd.DataFrame, items=None) -> pd.DataFrame:
+        """users x items frame of tau_k(x) (index: users.index, columns: item labels)."""
+        self._check_fitted()
+        codes = np.arange(len(self.items_)) if items is None else self.item_codes(items)
+        tau = self._design(users) @ self.coef_matrix_[torch.as_tensor(codes, device=self.device_)].T
+        return pd.DataFrame(tau.cpu().numpy(), index=users.index,
+                            columns=pd.Index(self.items_[codes], name="item"))
+
+    def recommend(self, users: pd.DataFrame, k: int = 10, items=None,
+                  alpha: float | None = None) -> pd.DataFrame:
+        """Top-k items per user by uplift: long table ``user, rank, item, uplift, ci_low,
+        ci_high``; scored in chunks of users (and items), never users x items at once."""
+        self._check_fitted()
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        codes = np.arange(len(self.items_)) if items is None else self.item_codes(items)
+        codes = codes[np.isfinite(self.coef_matrix_[:, 0].cpu().numpy()[codes])]
+        k = min(k, len(codes))
+        X = self._design(users)
+        idx = torch.as_tensor(codes, device=self.device_)
+        score, pick = chunked_top_k(X, self.coef_matrix_[idx], k)
+        picked = idx[pick]  # (n_users, k) positions in items_
+        rows = torch.arange(len(X), device=X.device).repeat_interleave(k)
+        se = quadratic_forms(X[rows], self.cov_, picked.reshape(-1)).sqrt()
+        z = stats.norm.ppf(1 - (self.alpha if alpha is None else alpha) / 2)
+        tau = score.reshape(-1)
+        return pd.DataFrame({
+            "user": np.repeat(users.index.to_numpy(), k), "rank": np.tile(np.arange(1, k + 1), len(X)),
+            "item": self.items_.to_numpy()[picked.reshape(-1).cpu().numpy()],
+            "uplift": tau.cpu().numpy(), "ci_low": (tau - z * se).cpu().numpy(),
+            "ci_high": (tau + z * se).cpu().numpy()})
+
+    def summary(self, top: int = 10) -> pd.DataFrame:
+        """The items with the strongest evidence of heterogeneity and their main driver."""
+        self._check_fitted()
+        het = self.heterogeneity_.dropna(subset=["p_value"]).sort_values("p_value").head(top)
+        slopes = self.coef_[self.coef_["term"] != "mean"].assign(size=lambda f: f["coef"].abs())
+        driver = slopes.sort_values("size").groupby("item").tail(1).set_index("item")
+        return het.assign(driver=driver["term"].reindex(het["item"]).to_numpy(),
+                          driver_coef=driver["coef"].reindex(het["item"]).to_numpy())
+
+
+def _pseudo_outcomes(t, y, e, mu0, mu1) -> np.ndarray:
+    """Doubly robust pseudo-outcome per row (its mean over an item is the item's AIPW ATE)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return mu1 - mu0 + t * (y - mu1) / e - (1 - t) * (y - mu0) / (1 - e)

@@ -1,0 +1,241 @@
+"""Per-user effects (causalrec.uplift): recovery of known per-row effects, policy values,
+coverage, agreement with EconML's LinearDRLearner, heterogeneity tests, bad inputs."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import causalrec as cr
+from causalrec.uplift.score import chunked_top_k
+
+FEATURES = ["user_activity", "hour", "tenure"]
+ROLES = dict(item="item_id", treatment="recommended", confounders=FEATURES,
+             categorical=["device"], user="user_id")
+
+
+def _simulate(seed, n_items=60, n_rows=30_000, heterogeneity=1.5, outcome="binary"):
+    return cr.datasets.simulate_log(n_items=n_items, n_users=1500, n_rows=n_rows,
+                                    effect_heterogeneity=heterogeneity, text_confounding=0.0,
+                                    outcome=outcome, seed=seed)
+
+
+def _log(frame, outcome="clicked"):
+    return cr.InteractionLog(frame, outcome=outcome, **ROLES)
+
+
+def _fit(frame, outcome="clicked", **options):
+    options = dict(dict(seed=0, device="cpu"), **options)
+    return cr.UpliftModel(features=FEATURES, categorical=["device"], **options).fit(
+        _log(frame, outcome))
+
+
+@pytest.fixture(scope="module")
+def split():
+    sim = _simulate(1, n_items=100, n_rows=40_000)
+    cut = 30_000
+    model = _fit(sim.data.iloc[:cut])
+    return sim, cut, model
+
+
+def test_cate_recovers_per_row_effects_better_than_ate(split):
+    sim, cut, model = split
+    test = sim.data.iloc[cut:]
+    true = sim.row_truth["effect"].to_numpy()[cut:]
+    tau = model.effect(test).to_numpy()
+    ate = model.heterogeneity_.set_index("item")["estimator_ate"].reindex(test["item_id"]).to_numpy()
+    ok = np.isfinite(tau) & np.isfinite(ate)
+    assert ok.mean() > 0.8  # rows of items too small for stage 1 get NaN
+    pearson = {name: np.corrcoef(v[ok], true[ok])[0, 1] for name, v in (("cate", tau), ("ate", ate))}
+    rmse = {name: np.sqrt(np.mean((v[ok] - true[ok]) ** 2)) for name, v in (("cate", tau), ("ate", ate))}
+    print(f"Pearson CATE {pearson['cate']:.3f} vs ATE {pearson['ate']:.3f}; "
+          f"RMSE CATE {rmse['cate']:.4f} vs ATE {rmse['ate']:.4f}")
+    assert pearson["cate"] > pearson["ate"] + 0.05  # measured 0.465 vs 0.372 (seed 1)
+    assert rmse["cate"] < 0.95 * rmse["ate"]
+    # the chosen shrinkage is never worse than the per-item ATE on the held-out DR loss
+    cv = model.cv_results_
+    ate_only = cv[(cv["mean"] == 0) & np.isinf(cv["local"]) & np.isinf(cv["shared"])]
+    assert cv.loc[cv["chosen"], "heldout_loss"].item() <= ate_only["heldout_loss"].item()
+
+
+def test_outputs_are_consistent(split):
+    sim, cut, model = split
+    users = sim.data.iloc[cut:cut + 50]
+    matrix = model.effect_matrix(users)
+    assert matrix.shape == (50, len(model.items_))
+    rows = users.assign(item_id=model.items_[3])
+    np.testing.assert_allclose(model.effect(rows).to_numpy(), matrix.iloc[:, 3].to_numpy(), rtol=1e-10)
+    interval = model.effect_interval(rows)
+    tau = model.effect(rows)
+    assert ((interval["ci_low"] <= tau) & (tau <= interval["ci_high"])).all()
+    recs = model.recommend(users, k=5)
+    assert list(recs.columns) == ["user", "rank", "item", "uplift", "ci_low", "ci_high"]
+    best = matrix.apply(lambda r: r.nlargest(5).to_numpy(), axis=1, result_type="expand")
+    np.testing.assert_allclose(recs["uplift"].to_numpy().reshape(50, 5), best.to_numpy(), rtol=1e-10)
+    coef = model.coef_
+    assert set(coef["term"]) == {"mean", *FEATURES, "device=mobile", "device=tablet"}
+    assert (coef["se"].dropna() > 0).all()
+    assert "driver" in model.summary().columns
+
+
+def test_chunked_top_k_equals_dense():
+    gen = torch.Generator().manual_seed(0)
+    X, W = torch.randn(300, 5, generator=gen), torch.randn(1000, 5, generator=gen)
+    W[7] = float("nan")  # an item without a model never wins
+    values, index = chunked_top_k(X, W, 10, budget=4096)  # many user and item chunks
+    dense = torch.nan_to_num(X @ W.T, nan=float("-inf")).topk(10, dim=1)
+    torch.testing.assert_close(values, dense.values)
+    torch.testing.assert_close(index, dense.indices)
+
+
+def test_uplift_policy_beats_click_and_ate_policies():
+    true = []
+    for seed in range(4):
+        sim = _simulate(seed)
+        cut = 20_000
+        model = _fit(sim.data.iloc[:cut])
+        ev = cr.evaluate_policy(_log(sim.data.iloc[cut:]), policy=model, k=3,
+                                baselines=("click", "ate", "logging"),
+                                truth=sim.row_truth.iloc[cut:])
+        true.append(ev.values.set_index("policy")["true_incremental"])
+    mean = pd.concat(true, axis=1).mean(1)
+    print("true incremental clicks per row:", mean.round(4).to_dict())
+    assert mean["uplift"] > mean["click"] and mean["uplift"] > mean["ate"]
+    assert mean["uplift"] > mean["logging"]
+    assert set(ev.curve["policy"]) == {"uplift", "click", "ate"}
+    assert ev.curve.groupby("policy")["gain"].first().eq(0).all()
+    assert "Per-user policies" in ev.to_html()
+
+
+def test_dr_policy_value_covers_the_truth():
+    # 60 replications: the coverage's binomial sd at 0.95 is 0.028, so 0.85 is > 3 sd below
+    covered = []
+    for seed in range(60):
+        sim = _simulate(100 + seed, n_items=20, n_rows=6000)
+        cut = 3000
+        model = _fit(sim.data.iloc[:cut], shrinkage=(100.0, 1000.0, 1000.0), n_folds=2)
+        ev = cr.evaluate_policy(_log(sim.data.iloc[cut:]), policy=model, k=2, baselines=(),
+                                truth=sim.row_truth.iloc[cut:])
+        row = ev.values.iloc[0]
+        covered.append(row["ci_low"] <= row["true_value"] <= row["ci_high"])
+    coverage = np.mean(covered)
+    print(f"DR policy-value coverage {coverage:.3f} over {len(covered)} seeds")
+    assert 0.85 <= coverage <= 1.0
+
+
+class _ArmRegression:
+    """E[Y | X, W, T] for EconML: a linear regression per arm (T is the last column)."""
+
+    def fit(self, XT, y, **_):
+        from sklearn.linear_model import LinearRegression
+        t = XT[:, -1]
+        self.models_ = {a: LinearRegression().fit(XT[t == a, :-1], y[t == a]) for a in (0, 1)}
+        return self
+
+    def predict(self, XT):
+        t = XT[:, -1]
+        out = np.empty(len(XT))
+        for a, m in self.models_.items():
+            if (t == a).any():
+                out[t == a] = m.predict(XT[t == a, :-1])
+        return out
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **_):
+        return self
+
+
+def test_agrees_with_econml_linear_dr_learner():
+    from econml.dr import LinearDRLearner
+    from sklearn.linear_model import LogisticRegression
+
+    sim = _simulate(7, n_items=30, n_rows=30_000, outcome="continuous")
+    df = sim.data
+    model = cr.UpliftModel(features=FEATURES, shrinkage=(0.0, 0.0, float("inf")),
+                           nuisance="per_item", outcome_model="linear", penalty=1e-6,
+                           dtype="float64", seed=0, device="cpu").fit(
+        cr.InteractionLog(df, item="item_id", treatment="recommended", outcome="watch_minutes",
+                          confounders=FEATURES))
+    big = df["item_id"].value_counts().index[:3]
+    coef = model.coef_.set_index(["item", "term"])
+    for item in big:
+        rows = df[df["item_id"] == item]
+        X = rows[FEATURES].to_numpy(float)
+        dr = LinearDRLearner(model_propensity=LogisticRegression(C=1e6, max_iter=1000),
+                             model_regression=_ArmRegression(), cv=2, random_state=0)
+        dr.fit(rows["watch_minutes"].to_numpy(), rows["recommended"].to_numpy(), X=X)
+        # our slopes are per standard deviation of the fitting log's columns
+        ours = coef.loc[[(item, f) for f in FEATURES], ["coef", "se"]].to_numpy()
+        sd = 1.0 / model.encoder_.scale_
+        theirs = np.ravel(dr.coef_(T=1)) * sd
+        np.testing.assert_array_less(np.abs(ours[:, 0] - theirs), 2.0 * ours[:, 1])
+        ate, se = coef.loc[(item, "mean"), ["coef", "se"]]
+        assert abs(ate - dr.ate(X=X)) < 2.0 * se
+
+
+def test_per_item_independence():
+    sim = _simulate(3, n_items=30, n_rows=15_000)
+    df = sim.data
+    options = dict(shrinkage=(0.0, 0.0, float("inf")), nuisance="per_item", penalty=1e-8,
+                   dtype="float64", n_folds=2)
+    full = _fit(df, **options)
+    kept = df[df["item_id"] < 15]  # item codes, hence folds, of the first items unchanged
+    part = _fit(kept, **options)
+    rows = df[df["item_id"].isin([0, 1, 2])]
+    # equal up to the nuisance fits' Newton tolerance (1e-6 on the coefficients); the
+    # effects are ~1e-2, so an item that borrowed from the others would differ by far more
+    np.testing.assert_allclose(part.effect(rows).to_numpy(), full.effect(rows).to_numpy(),
+                               rtol=0, atol=2e-6)
+
+
+def test_heterogeneity_tests_hold_level_without_heterogeneity():
+    p_values, rejections = [], 0
+    for seed in range(4):
+        sim = _simulate(20 + seed, n_items=60, n_rows=20_000, heterogeneity=0.0,
+                        outcome="continuous")
+        model = _fit(sim.data, outcome="watch_minutes")
+        het = model.heterogeneity_.dropna(subset=["p_value"])
+        p_values.append(het["p_value"].to_numpy())
+        rejections += int(het["heterogeneous"].sum())
+    p = np.concatenate(p_values)
+    # per-item tests: rate of p < 0.05 within 3 binomial sd of 0.05
+    rate, sd = (p < 0.05).mean(), np.sqrt(0.05 * 0.95 / len(p))
+    print(f"{len(p)} items: rejection rate at 0.05 {rate:.3f}; BH calls {rejections}")
+    assert rate < 0.05 + 3 * sd
+    # under the global null BH controls the chance of any call at 5% per simulation
+    assert rejections <= 1
+
+
+def test_heterogeneity_tests_have_power(split):
+    _, _, model = split
+    het = model.heterogeneity_.dropna(subset=["p_value"])
+    big = het[het["n"] > 500]
+    print(f"{len(big)} items with > 500 rows: share p < 0.05 {(big['p_value'] < 0.05).mean():.2f}, "
+          f"BH calls {int(het['heterogeneous'].sum())} of {len(het)}")
+    # every item's effect varies (h = 1.5), but pseudo-outcomes are noisy and the per-item
+    # test has d = 5 degrees of freedom: power is modest. Under the null, 3 or more of 12
+    # items at p < 0.05 has probability 0.02.
+    assert (big["p_value"] < 0.05).sum() >= 3
+    assert het["heterogeneous"].sum() >= 2
+
+
+def test_bad_inputs(split):
+    sim, cut, model = split
+    users = sim.data.iloc[cut:cut + 5]
+    with pytest.raises(cr.SchemaError, match="tenure"):
+        model.effect_matrix(users.drop(columns="tenure"))
+    with pytest.raises(cr.SchemaError, match="tenure"):
+        model.recommend(users.drop(columns="tenure"))
+    with pytest.raises(ValueError, match="unknown item"):
+        model.effect(users.assign(item_id=10_000))
+    with pytest.raises(ValueError, match="unknown item"):
+        model.effect_matrix(users, items=[0, 10_000])
+    with pytest.raises(cr.SchemaError, match="nope"):
+        cr.UpliftModel(features=["nope"]).fit(_log(sim.data.iloc[:cut]))
+    with pytest.raises(ValueError, match="shrinkage"):
+        cr.UpliftModel(features=FEATURES, shrinkage=(1.0, 2.0)).fit(_log(sim.data.iloc[:cut]))
+    with pytest.raises(ValueError, match="k must"):
+        model.recommend(users, k=0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cr.UpliftModel(features=FEATURES).effect(users)
