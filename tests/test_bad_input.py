@@ -135,3 +135,71 @@ def test_good_items_are_unchanged_by_a_bad_item(seed, kind, size, extreme, nuisa
     else:  # the bad item's empty segment only adds a penalised, data-free item to the solve
         np.testing.assert_allclose(eff.loc[good, "ate"], base["ate"], rtol=0, atol=1e-6 * base["se"].max())
     np.testing.assert_allclose(eff.loc[good, "se"], base["se"], rtol=1e-6)
+
+
+# -- item 1: no overlap is never "ok" ----------------------------------------------------
+def _sim(seed=1, **options):
+    sim = cr.datasets.simulate_log(n_items=30, n_rows=12_000, seed=seed, **options)
+    roles = dict(sim.roles)
+    roles.pop("text")
+    return sim.data, roles
+
+
+def test_a_confounder_that_determines_the_treatment_means_no_overlap():
+    df, roles = _sim()
+    df = df.assign(sep=2 * df["recommended"] - 1)
+    eff = fit(df, dict(roles, confounders=roles["confounders"] + ["sep"]))
+    fitted = ~eff["status"].isin(["too_few_rows", "no_treated", "no_control"])
+    assert (eff.loc[fitted, "status"] == "no_overlap").all() and fitted.sum() > 20
+    assert eff.loc[fitted, "ate"].isna().all() and eff.loc[fitted, "se"].isna().all()
+    # the diagnostics say why: the arms' propensity ranges do not meet
+    assert (eff.loc[fitted, "e_max_control"] < eff.loc[fitted, "e_min_treated"]).all()
+    est = cr.ItemEffectEstimator().fit(cr.InteractionLog(df, **dict(roles, confounders=roles["confounders"] + ["sep"])))
+    assert "no_overlap" in str(est.summary())
+
+
+@pytest.mark.parametrize("nuisance", ["pooled", "per_item"])
+def test_a_threshold_logging_policy_means_no_overlap(nuisance):
+    df, roles = _sim()
+    item = df["item_id"].value_counts().index[0]
+    mine = df["item_id"] == item
+    x = df.loc[mine, "user_activity"]
+    z = (x - x.median()) / x.std()  # recommended above a threshold, almost surely
+    df.loc[mine, "recommended"] = (1 / (1 + np.exp(-12 * z)) > np.random.default_rng(0).random(mine.sum())).astype(int)
+    eff = fit(df, roles, nuisance=nuisance).set_index("item")
+    assert eff.loc[item, "status"] == "no_overlap" and np.isnan(eff.loc[item, "ate"])
+    assert eff.loc[item, "share_clipped"] > 0.2
+    clean = eff.drop(item)
+    assert (clean["status"] == "ok").mean() > 0.8  # the others keep their overlap
+
+
+# -- item 2: one item's outcome scale does not leak into the others (pooled) ---------------
+@pytest.mark.parametrize("factor", [100.0, 1000.0])
+def test_one_items_outcome_scale_leaves_the_others_alone(factor):
+    df, roles = _sim(outcome="continuous")
+    base = fit(df, roles, dtype="float64").set_index("item")
+    item = base.index[base["status"] == "ok"][0]
+    scaled = df.copy()
+    scaled.loc[scaled["item_id"] == item, roles["outcome"]] *= factor
+    eff = fit(scaled, roles, dtype="float64").set_index("item")
+    others = (base["status"] == "ok") & (base.index != item)
+    # was 2.7 / 27 SE before per-item outcome scales; now rounding only
+    assert float(((eff["ate"] - base["ate"]) / base["se"])[others].abs().max()) < 1e-9
+    assert eff.loc[item, "ate"] == pytest.approx(factor * base.loc[item, "ate"], rel=1e-9)
+
+
+def test_one_item_with_huge_outcomes_does_not_move_the_binary_items():
+    df, roles = _sim()
+    linear = fit(df, roles, dtype="float64", outcome_model="linear").set_index("item")
+    logistic = fit(df, roles, dtype="float64").set_index("item")
+    item = linear.index[linear["status"] == "ok"][0]
+    bad = df.copy()
+    bad.loc[bad["item_id"] == item, roles["outcome"]] *= 1e6
+    eff = fit(bad, roles, dtype="float64").set_index("item")  # not 0/1: the linear model
+    others = (linear["status"] == "ok") & (linear.index != item)
+    np.testing.assert_allclose(eff.loc[others, "ate"], linear.loc[others, "ate"], rtol=1e-9, atol=1e-12)
+    # and the linear model's estimates stay near the logistic ones (were -2204 before): a
+    # different model, so single items may differ by an SE or so, not the bulk
+    shift = ((eff["ate"] - logistic["ate"]) / logistic["se"])[others].abs()
+    assert float(shift.median()) < 0.5 and float(shift.max()) < 3.0
+    assert float(eff.loc[others, "ate"].abs().max()) < 1.0  # effects on a 0/1 outcome

@@ -312,3 +312,22 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
     assert "normalised" in str(est.summary())
     with pytest.raises(ValueError, match="normalize"):
         cr.ItemEffectEstimator(normalize="yes").fit(log)
+
+
+def test_a_fit_stopping_at_max_iter_warns_and_is_flagged():
+    sim = cr.datasets.simulate_log(n_items=12, n_rows=6_000, seed=3)
+    log = cr.InteractionLog(sim.data, **numeric_roles(sim))
+    with pytest.warns(cr.ConvergenceWarning, match=r"propensity model: \d+ item\(s\) stopped at max_iter") as seen:
+        est = cr.ItemEffectEstimator(max_iter=1).fit(log)
+    names = [str(w.message) for w in seen if issubclass(w.category, cr.ConvergenceWarning)]
+    assert any("outcome (treated) model" in m for m in names)
+    first_item = str(est.effects_.loc[~est.effects_["converged"], "item"].iloc[0])
+    assert any(first_item in m for m in names)  # the warning names the items
+    assert not est.converged_ and (~est.effects_["converged"]).sum() > 0
+    assert "Items not converged (max_iter)" in str(est.summary())
+    assert issubclass(cr.ConvergenceWarning, UserWarning)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cr.ConvergenceWarning)
+        full = cr.ItemEffectEstimator().fit(log)  # the default converges: no warning
+    assert full.converged_ and full.effects_["converged"].all()

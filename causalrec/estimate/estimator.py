@@ -14,7 +14,7 @@ from ..schema import InteractionLog, SchemaError, _as_list
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import MAX_FOLDS, DesignSpec, assign_folds, segment_ids
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
-from .scores import NO_ESTIMATE, effects_table, post_status, pre_status
+from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 from .summary import EffectSummary
 
 __all__ = ["ItemEffectEstimator", "estimate_item_effects", "resolve_device", "resolve_shrinkage"]
@@ -68,6 +68,10 @@ class ItemEffectEstimator(BaseEstimator):
     min_rows_per_arm : items with fewer treated or control rows get status "too_few_rows".
     min_ess : items whose effective sample size in either arm is below this get status
         "poor_overlap" (estimates are still reported).
+    max_clipped : items where more than this share of rows have a clipped propensity, or
+        whose arms' propensity ranges do not meet, get status "no_overlap" (numbers NaN,
+        overlap diagnostics kept: ``share_clipped``, each arm's propensity range and
+        ``share_outside_support``): without overlap an effect is an extrapolation.
     alpha : 1 - confidence level of the intervals. Intervals and p-values use Student t
         with ``dof = min(n_treated, n_control) - 1`` (normal for large items).
     text_encoder, text_components : how text columns become confounders.
@@ -106,6 +110,7 @@ class ItemEffectEstimator(BaseEstimator):
         "trim": [Options(None), Interval(0, 0.5, "neither")],
         "min_rows_per_arm": [Integer(1, None)],
         "min_ess": [Interval(0, None, "left")],
+        "max_clipped": [Interval(0, 1, "right")],
         "alpha": [Interval(0, 1, "neither")],
         "text_encoder": [Options(None), Callable(lambda v: hasattr(v, "encode"), "an encoder with encode()")],
         "text_components": [Integer(1, None)],
@@ -120,7 +125,7 @@ class ItemEffectEstimator(BaseEstimator):
                  n_repeats=1, penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
                  alpha=0.05, text_encoder=None, text_components=8, device="auto",
-                 dtype="float32", seed=0, max_iter=50, shards=1):
+                 dtype="float32", seed=0, max_iter=50, shards=1, max_clipped=0.2):
         self.method = method
         self.normalize = normalize
         self.nuisance = nuisance
@@ -142,6 +147,7 @@ class ItemEffectEstimator(BaseEstimator):
         self.seed = seed
         self.max_iter = max_iter
         self.shards = shards
+        self.max_clipped = max_clipped
 
     # ------------------------------------------------------------------ fitting
     def fit(self, log: InteractionLog, folds=None) -> "ItemEffectEstimator":
@@ -228,8 +234,9 @@ class ItemEffectEstimator(BaseEstimator):
                                                binary=binary,
                                                normalize=self.normalize)
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
-        table["status"] = post_status(status, table, self.min_ess)
-        table.loc[table["status"].isin(NO_ESTIMATE), ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table["status"] = post_status(status, table, self.min_ess, self.max_clipped)
+        no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
+        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
         table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
         table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)

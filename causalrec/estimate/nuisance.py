@@ -16,7 +16,7 @@ import torch
 
 from ..exceptions import ConvergenceWarning
 from ..glm import BlockedDesign, SegmentGLM, ThreadReducer
-from ..glm.layout import block_size_for, read_only_tensor
+from ..glm.layout import block_size_for, read_only_tensor, segment_sum
 from ..glm.reducer import Reducer
 
 __all__ = ["CrossFit", "cross_fit", "pack_shards"]
@@ -129,14 +129,36 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         if propensity is not None:
             models["e"] = _clone(propensity).fit_blocks(
                 design, tb, design.blocks(train), n_segments=n_seg, init=start.get("e"), reducer=reducer)
+        y_fit, y_back = _outcome_scale(design, yb, design.blocks(train), n_seg, outcome)
         for arm in (0, 1):
             models[f"mu{arm}"] = _clone(outcome).fit_blocks(
-                design, yb, design.blocks(train & (block_arm == arm)), n_segments=n_seg,
+                design, y_fit, design.blocks(train & (block_arm == arm)), n_segments=n_seg,
                 init=start.get(f"mu{arm}"), reducer=reducer)
         for name, model in models.items():
-            design.unpad(model.predict_blocks(design, test), test, out=preds[name])
+            pred = model.predict_blocks(design, test)
+            if name != "e" and y_back is not None:
+                pred = pred * y_back[0][design.block_seg[test]].unsqueeze(1) \
+                    + y_back[1][design.block_seg[test]].unsqueeze(1)
+            design.unpad(pred, test, out=preds[name])
         fits.append(models)
     return mine, preds, fits
+
+
+def _outcome_scale(design, yb, train, n_seg, outcome: SegmentGLM):
+    """A pooled linear outcome model sees each item's outcome centred and scaled by its own
+    training rows' mean and standard deviation: one item's scale (values x 1000) must not
+    move the shared slopes, and so the other items' estimates. Returns the outcome to fit
+    and (scale, centre) per item to map predictions back (None when nothing is rescaled)."""
+    if outcome.family != "gaussian" or not outcome.pooled:
+        return yb, None
+    seg = design.block_seg[train]
+    w, y = design.weight[train], yb[train]
+    n = segment_sum((w).sum(1), seg, n_seg)
+    mean = segment_sum((w * y).sum(1), seg, n_seg) / n.clamp(min=1)
+    var = segment_sum((w * (y - mean[seg].unsqueeze(1)) ** 2).sum(1), seg, n_seg) / n.clamp(min=1)
+    scale = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+    scaled = (yb - mean[design.block_seg].unsqueeze(1)) / scale[design.block_seg].unsqueeze(1)
+    return scaled, (scale, mean)
 
 
 def _clone(model: SegmentGLM) -> SegmentGLM:

@@ -12,7 +12,10 @@ __all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSE
 
 # statuses for which no estimate is formed: numbers are NaN
 NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
-STATUSES = ("ok",) + NO_ESTIMATE + ("poor_overlap", "constant_outcome", "fit_failed")
+# no overlap: the arms' fitted propensities barely share a range, so the "effect" would be an
+# extrapolation of the nuisance models; numbers are NaN (their diagnostics are kept)
+NO_OVERLAP = "no_overlap"
+STATUSES = ("ok",) + NO_ESTIMATE + (NO_OVERLAP, "poor_overlap", "constant_outcome", "fit_failed")
 
 
 def pre_status(n_t, n_c, min_rows):
@@ -23,8 +26,15 @@ def pre_status(n_t, n_c, min_rows):
     return status
 
 
-def post_status(status, table, min_ess):
+def post_status(status, table, min_ess, max_clipped=0.2):
+    """Statuses that need the fit: "no_overlap" when more than ``max_clipped`` of an item's
+    rows have a clipped propensity, or when the arms' propensity ranges do not meet;
+    "poor_overlap" when an arm's effective sample size is below ``min_ess``."""
     status = status.copy()
+    ok = status == "ok"
+    disjoint = ((table["e_max_control"] < table["e_min_treated"])
+                | (table["e_max_treated"] < table["e_min_control"])).to_numpy()
+    status[ok & (disjoint | ~(table["share_clipped"].to_numpy() <= max_clipped))] = NO_OVERLAP
     ok = status == "ok"
     poor = ok & ~(np.minimum(table["ess_treated"], table["ess_control"]) >= min_ess)
     status[poor] = "poor_overlap"
@@ -91,6 +101,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         "e_min": e.new_full((n_seg,), float("inf")).scatter_reduce_(0, seg, e, "amin"),
         "e_max": e.new_full((n_seg,), float("-inf")).scatter_reduce_(0, seg, e, "amax"),
         "n_clipped": S((e != e_clip).to(e.dtype)), "n_trimmed": S(1 - k),
+        **_support(seg, t, e, n_seg, S),
     }
     v = {name: values.cpu().numpy() for name, values in per_item.items()}
     ate, se, empty = v["ate"], v["se"], v["n_t"] + v["n_c"] == 0
@@ -109,8 +120,30 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         "e_min": np.where(empty, np.nan, v["e_min"]), "e_max": np.where(empty, np.nan, v["e_max"]),
         "ess_treated": v["ess_treated"], "ess_control": v["ess_control"],
         "n_clipped": v["n_clipped"].astype(np.int64), "n_trimmed": v["n_trimmed"].astype(np.int64),
+        "share_clipped": v["n_clipped"] / np.maximum(v["n_t"] + v["n_c"], 1),
+        **{name: np.where(empty, np.nan, v[name]) for name in _SUPPORT},
     })
     return table, psi.cpu().numpy(), e_clip.cpu().numpy()
+
+
+_SUPPORT = ("e_min_treated", "e_max_treated", "e_min_control", "e_max_control",
+            "share_outside_support")
+
+
+def _support(seg, t, e, n_seg, S):
+    """Each arm's propensity range and the share of rows outside the range both arms share
+    (all rows when the ranges are disjoint, as under a deterministic logging policy)."""
+    inf = float("inf")
+    treated = t > 0.5
+    amin = lambda mask: e.new_full((n_seg,), inf).scatter_reduce_(0, seg, torch.where(mask, e, inf), "amin")
+    amax = lambda mask: e.new_full((n_seg,), -inf).scatter_reduce_(0, seg, torch.where(mask, e, -inf), "amax")
+    out = {"e_min_treated": amin(treated), "e_max_treated": amax(treated),
+           "e_min_control": amin(~treated), "e_max_control": amax(~treated)}
+    low = torch.fmax(out["e_min_treated"], out["e_min_control"])[seg]
+    high = torch.fmin(out["e_max_treated"], out["e_max_control"])[seg]
+    n = S(torch.ones_like(e)).clamp(min=1)
+    out["share_outside_support"] = S(((e < low) | (e > high)).to(e.dtype)) / n
+    return out
 
 
 def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):

@@ -64,6 +64,8 @@ class EffectSummary(Summary):
             "Confounder columns": len(estimator.design_columns_),
             "Propensity clip": estimator.clip,
             "Newton steps (max, incl. chord)": estimator.n_iter_,
+            "Items not converged (max_iter)": int((~eff["converged"]).sum()),
+            "Dropped columns": ", ".join(estimator.dropped_columns_) or "none",
             "Overall effect (row-weighted)": f"{self.overall:.5g} (se {self.overall_se:.3g})",
         }
         cols = [c for c in ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated",
