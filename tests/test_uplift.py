@@ -37,8 +37,8 @@ def split():
     return sim, cut, model
 
 
-def test_cate_recovers_per_row_effects_better_than_ate(split):
-    sim, cut, model = split
+def _recovery(sim, cut, model):
+    """Pearson and RMSE against the true per-row effects on the held-out rows, CATE vs ATE."""
     test = sim.data.iloc[cut:]
     true = sim.row_truth["effect"].to_numpy()[cut:]
     tau = model.effect(test).to_numpy()
@@ -47,14 +47,30 @@ def test_cate_recovers_per_row_effects_better_than_ate(split):
     assert ok.mean() > 0.8  # rows of items too small for stage 1 get NaN
     pearson = {name: np.corrcoef(v[ok], true[ok])[0, 1] for name, v in (("cate", tau), ("ate", ate))}
     rmse = {name: np.sqrt(np.mean((v[ok] - true[ok]) ** 2)) for name, v in (("cate", tau), ("ate", ate))}
-    print(f"Pearson CATE {pearson['cate']:.3f} vs ATE {pearson['ate']:.3f}; "
-          f"RMSE CATE {rmse['cate']:.4f} vs ATE {rmse['ate']:.4f}")
-    assert pearson["cate"] > pearson["ate"] + 0.05  # measured 0.465 vs 0.372 (seed 1)
-    assert rmse["cate"] < 0.95 * rmse["ate"]
-    # the chosen shrinkage is never worse than the per-item ATE on the held-out DR loss
-    cv = model.cv_results_
-    ate_only = cv[(cv["mean"] == 0) & np.isinf(cv["local"]) & np.isinf(cv["shared"])]
-    assert cv.loc[cv["chosen"], "heldout_loss"].item() <= ate_only["heldout_loss"].item()
+    return pearson, rmse
+
+
+def test_cate_recovers_per_row_effects_better_than_ate(split):
+    # measured (seeds 1, 2, 3): Pearson CATE - ATE 0.094, 0.195, 0.245 (seed 4: 0.399);
+    # RMSE ratio CATE / ATE 0.785, 0.717, 0.700. So: CATE better on every seed, by 0.1 on
+    # average over the three, and RMSE at most 0.9 of the ATE's on each.
+    sim, cut, model = split
+    margins = []
+    for seed in (1, 2, 3):
+        if seed != 1:
+            sim = _simulate(seed, n_items=100, n_rows=40_000)
+            model = _fit(sim.data.iloc[:cut])
+        pearson, rmse = _recovery(sim, cut, model)
+        print(f"seed {seed}: Pearson CATE {pearson['cate']:.3f} vs ATE {pearson['ate']:.3f}; "
+              f"RMSE CATE {rmse['cate']:.4f} vs ATE {rmse['ate']:.4f}")
+        assert pearson["cate"] > pearson["ate"]
+        assert rmse["cate"] < 0.9 * rmse["ate"]
+        margins.append(pearson["cate"] - pearson["ate"])
+        # the chosen shrinkage is never worse than the per-item ATE on the held-out DR loss
+        cv = model.cv_results_
+        ate_only = cv[(cv["mean"] == 0) & np.isinf(cv["local"]) & np.isinf(cv["shared"])]
+        assert cv.loc[cv["chosen"], "heldout_loss"].item() <= ate_only["heldout_loss"].item()
+    assert np.mean(margins) > 0.1
 
 
 def test_outputs_are_consistent(split):
