@@ -52,7 +52,7 @@ def _prob_top_k(shrunk, k, n_draws, seed) -> np.ndarray:
 
 
 def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covariates=None,
-            spread="constant"):
+            interval="robust"):
     """Validate ``effects``, fit the prior on its usable rows and add posterior columns.
 
     Returns (copy of effects with posterior columns, mask of usable rows, ``_Shrunk``)."""
@@ -78,8 +78,8 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covari
     if covariates is None:
         shrunk = _Shrunk(EmpiricalBayesPrior(prior).fit(ate[ok], se[ok]), ate[ok], se[ok])
     else:
-        z, names = covariate_matrix(covariates, effects["item"].to_numpy()[ok])
-        fitted = CovariatePrior(spread=spread).fit(ate[ok], se[ok], z, names=names)
+        z, names, groups = covariate_matrix(covariates, effects["item"].to_numpy()[ok])
+        fitted = CovariatePrior(interval=interval).fit(ate[ok], se[ok], z, names, groups)
         shrunk = _Shrunk(fitted, ate[ok], se[ok], z)
     out = effects.copy()
     for column in _POSTERIOR_COLUMNS:
@@ -90,8 +90,7 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covari
 
 def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None = None,
                prior: str = "normal", alpha: float = 0.05, fdr: float = 0.1, *,
-               covariates: pd.DataFrame | None = None, spread: str = "constant",
-               n_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+               covariates: pd.DataFrame | None = None, interval: str = "robust", n_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank items by empirical-Bayes shrunk effects.
 
     Parameters
@@ -117,10 +116,10 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
         column, numeric and string / categorical columns (one-hot encoded), one row for every
         usable item. The prior becomes ``N(z' beta, tau^2)`` with its mean linear in them
         (``CovariatePrior``): items are shrunk towards what similar items do rather than
-        towards one grand mean. Its intervals integrate the uncertainty of beta and tau.
-        Needs ``prior="normal"``.
-    spread : with covariates, "constant" (default) or "covariates" (log prior variance
-        linear in the covariates too).
+        towards one grand mean; covariates that do not predict the effects are shrunk out.
+        Its posterior integrates the uncertainty of beta and tau. Needs ``prior="normal"``.
+    interval : with covariates, "robust" (default; valid whatever the shape of the effects'
+        distribution, see ``CovariatePrior``) or "posterior" (normal-prior quantiles).
     n_draws, seed : Monte Carlo draws for ``prob_top_k`` (fixed seed: reproducible).
 
     Returns
@@ -140,7 +139,8 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
         raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
     if k is not None and (int(k) != k or k < 1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    out, ok, shrunk = _shrink(effects, prior, alpha, covariates=covariates, spread=spread)
+    out, ok, shrunk = _shrink(effects, prior, alpha, covariates=covariates,
+                              interval=interval)
     ate, se = shrunk.x, shrunk.s
     top_k = min(int(k) if k is not None else 10, int(ok.sum()))
     out["prob_top_k"] = np.nan
@@ -166,7 +166,7 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
 def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naive_ate",
                      prior: str = "auto", weights: str = "uniform",
                      alpha: float = 0.05, *, covariates: pd.DataFrame | None = None,
-                     spread: str = "constant") -> pd.DataFrame:
+                     interval: str = "robust") -> pd.DataFrame:
     """Incremental outcome per recommendation of three policies, with intervals.
 
     Policies: "causal_top_k" recommends the k items with the largest posterior mean effect;
@@ -203,7 +203,7 @@ def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naiv
     if prior == "auto":
         prior = "normal" if covariates is not None else "npmle"
     out, ok, shrunk = _shrink(effects, prior, alpha, required=required, covariates=covariates,
-                              spread=spread)
+                              interval=interval)
     items = out[ok].reset_index(drop=True)
     if k > len(items):
         raise ValueError(f"k={k} exceeds the {len(items)} items with a usable estimate")
