@@ -269,6 +269,11 @@ class CovariatePrior:
             out.append((weight / total, mean, var, pull, beta, beta_cov, z))
         return out
 
+    def prior_mean(self, ses, covariates) -> np.ndarray:
+        """Fitted prior mean ``z' beta`` of each item."""
+        s = np.asarray(ses, dtype=float).ravel()
+        return self._design(s, covariates) @ self.coef_.to_numpy()
+
     def posterior(self, estimates, ses, covariates, alpha: float = 0.05) -> pd.DataFrame:
         """Per-estimate posterior mean, sd, equal-tailed ``1 - alpha`` interval, P(theta > 0)."""
         x, s = _check_estimates(estimates, ses)

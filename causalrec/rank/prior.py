@@ -49,6 +49,9 @@ class EmpiricalBayesPrior:
     mean_, var_ : mean and variance of the fitted prior.
     grid_, weights_ : support points and their probabilities (for "normal", None).
     loglik_ : marginal log-likelihood of the fitted estimates.  n_ : number of estimates.
+
+    ``offset`` (per estimate; ``fit``, ``posterior``, ``sample``) moves each item's prior:
+    the prior is for ``theta_i - offset_i``, e.g. around a covariate-predicted mean.
     """
 
     def __init__(self, kind: str = "npmle", grid_size: int = 300, max_iter: int = 1000,
@@ -58,10 +61,11 @@ class EmpiricalBayesPrior:
         self.max_iter = max_iter
         self.tol = tol
 
-    def fit(self, estimates, ses) -> "EmpiricalBayesPrior":
+    def fit(self, estimates, ses, offset=0.0) -> "EmpiricalBayesPrior":
         if self.kind not in {"npmle", "normal"}:
             raise ValueError(f"prior must be 'npmle' or 'normal', got {self.kind!r}")
         x, s = _check_estimates(estimates, ses)
+        x = x - offset
         if x.size == 0:
             raise ValueError("cannot fit a prior to zero estimates")
         self.n_ = x.size
@@ -123,9 +127,11 @@ class EmpiricalBayesPrior:
         post = self._scaled_likelihood(x, s)[0] * self.weights_
         return post / post.sum(axis=1, keepdims=True)
 
-    def posterior(self, estimates, ses, alpha: float = 0.05) -> pd.DataFrame:
+    def posterior(self, estimates, ses, alpha: float = 0.05, offset=0.0) -> pd.DataFrame:
         """Per-estimate posterior: mean, sd, equal-tailed ``1 - alpha`` interval, P(theta > 0)."""
         x, s = _check_estimates(estimates, ses)
+        offset = np.broadcast_to(np.asarray(offset, dtype=float), x.shape)
+        x = x - offset
         if self.kind == "normal":
             shrink = self.var_ / (self.var_ + s**2)  # weight on the item's own estimate
             mean = shrink * x + (1 - shrink) * self.mean_
@@ -133,7 +139,7 @@ class EmpiricalBayesPrior:
             z = stats.norm.ppf(1 - alpha / 2)
             low, high = mean - z * sd, mean + z * sd
             with np.errstate(divide="ignore", invalid="ignore"):
-                positive = np.where(sd > 0, stats.norm.sf(0, mean, sd), (mean > 0) * 1.0)
+                positive = np.where(sd > 0, stats.norm.sf(-offset, mean, sd), (mean > -offset) * 1.0)
         else:
             post = self._npmle_posterior_weights(x, s)
             mean = post @ self.grid_
@@ -141,26 +147,29 @@ class EmpiricalBayesPrior:
             cdf = np.cumsum(post, axis=1)
             low = self.grid_[np.argmax(cdf >= alpha / 2 - 1e-12, axis=1)]
             high = self.grid_[np.argmax(cdf >= 1 - alpha / 2 - 1e-12, axis=1)]
-            positive = post @ (self.grid_ > 0)
+            positive = np.sum(post * (self.grid_[None, :] > -offset[:, None]), axis=1)
+        mean, low, high = mean + offset, low + offset, high + offset
         index = estimates.index if isinstance(estimates, pd.Series) else None
         return pd.DataFrame(dict(zip(_POSTERIOR_COLUMNS, [mean, sd, low, high, positive])),
                             index=index)
 
-    def sample(self, estimates, ses, n_draws: int = 1000, seed=0) -> np.ndarray:
+    def sample(self, estimates, ses, n_draws: int = 1000, seed=0, offset=0.0) -> np.ndarray:
         """Independent posterior draws, shape ``(n_estimates, n_draws)``."""
         x, s = _check_estimates(estimates, ses)
         rng = np.random.default_rng(seed)
         if self.kind == "normal":
-            post = self.posterior(x, s)
+            post = self.posterior(x, s, offset=offset)
             return post["posterior_mean"].to_numpy()[:, None] + post["posterior_sd"].to_numpy()[
                 :, None] * rng.standard_normal((x.size, n_draws))
-        # inverse-CDF sampling for all rows at once: offset row i's CDF by i, search once
-        cdf = np.cumsum(self._npmle_posterior_weights(x, s), axis=1)
+        offset = np.broadcast_to(np.asarray(offset, dtype=float), x.shape)
+        # inverse-CDF sampling for all rows at once: shift row i's CDF by i, search once
+        cdf = np.cumsum(self._npmle_posterior_weights(x - offset, s), axis=1)
         cdf[:, -1] = 1.0
         offsets = np.arange(x.size)[:, None]
         flat = (cdf + offsets).ravel()
         hits = np.searchsorted(flat, rng.random((x.size, n_draws)) + offsets, side="right")
-        return self.grid_[np.minimum(hits - offsets * self.grid_size, self.grid_size - 1)]
+        return self.grid_[np.minimum(hits - offsets * self.grid_size, self.grid_size - 1)] \
+            + offset[:, None]
 
     def summary(self) -> dict:
         """Fitted prior as plain Python values (safe for ``DataFrame.attrs`` and JSON)."""
