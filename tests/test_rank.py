@@ -501,7 +501,7 @@ def test_robust_critical_values():
     # a normal bias distribution has kurtosis 3: the worst case is at least as bad
     assert np.all(values[3.0] >= normal - 1e-3)
     assert np.all(values[1.0] <= values[3.0]) and np.all(values[3.0] <= values[10.0])
-    np.testing.assert_allclose(values[1.0], point, rtol=2e-3)  # interpolation vs direct
+    np.testing.assert_allclose(values[1.0], point, rtol=5e-3)  # interpolation vs direct
     assert robust_critical_values(np.array([0.0]), 5.0)[0] == pytest.approx(z, abs=1e-3)
     far = robust_critical_values(np.array([1e5]), 4.0)[0]  # beyond the grid: solved directly
     assert far == pytest.approx(_critical_value(1e5, 4.0, alpha))
