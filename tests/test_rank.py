@@ -521,8 +521,26 @@ def test_rank_items_with_covariates_output():
     same = rank_items(eff, covariates=items.set_index("item"), n_draws=200)
     pd.testing.assert_frame_equal(out, same)
     # nonparametric form: NPMLE around the covariate mean
-    npmle = rank_items(eff, covariates=items, prior="npmle", n_draws=20).set_index("item")
+    npmle = rank_items(eff, covariates=items, prior="npmle", n_draws=20)
+    assert npmle.attrs["prior"]["kind"] == "npmle"
+    assert npmle.attrs["prior"]["location"]["kind"] == "covariates"
+    npmle = npmle.set_index("item")
     assert rmse(npmle.loc[eff.item].posterior_mean, theta) < rmse(eff.ate, theta)
+
+
+@pytest.mark.parametrize("kind", ["normal", "npmle"])
+def test_prior_offset_moves_the_prior(kind):
+    _, eff = simulate(15, n=300)
+    x, s = eff.ate.to_numpy(), eff.se.to_numpy()
+    offset = np.linspace(-0.05, 0.05, x.size)
+    moved = EmpiricalBayesPrior(kind).fit(x, s, offset=offset)
+    post = moved.posterior(x, s, offset=offset)
+    base = EmpiricalBayesPrior(kind).fit(x - offset, s).posterior(x - offset, s)
+    for column in ["posterior_mean", "posterior_low", "posterior_high"]:
+        np.testing.assert_allclose(post[column], base[column] + offset, atol=1e-12)
+    # prob_positive is P(theta > 0), not P(theta - offset > 0): check against draws
+    draws = moved.sample(x, s, n_draws=4000, seed=1, offset=offset)
+    np.testing.assert_allclose(np.mean(draws > 0, axis=1), post.prob_positive, atol=0.04)
 
 
 def test_compare_policies_with_covariates_picks_better_items(simulated):

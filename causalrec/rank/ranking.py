@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .covariates import CovariatePrior, covariate_matrix
+from .covariates import INTERVALS, CovariatePrior, covariate_matrix
 from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior
 
 __all__ = ["rank_items", "compare_policies"]
@@ -17,10 +17,17 @@ class _Shrunk:
     """A fitted prior bound to the usable rows it was fitted on: estimates, ses and either
     the covariates (``CovariatePrior``) or a per-item prior location (``offset``)."""
 
-    def __init__(self, prior, x, s, z=None, offset=0.0):
+    def __init__(self, prior, x, s, z=None, offset=0.0, location=None):
         self.prior, self.x, self.s, self.z = prior, x, s, z
         self._args = (x, s) if z is None else (x, s, z)
         self._offset = {} if z is not None else {"offset": offset}
+        self._location = location  # the CovariatePrior whose mean is the offset
+
+    def summary(self):
+        out = self.prior.summary()
+        if self._location is not None:
+            out["location"] = self._location.summary()
+        return out
 
     def posterior(self, alpha):
         return self.prior.posterior(*self._args, alpha=alpha, **self._offset)
@@ -65,6 +72,8 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covari
         raise ValueError(f"prior must be 'npmle' or 'normal', got {prior!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {list(INTERVALS)}, got {interval!r}")
     ate = pd.to_numeric(effects["ate"], errors="coerce").to_numpy(float)
     se = pd.to_numeric(effects["se"], errors="coerce").to_numpy(float)
     if np.any(se < 0):
@@ -84,7 +93,7 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covari
         if prior == "npmle":  # Ignatiadis & Wager's nonparametric form: NPMLE of x - z'beta
             location = fitted.prior_mean(s, z)
             shrunk = _Shrunk(EmpiricalBayesPrior("npmle").fit(x, s, offset=location), x, s,
-                             offset=location)
+                             offset=location, location=fitted)
     out = effects.copy()
     for column in _POSTERIOR_COLUMNS:
         out[column] = np.nan
@@ -170,7 +179,7 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
     out = out.sort_values("rank", kind="stable", na_position="last")
     if k is not None:
         out = out.head(int(k))
-    out.attrs.update(prior=shrunk.prior.summary(), top_k=top_k, by=by)
+    out.attrs.update(prior=shrunk.summary(), top_k=top_k, by=by)
     return out
 
 
