@@ -48,7 +48,8 @@ def bench_rank(seeds: int) -> pd.DataFrame:
             eff = eff[eff.status == "ok"].reset_index(drop=True)
             theta = sim.truth.set_index("item").true_ate.loc[eff.item].to_numpy()
             noise = np.random.default_rng(1000 + seed).standard_normal(len(eff))
-            for data, table in (("estimator", eff), ("honest SEs", eff.assign(ate=theta + eff.se * noise))):
+            honest = eff.assign(ate=theta + eff.se * noise)
+            for data, table in (("estimator", eff), ("honest SEs", honest)):
                 priors = {
                     "raw estimates": None, "normal": {}, "npmle": {"prior": "npmle"},
                     "covariates, normal (robust intervals)": {"covariates": sim.item_features},

@@ -343,7 +343,8 @@ class CovariatePrior:
     def summary(self) -> dict:
         """Fitted prior as plain Python values (safe for ``DataFrame.attrs`` and JSON)."""
         return {"kind": "covariates", "n": int(self.n_),
-                "tau": float(self.tau_), "spread_power": float(self.spread_power_), "coef": {k: float(v) for k, v in self.coef_.items()},
+                "tau": float(self.tau_), "spread_power": float(self.spread_power_),
+                "coef": {k: float(v) for k, v in self.coef_.items()},
                 "coef_se": {k: float(v) for k, v in self.coef_se_.items()},
                 "relevance": {k: float(v) for k, v in self.relevance_.items()},
                 "kurtosis": float(self.kurtosis_), "interval": self.interval,

@@ -139,7 +139,8 @@ class EmpiricalBayesPrior:
             z = stats.norm.ppf(1 - alpha / 2)
             low, high = mean - z * sd, mean + z * sd
             with np.errstate(divide="ignore", invalid="ignore"):
-                positive = np.where(sd > 0, stats.norm.sf(-offset, mean, sd), (mean > -offset) * 1.0)
+                positive = np.where(sd > 0, stats.norm.sf(-offset, mean, sd),
+                                    (mean > -offset) * 1.0)
         else:
             post = self._npmle_posterior_weights(x, s)
             mean = post @ self.grid_

@@ -211,9 +211,10 @@ def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naiv
     ~490 items, 6 seeds) the normal priors undervalue them by 0.04-0.045 (their tails are
     too thin), the NPMLE by 0.009 without and 0.025 with covariates, whose top 20 are truly
     better (0.216 vs 0.196). (A split, choosing on one half of the data and valuing on the
-    other, would need per-fold estimates the effects table does not carry.) The logging policy's shares
-    are fixed in advance, so it is valued at the raw ``ate``, unbiased with ``se`` from the
-    items' ``se``. ``raw_incremental`` is the raw plug-in value of every policy, for contrast.
+    other, would need per-fold estimates the effects table does not carry.) The logging
+    policy's shares are fixed in advance, so it is valued at the raw ``ate``, unbiased with
+    ``se`` from the items' ``se``. ``raw_incremental`` is the raw plug-in value of every
+    policy, for contrast.
 
     Returns a DataFrame ``policy, k, incremental, se, ci_low, ci_high, raw_incremental``
     (``k``: the number of items the policy recommends); intervals are ``+- z se``.
