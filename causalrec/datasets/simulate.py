@@ -54,6 +54,9 @@ class SimulatedLog:
     group_truth : one row per item and user group: ``item, group, true_ate, n``.
     roles : keyword arguments naming the columns for ``estimate_item_effects``.
     params : the simulation settings.
+    item_features : one row per simulated item (``item, topic, provider, quality``): what is
+        known about items before their effects are seen (``quality`` is a numeric score that
+        moves the effect only when ``effect_features > 0``).
     """
 
     data: pd.DataFrame
@@ -62,6 +65,7 @@ class SimulatedLog:
     roles: dict
     params: dict = field(default_factory=dict)
     row_truth: pd.DataFrame | None = None
+    item_features: pd.DataFrame | None = None
 
 
 def _sigmoid(z):
@@ -81,7 +85,8 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                  popularity_skew: float = 1.0, n_topics: int = 5, n_groups: int = 2,
                  effect_disparity: float = 0.0, exposure_disparity: float = 0.0,
                  disparity_share: float = 0.3, n_providers: int = 8,
-                 effect_heterogeneity: float | None = None, seed: int = 0) -> SimulatedLog:
+                 effect_heterogeneity: float | None = None, effect_features: float = 0.0,
+                 seed: int = 0) -> SimulatedLog:
     """Simulate a confounded recommendation log with known per-item effects.
 
     Parameters
@@ -103,6 +108,10 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
         separate random stream, so the exposure and the users are those of the default). So h
         is the within-item spread of the effect in units of the typical item effect; h = 0
         gives a constant effect per item (no heterogeneity; binary outcomes clip at 0 and 1).
+    effect_features : how much of the item effects the item features explain. At 1 each
+        item's logit-scale effect gains ``0.3 quality + topic shift`` (shifts ~ N(0, 0.3^2)),
+        about as much variance as the feature-free part; 0 (default) leaves the effects, and
+        the whole log, as without the option.
     """
     if outcome not in {"binary", "continuous"}:
         raise ValueError(f"outcome must be 'binary' or 'continuous', got {outcome!r}")
@@ -134,6 +143,12 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
     i_effect -= effect_scale * 0.15 * (rng.random(n_items) < 0.1)
     planted = rng.random(n_items) < disparity_share if effect_disparity else np.zeros(n_items, bool)
     i_provider = rng.integers(n_providers, size=n_items)
+    # item features from a separate stream, so the main stream (and every default log) is unchanged
+    feature_rng = np.random.default_rng([seed, 1])
+    i_quality = feature_rng.normal(size=n_items)
+    topic_shift = feature_rng.normal(0.0, 0.3, size=n_topics)
+    if effect_features:
+        i_effect = i_effect + effect_scale * effect_features * (0.3 * i_quality + topic_shift[i_topic])
     i_text = np.array([f"{topics[t].title()} item: {', '.join(rng.choice(TOPICS[topics[t]], 2, replace=False))}"
                        f" (ref {k})" for k, t in enumerate(i_topic)], dtype=object)
 
@@ -198,11 +213,15 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                   effect_scale=effect_scale, popularity_skew=popularity_skew, n_topics=n_topics,
                   n_groups=n_groups, effect_disparity=effect_disparity,
                   exposure_disparity=exposure_disparity, disparity_share=disparity_share,
-                  seed=seed)
+                  effect_features=effect_features, seed=seed)
     if effect_heterogeneity is not None:
         params["effect_heterogeneity"] = effect_heterogeneity
     row_truth = pd.DataFrame({"propensity": propensity, "mu0": y0, "mu1": y1, "effect": row_effect})
-    return SimulatedLog(data, truth, group_truth, roles, params, row_truth)
+    item_features = pd.DataFrame({
+        "item": np.arange(n_items), "topic": np.array(topics, dtype=object)[i_topic],
+        "provider": np.array([f"provider_{p}" for p in i_provider], dtype=object),
+        "quality": i_quality})
+    return SimulatedLog(data, truth, group_truth, roles, params, row_truth, item_features)
 
 
 def _additive_outcomes(outcome, base, i_base, i_effect, item, z, h, damped, disparity, rng):

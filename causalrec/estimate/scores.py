@@ -89,6 +89,15 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         else:
             spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
             model = S(spread) / n_keep ** 2
+        if method != "ipw":
+            # The fitted probabilities of an arm without clicks are themselves near 0, so
+            # the model variance collapses too (placebo: 88% of such items "significant").
+            # Floor: both arms' Bernoulli variance at the rate without an effect,
+            # e mu1 + (1 - e) mu0, with the weights each arm's mean uses.
+            rate = e_clip * mu1 + (1 - e_clip) * mu0
+            s1, s0 = (S(wt), S(wc)) if normalize and method == "aipw" else (n_keep, n_keep)
+            null = ((wt / s1[seg]) ** 2 + (wc / s0[seg]) ** 2) * rate * (1 - rate)
+            model = torch.fmax(model, S(null))
         var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
     n_all = n_t + n_c
     y_mean = S(y) / n_all

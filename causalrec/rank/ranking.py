@@ -1,0 +1,255 @@
+"""Rank items by shrunk causal effects and compare recommendation policies."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .covariates import INTERVALS, CovariatePrior, covariate_matrix
+from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior
+
+__all__ = ["rank_items", "compare_policies"]
+
+_RANK_KEYS = {"posterior_mean": "posterior_mean", "lower_bound": "posterior_low", "ate": "ate"}
+
+
+class _Shrunk:
+    """A fitted prior bound to the usable rows it was fitted on: estimates, ses and either
+    the covariates (``CovariatePrior``) or a per-item prior location (``offset``)."""
+
+    def __init__(self, prior, x, s, z=None, offset=0.0, location=None):
+        self.prior, self.x, self.s, self.z = prior, x, s, z
+        self._args = (x, s) if z is None else (x, s, z)
+        self._offset = {} if z is not None else {"offset": offset}
+        self._location = location  # the CovariatePrior whose mean is the offset
+
+    def summary(self):
+        out = self.prior.summary()
+        if self._location is not None:
+            out["location"] = self._location.summary()
+        return out
+
+    def posterior(self, alpha):
+        return self.prior.posterior(*self._args, alpha=alpha, **self._offset)
+
+    def sample(self, n_draws, seed):
+        return self.prior.sample(*self._args, n_draws=n_draws, seed=seed, **self._offset)
+
+    def value(self, share, posterior):
+        """Posterior mean and sd of ``share @ theta``; with covariates the items' shared
+        hyperparameter uncertainty is counted, otherwise items are taken as independent."""
+        if self.z is not None:
+            mean, sd = self.prior.linear_posterior(share, *self._args)
+            return float(mean[0]), float(sd[0])
+        return (float(share @ posterior["posterior_mean"]),
+                float(np.sqrt(share**2 @ posterior["posterior_sd"] ** 2)))
+
+
+def _prob_top_k(shrunk, k, n_draws, seed) -> np.ndarray:
+    """Share of joint posterior draws in which each item is among the k largest effects."""
+    rng = np.random.default_rng(seed)
+    x = shrunk.x
+    counts = np.zeros(x.size)
+    batch = max(1, min(n_draws, 2_000_000 // max(x.size, 1)))  # bound memory per batch
+    for start in range(0, n_draws, batch):
+        draws = shrunk.sample(min(batch, n_draws - start), seed=rng)
+        # random tie-breaking: NPMLE draws share grid points, a normal prior may have var 0
+        draws = draws + rng.random(draws.shape) * 1e-9 * (np.ptp(x) + 1e-300)
+        top = np.argpartition(-draws, k - 1, axis=0)[:k]
+        counts += np.bincount(top.ravel(), minlength=x.size)
+    return counts / n_draws
+
+
+def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covariates=None,
+            interval="robust"):
+    """Validate ``effects``, fit the prior on its usable rows and add posterior columns.
+
+    Returns (copy of effects with posterior columns, mask of usable rows, ``_Shrunk``)."""
+    missing = [c for c in ("item", "ate", "se", *required) if c not in effects.columns]
+    if missing:
+        raise ValueError(f"effects lacks required column(s) {missing}")
+    if prior not in {"npmle", "normal"}:
+        raise ValueError(f"prior must be 'npmle' or 'normal', got {prior!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {list(INTERVALS)}, got {interval!r}")
+    ate = pd.to_numeric(effects["ate"], errors="coerce").to_numpy(float)
+    se = pd.to_numeric(effects["se"], errors="coerce").to_numpy(float)
+    if np.any(se < 0):
+        raise ValueError("column 'se': standard errors must be non-negative")
+    ok = np.isfinite(ate) & np.isfinite(se) & (se > 0)  # se == 0: no usable likelihood
+    if "status" in effects.columns:
+        ok &= (effects["status"] == "ok").to_numpy()
+    if not ok.any():
+        raise ValueError("no rows with status 'ok', finite ate and positive se")
+    x, s = ate[ok], se[ok]
+    if covariates is None:
+        shrunk = _Shrunk(EmpiricalBayesPrior(prior).fit(x, s), x, s)
+    else:
+        z, names, groups = covariate_matrix(covariates, effects["item"].to_numpy()[ok])
+        fitted = CovariatePrior(interval=interval).fit(x, s, z, names, groups)
+        shrunk = _Shrunk(fitted, x, s, z)
+        if prior == "npmle":  # Ignatiadis & Wager's nonparametric form: NPMLE of x - z'beta
+            location = fitted.prior_mean(s, z)
+            shrunk = _Shrunk(EmpiricalBayesPrior("npmle").fit(x, s, offset=location), x, s,
+                             offset=location, location=fitted)
+    out = effects.copy()
+    for column in _POSTERIOR_COLUMNS:
+        out[column] = np.nan
+    out.loc[ok, _POSTERIOR_COLUMNS] = shrunk.posterior(alpha).to_numpy()
+    return out, ok, shrunk
+
+
+def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None = None,
+               prior: str = "normal", alpha: float = 0.05, fdr: float = 0.1, *,
+               covariates: pd.DataFrame | None = None, interval: str = "robust",
+               n_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Rank items by empirical-Bayes shrunk effects.
+
+    Parameters
+    ----------
+    effects : per-item effects (from ``estimate_item_effects``) with columns ``item, ate, se``
+        and optionally ``status``. Rows with status "ok", finite ``ate`` and ``se > 0`` enter
+        the prior fit and the ranking; the others are kept with NaN posterior and rank.
+    by : "posterior_mean", "lower_bound" (``posterior_low``: favours items known to help), or
+        "ate" (raw estimate; subject to the winner's curse).
+    k : return only the top k rows; also the k of ``prob_top_k`` (default min(10, n ok)).
+    prior : "normal" (default) or "npmle" (see ``EmpiricalBayesPrior``). The NPMLE gives
+        slightly better point estimates on sparse, skewed effects but its discrete support
+        makes the intervals of extreme items too short (on the bundled sample, 53 items:
+        posterior-interval coverage 0.70 vs 0.91 with the normal prior, same RMSE), so the
+        default is the prior whose intervals are honest.
+    alpha : posterior intervals are equal-tailed ``1 - alpha``.
+    fdr : Benjamini-Hochberg level of the calls ``bh_positive`` / ``bh_negative``: BH on the
+        two-sided p-values of ``ate / se``, direction from the sign of ``ate``; this controls
+        the directional false discovery rate for independent items (Benjamini & Yekutieli
+        2005). ``q_value`` is the BH-adjusted p-value.
+    covariates : what is known about items before their effects are seen (popularity,
+        category, provider, text components): a DataFrame indexed by item or with an ``item``
+        column, numeric and string / categorical columns (one-hot encoded), one row for every
+        usable item. Items are shrunk towards what similar items do rather than towards one
+        grand mean; covariates that do not predict the effects are shrunk out. With
+        ``prior="normal"`` the prior is ``N(z' beta, tau^2)`` (``CovariatePrior``; its
+        posterior integrates the uncertainty of beta and tau); with "npmle" the NPMLE of the
+        effects' distribution around ``z' beta`` (Ignatiadis & Wager's nonparametric form).
+        Measured on the simulator with effects depending on item features (6 seeds x ~490
+        items, estimates drawn with the estimator's SEs): RMSE 0.059 vs 0.070 for the plain
+        normal prior, precision@20 0.34 vs 0.28, interval coverage 0.93 vs 0.90
+        (``benchmarks/bench_accuracy.py rank``).
+    interval : with covariates and the normal prior, "robust" (default; Armstrong, Kolesar &
+        Plagborg-Moller's intervals, valid whatever the shape of the effects' distribution)
+        or "posterior" (normal-prior quantiles; 0.90 coverage on the simulator).
+    n_draws, seed : Monte Carlo draws for ``prob_top_k`` (fixed seed: reproducible).
+
+    Returns
+    -------
+    A copy of ``effects`` sorted by ``rank`` (1 = best) with the added columns
+    ``posterior_mean, posterior_sd, posterior_low, posterior_high, prob_positive, prob_top_k,
+    q_value, bh_positive, bh_negative, rank``. ``attrs["prior"]`` holds the fitted prior's
+    summary and ``attrs["top_k"]`` the k of ``prob_top_k``.
+
+    With the NPMLE prior the posterior of an isolated extreme item can collapse onto one
+    support point, so intervals of the very top items are too narrow (coverage across all
+    items is near nominal); rank on posterior means, and read top items' intervals with care.
+    """
+    if by not in _RANK_KEYS:
+        raise ValueError(f"by must be one of {sorted(_RANK_KEYS)}, got {by!r}")
+    if not 0 < fdr < 1:
+        raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
+    if k is not None and (int(k) != k or k < 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    out, ok, shrunk = _shrink(effects, prior, alpha, covariates=covariates,
+                              interval=interval)
+    ate, se = shrunk.x, shrunk.s
+    top_k = min(int(k) if k is not None else 10, int(ok.sum()))
+    out["prob_top_k"] = np.nan
+    out.loc[ok, "prob_top_k"] = _prob_top_k(shrunk, top_k, n_draws, seed)
+    out["q_value"] = np.nan
+    out.loc[ok, "q_value"] = stats.false_discovery_control(2 * stats.norm.sf(np.abs(ate / se)))
+    called = (out["q_value"] <= fdr).to_numpy()
+    out["bh_positive"] = called & (out["ate"] > 0).to_numpy()
+    out["bh_negative"] = called & (out["ate"] < 0).to_numpy()
+
+    # ties on the ranking key (e.g. discrete NPMLE lower bounds) are broken by posterior mean
+    order = np.lexsort((-out["posterior_mean"].to_numpy(), -out[_RANK_KEYS[by]].to_numpy()))
+    order = order[ok[order]]
+    out["rank"] = np.nan
+    out.iloc[order, out.columns.get_loc("rank")] = np.arange(1, order.size + 1, dtype=float)
+    out = out.sort_values("rank", kind="stable", na_position="last")
+    if k is not None:
+        out = out.head(int(k))
+    out.attrs.update(prior=shrunk.summary(), top_k=top_k, by=by)
+    return out
+
+
+def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naive_ate",
+                     prior: str = "npmle", weights: str = "uniform",
+                     alpha: float = 0.05, *, covariates: pd.DataFrame | None = None,
+                     interval: str = "robust") -> pd.DataFrame:
+    """Incremental outcome per recommendation of three policies, with intervals.
+
+    Policies: "causal_top_k" recommends the k items with the largest posterior mean effect;
+    "naive_top_k" the k items with the largest ``popularity`` column (a naive click rate, or
+    the unadjusted treated-minus-control difference ``naive_ate``); "logging" is what the
+    logging policy did: its recommendations spread over items in proportion to ``n_treated``.
+    A top-k policy spreads its recommendations over its k items equally
+    (``weights="uniform"``) or in proportion to their opportunities ``n`` (``weights="n"``).
+    Only items with a usable estimate (see ``rank_items``) are considered.
+
+    Value of a policy = sum over items of (its share of recommendations) x (item effect).
+    The top-k policies choose their items from the same data that estimate the effects, so
+    valuing them at the raw ``ate`` is biased upward (winner's curse: the causal top-k is
+    chosen *because* its estimates are high; the naive score shares the treated rows' noise).
+    They are therefore valued at the items' empirical-Bayes *posterior means*, which stay
+    calibrated under selection on the data when the fitted prior is right; ``se`` combines
+    the items' posterior sds (independent items), ignoring the fitted prior's own
+    uncertainty. With ``covariates`` (see ``rank_items``) the policies are chosen and valued
+    with the covariate-powered prior; with ``prior="normal"`` its ``se`` is the posterior sd
+    of the value, hyperparameter uncertainty and the covariance it induces between items
+    included. The default NPMLE values the chosen items best: on the simulator (top 20 of
+    ~490 items, 6 seeds) the normal priors undervalue them by 0.04-0.045 (their tails are
+    too thin), the NPMLE by 0.009 without and 0.025 with covariates, whose top 20 are truly
+    better (0.216 vs 0.196). (A split, choosing on one half of the data and valuing on the
+    other, would need per-fold estimates the effects table does not carry.) The logging
+    policy's shares are fixed in advance, so it is valued at the raw ``ate``, unbiased with
+    ``se`` from the items' ``se``. ``raw_incremental`` is the raw plug-in value of every
+    policy, for contrast.
+
+    Returns a DataFrame ``policy, k, incremental, se, ci_low, ci_high, raw_incremental``
+    (``k``: the number of items the policy recommends); intervals are ``+- z se``.
+    """
+    if weights not in {"uniform", "n"}:
+        raise ValueError(f"weights must be 'uniform' or 'n', got {weights!r}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    required = [popularity, "n_treated"] + (["n"] if weights == "n" else [])
+    out, ok, shrunk = _shrink(effects, prior, alpha, required=required, covariates=covariates,
+                              interval=interval)
+    items = out[ok].reset_index(drop=True)
+    if k > len(items):
+        raise ValueError(f"k={k} exceeds the {len(items)} items with a usable estimate")
+
+    def top_k_shares(score):
+        chosen = np.argsort(-items[score].to_numpy(float), kind="stable")[:k]
+        share = np.zeros(len(items))
+        share[chosen] = 1.0 if weights == "uniform" else items["n"].to_numpy(float)[chosen]
+        return share
+
+    policies = [("causal_top_k", top_k_shares("posterior_mean"), True),
+                ("naive_top_k", top_k_shares(popularity), True),
+                ("logging", items["n_treated"].to_numpy(float), False)]
+    z = stats.norm.ppf(1 - alpha / 2)
+    rows = []
+    for policy, share, shrink in policies:
+        if share.sum() <= 0:
+            raise ValueError(f"policy {policy!r} recommends none of the usable items")
+        share = share / share.sum()
+        if shrink:  # chosen on the data: valued at posterior means
+            value, se = shrunk.value(share, items)
+        else:
+            value, se = float(share @ items["ate"]), float(np.sqrt(share**2 @ items["se"] ** 2))
+        rows.append(dict(policy=policy, k=int(np.count_nonzero(share)), incremental=value,
+                         se=se, ci_low=value - z * se, ci_high=value + z * se,
+                         raw_incremental=float(share @ items["ate"])))
+    return pd.DataFrame(rows)
