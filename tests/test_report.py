@@ -8,7 +8,7 @@ import pytest
 
 from causalrec.datasets import simulate_log
 from causalrec.estimate import ItemEffectEstimator
-from causalrec.graph import CausalGraph
+from causalrec.identify import CausalGraph
 from causalrec.rank import rank_items
 from causalrec.refute import refute_item_effects, sensitivity
 from causalrec.report import EffectReport, _figure_to_img, _frame_hash, _html_table, _new_figure
