@@ -5,9 +5,9 @@ from scipy import stats
 
 from causalrec import estimate_item_effects
 from causalrec.datasets import simulate_log
-from causalrec.refute import (_permute_within, _subsample_within, deep_dive, e_value,
-                              refute_item_effects, robustness_value, sensitivity,
-                              summarize_refutations)
+from causalrec.refute import (deep_dive, e_value, refute_item_effects, robustness_value,
+                              sensitivity, summarize_refutations)
+from causalrec.refute.checks import _permute_within, _subsample_within
 
 # Placebo shares are sharpest on items with many rows per arm (the per-item t intervals are
 # asymptotic), hence min_rows_per_arm.

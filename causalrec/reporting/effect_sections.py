@@ -289,13 +289,17 @@ class EffectSections:
     def _refutation_html(self) -> str:
         out = ""
         if self.refutation is not None:
-            attrs = getattr(self.refutation, "attrs", {})
+            from ..refute.refutations import refutation_setting
+
+            ref = self.refutation if isinstance(self.refutation, pd.DataFrame) else pd.DataFrame()
+            alpha = refutation_setting(ref, "alpha", 0.05)
+            fraction = refutation_setting(ref, "subset_fraction", 0.8)
             out += "<h3>Refutation checks</h3>" + paragraph(
-                f"Placebo: with the treatment shuffled, about {attrs.get('alpha', 0.05):.0%} "
+                f"Placebo: with the treatment shuffled, about {alpha:.0%} "
                 "of items should look significant. Random common cause: adding a noise "
                 "confounder should not move estimates. Subsets: estimates on random "
-                f"{attrs.get('subset_fraction', 0.8):.0%} subsets should agree within their "
-                "noise.") + _refutation_tables(self.refutation, self._keys)
+                f"{fraction:.0%} subsets should agree within their "
+                "noise.") + _refutation_tables(self.refutation)
         sens = [c for c in ("rv", "rv_ci", "e_value", "e_value_ci") if c in self._table.columns]
         if sens:
             ok = self._ok()
@@ -356,14 +360,14 @@ class EffectSections:
         return out
 
 
-def _refutation_tables(refutation, keys) -> str:
+def _refutation_tables(refutation) -> str:
     """Refutation output as tables: summaries for ``refute_item_effects`` output."""
     if isinstance(refutation, pd.DataFrame) and {"check", "passed"} <= set(refutation.columns):
-        from ..refute import summarize_refutations
+        from ..refute.refutations import refutation_keys, summarize_refutations
 
         out = html_table(summarize_refutations(refutation), caption="By check")
         failed = refutation[refutation["passed"].eq(False).fillna(False)]
-        keys = [k for k in refutation.attrs.get("keys", keys) if k in refutation.columns]
+        keys = refutation_keys(refutation)
         if len(failed):
             counts = (failed.groupby(keys + ["check"]).size().rename("failed_runs")
                       .reset_index().sort_values("failed_runs", ascending=False, kind="stable"))
