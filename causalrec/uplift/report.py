@@ -36,7 +36,7 @@ def heterogeneity_section(model, top: int = 10) -> str:
     body = paragraph(f"{int(het['heterogeneous'].sum())} of {n_tested} items show an effect that "
                       f"varies with the user features (Wald test per item, Benjamini-Hochberg at "
                       f"{model.fdr}). Chosen shrinkage (local, shared): {model.shrinkage_}.")
-    body += html_table(model.summary(top), caption="Strongest heterogeneity and its main driver")
+    body += html_table(model.summary(top).table, caption="Strongest heterogeneity and its main driver")
     return section("Effect heterogeneity", body, anchor="uplift-heterogeneity")
 
 
