@@ -354,26 +354,18 @@ class CausalGraph:
         return merged
 
     def to_dowhy(self, df: pd.DataFrame, **kwargs):
-        """A ``dowhy.CausalModel`` on ``df`` with this graph (see ``identify.dowhy_export``)."""
-        from .dowhy_export import to_dowhy
+        """A ``dowhy.CausalModel`` on ``df`` with this graph (see ``identify.export``)."""
+        from .export import to_dowhy
 
         return to_dowhy(self, df, **kwargs)
 
     # ----------------------------------------------------------------- output
     def to_gml(self, path=None) -> str | None:
-        """Write GML (roles as node attributes, treatment/outcome as graph attributes).
+        """Write GML (roles as node attributes, treatment/outcome as graph attributes); with
+        ``path=None`` the GML text is returned instead."""
+        from .export import to_gml
 
-        With ``path=None`` the GML text is returned instead.
-        """
-        self._validate()
-        g = nx.DiGraph()
-        g.graph.update(treatment=self.treatment, outcome=self.outcome)
-        g.add_nodes_from((n, {"role": r}) for n, r in self.graph.nodes(data="role"))
-        g.add_edges_from(self.graph.edges)
-        if path is None:
-            return "\n".join(nx.generate_gml(g))
-        nx.write_gml(g, path)
-        return None
+        return to_gml(self, path)
 
     def draw(self, path, title: str | None = None) -> Path:
         """Save a picture (PNG, SVG or PDF, by suffix), nodes coloured by role, causes left of

@@ -1,4 +1,4 @@
-"""A ``CausalGraph`` as a ``dowhy.CausalModel``."""
+"""A ``CausalGraph`` as a ``dowhy.CausalModel`` and as GML."""
 from __future__ import annotations
 
 import networkx as nx
@@ -29,3 +29,16 @@ def to_dowhy(graph, df: pd.DataFrame, **kwargs):
     return CausalModel(data=df, treatment=graph.treatment, outcome=graph.outcome,
                        graph=structure, **kwargs)
 
+
+def to_gml(graph, path=None) -> str | None:
+    """GML of the ``CausalGraph`` ``graph`` (roles as node attributes, treatment/outcome as
+    graph attributes), written to ``path``, or returned as text when ``path`` is None."""
+    graph._validate()
+    g = nx.DiGraph()
+    g.graph.update(treatment=graph.treatment, outcome=graph.outcome)
+    g.add_nodes_from((n, {"role": r}) for n, r in graph.graph.nodes(data="role"))
+    g.add_edges_from(graph.graph.edges)
+    if path is None:
+        return "\n".join(nx.generate_gml(g))
+    nx.write_gml(g, path)
+    return None
