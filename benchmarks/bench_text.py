@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from causalrec.confounders import TextEncoder, _EmbeddingCache, _text_keys
+from causalrec.confounders import TextEncoder
+from causalrec.confounders.cache import _EmbeddingCache, _text_keys
 
 WORDS = ("football cooking jazz travel gaming gardening history movies running science "
          "fashion cars photography yoga chess poetry hiking coffee anime podcasts night "

@@ -205,7 +205,7 @@ def _read(args, progress):
     if getattr(args, "graph", None):
         import networkx as nx
 
-        from .graph import CausalGraph, GraphError
+        from .identify import CausalGraph, GraphError
 
         if not Path(args.graph).exists():
             raise FileNotFoundError(f"no such graph file: {args.graph}")
@@ -228,7 +228,7 @@ def _fit(estimator, log, progress):
 
 def _recommendation_graph(roles: dict):
     """The standard exposure graph over the adjustment columns (user_* columns as users)."""
-    from .graph import CausalGraph
+    from .identify import CausalGraph
 
     features = roles["confounders"] + roles["categorical"]
     return CausalGraph.recommendation(
@@ -240,7 +240,7 @@ def _recommendation_graph(roles: dict):
 def _report(estimator, roles, graph, args, progress, title, top=10, refute=False):
     """Sensitivity and optional refutation; the report ranks the items itself."""
     from .refute import refute_item_effects, sensitivity
-    from .report import EffectReport
+    from .reporting import EffectReport
 
     robustness = sensitivity(estimator.effects_)
     refutation = None
@@ -329,7 +329,7 @@ def _cmd_report(args, progress) -> int:
 
 def _cmd_audit(args, progress) -> int:
     try:
-        from .audit import FairnessAudit
+        from .fairness import FairnessAudit
     except ImportError as exc:
         raise RuntimeError(f"the fairness audit is not available: {exc}") from None
     log, roles, _ = _read(args, progress)

@@ -12,7 +12,7 @@ import pytest
 from causalrec.cli import main
 from causalrec.datasets import simulate_log
 from causalrec.estimate import estimate_item_effects
-from causalrec.graph import CausalGraph
+from causalrec.identify import CausalGraph
 
 SIM = dict(n_items=12, n_users=200, n_rows=2000, seed=3)
 ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from causalrec import confounders as cf
+from causalrec.confounders import encoder as cf
 from causalrec.confounders import MISSING_TEXT, TextConfounders, TextEncoder, TextReducer
 from causalrec.schema import SchemaError
 

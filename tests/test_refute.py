@@ -5,9 +5,9 @@ from scipy import stats
 
 from causalrec import estimate_item_effects
 from causalrec.datasets import simulate_log
-from causalrec.refute import (_permute_within, _subsample_within, deep_dive, e_value,
-                              refute_item_effects, robustness_value, sensitivity,
-                              summarize_refutations)
+from causalrec.refute import (deep_dive, e_value, refute_item_effects, robustness_value,
+                              sensitivity, summarize_refutations)
+from causalrec.refute.checks import _permute_within, _subsample_within
 
 # Placebo shares are sharpest on items with many rows per arm (the per-item t intervals are
 # asymptotic), hence min_rows_per_arm.
@@ -236,3 +236,16 @@ def test_deep_dive_agrees_with_dowhy_on_a_big_item(sim, refutations):
     assert abs(table.loc[("dowhy", "placebo"), "estimate"]) < 3 * theirs["se"]
     with pytest.raises(ValueError, match="no rows"):
         deep_dive(sim.data, -1, **no_text(sim.roles), refutations=refutations)
+
+
+def test_settings_travel_as_columns_through_a_merge(small_effects):
+    """alpha and subset_fraction are columns, so a merge (which drops attrs) keeps them."""
+    small, effects = small_effects
+    ref = refute_item_effects(small.data, **no_text(small.roles), checks=["placebo", "subset"],
+                              n_subsets=2, subset_fraction=0.5, alpha=0.2, seed=0)
+    assert (ref["alpha"] == 0.2).all() and (ref["subset_fraction"] == 0.5).all()
+    merged = ref.merge(effects[["item", "n"]].rename(columns={"item": "item_id"}), on="item_id")
+    assert "alpha" not in merged.attrs and "subset_fraction" not in merged.attrs
+    summary = summarize_refutations(merged).set_index("check")
+    assert summary.loc["placebo", "expected_share"] == 0.2
+    assert summary.loc["subset", "expected_sd_in_se"] == pytest.approx(1.0)  # sqrt(0.5 / 0.5)

@@ -90,7 +90,7 @@ def test_outputs_are_consistent(split):
     coef = model.coef_
     assert set(coef["term"]) == {"mean", *FEATURES, "device=mobile", "device=tablet"}
     assert (coef["se"].dropna() > 0).all()
-    assert "driver" in model.summary().columns
+    assert "driver" in model.summary().table.columns
 
 
 def test_chunked_top_k_equals_dense():

@@ -1,42 +1,9 @@
-"""statsmodels-style summaries: header facts, status counts and one table."""
+"""The summary of a fitted ``ItemEffectEstimator`` (a ``causalrec.reporting.Summary``)."""
 from __future__ import annotations
 
-import html
-
 import numpy as np
-import pandas as pd
 
-
-class Summary:
-    """Rendered as a text table by ``str()`` and as HTML in notebooks."""
-
-    title = ""
-
-    def __init__(self, info: dict, status_counts: pd.Series, table: pd.DataFrame, caption: str):
-        self.info, self.status_counts, self.table, self.caption = info, status_counts, table, caption
-
-    def _status_line(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in self.status_counts.items())
-
-    def __str__(self) -> str:
-        width = 78
-        lines = ["=" * width, self.title.center(width), "=" * width]
-        lines += [f"{k + ':':<34}{v}" for k, v in self.info.items()]
-        lines += ["-" * width, "Item status: " + self._status_line(), "-" * width,
-                  f"{self.caption} (top {len(self.table)}):"]
-        with pd.option_context("display.width", width, "display.max_columns", 20,
-                               "display.float_format", "{:.4g}".format):
-            lines += [self.table.to_string(), "=" * width]
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in self.info.items())
-        return (f"<h4>{html.escape(self.title)}</h4><table>{rows}</table>"
-                f"<p>Item status: {html.escape(self._status_line())}</p>"
-                f"<p>{html.escape(self.caption)}</p>" + self.table.to_html(float_format="{:.4g}".format))
+from ..reporting.summary import Summary
 
 
 class EffectSummary(Summary):

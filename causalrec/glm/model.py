@@ -18,7 +18,8 @@ from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
 from .layout import (Layout, chunk_bytes, make_layout, pad, pad_design, read_only_tensor,
                      resolve_device, resolve_dtype, unpad)
 from .linalg import robust_spd_inverse, segment_inverses, shared_hessian
-from .solver import GLMFit, _Blocks, _pass, fit_glm, predict_glm
+from .passes import GLMFit, _Blocks, _pass, predict_glm
+from .solver import fit_glm
 
 __all__ = ["SegmentGLM", "BlockedDesign", "segment_moments"]
 

@@ -34,117 +34,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import chunk_bytes, empty, segment_sum
+from .layout import empty, segment_sum
 from .linalg import robust_spd_inverse, segment_inverses, shared_hessian, symmetric_solve
+# the solver calls _pass through this module's global (tests count the passes by patching it)
+from .passes import GLMFit, _Blocks, _pass
 from .reducer import Reducer
 
-__all__ = ["GLMFit", "fit_glm", "predict_glm", "HESSIAN_STEPS", "REFRESH_RATIO", "CHORD_TOL"]
+__all__ = ["fit_glm", "HESSIAN_STEPS", "REFRESH_RATIO", "CHORD_TOL"]
 
 HESSIAN_STEPS = 2
 REFRESH_RATIO = 0.15
 CHORD_TOL = 1e-3
 MAX_HALVINGS = 30
-
-
-@dataclass
-class GLMFit:
-    """Coefficients of segment k are ``shared + local[k]`` (intercept first)."""
-
-    shared: torch.Tensor  # (p,)
-    local: torch.Tensor   # (n_segments, p)
-    family: str
-    n_iter: int
-    segment_converged: torch.Tensor  # (n_segments,) bool
-
-    @property
-    def coef(self) -> torch.Tensor:
-        return self.local + self.shared
-
-    @property
-    def converged(self) -> bool:
-        return bool(self.segment_converged.all())
-
-
-@dataclass
-class _Blocks:
-    """The blocked data a fit reads: design with intercept first, outcome, weight (0 on
-    padding), an optional offset of the linear predictor, and each block's segment."""
-
-    X: torch.Tensor
-    y: torch.Tensor
-    w: torch.Tensor
-    offset: torch.Tensor | None
-    block_seg: torch.Tensor
-    n_seg: int
-    family: str
-
-
-def _mean_var_loss(eta, y, family):
-    if family == "logistic":
-        mu = torch.sigmoid(eta)
-        return mu, mu * (1 - mu), torch.nn.functional.softplus(eta) - y * eta
-    return eta, torch.ones_like(eta), 0.5 * (y - eta) ** 2
-
-
-def _chunks(blocks: torch.Tensor, block_size: int, p: int):
-    """Slices over runs of consecutive block indices (views, no copies), each run cut into
-    pieces of bounded memory; layouts that keep each fit's cells together make runs long."""
-    per_block = block_size * p * 4 * 3 + p * p * 4 * 2
-    step = max(1, chunk_bytes(blocks.device) // per_block)
-    if len(blocks) == 0:
-        return
-    idx = blocks.cpu()
-    breaks = torch.nonzero(idx[1:] - idx[:-1] != 1).squeeze(1) + 1
-    starts = torch.cat([idx[:1], idx[breaks]]).tolist()
-    ends = (torch.cat([idx[breaks - 1], idx[-1:]]) + 1).tolist()
-    for start, end in zip(starts, ends):
-        for a in range(start, end, step):
-            yield slice(a, min(a + step, end))
-
-
-def _linear_predictor(X, coef, offset=None):
-    """X (n, B, p) times each block's coefficients (n, p) -> (n, B). Written as row-vector
-    products: the matrix-vector form ``bmm(X, coef[..., None])`` runs at half the speed."""
-    eta = torch.bmm(coef.unsqueeze(1), X.mT).squeeze(1)
-    return eta if offset is None else eta + offset
-
-
-def _pass(data: _Blocks, blocks, coef, *, need_hessian, out=None):
-    """Gradient / Hessian pass over ``blocks``: per-segment loss, gradient and (optionally)
-    Gram matrix. Gradient and Gram matrix are views into one (n_seg, p, p + 1) accumulator;
-    ``out`` lends one that earlier passes used (their results are then overwritten)."""
-    Xb = data.X
-    p, n_seg = Xb.shape[-1], data.n_seg
-    opts = dict(dtype=Xb.dtype, device=Xb.device)
-    loss = torch.zeros(n_seg, **opts)
-    grad = torch.zeros(n_seg, p, **opts)
-    both = None
-    if need_hessian:
-        both = torch.zeros(n_seg, p, p + 1, **opts) if out is None else out.zero_()
-    chunks = list(_chunks(blocks, Xb.shape[1], p))
-    if need_hessian and chunks:  # buffers reused by every chunk
-        longest = max(c.stop - c.start for c in chunks)
-        Z_buf = torch.empty((longest,) + Xb.shape[1:2] + (p + 1,), **opts)
-        G_buf = torch.empty(longest, p, p + 1, **opts)
-    for chunk in chunks:
-        X, y, w = Xb[chunk], data.y[chunk], data.w[chunk]
-        seg = data.block_seg[chunk]
-        offset = None if data.offset is None else data.offset[chunk]
-        eta = _linear_predictor(X, coef[seg], offset)
-        mu, var, row_loss = _mean_var_loss(eta, y, data.family)
-        loss.index_add_(0, seg, (w * row_loss).sum(1))
-        residual = w * (mu - y)
-        if not need_hessian:
-            grad.index_add_(0, seg, torch.bmm(residual.unsqueeze(1), X).squeeze(1))
-            continue
-        # one bmm gives the Gram matrix and the gradient: X' [X * w var | w (mu - y)]
-        Z, G = Z_buf[:len(X)], G_buf[:len(X)]
-        torch.mul(X, (w * var).unsqueeze(-1), out=Z[..., :p])
-        Z[..., p] = residual
-        both.index_add_(0, seg, torch.bmm(X.mT, Z, out=G))
-    if need_hessian:
-        return loss, both[..., p], both[..., :p]
-    return loss, grad, None
 
 
 @dataclass
@@ -486,14 +387,3 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
         local[:, 0] += state.offset_seg
     n_iter = int(cfg.reducer.max(state.n_iter.max().double() if n_seg else torch.zeros((), dtype=torch.float64)))
     return GLMFit(shared, local, family, n_iter, state.converged.clone())
-
-
-def predict_glm(fit: GLMFit, Xb, blocks, block_seg, offset=None) -> torch.Tensor:
-    """Mean predictions (probabilities for logistic) on ``blocks``: (len(blocks), B)."""
-    coef = fit.coef
-    out = []
-    for chunk in _chunks(blocks, Xb.shape[1], Xb.shape[-1]):
-        eta = _linear_predictor(Xb[chunk], coef[block_seg[chunk]],
-                                None if offset is None else offset[chunk])
-        out.append(torch.sigmoid(eta) if fit.family == "logistic" else eta)
-    return torch.cat(out) if out else Xb.new_zeros((0, Xb.shape[1]))

@@ -9,6 +9,7 @@ from scipy import stats
 from ..base import BaseEstimator
 from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
+from ..reporting.summary import Summary
 from ..schema import InteractionLog, SchemaError, _as_list
 from ..utils.validation import Callable, InstanceOf, Interval, Options
 from . import ridge
@@ -272,14 +273,23 @@ class UpliftModel(BaseEstimator):
             "uplift": tau.cpu().numpy(), "ci_low": (tau - z * se).cpu().numpy(),
             "ci_high": (tau + z * se).cpu().numpy()})
 
-    def summary(self, top: int = 10) -> pd.DataFrame:
-        """The items with the strongest evidence of heterogeneity and their main driver."""
+    def summary(self, top: int = 10) -> Summary:
+        """Header facts and, as its ``table``, the items with the strongest evidence of
+        heterogeneity and their main driver."""
         self._check_fitted()
         het = self.heterogeneity_.dropna(subset=["p_value"]).sort_values("p_value").head(top)
         slopes = self.coef_[self.coef_["term"] != "mean"].assign(size=lambda f: f["coef"].abs())
         driver = slopes.sort_values("size").groupby("item").tail(1).set_index("item")
-        return het.assign(driver=driver["term"].reindex(het["item"]).to_numpy(),
-                          driver_coef=driver["coef"].reindex(het["item"]).to_numpy())
+        table = het.assign(driver=driver["term"].reindex(het["item"]).to_numpy(),
+                           driver_coef=driver["coef"].reindex(het["item"]).to_numpy())
+        tested = self.heterogeneity_["p_value"].notna()
+        info = {"Items": len(self.items_), "Items tested for heterogeneity": int(tested.sum()),
+                f"Heterogeneous items (BH, FDR {self.fdr:g})":
+                    int(self.heterogeneity_["heterogeneous"].sum()),
+                "Shrinkage (mean, local, shared)": self.shrinkage_,
+                "Confidence level": f"{1 - self.alpha:.0%}"}
+        return Summary(info, None, table.reset_index(drop=True), "Strongest heterogeneity",
+                       title="Per-user effects of recommendation (uplift)")
 
 
 def _pseudo_outcomes(t, y, e, mu0, mu1) -> np.ndarray:

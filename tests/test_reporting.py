@@ -8,10 +8,12 @@ import pytest
 
 from causalrec.datasets import simulate_log
 from causalrec.estimate import ItemEffectEstimator
-from causalrec.graph import CausalGraph
+from causalrec.identify import CausalGraph
 from causalrec.rank import rank_items
 from causalrec.refute import refute_item_effects, sensitivity
-from causalrec.report import EffectReport, _figure_to_img, _frame_hash, _html_table, _new_figure
+from causalrec.reporting import EffectReport
+from causalrec.reporting.effect_sections import _frame_hash
+from causalrec.reporting.html import figure_to_img, html_table, new_figure
 from causalrec.schema import InteractionLog
 
 EVIL = "<script>alert(1)</script>"
@@ -160,7 +162,7 @@ def test_refutation_results_are_summarised(fitted):
 
 def test_html_table_escapes_and_truncates():
     frame = pd.DataFrame({"<th>": [EVIL, "b", "c"], "x": [0.123456, np.nan, 3.0]})
-    out = _html_table(frame, max_rows=2, caption="<i>cap</i>")
+    out = html_table(frame, max_rows=2, caption="<i>cap</i>")
     assert EVIL not in out and EVIL_ESCAPED in out and "&lt;th&gt;" in out
     assert "&lt;i&gt;cap&lt;/i&gt;" in out
     assert "1 more rows" in out and "<td>c</td>" not in out
@@ -168,9 +170,9 @@ def test_html_table_escapes_and_truncates():
 
 
 def test_figure_to_img_embeds_a_png():
-    fig = _new_figure(2, 2)
+    fig = new_figure(2, 2)
     fig.subplots().plot([0, 1], [1, 0])
-    tag = _figure_to_img(fig, alt='say "hi" <now>')
+    tag = figure_to_img(fig, alt='say "hi" <now>')
     data = re.search(r'src="data:image/png;base64,([^"]+)"', tag).group(1)
     assert base64.b64decode(data).startswith(b"\x89PNG")
     assert 'alt="say &quot;hi&quot; &lt;now&gt;"' in tag

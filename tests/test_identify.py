@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from causalrec.graph import CausalGraph, GraphError, NotIdentifiableError
+from causalrec.identify import CausalGraph, GraphError, NotIdentifiableError
 
 _d_sep = getattr(nx, "is_d_separator", None) or nx.d_separated
 

@@ -9,29 +9,19 @@ DoWhy, GML and pictures.
 from __future__ import annotations
 
 import copy
-import itertools
 from pathlib import Path
 
 import networkx as nx
 import pandas as pd
 
-from .schema import _as_list
+from ..schema import _as_list
+from .backdoor import _format_path, _is_d_separator, _open_path, smallest_frontdoor_set
 
 __all__ = ["CausalGraph", "GraphError", "NotIdentifiableError", "ROLES"]
 
 ROLES = ("user", "item", "context", "text", "treatment", "outcome", "unobserved",
          "mediator", "other")
 FEATURE_ROLES = ("user", "item", "context", "text")
-ROLE_COLORS = {
-    "user": "#4c72b0", "item": "#dd8452", "context": "#55a868", "text": "#8172b3",
-    "treatment": "#c44e52", "outcome": "#da8bc3", "unobserved": "#bbbbbb",
-    "mediator": "#ccb974", "other": "#64b5cd",
-}
-_MAX_PATHS = 10_000      # paths searched for an open backdoor path to name in an error
-_MAX_FRONTDOOR_SETS = 4096
-
-# networkx renamed d_separated to is_d_separator in 3.3 and removed the old name in 3.5.
-_is_d_separator = getattr(nx, "is_d_separator", None) or nx.d_separated
 
 
 class GraphError(ValueError):
@@ -311,30 +301,13 @@ class CausalGraph:
         is blocked by the treatment. Raises :class:`NotIdentifiableError` if none exists.
         """
         self._validate()
-        t, y, g = self.treatment, self.outcome, self.graph
-        mediators = sorted(
-            (nx.descendants(g, t) & nx.ancestors(g, y) & set(self.observed)) - {t, y})
-        g_t = self._backdoor_graph()
-        tried = 0
-        for size in range(1, len(mediators) + 1):
-            for subset in itertools.combinations(mediators, size):
-                tried += 1
-                if tried > _MAX_FRONTDOOR_SETS:
-                    break
-                m = set(subset)
-                cut = g.copy()
-                cut.remove_nodes_from(m)
-                if nx.has_path(cut, t, y):
-                    continue
-                if not _is_d_separator(g_t, {t}, m, set()):
-                    continue
-                g_m = g.copy()
-                g_m.remove_edges_from(list(g.out_edges(m)))
-                if _is_d_separator(g_m, m, {y}, {t}):
-                    return sorted(m)
-        raise NotIdentifiableError(
-            f"no observed set of mediators satisfies the front-door criterion for "
-            f"{t!r} -> {y!r}")
+        found = smallest_frontdoor_set(self.graph, self.treatment, self.outcome,
+                                       set(self.observed), self._backdoor_graph())
+        if found is None:
+            raise NotIdentifiableError(
+                f"no observed set of mediators satisfies the front-door criterion for "
+                f"{self.treatment!r} -> {self.outcome!r}")
+        return found
 
     # ----------------------------------------------------------------- data
     def adjustment_columns(self, df: pd.DataFrame) -> dict[str, list[str]]:
@@ -381,87 +354,25 @@ class CausalGraph:
         return merged
 
     def to_dowhy(self, df: pd.DataFrame, **kwargs):
-        """A ``dowhy.CausalModel`` on ``df`` with this graph (passed as a networkx DiGraph).
+        """A ``dowhy.CausalModel`` on ``df`` with this graph (see ``identify.export``)."""
+        from .export import to_dowhy
 
-        DoWhy treats graph nodes without a column as unobserved, so every observed node must
-        be a column and no unobserved node may be one (else :class:`GraphError`).
-        """
-        self._validate()
-        missing = [n for n in self.observed if n not in df.columns]
-        if missing:
-            raise GraphError(f"observed graph node(s) {missing} are not columns of the data")
-        clash = [n for n in self.unobserved if n in df.columns]
-        if clash:
-            raise GraphError(f"node(s) {clash} are marked unobserved but are columns of the "
-                             "data; DoWhy would treat them as observed")
-        from dowhy import CausalModel
-        # Only structure goes to DoWhy: it adds its own node attributes.
-        graph = nx.DiGraph(list(self.graph.edges))
-        graph.add_nodes_from(self.graph.nodes)
-        return CausalModel(data=df, treatment=self.treatment, outcome=self.outcome,
-                           graph=graph, **kwargs)
+        return to_dowhy(self, df, **kwargs)
 
     # ----------------------------------------------------------------- output
     def to_gml(self, path=None) -> str | None:
-        """Write GML (roles as node attributes, treatment/outcome as graph attributes).
+        """Write GML (roles as node attributes, treatment/outcome as graph attributes); with
+        ``path=None`` the GML text is returned instead."""
+        from .export import to_gml
 
-        With ``path=None`` the GML text is returned instead.
-        """
-        self._validate()
-        g = nx.DiGraph()
-        g.graph.update(treatment=self.treatment, outcome=self.outcome)
-        g.add_nodes_from((n, {"role": r}) for n, r in self.graph.nodes(data="role"))
-        g.add_edges_from(self.graph.edges)
-        if path is None:
-            return "\n".join(nx.generate_gml(g))
-        nx.write_gml(g, path)
-        return None
+        return to_gml(self, path)
 
     def draw(self, path, title: str | None = None) -> Path:
-        """Save a picture (PNG, SVG or PDF, by suffix), nodes coloured by role.
+        """Save a picture (PNG, SVG or PDF, by suffix), nodes coloured by role, causes left of
+        effects (see ``identify.draw``)."""
+        from .draw import draw_graph
 
-        Nodes are laid out in topological layers, causes left of effects; unobserved nodes
-        are drawn with dashed outlines. Needs matplotlib only (no graphviz).
-        """
-        from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-
-        self._validate()
-        path = Path(path)
-        if path.suffix.lower() not in {".png", ".svg", ".pdf"}:
-            raise ValueError(f"cannot draw to {path.name}: use a .png, .svg or .pdf file")
-        g = self.graph.copy()
-        for layer, nodes in enumerate(nx.topological_generations(g)):
-            for node in nodes:
-                g.nodes[node]["layer"] = layer
-        pos = nx.multipartite_layout(g, subset_key="layer")
-        n_layers = 1 + max(nx.get_node_attributes(g, "layer").values())
-        fig = Figure(figsize=(2.2 + 2.2 * n_layers, 1.5 + 0.6 * len(g)))
-        ax = fig.subplots()
-        ax.set_axis_off()
-        nx.draw_networkx_edges(g, pos, ax=ax, arrowsize=14, node_size=1800,
-                               edge_color="#555555")
-        for dashed in (False, True):
-            nodes = [n for n in g if (g.nodes[n]["role"] == "unobserved") == dashed]
-            if not nodes:
-                continue
-            drawn = nx.draw_networkx_nodes(
-                g, pos, nodelist=nodes, ax=ax, node_size=1800,
-                node_color=[ROLE_COLORS[g.nodes[n]["role"]] for n in nodes],
-                edgecolors="black", linewidths=1.5 if dashed else 0.5)
-            if dashed:
-                drawn.set_linestyle("--")
-        nx.draw_networkx_labels(g, pos, ax=ax, font_size=8)
-        used = [r for r in ROLES if r in set(nx.get_node_attributes(g, "role").values())]
-        ax.legend(handles=[Line2D([], [], marker="o", linestyle="", markersize=10,
-                                  markerfacecolor=ROLE_COLORS[r], markeredgecolor="black",
-                                  label=r) for r in used],
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path)
-        return path
+        return draw_graph(self, path, title)
 
     def summary(self) -> pd.DataFrame:
         """One row per node: role, observed, and whether it is in the adjustment set."""
@@ -497,32 +408,3 @@ def _as_digraph(graph) -> nx.DiGraph:
     if bad:
         raise GraphError(f"edges must be (cause, effect) pairs, got {bad[0]!r}")
     return nx.DiGraph(edges)
-
-
-def _open_path(g_bd: nx.DiGraph, source: str, target: str, given: set) -> list[str] | None:
-    """The shortest path from source to target that is d-connected given ``given``."""
-    # A collider is open when it or one of its descendants is conditioned on.
-    opens_collider = set(given).union(*(nx.ancestors(g_bd, z) for z in given))
-    skeleton = g_bd.to_undirected(as_view=True)
-    if not nx.has_path(skeleton, source, target):
-        return None
-    for i, path in enumerate(nx.shortest_simple_paths(skeleton, source, target)):
-        if i >= _MAX_PATHS:
-            return None
-        if all(_passes(g_bd, a, b, c, given, opens_collider)
-               for a, b, c in zip(path, path[1:], path[2:])):
-            return path
-    return None
-
-
-def _passes(g: nx.DiGraph, a, b, c, given: set, opens_collider: set) -> bool:
-    if g.has_edge(a, b) and g.has_edge(c, b):
-        return b in opens_collider
-    return b not in given
-
-
-def _format_path(g: nx.DiGraph, path: list[str]) -> str:
-    parts = [path[0]]
-    for a, b in zip(path, path[1:]):
-        parts.append(("-> " if g.has_edge(a, b) else "<- ") + b)
-    return " ".join(parts)

@@ -9,7 +9,7 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
 import causalrec as cr
-from causalrec.audit import _ExposureModel
+from causalrec.fairness.exposure import _ExposureModel
 from causalrec.schema import SchemaError
 
 # No text confounding, so the numeric confounders suffice (no text encoding: fast tests).

@@ -31,25 +31,22 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .estimate.design import assign_folds, build_design
-from .estimate.nuisance import warn_unconverged
-from .base import BaseEstimator
-from .glm import BlockedDesign, SegmentGLM
-from .utils.validation import Boolean, InstanceOf, Integer, Interval, Options
-from .glm.layout import chunk_bytes, resolve_device, resolve_dtype
-from .estimate.summary import Summary
-from .schema import InteractionLog, SchemaError, _as_list
+from ..base import BaseEstimator
+from ..estimate.design import assign_folds
+from ..glm.layout import resolve_device
+from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
+from .log import _bandit_log, _catalogue
+from .outcome import OutcomeModel
+from .policy import ROW_SUM_TOL, _Policy
+from .summary import BanditSummary
 
-__all__ = ["BanditEstimator", "estimate_item_values", "estimate_policy_value",
-           "estimate_logging_policy"]
+__all__ = ["BanditEstimator", "estimate_item_values", "estimate_policy_value"]
 
 METHODS = ("dr", "ipw", "snipw", "dm")
 OUTCOME_SEGMENTS = ("item", "item_position")
-_SHOWN = "__shown__"   # constant treatment column: every logged row is an impression
-ROW_SUM_TOL = 1e-6
 
 
-class BanditEstimator(BaseEstimator):
+class BanditEstimator(OutcomeModel, BaseEstimator):
     """Per-item values and policy values from a log of (context, shown item, outcome,
     logged propensity).
 
@@ -157,91 +154,6 @@ class BanditEstimator(BaseEstimator):
             self._fit_outcome_model(log)
         self.values_ = self.item_values()
         return self
-
-    def _fit_outcome_model(self, log: InteractionLog) -> None:
-        df = log.data
-        extra = None
-        if self.position_ is not None and self.outcome_segments == "item":
-            extra = pd.get_dummies(df[self.position_].astype(str), prefix=self.position_,
-                                   drop_first=True, dtype=float)
-        design = build_design(log, extra, max_levels=self.max_levels, dtype=np.float64)
-        self.design_columns_ = design.columns
-        dtype = resolve_dtype(self.dtype)
-        self._X = torch.as_tensor(design.X, dtype=dtype, device=self._device)
-        by_pos = self.outcome_segments == "item_position" and self.position_ is not None
-        self._n_pos_seg = len(self.positions_) if by_pos else 1
-        n_seg = len(self.items_) * self._n_pos_seg
-        seg = self._a * self._n_pos_seg + (self._k if by_pos else 0)
-        family = "logistic" if self.outcome_binary_ else "gaussian"
-        folds, F = self.fold_.to_numpy(), self.n_folds
-        # one blocked layout for all folds (cells = segment x fold), as the effect estimator does
-        design = BlockedDesign(self._X, seg * F + folds, n_seg * F,
-                               cell_segment=np.repeat(np.arange(n_seg), F))
-        yb = design.pad(self._y)
-        block_fold = design.block_cell % F
-        # Item intercepts are shrunk toward the shared one, which then is well identified: give it
-        # the same weak ridge as the shared slopes (a N(0, 1) prior would pull a rare-click
-        # model's base rate toward 50%).
-        model = SegmentGLM(family=family, pooled=True, shrinkage=self.shrinkage,
-                           intercept_penalty=self.intercept_shrinkage,
-                           shared_intercept_penalty=1e-4, max_iter=self.max_iter, tol=1e-6,
-                           device=self._device, dtype=dtype)
-        self.outcome_coef_, converged = [], np.ones(n_seg, dtype=bool)
-        for f in range(F):
-            train = design.blocks(block_fold != f if F > 1 else block_fold >= 0)
-            fit = SegmentGLM(**model.get_params()).fit_blocks(design, yb, train, n_segments=n_seg)
-            self.outcome_coef_.append(fit.fit_.coef)
-            converged &= fit.converged_
-        self.outcome_converged_ = bool(converged.all())
-        names = np.repeat(self.items_, self._n_pos_seg).astype(str)
-        if self._n_pos_seg > 1:
-            names = np.char.add(names, np.char.add(" @ ", np.tile(self.positions_.astype(str), len(self.items_))))
-        warn_unconverged(converged, names, "bandit outcome model")
-        self._family = family
-        self._fold_t = torch.as_tensor(folds.copy(), device=self._device)
-        self._k_t = torch.as_tensor(self._k, device=self._device)
-        self._a_t = torch.as_tensor(self._a, device=self._device)
-
-    # ------------------------------------------------------------------ outcome model
-    def _rows_per_chunk(self) -> int:
-        if self.chunk_rows is not None:
-            return int(self.chunk_rows)
-        per_row = 8 * len(self.items_) * self._n_pos_seg * 6  # a few float64 row x item temporaries
-        return max(1, chunk_bytes(self._device) // per_row)
-
-    def _predict(self, rows: torch.Tensor) -> torch.Tensor:
-        """q(x_i, a) for the given rows and every item, (len(rows), n_items) float64,
-        each row predicted by the model that did not see its fold."""
-        n_items = len(self.items_)
-        out = torch.empty(len(rows), n_items, dtype=torch.float64, device=self._device)
-        for f, coef in enumerate(self.outcome_coef_):
-            mine = self._fold_t[rows] == f if self.n_folds > 1 else torch.ones_like(rows, dtype=torch.bool)
-            r = rows[mine]
-            eta = self._X[r] @ coef[:, 1:].T + coef[:, 0]
-            if self._n_pos_seg > 1:  # pick each row's own position
-                eta = eta.view(len(r), n_items, self._n_pos_seg)
-                eta = eta.gather(2, self._k_t[r].view(-1, 1, 1).expand(-1, n_items, 1)).squeeze(2)
-            mean = torch.sigmoid(eta) if self._family == "logistic" else eta
-            out[mine] = mean.to(torch.float64)
-        return out
-
-    def _chunks(self, use_model: bool = True):
-        """Row chunks with each row's predictions for every item (None without the model)."""
-        n = len(self._y)
-        step = self._rows_per_chunk()
-        for start in range(0, n, step):
-            rows = torch.arange(start, min(n, start + step), device=self._device)
-            yield rows, (self._predict(rows) if use_model else None)
-
-    def _observed_q(self) -> np.ndarray:
-        """q(x_i, a_i) for the shown item of every row (computed once)."""
-        if self._q_obs is None:
-            q = np.empty(len(self._y))
-            for rows, q_rows in self._chunks():
-                shown = q_rows.gather(1, self._a_t[rows].view(-1, 1)).squeeze(1)
-                q[rows.cpu().numpy()] = shown.cpu().numpy()
-            self._q_obs = q
-        return self._q_obs
 
     # ------------------------------------------------------------------ item values
     def item_values(self, by_position: bool = False, method: str | None = None) -> pd.DataFrame:
@@ -425,72 +337,6 @@ class BanditEstimator(BaseEstimator):
         return BanditSummary(self, top=top)
 
 
-class _Policy:
-    """A validated policy: dense (rows x items) probabilities or sparse (ids, probs) lists."""
-
-    def __init__(self, policy, items: np.ndarray, n_rows: int):
-        catalogue = pd.Index(items)
-        if isinstance(policy, tuple) and len(policy) == 2:
-            ids, probs = (np.asarray(p) for p in policy)
-            ids = ids.reshape(n_rows, -1) if ids.ndim == 1 and ids.size == n_rows else ids
-            probs = probs.reshape(ids.shape) if probs.size == ids.size else probs
-            if ids.shape != probs.shape or ids.ndim != 2 or len(ids) != n_rows:
-                raise ValueError(f"a sparse policy is (item_ids, probs), two arrays of shape "
-                                 f"(rows, k) with rows = {n_rows}; got {ids.shape} and {probs.shape}")
-            codes = catalogue.get_indexer(ids.ravel())
-            _check_known(ids.ravel()[codes < 0])
-            self.codes, self.dense = codes.reshape(ids.shape), None
-            self.probs = probs.astype(np.float64)
-        else:
-            if isinstance(policy, pd.DataFrame):
-                _check_known(np.asarray(policy.columns)[catalogue.get_indexer(policy.columns) < 0])
-                policy = policy.reindex(columns=catalogue, fill_value=0.0).to_numpy(dtype=np.float64)
-            dense = np.asarray(policy, dtype=np.float64)
-            if dense.shape != (n_rows, len(catalogue)):
-                raise ValueError(f"a dense policy has shape (rows, items) = ({n_rows}, "
-                                 f"{len(catalogue)}), got {dense.shape}")
-            self.dense, self.probs = dense, dense
-        _check_probabilities(self.probs)
-
-    def at(self, a: np.ndarray) -> np.ndarray:
-        """pi(a_i | row i) for one item per row."""
-        if self.dense is not None:
-            return self.dense[np.arange(len(a)), a]
-        return (self.probs * (self.codes == a[:, None])).sum(1)
-
-    def expect(self, q: torch.Tensor, rows: np.ndarray) -> np.ndarray:
-        """sum_a pi(a | i) q(x_i, a) for a chunk of rows."""
-        if self.dense is not None:
-            pi = torch.as_tensor(self.dense[rows], device=q.device)
-            return (pi * q).sum(1).cpu().numpy()
-        codes = torch.as_tensor(self.codes[rows], device=q.device)
-        probs = torch.as_tensor(self.probs[rows], device=q.device)
-        return (q.gather(1, codes) * probs).sum(1).cpu().numpy()
-
-    def mass_outside(self, allowed: np.ndarray) -> np.ndarray:
-        """Per row, the probability put on items where ``allowed`` (rows x items) is False."""
-        if self.dense is not None:
-            return (self.dense * ~allowed).sum(1)
-        ok = np.take_along_axis(allowed, self.codes, axis=1)
-        return (self.probs * ~ok).sum(1)
-
-
-def _check_known(unknown) -> None:
-    if len(unknown):
-        shown = ", ".join(repr(u) for u in pd.unique(unknown)[:5].tolist())
-        raise ValueError(f"the policy names item(s) not in the catalogue: {shown}")
-
-
-def _check_probabilities(probs: np.ndarray) -> None:
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError("policy probabilities must be finite and non-negative")
-    sums = probs.sum(1)
-    bad = np.flatnonzero(np.abs(sums - 1) > ROW_SUM_TOL)
-    if len(bad):
-        raise ValueError(f"policy probabilities must sum to 1 in every row: {len(bad)} of "
-                         f"{len(sums)} rows do not (row {bad[0]} sums to {sums[bad[0]]:.6g})")
-
-
 def _se_floor(method, sum_w, sum_w2, n, rate):
     """SE of the estimator if every weighted row had the group's mean 0/1 outcome ``rate``
     (its variance under the pooled rate): a rare-event item with zero or one click is not
@@ -505,38 +351,6 @@ def _mean_se(s1, s2, n):
         mean = s1 / n
         var = np.maximum(s2 - n * mean ** 2, 0) / (n - 1)
         return mean, np.sqrt(var / n)
-
-
-def _catalogue(logged: pd.Series, items) -> np.ndarray:
-    seen = np.sort(logged.unique())
-    if items is None:
-        return seen
-    items = pd.Index(items)
-    if items.has_duplicates:
-        raise ValueError("items: the catalogue lists an item twice")
-    missing = seen[items.get_indexer(seen) < 0]
-    if len(missing):
-        raise SchemaError(logged.name, f"logged item(s) missing from items=: "
-                                       f"{', '.join(map(repr, missing[:5].tolist()))}")
-    return np.asarray(items)
-
-
-def _bandit_log(df, item, outcome, propensity, position, confounders) -> InteractionLog:
-    """Validate the roles once (via ``InteractionLog``); non-numeric confounders become
-    categorical (one-hot) columns."""
-    if not isinstance(df, pd.DataFrame):
-        raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
-    if propensity is None:
-        raise SchemaError(None, "a bandit log needs the logged propensity column (propensity=)")
-    confounders = _as_list(confounders)
-    numeric = [c for c in confounders if c in df and (pd.api.types.is_numeric_dtype(df[c])
-                                                      or pd.api.types.is_bool_dtype(df[c]))]
-    if _SHOWN in df:
-        raise SchemaError(_SHOWN, "reserved column name")
-    return InteractionLog(df.assign(**{_SHOWN: 1}), item=[item] + ([position] if position else []),
-                          treatment=_SHOWN, outcome=outcome, confounders=numeric,
-                          categorical=[c for c in confounders if c not in numeric],
-                          propensity=propensity)
 
 
 # ---------------------------------------------------------------------- functions
@@ -586,47 +400,3 @@ def estimate_policy_value(df: pd.DataFrame, policy, item: str, outcome: str, pro
     est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
                                                         position, confounders, items)
     return est.policy_value(policy, by_position=by_position)
-
-
-def estimate_logging_policy(df: pd.DataFrame, item: str, propensity: str,
-                            position: str | None = None, items=None) -> pd.DataFrame:
-    """Average action distribution of a context-free logging policy, from its log.
-
-    For position k and item a: ``n(a, k) / sum 1 / p_i`` over the rows showing a at k, the
-    inverse-propensity estimate of the time-averaged probability (exact when the policy was
-    constant; the mean of the logged propensities would over-weight the times the item was
-    likely). Rows are normalised to sum to 1. Returns a DataFrame indexed by position (one
-    row "all" without ``position``) with one column per item.
-    """
-    _bandit_log(df.assign(__outcome__=0.0), item, "__outcome__", propensity, position, None)
-    items = _catalogue(df[item], items)
-    k = df[position] if position is not None else pd.Series("all", index=df.index)
-    inv = 1.0 / df[propensity].to_numpy(dtype=np.float64)
-    cells = pd.DataFrame({"k": k.to_numpy(), "a": df[item].to_numpy(), "inv": inv})
-    grouped = cells.groupby(["k", "a"])["inv"].agg(["size", "sum"])
-    table = (grouped["size"] / grouped["sum"]).unstack("a").reindex(columns=items).fillna(0.0)
-    table.index.name, table.columns.name = position or "position", item
-    return table.div(table.sum(axis=1), axis=0)
-
-
-class BanditSummary(Summary):
-    """Header facts and the items with the highest estimated values."""
-
-    title = "Item values from a bandit log"
-
-    def __init__(self, est: BanditEstimator, top: int = 10):
-        values = est.values_
-        info = {
-            "Method": est.method.upper(),
-            "Outcome model": ("none" if est.outcome_coef_ is None else
-                              f"pooled GLM by {est.outcome_segments}, {est.n_folds}-fold cross-fitted"),
-            "Rows (impressions)": len(est._y),
-            "Items": len(est.items_),
-            "Positions": "-" if est.positions_ is None else len(est.positions_),
-            "Logged mean outcome": f"{est._y.mean():.5g}",
-            "Confidence level": f"{1 - est.alpha:.0%}",
-        }
-        cols = ["value", "se", "ci_low", "ci_high", "lift", "lift_se", "n_shown", "ess", "status"]
-        super().__init__(info, values["status"].value_counts(),
-                         values.nlargest(top, "value").set_index("item")[cols],
-                         "Highest estimated values")

@@ -1,0 +1,7 @@
+"""Off-policy item and policy values from bandit logs (see ``causalrec.bandit.estimator``)."""
+from .estimator import BanditEstimator, estimate_item_values, estimate_policy_value
+from .policy import estimate_logging_policy
+from .summary import BanditSummary
+
+__all__ = ["BanditEstimator", "BanditSummary", "estimate_item_values", "estimate_policy_value",
+           "estimate_logging_policy"]

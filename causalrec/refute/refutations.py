@@ -1,0 +1,187 @@
+"""Refutation checks of every item's effect: each check is one call of the batched estimator
+over all items (no loop over items), and a summary of the verdicts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..schema import _as_list
+from .checks import DataSubsets, PlaceboTreatment, RandomCommonCause, RefutationRun
+
+__all__ = ["refute_item_effects", "summarize_refutations", "CHECKS"]
+
+CHECKS = ("placebo", "random_common_cause", "subset")
+_STATS = ["estimate", "se", "p_value", "status"]
+
+
+def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
+                        confounders=None, categorical=None, text=None, propensity=None,
+                        by=None, graph=None, *, checks=CHECKS, n_subsets: int = 5,
+                        subset_fraction: float = 0.8, rcc_tolerance: float = 1.0,
+                        seed: int = 0, text_encoder=None, text_components: int = 8,
+                        **options) -> pd.DataFrame:
+    """Refutation checks of every item's effect, batched over items.
+
+    Takes the arguments of ``estimate_item_effects`` (``**options`` go to the estimator) and
+    runs, each as one estimator call over all items:
+
+    * ``"placebo"``: the treatment is permuted within each item (and ``by`` segment), so
+      the true effect is zero. ``passed`` means not significant at ``alpha``; about
+      ``alpha`` of the items should fail (see :func:`summarize_refutations`). A logged
+      ``propensity`` does not describe the permuted treatment, so it is not used here.
+    * ``"random_common_cause"``: an independent N(0, 1) column is added as a confounder.
+      ``passed`` means the estimate moved by at most ``rcc_tolerance`` original SEs. The
+      original cross-fitting folds are kept, so only the added column can move anything.
+    * ``"subset"``: ``n_subsets`` re-estimates, each on a random ``subset_fraction`` of every
+      item's rows. A subsample estimate differs from the full one with standard deviation
+      about ``se * sqrt((1 - f) / f)``; ``passed`` means within ``z_{1-alpha/2}`` of those.
+      Each row keeps its original fold.
+
+    Text columns are embedded once (``TextConfounders``) and their components reused as
+    numeric confounders by every call.
+
+    Returns
+    -------
+    DataFrame, one row per item, check and replicate: the item keys, ``check, replicate,
+    estimate, se, p_value, status, original_ate, original_se, shift, shift_in_se, passed``
+    (``passed`` is NA where the item has no "ok" estimate in either run), and the run's
+    settings ``alpha, subset_fraction, rcc_tolerance`` as columns (they survive merges).
+    """
+    from ..estimate import estimate_item_effects
+    from ..estimate.design import assign_folds
+
+    unknown = set(_as_list(checks)) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
+    if not 0 < subset_fraction < 1:
+        raise ValueError(f"subset_fraction must be in (0, 1), got {subset_fraction!r}")
+    if int(n_subsets) < 1:
+        raise ValueError(f"n_subsets must be at least 1, got {n_subsets!r}")
+    alpha = options.get("alpha", 0.05)
+    keys = [item] + _as_list(by)
+    df, confounders, categorical = _resolve_confounders(
+        df, confounders, categorical, text, graph, text_encoder, text_components)
+
+    def estimate(data, *, confounders=confounders, propensity=propensity, folds=None):
+        eff = estimate_item_effects(data, item, treatment, outcome, confounders=confounders,
+                                    categorical=categorical, propensity=propensity, by=by,
+                                    seed=seed, folds=folds, **options)
+        return eff.rename(columns={"item": item, "ate": "estimate"})
+
+    segment = df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+    folds = assign_folds(df, keys + confounders + categorical, segment,
+                         df[treatment].to_numpy(dtype=np.int64), df[outcome].to_numpy(dtype=float),
+                         options.get("n_folds", 2), seed)
+    original = estimate(df, folds=folds)
+    run = RefutationRun(df, treatment, confounders, segment, folds, np.random.default_rng(seed),
+                        estimate)
+    # always in this order: the checks share one random generator
+    chosen = [check for check in (PlaceboTreatment(), RandomCommonCause(rcc_tolerance),
+                                  DataSubsets(n_subsets, subset_fraction))
+              if check.name in _as_list(checks)]
+    runs = [(check, replicate, effects) for check in chosen
+            for replicate, effects in enumerate(check.refute(run))]
+    out = _tidy(original, runs, keys, alpha)
+    return out.assign(alpha=alpha, subset_fraction=subset_fraction, rcc_tolerance=rcc_tolerance)
+
+
+def _resolve_confounders(df, confounders, categorical, text, graph, encoder, n_components):
+    """Confounder columns from the arguments and the graph; text becomes numeric components."""
+    confounders, categorical, text = map(_as_list, (confounders, categorical, text))
+    if graph is not None:
+        roles = graph.merge_adjustment(df, confounders, categorical, text)
+        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
+    if text:
+        from ..confounders import TextConfounders
+        components = TextConfounders(encoder=encoder, n_components=n_components
+                                     ).fit_transform(df, text)
+        df = pd.concat([df, components], axis=1)
+        confounders += list(components.columns)
+    return df, confounders, categorical
+
+
+def _tidy(original, runs, keys, alpha) -> pd.DataFrame:
+    """One row per item, check and replicate, with the shift from the original estimate and
+    the check's verdict (NA where either run has no "ok" estimate)."""
+    base = original[keys + ["estimate", "se", "status"]].rename(
+        columns={"estimate": "original_ate", "se": "original_se", "status": "_original_status"})
+    frames = [run[keys + _STATS].assign(check=check.name, replicate=replicate)
+              for check, replicate, run in runs]
+    if not frames:
+        raise ValueError("no checks to run")
+    out = pd.concat(frames, ignore_index=True).merge(base, on=keys, how="left")
+    out["shift"] = out["estimate"] - out["original_ate"]
+    out["shift_in_se"] = out["shift"] / out["original_se"]
+    check = out["check"].to_numpy()
+    passed = np.zeros(len(out), dtype=bool)
+    for rule in {c.name: c for c, _, _ in runs}.values():
+        mine = check == rule.name
+        passed[mine] = rule.passes(out[mine], alpha)
+    evaluated = (out["status"] == "ok") & ((check == "placebo") | (out["_original_status"] == "ok"))
+    out["passed"] = pd.array(np.where(evaluated, passed, pd.NA), dtype="boolean")
+    out = out.drop(columns="_original_status")
+    columns = keys + ["check", "replicate", "estimate", "se", "p_value", "status",
+                      "original_ate", "original_se", "shift", "shift_in_se", "passed"]
+    return out[columns].sort_values(keys + ["check", "replicate"], ignore_index=True)
+
+
+def refutation_setting(refutations: pd.DataFrame, name: str, default):
+    """A setting of a ``refute_item_effects`` run (``alpha``, ``subset_fraction``,
+    ``rcc_tolerance``): its column, else (older tables) ``attrs``, else ``default``."""
+    if name in refutations.columns and len(refutations):
+        return refutations[name].iloc[0]
+    return refutations.attrs.get(name, default)
+
+
+def refutation_keys(refutations: pd.DataFrame) -> list[str]:
+    """The item key columns of a ``refute_item_effects`` table: the columns before ``check``."""
+    return list(refutations.columns[: refutations.columns.get_loc("check")])
+
+
+def summarize_refutations(refutations: pd.DataFrame, by_item: bool = False) -> pd.DataFrame:
+    """Summaries of :func:`refute_item_effects` output.
+
+    ``by_item=False``: one row per check with ``n_items`` evaluated, ``share_passed``; for
+    the placebo the share of items significant at ``alpha`` with its exact (Clopper-Pearson)
+    95% binomial interval, ``placebo_ok`` when it covers ``alpha``; the median and max of
+    ``|shift_in_se|``; for subsets the median over items of ``sd_in_se`` (the standard
+    deviation of an item's subset estimates over its original SE) next to the
+    ``expected_sd_in_se = sqrt((1 - f) / f)`` of a stable estimator.
+
+    ``by_item=True``: one row per item and check: mean estimate, ``sd_in_se``, the number of
+    replicates evaluated and passed.
+    """
+    alpha = refutation_setting(refutations, "alpha", 0.05)
+    fraction = refutation_setting(refutations, "subset_fraction", 0.8)
+    keys = refutation_keys(refutations)
+    ok = refutations[refutations["passed"].notna()]
+    if by_item:
+        grouped = ok.groupby(keys + ["check"], sort=True)
+        out = grouped.agg(estimate=("estimate", "mean"), sd=("estimate", "std"),
+                          original_ate=("original_ate", "first"),
+                          original_se=("original_se", "first"),
+                          n_replicates=("passed", "size"), n_passed=("passed", "sum"))
+        out["sd_in_se"] = out.pop("sd") / out["original_se"]
+        return out.reset_index()
+    rows = []
+    for check, part in ok.groupby("check", sort=True):
+        items = part.groupby(keys)
+        row = {"check": check, "n_items": items.ngroups,
+               "share_passed": float(part["passed"].mean()),
+               "median_abs_shift_in_se": float(part["shift_in_se"].abs().median()),
+               "max_abs_shift_in_se": float(part["shift_in_se"].abs().max())}
+        if check == "placebo":
+            k, n = int((part["p_value"] < alpha).sum()), len(part)
+            interval = stats.binomtest(k, n).proportion_ci(0.95) if n else None
+            row.update(share_significant=k / n if n else np.nan, expected_share=alpha,
+                       share_ci_low=interval.low if n else np.nan,
+                       share_ci_high=interval.high if n else np.nan,
+                       placebo_ok=bool(n and interval.low <= alpha <= interval.high))
+        if check == "subset":
+            sd_in_se = items["estimate"].std() / items["original_se"].first()
+            row.update(median_sd_in_se=float(sd_in_se.median()),
+                       expected_sd_in_se=float(np.sqrt((1 - fraction) / fraction)))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,183 @@
+"""Offline effect report: one self-contained HTML file plus the tables behind it
+(the page is built with ``causalrec.reporting.html``: no external resource, data escaped)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .effect_sections import EffectSections
+from .html import escape, html_page, section
+
+__all__ = ["EffectReport"]
+
+
+class EffectReport(EffectSections):
+    """A self-contained HTML report of per-item effects, and the tables behind it.
+
+    Parameters
+    ----------
+    estimator_or_effects : a fitted ``ItemEffectEstimator`` (gives the log, per-row
+        propensities and settings) or an effects DataFrame from ``estimate_item_effects``.
+    log : ``InteractionLog`` or DataFrame; defaults to the estimator's log. Used for the data
+        summary and the input hash.
+    graph : ``CausalGraph`` to draw, with its adjustment set.
+    ranking : output of ``rank_items``; computed (NPMLE prior) when None.
+    refutation : output of ``refute_item_effects`` (or any DataFrame / dict / text).
+    sensitivity : output of ``sensitivity(effects)`` (its columns join the effects table).
+    title : report title.
+    top : items shown at each end of the forest plot and in the ranking tables.
+    seed : shown in the reproducibility block (default: the estimator's seed).
+
+    ``to_html()`` returns the page; ``save(directory)`` writes ``report.html``,
+    ``effects.csv`` (effects with ranking and sensitivity columns), ``effects.parquet`` and,
+    when available, ``policies.csv`` and ``refutation.csv``. ``table()`` is the joined table.
+    """
+
+    def __init__(self, estimator_or_effects, log=None, graph=None, ranking=None,
+                 refutation=None, sensitivity=None,
+                 title: str = "Causal effects of recommendations", *, top: int = 10, seed=None):
+        self.estimator_or_effects = estimator_or_effects
+        self.log = log
+        self.graph = graph
+        self.ranking = ranking
+        self.refutation = refutation
+        self.sensitivity = sensitivity
+        self.title = title
+        self.top = top
+        self.seed = seed
+
+    # ------------------------------------------------------------- inputs
+    def _prepare(self) -> None:
+        """Validate the inputs and join the tables (again on every output: cheap, and later
+        changes to the parameters are honoured)."""
+        source = self.estimator_or_effects
+        if isinstance(source, pd.DataFrame):
+            self._estimator, effects = None, source
+        elif hasattr(source, "effects_"):
+            self._estimator, effects = source, source.effects_
+        elif hasattr(source, "fit"):
+            raise ValueError("the estimator is not fitted yet; call fit(log) first")
+        else:
+            raise TypeError("EffectReport expects a fitted ItemEffectEstimator or an effects "
+                            f"DataFrame, got {type(source).__name__}")
+        missing = [c for c in ("item", "ate", "se") if c not in effects.columns]
+        if missing:
+            raise ValueError(f"effects lack required column(s) {missing}")
+        if not isinstance(self.top, (int, np.integer)) or self.top < 1:
+            raise ValueError(f"top must be a positive integer, got {self.top!r}")
+        self._effects = effects
+        self._keys = list(effects.columns[: max(1, effects.columns.get_loc("ate"))])
+        self._data, self._roles = self._resolve_log()
+        self._notes = []
+        ranking = self.ranking if self.ranking is not None else self._rank(effects)
+        table = _join_columns(effects, ranking, self._keys, "ranking")
+        table = _join_columns(table, self.sensitivity, self._keys, "sensitivity")
+        if "rank" in table.columns:
+            table = table.sort_values("rank", kind="stable", na_position="last", ignore_index=True)
+        self._table = table
+        self._popularity = next((c for c in ("treated_mean", "naive_ate") if c in table), None)
+        self._policies = self._compare_policies(effects) if "rank" in table.columns else None
+
+    def _resolve_log(self):
+        from ..schema import InteractionLog
+
+        log = self.log
+        if log is None and self._estimator is not None:
+            log = getattr(self._estimator, "log_", None)
+        if log is None:
+            return None, {}
+        if isinstance(log, InteractionLog):
+            return log.data, log.roles
+        if isinstance(log, pd.DataFrame):
+            fitted = getattr(self._estimator, "log_", None)
+            return log, (fitted.roles if fitted is not None else {})
+        raise TypeError(f"log must be an InteractionLog or a DataFrame, got {type(log).__name__}")
+
+    def _seed(self):
+        return self.seed if self.seed is not None else getattr(self._estimator, "seed", None)
+
+    def _rank(self, effects):
+        from ..rank import rank_items
+
+        try:
+            return rank_items(effects, k=None, seed=self._seed() or 0)
+        except ValueError as exc:  # e.g. no item with status "ok"
+            self._notes.append(f"No ranking: {exc}.")
+            return None
+
+    def _compare_policies(self, effects):
+        from ..rank import compare_policies
+
+        n_ok = int(self._table["rank"].notna().sum())
+        if self._popularity is None or n_ok < 2:
+            return None
+        try:  # k below the number of items, else both top-k policies take every item
+            return compare_policies(effects, k=min(self.top, n_ok - 1), popularity=self._popularity)
+        except ValueError as exc:
+            self._notes.append(f"No policy comparison: {exc}.")
+            return None
+
+    # ------------------------------------------------------------- outputs
+    def table(self) -> pd.DataFrame:
+        """Effects joined with the ranking (and sensitivity) columns, best rank first."""
+        self._prepare()
+        return self._table.copy()
+
+    def to_html(self) -> str:
+        """The report as one self-contained HTML string."""
+        self._prepare()
+        parts = [
+            ("Summary", "summary", self._summary_html()),
+            ("Data", "data", self._data_html()),
+            ("Causal graph and adjustment", "graph", self._graph_html()),
+            ("Overlap diagnostics", "overlap", self._overlap_html()),
+            ("Largest and smallest effects", "effects", self._forest_html()),
+            ("Popular is not causal", "popularity", self._popularity_html()),
+            ("Naive versus causal ranking", "ranking", self._ranking_html()),
+            ("Refutation and sensitivity", "refutation", self._refutation_html()),
+            ("Assumptions", "assumptions", self._assumptions_html()),
+            ("Reproducibility", "reproducibility", self._reproducibility_html()),
+        ]
+        nav = "<nav><ul>" + "".join(f'<li><a href="#{anchor}">{escape(title)}</a></li>'
+                                    for title, anchor, _ in parts) + "</ul></nav>"
+        body = nav + "".join(section(title, content, anchor) for title, anchor, content in parts)
+        subtitle = (f"{len(self._table)} items; effect of recommending each item on "
+                    f"{self._roles.get('outcome', ['the outcome'])[0]}")
+        return html_page(self.title, body, subtitle)
+
+    def save(self, directory, parquet: bool = True) -> Path:
+        """Write ``report.html`` and the tables into ``directory``; returns the HTML path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        page = self.to_html()
+        table = self._table
+        table.to_csv(directory / "effects.csv", index=False)
+        if parquet:
+            table.to_parquet(directory / "effects.parquet", index=False)
+        if self._policies is not None:
+            self._policies.to_csv(directory / "policies.csv", index=False)
+        if isinstance(self.refutation, pd.DataFrame):
+            self.refutation.to_csv(directory / "refutation.csv", index=False)
+        path = directory / "report.html"
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+def _join_columns(table: pd.DataFrame, extra, keys: list[str], what: str) -> pd.DataFrame:
+    """``table`` with the columns of ``extra`` it lacks, matched on the item keys."""
+    if extra is None:
+        return table
+    if not isinstance(extra, pd.DataFrame):
+        raise TypeError(f"{what} must be a DataFrame, got {type(extra).__name__}")
+    missing = [k for k in keys if k not in extra.columns]
+    if missing:
+        raise ValueError(f"{what} lacks the item column(s) {missing}")
+    new = [c for c in extra.columns if c not in table.columns]
+    if extra.duplicated(keys).any():
+        raise ValueError(f"{what} has several rows for the same item")
+    try:
+        return table.merge(extra[keys + new], on=keys, how="left", validate="one_to_one")
+    except ValueError as exc:
+        raise ValueError(f"{what} does not match the effects' items: {exc}") from exc

@@ -1,0 +1,99 @@
+"""Every public estimator keeps the one contract (causalrec.base): keyword-only parameters
+stored as given and checked at fit (a bad value raises ValueError naming it), get_params /
+set_params, fit returns self, results before fit raise NotFittedError, and summary() is a
+causalrec.reporting.Summary with text and HTML."""
+import numpy as np
+import pytest
+
+import causalrec as cr
+from causalrec.bandit import BanditEstimator
+from causalrec.reporting import Summary
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return cr.datasets.simulate_log(n_items=8, n_rows=3000, seed=0)
+
+
+def _log(sim):
+    roles = {k: v for k, v in sim.roles.items() if k != "text"}
+    return cr.InteractionLog(sim.data, **roles)
+
+
+def _glm_data(sim):
+    df = sim.data
+    X = df[["user_activity", "tenure"]].to_numpy(float)
+    segment = df["item_id"].to_numpy()
+    return (X, df["clicked"].to_numpy(float), segment), (X, segment)
+
+
+# name: (make(**params), fit(estimator, sim), a bad parameter value, a result before fit)
+CASES = {
+    "ItemEffectEstimator": (
+        lambda **p: cr.ItemEffectEstimator(**p), lambda est, sim: est.fit(_log(sim)),
+        ("method", "bogus"), lambda est, sim: est.summary()),
+    "BanditEstimator": (
+        lambda **p: BanditEstimator(**p),
+        lambda est, sim: est.fit(sim.data, item="item_id", outcome="clicked",
+                                 propensity="propensity", confounders=["user_activity"]),
+        ("method", "bogus"), lambda est, sim: est.summary()),
+    "FairnessAudit": (
+        lambda **p: cr.FairnessAudit(item="item_id", treatment="recommended", outcome="clicked",
+                                     confounders=["user_activity", "hour", "tenure"],
+                                     group="user_group", **p),
+        lambda est, sim: est.fit(sim.data), ("compare", "bogus"), lambda est, sim: est.summary()),
+    "UpliftModel": (
+        lambda **p: cr.UpliftModel(features=["user_activity", "tenure"], **p),
+        lambda est, sim: est.fit(_log(sim)), ("fdr", 2.0), lambda est, sim: est.summary()),
+    "SegmentGLM": (
+        lambda **p: cr.SegmentGLM(**p), lambda est, sim: est.fit(*_glm_data(sim)[0]),
+        ("family", "bogus"), lambda est, sim: est.predict(*_glm_data(sim)[1])),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, sim):
+    make, fit, bad, before = CASES[request.param]
+    return request.param, make, fit, bad, before
+
+
+def test_bad_parameter_raises_at_fit_naming_it(case, sim):
+    name, make, fit, (param, value), _ = case
+    est = make(**{param: value})  # stored as given: nothing is checked yet
+    assert getattr(est, param) == value
+    with pytest.raises(ValueError, match=param):
+        fit(est, sim)
+
+
+def test_result_before_fit_raises_not_fitted(case, sim):
+    _, make, _, _, before = case
+    with pytest.raises(cr.NotFittedError):
+        before(make(), sim)
+
+
+def test_params_round_trip_and_keyword_only(case):
+    _, make, _, (param, value), _ = case
+    est = make()
+    params = est.get_params()
+    assert param in params
+    assert est.set_params(**{param: value}) is est and est.get_params()[param] == value
+    est.set_params(**params)
+    assert est.get_params() == params
+    with pytest.raises(ValueError, match="no parameter"):
+        est.set_params(not_a_parameter=1)
+    with pytest.raises(TypeError):
+        type(est)(*params.values())  # positional arguments are refused
+
+
+def test_fit_returns_self_and_summary_is_a_summary(case, sim):
+    name, make, fit, _, _ = case
+    est = make()
+    assert fit(est, sim) is est
+    if name == "SegmentGLM":  # a building block: no summary
+        assert np.isfinite(est.coef_).all()
+        return
+    summary = est.summary()
+    assert isinstance(summary, Summary)
+    text, page = str(summary), summary._repr_html_()
+    assert summary.title in text and len(summary.info) > 0
+    assert page.startswith("<h4>") and "<table>" in page
