@@ -29,11 +29,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from ..base import BaseEstimator
 from ..estimate.design import assign_folds
 from ..glm.layout import resolve_device
+from ..inference import critical_value
 from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
 from .log import _bandit_log, _catalogue
 from .outcome import OutcomeModel
@@ -253,7 +253,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
     def _interval(self, value, se, clip: bool):
         """Normal interval; for 0/1 outcomes a value's interval is cut to [0, 1], but always
         contains the estimate (DR may put an estimate slightly below 0)."""
-        z = stats.norm.ppf(1 - self.alpha / 2)
+        z = critical_value(self.alpha)
         lo, hi = value - z * se, value + z * se
         if not clip:
             return lo, hi

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
+from ..inference import critical_value, p_value
 from ..reporting.summary import Summary
 from ..schema import InteractionLog, SchemaError, _as_list
 from ..utils.validation import InstanceOf, Integer, Interval, Options
@@ -255,7 +255,7 @@ class FairnessAudit(BaseEstimator):
         rows = self.disparity_[self.disparity_["status"] == "ok"]
         if items is not None:
             rows = rows[rows["item"].isin(list(items))]
-        z = stats.norm.ppf(1 - self.alpha_ / 2)
+        z = critical_value(self.alpha_)
         if self.compare == "max-min":  # one pooled gap: the best-served group varies by item
             rows = rows.assign(group="max", reference="min")
         out = []
@@ -266,7 +266,7 @@ class FairnessAudit(BaseEstimator):
             se = float(np.sqrt(w ** 2 @ part["se"] ** 2))
             out.append(dict(group=group, reference=part["reference"].iloc[0], n_items=len(part),
                             disparity=value, se=se, ci_low=value - z * se, ci_high=value + z * se,
-                            p_value=2 * stats.norm.sf(abs(value / se)) if se > 0 else np.nan))
+                            p_value=p_value(value, se) if se > 0 else np.nan))
         return pd.DataFrame(out, columns=["group", "reference", "n_items", "disparity", "se",
                                           "ci_low", "ci_high", "p_value"])
 

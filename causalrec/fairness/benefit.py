@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from ..inference import critical_value
 
 __all__ = ["group_benefit", "provider_benefit", "metric_frame"]
 
@@ -63,7 +63,7 @@ def _share_ratio(per: pd.DataFrame, alpha: float) -> pd.DataFrame:
     # d share_g / d uplift_h = (1[h = g] - share_g) / total
     share_var = (var * (1 - 2 * uplift_share) + uplift_share ** 2 * total_v) / total_m ** 2
     share_se = np.sqrt(share_var.clip(lower=0))
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = critical_value(alpha)
     low, high = uplift_share - z * share_se, uplift_share + z * share_se
     positive = (uplift > 0) & (total_m > 0)
     out = pd.DataFrame({

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
+from ..inference import benjamini_hochberg, critical_value, p_value
 
 __all__ = ["disparity_vs_reference", "disparity_max_min", "add_bh"]
 
@@ -27,7 +28,7 @@ def disparity_vs_reference(effects, reference, groups, alpha) -> pd.DataFrame:
         # them (small arms have heavy-tailed influence values), else normal (dof = inf)
         dof = (np.fmin(cur["dof"], ref["dof"]).to_numpy(float) if "dof" in effects
                else np.full(len(ref), np.inf))
-        z = stats.t.ppf(1 - alpha / 2, dof)
+        z = critical_value(alpha, dof)
         status = np.where(ref["status"] != "ok", "reference_" + ref["status"], "ok")
         status = np.where(cur["status"] != "ok", "group_" + cur["status"], status)
         if group_status != "ok":
@@ -36,7 +37,7 @@ def disparity_vs_reference(effects, reference, groups, alpha) -> pd.DataFrame:
             "item": ref.index, "group": g, "reference": reference,
             "disparity": diff.to_numpy(), "se": se.to_numpy(),
             "ci_low": (diff - z * se).to_numpy(), "ci_high": (diff + z * se).to_numpy(),
-            "p_value": 2 * stats.t.sf(np.abs((diff / se).to_numpy()), dof),
+            "p_value": p_value(diff.to_numpy(), se.to_numpy(), dof),
             "ate_group": cur["ate"].to_numpy(), "ate_reference": ref["ate"].to_numpy(),
             "n_group": cur["n"].to_numpy(), "n_reference": ref["n"].to_numpy(),
             "status": status}))
@@ -47,7 +48,7 @@ def disparity_max_min(effects, groups, alpha) -> pd.DataFrame:
     """Per item: best- minus worst-served group; p-value of the chi-square homogeneity test."""
     audited = [g for g, s in groups.items() if s == "ok"]
     usable = effects[effects["group"].isin(audited) & (effects["status"] == "ok")]
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = critical_value(alpha)
     rows = []
     for item in pd.unique(effects["item"]):
         part = usable[usable["item"] == item]
@@ -81,7 +82,7 @@ def add_bh(table: pd.DataFrame, fdr: float) -> None:
     ok = (table["status"] == "ok").to_numpy() & np.isfinite(table["p_value"].to_numpy(float))
     q = np.full(len(table), np.nan)
     if ok.any():
-        q[ok] = stats.false_discovery_control(table["p_value"].to_numpy(float)[ok])
+        q[ok] = benjamini_hochberg(table["p_value"].to_numpy(float)[ok])
     position = table.columns.get_loc("p_value") + 1
     table.insert(position, "q_value", q)
     table.insert(position + 1, "flagged", ok & (q <= fdr))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from ..estimate import resolve_shrinkage
 from ..estimate.design import build_design
 from ..estimate.nuisance import warn_unconverged
 from ..glm import BlockedDesign, SegmentGLM
 from ..glm.layout import resolve_device
+from ..inference import critical_value, p_value
 from ..schema import InteractionLog
 
 __all__ = ["exposure_table"]
@@ -30,7 +30,7 @@ def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
     group = data[audit.group].to_numpy()
     table = audit.groups_.copy()
     table["exposure_rate"] = table["n_treated"] / table["n"]
-    z = stats.norm.ppf(1 - audit.alpha_ / 2)
+    z = critical_value(audit.alpha_)
 
     # observed vs expected: the model without the group, each group's indicator scored
     model = _ExposureModel(audit.estimator_, item_codes, len(items)).fit(X, t)
@@ -39,7 +39,7 @@ def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
     table["exposure_gap"] = [(t - model.e_)[m].mean() for m in member.values()]
     table["gap_se"] = [np.sqrt(model.score_variance(X, m.astype(np.float64))) / m.sum()
                        for m in member.values()]
-    table["gap_p_value"] = 2 * stats.norm.sf(np.abs(table["exposure_gap"] / table["gap_se"]))
+    table["gap_p_value"] = p_value(table["exposure_gap"], table["gap_se"])
     table["exposure_ratio"] = table["exposure_rate"] / table["expected_rate"]
     for end, sign in (("ratio_low", -1), ("ratio_high", 1)):
         table[end] = (1 + (table["exposure_gap"] + sign * z * table["gap_se"])
@@ -61,10 +61,9 @@ def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
                                  n_shared=len(others)).shared_tail_
         table.loc[others, "logit_shift"] = shift
         table.loc[others, "logit_shift_se"] = np.sqrt(np.diag(cov))
-    shift_z = table["logit_shift"] / table["logit_shift_se"]
     table["logit_shift_low"] = table["logit_shift"] - z * table["logit_shift_se"]
     table["logit_shift_high"] = table["logit_shift"] + z * table["logit_shift_se"]
-    table["logit_shift_p_value"] = 2 * stats.norm.sf(np.abs(shift_z))
+    table["logit_shift_p_value"] = p_value(table["logit_shift"], table["logit_shift_se"])
     return table[[c for c in table.columns if c != "status"] + ["status"]].reset_index()
 
 

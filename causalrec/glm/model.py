@@ -7,13 +7,11 @@ the design is padded once.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
 
 from ..base import BaseEstimator
-from ..exceptions import ConvergenceWarning
 from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
 from .layout import (Layout, chunk_bytes, make_layout, pad, pad_design, read_only_tensor,
                      resolve_device, resolve_dtype, unpad)

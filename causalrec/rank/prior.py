@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
+from ..inference import critical_value
 
 __all__ = ["EmpiricalBayesPrior"]
 
@@ -136,7 +137,7 @@ class EmpiricalBayesPrior:
             shrink = self.var_ / (self.var_ + s**2)  # weight on the item's own estimate
             mean = shrink * x + (1 - shrink) * self.mean_
             sd = np.sqrt(shrink * s**2)
-            z = stats.norm.ppf(1 - alpha / 2)
+            z = critical_value(alpha)
             low, high = mean - z * sd, mean + z * sd
             with np.errstate(divide="ignore", invalid="ignore"):
                 positive = np.where(sd > 0, stats.norm.sf(-offset, mean, sd),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..inference import benjamini_hochberg, critical_value, p_value
 from .covariates import INTERVALS, CovariatePrior, covariate_matrix
 from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior
 
@@ -166,7 +166,7 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
     out["prob_top_k"] = np.nan
     out.loc[ok, "prob_top_k"] = _prob_top_k(shrunk, top_k, n_draws, seed)
     out["q_value"] = np.nan
-    out.loc[ok, "q_value"] = stats.false_discovery_control(2 * stats.norm.sf(np.abs(ate / se)))
+    out.loc[ok, "q_value"] = benjamini_hochberg(p_value(ate, se))
     called = (out["q_value"] <= fdr).to_numpy()
     out["bh_positive"] = called & (out["ate"] > 0).to_numpy()
     out["bh_negative"] = called & (out["ate"] < 0).to_numpy()
@@ -239,7 +239,7 @@ def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naiv
     policies = [("causal_top_k", top_k_shares("posterior_mean"), True),
                 ("naive_top_k", top_k_shares(popularity), True),
                 ("logging", items["n_treated"].to_numpy(float), False)]
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = critical_value(alpha)
     rows = []
     for policy, share, shrink in policies:
         if share.sum() <= 0:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from ..inference import critical_value
 
 __all__ = ["PlaceboTreatment", "RandomCommonCause", "DataSubsets", "RefutationRun"]
 
@@ -81,7 +81,7 @@ class DataSubsets:
         return out
 
     def passes(self, rows: pd.DataFrame, alpha: float) -> np.ndarray:
-        z = stats.norm.ppf(1 - alpha / 2)
+        z = critical_value(alpha)
         limit = z * np.sqrt((1 - self.fraction) / self.fraction)
         return (rows["shift_in_se"].abs() <= limit).to_numpy()
 

@@ -5,8 +5,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..inference import p_value
 from .refutations import _resolve_confounders, refute_item_effects
 
 __all__ = ["deep_dive"]
@@ -84,7 +84,7 @@ def deep_dive(df: pd.DataFrame, item_id, item: str, treatment: str, outcome: str
 
 
 def _normal_p(ate: float, se: float) -> float:
-    return float(2 * stats.norm.sf(abs(ate / se))) if se > 0 else np.nan
+    return p_value(ate, se) if se > 0 else np.nan
 
 
 def _dowhy_se_p(estimate) -> tuple[float, float]:

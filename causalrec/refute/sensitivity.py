@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from ..inference import critical_value
 
 __all__ = ["sensitivity", "robustness_value", "e_value"]
 
@@ -30,7 +30,7 @@ def robustness_value(t, dof, q: float = 1.0, alpha: float | None = None) -> np.n
     f_q = q * np.abs(t) / np.sqrt(dof)
     with np.errstate(invalid="ignore", divide="ignore"):
         f_crit = (np.zeros_like(f_q) if alpha is None
-                  else stats.t.ppf(1 - alpha / 2, dof - 1) / np.sqrt(dof - 1))
+                  else critical_value(alpha, dof - 1) / np.sqrt(dof - 1))
         f_qa = np.maximum(f_q - f_crit, 0.0)
         rv = 0.5 * (np.sqrt(f_qa ** 4 + 4 * f_qa ** 2) - f_qa ** 2)
         extreme = f_q * f_crit > 1

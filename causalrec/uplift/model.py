@@ -9,6 +9,7 @@ from scipy import stats
 from ..base import BaseEstimator
 from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
+from ..inference import benjamini_hochberg, critical_value, p_value
 from ..reporting.summary import Summary
 from ..schema import InteractionLog, SchemaError, _as_list
 from ..utils.validation import Callable, InstanceOf, Interval, Options
@@ -173,7 +174,7 @@ class UpliftModel(BaseEstimator):
         q = np.full(len(p_value), np.nan)
         finite = np.isfinite(p_value)
         if finite.any():
-            q[finite] = stats.false_discovery_control(p_value[finite])
+            q[finite] = benjamini_hochberg(p_value[finite])
         fitted = g - self._residual(Z, g, item, fit.coef)
         spread = pd.Series(fitted).groupby(item).std(ddof=0).reindex(range(len(n)))
         ate = self.estimator_.effects_
@@ -192,14 +193,14 @@ class UpliftModel(BaseEstimator):
         T[:, 0, 1:] = fit.m
         centred = (T @ self.coef_matrix_.unsqueeze(-1)).squeeze(-1).cpu().numpy()
         se = torch.sqrt((T @ self.cov_ @ T.mT).diagonal(dim1=-2, dim2=-1).clamp(min=0)).cpu().numpy()
-        z = stats.norm.ppf(1 - self.alpha / 2)
+        z = critical_value(self.alpha)
         terms = ["mean"] + list(self.encoder_.columns_)
         with np.errstate(invalid="ignore", divide="ignore"):
-            p_value = 2 * stats.norm.sf(np.abs(centred / se))
+            p_values = p_value(centred, se)
         return pd.DataFrame({
             "item": np.repeat(self.items_.to_numpy(), p), "term": np.tile(terms, K),
             "coef": centred.ravel(), "se": se.ravel(), "ci_low": (centred - z * se).ravel(),
-            "ci_high": (centred + z * se).ravel(), "p_value": p_value.ravel()})
+            "ci_high": (centred + z * se).ravel(), "p_value": p_values.ravel()})
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self):
@@ -237,7 +238,7 @@ class UpliftModel(BaseEstimator):
         X, codes = self._rows(df)
         tau = (X * self.coef_matrix_[codes]).sum(1)
         se = quadratic_forms(X, self.cov_, codes).sqrt()
-        z = stats.norm.ppf(1 - (self.alpha if alpha is None else alpha) / 2)
+        z = critical_value(self.alpha if alpha is None else alpha)
         return pd.DataFrame({"ci_low": (tau - z * se).cpu().numpy(),
                              "ci_high": (tau + z * se).cpu().numpy()}, index=df.index)
 
@@ -265,7 +266,7 @@ class UpliftModel(BaseEstimator):
         picked = idx[pick]  # (n_users, k) positions in items_
         rows = torch.arange(len(X), device=X.device).repeat_interleave(k)
         se = quadratic_forms(X[rows], self.cov_, picked.reshape(-1)).sqrt()
-        z = stats.norm.ppf(1 - (self.alpha if alpha is None else alpha) / 2)
+        z = critical_value(self.alpha if alpha is None else alpha)
         tau = score.reshape(-1)
         return pd.DataFrame({
             "user": np.repeat(users.index.to_numpy(), k), "rank": np.tile(np.arange(1, k + 1), len(X)),

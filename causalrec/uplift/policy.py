@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..estimate.estimator import ItemEffectEstimator
+from ..inference import critical_value, p_value
 from ..schema import InteractionLog
 
 __all__ = ["evaluate_policy", "PolicyEvaluation", "BASELINES"]
@@ -106,7 +106,7 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
     if truth is not None:
         truth = pd.DataFrame(truth, index=df.index) if not isinstance(truth, pd.DataFrame) else truth
         true = truth.loc[rows.index, ["mu0", "mu1"]].to_numpy(float)
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = critical_value(alpha)
     table = pd.DataFrame([_values(name, pi, g1, g0, users, z, true) for name, pi in chosen.items()])
     diffs = pd.DataFrame([_difference(name, chosen["uplift"], pi, g1, g0, z)
                           for name, pi in chosen.items() if name != "uplift"])
@@ -150,7 +150,7 @@ def _values(name, pi, g1, g0, users, z, true) -> dict:
 def _difference(name, pi_a, pi_b, g1, g0, z) -> dict:
     diff, se = _mean_se((pi_a.astype(float) - pi_b) * (g1 - g0))
     return dict(versus=name, difference=diff, se=se, ci_low=diff - z * se, ci_high=diff + z * se,
-                p_value=float(2 * stats.norm.sf(abs(diff / se))) if se > 0 else np.nan)
+                p_value=p_value(diff, se) if se > 0 else np.nan)
 
 
 def _curve(name, score, effect, n_points, true_effect) -> pd.DataFrame:
