@@ -81,7 +81,7 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                  popularity_skew: float = 1.0, n_topics: int = 5, n_groups: int = 2,
                  effect_disparity: float = 0.0, exposure_disparity: float = 0.0,
                  disparity_share: float = 0.3, n_providers: int = 8,
-                 seed: int = 0) -> SimulatedLog:
+                 nonlinear: bool = False, seed: int = 0) -> SimulatedLog:
     """Simulate a confounded recommendation log with known per-item effects.
 
     Parameters
@@ -95,6 +95,10 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
     effect_disparity : on a share ``disparity_share`` of items (``truth.planted``), the effect
         for users outside the first group is multiplied by ``1 - effect_disparity``.
     exposure_disparity : logit decrease of exposure for users outside the first group.
+    nonlinear : exposure and outcome get item-specific thresholds on activity, squared terms,
+        a periodic hour effect and a topic-match x activity interaction (see
+        ``_nonlinear_terms``), so no GLM in the confounders is right for either. Off (the
+        default) draws exactly the linear log of earlier versions.
     """
     if outcome not in {"binary", "continuous"}:
         raise ValueError(f"outcome must be 'binary' or 'continuous', got {outcome!r}")
@@ -142,12 +146,19 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                     + numeric_confounding * (0.9 * activity + 0.3 * hour_z - 0.3 * tenure_z)
                     + text_confounding * 1.6 * (match - 1.0 / n_topics)
                     - exposure_disparity * (group > 0))
+    if nonlinear:
+        expose_extra, base_extra = _nonlinear_terms(seed, n_items, item, activity, hour_z,
+                                                    tenure_z, match, numeric_confounding,
+                                                    text_confounding)
+        expose_logit = expose_logit + expose_extra
     propensity = _sigmoid(np.clip(expose_logit, -3.5, 3.5))
     treated = (rng.random(n_rows) < propensity).astype(np.int64)
 
     base = (i_base[item]
             + numeric_confounding * (0.8 * activity + 0.2 * hour_z + 0.3 * tenure_z)
             + text_confounding * 1.4 * (match - 1.0 / n_topics))
+    if nonlinear:
+        base = base + base_extra
     effect = i_effect[item] * (1.0 + 0.2 * activity)
     effect = np.where(planted[item] & (group > 0), effect * (1.0 - effect_disparity), effect)
     if outcome == "binary":
@@ -180,9 +191,29 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                   effect_scale=effect_scale, popularity_skew=popularity_skew, n_topics=n_topics,
                   n_groups=n_groups, effect_disparity=effect_disparity,
                   exposure_disparity=exposure_disparity, disparity_share=disparity_share,
-                  seed=seed)
+                  nonlinear=nonlinear, seed=seed)
     row_truth = pd.DataFrame({"propensity": propensity, "mu0": y0, "mu1": y1, "effect": row_effect})
     return SimulatedLog(data, truth, group_truth, roles, params, row_truth)
+
+
+def _nonlinear_terms(seed, n_items, item, activity, hour_z, tenure_z, match, numeric, text):
+    """Non-linear additions to the exposure and outcome logits. Their item parameters come
+    from a generator of their own, so the linear draws (and the default log) stay as they are.
+    Each item has its own activity threshold and its own curvature (item-specific assignment);
+    both logits share the step, so a linear fit leaves confounding behind in both models."""
+    rng = np.random.default_rng([seed, 16])
+    threshold = rng.normal(0.0, 0.6, size=n_items)
+    curve_e = rng.normal(0.0, 0.5, size=n_items)
+    curve_y = rng.normal(0.0, 0.5, size=n_items)
+    step = (activity > threshold[item]).astype(float) - 0.5
+    square = np.clip(activity, -2.5, 2.5) ** 2 - 1.0
+    expose = (numeric * (1.6 * step + curve_e[item] * square + 0.5 * np.sin(3.0 * hour_z)
+                         + 0.4 * (tenure_z ** 2 - 1.0))
+              + text * 0.8 * match * activity)
+    base = (numeric * (1.2 * step + curve_y[item] * square - 0.4 * np.cos(3.0 * hour_z)
+                       - 0.3 * (tenure_z ** 2 - 1.0))
+            + text * 0.6 * match * activity)
+    return expose, base
 
 
 def _roles(outcome_col: str) -> dict:

@@ -123,8 +123,10 @@ class ItemEffectEstimator:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
-        if self.nuisance not in NUISANCE:
-            raise ValueError(f"nuisance must be one of {NUISANCE}, got {self.nuisance!r}")
+        from ..nuisance import resolve_nuisance  # raises ValueError naming nuisance
+        self._flexible = resolve_nuisance(self.nuisance)
+        if self._flexible is not None:
+            self._flexible.learners()
         if not (isinstance(self.n_repeats, (int, np.integer)) and self.n_repeats >= 1):
             raise ValueError(f"n_repeats must be a positive integer, got {self.n_repeats!r}")
         if not (isinstance(self.n_folds, (int, np.integer)) and self.n_folds >= 1):
@@ -191,9 +193,10 @@ class ItemEffectEstimator:
         for repeat in range(self.n_repeats):
             split = folds if repeat == 0 else assign_folds(df, content, seg, t, y, self.n_folds,
                                                            self.seed + repeat)
-            preds = self._fit_nuisances(X, standardise, rows, seg[rows], t[rows], y[rows],
-                                        split[rows], n_seg, logged_e, device, dtype)
-            preds = [p.to(torch.float64) for p in preds]
+            fit_nuisances = self._fit_nuisances if self._flexible is None else self._fit_flexible
+            preds = fit_nuisances(X, standardise, rows, seg[rows], t[rows], y[rows],
+                                  split[rows], n_seg, logged_e, device, dtype)
+            preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
         on_device = lambda a, kind: torch.as_tensor(a[rows], dtype=kind, device=device)
@@ -221,6 +224,8 @@ class ItemEffectEstimator:
         self.mu1_ = _row_series(index, rows, mu1, "mu1")
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds, index=index, name="fold")
+        from ..nuisance import calibration_table
+        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t[rows])
         self.log_ = log
         return self
 
@@ -293,6 +298,21 @@ class ItemEffectEstimator:
         self.n_iter_ = max((m.n_iter for fits in self.nuisance_fits_ for m in fits.values()), default=0)
         self.converged_ = all(m.converged for fits in self.nuisance_fits_ for m in fits.values())
         return out["e"], out["mu0"], out["mu1"]
+
+    def _fit_flexible(self, X, standardise, rows, seg, t, y, folds, n_seg, logged_e, device,
+                      dtype):
+        """Cross-fitted predictions of flexible learners (see ``causalrec.nuisance``)."""
+        from ..nuisance import cross_fit_nuisances
+        glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
+                   max_iter=self.max_iter)
+        fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
+                                  family=self.outcome_family_, spec=self._flexible,
+                                  standardise=standardise, glm=glm, logged_e=logged_e,
+                                  seed=self.seed + len(self.nuisance_fits_))
+        self.nuisance_fits_.append(fit)
+        self.nuisance_models_ = fit.models  # last repeat's choice per nuisance
+        self.n_iter_, self.converged_ = 0, True
+        return fit.e, fit.mu0, fit.mu1
 
     # ------------------------------------------------------------------ results
     def _check_fitted(self):
