@@ -199,18 +199,21 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
 def _nonlinear_terms(seed, n_items, item, activity, hour_z, tenure_z, match, numeric, text):
     """Non-linear additions to the exposure and outcome logits. Their item parameters come
     from a generator of their own, so the linear draws (and the default log) stay as they are.
-    Each item has its own activity threshold and its own curvature (item-specific assignment);
-    both logits share the step, so a linear fit leaves confounding behind in both models."""
+    A threshold on |activity| and a periodic hour effect enter both logits (item-specific
+    strength), plus a step at an item-specific activity threshold (item-specific assignment)
+    and a topic-match x activity interaction: a linear fit leaves confounding behind in both
+    models."""
     rng = np.random.default_rng([seed, 16])
-    threshold = rng.normal(0.0, 0.6, size=n_items)
-    curve_e = rng.normal(0.0, 0.5, size=n_items)
-    curve_y = rng.normal(0.0, 0.5, size=n_items)
-    step = (activity > threshold[item]).astype(float) - 0.5
-    square = np.clip(activity, -2.5, 2.5) ** 2 - 1.0
-    expose = (numeric * (1.6 * step + curve_e[item] * square + 0.5 * np.sin(3.0 * hour_z)
-                         + 0.4 * (tenure_z ** 2 - 1.0))
+    threshold = rng.normal(0.0, 0.4, size=n_items)
+    curve_e, curve_y = rng.normal(0.0, 0.5, size=(2, n_items))
+    # even functions of symmetric features: a linear fit in them recovers nothing
+    far = (np.abs(activity) > 1.0) - 0.317
+    wave = np.cos(3.0 * hour_z)
+    step = (activity > threshold[item]) - 0.5
+    expose = (numeric * ((1.5 + curve_e[item]) * far + 0.8 * step + 0.6 * wave
+                         + 0.3 * (tenure_z ** 2 - 1.0))
               + text * 0.8 * match * activity)
-    base = (numeric * (1.2 * step + curve_y[item] * square - 0.4 * np.cos(3.0 * hour_z)
+    base = (numeric * ((1.2 + curve_y[item]) * far + 0.6 * step + 0.5 * wave
                        - 0.3 * (tenure_z ** 2 - 1.0))
             + text * 0.6 * match * activity)
     return expose, base
