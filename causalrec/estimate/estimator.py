@@ -307,7 +307,7 @@ class ItemEffectEstimator:
                    max_iter=self.max_iter)
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
-                                  standardise=standardise, glm=glm, logged_e=logged_e,
+                                  glm=glm, logged_e=logged_e,
                                   seed=self.seed + len(self.nuisance_fits_))
         self.nuisance_fits_.append(fit)
         self.nuisance_models_ = fit.models  # last repeat's choice per nuisance

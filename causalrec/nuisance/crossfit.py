@@ -122,13 +122,12 @@ class NuisanceResult:
 
 
 def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: FlexibleNuisance,
-                        standardise=None, glm=None, logged_e=None, seed=0,
+                        glm=None, logged_e=None, seed=0,
                         device="cpu") -> NuisanceResult:
     """Cross-fitted (e, mu0, mu1) from flexible learners, for rows X (numpy, raw values) with
     item codes in [0, n_items), 0/1 treatment t, outcome y and folds (-> ``NuisanceResult``).
 
-    ``family`` is the outcome's ("logistic" / "gaussian"); ``standardise`` = (center, scale)
-    of X's columns for the GLM; ``glm`` = keyword arguments of the pooled segment GLM
+    ``family`` is the outcome's ("logistic" / "gaussian"); ``glm`` = keyword arguments of the pooled segment GLM
     (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces the propensity model.
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
@@ -142,7 +141,7 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     # early-stopping rows: a share of the training rows chosen by content
     share = getattr(prop_learner, "validation_share", 0.2)
     validation = (key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
-    Xs = _standardised(X, standardise, device)
+    Xs = _standardised(X, device)
     ctx = _Context(X, Xs, item, folds, n_items, validation, spec, glm or {}, seed, device)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
@@ -174,13 +173,15 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                           calibration_table(e, t[back]), rounds)
 
 
-def _standardised(X, standardise, device):
+def _standardised(X, device):
+    """Standardised columns for the GLM, with moments of the content-ordered rows in float64
+    (the design's own moments are summed in the caller's row order)."""
     Xs = torch.as_tensor(np.ascontiguousarray(X), device=device)
-    if standardise is not None:
-        center, scale = (torch.as_tensor(np.asarray(a), dtype=Xs.dtype, device=device)
-                         for a in standardise)
-        Xs = (Xs - center) * scale
-    return Xs
+    if Xs.shape[1] == 0:
+        return Xs
+    wide = Xs.to(torch.float64)
+    center, std = wide.mean(0), wide.std(0, correction=0)
+    return ((wide - center) / torch.where(std > 0, std, 1.0)).to(Xs.dtype)
 
 
 class _Context:
