@@ -1,0 +1,114 @@
+"""GLM, boosted and auto nuisances against EconML's LinearDRLearner with HistGradientBoosting
+nuisances, run per item in a loop, on the simulator's linear and non-linear logs.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_nuisance.py --items 1000 --rows 1000000 \
+        --econml-items 10
+
+Data: ``simulate_log(outcome="continuous", text_confounding=0, popularity_skew=0.3)`` with
+and without ``nonlinear=True``; confounders are the numeric and categorical columns. Truth is
+each item's mean of the rows' true effects. Prints one JSON object per (data, method) and a
+Markdown table row for benchmarks/README.md. Peak RSS is the process's peak so far (methods
+run in the order printed), so only the first row's is the method's own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+import causalrec as cr
+
+
+def simulate(n_items, n_rows, nonlinear, seed):
+    sim = cr.datasets.simulate_log(n_items=n_items, n_rows=n_rows, outcome="continuous",
+                                   text_confounding=0.0, popularity_skew=0.3,
+                                   nonlinear=nonlinear, seed=seed)
+    roles = dict(sim.roles)
+    roles.pop("text")
+    return sim, roles
+
+
+def run_ours(sim, roles, nuisance):
+    start = time.perf_counter()
+    est = cr.ItemEffectEstimator(nuisance=nuisance).fit(cr.InteractionLog(sim.data, **roles))
+    return est.effects_.set_index("item"), time.perf_counter() - start
+
+
+def run_econml(sim, roles, items):
+    from econml.dr import LinearDRLearner
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    df = sim.data
+    W = pd.get_dummies(df[roles["confounders"] + roles["categorical"]], drop_first=True,
+                       dtype=float).to_numpy()
+    rows = {k: np.flatnonzero(df[roles["item"]].to_numpy() == k) for k in items}
+    out = {}
+    warnings.simplefilter("ignore")
+    start = time.perf_counter()
+    for k in items:
+        r = rows[k]
+        learner = LinearDRLearner(model_propensity=HistGradientBoostingClassifier(random_state=0),
+                                  model_regression=HistGradientBoostingRegressor(random_state=0),
+                                  cv=2, min_propensity=0.01, random_state=0)
+        learner.fit(df[roles["outcome"]].to_numpy()[r], df[roles["treatment"]].to_numpy()[r],
+                    X=None, W=W[r])
+        low, high = learner.ate_interval(alpha=0.05)
+        out[k] = (float(np.ravel(learner.ate())[0]), float(np.ravel(low)[0]),
+                  float(np.ravel(high)[0]))
+    seconds = time.perf_counter() - start
+    return pd.DataFrame(out, index=["ate", "ci_low", "ci_high"]).T, seconds
+
+
+def scores(effects, truth):
+    m = effects.join(truth, how="inner")
+    covered = (m["ci_low"] <= m["true_ate"]) & (m["true_ate"] <= m["ci_high"])
+    return (round(float(np.sqrt(((m["ate"] - m["true_ate"]) ** 2).mean())), 4),
+            round(float(covered.mean()), 3))
+
+
+def peak_rss_gb():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--econml-items", type=int, default=10)
+    parser.add_argument("--data", default="linear,nonlinear")
+    parser.add_argument("--methods", default="pooled,boosted,auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    for data in args.data.split(","):
+        sim, roles = simulate(args.items, args.rows, data == "nonlinear", args.seed)
+        truth = sim.truth.set_index("item")[["true_ate"]]
+        results = {}
+        for method in args.methods.split(","):
+            effects, seconds = run_ours(sim, roles, method)
+            ok = effects[effects["status"] == "ok"]
+            results[method] = (ok, seconds)
+            rmse, coverage = scores(ok, truth)
+            print(json.dumps(dict(data=data, method=method, items=args.items, rows=args.rows,
+                                  seconds=round(seconds, 2), items_ok=len(ok), rmse=rmse,
+                                  coverage=coverage, peak_rss_gb=peak_rss_gb())), flush=True)
+        if args.econml_items:
+            ok = next(iter(results.values()))[0]
+            subset = ok.index[np.linspace(0, len(ok) - 1, args.econml_items).astype(int)]
+            theirs, seconds = run_econml(sim, roles, subset)
+            row = dict(data=data, method="econml_hgb_loop", items=len(subset),
+                       seconds=round(seconds, 2), rmse=scores(theirs, truth)[0],
+                       coverage=scores(theirs, truth)[1], peak_rss_gb=peak_rss_gb())
+            for method, (effects, own_seconds) in results.items():
+                row[f"rmse_subset_{method}"] = scores(effects.loc[subset], truth)[0]
+                row[f"speedup_per_item_{method}"] = round(
+                    (seconds / len(subset)) / (own_seconds / args.items), 1)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
