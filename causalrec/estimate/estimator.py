@@ -55,7 +55,12 @@ class ItemEffectEstimator:
         because a dominant weight hides its own residual from the normalised one.
         False gives textbook AIPW.
     nuisance : "pooled" (default): one model over all rows with item intercepts and item
-        slopes shrunk toward shared slopes; "per_item": independent ridge models per item.
+        slopes shrunk toward shared slopes; "per_item": independent ridge models per item;
+        "boosted": gradient-boosted models on top of the pooled GLM (large items get their
+        own, kept where they win out of fold); "auto": per nuisance, the out-of-fold-loss
+        stack of the GLM and the boosted model; a scikit-learn estimator or a pair
+        (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
+        settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits whose out-of-fold predictions are averaged
         (costs ``n_repeats`` times the fits; reduces the split-to-split noise of small items).
@@ -88,7 +93,11 @@ class ItemEffectEstimator:
         items that could not be estimated): fitted propensity (clipped), outcome predictions
         under control / treatment, influence values, cross-fitting fold.
     design_columns_ : names of the confounder columns the models used.
-    nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model.
+    nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model (flexible
+        nuisances: per repeat, a ``causalrec.nuisance.NuisanceResult``).
+    nuisance_models_ : flexible nuisances only: per nuisance, out-of-fold losses of the GLM,
+        pooled and flexible models, the stacking weight and the items with own models.
+    propensity_calibration_ : binned calibration table of the fitted (unclipped) propensity.
     """
 
     def __init__(self, method="aipw", normalize=True, nuisance="pooled", n_folds=2, n_repeats=1,
@@ -307,7 +316,7 @@ class ItemEffectEstimator:
                    max_iter=self.max_iter)
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
-                                  glm=glm, logged_e=logged_e,
+                                  glm=glm, logged_e=logged_e, device=device,
                                   seed=self.seed + len(self.nuisance_fits_))
         self.nuisance_fits_.append(fit)
         self.nuisance_models_ = fit.models  # last repeat's choice per nuisance

@@ -127,22 +127,21 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     """Cross-fitted (e, mu0, mu1) from flexible learners, for rows X (numpy, raw values) with
     item codes in [0, n_items), 0/1 treatment t, outcome y and folds (-> ``NuisanceResult``).
 
-    ``family`` is the outcome's ("logistic" / "gaussian"); ``glm`` = keyword arguments of the pooled segment GLM
-    (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces the propensity model.
+    ``family`` is the outcome's ("logistic" / "gaussian"); ``glm`` = keyword arguments of
+    the pooled segment GLM (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces
+    the propensity model.
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
     """
     prop_learner, out_learner = spec.learners()
     n = len(item)
-    key = _mix(row_hash(pd.DataFrame(X)) ^ _mix(np.array([seed, 7], dtype=np.uint64))[:1]
-               ^ _mix(np.asarray(item, dtype=np.uint64) * np.uint64(2) + np.asarray(t, np.uint64)))
+    key = _mix(row_hash(pd.DataFrame(X))
+               ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
+               ^ np.uint64(seed))
     order = np.lexsort((np.asarray(y, np.float64), key, item))
     X, item, t, y, folds, key = X[order], item[order], t[order], y[order], folds[order], key[order]
-    # early-stopping rows: a share of the training rows chosen by content
-    share = getattr(prop_learner, "validation_share", 0.2)
-    validation = (key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
     Xs = _standardised(X, device)
-    ctx = _Context(X, Xs, item, folds, n_items, validation, spec, glm or {}, seed, device)
+    ctx = _Context(X, Xs, item, folds, n_items, key, spec, glm or {}, seed, device)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
     if logged_e is not None:
@@ -150,8 +149,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     jobs = [("e", t, np.ones(n, bool), "logistic", prop_learner)] * (logged_e is None) + [
         (f"mu{a}", y, t == a, family, out_learner) for a in (0, 1)]
     for name, target, arm, fam, learner in jobs:
-        glm_pred, pooled, own, rounds[name] = ctx.fit_one(target.astype(np.float64), arm, fam,
-                                                         learner, len(rows))
+        glm_pred, pooled, own, rounds[name], n_big = ctx.fit_one(
+            target.astype(np.float64), arm, fam, learner, len(rows))
         scored = arm  # outcomes are observed only in their arm: score there
         loss = lambda p: row_loss(p[scored], target[scored], fam)
         loss_own = np.where(np.isfinite(own[scored]), loss(np.nan_to_num(own, nan=0.5)), np.nan)
@@ -164,7 +163,7 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
         rows.append(dict(nuisance=name, loss_glm=float(loss(glm_pred).mean()),
                          loss_pooled=float(loss(pooled).mean()),
                          loss_flexible=float(loss(flexible).mean()), weight_flexible=weight,
-                         loss_final=final_loss, n_own_candidates=ctx.n_candidates,
+                         loss_final=final_loss, n_own_candidates=n_big,
                          n_own_items=int(use_own.sum())))
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
@@ -187,9 +186,9 @@ def _standardised(X, device):
 class _Context:
     """The data of one cross-fit and the fits of one nuisance over the folds."""
 
-    def __init__(self, X, Xs, item, folds, n_items, validation, spec, glm, seed, device):
+    def __init__(self, X, Xs, item, folds, n_items, key, spec, glm, seed, device):
         self.X, self.Xs, self.item, self.folds = X, Xs, item, folds
-        self.n_items, self.validation, self.spec, self.glm = n_items, validation, spec, glm
+        self.n_items, self.key, self.spec, self.glm = n_items, key, spec, glm
         self.seed, self.device = seed, device
         self.n_folds = int(folds.max()) + 1 if len(folds) else 1
         self.Xp = (np.column_stack([X, item.astype(X.dtype)]) if spec.item_feature else X)
@@ -207,7 +206,8 @@ class _Context:
         return eta.cpu().numpy().astype(np.float64)
 
     def fit_one(self, target, arm, family, learner, index):
-        """Out-of-fold GLM, pooled-learner and own-learner (NaN where none) predictions."""
+        """Out-of-fold GLM, pooled-learner and own-learner (NaN where none) predictions, the
+        boosting rounds of the pooled fits and the number of items with models of their own."""
         n = len(target)
         glm_pred, pooled, own = (np.full(n, np.nan) for _ in range(3))
         rounds = []
@@ -217,7 +217,9 @@ class _Context:
             train = arm & (self.folds != f if self.n_folds > 1 else True)
             smallest = np.minimum(smallest, np.bincount(self.item[train], minlength=self.n_items))
         big = np.flatnonzero(smallest >= self.spec.min_item_rows)
-        self.n_candidates = len(big)
+        # early-stopping rows: a share of the training rows chosen by content (row-order free)
+        share = getattr(learner, "validation_share", 0.2)
+        validation = (self.key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
         for f in range(self.n_folds):
             test = self.folds == f if self.n_folds > 1 else np.ones(n, bool)
             train = arm & (~test if self.n_folds > 1 else test)
@@ -227,7 +229,7 @@ class _Context:
             tr = np.flatnonzero(train)
             pooled[test], r = learner.fit_predict(
                 self.Xp[tr], target[tr], eta[tr], self.Xp[test], eta[test], family=family,
-                validation=self.validation[tr], seed=seed, categorical=self.spec.item_feature)
+                validation=validation[tr], seed=seed, categorical=self.spec.item_feature)
             rounds.append(r)
             # rows are sorted by item: each big item's rows are one slice of tr / test_idx
             test_idx = np.flatnonzero(test)
@@ -240,11 +242,11 @@ class _Context:
                 if len(b) == 0:
                     return b, np.zeros(0), 0
                 pred, r = learner.fit_predict(self.X[a], target[a], eta[a], self.X[b], eta[b],
-                                              family=family, validation=self.validation[a],
+                                              family=family, validation=validation[a],
                                               seed=seed + 7919 * int(big[j]) + 1)
                 return b, pred, r
 
             with ThreadPoolExecutor(max_workers=self.spec.n_jobs) as pool:
                 for b, pred, r in pool.map(fit_item, range(len(big))):
                     own[b] = pred
-        return glm_pred, pooled, own, rounds
+        return glm_pred, pooled, own, rounds, len(big)
