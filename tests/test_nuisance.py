@@ -82,18 +82,22 @@ def small_sim():
 
 def _effects(df, sim, nuisance):
     log = cr.InteractionLog(df, **numeric_roles(sim))
-    return cr.ItemEffectEstimator(nuisance=nuisance).fit(log).effects_.set_index("item")
+    est = cr.ItemEffectEstimator(nuisance=nuisance).fit(log)
+    return est.effects_.set_index("item"), est
 
 
-@pytest.mark.parametrize("nuisance", ["boosted", "auto"])
+@pytest.mark.parametrize("nuisance", ["auto", FlexibleNuisance(min_item_rows=200, n_jobs=2)],
+                         ids=["auto", "own-models-in-threads"])
 def test_deterministic_and_row_order_invariant(small_sim, nuisance):
-    base = _effects(small_sim.data, small_sim, nuisance)
-    again = _effects(small_sim.data, small_sim, nuisance)
+    base, fit = _effects(small_sim.data, small_sim, nuisance)
+    again, _ = _effects(small_sim.data, small_sim, nuisance)
     pd.testing.assert_frame_equal(base, again, rtol=0, atol=0)
     # the learners see rows in an order fixed by content; only the effects table's float64
     # sums run in the caller's order
-    shuffled = _effects(small_sim.data.sample(frac=1.0, random_state=3), small_sim, nuisance)
+    shuffled, _ = _effects(small_sim.data.sample(frac=1.0, random_state=3), small_sim, nuisance)
     pd.testing.assert_frame_equal(base, shuffled.loc[base.index], rtol=1e-9, atol=1e-10)
+    if isinstance(nuisance, FlexibleNuisance):  # the case covers models of their own
+        assert fit.nuisance_models_["n_own_candidates"].sum() > 0
 
 
 def test_large_item_with_its_own_surface_gets_its_own_model():
