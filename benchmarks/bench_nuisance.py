@@ -6,9 +6,10 @@ nuisances, run per item in a loop, on the simulator's linear and non-linear logs
 
 Data: ``simulate_log(outcome="continuous", text_confounding=0, popularity_skew=0.3)`` with
 and without ``nonlinear=True``; confounders are the numeric and categorical columns. Truth is
-each item's mean of the rows' true effects. Prints one JSON object per (data, method) and a
-Markdown table row for benchmarks/README.md. Peak RSS is the process's peak so far (methods
-run in the order printed), so only the first row's is the method's own.
+each item's mean of the rows' true effects. Prints one JSON object per (data, method);
+``--repeats`` keeps each side's fastest run (this VM's speed drifts over minutes). Peak RSS
+is the process's peak so far (methods run in the order printed), so only the first row's is
+the method's own.
 """
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def simulate(n_items, n_rows, nonlinear, seed):
     return sim, roles
 
 
-def run_ours(sim, roles, nuisance):
+def run_ours(sim, roles, nuisance, threads=1):
+    from causalrec.nuisance import BoostedLearner, FlexibleNuisance
+    if nuisance in ("boosted", "auto") and threads > 1:
+        nuisance = FlexibleNuisance(BoostedLearner(n_threads=threads), auto=nuisance == "auto",
+                                    n_jobs=threads)
     start = time.perf_counter()
     est = cr.ItemEffectEstimator(nuisance=nuisance).fit(cr.InteractionLog(sim.data, **roles))
     return est.effects_.set_index("item"), time.perf_counter() - start
@@ -82,6 +87,10 @@ def main(argv=None):
     parser.add_argument("--data", default="linear,nonlinear")
     parser.add_argument("--methods", default="pooled,boosted,auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each side this many times and keep the fastest")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="XGBoost threads per booster and per-item boosters at once")
     args = parser.parse_args(argv)
 
     for data in args.data.split(","):
@@ -89,17 +98,20 @@ def main(argv=None):
         truth = sim.truth.set_index("item")[["true_ate"]]
         results = {}
         for method in args.methods.split(","):
-            effects, seconds = run_ours(sim, roles, method)
+            runs = [run_ours(sim, roles, method, args.threads) for _ in range(args.repeats)]
+            effects, seconds = runs[0][0], min(r[1] for r in runs)
             ok = effects[effects["status"] == "ok"]
             results[method] = (ok, seconds)
             rmse, coverage = scores(ok, truth)
-            print(json.dumps(dict(data=data, method=method, items=args.items, rows=args.rows,
+            print(json.dumps(dict(data=data, method=method, threads=args.threads,
+                                  items=args.items, rows=args.rows,
                                   seconds=round(seconds, 2), items_ok=len(ok), rmse=rmse,
                                   coverage=coverage, peak_rss_gb=peak_rss_gb())), flush=True)
         if args.econml_items:
             ok = next(iter(results.values()))[0]
             subset = ok.index[np.linspace(0, len(ok) - 1, args.econml_items).astype(int)]
-            theirs, seconds = run_econml(sim, roles, subset)
+            runs = [run_econml(sim, roles, subset) for _ in range(args.repeats)]
+            theirs, seconds = runs[0][0], min(r[1] for r in runs)
             row = dict(data=data, method="econml_hgb_loop", items=len(subset),
                        seconds=round(seconds, 2), rmse=scores(theirs, truth)[0],
                        coverage=scores(theirs, truth)[1], peak_rss_gb=peak_rss_gb())

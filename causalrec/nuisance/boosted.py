@@ -34,6 +34,7 @@ class BoostedLearner:
     Parameters
     ----------
     learning_rate, max_depth, min_child_weight, reg_lambda : XGBoost tree settings.
+    max_bin : histogram bins per feature.
     max_rounds : most boosting rounds; early_stopping_rounds : rounds without improvement
         of the validation loss before stopping.
     validation_share : share of the training rows held out for early stopping.
@@ -41,10 +42,11 @@ class BoostedLearner:
     device : "cpu" or "cuda" (XGBoost's own device setting).
     """
 
-    learning_rate: float = 0.1
+    learning_rate: float = 0.3
     max_depth: int = 4
     min_child_weight: float = 10.0
     reg_lambda: float = 5.0
+    max_bin: int = 64
     max_rounds: int = 300
     early_stopping_rounds: int = 20
     validation_share: float = 0.2
@@ -54,7 +56,7 @@ class BoostedLearner:
     def check(self) -> None:
         if not 0 < self.validation_share < 1:
             raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share!r}")
-        for name in ("max_depth", "max_rounds", "early_stopping_rounds", "n_threads"):
+        for name in ("max_depth", "max_bin", "max_rounds", "early_stopping_rounds", "n_threads"):
             value = getattr(self, name)
             if not (isinstance(value, (int, np.integer)) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -77,7 +79,7 @@ class BoostedLearner:
                       eval_metric="logloss" if family == "logistic" else "rmse",
                       learning_rate=self.learning_rate, max_depth=self.max_depth,
                       min_child_weight=self.min_child_weight, reg_lambda=self.reg_lambda,
-                      tree_method="hist", max_bin=64, nthread=self.n_threads, seed=seed,
+                      tree_method="hist", max_bin=self.max_bin, nthread=self.n_threads, seed=seed,
                       device=self.device, base_score=0.5 if family == "logistic" else 0.0)
         fit, val = ~validation, validation
         if not val.any() or not fit.any():  # too few rows to hold any out: the offset alone
