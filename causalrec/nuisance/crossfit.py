@@ -174,15 +174,20 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                           calibration_table(e, t[back]), rounds)
 
 
-def _standardised(X, device):
-    """Standardised columns for the GLM, with moments of the content-ordered rows in float64
-    (the design's own moments are summed in the caller's row order)."""
-    Xs = torch.as_tensor(np.ascontiguousarray(X), device=device)
-    if Xs.shape[1] == 0:
-        return Xs
-    wide = Xs.to(torch.float64)
-    center, std = wide.mean(0), wide.std(0, correction=0)
-    return ((wide - center) / torch.where(std > 0, std, 1.0)).to(Xs.dtype)
+def _standardised(X, device, chunk=65_536):
+    """Standardised columns for the GLM. Moments of the content-ordered rows, summed in
+    float64 over row chunks (no float64 copy of X): the design's own moments are summed in
+    the caller's row order, which would make results depend on it at float32 rounding."""
+    Xt = torch.as_tensor(np.ascontiguousarray(X))
+    n, d = Xt.shape
+    if d == 0 or n == 0:
+        return Xt.to(device)
+    chunks = [Xt[a:a + chunk].to(torch.float64) for a in range(0, n, chunk)]
+    center = sum(c.sum(0) for c in chunks) / n
+    std = (sum(((c - center) ** 2).sum(0) for c in chunks) / n).sqrt()
+    scale = torch.where(std > 0, 1.0 / std, 1.0)
+    Xt = Xt.to(device)
+    return (Xt - center.to(Xt)) * scale.to(Xt)
 
 
 class _Context:
@@ -198,11 +203,11 @@ class _Context:
     def glm_eta(self, target, train, family):
         """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows.
         (With ``causalrec.glm.SegmentGLM``: fit(...).decision_function(Xs, item).)"""
-        seg = torch.as_tensor(self.item)
+        seg = torch.as_tensor(self.item, device=self.Xs.device)
         rows = torch.as_tensor(np.flatnonzero(train), device=self.Xs.device)
-        fit = _core.fit_segment_glm(self.Xs[rows], torch.as_tensor(target[train], dtype=self.Xs.dtype),
-                                    self.item[train], self.n_items, family=family, pooled=True,
-                                    **self.glm)
+        y = torch.as_tensor(target[train], dtype=self.Xs.dtype, device=self.Xs.device)
+        fit = _core.fit_segment_glm(self.Xs[rows], y, self.item[train], self.n_items,
+                                    family=family, pooled=True, **self.glm)
         coef = fit.coef.to(self.Xs.dtype)
         eta = coef[seg, 0] + (self.Xs * coef[seg, 1:]).sum(1)
         return eta.cpu().numpy().astype(np.float64)
@@ -235,7 +240,8 @@ class _Context:
             rounds.append(r)
             # rows are sorted by item: each big item's rows are one slice of tr / test_idx
             test_idx = np.flatnonzero(test)
-            starts_tr, ends_tr = (np.searchsorted(self.item[tr], big, side=s) for s in ("left", "right"))
+            starts_tr, ends_tr = (np.searchsorted(self.item[tr], big, side=s)
+                                  for s in ("left", "right"))
             starts_te, ends_te = (np.searchsorted(self.item[test_idx], big, side=s)
                                   for s in ("left", "right"))
 
