@@ -52,7 +52,11 @@ def run_ours(sim, roles, nuisance, threads=1):
                                     n_jobs=threads)
     clock = _Clock()
     est = cr.ItemEffectEstimator(nuisance=nuisance).fit(cr.InteractionLog(sim.data, **roles))
-    return est.effects_.set_index("item"), clock.stop()
+    seconds = clock.stop()
+    models = getattr(est, "nuisance_models_", None)
+    own = ({} if models is None else  # items with boosters of their own: candidates, kept
+           {m.nuisance: f"{m.n_own_candidates}/{m.n_own_items}" for m in models.itertuples()})
+    return est.effects_.set_index("item"), seconds, own
 
 
 def run_econml(sim, roles, items, threads=1):
@@ -117,6 +121,7 @@ def main(argv=None):
         for method in args.methods.split(","):
             runs = [run_ours(sim, roles, method, args.threads) for _ in range(args.repeats)]
             effects, (seconds, cpu) = runs[0][0], min((r[1] for r in runs), key=lambda c: c[1])
+            own = runs[0][2]
             ok = effects[effects["status"] == "ok"]
             results[method] = (ok, cpu)
             rmse, coverage = scores(ok, truth)
@@ -124,7 +129,8 @@ def main(argv=None):
                                   items=args.items, rows=args.rows,
                                   seconds=round(seconds, 2), cpu_seconds=round(cpu, 2),
                                   items_ok=len(ok), rmse=rmse,
-                                  coverage=coverage, peak_rss_gb=peak_rss_gb())), flush=True)
+                                  coverage=coverage, peak_rss_gb=peak_rss_gb(),
+                                  own_candidates_kept=own)), flush=True)
         if args.econml_items:
             ok = next(iter(results.values()))[0]
             subset = ok.index[np.linspace(0, len(ok) - 1, args.econml_items).astype(int)]
