@@ -207,3 +207,13 @@ def test_nonlinear_mode_keeps_the_linear_draws():
     rt = nonlinear.row_truth
     np.testing.assert_allclose(rt["effect"], rt["mu1"] - rt["mu0"])
     assert nonlinear.params["nonlinear"] and not linear.params["nonlinear"]
+
+
+def test_repeated_splits_average_the_flexible_predictions(small_sim):
+    """n_repeats=2 averages the out-of-fold predictions of the seed-0 split and of the split
+    a seed-1 fit draws (same learners' seeds too)."""
+    log = cr.InteractionLog(small_sim.data, **numeric_roles(small_sim))
+    fit = lambda **kw: cr.ItemEffectEstimator(nuisance="boosted", **kw).fit(log)
+    both, first, second = fit(n_repeats=2), fit(seed=0), fit(seed=1)
+    np.testing.assert_allclose(both.mu1_, (first.mu1_ + second.mu1_) / 2, rtol=1e-12)
+    assert len(both.nuisance_fits_) == 2
