@@ -217,3 +217,4 @@ def test_repeated_splits_average_the_flexible_predictions(small_sim):
     both, first, second = fit(n_repeats=2), fit(seed=0), fit(seed=1)
     np.testing.assert_allclose(both.mu1_, (first.mu1_ + second.mu1_) / 2, rtol=1e-12)
     assert len(both.nuisance_fits_) == 2
+    assert both.converged_ and both.n_iter_ >= 1  # the offset GLMs' convergence is reported

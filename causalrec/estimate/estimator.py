@@ -320,7 +320,8 @@ class ItemEffectEstimator:
                                   seed=self.seed + len(self.nuisance_fits_))
         self.nuisance_fits_.append(fit)
         self.nuisance_models_ = fit.models  # last repeat's choice per nuisance
-        self.n_iter_, self.converged_ = 0, True
+        self.n_iter_ = max(r.glm_n_iter for r in self.nuisance_fits_)  # the offset GLMs'
+        self.converged_ = all(r.glm_converged for r in self.nuisance_fits_)
         return fit.e, fit.mu0, fit.mu1
 
     # ------------------------------------------------------------------ results

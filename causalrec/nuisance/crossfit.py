@@ -112,6 +112,8 @@ class NuisanceResult:
         (1 without ``auto``), the final loss and the number of items with a model of their own.
     items : per item, whether it kept a model of its own for e / mu0 / mu1.
     calibration : ``calibration_table`` of the final propensities.
+    rounds : per nuisance, the boosting rounds of the pooled learner in each fold.
+    glm_n_iter, glm_converged : most Newton steps of the offset GLMs, and whether all converged.
     """
 
     e: np.ndarray
@@ -121,6 +123,8 @@ class NuisanceResult:
     items: pd.DataFrame
     calibration: pd.DataFrame
     rounds: dict = field(default_factory=dict)
+    glm_n_iter: int = 0
+    glm_converged: bool = True
 
 
 def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: FlexibleNuisance,
@@ -171,7 +175,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     back[order] = np.arange(n)
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))
     return NuisanceResult(e, mu0, mu1, pd.DataFrame(rows), pd.DataFrame(items),
-                          calibration_table(e, t[back]), rounds)
+                          calibration_table(e, t[back]), rounds, max(ctx.glm_n_iter, default=0),
+                          all(ctx.glm_converged))
 
 
 def _standardised(X, device, chunk=65_536):
@@ -199,6 +204,7 @@ class _Context:
         self.seed, self.device = seed, device
         self.n_folds = int(folds.max()) + 1 if len(folds) else 1
         self.Xp = (np.column_stack([X, item.astype(X.dtype)]) if spec.item_feature else X)
+        self.glm_n_iter, self.glm_converged = [], []
 
     def glm_eta(self, target, train, family):
         """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows.
@@ -208,6 +214,8 @@ class _Context:
         y = torch.as_tensor(target[train], dtype=self.Xs.dtype, device=self.Xs.device)
         fit = _core.fit_segment_glm(self.Xs[rows], y, self.item[train], self.n_items,
                                     family=family, pooled=True, **self.glm)
+        self.glm_n_iter.append(fit.n_iter)
+        self.glm_converged.append(fit.converged)
         coef = fit.coef.to(self.Xs.dtype)
         eta = coef[seg, 0] + (self.Xs * coef[seg, 1:]).sum(1)
         return eta.cpu().numpy().astype(np.float64)
