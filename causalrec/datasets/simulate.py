@@ -86,7 +86,7 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                  effect_disparity: float = 0.0, exposure_disparity: float = 0.0,
                  disparity_share: float = 0.3, n_providers: int = 8,
                  effect_heterogeneity: float | None = None, effect_features: float = 0.0,
-                 seed: int = 0) -> SimulatedLog:
+                 nonlinear: bool = False, seed: int = 0) -> SimulatedLog:
     """Simulate a confounded recommendation log with known per-item effects.
 
     Parameters
@@ -112,6 +112,10 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
         item's logit-scale effect gains ``0.3 quality + topic shift`` (shifts ~ N(0, 0.3^2)),
         about as much variance as the feature-free part; 0 (default) leaves the effects, and
         the whole log, as without the option.
+    nonlinear : exposure and outcome get item-specific thresholds on activity, squared terms,
+        a periodic hour effect and a topic-match x activity interaction (see
+        ``_nonlinear_terms``), so no GLM in the confounders is right for either. Off (the
+        default) draws exactly the linear log of earlier versions.
     """
     if outcome not in {"binary", "continuous"}:
         raise ValueError(f"outcome must be 'binary' or 'continuous', got {outcome!r}")
@@ -165,12 +169,19 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                     + numeric_confounding * (0.9 * activity + 0.3 * hour_z - 0.3 * tenure_z)
                     + text_confounding * 1.6 * (match - 1.0 / n_topics)
                     - exposure_disparity * (group > 0))
+    if nonlinear:
+        expose_extra, base_extra = _nonlinear_terms(seed, n_items, item, activity, hour_z,
+                                                    tenure_z, match, numeric_confounding,
+                                                    text_confounding)
+        expose_logit = expose_logit + expose_extra
     propensity = _sigmoid(np.clip(expose_logit, -3.5, 3.5))
     treated = (rng.random(n_rows) < propensity).astype(np.int64)
 
     base = (i_base[item]
             + numeric_confounding * (0.8 * activity + 0.2 * hour_z + 0.3 * tenure_z)
             + text_confounding * 1.4 * (match - 1.0 / n_topics))
+    if nonlinear:
+        base = base + base_extra
     effect = i_effect[item] * (1.0 + 0.2 * activity)
     effect = np.where(planted[item] & (group > 0), effect * (1.0 - effect_disparity), effect)
     if effect_heterogeneity is not None:
@@ -213,7 +224,7 @@ def simulate_log(n_items: int = 200, n_users: int = 2000, n_rows: int = 40_000, 
                   effect_scale=effect_scale, popularity_skew=popularity_skew, n_topics=n_topics,
                   n_groups=n_groups, effect_disparity=effect_disparity,
                   exposure_disparity=exposure_disparity, disparity_share=disparity_share,
-                  effect_features=effect_features, seed=seed)
+                  effect_features=effect_features, nonlinear=nonlinear, seed=seed)
     if effect_heterogeneity is not None:
         params["effect_heterogeneity"] = effect_heterogeneity
     row_truth = pd.DataFrame({"propensity": propensity, "mu0": y0, "mu1": y1, "effect": row_effect})
@@ -241,6 +252,29 @@ def _additive_outcomes(outcome, base, i_base, i_effect, item, z, h, damped, disp
     effect = np.where(damped, effect * (1.0 - disparity), effect)
     y1 = np.clip(y0 + effect, 0.0, 1.0) if outcome == "binary" else y0 + effect
     return y0, y1
+
+
+def _nonlinear_terms(seed, n_items, item, activity, hour_z, tenure_z, match, numeric, text):
+    """Non-linear additions to the exposure and outcome logits. Their item parameters come
+    from a generator of their own, so the linear draws (and the default log) stay as they are.
+    A threshold on |activity| and a periodic hour effect enter both logits (item-specific
+    strength), plus a step at an item-specific activity threshold (item-specific assignment)
+    and a topic-match x activity interaction: a linear fit leaves confounding behind in both
+    models."""
+    rng = np.random.default_rng([seed, 16])
+    threshold = rng.normal(0.0, 0.4, size=n_items)
+    curve_e, curve_y = rng.normal(0.0, 0.5, size=(2, n_items))
+    # even functions of symmetric features: a linear fit in them recovers nothing
+    far = (np.abs(activity) > 1.0) - 0.317
+    wave = np.cos(3.0 * hour_z)
+    step = (activity > threshold[item]) - 0.5
+    expose = (numeric * ((1.5 + curve_e[item]) * far + 0.8 * step + 0.6 * wave
+                         + 0.3 * (tenure_z ** 2 - 1.0))
+              + text * 0.8 * match * activity)
+    base = (numeric * ((1.2 + curve_y[item]) * far + 0.6 * step + 0.5 * wave
+                       - 0.3 * (tenure_z ** 2 - 1.0))
+            + text * 0.6 * match * activity)
+    return expose, base
 
 
 def _roles(outcome_col: str) -> dict:

@@ -29,6 +29,11 @@ def resolve_shrinkage(shrinkage, n_columns: int) -> float:
     return float(AUTO_SHRINKAGE_PER_COLUMN * max(1, n_columns) if shrinkage == "auto" else shrinkage)
 
 
+def _flexible_ok(value) -> bool:
+    from ..nuisance import resolve_nuisance
+    return resolve_nuisance(value) is not None
+
+
 def _shards_ok(value) -> bool:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return value >= 1
@@ -50,7 +55,12 @@ class ItemEffectEstimator(BaseEstimator):
         because a dominant weight hides its own residual from the normalised one.
         False gives textbook AIPW.
     nuisance : "pooled" (default): one model over all rows with item intercepts and item
-        slopes shrunk toward shared slopes; "per_item": independent ridge models per item.
+        slopes shrunk toward shared slopes; "per_item": independent ridge models per item;
+        "boosted": gradient-boosted models on top of the pooled GLM (large items get their
+        own, kept where they win out of fold); "auto": per nuisance, the out-of-fold-loss
+        stack of the GLM and the boosted model; a scikit-learn estimator or a pair
+        (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
+        settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits whose out-of-fold predictions are averaged
         (costs ``n_repeats`` times the fits; reduces the split-to-split noise of small items).
@@ -93,13 +103,18 @@ class ItemEffectEstimator(BaseEstimator):
         items that could not be estimated): fitted propensity (clipped), outcome predictions
         under control / treatment, influence values, cross-fitting fold.
     design_columns_ : names of the confounder columns the models used.
-    nuisance_fits_ : per fold, the fitted ``GLMFit`` of each nuisance model.
+    nuisance_fits_ : per fold, the fitted ``SegmentGLM`` of each nuisance model (flexible
+        nuisances: per repeat, a ``causalrec.nuisance.NuisanceResult``).
+    nuisance_models_ : flexible nuisances only: per nuisance, out-of-fold losses of the GLM,
+        pooled and flexible models, the stacking weight and the items with own models.
+    propensity_calibration_ : binned calibration table of the fitted (unclipped) propensity.
     """
 
     _parameter_constraints = {
         "method": [Options(*METHODS)],
         "normalize": [Boolean()],
-        "nuisance": [Options(*NUISANCE)],
+        "nuisance": [Options(*NUISANCE), Callable(_flexible_ok, "'boosted', 'auto', a scikit-learn "
+                                                   "estimator, a (propensity, outcome) pair of them or a FlexibleNuisance")],
         "n_folds": [Integer(1, MAX_FOLDS)],
         "n_repeats": [Integer(1, None)],
         "penalty": [Interval(0, None, "left")],
@@ -125,7 +140,7 @@ class ItemEffectEstimator(BaseEstimator):
                  n_repeats=1, penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
                  alpha=0.05, text_encoder=None, text_components=8, device="auto",
-                 dtype="float32", seed=0, max_iter=50, shards=1, max_clipped=0.2):
+                 dtype="float32", seed=0, max_iter=50, shards=1, max_clipped=0.3):
         self.method = method
         self.normalize = normalize
         self.nuisance = nuisance
@@ -158,6 +173,13 @@ class ItemEffectEstimator(BaseEstimator):
         are drawn from a seeded hash of each row's content (see ``assign_folds``).
         """
         self._validate_params()
+        self._flexible = None
+        if self.nuisance not in NUISANCE:  # its own checks name what is wrong (predict_proba, ...)
+            from ..nuisance import resolve_nuisance
+            self._flexible = resolve_nuisance(self.nuisance)
+            self._flexible.learners()
+            if not (isinstance(self.shards, (int, np.integer)) and self.shards == 1):
+                raise ValueError("shards needs nuisance='pooled' or 'per_item'")
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog; use estimate_item_effects for a DataFrame")
         device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
@@ -209,15 +231,21 @@ class ItemEffectEstimator(BaseEstimator):
                 self.n_iter_ = 0
                 e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
                 break
-            fits = cross_fit(X, *standardise, rows, seg[rows], t[rows], y[rows], split[rows],
-                             n_seg, n_folds=self.n_folds, propensity=propensity, outcome=outcome,
-                             logged_e=logged_e, shard_of_item=shard_of_item, device=device,
-                             dtype=dtype, warm=fits.shard_fits if fits else None)
-            self.nuisance_fits_ += fits.shard_fits[0] if len(fits.shard_fits) == 1 else []
-            for name, ok in fits.converged.items():
-                converged[name] = converged.get(name, True) & ok
-            self.n_iter_ = max(getattr(self, "n_iter_", 0) if repeat else 0, fits.n_iter)
-            preds = [p.to(torch.float64) for p in (fits.e, fits.mu0, fits.mu1)]
+            if self._flexible is not None:
+                preds = self._fit_flexible(X, rows, seg[rows], t[rows], y[rows], split[rows],
+                                           n_seg, logged_e, device, converged)
+            else:
+                fits = cross_fit(X, *standardise, rows, seg[rows], t[rows], y[rows], split[rows],
+                                 n_seg, n_folds=self.n_folds, propensity=propensity,
+                                 outcome=outcome, logged_e=logged_e, shard_of_item=shard_of_item,
+                                 device=device, dtype=dtype,
+                                 warm=fits.shard_fits if fits else None)
+                self.nuisance_fits_ += fits.shard_fits[0] if len(fits.shard_fits) == 1 else []
+                for name, ok in fits.converged.items():
+                    converged[name] = converged.get(name, True) & ok
+                self.n_iter_ = max(getattr(self, "n_iter_", 0) if repeat else 0, fits.n_iter)
+                preds = (fits.e, fits.mu0, fits.mu1)
+            preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
         item_names = self.segments_[keys[0]].to_numpy()
@@ -253,6 +281,8 @@ class ItemEffectEstimator(BaseEstimator):
         self.mu1_ = _row_series(index, rows, mu1, "mu1")
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds, index=index, name="fold")
+        from ..nuisance import calibration_table
+        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t[rows])
         self.log_ = log
         return self
 
@@ -282,6 +312,22 @@ class ItemEffectEstimator(BaseEstimator):
                       max_iter=self.max_iter, tol=1e-6, device=device, dtype=dtype)
         propensity = SegmentGLM(family="logistic", **common) if fit_propensity else None
         return propensity, SegmentGLM(family=self.outcome_family_, **common)
+
+    def _fit_flexible(self, X, rows, seg, t, y, folds, n_seg, logged_e, device, converged):
+        """Cross-fitted predictions of flexible learners (see ``causalrec.nuisance``); the
+        offset GLMs' convergence joins ``converged`` under the name "e" (all items)."""
+        from ..nuisance import cross_fit_nuisances
+        glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
+                   max_iter=self.max_iter)
+        fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
+                                  family=self.outcome_family_, spec=self._flexible,
+                                  glm=glm, logged_e=logged_e, device=device,
+                                  seed=self.seed + len(self.nuisance_fits_))
+        self.nuisance_fits_.append(fit)
+        self.nuisance_models_ = fit.models  # last repeat's choice per nuisance
+        self.n_iter_ = max(r.glm_n_iter for r in self.nuisance_fits_)  # the offset GLMs'
+        converged["e"] = converged.get("e", True) & np.full(n_seg, bool(fit.glm_converged))
+        return fit.e, fit.mu0, fit.mu1
 
     def _shard_of_item(self, rows_per_item, n_items):
         if isinstance(self.shards, (int, np.integer)):

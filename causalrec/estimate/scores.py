@@ -26,7 +26,7 @@ def pre_status(n_t, n_c, min_rows):
     return status
 
 
-def post_status(status, table, min_ess, max_clipped=0.2):
+def post_status(status, table, min_ess, max_clipped=0.3):
     """Statuses that need the fit: "no_overlap" when more than ``max_clipped`` of an item's
     rows have a clipped propensity, or when the arms' propensity ranges do not meet;
     "poor_overlap" when an arm's effective sample size is below ``min_ess``."""

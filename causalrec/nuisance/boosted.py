@@ -1,0 +1,97 @@
+"""Gradient-boosted nuisance learner (XGBoost), fitted on top of an offset.
+
+XGBoost rather than LightGBM: on this box both fit 40 small boosters and one 200k-row booster
+in about the same time (2.8 / 2.8 s against 2.2 / 2.7 s, log loss 0.606 / 0.560 against
+0.607 / 0.568), and XGBoost's standard wheel runs on CUDA (``device="cuda"``) and on Spark
+(``xgboost.spark``), which the large-scale paths need. It is imported only when used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BoostedLearner"]
+
+
+def _xgboost():
+    try:
+        import xgboost
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("nuisance='boosted' needs XGBoost: pip install 'causalrec[boost]'") from exc
+    return xgboost
+
+
+@dataclass(frozen=True)
+class BoostedLearner:
+    """Settings of the boosted nuisance models (XGBoost ``hist`` trees).
+
+    Each model boosts on top of an offset (the segment GLM's linear predictor) given as
+    XGBoost's ``base_margin``, so trees only add what the GLM misses. The number of rounds is
+    chosen by early stopping on a validation share of the training rows (picked by row
+    content, so it does not depend on row order); no tuning is needed by default.
+
+    Parameters
+    ----------
+    learning_rate, max_depth, min_child_weight, reg_lambda : XGBoost tree settings.
+    max_bin : histogram bins per feature.
+    max_rounds : most boosting rounds; early_stopping_rounds : rounds without improvement
+        of the validation loss before stopping.
+    validation_share : share of the training rows held out for early stopping.
+    n_threads : threads per booster (fixed, so results do not depend on the machine).
+    device : "cpu" or "cuda" (XGBoost's own device setting).
+    """
+
+    learning_rate: float = 0.3
+    max_depth: int = 4
+    min_child_weight: float = 10.0
+    reg_lambda: float = 5.0
+    max_bin: int = 64
+    max_rounds: int = 300
+    early_stopping_rounds: int = 20
+    validation_share: float = 0.2
+    n_threads: int = 1
+    device: str = "cpu"
+
+    def check(self) -> None:
+        if not 0 < self.validation_share < 1:
+            raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share!r}")
+        for name in ("max_depth", "max_bin", "max_rounds", "early_stopping_rounds", "n_threads"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, np.integer)) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+
+    def fit_predict(self, X, y, offset, X_test, offset_test, *, family, validation, seed,
+                    categorical=False):
+        """Fit on (X, y) with ``offset`` and return (mean predictions on X_test, rounds used).
+
+        ``validation`` (bool per training row) marks the early-stopping rows; ``categorical``
+        marks the last column of X as a category code (the item, in the pooled booster).
+        """
+        xgb = _xgboost()
+        types = ["q"] * (X.shape[1] - 1) + ["c"] if categorical else None
+        dm = lambda A, label=None, margin=None: xgb.DMatrix(
+            A, label=label, base_margin=margin, feature_types=types, enable_categorical=categorical,
+            nthread=self.n_threads)
+        params = dict(objective="binary:logistic" if family == "logistic" else "reg:squarederror",
+                      eval_metric="logloss" if family == "logistic" else "rmse",
+                      learning_rate=self.learning_rate, max_depth=self.max_depth,
+                      min_child_weight=self.min_child_weight, reg_lambda=self.reg_lambda,
+                      tree_method="hist", max_bin=self.max_bin, nthread=self.n_threads, seed=seed,
+                      device=self.device, base_score=0.5 if family == "logistic" else 0.0)
+        fit, val = ~validation, validation
+        if not val.any() or not fit.any():  # too few rows to hold any out: the offset alone
+            return _mean(offset_test, family), 0
+        train = dm(X[fit], y[fit], offset[fit])
+        valid = dm(X[val], y[val], offset[val])
+        booster = xgb.train(params, train, self.max_rounds, evals=[(valid, "valid")],
+                            early_stopping_rounds=self.early_stopping_rounds, verbose_eval=False)
+        rounds = booster.best_iteration + 1
+        pred = booster.predict(dm(X_test, margin=offset_test), iteration_range=(0, rounds))
+        return pred.astype(np.float64), rounds
+
+
+def _mean(eta, family):
+    return 1.0 / (1.0 + np.exp(-eta)) if family == "logistic" else np.asarray(eta, np.float64)
