@@ -142,6 +142,18 @@ def test_report_from_an_effects_table_alone(fitted, tmp_path):
     assert (tmp_path / "effects.csv").exists() and not (tmp_path / "effects.parquet").exists()
 
 
+def test_saved_csv_tables_cannot_run_formulas(fitted, tmp_path):
+    _, estimator = fitted
+    effects = estimator.effects_.copy()
+    effects["item"] = effects["item"].astype(str)
+    effects.loc[effects.index[0], "item"] = '=HYPERLINK("http://x","y")'
+    EffectReport(effects).save(tmp_path, parquet=True)
+    written = pd.read_csv(tmp_path / "effects.csv")
+    assert '\'=HYPERLINK("http://x","y")' in set(written["item"])  # text, not a formula
+    assert (written["ate"].dropna() < 0).any() or (effects["ate"].dropna() >= 0).all()
+    assert pd.read_parquet(tmp_path / "effects.parquet")["item"].iloc[0].startswith("=")  # values kept
+
+
 def test_report_without_any_usable_item_still_renders(fitted):
     _, estimator = fitted
     effects = estimator.effects_.assign(status="too_few_rows")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..schema import csv_safe
 from .effect_sections import EffectSections
 from .html import escape, html_page, section
 
@@ -153,13 +154,14 @@ class EffectReport(EffectSections):
         directory.mkdir(parents=True, exist_ok=True)
         page = self.to_html()
         table = self._table
-        table.to_csv(directory / "effects.csv", index=False)
+        # CSV cells that a spreadsheet would run as formulas are escaped (Parquet keeps values)
+        csv_safe(table).to_csv(directory / "effects.csv", index=False)
         if parquet:
             table.to_parquet(directory / "effects.parquet", index=False)
         if self._policies is not None:
-            self._policies.to_csv(directory / "policies.csv", index=False)
+            csv_safe(self._policies).to_csv(directory / "policies.csv", index=False)
         if isinstance(self.refutation, pd.DataFrame):
-            self.refutation.to_csv(directory / "refutation.csv", index=False)
+            csv_safe(self.refutation).to_csv(directory / "refutation.csv", index=False)
         path = directory / "report.html"
         path.write_text(page, encoding="utf-8")
         return path
