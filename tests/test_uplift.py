@@ -206,7 +206,7 @@ def test_per_item_independence():
 
 
 @pytest.mark.xfail(strict=False,
-                   reason="known defect, issue 17 left open: with fitted outcome models the per-item heterogeneity test rejects at 0.088-0.14 under no heterogeneity (true nuisances: 0.03-0.05); see the closing note")
+                   reason="known defect (issue 17): the per-item HC3 Wald test rejects 0.12-0.18 under no heterogeneity; cause: the mean-zero but skewed nuisance term (mu_hat - mu)(1 - t/e), not a bias (see UpliftModel.heterogeneity_)")
 def test_heterogeneity_tests_hold_level_without_heterogeneity():
     p_values, rejections = [], 0
     for seed in range(4):
@@ -226,7 +226,7 @@ def test_heterogeneity_tests_hold_level_without_heterogeneity():
 
 
 @pytest.mark.xfail(strict=False,
-                   reason="known defect, issue 17 left open: with fitted outcome models the per-item heterogeneity test rejects at 0.088-0.14 under no heterogeneity (true nuisances: 0.03-0.05); see the closing note")
+                   reason="known defect (issue 17): the per-item HC3 Wald test rejects 0.12-0.18 under no heterogeneity; cause: the mean-zero but skewed nuisance term (mu_hat - mu)(1 - t/e), not a bias (see UpliftModel.heterogeneity_)")
 def test_heterogeneity_tests_have_power(split):
     _, _, model = split
     het = model.heterogeneity_.dropna(subset=["p_value"])
