@@ -200,7 +200,9 @@ class ItemEffectEstimator(BaseEstimator):
         rows = np.flatnonzero(use)
         text_features = self._text_features(log)
         # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
-        spec = DesignSpec.from_log(log, text_features, rows=rows if len(rows) else None)
+        # (all rows in use: no gathered copies of the columns)
+        spec = DesignSpec.from_log(log, text_features,
+                                   rows=rows if 0 < len(rows) < len(df) else None)
         design = spec.transform(log, text_features,
                                 dtype=np.float64 if dtype == torch.float64 else np.float32)
         self.design_spec_ = spec
