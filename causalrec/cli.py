@@ -82,7 +82,8 @@ _EXAMPLES = """examples:
 
 def _add_estimation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="aipw", help="aipw (default), ipw or or")
-    parser.add_argument("--nuisance", default="pooled", help="pooled (default) or per_item")
+    parser.add_argument("--nuisance", default="pooled",
+                        help="pooled (default), per_item, boosted (XGBoost) or auto")
     parser.add_argument("--folds", type=_positive_int, default=2, help="cross-fitting folds")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of folds and checks")

@@ -217,3 +217,15 @@ def test_encoding_flag_and_csv_outputs_cannot_run_formulas(logs, tmp_path, capsy
     assert "-5" in items or -5 in items  # a number written as text is left alone
     assert "café 7" in items
     assert (written["ate"].dropna() < 0).any()  # negative numbers are written as numbers
+
+
+def test_boosted_nuisance_from_the_command_line(logs, tmp_path, capsys):
+    out = tmp_path / "boosted.csv"
+    assert main(["effects", str(logs["parquet"]), *FLAGS, "--nuisance", "boosted", "-q",
+                 "--out", str(out)]) == 0
+    got = pd.read_csv(out)
+    expected = estimate_item_effects(simulate_log(**SIM).data, **ROLES, nuisance="boosted")
+    np.testing.assert_allclose(got["ate"], expected["ate"], rtol=1e-6, atol=1e-9)
+    assert main(["effects", str(logs["parquet"]), *FLAGS, "--nuisance", "magic", "-q",
+                 "--out", str(out)]) == 1
+    assert "nuisance" in capsys.readouterr().err
