@@ -26,7 +26,7 @@ ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
 def spark():
     os.environ["PYSPARK_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
-    session = (SparkSession.builder.master("local[2]").appName("causalrec-tests")
+    session = (SparkSession.builder.master("local[2,2]").appName("causalrec-tests")
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
                .getOrCreate())
     yield session
@@ -93,6 +93,8 @@ def test_spark_equals_local(parquet, log_frame, nuisance, method):
                                       row_outputs=True)
     _assert_same(local.effects_, res.effects)
     assert res.pooled_mode == ("barrier" if nuisance == "pooled" else None)
+    calls = {n for n, _ in res.reductions.values()}  # every rank reduced equally often
+    assert len(calls) == 1 and (calls.pop() > 0) == (nuisance == "pooled")
     assert len(np.unique(res.shard_of_item[res.shard_of_item >= 0])) == 2
     np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-12)
     np.testing.assert_allclose(res.design_spec.scale, local.design_spec_.scale, rtol=1e-12)
@@ -134,3 +136,19 @@ def test_schema_errors_match_pandas(spark, log_frame):
     with pytest.raises(ValueError, match="text confounders are not supported"):
         estimate_item_effects_spark(spark.createDataFrame(frame.assign(note="a user's note")),
                                     **ROLES, text=["note"])
+
+
+def test_pooled_task_killed_mid_fit_is_retried(spark, parquet, log_frame, tmp_path):
+    """A worker killed at its 20th all-reduce: the barrier stage is retried as a whole and
+    the table equals the fault-free local one."""
+    from causalrec.spark.barrier import FAULT_ENV
+    marker = tmp_path / "killed"
+    env = spark.sparkContext.environment  # shipped to the Python workers with each task
+    env[FAULT_ENV] = f"1:20:{marker}"
+    try:
+        res = estimate_item_effects_spark(parquet, **ROLES, nuisance="pooled", dtype="float64",
+                                          shards=2)
+    finally:
+        del env[FAULT_ENV]
+    assert marker.exists()  # the fault did fire
+    _assert_same(_local(log_frame, nuisance="pooled").effects_, res.effects)

@@ -29,8 +29,9 @@ _PARTITION_KEY = "__causalrec_partition"
 class SparkEffects:
     """Result of the Spark path: ``effects`` (pandas, as the local call), ``rows`` (a Spark
     DataFrame keyed by ``row_id``: propensity, mu0, mu1, psi, fold of the fitted rows; None
-    unless asked), the ``design_spec``, the shard of each item and how the pooled fit ran
-    ("barrier", "driver" or None for per_item)."""
+    unless asked), the ``design_spec``, the shard of each item, how the pooled fit ran
+    ("barrier", "driver" or None for per_item) and, per shard, its all-reduces (count,
+    seconds spent in them)."""
 
     effects: pd.DataFrame
     rows: object
@@ -38,6 +39,7 @@ class SparkEffects:
     shard_of_item: np.ndarray
     pooled_mode: str | None
     estimator: ItemEffectEstimator
+    reductions: dict
 
 
 def _spark_of(sdf):
@@ -127,10 +129,10 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
             payloads, rows_sdf = _collect(out, row_outputs)
         else:
             payloads, rows_sdf, mode = _pooled(fitted, job, n_shards, barrier, row_outputs)
-    table, converged = _assemble(payloads, shard_of_item, est, facts)
+    table, converged, reductions = _assemble(payloads, shard_of_item, est, facts)
     est._finish(table, facts.status, facts.n_all, facts.n_t, converged, keys,
                 resolve_device(est.device))
-    return SparkEffects(est.effects_, rows_sdf, spec, shard_of_item, mode, est)
+    return SparkEffects(est.effects_, rows_sdf, spec, shard_of_item, mode, est, reductions)
 
 
 def _block_size(arm_rows: np.ndarray, n_folds: int) -> int:
@@ -190,6 +192,9 @@ def _pooled(fitted, job, n_shards, barrier, row_outputs):
             parts = fitted.repartition(n_shards, _PARTITION_KEY)
             out = parts.mapInPandas(barrier_task(lambda rows, red: fit_shard(rows, job, red),
                                                  n_shards), OUTPUT_SCHEMA, barrier=True)
+            # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
+            # tasks) only when it is a map stage, never when it is the result stage
+            out = out.repartition(1)
             log_.info("causalrec.spark: pooled fit as a barrier stage of %d tasks (gloo)", n_shards)
             return (*_collect(out, row_outputs), "barrier")
         except Exception as exc:  # e.g. Spark Connect or dynamic allocation without barrier
@@ -213,10 +218,10 @@ def _pooled(fitted, job, n_shards, barrier, row_outputs):
 def _assemble(payloads, shard_of_item, est, facts):
     """The per-item table of all items (segments order) from the shards' tables; items
     without fitted rows get ``effects_table`` of no rows, as in the local fit."""
-    n_seg, converged = len(shard_of_item), {}
+    n_seg, converged, reductions = len(shard_of_item), {}, {}
     parts, codes = [], []
     for payload in payloads:
-        shard, part, ok, _ = pickle.loads(payload)
+        shard, part, ok, _, reductions[shard] = pickle.loads(payload)
         items = np.flatnonzero(shard_of_item == shard)
         parts.append(part), codes.append(items)
         for name, flags in ok.items():
@@ -231,4 +236,4 @@ def _assemble(payloads, shard_of_item, est, facts):
         parts.append(part), codes.append(missing)
     whole = pd.concat(parts, ignore_index=True)
     whole.index = np.concatenate(codes)
-    return whole.sort_index().reset_index(drop=True), converged
+    return whole.sort_index().reset_index(drop=True), converged, reductions

@@ -94,7 +94,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                                           on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                           o["method"], o["clip"], o["trim"], o["alpha"],
                                           binary=job.binary, normalize=o["normalize"])
-    payload = pickle.dumps((shard, table, converged, n_iter))
+    reductions = (getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0))
+    payload = pickle.dumps((shard, table, converged, n_iter, reductions))
     out = pd.DataFrame({"row_id": [-1], "propensity": [np.nan], "mu0": [np.nan],
                         "mu1": [np.nan], "psi": [np.nan], "fold": [-1], "payload": [payload]})
     if not job.row_outputs:
