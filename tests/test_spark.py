@@ -152,3 +152,32 @@ def test_pooled_task_killed_mid_fit_is_retried(spark, parquet, log_frame, tmp_pa
         del env[FAULT_ENV]
     assert marker.exists()  # the fault did fire
     _assert_same(_local(log_frame, nuisance="pooled").effects_, res.effects)
+
+
+CONNECT_SCRIPT = """
+import sys
+import causalrec as cr
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.remote("local[2]").getOrCreate()
+sdf = spark.read.parquet(sys.argv[1])
+assert type(sdf).__module__.startswith("pyspark.sql.connect")
+table = cr.estimate_item_effects(sdf, item="item_id", treatment="recommended", outcome="clicked",
+    confounders={confounders!r}, categorical={categorical!r}, nuisance="pooled",
+    dtype="float64", shards=2, row_id="row")
+table.to_pickle(sys.argv[2])
+spark.stop()
+"""
+
+
+def test_spark_connect_smoke(log_frame, tmp_path):
+    """Through Spark Connect (its own process: one kind of session per process), pooled."""
+    pytest.importorskip("grpc")
+    import subprocess
+    path, out = tmp_path / "log.parquet", tmp_path / "effects.pkl"
+    log_frame.to_parquet(path, index=False)
+    script = CONNECT_SCRIPT.format(confounders=ROLES["confounders"], categorical=ROLES["categorical"])
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same(_local(log_frame, nuisance="pooled").effects_, pd.read_pickle(out))
