@@ -75,7 +75,6 @@ def _local(df, **options):
 def _assert_same(local, spark_table):
     assert list(local.columns) == list(spark_table.columns)
     assert (local["status"].to_numpy() == spark_table["status"].to_numpy()).all()
-    assert set(local["status"]) >= {"ok", "no_control", "too_few_rows"}
     for col in ("ate", "se"):
         a, b = local[col].to_numpy(), spark_table[col].to_numpy()
         assert (np.isnan(a) == np.isnan(b)).all()
@@ -92,6 +91,7 @@ def test_spark_equals_local(parquet, log_frame, nuisance, method):
                                       dtype="float64", shards=2, row_id="row",
                                       row_outputs=True)
     _assert_same(local.effects_, res.effects)
+    assert set(res.effects["status"]) >= {"ok", "no_control", "too_few_rows"}
     assert res.pooled_mode == ("barrier" if nuisance == "pooled" else None)
     calls = {n for n, _ in res.reductions.values()}  # every rank reduced equally often
     assert len(calls) == 1 and (calls.pop() > 0) == (nuisance == "pooled")
@@ -116,6 +116,15 @@ def test_logged_propensity_and_top_level_call(parquet, log_frame):
     table = cr.estimate_item_effects(parquet, **ROLES, propensity="propensity",
                                      nuisance="pooled", dtype="float64", shards=2, barrier=False)
     _assert_same(local, table)
+
+
+def test_no_estimable_item(parquet, log_frame):
+    """No item has enough rows: statuses only (the design spec from all rows), no fit."""
+    local = _local(log_frame, min_rows_per_arm=10**6)
+    res = estimate_item_effects_spark(parquet, **ROLES, dtype="float64", min_rows_per_arm=10**6)
+    assert set(res.effects["status"]) == {"too_few_rows", "no_control"}
+    pd.testing.assert_frame_equal(local.effects_, res.effects, check_dtype=False)
+    np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-12)
 
 
 def test_schema_errors_match_pandas(spark, log_frame):
