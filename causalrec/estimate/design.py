@@ -83,34 +83,45 @@ class DesignSpec:
         for col in log.confounders:
             sources.append((col, take(_float_column(df[col]))))
         for col in log.categorical:
-            levels, n_pooled = _levels(take(_as_labels(df[col])), max_levels, min_level_count)
+            labels = take(_as_labels(df[col]))
+            levels, n_pooled = _levels(labels, max_levels, min_level_count)
             categorical[col] = levels
             if n_pooled:
                 pooled[col] = n_pooled
             if len(levels) < 2:
                 dropped[col] = "a single level on the fitted rows"
-            codes = _level_codes(take(_as_labels(df[col])), levels)
+            codes = _level_codes(labels, levels)
             sources += [(f"{col}={level}", (codes == k).astype(np.float64))
                         for k, level in enumerate(levels) if k > 0]
         extra_names = [] if extra is None else [str(c) for c in extra.columns]
         for col, name in zip([] if extra is None else extra.columns, extra_names):
             sources.append((name, take(_float_column(extra[col]))))
+        y = take(df[log.outcome].to_numpy())
+        binary = bool(np.isin(y, [0, 1]).all()) if len(y) else None
+        return cls.from_moments(list(log.confounders), categorical, extra_names,
+                                [(name, _robust_moments(values)) for name, values in sources],
+                                dropped, pooled, binary, len(y), warn=warn)
+
+    @classmethod
+    def from_moments(cls, confounders, categorical, extra, moments, dropped, pooled,
+                     outcome_binary, n_rows, warn: bool = True):
+        """The spec from facts already computed (e.g. by a distributed aggregation):
+        ``moments`` lists (output column, (center, 1 / scale, why dropped or None)) in
+        output order; ``dropped`` holds the columns dropped before (single levels)."""
+        dropped = dict(dropped)
         columns, center, scale = [], [], []
-        for name, values in sources:
-            c, s, problem = _robust_moments(values)
+        for name, (c, s, problem) in moments:
             if problem:
                 dropped[name] = problem
             else:
                 columns.append(name), center.append(c), scale.append(s)
-        y = take(df[log.outcome].to_numpy())
-        binary = bool(np.isin(y, [0, 1]).all()) if len(y) else None
-        spec = cls(list(log.confounders), categorical, extra_names, columns,
+        spec = cls(list(confounders), categorical, list(extra), columns,
                    np.array(center, dtype=np.float64), np.array(scale, dtype=np.float64),
-                   dropped, pooled, binary, len(y))
+                   dropped, dict(pooled), outcome_binary, n_rows)
         if warn and dropped:
             warnings.warn("confounder columns dropped: " + "; ".join(
                 f"{name!r} ({why})" for name, why in dropped.items()), DataWarning,
-                stacklevel=3)
+                stacklevel=4)
         return spec
 
     def transform(self, data, extra: pd.DataFrame | None = None, dtype=np.float32,
@@ -173,23 +184,42 @@ def _mean_std(v: np.ndarray) -> tuple[float, float]:
 
 
 def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None]:
-    """(center, 1 / scale, why dropped or None). The plain mean and std, unless extreme rows
-    inflate the std more than twofold over the std of the column winsorised at its
-    ``_TAIL`` quantiles (at least one row each end): then the winsorised moments, so one
-    outlier cannot flatten a column. A winsorised std of 0 (a rare 0/1 flag) keeps the plain
-    moments."""
+    """(center, 1 / scale, why dropped or None) of a column's values, see ``choose_moments``."""
     if len(v) == 0:
-        return np.nan, np.nan, "no fitted rows"
+        return choose_moments(0, np.nan, np.nan, None, None)
     lo, hi = v.min(), v.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
+        return choose_moments(len(v), lo, hi, None, None)
+    ranks = tail_ranks(len(v))
+    winsorised = None
+    if ranks is not None:
+        low, high = np.partition(v, ranks)[list(ranks)]
+        winsorised = _mean_std(np.clip(v, low, high))
+    return choose_moments(len(v), lo, hi, _mean_std(v), winsorised)
+
+
+def tail_ranks(n: int) -> tuple[int, int] | None:
+    """Ranks (0-based, ascending) of the order statistics a column of n values is winsorised
+    at: ``_TAIL`` of the rows at each end, at least one; None when too few rows."""
+    k = max(1, int(n * _TAIL))
+    return (k, n - 1 - k) if 2 * k < n - 1 else None
+
+
+def choose_moments(n, lo, hi, plain, winsorised) -> tuple[float, float, str | None]:
+    """(center, 1 / scale, why dropped or None) from a column's row count, range, plain
+    (mean, std) and (mean, std) winsorised at its ``tail_ranks`` (None when not formed).
+    The plain moments, unless extreme rows inflate the std more than twofold over the
+    winsorised one: then the winsorised moments, so one outlier cannot flatten a column.
+    A winsorised std of 0 (a rare 0/1 flag) keeps the plain moments."""
+    if n == 0:
+        return np.nan, np.nan, "no fitted rows"
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return np.nan, np.nan, "not finite"
     if lo == hi:
         return float(lo), np.nan, "constant on the fitted rows"
-    mean, std = _mean_std(v)
-    k = max(1, int(len(v) * _TAIL))
-    if 2 * k < len(v) - 1:
-        low, high = np.partition(v, [k, len(v) - 1 - k])[[k, len(v) - 1 - k]]
-        w_mean, w_std = _mean_std(np.clip(v, low, high))
+    mean, std = plain
+    if winsorised is not None:
+        w_mean, w_std = winsorised
         if w_std > 0 and std > _INFLATION * w_std:
             mean, std = w_mean, w_std
     if not (np.isfinite(mean) and np.isfinite(std) and np.isfinite(1.0 / std) and std > 0):
@@ -207,6 +237,13 @@ def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[s
     by frequency (ties by label, so row order never matters) when pooling is needed; the
     rest pool into ``__other__``. Returns the levels and how many were pooled."""
     uniques, counts = np.unique(labels.astype(str), return_counts=True)
+    return levels_from_counts(uniques, counts, max_levels, min_count)
+
+
+def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,
+                       min_count: int) -> tuple[list[str], int]:
+    """``_levels`` from the distinct labels (sorted, unique) and their row counts."""
+    uniques, counts = np.asarray(uniques).astype(str), np.asarray(counts)
     keep = counts >= min_count
     if keep.sum() > max_levels - (not keep.all()):
         order = np.lexsort((uniques, -counts))  # by count, then label

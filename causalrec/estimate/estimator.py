@@ -17,7 +17,8 @@ from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 from .summary import EffectSummary
 
-__all__ = ["ItemEffectEstimator", "estimate_item_effects", "resolve_device", "resolve_shrinkage"]
+__all__ = ["ItemEffectEstimator", "estimate_item_effects", "resolve_device", "resolve_shrinkage",
+           "split_roles"]
 
 METHODS = ("aipw", "ipw", "or")
 NUISANCE = ("pooled", "per_item")
@@ -250,12 +251,6 @@ class ItemEffectEstimator(BaseEstimator):
             preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        item_names = self.segments_[keys[0]].to_numpy()
-        for name, ok in converged.items():  # items without rows in use have nothing to fit
-            warn_unconverged(ok | (status != "ok"), item_names, MODEL_NAMES[name] + " model")
-        item_converged = np.logical_and.reduce(list(converged.values())) if converged \
-            else np.ones(n_seg, dtype=bool)
-        self.converged_ = bool(item_converged[status == "ok"].all())
         on_device = lambda a, kind: torch.as_tensor(a[rows], dtype=kind, device=device)
         table, psi, e_clipped = effects_table(on_device(seg, torch.long),
                                                on_device(t, torch.float64),
@@ -264,19 +259,7 @@ class ItemEffectEstimator(BaseEstimator):
                                                binary=binary,
                                                normalize=self.normalize)
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
-        table["status"] = post_status(status, table, self.min_ess, self.max_clipped)
-        no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
-        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
-        table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
-        table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
-        table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)
-
-        item_frame = self.segments_.rename(columns={keys[0]: "item"})
-        self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
-        self.effects_.attrs.update(method=self.method, normalize=self.normalize,
-                                   nuisance=self.nuisance,
-                                   n_folds=self.n_folds, seed=self.seed, device=str(device),
-                                   outcome_model=self.outcome_family_)
+        self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index
         self.propensity_ = _row_series(index, rows, e_clipped, "propensity")
         self.mu0_ = _row_series(index, rows, mu0, "mu0")
@@ -287,6 +270,29 @@ class ItemEffectEstimator(BaseEstimator):
         self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t[rows])
         self.log_ = log
         return self
+
+    def _finish(self, table, status, n_all, n_t, converged, keys, device) -> None:
+        """``effects_`` and ``converged_`` from the per-item ``effects_table`` of all items
+        (in ``segments_`` order), their pre-fit statuses and counts, and the per-model
+        convergence of each item (the one ending of every backend's fit)."""
+        item_names = self.segments_[keys[0]].to_numpy()
+        for name, ok in converged.items():  # items without rows in use have nothing to fit
+            warn_unconverged(ok | (status != "ok"), item_names, MODEL_NAMES[name] + " model")
+        item_converged = np.logical_and.reduce(list(converged.values())) if converged \
+            else np.ones(len(status), dtype=bool)
+        self.converged_ = bool(item_converged[status == "ok"].all())
+        table["status"] = post_status(status, table, self.min_ess, self.max_clipped)
+        no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
+        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
+        table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)
+        item_frame = self.segments_.rename(columns={keys[0]: "item"})
+        self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
+        self.effects_.attrs.update(method=self.method, normalize=self.normalize,
+                                   nuisance=self.nuisance,
+                                   n_folds=self.n_folds, seed=self.seed, device=str(device),
+                                   outcome_model=self.outcome_family_)
 
     def _text_features(self, log: InteractionLog) -> pd.DataFrame | None:
         if not log.text:
@@ -395,6 +401,14 @@ def _row_series(index, rows, values, name):
     return pd.Series(out, index=index, name=name)
 
 
+def split_roles(item, by, confounders, categorical, text):
+    """Segment key columns ([item] + by) and the confounder roles without them: a segment
+    column is constant within each segment, so it cannot confound there."""
+    by = _as_list(by)
+    return ([item] + by, *([c for c in _as_list(cols) if c not in by]
+                           for cols in (confounders, categorical, text)))
+
+
 def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
                           confounders=None, categorical=None, text=None, propensity=None,
                           by=None, graph=None, folds=None, **options) -> pd.DataFrame:
@@ -418,14 +432,15 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
     reason the item could not be (reliably) estimated; items without an estimate get NaN.
     """
+    if type(df).__module__.startswith("pyspark"):  # a Spark DataFrame: the distributed path
+        from ..spark import estimate_item_effects_spark
+        return estimate_item_effects_spark(df, item, treatment, outcome, confounders, categorical,
+                                           text, propensity, by, graph, folds, **options).effects
     if graph is not None:
         roles = graph.merge_adjustment(df, confounders, categorical, text)
         confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
-    by = _as_list(by)
-    # a segment column is constant within each segment, so it cannot confound there
-    confounders, categorical, text = ([c for c in _as_list(cols) if c not in by]
-                                      for cols in (confounders, categorical, text))
-    log = InteractionLog(df, item=[item] + by, treatment=treatment, outcome=outcome,
+    keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
+    log = InteractionLog(df, item=keys, treatment=treatment, outcome=outcome,
                          confounders=confounders, categorical=categorical, text=text,
                          propensity=propensity)
     return ItemEffectEstimator(**options).fit(log, folds=folds).effects_

@@ -1,0 +1,6 @@
+"""causalrec on Apache Spark: per-item effects of a Spark DataFrame, equal to the local
+result (DataFrame API only, so Spark Connect works too). Imported only on the Spark path;
+needs the ``spark`` extra (``pip install 'causalrec[spark]'``)."""
+from .driver import SparkEffects, estimate_item_effects_spark
+
+__all__ = ["SparkEffects", "estimate_item_effects_spark"]

@@ -1,0 +1,239 @@
+"""The Spark path of ``estimate_item_effects``: stage 0 on the cluster, shards of whole items
+fitted by tasks (per_item: independent tasks; pooled: one barrier stage coupled by gloo),
+the per-item tables concatenated and finished on the driver as the local estimator does."""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..estimate.design import DesignSpec
+from ..estimate.estimator import ItemEffectEstimator, resolve_shrinkage, split_roles
+from ..estimate.nuisance import pack_shards
+from ..estimate.scores import effects_table
+from ..glm.layout import block_size_for, resolve_device
+from .shard import CODE, OUTPUT_SCHEMA, ROW_ID, SHARD, ShardJob, fit_shard
+from .stage0 import design_spec, item_facts, validate
+
+__all__ = ["SparkEffects", "estimate_item_effects_spark"]
+
+log_ = logging.getLogger("causalrec.spark")
+_PARTITION_KEY = "__causalrec_partition"
+
+
+@dataclass
+class SparkEffects:
+    """Result of the Spark path: ``effects`` (pandas, as the local call), ``rows`` (a Spark
+    DataFrame keyed by ``row_id``: propensity, mu0, mu1, psi, fold of the fitted rows; None
+    unless asked), the ``design_spec``, the shard of each item, how the pooled fit ran
+    ("barrier", "driver" or None for per_item) and, per shard, its all-reduces (count,
+    seconds spent in them)."""
+
+    effects: pd.DataFrame
+    rows: object
+    design_spec: DesignSpec
+    shard_of_item: np.ndarray
+    pooled_mode: str | None
+    estimator: ItemEffectEstimator
+    reductions: dict
+
+
+def _spark_of(sdf):
+    return sdf.sparkSession
+
+
+def _default_shards(spark) -> int:
+    try:  # classic Spark: one shard per core; Spark Connect has no SparkContext
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:
+        return 2
+
+
+def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
+                                categorical=None, text=None, propensity=None, by=None,
+                                graph=None, folds=None, *, shards=None, row_id=None,
+                                row_outputs=False, barrier=True, **options) -> SparkEffects:
+    """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
+
+    shards : number of shards (default: the cluster's default parallelism); a pooled fit
+        runs one barrier task per shard, so it needs that many free task slots.
+    row_id : a column identifying rows (default: ``monotonically_increasing_id`` of the
+        frame, which follows the order of its files); per-row outputs are keyed by it and
+        each shard orders its rows by it, as the local fit orders rows.
+    row_outputs : also return the per-row outputs as a Spark DataFrame (persisted).
+    barrier : run the pooled fit as a barrier stage; False (or a cluster without barrier
+        mode) collects the fitted rows and runs the sharded fit on the driver instead.
+    """
+    if graph is not None or folds is not None:
+        raise ValueError("graph and folds are not supported on the Spark path yet")
+    F = _functions()
+    keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
+    roles = dict(item=keys, treatment=treatment, outcome=outcome, confounders=confounders,
+                 categorical=categorical, text=text, propensity=propensity)
+    est = ItemEffectEstimator(**options)
+    est._validate_params()
+    if est.nuisance not in ("pooled", "per_item"):
+        raise ValueError("the Spark path supports nuisance='pooled' or 'per_item'")
+    sample_log = validate(sdf, roles)
+    if row_id is None:
+        sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())
+    else:
+        sdf = sdf.withColumn(ROW_ID, F.col(row_id).cast("long"))
+    facts = item_facts(sdf, sample_log, est.min_rows_per_arm)
+    n_seg = len(facts.segments)
+    est.segments_ = facts.segments
+    codes = np.flatnonzero(facts.use)
+    spark = _spark_of(sdf)
+    n_shards = min(int(shards or _default_shards(spark)), max(len(codes), 1))
+    shard_of_item = np.full(n_seg, -1, dtype=np.int64)
+    shard_of_item[codes] = pack_shards(facts.n_all[codes], n_shards) if len(codes) else []
+    # the partition key of each shard: a value Spark's hash partitioner sends to partition s
+    key_of = _partition_keys(spark, n_shards)
+    items = facts.segments.copy()
+    items[CODE], items[SHARD] = np.arange(n_seg), shard_of_item
+    items[_PARTITION_KEY] = key_of[np.maximum(shard_of_item, 0)]
+    if len(codes):
+        items_sdf = spark.createDataFrame(items[items[SHARD] >= 0].reset_index(drop=True))
+        fitted = sdf.join(F.broadcast(items_sdf), on=keys, how="inner")
+    spec_rows = fitted if len(codes) else sdf
+    n_spec = int(facts.n_all[codes].sum()) if len(codes) else int(facts.n_all.sum())
+    spec = design_spec(spec_rows, sample_log, n_spec, facts.fitted_binary)
+    est.design_spec_ = spec
+    est.design_columns_, est.dropped_columns_ = list(spec.columns), list(spec.dropped)
+    est.shrinkage_ = resolve_shrinkage(est.shrinkage, len(spec.columns))
+    est.outcome_family_ = est._outcome_family(sample_log, facts.binary)
+    prop_model, out_model = est._nuisance_models(propensity is None)
+    block_size = _block_size(facts.arm_rows[codes], est.n_folds)
+    job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
+                   propensity=propensity,
+                   content=keys + confounders + categorical + text,
+                   shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
+                   propensity_model=prop_model, outcome_model=out_model,
+                   options=dict(n_folds=est.n_folds, n_repeats=est.n_repeats, seed=est.seed,
+                                method=est.method, clip=est.clip, trim=est.trim,
+                                alpha=est.alpha, normalize=est.normalize),
+                   binary=facts.binary, device=str(est.device), dtype=str(est.dtype).replace(
+                       "torch.", ""), block_size=int(block_size), row_outputs=row_outputs)
+    mode, rows_sdf, payloads = None, None, []
+    if len(codes):
+        columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical
+                                     + ([propensity] if propensity else [])
+                                     + [ROW_ID, CODE, SHARD, _PARTITION_KEY]))
+        fitted = fitted.select(*columns)
+        if est.nuisance == "per_item" or n_shards == 1:
+            out = fitted.groupBy(SHARD).applyInPandas(_per_item_task(job), OUTPUT_SCHEMA)
+            payloads, rows_sdf = _collect(out, row_outputs)
+        else:
+            payloads, rows_sdf, mode = _pooled(fitted, job, n_shards, barrier, row_outputs)
+    table, converged, reductions = _assemble(payloads, shard_of_item, est, facts)
+    est._finish(table, facts.status, facts.n_all, facts.n_t, converged, keys,
+                resolve_device(est.device))
+    return SparkEffects(est.effects_, rows_sdf, spec, shard_of_item, mode, est, reductions)
+
+
+def _block_size(arm_rows: np.ndarray, n_folds: int) -> int:
+    """The local fit's block size: the mean of its non-empty (fold, arm, item) cells, an arm
+    of r rows filling min(r, n_folds) folds (exact unless duplicated rows share a fold)."""
+    if not len(arm_rows):
+        return 8
+    cells = int(np.minimum(arm_rows, n_folds).sum())
+    counts = np.ones(max(cells, 1), dtype=np.int64)
+    counts[0] += int(arm_rows.sum()) - len(counts)
+    return block_size_for(counts)
+
+
+def _collect(out, row_outputs):
+    """The shards' pickled per-item results, and the per-row outputs (persisted) if asked."""
+    F = _functions()
+    if row_outputs:
+        out = out.persist()
+    payloads = [r["payload"] for r in out.where(F.col("payload").isNotNull())
+                .select("payload").collect()]
+    rows = out.where(F.col("payload").isNull()).drop("payload") if row_outputs else None
+    return payloads, rows
+
+
+def _functions():
+    from pyspark.sql import functions as F
+    return F
+
+
+def _partition_keys(spark, n_shards: int) -> np.ndarray:
+    """For each partition s < n_shards, a long whose hash Spark's ``repartition(n, col)``
+    sends to s (found by Spark's own ``hash``, so no partitioner is reimplemented here)."""
+    F = _functions()
+    found = (spark.range(64 * n_shards).select("id", F.pmod(F.hash("id"), F.lit(n_shards)).alias("p"))
+             .groupBy("p").agg(F.min("id").alias("id")).toPandas())
+    keys = np.full(n_shards, -1, dtype=np.int64)
+    keys[found["p"].to_numpy(np.int64)] = found["id"].to_numpy(np.int64)
+    if (keys < 0).any():
+        raise RuntimeError("no partition key found for some shards")  # 64 tries per shard
+    return keys
+
+
+def _per_item_task(job):
+    return lambda pdf: fit_shard(pdf, job, _reducer())
+
+
+def _reducer():
+    from ..glm.reducer import Reducer
+    return Reducer()
+
+
+def _pooled(fitted, job, n_shards, barrier, row_outputs):
+    """The pooled fit: a barrier stage with gloo, or (no barrier mode) on the driver."""
+    from .barrier import barrier_task
+    if barrier:
+        try:
+            parts = fitted.repartition(n_shards, _PARTITION_KEY)
+            out = parts.mapInPandas(barrier_task(lambda rows, red: fit_shard(rows, job, red),
+                                                 n_shards), OUTPUT_SCHEMA, barrier=True)
+            # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
+            # tasks) only when it is a map stage, never when it is the result stage
+            out = out.repartition(1)
+            log_.info("causalrec.spark: pooled fit as a barrier stage of %d tasks (gloo)", n_shards)
+            return (*_collect(out, row_outputs), "barrier")
+        except Exception as exc:  # e.g. Spark Connect or dynamic allocation without barrier
+            if "barrier" not in str(exc).lower() or "PythonException" in str(exc):
+                raise
+            log_.warning("causalrec.spark: barrier mode unavailable (%s); the pooled fit runs "
+                         "on the driver over the collected rows", str(exc).splitlines()[0])
+    else:
+        log_.warning("causalrec.spark: barrier=False; the pooled fit runs on the driver over "
+                     "the collected rows")
+    if row_outputs:
+        raise ValueError("row_outputs needs the barrier stage (the driver fallback keeps them "
+                         "on the driver)")
+    from ..glm.reducer import ThreadReducer
+    frame = fitted.toPandas()
+    shards = [frame[frame[SHARD] == s] for s in range(n_shards)]
+    outs = ThreadReducer(n_shards).run(lambda rows, red: fit_shard(rows, job, red), shards)
+    return [o["payload"].iloc[0] for o in outs], None, "driver"
+
+
+def _assemble(payloads, shard_of_item, est, facts):
+    """The per-item table of all items (segments order) from the shards' tables; items
+    without fitted rows get ``effects_table`` of no rows, as in the local fit."""
+    n_seg, converged, reductions = len(shard_of_item), {}, {}
+    parts, codes = [], []
+    for payload in payloads:
+        shard, part, ok, _, reductions[shard] = pickle.loads(payload)
+        items = np.flatnonzero(shard_of_item == shard)
+        parts.append(part), codes.append(items)
+        for name, flags in ok.items():
+            converged.setdefault(name, np.ones(n_seg, dtype=bool))[items] = flags
+    missing = np.setdiff1d(np.arange(n_seg), np.concatenate(codes) if codes else [])
+    if len(missing):
+        empty = lambda kind: torch.zeros(0, dtype=kind)
+        part, _, _ = effects_table(empty(torch.long), empty(torch.float64), empty(torch.float64),
+                                   empty(torch.float64), empty(torch.float64), empty(torch.float64),
+                                   len(missing), est.method, est.clip, est.trim, est.alpha,
+                                   binary=facts.binary, normalize=est.normalize)
+        parts.append(part), codes.append(missing)
+    whole = pd.concat(parts, ignore_index=True)
+    whole.index = np.concatenate(codes)
+    return whole.sort_index().reset_index(drop=True), converged, reductions

@@ -1,0 +1,106 @@
+"""What one Spark task runs: a shard's rows (pandas) -> its cross-fit and its part of the
+effects table, with the engine's own functions. Nothing here imports pyspark."""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..estimate.design import DesignSpec, assign_folds
+from ..estimate.nuisance import _clone, _fit_shard
+from ..estimate.scores import effects_table
+from ..glm import SegmentGLM
+from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
+
+__all__ = ["ShardJob", "fit_shard", "OUTPUT_SCHEMA", "ROW_ID", "CODE", "SHARD"]
+
+ROW_ID, CODE, SHARD = "__causalrec_row", "__causalrec_code", "__causalrec_shard"
+OUTPUT_SCHEMA = ("row_id long, propensity double, mu0 double, mu1 double, psi double, "
+                 "fold long, payload binary")
+
+
+@dataclass
+class ShardJob:
+    """Everything a task needs besides its rows (small: shipped with the task's closure)."""
+
+    spec: DesignSpec
+    keys: list
+    treatment: str
+    outcome: str
+    propensity: str | None
+    content: list                 # the columns the folds hash (as the local estimator)
+    shard_items: list             # per shard: its items' codes, ascending
+    propensity_model: SegmentGLM | None  # unfitted prototypes; None: the logged propensity
+    outcome_model: SegmentGLM
+    options: dict                 # n_folds, n_repeats, seed, method, clip, trim, alpha, normalize
+    binary: bool
+    device: str
+    dtype: str
+    block_size: int
+    row_outputs: bool
+
+
+def _on(model, device):
+    """The prototype with the task's device (a GPU executor resolves its own)."""
+    if model is None:
+        return None
+    clone = _clone(model)
+    clone.device = device
+    return clone
+
+
+def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
+    """Rows of one shard (any order: sorted here by row id, as the local log) -> one row
+    holding the pickled per-item results, and per-row outputs when asked."""
+    o = job.options
+    pdf = pdf.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
+    shard = int(pdf[SHARD].iloc[0])
+    items = np.asarray(job.shard_items[shard])
+    seg = np.searchsorted(items, pdf[CODE].to_numpy(np.int64))
+    n_seg = len(items)
+    device, dtype = resolve_device(job.device), resolve_dtype(job.dtype)
+    t = pdf[job.treatment].to_numpy(dtype=np.int64)
+    y = pdf[job.outcome].to_numpy(dtype=np.float64)
+    X = job.spec.transform(pdf, None, dtype=np.float64 if dtype == torch.float64 else np.float32).X
+    X = read_only_tensor(X, dtype, device).contiguous()
+    logged_e = None if job.propensity is None else pdf[job.propensity].to_numpy(np.float64)
+    propensity, outcome = _on(job.propensity_model, device), _on(job.outcome_model, device)
+    rows = np.arange(len(pdf))
+    fold_of = lambda seed: assign_folds(pdf, job.content, seg, t, y, o["n_folds"], seed,
+                                        item_columns=job.keys)
+    folds, fits, converged, n_iter = fold_of(o["seed"]), None, {}, 0
+    e = mu0 = mu1 = 0.0
+    for repeat in range(o["n_repeats"]):  # the local estimator's loop, on this shard
+        split = folds if repeat == 0 else fold_of(o["seed"] + repeat)
+        _, preds, fits = _fit_shard(np.arange(n_seg), reducer, fits, X=X, center=None,
+                                    scale=None, rows=rows, seg=seg, t=t, y=y, folds=split,
+                                    n_folds=o["n_folds"], n_items=n_seg, propensity=propensity,
+                                    outcome=outcome, block_size=job.block_size)
+        if logged_e is not None:
+            preds["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
+        for models in fits:
+            for name, model in models.items():
+                converged[name] = converged.get(name, np.ones(n_seg, dtype=bool)) & model.converged_
+                n_iter = max(n_iter, model.n_iter_)
+        p = [torch.as_tensor(preds[name], device=device).to(torch.float64)
+             for name in ("e", "mu0", "mu1")]
+        e, mu0, mu1 = p if o["n_repeats"] == 1 else (
+            acc + v / o["n_repeats"] for acc, v in zip((e, mu0, mu1), p))
+    on_device = lambda a, kind: read_only_tensor(a, kind, device)
+    table, psi, e_clipped = effects_table(on_device(seg, torch.long), on_device(t, torch.float64),
+                                          on_device(y, torch.float64), e, mu0, mu1, n_seg,
+                                          o["method"], o["clip"], o["trim"], o["alpha"],
+                                          binary=job.binary, normalize=o["normalize"])
+    reductions = (getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0))
+    payload = pickle.dumps((shard, table, converged, n_iter, reductions))
+    out = pd.DataFrame({"row_id": [-1], "propensity": [np.nan], "mu0": [np.nan],
+                        "mu1": [np.nan], "psi": [np.nan], "fold": [-1], "payload": [payload]})
+    if not job.row_outputs:
+        return out
+    per_row = pd.DataFrame({"row_id": pdf[ROW_ID].to_numpy(np.int64), "propensity": e_clipped,
+                            "mu0": mu0.cpu().numpy(), "mu1": mu1.cpu().numpy(), "psi": psi,
+                            "fold": folds, "payload": None})
+    return pd.concat([out, per_row], ignore_index=True)

@@ -1,0 +1,197 @@
+"""Stage 0 on Spark: validate the frame, count rows per item and arm, and build the design
+spec from aggregations, so the driver holds the same facts the local estimator computes
+from the whole log (per-item counts and statuses, float64 moments of the fitted rows,
+categorical levels, the 0/1 outcome checks)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_moments,
+                               levels_from_counts, segment_ids, tail_ranks)
+from ..estimate.scores import pre_status
+from ..schema import InteractionLog, SchemaError
+
+__all__ = ["Facts", "validate", "item_facts", "design_spec"]
+
+SAMPLE_ROWS = 1000  # rows validated with InteractionLog (column presence, roles, dtypes)
+WITNESS_ROWS = 1000  # offending rows shown to InteractionLog so it raises its own error
+
+
+def _F():
+    from pyspark.sql import functions as F
+    return F
+
+
+@dataclass
+class Facts:
+    """Per-item facts on the driver, items in the local estimator's (sorted) order."""
+
+    segments: pd.DataFrame    # key columns, one row per item
+    n_all: np.ndarray
+    n_t: np.ndarray
+    status: np.ndarray        # pre-fit status per item ("constant_outcome" applied)
+    use: np.ndarray           # item is fitted
+    binary: bool              # outcome is 0/1 on every row (log.outcome_is_binary)
+    fitted_binary: bool | None  # ... on the fitted rows (all rows when none is fitted)
+    arm_rows: np.ndarray      # (n_items, 2) rows per arm
+
+
+def validate(sdf, roles: dict) -> InteractionLog:
+    """A validated ``InteractionLog`` of the first rows (missing columns, roles and dtypes
+    raise the pandas ``SchemaError``), then Spark-wide checks of the values: where one fails,
+    offending rows are added to the sample so ``InteractionLog`` raises its own error."""
+    F = _F()
+    sample = sdf.limit(SAMPLE_ROWS).toPandas()
+    log = InteractionLog(sample, **roles)
+    if log.text:
+        raise ValueError("text confounders are not supported on the Spark path yet: embed the "
+                         "text into numeric columns first, or run on a pandas frame")
+    t = F.col(log.treatment).cast("double")
+    bad_t = t.isNull() | ~t.isin(0.0, 1.0)
+    checks = {col: F.col(col).isNull() for col in log.item_columns}  # InteractionLog's order
+    checks["treatment"] = bad_t
+    for col in [log.outcome, *log.confounders] + ([log.propensity] if log.propensity else []):
+        v = F.col(col).cast("double")
+        checks[col] = v.isNull() | F.isnan(v) | (F.abs(v) == float("inf"))
+    if log.propensity:
+        p = F.col(log.propensity).cast("double")
+        checks["propensity range"] = (p <= 0) | (p > 1) | ((t == 0) & (p >= 1))
+    counts = sdf.agg(*[F.sum(F.when(c, 1).otherwise(0)).alias(f"c{i}")
+                       for i, c in enumerate(checks.values())]).first()
+    for i, (name, cond) in enumerate(checks.items()):
+        if not counts[f"c{i}"]:
+            continue
+        if name == "treatment":  # the message lists the smallest distinct values: those five
+            values = (sdf.select(t.alias("v")).where(t.isNotNull()).distinct().orderBy("v")
+                      .limit(5).toPandas()["v"])
+            witness = pd.concat([sample.iloc[:1]] * len(values), ignore_index=True)
+            witness[log.treatment] = values.to_numpy()
+            nulls = sdf.where(F.col(log.treatment).isNull()).limit(WITNESS_ROWS).toPandas()
+            witness = pd.concat([nulls, witness], ignore_index=True) if len(nulls) else witness
+        else:
+            witness = sdf.where(cond).limit(WITNESS_ROWS).toPandas()
+        InteractionLog(pd.concat([sample, witness], ignore_index=True), **roles)
+        raise SchemaError(None, f"a Spark-wide check failed ({name}) that the rows shown to "
+                          "InteractionLog did not reproduce")  # cannot happen: a guard
+    return log
+
+
+def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> Facts:
+    """One aggregation per item: rows per arm, the outcome's range and 0/1 count."""
+    F = _F()
+    keys, y = log.item_columns, F.col(log.outcome).cast("double")
+    t = F.col(log.treatment).cast("double")
+    per_item = sdf.groupBy(*keys).agg(
+        F.count(F.lit(1)).alias("_n"), F.sum(t).alias("_nt"), F.min(y).alias("_ymin"),
+        F.max(y).alias("_ymax"),
+        F.sum(F.when(~y.isin(0.0, 1.0), 1).otherwise(0)).alias("_nonbinary")).toPandas()
+    codes, segments = segment_ids(per_item, keys)
+    order = np.argsort(codes)  # one aggregated row per item: codes are a permutation
+    per_item = per_item.iloc[order].reset_index(drop=True)
+    segments = segments.astype({k: log.data[k].dtype for k in keys}, errors="ignore")
+    n_all = per_item["_n"].to_numpy(np.int64)
+    n_t = per_item["_nt"].to_numpy(np.float64).astype(np.int64)
+    status = pre_status(n_t, n_all - n_t, min_rows_per_arm)
+    use = status == "ok"
+    ymin, ymax = per_item["_ymin"].to_numpy(float), per_item["_ymax"].to_numpy(float)
+    if use.any() and ymin[use].min() == ymax[use].max():  # as the local fit: nothing to model
+        status[use] = "constant_outcome"
+        use[:] = False
+    nonbinary = per_item["_nonbinary"].to_numpy(np.int64)
+    fitted = use if use.any() else np.ones(len(use), dtype=bool)
+    return Facts(segments, n_all, n_t, status, use, bool(nonbinary.sum() == 0),
+                 bool(nonbinary[fitted].sum() == 0),
+                 np.stack([n_all - n_t, n_t], axis=1))
+
+
+def _exact_fraction(rank: int, n: int) -> float:
+    """p with (n - 1) * p == rank in float64: Spark's exact ``percentile`` then returns the
+    order statistic of that rank itself, no interpolation."""
+    p = rank / (n - 1)
+    for _ in range(8):
+        position = float(n - 1) * p
+        if position == rank:
+            return p
+        p = np.nextafter(p, np.inf if position < rank else -np.inf)
+    raise ArithmeticError(f"no exact percentile for rank {rank} of {n}")  # never seen
+
+
+def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels: int = 50,
+                min_level_count: int = 10) -> DesignSpec:
+    """``DesignSpec.from_log`` of the rows of ``fitted`` (n of them), by aggregations."""
+    F = _F()
+    numeric = list(log.confounders)
+    ranks = tail_ranks(n)
+    stats = {}
+    if numeric:
+        aggs = []
+        for i, col in enumerate(numeric):
+            v = F.col(col).cast("double")
+            aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
+            if ranks is not None:
+                fractions = [_exact_fraction(r, n) for r in ranks]
+                aggs.append(F.percentile(v, F.array(*[F.lit(p) for p in fractions])).alias(f"q{i}"))
+        first = fitted.agg(*aggs).first()
+        second = []
+        for i, col in enumerate(numeric):
+            lo, hi = first[f"lo{i}"], first[f"hi{i}"]
+            stats[col] = dict(lo=lo, hi=hi, q=first[f"q{i}"] if ranks is not None else None)
+            if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
+                continue
+            v = F.col(col).cast("double")
+            # the moments of _mean_std: values scaled by the largest magnitude first
+            m = max(abs(lo), abs(hi))
+            second += [F.avg(v / m).alias(f"m{i}"), F.stddev_pop(v / m).alias(f"s{i}")]
+            stats[col]["m"] = m
+            if ranks is not None:
+                low, high = stats[col]["q"]
+                w, mw = F.least(F.greatest(v, F.lit(low)), F.lit(high)), max(abs(low), abs(high))
+                stats[col]["mw"] = mw
+                if mw > 0:
+                    second += [F.avg(w / mw).alias(f"wm{i}"), F.stddev_pop(w / mw).alias(f"ws{i}")]
+        moments_row = fitted.agg(*second).first() if second else None
+    moments, categorical, pooled, dropped = [], {}, {}, {}
+    for i, col in enumerate(numeric):
+        s = stats[col]
+        plain = winsorised = None
+        if "m" in s:
+            plain = (s["m"] * moments_row[f"m{i}"], s["m"] * moments_row[f"s{i}"])
+            if ranks is not None:
+                winsorised = ((s["mw"] * moments_row[f"wm{i}"], s["mw"] * moments_row[f"ws{i}"])
+                              if s["mw"] > 0 else (0.0, 0.0))
+        moments.append((col, choose_moments(n, s["lo"], s["hi"], plain, winsorised)))
+    for col in log.categorical:
+        counts = fitted.groupBy(col).count().toPandas()
+        labels = _as_labels(counts[col])
+        uniques, inverse = np.unique(labels.astype(str), return_inverse=True)
+        label_counts = np.bincount(inverse, weights=counts["count"].to_numpy(), minlength=len(uniques))
+        levels, n_pooled = levels_from_counts(uniques, label_counts.astype(np.int64),
+                                              max_levels, min_level_count)
+        categorical[col] = levels
+        if n_pooled:
+            pooled[col] = n_pooled
+        if len(levels) < 2:
+            dropped[col] = "a single level on the fitted rows"
+        ones = np.bincount(_level_codes(uniques, levels), weights=label_counts,
+                           minlength=len(levels)).astype(np.int64)
+        for k, level in enumerate(levels[1:], start=1):
+            moments.append((f"{col}={level}", _indicator_moments(int(ones[k]), n, ranks)))
+    return DesignSpec.from_moments(numeric, categorical, [], moments, dropped, pooled,
+                                   outcome_binary, n)
+
+
+def _indicator_moments(c: int, n: int, ranks):
+    """Moments of a 0/1 column with c ones in n rows, from the counts alone."""
+    if n == 0:
+        return choose_moments(0, np.nan, np.nan, None, None)
+    lo, hi = float(c == n), float(c > 0)
+    p = c / n
+    plain = (p, float(np.sqrt(p * (1 - p))))
+    winsorised = None
+    if ranks is not None:
+        low, high = (float(r >= n - c) for r in ranks)  # order statistics of n - c zeros, c ones
+        winsorised = plain if low != high else (low, 0.0)
+    return choose_moments(n, lo, hi, plain, winsorised)
