@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from ..estimate.design import DesignSpec
-from ..estimate.estimator import ItemEffectEstimator, resolve_shrinkage, split_roles
+from ..estimate.api import split_roles
+from ..estimate.estimator import ItemEffectEstimator, resolve_shrinkage
 from ..estimate.nuisance import pack_shards
 from ..estimate.scores import effects_table
 from ..glm.layout import block_size_for, resolve_device

@@ -1,0 +1,55 @@
+"""The one-call door: ``estimate_item_effects(df, ...)`` for pandas and Spark frames."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..schema import InteractionLog, _as_list
+from .estimator import ItemEffectEstimator
+
+__all__ = ["estimate_item_effects", "split_roles"]
+
+
+def split_roles(item, by, confounders, categorical, text):
+    """Segment key columns ([item] + by) and the confounder roles without them: a segment
+    column is constant within each segment, so it cannot confound there."""
+    by = _as_list(by)
+    return ([item] + by, *([c for c in _as_list(cols) if c not in by]
+                           for cols in (confounders, categorical, text)))
+
+
+def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
+                          confounders=None, categorical=None, text=None, propensity=None,
+                          by=None, graph=None, folds=None, **options) -> pd.DataFrame:
+    """Average causal effect of recommending each item, with honest intervals.
+
+    Parameters
+    ----------
+    df : the log, one row per (user, item, context) opportunity.
+    item, treatment, outcome : column names (treatment is 0/1).
+    confounders, categorical, text : numeric, categorical and free-text confounders.
+    propensity : logged probability of treatment; when given, IPW/AIPW use it.
+    by : extra segment columns (e.g. a user group): effects per item x group.
+    graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders.
+    folds : optional cross-fitting fold per row (see ``ItemEffectEstimator.fit``).
+    **options : parameters of ``ItemEffectEstimator`` (method, nuisance, n_folds, seed, ...).
+
+    Returns
+    -------
+    DataFrame, one row per item: ``item, ate, se, ci_low, ci_high, p_value, n, n_treated,
+    n_control, status`` then diagnostics (``naive_ate``, arm means, propensity range,
+    effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
+    reason the item could not be (reliably) estimated; items without an estimate get NaN.
+    """
+    if type(df).__module__.startswith("pyspark"):  # a Spark DataFrame: the distributed path
+        from ..spark import estimate_item_effects_spark
+        return estimate_item_effects_spark(df, item, treatment, outcome, confounders, categorical,
+                                           text, propensity, by, graph, folds, **options).effects
+    if graph is not None:
+        roles = graph.merge_adjustment(df, confounders, categorical, text)
+        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
+    keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
+    log = InteractionLog(df, item=keys, treatment=treatment, outcome=outcome,
+                         confounders=confounders, categorical=categorical, text=text,
+                         propensity=propensity)
+    return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
+
