@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from causalrec.estimate.design import _mix, _stratum_order, row_hash
+from causalrec.estimate.folds import _mix, _stratum_order, row_hash
 
 
 def test_raw_design_with_its_moments_equals_the_standardised_design():

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 import causalrec as cr
-from causalrec.estimate.design import MAX_FOLDS, DesignSpec, assign_folds, build_design
+from causalrec.estimate.design import DesignSpec, build_design
+from causalrec.estimate.folds import MAX_FOLDS, assign_folds
 from causalrec.exceptions import DataWarning
 
 ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from ..base import BaseEstimator
-from ..estimate.design import assign_folds
+from ..estimate.folds import assign_folds
 from ..glm.layout import resolve_device
 from ..inference import critical_value
 from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options

@@ -12,7 +12,8 @@ from ..glm.layout import resolve_device, resolve_dtype
 from ..inference import interval
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
-from .design import MAX_FOLDS, DesignSpec, assign_folds, segment_ids
+from .design import DesignSpec, segment_ids
+from .folds import MAX_FOLDS, assign_folds
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 from .summary import EffectSummary

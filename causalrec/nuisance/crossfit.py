@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..estimate.design import _mix, row_hash
+from ..estimate.folds import _mix, row_hash
 from ..glm import SegmentGLM
 from .boosted import BoostedLearner
 from .select import calibration_table, choose_per_item, row_loss, stack_weight

@@ -50,7 +50,7 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     settings ``alpha, subset_fraction, rcc_tolerance`` as columns (they survive merges).
     """
     from ..estimate import estimate_item_effects
-    from ..estimate.design import assign_folds
+    from ..estimate.folds import assign_folds
 
     unknown = set(_as_list(checks)) - set(CHECKS)
     if unknown:

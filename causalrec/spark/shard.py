@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..estimate.design import DesignSpec, assign_folds
+from ..estimate.design import DesignSpec
+from ..estimate.folds import assign_folds
 from ..estimate.nuisance import _clone, _fit_shard
 from ..estimate.scores import effects_table
 from ..glm import SegmentGLM
