@@ -221,3 +221,52 @@ def test_buffer_helpers():
     assert glm_layout.chunk_bytes(torch.device("cuda")) == glm_layout.GPU_CHUNK_BYTES
 
 
+
+
+def test_weights_and_offsets_through_the_public_door():
+    """A weight of 2 is a duplicated row; an offset shifts the linear predictor (a Gaussian
+    model with offset o fitted to y + o equals the model without both)."""
+    rng = np.random.default_rng(11)
+    K, n = 6, 1200
+    seg = rng.integers(0, K, n)
+    X = rng.normal(size=(n, 3))
+    y = (rng.random(n) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    twice = np.r_[np.arange(n), np.arange(100)]
+    w = np.ones(n)
+    w[:100] = 2.0
+    a = SegmentGLM(pooled=False, tol=1e-10).fit(X, y, seg, w)
+    b = SegmentGLM(pooled=False, tol=1e-10).fit(X[twice], y[twice], seg[twice])
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-7, atol=1e-9)
+    o = rng.normal(size=n)
+    yc = X[:, 1] + rng.normal(size=n)
+    c = SegmentGLM(family="gaussian", pooled=True, shrinkage=3.0).fit(X, yc + o, seg, offset=o)
+    d = SegmentGLM(family="gaussian", pooled=True, shrinkage=3.0).fit(X, yc, seg)
+    np.testing.assert_allclose(c.coef_, d.coef_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c.predict(X, seg, offset=o) - o, d.predict(X, seg), atol=1e-9)
+    with pytest.raises(ValueError, match="family"):
+        SegmentGLM(family="poisson").fit(X, y, seg)
+
+
+def test_segment_moments_equal_explicit_sums():
+    from causalrec.glm import segment_moments
+    rng = np.random.default_rng(12)
+    K, n = 5, 700
+    seg = rng.integers(0, K, n)
+    X, y, w = rng.normal(size=(n, 2)), rng.normal(size=n), rng.random(n)
+    H, b, q = segment_moments(torch.tensor(X), y, w, seg, K)
+    X1 = np.column_stack([np.ones(n), X])
+    for k in range(K):
+        m = seg == k
+        np.testing.assert_allclose(H[k].numpy(), (X1[m] * w[m, None]).T @ X1[m], rtol=1e-10)
+        np.testing.assert_allclose(b[k].numpy(), (X1[m] * w[m, None]).T @ y[m], rtol=1e-10)
+        np.testing.assert_allclose(float(q[k]), float(w[m] @ y[m] ** 2), rtol=1e-10)
+
+
+def test_pack_shards_balances_rows_and_never_splits_items():
+    from causalrec.estimate.nuisance import pack_shards
+    rows = np.array([1000, 10, 400, 390, 0, 5, 200, 0])
+    shard = pack_shards(rows, 3)
+    assert shard.shape == rows.shape and set(shard) <= {0, 1, 2}
+    load = np.bincount(shard, weights=rows, minlength=3)
+    assert shard[0] != shard[2] and shard[0] != shard[3]  # the giant item keeps a shard alone
+    assert load.max() == 1000 and load.sum() == rows.sum()

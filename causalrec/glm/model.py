@@ -193,7 +193,7 @@ class SegmentGLM(BaseEstimator):
         return robust_spd_inverse(S.unsqueeze(0))[0].cpu().numpy()
 
     # ------------------------------------------------------------------ row interface
-    def fit(self, X, y, segment, *, n_segments: int | None = None, weight=None, offset=None,
+    def fit(self, X, y, segment, weight=None, offset=None, *, n_segments: int | None = None,
             reducer=None) -> "SegmentGLM":
         """Fit from row arrays: X (n, d) without an intercept column, y (n,), segment (n,)
         integer codes in [0, n_segments), optional row weight and linear-predictor offset."""

@@ -136,6 +136,9 @@ def _set_up(data: _Blocks, blocks, cfg: _Settings, init) -> _State:
     w_seg = segment_sum(w_rows.sum(1), data.block_seg[blocks], n_seg)
     wy_seg = segment_sum((w_rows * data.y[blocks]).sum(1), data.block_seg[blocks], n_seg)
     if data.family == "gaussian":
+        if data.offset is not None:  # centre what the linear predictor must explain
+            wy_seg = segment_sum((w_rows * (data.y[blocks] - data.offset[blocks])).sum(1),
+                                 data.block_seg[blocks], n_seg)
         # centre y (a pooled model's overall mean, a per-segment model's own): penalties
         # then shrink toward it; the offset is added back to the intercepts at the end
         if cfg.pooled:
