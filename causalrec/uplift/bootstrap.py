@@ -1,5 +1,6 @@
-"""Per-item test that the effect does not vary with the user features: a studentised
-pairs bootstrap of the Wald statistic of an unpenalised per-item regression of the
+"""Per-item test that the effect does not vary with the user features: a bootstrap Bartlett
+correction (the statistic rescaled so that its studentised pairs-bootstrap mean equals its
+degrees of freedom, then a chi-square reference) of the Wald statistic of an unpenalised per-item regression of the
 pseudo-outcomes on [1, z], batched over items and draws with the engine's moments.
 
 Why a bootstrap: items have few treated rows (median ~25 on simulated logs) and the
@@ -9,12 +10,15 @@ heterogeneity (HC0 or HC3 sandwiches, an R-learner variant alike). Resampling wh
 keeps each row's (z, t, y, nuisance error) together, so the skewness is reproduced; a wild
 bootstrap (which breaks it) or redrawing t from the propensity with the fitted outcome
 models as truth rejected ~0.22. Poisson(1) row weights make draws independent per row,
-so all items' draws are cells of one moments pass.
+so all items' draws are cells of one moments pass. The rescaled chi-square gives p-values
+below 1 / n_draws (Benjamini-Hochberg over many items needs them) and rejected 0.034 under
+no heterogeneity (1062 simulated items; bootstrap tail counts 0.022, with less power).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import stats
 
 from ..glm import segment_moments
 from ..glm.layout import chunk_bytes
@@ -43,16 +47,16 @@ def _fit(Z, g, weight, cell, n_cells):
 
 
 def wald_bootstrap(Z, g, item, n_items: int, n_draws: int, seed: int, device):
-    """Per item: observed Wald statistic, its degrees of freedom and bootstrap p-value
-    (1 + #{W* >= W}) / (1 + #finite draws), W* centred at the observed slopes."""
+    """Per item: observed Wald statistic W, its degrees of freedom d and the p-value
+    chi2_d.sf(W d / mean W*), W* the draws' statistics centred at the observed slopes."""
     Zt = torch.as_tensor(Z, dtype=torch.float64, device=device)
     gt = torch.as_tensor(g, dtype=torch.float64, device=device)
     codes = torch.as_tensor(np.asarray(item, dtype=np.int64), device=device)
     n = len(gt)
     slope, wald, V = _wald(*_fit(Zt, gt, torch.ones_like(gt), codes, n_items))
     df = torch.linalg.matrix_rank(V, hermitian=True).to(torch.float64)
-    exceed = torch.zeros(n_items, dtype=torch.float64, device=device)
-    finite = torch.zeros_like(exceed)
+    total = torch.zeros(n_items, dtype=torch.float64, device=device)
+    finite = torch.zeros_like(total)
     gen = torch.Generator().manual_seed(int(seed))
     # draws per pass: the stacked rows (n x draws) within the engine's chunk budget
     step = int(max(1, min(n_draws, chunk_bytes(Zt.device) // max(1, 8 * n * (Zt.shape[1] + 4)))))
@@ -66,7 +70,10 @@ def wald_bootstrap(Z, g, item, n_items: int, n_draws: int, seed: int, device):
         _, star, _ = _wald(H.view(n_items, B, p, p), b.view(n_items, B, p),
                            M.view(n_items, B, p, p), slope.unsqueeze(1))
         ok = torch.isfinite(star)
-        exceed += (ok & (star >= wald.unsqueeze(1))).sum(1)
+        total += torch.where(ok, star, 0.0).sum(1)
         finite += ok.sum(1)
-    p_value = (1 + exceed) / (1 + finite)
-    return wald.cpu().numpy(), df.cpu().numpy(), p_value.cpu().numpy()
+    wald, df = wald.cpu().numpy(), df.cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = df / (total / finite).cpu().numpy()
+        p_value = stats.chi2.sf(wald * scale, np.maximum(df, 1))
+    return wald, df, np.where(np.isfinite(scale) & (df > 0), p_value, np.nan)
