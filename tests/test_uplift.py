@@ -261,3 +261,12 @@ def test_bad_inputs(split):
         model.recommend(users, k=0)
     with pytest.raises(RuntimeError, match="not fitted"):
         cr.UpliftModel(features=FEATURES).effect(users)
+
+
+def test_heterogeneity_test_can_be_skipped(split):
+    sim, cut, _ = split
+    frame = sim.data.iloc[:8000]
+    model = cr.UpliftModel(features=FEATURES, n_bootstrap=0, seed=0, device="cpu").fit(_log(frame))
+    het = model.heterogeneity_
+    assert het["p_value"].isna().all() and not het["heterogeneous"].any()
+    assert np.isfinite(het["wald"]).any()  # the statistic itself is still reported
