@@ -190,3 +190,40 @@ def test_spark_connect_smoke(log_frame, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same(_local(log_frame, nuisance="pooled").effects_, pd.read_pickle(out))
+
+
+CLI_FLAGS = ["--item", "item_id", "--treatment", "recommended", "--outcome", "clicked",
+             "--confounders", ",".join(ROLES["confounders"]),
+             "--categorical", ",".join(ROLES["categorical"]), "--dtype", "float64", "-q"]
+
+
+@pytest.mark.parametrize("nuisance", ["per_item", "pooled"])
+def test_cli_spark_equals_cli_local(spark, log_frame, tmp_path, nuisance):
+    """``causalrec effects LOG --spark local[2]`` (reusing the active session) writes the
+    table the local command writes from the same Parquet file."""
+    from causalrec.cli import main
+    path = tmp_path / "log.parquet"
+    log_frame.to_parquet(path, index=False)
+    tables = {}
+    for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
+        out = tmp_path / f"{name}.parquet"
+        assert main(["effects", str(path), *CLI_FLAGS, "--nuisance", nuisance,
+                     "--out", str(out), *extra]) == 0
+        tables[name] = pd.read_parquet(out)
+    _assert_same(tables["local"], tables["spark"])
+
+
+def test_cli_spark_errors_are_one_line(spark, log_frame, tmp_path, capsys):
+    from causalrec.cli import main
+    path = tmp_path / "log.parquet"
+    log_frame.iloc[:2000].to_parquet(path, index=False)
+    csv = tmp_path / "log.csv"
+    log_frame.iloc[:10].to_csv(csv, index=False)
+    cases = [([str(csv), *CLI_FLAGS], "--spark reads Parquet"),
+             ([str(tmp_path / "nope.parquet"), *CLI_FLAGS], "no such log"),
+             ([str(path), *CLI_FLAGS[:7], "user_activity,no_such_column", *CLI_FLAGS[8:]],
+              "no_such_column")]
+    for argv, expected in cases:
+        assert main(["effects", *argv, "--out", str(tmp_path / "e.csv"), "--spark"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("causalrec: error: ") and expected in err[0]
