@@ -90,6 +90,9 @@ def main(argv=None):
                         help="items the EconML loop runs on (0 skips it)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each side this many times and keep the fastest")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more run, timed by phase (validation, design spec, fold "
+                             "hashing, layout, transfers, device fits; see profile_phases.py)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -109,6 +112,13 @@ def main(argv=None):
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name()
         result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.profile:
+        from profile_phases import phase_timer
+        with phase_timer() as phases:
+            _, profiled = run_ours(df, confounders, args.device, args.dtype)
+        phases["other"] = profiled - sum(phases.values())
+        result["profile_seconds"] = round(profiled, 2)
+        result["phases"] = {name: round(value, 3) for name, value in phases.items()}
     if args.econml_items:
         # a spread of item sizes: every k-th item among those estimated
         subset = ok.index[np.linspace(0, len(ok) - 1, args.econml_items).astype(int)]

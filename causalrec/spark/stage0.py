@@ -111,12 +111,17 @@ def _exact_fraction(rank: int, n: int) -> float:
     """p with (n - 1) * p == rank in float64: Spark's exact ``percentile`` then returns the
     order statistic of that rank itself, no interpolation."""
     p = rank / (n - 1)
+    best = None  # (distance, p) of the closest position at or above the rank
     for _ in range(8):
         position = float(n - 1) * p
         if position == rank:
             return p
+        if position > rank and (best is None or position - rank < best[0]):
+            best = (position - rank, p)
         p = np.nextafter(p, np.inf if position < rank else -np.inf)
-    raise ArithmeticError(f"no exact percentile for rank {rank} of {n}")  # never seen
+    # Some ranks have no such p (the products skip the integer, e.g. rank 30 of 3000): the
+    # position a few ulps above the rank weights the next order statistic by ~1e-15.
+    return best[1] if best is not None else np.nextafter(rank / (n - 1), np.inf)
 
 
 def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels: int = 50,
