@@ -227,3 +227,13 @@ def test_cli_spark_errors_are_one_line(spark, log_frame, tmp_path, capsys):
         assert main(["effects", *argv, "--out", str(tmp_path / "e.csv"), "--spark"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("causalrec: error: ") and expected in err[0]
+
+
+def test_percentile_fraction_of_every_rank():
+    """Spark's exact percentile at p reads position (n - 1) * p: the fraction hits the rank
+    exactly, or (no float64 p does, e.g. rank 30 of 3000) lands a few ulps above it."""
+    from causalrec.spark.stage0 import _exact_fraction
+    for n in (3000, 30_001, 10**6 + 7):
+        for rank in range(0, n, max(1, n // 997)):
+            position = float(n - 1) * _exact_fraction(rank, n)
+            assert rank <= position <= rank + 4 * np.spacing(float(max(rank, 1)))
