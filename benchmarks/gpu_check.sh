@@ -8,7 +8,8 @@
 #   DEVICE=cpu ROWS=200000 ITEMS=200 D=16 TEXTS=64 bash benchmarks/gpu_check.sh   # CI, no GPU
 #
 # Variables: DEVICE (cuda), ROWS (10000000), ITEMS (10000), D (64), TEXTS (20000),
-# CPU_BASELINE (1: also time the CPU run), PYTHON (python), OUT_DIR (a fresh temp folder).
+# CPU_BASELINE (1: also time CPU), ALSO (devices after DEVICE, default cpu unless DEVICE is),
+# PYTHON (python), OUT_DIR (a fresh temp folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -28,26 +29,26 @@ say "CUDA tests (marked cuda, or named cuda: they skip without CUDA)"
     tests/test_sharding.py > "$OUT_DIR/tests.txt" 2>&1 || { cat "$OUT_DIR/tests.txt" >&2; exit 1; }
 tail -n 1 "$OUT_DIR/tests.txt" >&2
 
-devices="$DEVICE"
-if [ "$CPU_BASELINE" = 1 ] && [ "$DEVICE" != cpu ]; then devices="$DEVICE cpu"; fi
-for dev in $devices; do
-    say "estimator: $ROWS rows x $ITEMS items x d=$D on $dev (with a phase profile)"
-    "$PYTHON" benchmarks/bench_estimator.py --items "$ITEMS" --rows "$ROWS" --d "$D" \
-        --device "$dev" --econml-items 0 --profile --json "$OUT_DIR/estimator_$dev.json" > /dev/null
-done
+also=${ALSO:-}  # devices timed after DEVICE on the same data (default: cpu after cuda)
+if [ -z "${ALSO+x}" ] && [ "$CPU_BASELINE" = 1 ] && [ "$DEVICE" != cpu ]; then also=cpu; fi
+say "estimator: $ROWS rows x $ITEMS items x d=$D on $DEVICE${also:+, then $also} (same data, phase profile)"
+"$PYTHON" benchmarks/bench_estimator.py --items "$ITEMS" --rows "$ROWS" --d "$D" \
+    --device "$DEVICE" --also-devices "$also" --econml-items 0 --profile \
+    --json "$OUT_DIR/estimator.json" > /dev/null
 
 say "text encoder: unique texts/s on $DEVICE"
 "$PYTHON" benchmarks/bench_text.py --devices "$DEVICE" --dtypes float32,bfloat16 \
     --n-texts "$TEXTS" --bf16-texts "$TEXTS" --no-cache --json "$OUT_DIR/text.json" > /dev/null
 
-"$PYTHON" - "$OUT_DIR" "$devices" "$OUT_DIR/tests.txt" <<'PY'
+"$PYTHON" - "$OUT_DIR" "$OUT_DIR/tests.txt" <<'PY'
 import json, sys
 from pathlib import Path
-out, devices, tests = Path(sys.argv[1]), sys.argv[2].split(), Path(sys.argv[3])
-runs = {d: json.loads((out / f"estimator_{d}.json").read_text()) for d in devices}
-first = runs[devices[0]]
+out, tests = Path(sys.argv[1]), Path(sys.argv[2])
+first = json.loads((out / "estimator.json").read_text())
+runs = dict(enumerate([first] + first["also"]))
+devices = list(runs)
 print(f"gpu_check: {first['items']:,} items x {first['rows']:,} rows x d={first['d']}; "
-      f"{first['machine']}; {first.get('gpu', 'no GPU')}")
+      f"{first['machine']}; {first.get('gpu', 'no GPU')}; one process, same data")
 print(f"CUDA tests: {[l for l in tests.read_text().splitlines() if l.strip()][-1]}")
 print()
 print("| phase | " + " | ".join(runs[d]["device"] for d in devices) + " |")
@@ -57,7 +58,7 @@ for phase in first["phases"]:
 print("| total (profiled run) | " + " | ".join(f"{runs[d]['profile_seconds']:.2f} s" for d in devices) + " |")
 print("| total (unprofiled) | " + " | ".join(f"{runs[d]['seconds']:.2f} s" for d in devices) + " |")
 print("| items ok / RMSE | " + " | ".join(f"{runs[d]['items_ok']} / {runs[d]['rmse_all']}" for d in devices) + " |")
-print("| peak RSS | " + " | ".join(f"{runs[d]['peak_rss_gb']} GB" for d in devices) + " |")
+print("| peak RSS of the process so far | " + " | ".join(f"{runs[d]['peak_rss_gb']} GB" for d in devices) + " |")
 if "peak_gpu_gb" in first:
     print(f"| peak GPU memory | {first['peak_gpu_gb']} GB |" + " |" * (len(devices) - 1))
 for r in json.loads((out / "text.json").read_text()):

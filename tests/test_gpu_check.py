@@ -14,7 +14,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_runs_on_cpu(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "ROWS": "20000", "ITEMS": "40", "D": "4",
-           "TEXTS": "16", "PYTHON": sys.executable, "OUT_DIR": str(tmp_path),
+           "TEXTS": "16", "ALSO": "cpu", "PYTHON": sys.executable, "OUT_DIR": str(tmp_path),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
@@ -26,7 +26,11 @@ def test_gpu_check_runs_on_cpu(tmp_path):
                   "host-device transfers", "nuisance fits (device)", "effects table",
                   "total (unprofiled)"):
         assert phase in table, done.stdout
-    assert "40 / " in table["items ok / RMSE"]  # every simulated item estimated
+    # two columns (DEVICE, then ALSO on the same data): every simulated item estimated, and
+    # the same RMSE on both runs
+    assert table["items ok / RMSE"].count("40 / ") == 2
+    rmse = [cell.split("/")[1].strip() for cell in table["items ok / RMSE"].split("|")[2:4]]
+    assert rmse[0] == rmse[1]
     for dtype in ("float32", "bfloat16"):
         assert f"text encoder cpu {dtype} (16 unique texts)" in table
     # exclusive phase times are non-negative (nested phases are not counted twice)
