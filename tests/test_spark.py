@@ -237,3 +237,25 @@ def test_percentile_fraction_of_every_rank():
         for rank in range(0, n, max(1, n // 997)):
             position = float(n - 1) * _exact_fraction(rank, n)
             assert rank <= position <= rank + 4 * np.spacing(float(max(rank, 1)))
+
+
+def test_tail_order_statistics_are_exact_from_narrow_brackets(parquet, log_frame):
+    """Stage 0's winsorising order statistics equal numpy's, found inside approx_percentile
+    brackets that hold the rank and (a continuous column) only a few rows."""
+    from pyspark.sql import functions as F
+    from causalrec.estimate.design import tail_ranks
+    from causalrec.spark.stage0 import _ACCURACY, _brackets, _order_statistics
+    n, cols = len(log_frame), ROLES["confounders"]
+    ranks = tail_ranks(n)
+    first = parquet.agg(*[_brackets(F.col(c).cast("double"), ranks, n).alias(c)
+                          for c in cols]).first()
+    got = _order_statistics(parquet, cols, [first[c] for c in cols], ranks, n)
+    for col, values in zip(cols, got):
+        v = np.sort(log_frame[col].to_numpy(np.float64))
+        np.testing.assert_allclose(values, v[list(ranks)], rtol=1e-12, atol=0)
+        b = first[col]
+        for j, rank in enumerate(ranks):
+            assert b[2 * j] <= v[rank] <= b[2 * j + 1]
+    b, v = first["user_activity"], log_frame["user_activity"].to_numpy(np.float64)
+    # -+ 3 rank errors around the rank, each end off by at most 2 (merged summaries)
+    assert ((v >= b[0]) & (v <= b[1])).sum() <= 10 * n / _ACCURACY + 2

@@ -137,7 +137,7 @@ def _brackets(v, ranks, n: int):
 
 def _order_statistics(fitted, numeric, brackets, ranks, n: int) -> list[list[float]]:
     """The exact order statistics of each column at ``ranks``, with memory bounded by the
-    bracket widths (~6 n / _ACCURACY values), not by the column's distinct values: count the
+    bracket widths (at most ~10 n / _ACCURACY values), not by the column's distinct values: count the
     values below and inside each approximate bracket, then take Spark's exact ``percentile``
     of the values inside it (nulls are skipped) at the rank among them. A bracket that misses
     its rank (never expected) falls back to the exact percentile of the whole column."""
