@@ -79,6 +79,32 @@ def rmse(estimate, truth):
     return float(np.sqrt(((estimate - truth.loc[estimate.index]) ** 2).mean()))
 
 
+def time_device(df, truth, confounders, device, args):
+    """(effects, seconds, result fields) of the estimator on one device; with args.profile
+    one more run timed by phase."""
+    run_ours(df.iloc[:20_000], confounders, device, args.dtype)  # warm-up (CUDA init)
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    runs = [run_ours(df, confounders, device, args.dtype) for _ in range(args.repeats)]
+    effects, seconds = runs[0][0], min(r[1] for r in runs)
+    ok = effects[effects["status"] == "ok"]
+    result = dict(device=str(effects.attrs.get("device", device)), seconds=round(seconds, 2),
+                  items_ok=len(ok), rmse_all=round(rmse(ok["ate"], truth), 5),
+                  peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    if cuda:
+        result["gpu"] = torch.cuda.get_device_name()
+        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.profile:
+        from profile_phases import phase_timer
+        with phase_timer() as phases:
+            _, profiled = run_ours(df, confounders, device, args.dtype)
+        phases["other"] = profiled - sum(phases.values())
+        result["profile_seconds"] = round(profiled, 2)
+        result["phases"] = {name: round(value, 3) for name, value in phases.items()}
+    return effects, seconds, result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1000)
@@ -90,25 +116,24 @@ def main(argv=None):
                         help="items the EconML loop runs on (0 skips it)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each side this many times and keep the fastest")
+    parser.add_argument("--also-devices", default="",
+                        help="comma-separated devices timed on the same data after --device "
+                             "(e.g. cpu), in this process; results under 'also'")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more run, timed by phase (validation, design spec, fold "
+                             "hashing, layout, transfers, device fits; see profile_phases.py)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     df, truth, confounders = generate(args.items, args.rows, args.d)
-    run_ours(df.iloc[:20_000], confounders, args.device, args.dtype)  # warm-up (CUDA init)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    runs = [run_ours(df, confounders, args.device, args.dtype) for _ in range(args.repeats)]
-    effects, seconds = runs[0][0], min(r[1] for r in runs)
-    ok = effects[effects["status"] == "ok"]
     result = dict(machine=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-                  device=str(effects.attrs.get("device", args.device)),
-                  items=args.items, rows=args.rows, d=args.d, repeats=args.repeats,
-                  seconds=round(seconds, 2),
-                  items_ok=len(ok), rmse_all=round(rmse(ok["ate"], truth), 5),
-                  peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
-    if torch.cuda.is_available():
-        result["gpu"] = torch.cuda.get_device_name()
-        result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                  items=args.items, rows=args.rows, d=args.d, repeats=args.repeats)
+    effects, seconds, timed = time_device(df, truth, confounders, args.device, args)
+    result.update(timed)
+    # the same data on other devices, in this process (e.g. CUDA against CPU)
+    result["also"] = [time_device(df, truth, confounders, device, args)[2]
+                      for device in filter(None, args.also_devices.split(","))]
+    ok = effects[effects["status"] == "ok"]
     if args.econml_items:
         # a spread of item sizes: every k-th item among those estimated
         subset = ok.index[np.linspace(0, len(ok) - 1, args.econml_items).astype(int)]

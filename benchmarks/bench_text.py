@@ -8,6 +8,7 @@ clock of ``TextEncoder.encode`` after the model is loaded (one warm-up call firs
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -40,25 +41,41 @@ def rate(encoder: TextEncoder, texts: list[str]) -> tuple[float, float]:
     return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-texts", type=int, default=2000)
     parser.add_argument("--bf16-texts", type=int, default=500)
     parser.add_argument("--lookup", type=int, default=100_000)
-    args = parser.parse_args()
+    parser.add_argument("--devices", default="auto",
+                        help="comma-separated devices (default: cpu, and cuda if present)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="comma-separated dtypes (float32, bfloat16, float16)")
+    parser.add_argument("--no-cache", action="store_true", help="skip the cache timings")
+    parser.add_argument("--json", help="write the encoder rates here")
+    args = parser.parse_args(argv)
     import torch
 
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, load avg {os.getloadavg()[0]:.1f}, "
           f"torch {torch.__version__}")
     texts = make_texts(args.n_texts)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+               if args.devices == "auto" else args.devices.split(","))
+    rates = []
     for device in devices:
-        for dtype, n in (("float32", args.n_texts), ("bfloat16", args.bf16_texts)):
+        for dtype in args.dtypes.split(","):
+            n = args.n_texts if dtype == "float32" else args.bf16_texts
             enc = TextEncoder(device=device, dtype=dtype, cache_dir=False, progress=False)
             per_wall, per_cpu = rate(enc, texts[:n])
+            rates.append(dict(device=device, dtype=dtype, texts=n, texts_per_s=round(per_wall),
+                              texts_per_cpu_s=round(per_cpu), batch=enc.batch_size))
             print(f"{device} {dtype}: {per_wall:.0f} unique texts/s, {per_cpu:.0f} per CPU-s "
                   f"({n} texts, batch {enc.batch_size})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rates, fh, indent=2)
+    if args.no_cache:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         first = TextEncoder(dtype="float32", cache_dir=tmp, progress=False)

@@ -86,6 +86,8 @@ def _add_estimation_flags(parser: argparse.ArgumentParser) -> None:
                         help="pooled (default), per_item, boosted (XGBoost) or auto")
     parser.add_argument("--folds", type=_positive_int, default=2, help="cross-fitting folds")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    parser.add_argument("--dtype", default="float32",
+                        help="float32 (default) or float64 (slower, more exact)")
     parser.add_argument("--seed", type=int, default=0, help="seed of folds and checks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     effects = commands.add_parser("effects", help="estimate every item's effect to a table")
     _add_log_flags(effects)
     effects.add_argument("--out", required=True, help="output table, .csv or .parquet")
+    effects.add_argument("--spark", nargs="?", const="local[*]", metavar="MASTER",
+                         help="read the Parquet log (a file or folder) with Spark and estimate "
+                              "there: a master URL (default local[*]) or sc://host:port for "
+                              "Spark Connect; needs the spark extra")
     effects.set_defaults(func=_cmd_effects)
 
     report = commands.add_parser("report", help="effects, ranking and a self-contained HTML report")
@@ -167,7 +173,8 @@ def _estimator(args):
 
     _check_device(args.device)
     estimator = ItemEffectEstimator(method=args.method, nuisance=args.nuisance,
-                                    n_folds=args.folds, device=args.device, seed=args.seed)
+                                    n_folds=args.folds, device=args.device, seed=args.seed,
+                                    dtype=args.dtype)
     estimator._validate_params()  # fail on a bad flag now, not after minutes of fitting
     return estimator
 
@@ -249,7 +256,8 @@ def _report(estimator, roles, graph, args, progress, title, top=10, refute=False
         with progress.step("refutation checks (placebo, random common cause, subsets)"):
             refutation = refute_item_effects(estimator.log_.data, **roles, seed=args.seed,
                                              method=args.method, nuisance=args.nuisance,
-                                             n_folds=args.folds, device=args.device)
+                                             n_folds=args.folds, device=args.device,
+                                             dtype=args.dtype)
     return EffectReport(estimator, graph=graph or _recommendation_graph(roles),
                         refutation=refutation, sensitivity=robustness, title=title, top=top,
                         seed=args.seed)
@@ -307,9 +315,16 @@ def _print_summary(table, path: Path, truth=None) -> None:
 def _cmd_effects(args, progress) -> int:
     out = Path(args.out)
     _check_table_path(out)  # before minutes of fitting
-    log, _, _ = _read(args, progress)
-    estimator = _estimator(args)
-    effects = _fit(estimator, log, progress).effects_
+    if args.spark is not None:
+        from .spark.cli import spark_effects
+        _estimator(args)  # a bad flag fails now, before Spark starts
+        options = dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
+                       device=args.device, seed=args.seed, dtype=args.dtype)
+        effects = spark_effects(args, _roles(args), options, progress)
+    else:
+        log, _, _ = _read(args, progress)
+        estimator = _estimator(args)
+        effects = _fit(estimator, log, progress).effects_
     _write_table(effects, out)
     counts = ", ".join(f"{k} {v}" for k, v in effects["status"].value_counts().items())
     print(f"Wrote effects of {len(effects)} items to {out} ({counts})")
@@ -335,7 +350,7 @@ def _cmd_audit(args, progress) -> int:
         raise RuntimeError(f"the fairness audit is not available: {exc}") from None
     log, roles, _ = _read(args, progress)
     options = dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
-                   device=args.device, seed=args.seed)
+                   device=args.device, seed=args.seed, dtype=args.dtype)
     with progress.step("auditing effects across groups"):
         from .estimate import ItemEffectEstimator
         audit = FairnessAudit(**roles, group=args.group, provider=args.provider,

@@ -190,3 +190,72 @@ def test_spark_connect_smoke(log_frame, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same(_local(log_frame, nuisance="pooled").effects_, pd.read_pickle(out))
+
+
+CLI_FLAGS = ["--item", "item_id", "--treatment", "recommended", "--outcome", "clicked",
+             "--confounders", ",".join(ROLES["confounders"]),
+             "--categorical", ",".join(ROLES["categorical"]), "--dtype", "float64", "-q"]
+
+
+@pytest.mark.parametrize("nuisance", ["per_item", "pooled"])
+def test_cli_spark_equals_cli_local(spark, log_frame, tmp_path, nuisance):
+    """``causalrec effects LOG --spark local[2]`` (reusing the active session) writes the
+    table the local command writes from the same Parquet file."""
+    from causalrec.cli import main
+    path = tmp_path / "log.parquet"
+    log_frame.to_parquet(path, index=False)
+    tables = {}
+    for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
+        out = tmp_path / f"{name}.parquet"
+        assert main(["effects", str(path), *CLI_FLAGS, "--nuisance", nuisance,
+                     "--out", str(out), *extra]) == 0
+        tables[name] = pd.read_parquet(out)
+    _assert_same(tables["local"], tables["spark"])
+
+
+def test_cli_spark_errors_are_one_line(spark, log_frame, tmp_path, capsys):
+    from causalrec.cli import main
+    path = tmp_path / "log.parquet"
+    log_frame.iloc[:2000].to_parquet(path, index=False)
+    csv = tmp_path / "log.csv"
+    log_frame.iloc[:10].to_csv(csv, index=False)
+    cases = [([str(csv), *CLI_FLAGS], "--spark reads Parquet"),
+             ([str(tmp_path / "nope.parquet"), *CLI_FLAGS], "no such log"),
+             ([str(path), *CLI_FLAGS[:7], "user_activity,no_such_column", *CLI_FLAGS[8:]],
+              "no_such_column")]
+    for argv, expected in cases:
+        assert main(["effects", *argv, "--out", str(tmp_path / "e.csv"), "--spark"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("causalrec: error: ") and expected in err[0]
+
+
+def test_percentile_fraction_of_every_rank():
+    """Spark's exact percentile at p reads position (n - 1) * p: the fraction hits the rank
+    exactly, or (no float64 p does, e.g. rank 30 of 3000) lands a few ulps above it."""
+    from causalrec.spark.stage0 import _exact_fraction
+    for n in (3000, 30_001, 10**6 + 7):
+        for rank in range(0, n, max(1, n // 997)):
+            position = float(n - 1) * _exact_fraction(rank, n)
+            assert rank <= position <= rank + 4 * np.spacing(float(max(rank, 1)))
+
+
+def test_tail_order_statistics_are_exact_from_narrow_brackets(parquet, log_frame):
+    """Stage 0's winsorising order statistics equal numpy's, found inside approx_percentile
+    brackets that hold the rank and (a continuous column) only a few rows."""
+    from pyspark.sql import functions as F
+    from causalrec.estimate.design import tail_ranks
+    from causalrec.spark.stage0 import _ACCURACY, _brackets, _order_statistics
+    n, cols = len(log_frame), ROLES["confounders"]
+    ranks = tail_ranks(n)
+    first = parquet.agg(*[_brackets(F.col(c).cast("double"), ranks, n).alias(c)
+                          for c in cols]).first()
+    got = _order_statistics(parquet, cols, [first[c] for c in cols], ranks, n)
+    for col, values in zip(cols, got):
+        v = np.sort(log_frame[col].to_numpy(np.float64))
+        np.testing.assert_allclose(values, v[list(ranks)], rtol=1e-12, atol=0)
+        b = first[col]
+        for j, rank in enumerate(ranks):
+            assert b[2 * j] <= v[rank] <= b[2 * j + 1]
+    b, v = first["user_activity"], log_frame["user_activity"].to_numpy(np.float64)
+    # -+ 3 rank errors around the rank, each end off by at most 2 (merged summaries)
+    assert ((v >= b[0]) & (v <= b[1])).sum() <= 10 * n / _ACCURACY + 2

@@ -111,12 +111,59 @@ def _exact_fraction(rank: int, n: int) -> float:
     """p with (n - 1) * p == rank in float64: Spark's exact ``percentile`` then returns the
     order statistic of that rank itself, no interpolation."""
     p = rank / (n - 1)
+    best = None  # (distance, p) of the closest position at or above the rank
     for _ in range(8):
         position = float(n - 1) * p
         if position == rank:
             return p
+        if position > rank and (best is None or position - rank < best[0]):
+            best = (position - rank, p)
         p = np.nextafter(p, np.inf if position < rank else -np.inf)
-    raise ArithmeticError(f"no exact percentile for rank {rank} of {n}")  # never seen
+    # Some ranks have no such p (the products skip the integer, e.g. rank 30 of 3000): the
+    # position a few ulps above the rank weights the next order statistic by ~1e-15.
+    return best[1] if best is not None else np.nextafter(rank / (n - 1), np.inf)
+
+
+_ACCURACY = 10_000  # approx_percentile's accuracy: rank error at most n / _ACCURACY
+
+
+def _brackets(v, ranks, n: int):
+    """approx_percentile at each tail rank -+ 3 rank errors: values at or below / at or
+    above the exact order statistic (checked by counts in ``_order_statistics``)."""
+    F, margin = _F(), 3.0 / _ACCURACY
+    fractions = [min(max(r / n + side * margin, 0.0), 1.0) for r in ranks for side in (-1, 1)]
+    return F.percentile_approx(v, F.array(*[F.lit(p) for p in fractions]), _ACCURACY)
+
+
+def _order_statistics(fitted, numeric, brackets, ranks, n: int) -> list[list[float]]:
+    """The exact order statistics of each column at ``ranks``, with memory bounded by the
+    bracket widths (at most ~10 n / _ACCURACY values), not by the column's distinct values: count the
+    values below and inside each approximate bracket, then take Spark's exact ``percentile``
+    of the values inside it (nulls are skipped) at the rank among them. A bracket that misses
+    its rank (never expected) falls back to the exact percentile of the whole column."""
+    F = _F()
+    counts, inside = [], {}
+    for i, col in enumerate(numeric):
+        v = F.col(col).cast("double")
+        for j in range(len(ranks)):
+            low, high = brackets[i][2 * j], brackets[i][2 * j + 1]
+            inside[i, j] = (v >= F.lit(low)) & (v <= F.lit(high))
+            counts += [F.sum(F.when(v < F.lit(low), 1).otherwise(0)).alias(f"below{i}_{j}"),
+                       F.sum(F.when(inside[i, j], 1).otherwise(0)).alias(f"in{i}_{j}")]
+    got = fitted.agg(*counts).first()
+    aggs = []
+    for i, col in enumerate(numeric):
+        v = F.col(col).cast("double")
+        for j, rank in enumerate(ranks):
+            below, m = int(got[f"below{i}_{j}"] or 0), int(got[f"in{i}_{j}"] or 0)
+            if below <= rank < below + m:
+                values, at, count = F.when(inside[i, j], v), rank - below, m
+            else:
+                values, at, count = v, rank, n
+            fraction = _exact_fraction(at, count) if count > 1 else 0.0
+            aggs.append(F.percentile(values, F.lit(fraction)).alias(f"q{i}_{j}"))
+    row = fitted.agg(*aggs).first()
+    return [[row[f"q{i}_{j}"] for j in range(len(ranks))] for i in range(len(numeric))]
 
 
 def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels: int = 50,
@@ -132,13 +179,14 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
             v = F.col(col).cast("double")
             aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
             if ranks is not None:
-                fractions = [_exact_fraction(r, n) for r in ranks]
-                aggs.append(F.percentile(v, F.array(*[F.lit(p) for p in fractions])).alias(f"q{i}"))
+                aggs.append(_brackets(v, ranks, n).alias(f"b{i}"))
         first = fitted.agg(*aggs).first()
+        tails = (_order_statistics(fitted, numeric, [first[f"b{i}"] for i in range(len(numeric))],
+                                   ranks, n) if ranks is not None else None)
         second = []
         for i, col in enumerate(numeric):
             lo, hi = first[f"lo{i}"], first[f"hi{i}"]
-            stats[col] = dict(lo=lo, hi=hi, q=first[f"q{i}"] if ranks is not None else None)
+            stats[col] = dict(lo=lo, hi=hi, q=tails[i] if ranks is not None else None)
             if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
                 continue
             v = F.col(col).cast("double")
