@@ -38,6 +38,10 @@ class BaseEstimator:
             setattr(self, name, value)
         return self
 
+    def clone(self) -> "BaseEstimator":
+        """A new, unfitted estimator with the same parameters."""
+        return type(self)(**self.get_params())
+
     def _validate_params(self) -> None:
         validate_params(self.get_params(), self._parameter_constraints, type(self).__name__)
 

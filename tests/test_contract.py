@@ -89,6 +89,9 @@ def test_fit_returns_self_and_summary_is_a_summary(case, sim):
     name, make, fit, _, _ = case
     est = make()
     assert fit(est, sim) is est
+    fresh = est.clone()  # same parameters, nothing learned
+    assert type(fresh) is type(est) and fresh is not est and fresh.get_params() == est.get_params()
+    assert not [k for k in vars(fresh) if k.endswith("_") and not k.startswith("_")]
     if name == "SegmentGLM":  # a building block: no summary
         assert np.isfinite(est.coef_).all()
         return

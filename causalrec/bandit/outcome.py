@@ -48,7 +48,7 @@ class OutcomeModel:
         self.outcome_coef_, converged = [], np.ones(n_seg, dtype=bool)
         for f in range(F):
             train = design.blocks(block_fold != f if F > 1 else block_fold >= 0)
-            fit = SegmentGLM(**model.get_params()).fit_blocks(design, yb, train, n_segments=n_seg)
+            fit = model.clone().fit_blocks(design, yb, train, n_segments=n_seg)
             self.outcome_coef_.append(fit.fit_.coef)
             converged &= fit.converged_
         self.outcome_converged_ = bool(converged.all())

@@ -127,11 +127,11 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         start = warm[0] if warm else (fits[0] if fits else {})
         models = {}
         if propensity is not None:
-            models["e"] = _clone(propensity).fit_blocks(
+            models["e"] = propensity.clone().fit_blocks(
                 design, tb, design.blocks(train), n_segments=n_seg, init=start.get("e"), reducer=reducer)
         y_fit, y_back = _outcome_scale(design, yb, design.blocks(train), n_seg, outcome)
         for arm in (0, 1):
-            models[f"mu{arm}"] = _clone(outcome).fit_blocks(
+            models[f"mu{arm}"] = outcome.clone().fit_blocks(
                 design, y_fit, design.blocks(train & (block_arm == arm)), n_segments=n_seg,
                 init=start.get(f"mu{arm}"), reducer=reducer)
         for name, model in models.items():
@@ -159,10 +159,6 @@ def _outcome_scale(design, yb, train, n_seg, outcome: SegmentGLM):
     scale = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
     scaled = (yb - mean[design.block_seg].unsqueeze(1)) / scale[design.block_seg].unsqueeze(1)
     return scaled, (scale, mean)
-
-
-def _clone(model: SegmentGLM) -> SegmentGLM:
-    return type(model)(**model.get_params())
 
 
 def warn_unconverged(converged: np.ndarray, item_names, model: str) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..glm.layout import segment_sum
 from ..inference import interval, p_value
 
 __all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSES"]
@@ -44,16 +45,12 @@ def post_status(status, table, min_ess, max_clipped=0.3):
     return status
 
 
-def _seg_sum(values, seg, n_seg):
-    return torch.zeros(n_seg, dtype=values.dtype, device=values.device).index_add_(0, seg, values)
-
-
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
                    normalize=True):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities."""
-    S = lambda values: _seg_sum(values, seg, n_seg)
+    S = lambda values: segment_sum(values, seg, n_seg)
     e_clip = e.clamp(clip, 1 - clip)
     keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
     k = keep.to(e.dtype)
@@ -158,15 +155,15 @@ def _support(seg, t, e, n_seg, S):
 def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
     """Influence values of mean(mu1 - mu0) + the per-arm weighted means of the residuals with
     normalised weights, linearised; also those means and the weight sums (s1, s0)."""
-    s1, s0 = _seg_sum(wt, seg, n_seg), _seg_sum(wc, seg, n_seg)
-    r1 = _seg_sum(wt * (y - mu1), seg, n_seg) / s1
-    r0 = _seg_sum(wc * (y - mu0), seg, n_seg) / s0
+    s1, s0 = segment_sum(wt, seg, n_seg), segment_sum(wc, seg, n_seg)
+    r1 = segment_sum(wt * (y - mu1), seg, n_seg) / s1
+    r0 = segment_sum(wc * (y - mu0), seg, n_seg) / s0
     psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
         wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
     return psi, r1, r0, s1, s0
 
 
 def _variance_of_mean(psi, seg, n_seg, n):
-    mean = _seg_sum(psi, seg, n_seg) / n
-    var = (_seg_sum(psi ** 2, seg, n_seg) - n * mean ** 2) / (n - 1)
+    mean = segment_sum(psi, seg, n_seg) / n
+    var = (segment_sum(psi ** 2, seg, n_seg) - n * mean ** 2) / (n - 1)
     return var.clamp(min=0) / n

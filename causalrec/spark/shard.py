@@ -11,7 +11,7 @@ import torch
 
 from ..estimate.design import DesignSpec
 from ..estimate.folds import assign_folds
-from ..estimate.nuisance import _clone, _fit_shard
+from ..estimate.nuisance import _fit_shard
 from ..estimate.scores import effects_table
 from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
@@ -48,9 +48,7 @@ def _on(model, device):
     """The prototype with the task's device (a GPU executor resolves its own)."""
     if model is None:
         return None
-    clone = _clone(model)
-    clone.device = device
-    return clone
+    return model.clone().set_params(device=device)
 
 
 def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
