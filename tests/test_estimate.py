@@ -331,3 +331,36 @@ def test_a_fit_stopping_at_max_iter_warns_and_is_flagged():
         warnings.simplefilter("error", cr.ConvergenceWarning)
         full = cr.ItemEffectEstimator().fit(log)  # the default converges: no warning
     assert full.converged_ and full.effects_["converged"].all()
+
+
+def test_nuisance_quality_sees_confounding_and_its_absence():
+    """Improvement over the out-of-fold item means: clearly positive where activity drives
+    exposure and clicks (pseudo-R^2 ~0.07-0.10 on this log), near 0 where nothing does (the
+    loss ratio of 13-19k rows moves by ~1e-2 from fitting noise alone)."""
+    from causalrec.estimate.diagnostics import _out_of_fold_item_mean
+    quality = {}
+    for strength in (1.0, 0.0):
+        sim = cr.datasets.simulate_log(n_items=50, n_rows=20_000, numeric_confounding=strength,
+                                       text_confounding=0.0, seed=1)
+        log = cr.InteractionLog(sim.data, **numeric_roles(sim))
+        est = cr.ItemEffectEstimator(seed=0).fit(log)
+        quality[strength] = est.nuisance_quality().set_index("model")
+    confounded, plain = quality[1.0], quality[0.0]
+    assert list(confounded.index) == ["propensity", "outcome, not recommended",
+                                      "outcome, recommended"]
+    assert (confounded["improvement"] > 0.04).all()
+    assert (plain["improvement"].abs() < 0.03).all()
+    assert plain.loc["propensity", "rows"] == est.propensity_.notna().sum()  # est: the last fit
+    # the baseline: each row's item mean over the other fold's rows
+    item = np.array([0, 0, 0, 1, 1, 1, 2])
+    target = np.array([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    folds = np.array([0, 1, 1, 0, 1, 0, 0])
+    expected = [0.5, 1.0, 1.0, 0.0, 0.5, 0.0, 1 / 3]  # item 2 has no fold-1 rows
+    np.testing.assert_allclose(_out_of_fold_item_mean(target, item, folds), expected)
+
+
+def test_nuisance_quality_skips_a_logged_propensity(small):
+    df, roles = small
+    est = cr.ItemEffectEstimator(seed=0).fit(cr.InteractionLog(df, **roles,
+                                                               propensity="propensity"))
+    assert "propensity" not in set(est.nuisance_quality()["model"])

@@ -196,6 +196,8 @@ def test_text_confounders_and_logged_propensity(nuisance):
     np.testing.assert_allclose(logged.propensity_[fitted], sim.data["propensity"][fitted],
                                rtol=1e-12)
     assert "e" not in set(logged.nuisance_models_["nuisance"])
+    weights = text_est.summary().info["Weight on the flexible model"]
+    assert weights.startswith("e ") and "mu1" in weights
 
 
 def test_nonlinear_mode_keeps_the_linear_draws():

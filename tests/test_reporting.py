@@ -76,7 +76,7 @@ def test_embedded_images_are_pngs_and_sections_present(page):
     # graph, propensity histograms, forest plot, popularity scatter
     assert len(images) == 4
     assert all(base64.b64decode(b).startswith(b"\x89PNG\r\n\x1a\n") for b in images)
-    for anchor in ("summary", "data", "graph", "overlap", "effects", "popularity", "ranking",
+    for anchor in ("summary", "data", "graph", "overlap", "nuisance", "effects", "popularity", "ranking",
                    "refutation", "assumptions", "reproducibility"):
         assert f'id="{anchor}"' in page
 

@@ -375,6 +375,12 @@ class ItemEffectEstimator(BaseEstimator):
         self._check_fitted()
         return EffectSummary(self, top=top)
 
+    def nuisance_quality(self) -> pd.DataFrame:
+        """Out-of-fold loss of each nuisance model next to the item-mean model's (see
+        ``causalrec.estimate.diagnostics``)."""
+        from .diagnostics import nuisance_quality
+        return nuisance_quality(self)
+
     def _keys(self):
         return ["item"] + list(self.effects_.columns[1:len(self.segments_.columns)])
 

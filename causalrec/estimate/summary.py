@@ -35,6 +35,10 @@ class EffectSummary(Summary):
             "Dropped columns": ", ".join(estimator.dropped_columns_) or "none",
             "Overall effect (row-weighted)": f"{self.overall:.5g} (se {self.overall_se:.3g})",
         }
+        models = getattr(estimator, "nuisance_models_", None)
+        if getattr(estimator, "_flexible", None) is not None and models is not None:
+            info["Weight on the flexible model"] = ", ".join(
+                f"{m} {w:.2f}" for m, w in zip(models["nuisance"], models["weight_flexible"]))
         cols = [c for c in ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated",
                             "n_control", "naive_ate"] if c in eff]
         strongest = ok.assign(_z=(ok["ate"] / ok["se"]).abs()).nlargest(top, "_z")

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..schema import csv_safe
 from .effect_sections import EffectSections
+from .nuisance_section import nuisance_html
 from .html import escape, html_page, section
 
 __all__ = ["EffectReport"]
@@ -134,6 +135,7 @@ class EffectReport(EffectSections):
             ("Data", "data", self._data_html()),
             ("Causal graph and adjustment", "graph", self._graph_html()),
             ("Overlap diagnostics", "overlap", self._overlap_html()),
+            ("Nuisance models", "nuisance", nuisance_html(self._estimator)),
             ("Largest and smallest effects", "effects", self._forest_html()),
             ("Popular is not causal", "popularity", self._popularity_html()),
             ("Naive versus causal ranking", "ranking", self._ranking_html()),
