@@ -37,6 +37,13 @@ from ..glm import SegmentGLM
 __all__ = ["FactorisedLearner"]
 
 _LEVEL_TOL = 1e-9  # within-item share of a column's variance below which it is item-level
+MIN_INFO = 20.0  # items informing the empirical-Bayes factor penalty (init_shrinkage 1: <5%)
+PENALTY_RANGE = (0.3, 1000.0)  # prior sd of the factors between 1.8 and 0.03
+
+
+def _logistic_weight(eta):
+    p = 1.0 / (1.0 + np.exp(-eta))
+    return p * (1.0 - p)
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,11 @@ class FactorisedLearner:
     ----------
     rank : r, the number of shared taste directions.
     factor_penalty : ridge on each item's own factors ``u_k`` (whitened ``z``, so a
-        N(0, 1 / factor_penalty) prior per direction on the linear-predictor scale; 1 lets a
-        large item's factors reach the logit shifts of a topic match, ~1-2, while a 100-row
-        item's are held near the shared ones).
+        N(0, 1 / factor_penalty) prior per direction on the linear-predictor scale), or
+        "auto" (default): empirical Bayes, 1 / (the factors' variance across items, by the
+        method of moments from the larger items). It is not chosen by held-out loss: the
+        offset GLM has seen held-out training rows, and the out-of-fold loss of the crossfit
+        favours the GLM even where the factors remove bias (measured, benchmarks/README.md).
     projection_penalty : ridge on the shared projection W (fitted on all rows: it only keeps
         directions without signal at zero).
     init_shrinkage : shrinkage of the per-item slopes whose SVD starts W (small: the large
@@ -61,7 +70,7 @@ class FactorisedLearner:
     """
 
     rank: int = 6
-    factor_penalty: float = 1.0
+    factor_penalty: object = "auto"
     projection_penalty: float = 1.0
     init_shrinkage: float = 1.0
     n_alternations: int = 3
@@ -77,7 +86,12 @@ class FactorisedLearner:
             if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
                     and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("factor_penalty", "projection_penalty", "init_shrinkage"):
+        names = ("projection_penalty", "init_shrinkage") + (
+            ("factor_penalty",) if not isinstance(self.factor_penalty, str) else ())
+        if isinstance(self.factor_penalty, str) and self.factor_penalty != "auto":
+            raise ValueError(f"factor_penalty must be 'auto' or a positive number, "
+                             f"got {self.factor_penalty!r}")
+        for name in names:
             value = getattr(self, name)
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)
                     and value > 0):
@@ -160,12 +174,17 @@ class _Factorised:
             self.W = np.zeros((self.X.shape[1], 0))
             self.b, self.V = np.zeros(self.n_items), np.zeros((self.n_items, 0))
             return
-        self.W = self._initial_projection()
-        self.W = self._whiten(self.W)
+        self.W = self._whiten(self._initial_projection())
+        self.penalty = (self._empirical_bayes_penalty() if self.s.factor_penalty == "auto"
+                        else float(self.s.factor_penalty))
         self._factor_step()
         for _ in range(self.s.n_alternations):
             self._projection_step()
             self._factor_step()
+
+    def _factor_glm(self, penalty):
+        shared = tuple(range(self.rank, self.rank * (1 + self.C.shape[1])))  # A: no deviations
+        return self.glm(True, penalty, shared_columns=shared)
 
     def _initial_projection(self):
         """Leading right singular vectors of the per-item slope deviations, rows weighted by
@@ -173,12 +192,32 @@ class _Factorised:
         glm = self.glm(True, self.s.init_shrinkage).fit(self.X, self.y, self.item,
                                                         n_segments=self.n_items)
         self.n_steps += glm.n_iter_
-        D = glm.coef_[:, 1:] - glm.shared_coef_[1:]
-        D = D * np.sqrt(np.bincount(self.item, minlength=self.n_items))[:, None]
+        self._deviations = glm.coef_[:, 1:] - glm.shared_coef_[1:]
+        eta = glm.decision_function(self.X, self.item)
+        self._info = (np.bincount(self.item, minlength=self.n_items) if self.family != "logistic"
+                      else np.bincount(self.item, weights=_logistic_weight(eta),
+                                       minlength=self.n_items))
+        D = self._deviations * np.sqrt(np.bincount(self.item, minlength=self.n_items))[:, None]
         _, _, vt = np.linalg.svd(D, full_matrices=False)
         vt = vt[:self.rank]
         vt = vt * np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])[:, None]
         return vt.T
+
+    def _empirical_bayes_penalty(self):
+        """1 / tau^2, tau^2 the variance of an item's factors per whitened direction, by the
+        method of moments from the initial fit's slope deviations d_k of the items whose
+        Fisher information (sum of p(1 - p), or rows) is at least ``MIN_INFO`` (their
+        shrinkage is under 5%): u_k = W' Cov(x) d_k has noise variance ~1 / info_k per
+        direction, subtracted. Clipped to ``PENALTY_RANGE``: on a log without shared
+        structure tau^2 ~ 0 and the factors stay at ~0 (the GLM)."""
+        big = self._info >= MIN_INFO
+        if not big.any():
+            return PENALTY_RANGE[1]
+        U = self._deviations[big] @ np.cov(self.X, rowvar=False).reshape(
+            self.X.shape[1], self.X.shape[1]) @ self.W
+        noise = self.unit / self._info[big]
+        tau2 = float(np.mean((U ** 2).mean(1) - noise))
+        return float(np.clip(1.0 / max(tau2, 1e-12), *PENALTY_RANGE))
 
     def _whiten(self, W):
         """W with unit-covariance scores z = X W (the factors absorb the inverse map)."""
@@ -197,9 +236,8 @@ class _Factorised:
     def _factor_step(self):
         Z = self.X @ self.W
         F = self._factor_features(Z, self.item)
-        shared = tuple(range(self.rank, F.shape[1]))  # A: no per-item deviation
-        glm = self.glm(True, self.s.factor_penalty, shared_columns=shared).fit(
-            F, self.y, self.item, offset=self.offset, n_segments=self.n_items)
+        glm = self._factor_glm(self.penalty).fit(F, self.y, self.item, offset=self.offset,
+                                                 n_segments=self.n_items)
         self.n_steps += glm.n_iter_
         coef = glm.coef_
         self.b = coef[:, 0]
