@@ -83,7 +83,7 @@ _EXAMPLES = """examples:
 def _add_estimation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="aipw", help="aipw (default), ipw or or")
     parser.add_argument("--nuisance", default="pooled",
-                        help="pooled (default), per_item, boosted (XGBoost) or auto")
+                        help="pooled (default), per_item, boosted (XGBoost), factorised or auto")
     parser.add_argument("--folds", type=_positive_int, default=2, help="cross-fitting folds")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     parser.add_argument("--dtype", default="float32",

@@ -58,8 +58,11 @@ class ItemEffectEstimator(BaseEstimator):
     nuisance : "pooled" (default): one model over all rows with item intercepts and item
         slopes shrunk toward shared slopes; "per_item": independent ridge models per item;
         "boosted": gradient-boosted models on top of the pooled GLM (large items get their
-        own, kept where they win out of fold); "auto": per nuisance, the out-of-fold-loss
-        stack of the GLM and the boosted model; a scikit-learn estimator or a pair
+        own, kept where they win out of fold); "factorised": low-rank item slopes (items
+        share a few taste directions of the confounders, e.g. text topics) on top of the
+        pooled GLM, for tail items too small for slopes of their own
+        (``causalrec.nuisance.FactorisedLearner``); "auto": per nuisance, the out-of-fold-loss
+        stack of the GLM, the boosted and the factorised models; a scikit-learn estimator or a pair
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
@@ -114,7 +117,7 @@ class ItemEffectEstimator(BaseEstimator):
     _parameter_constraints = {
         "method": [Options(*METHODS)],
         "normalize": [Boolean()],
-        "nuisance": [Options(*NUISANCE), Callable(_flexible_ok, "'boosted', 'auto', a scikit-learn "
+        "nuisance": [Options(*NUISANCE), Callable(_flexible_ok, "'boosted', 'factorised', 'auto', a scikit-learn "
                                                    "estimator, a (propensity, outcome) pair of them or a FlexibleNuisance")],
         "n_folds": [Integer(1, MAX_FOLDS)],
         "n_repeats": [Integer(1, None)],

@@ -21,12 +21,13 @@ import torch
 from ..estimate.folds import _mix, row_hash
 from ..glm import SegmentGLM
 from .boosted import BoostedLearner
-from .select import calibration_table, choose_per_item, row_loss, stack_weight
+from .factorised import FactorisedLearner
+from .select import calibration_table, choose_per_item, row_loss, stack_weights
 from .sklearn_adapter import SklearnLearner, check_propensity_learner
 
 __all__ = ["FlexibleNuisance", "NuisanceResult", "resolve_nuisance", "cross_fit_nuisances"]
 
-NAMED = ("boosted", "auto")
+NAMED = ("boosted", "factorised", "auto")
 
 
 class FlexibleNuisance:
@@ -38,6 +39,9 @@ class FlexibleNuisance:
         scikit-learn estimator (used for all three models; a classifier's ``predict_proba``
         for the propensity), or a pair ``(propensity, outcome)`` of those.
     auto : stack each nuisance's GLM and flexible predictions by out-of-fold loss.
+    also : further learners ("boosted", "factorised" or learner objects, used for all three
+        models) whose out-of-fold predictions join the stack (with ``auto``): the convex
+        combination of the GLM, ``learner`` and these with the smallest out-of-fold loss.
     min_item_rows : items with at least this many training rows for a model (in every
         fold) also get a model of their own, kept only where it wins out of fold. (Smaller
         own boosters were never kept on the non-linear simulator, where the pooled booster
@@ -50,17 +54,18 @@ class FlexibleNuisance:
     run ``n_jobs`` at a time.
     """
 
-    def __init__(self, learner="boosted", *, auto=False, min_item_rows=1000, item_feature=True,
-                 n_jobs=1):
+    def __init__(self, learner="boosted", *, auto=False, also=(), min_item_rows=1000,
+                 item_feature=True, n_jobs=1):
         self.learner = learner
         self.auto = auto
+        self.also = also
         self.min_item_rows = min_item_rows
         self.item_feature = item_feature
         self.n_jobs = n_jobs
 
     def __repr__(self):
         return (f"FlexibleNuisance(learner={self.learner!r}, auto={self.auto}, "
-                f"min_item_rows={self.min_item_rows}, n_jobs={self.n_jobs})")
+                f"also={self.also!r}, min_item_rows={self.min_item_rows}, n_jobs={self.n_jobs})")
 
     def learners(self):
         """(propensity learner, outcome learner), checked."""
@@ -76,11 +81,27 @@ class FlexibleNuisance:
             learner.check()
         return out
 
+    def also_learners(self) -> list:
+        """The ``also`` learners, checked (they need ``auto``: nothing else combines them)."""
+        also = list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
+        if also and not self.auto:
+            raise ValueError("also: further learners need auto=True (the stack combines them)")
+        out = [_as_learner(model, "outcome") for model in also]
+        for learner in out:
+            learner.check()
+        return out
+
+    @property
+    def also_names(self) -> list[str]:
+        also = list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
+        return [m if isinstance(m, str) else type(m).__name__.removesuffix("Learner").lower()
+                for m in also]
+
 
 def _as_learner(model, role):
-    if isinstance(model, str) and model == "boosted":
-        return BoostedLearner()
-    if isinstance(model, (BoostedLearner, SklearnLearner)):
+    if isinstance(model, str) and model in ("boosted", "factorised"):
+        return BoostedLearner() if model == "boosted" else FactorisedLearner()
+    if isinstance(model, (BoostedLearner, FactorisedLearner, SklearnLearner)):
         return model
     if role == "propensity" and hasattr(model, "fit"):
         check_propensity_learner(model)
@@ -93,9 +114,14 @@ def resolve_nuisance(value):
     if isinstance(value, str):
         if value in ("pooled", "per_item"):
             return None
-        if value in NAMED:
-            return FlexibleNuisance(auto=value == "auto")
-        raise ValueError(f"nuisance must be 'pooled', 'per_item', 'boosted', 'auto', a "
+        if value == "factorised":
+            return FlexibleNuisance(learner="factorised")
+        if value == "boosted":
+            return FlexibleNuisance()
+        if value == "auto":  # the stack of the GLM, the boosted and the factorised models
+            return FlexibleNuisance(auto=True, also=("factorised",))
+        raise ValueError(f"nuisance must be 'pooled', 'per_item', 'boosted', 'factorised', "
+                         f"'auto', a "
                          f"FlexibleNuisance, a scikit-learn estimator or a (propensity, "
                          f"outcome) pair, got {value!r}")
     if isinstance(value, FlexibleNuisance):
@@ -152,25 +178,37 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
     if logged_e is not None:
         preds["e"] = np.asarray(logged_e, np.float64)[order]
-    jobs = [("e", t, np.ones(n, bool), "logistic", prop_learner)] * (logged_e is None) + [
-        (f"mu{a}", y, t == a, family, out_learner) for a in (0, 1)]
-    for name, target, arm, fam, learner in jobs:
-        glm_pred, pooled, own, rounds[name], n_big = ctx.fit_one(
-            target.astype(np.float64), arm, fam, learner, len(rows))
+    also = spec.also_learners()
+    jobs = [("e", t, np.ones(n, bool), "logistic", [prop_learner, *also])] * (logged_e is None) + [
+        (f"mu{a}", y, t == a, family, [out_learner, *also]) for a in (0, 1)]
+    for name, target, arm, fam, learners in jobs:
+        glm_pred, fits = ctx.fit_one(target.astype(np.float64), arm, fam, learners, len(rows))
         scored = arm  # outcomes are observed only in their arm: score there
         loss = lambda p: row_loss(p[scored], target[scored], fam)
-        loss_own = np.where(np.isfinite(own[scored]), loss(np.nan_to_num(own, nan=0.5)), np.nan)
-        use_own = choose_per_item(loss(pooled), loss_own, item[scored], n_items)
-        flexible = np.where(use_own[item], own, pooled)
-        weight, final_loss = (stack_weight(glm_pred[scored], flexible[scored], target[scored], fam)
-                              if spec.auto else (1.0, float(loss(flexible).mean())))
-        preds[name] = (1 - weight) * glm_pred + weight * flexible
-        items[f"own_{name}"] = use_own
-        rows.append(dict(nuisance=name, loss_glm=float(loss(glm_pred).mean()),
-                         loss_pooled=float(loss(pooled).mean()),
-                         loss_flexible=float(loss(flexible).mean()), weight_flexible=weight,
-                         loss_final=final_loss, n_own_candidates=n_big,
-                         n_own_items=int(use_own.sum())))
+        row = dict(nuisance=name, loss_glm=float(loss(glm_pred).mean()))
+        flexible = []
+        for j, (pooled, own, learner_rounds, n_big) in enumerate(fits):
+            loss_own = np.where(np.isfinite(own[scored]), loss(np.nan_to_num(own, nan=0.5)),
+                                np.nan)
+            use_own = choose_per_item(loss(pooled), loss_own, item[scored], n_items)
+            flexible.append(np.where(use_own[item], own, pooled))
+            if j == 0:  # the main learner: its diagnostics keep their names
+                rounds[name] = learner_rounds
+                items[f"own_{name}"] = use_own
+                row.update(loss_pooled=float(loss(pooled).mean()),
+                           loss_flexible=float(loss(flexible[0]).mean()),
+                           n_own_candidates=n_big, n_own_items=int(use_own.sum()))
+            else:
+                row[f"loss_{spec.also_names[j - 1]}"] = float(loss(flexible[j]).mean())
+        if spec.auto:
+            weights, final_loss = stack_weights(glm_pred[scored], [f[scored] for f in flexible],
+                                                target[scored], fam)
+        else:
+            weights, final_loss = np.ones(1), float(loss(flexible[0]).mean())
+        preds[name] = (1 - weights.sum()) * glm_pred + sum(w * f for w, f in zip(weights, flexible))
+        row.update(weight_flexible=float(weights[0]), loss_final=final_loss)
+        row.update({f"weight_{also}": float(w) for also, w in zip(spec.also_names, weights[1:])})
+        rows.append(row)
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))
@@ -216,49 +254,60 @@ class _Context:
         self.glm_converged.append(bool(glm.converged_.all()))
         return glm.decision_function(self.Xs, self.item).astype(np.float64)
 
-    def fit_one(self, target, arm, family, learner, index):
-        """Out-of-fold GLM, pooled-learner and own-learner (NaN where none) predictions, the
-        boosting rounds of the pooled fits and the number of items with models of their own."""
+    def fit_one(self, target, arm, family, learners, index):
+        """Out-of-fold GLM predictions and, per learner, its out-of-fold pooled and own (NaN
+        where none) predictions, the boosting rounds of its pooled fits and the number of
+        items with models of their own. The GLM offset is fitted once per fold for all."""
         n = len(target)
-        glm_pred, pooled, own = (np.full(n, np.nan) for _ in range(3))
-        rounds = []
+        glm_pred = np.full(n, np.nan)
+        fits = [(np.full(n, np.nan), np.full(n, np.nan), [], 0) for _ in learners]
         # items with enough training rows in every fold get models of their own
         smallest = np.full(self.n_items, np.iinfo(np.int64).max)
         for f in range(self.n_folds):
             train = arm & (self.folds != f if self.n_folds > 1 else True)
             smallest = np.minimum(smallest, np.bincount(self.item[train], minlength=self.n_items))
-        big = np.flatnonzero(smallest >= self.spec.min_item_rows)
-        # early-stopping rows: a share of the training rows chosen by content (row-order free)
-        share = getattr(learner, "validation_share", 0.2)
-        validation = (self.key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
         for f in range(self.n_folds):
             test = self.folds == f if self.n_folds > 1 else np.ones(n, bool)
             train = arm & (~test if self.n_folds > 1 else test)
             eta = self.glm_eta(target, train, family)
             glm_pred[test] = 1 / (1 + np.exp(-eta[test])) if family == "logistic" else eta[test]
-            seed = self.seed * 1000 + 10 * index + f
-            tr = np.flatnonzero(train)
-            pooled[test], r = learner.fit_predict(
-                self.Xp[tr], target[tr], eta[tr], self.Xp[test], eta[test], family=family,
-                validation=validation[tr], seed=seed, categorical=self.spec.item_feature)
-            rounds.append(r)
-            # rows are sorted by item: each big item's rows are one slice of tr / test_idx
-            test_idx = np.flatnonzero(test)
-            starts_tr, ends_tr = (np.searchsorted(self.item[tr], big, side=s)
-                                  for s in ("left", "right"))
-            starts_te, ends_te = (np.searchsorted(self.item[test_idx], big, side=s)
-                                  for s in ("left", "right"))
+            for j, learner in enumerate(learners):
+                big = np.flatnonzero(smallest >= self.spec.min_item_rows)
+                if not getattr(learner, "own_item_models", True):  # per-item already
+                    big = big[:0]
+                pooled, own, rounds, _ = fits[j]
+                rounds.append(self._fit_fold(learner, target, family, train, test, eta, big,
+                                             pooled, own, self.seed * 1000 + 10 * index + f + 97 * j))
+                fits[j] = (pooled, own, rounds, len(big))
+        return glm_pred, fits
 
-            def fit_item(j):
-                a, b = tr[starts_tr[j]:ends_tr[j]], test_idx[starts_te[j]:ends_te[j]]
-                if len(b) == 0:
-                    return b, np.zeros(0), 0
-                pred, r = learner.fit_predict(self.X[a], target[a], eta[a], self.X[b], eta[b],
-                                              family=family, validation=validation[a],
-                                              seed=seed + 7919 * int(big[j]) + 1)
-                return b, pred, r
+    def _fit_fold(self, learner, target, family, train, test, eta, big, pooled, own, seed):
+        """One fold of one learner: fills ``pooled`` and ``own`` on the test rows, returns the
+        pooled fit's rounds."""
+        # early-stopping rows: a share of the training rows chosen by content (row-order free)
+        share = getattr(learner, "validation_share", 0.2)
+        validation = (self.key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
+        tr = np.flatnonzero(train)
+        pooled[test], r = learner.fit_predict(
+            self.Xp[tr], target[tr], eta[tr], self.Xp[test], eta[test], family=family,
+            validation=validation[tr], seed=seed, categorical=self.spec.item_feature)
+        # rows are sorted by item: each big item's rows are one slice of tr / test_idx
+        test_idx = np.flatnonzero(test)
+        starts_tr, ends_tr = (np.searchsorted(self.item[tr], big, side=s)
+                              for s in ("left", "right"))
+        starts_te, ends_te = (np.searchsorted(self.item[test_idx], big, side=s)
+                              for s in ("left", "right"))
 
-            with ThreadPoolExecutor(max_workers=self.spec.n_jobs) as pool:
-                for b, pred, r in pool.map(fit_item, range(len(big))):
-                    own[b] = pred
-        return glm_pred, pooled, own, rounds, len(big)
+        def fit_item(j):
+            a, b = tr[starts_tr[j]:ends_tr[j]], test_idx[starts_te[j]:ends_te[j]]
+            if len(b) == 0:
+                return b, np.zeros(0), 0
+            pred, _ = learner.fit_predict(self.X[a], target[a], eta[a], self.X[b], eta[b],
+                                          family=family, validation=validation[a],
+                                          seed=seed + 7919 * int(big[j]) + 1)
+            return b, pred, 0
+
+        with ThreadPoolExecutor(max_workers=self.spec.n_jobs) as pool:
+            for b, pred, _ in pool.map(fit_item, range(len(big))):
+                own[b] = pred
+        return r
