@@ -256,8 +256,8 @@ class ItemEffectEstimator(BaseEstimator):
                                                on_device(t, torch.float64),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
-                                               binary=binary, normalize=self.normalize,
-                                               own_models=self.nuisance == "per_item")
+                                               binary=binary,
+                                               normalize=self.normalize)
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index

@@ -46,18 +46,13 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, own_models=False):
+                   normalize=True):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
 
-    Variance (see benchmarks/README.md, issue 14 part 3, for the measurements): the
-    normalised estimators (AIPW, Hajek IPW) take each arm's residuals with the HC3 leverage
-    correction, a row's leverage being its share of its arm's weight; intervals use Student t
-    with Welch-Satterthwaite degrees of freedom over the arms (effective sizes by Kish).
-    ``own_models``: the nuisances were fitted per item on half its rows each, a noise the
-    influence function ignores (measured: true variance ~2x the influence-function one), so
-    normalised AIPW takes the larger of its SE and the plain AIPW SE."""
+    Intervals use Student t with Welch-Satterthwaite degrees of freedom over the arms (see
+    benchmarks/README.md, issue 14 part 3, for the rules measured)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     e_clip = e.clamp(clip, 1 - clip)
     keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
@@ -65,25 +60,24 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
     n_keep = S(k)
     correction = wt * (y - mu1) - wc * (y - mu0)
-    psi_var = None  # leverage-corrected influence values of the normalised estimators
+    psi_plain = None  # textbook AIPW influence values, for the normalised AIPW's variance
     if method == "aipw" and normalize:
         # residuals averaged with normalised weights (Robins et al. 2007)
-        psi, psi_var, *_ = _normalised_scores(seg, wt, wc, y, mu0, mu1, n_keep, n_seg)
+        psi, *_ = _normalised_scores(seg, wt, wc, y, mu0, mu1, n_keep, n_seg)
+        psi_plain = torch.where(keep, mu1 - mu0 + correction, 0.0)
     elif method == "aipw":
         psi = mu1 - mu0 + correction
     elif method == "ipw":  # Hajek: weighted arm means, i.e. normalised AIPW without outcome model
-        psi, psi_var, m1, m0, s1, s0 = _normalised_scores(seg, wt, wc, y, 0.0, 0.0, n_keep, n_seg)
+        psi, m1, m0, s1, s0 = _normalised_scores(seg, wt, wc, y, 0.0, 0.0, n_keep, n_seg)
     else:  # outcome regression; spread by the AIPW influence function, centred on OR
         psi = mu1 - mu0 + correction - (S(k * correction) / n_keep)[seg]
     psi = torch.where(keep, psi, 0.0)
-    psi_var = psi if psi_var is None else torch.where(keep, psi_var, 0.0)
     ate = S(psi) / n_keep
-    var_of_mean = _variance_of_mean(psi_var, seg, n_seg, n_keep)
-    if own_models and method == "aipw" and normalize:
-        psi_plain = torch.where(keep, mu1 - mu0 + correction, 0.0)
+    var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
+    if psi_plain is not None:
         var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
     ess_t, ess_c = S(wt) ** 2 / S(wt ** 2), S(wc) ** 2 / S(wc ** 2)
-    dof_welch = _welch_dof(psi_var, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
+    dof_welch = _welch_dof(psi, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
     n_t, n_c = S(t), S(1 - t)
     if binary:
         # An arm with no (or only) clicks shows no residual spread, so the empirical
@@ -167,22 +161,13 @@ def _support(seg, t, e, n_seg, S):
 
 def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
     """Influence values of mean(mu1 - mu0) + the per-arm weighted means of the residuals with
-    normalised weights, linearised; the same with HC3 residuals (for the variance); those
-    means and the weight sums (s1, s0).
-
-    A weighted mean is a weighted least-squares fit of an intercept, in which a row's leverage
-    is its share of the weight, h = w / sum w: its residual from the mean shrinks by (1 - h),
-    most for the dominant weights of small arms, so HC3 divides it by (1 - h)."""
+    normalised weights, linearised; also those means and the weight sums (s1, s0)."""
     s1, s0 = segment_sum(wt, seg, n_seg), segment_sum(wc, seg, n_seg)
     r1 = segment_sum(wt * (y - mu1), seg, n_seg) / s1
     r0 = segment_sum(wc * (y - mu0), seg, n_seg) / s0
-    res1, res0 = wt * (y - mu1 - r1[seg]) / s1[seg], wc * (y - mu0 - r0[seg]) / s0[seg]
-    h1, h0 = wt / s1[seg], wc / s0[seg]
-    hc3 = lambda res, h: torch.where(h < 1, res / (1 - h), 0.0)  # h = 1: residual 0 anyway
-    base = mu1 - mu0 + (r1 - r0)[seg]
-    psi = base + n[seg] * (res1 - res0)
-    psi_var = base + n[seg] * (hc3(res1, h1) - hc3(res0, h0))
-    return psi, psi_var, r1, r0, s1, s0
+    psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
+        wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
+    return psi, r1, r0, s1, s0
 
 
 def _welch_dof(psi, seg, in_t, in_c, ess_t, ess_c, n_seg, n):
