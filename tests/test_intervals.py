@@ -37,8 +37,10 @@ def test_placebo_items_without_clicks_in_an_arm_are_not_significant(logs):
     # clicks, and 88% were called significant before the null-rate variance floor
     assert degenerate.sum() > 80
     assert rejected[degenerate].mean() < 0.05 + 3 * np.sqrt(0.05 * 0.95 / degenerate.sum())
-    # all ~1840 items: 9.7% before; binomial se at 5% is 0.005 (measured 3.5%)
-    assert 0.02 < rejected.mean() < 0.05 + 2 * np.sqrt(0.05 * 0.95 / rejected.size)
+    # all ~1640 items: 9.7% before the floor; binomial se at 5% is 0.0054, band 2 se either
+    # side (measured 4.1% with Welch-Satterthwaite dof; the smaller arm's rows - 1 gave 3.4%)
+    band = 2 * np.sqrt(0.05 * 0.95 / rejected.size)
+    assert 0.05 - band < rejected.mean() < 0.05 + band
 
 
 def test_intervals_cover_the_true_effects(logs):

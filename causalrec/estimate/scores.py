@@ -49,7 +49,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
                    normalize=True):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
-    Returns the per-item table and, as numpy, psi and the clipped propensities."""
+    Returns the per-item table and, as numpy, psi and the clipped propensities.
+
+    Intervals use Student t with Welch-Satterthwaite degrees of freedom over the arms (see
+    benchmarks/README.md, issue 14 part 3, for the rules measured)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     e_clip = e.clamp(clip, 1 - clip)
     keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
@@ -73,6 +76,8 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     var_of_mean = _variance_of_mean(psi, seg, n_seg, n_keep)
     if psi_plain is not None:
         var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(psi_plain, seg, n_seg, n_keep))
+    ess_t, ess_c = S(wt) ** 2 / S(wt ** 2), S(wc) ** 2 / S(wc ** 2)
+    dof_welch = _welch_dof(psi, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
     n_t, n_c = S(t), S(1 - t)
     if binary:
         # An arm with no (or only) clicks shows no residual spread, so the empirical
@@ -102,7 +107,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         "ate": ate, "se": var_of_mean.sqrt(), "n_t": n_t, "n_c": n_c,
         "treated_mean": S(t * y) / n_t, "control_mean": S((1 - t) * y) / n_c,
         "y_mean": y_mean, "y_sq": S(y ** 2) / n_all,
-        "ess_treated": S(wt) ** 2 / S(wt ** 2), "ess_control": S(wc) ** 2 / S(wc ** 2),
+        "ess_treated": ess_t, "ess_control": ess_c, "dof": dof_welch,
         "mu0_mean": S(mu0) / n_all,
         "e_min": e.new_full((n_seg,), float("inf")).scatter_reduce_(0, seg, e, "amin"),
         "e_max": e.new_full((n_seg,), float("-inf")).scatter_reduce_(0, seg, e, "amax"),
@@ -111,9 +116,11 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     }
     v = {name: values.cpu().numpy() for name, values in per_item.items()}
     ate, se, empty = v["ate"], v["se"], v["n_t"] + v["n_c"] == 0
-    # Student t with the smaller arm's degrees of freedom: IPW-weighted influence values are
-    # heavy-tailed, and with a few dozen rows in an arm a normal interval is too short.
-    dof = np.maximum(np.minimum(v["n_t"], v["n_c"]) - 1, 1)
+    # Student t: IPW-weighted influence values are heavy-tailed, and with a few dozen rows in
+    # an arm a normal interval is too short; Welch-Satterthwaite degrees of freedom (the
+    # smaller arm's rows - 1 where they are not finite, e.g. an arm without spread)
+    dof = np.where(np.isfinite(v["dof"]), np.maximum(v["dof"], 1),
+                   np.maximum(np.minimum(v["n_t"], v["n_c"]) - 1, 1))
     ci_low, ci_high = interval(ate, se, alpha, dof)
     with np.errstate(invalid="ignore", divide="ignore"):
         outcome_sd = np.sqrt(np.maximum(v["y_sq"] - v["y_mean"] ** 2, 0))
@@ -161,6 +168,17 @@ def _normalised_scores(seg, wt, wc, y, mu0, mu1, n, n_seg):
     psi = mu1 - mu0 + (r1 - r0)[seg] + n[seg] * (
         wt * (y - mu1 - r1[seg]) / s1[seg] - wc * (y - mu0 - r0[seg]) / s0[seg])
     return psi, r1, r0, s1, s0
+
+
+def _welch_dof(psi, seg, in_t, in_c, ess_t, ess_c, n_seg, n):
+    """Welch-Satterthwaite degrees of freedom of the variance of the mean of ``psi``: its
+    squared deviations summed per arm, each arm's sum with (its Kish effective size - 1)
+    degrees of freedom (a few dominant weights leave few)."""
+    mean = segment_sum(psi, seg, n_seg) / n
+    dev = (psi - mean[seg]) ** 2
+    v1, v0 = segment_sum(in_t * dev, seg, n_seg), segment_sum(in_c * dev, seg, n_seg)
+    nu1, nu0 = (ess_t - 1).clamp(min=1), (ess_c - 1).clamp(min=1)
+    return (v1 + v0) ** 2 / (v1 ** 2 / nu1 + v0 ** 2 / nu0)
 
 
 def _variance_of_mean(psi, seg, n_seg, n):
