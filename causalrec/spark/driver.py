@@ -84,6 +84,15 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())
     else:
         sdf = sdf.withColumn(ROW_ID, F.col(row_id).cast("long"))
+    extra = []  # (Spark column, design name) of the text components
+    if text:
+        from .text import text_features
+        sdf, safe, names, est.text_confounders_ = text_features(
+            sdf, text, encoder=est.text_encoder, n_components=est.text_components,
+            row_id=ROW_ID, seed=est.seed)
+        extra = list(zip(safe, names))
+    else:
+        est.text_confounders_ = None
     facts = item_facts(sdf, sample_log, est.min_rows_per_arm)
     n_seg = len(facts.segments)
     est.segments_ = facts.segments
@@ -102,7 +111,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         fitted = sdf.join(F.broadcast(items_sdf), on=keys, how="inner")
     spec_rows = fitted if len(codes) else sdf
     n_spec = int(facts.n_all[codes].sum()) if len(codes) else int(facts.n_all.sum())
-    spec = design_spec(spec_rows, sample_log, n_spec, facts.fitted_binary)
+    spec = design_spec(spec_rows, sample_log, n_spec, facts.fitted_binary, extra=extra)
     est.design_spec_ = spec
     est.design_columns_, est.dropped_columns_ = list(spec.columns), list(spec.dropped)
     est.shrinkage_ = resolve_shrinkage(est.shrinkage, len(spec.columns))
@@ -112,6 +121,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
                    content=keys + confounders + categorical + text,
+                   extra=[col for col, _ in extra],
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
                    options=dict(n_folds=est.n_folds, n_repeats=est.n_repeats, seed=est.seed,
@@ -122,6 +132,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     mode, rows_sdf, payloads = None, None, []
     if len(codes):
         columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical
+                                     + text + [col for col, _ in extra]
                                      + ([propensity] if propensity else [])
                                      + [ROW_ID, CODE, SHARD, _PARTITION_KEY]))
         fitted = fitted.select(*columns)
