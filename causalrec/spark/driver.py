@@ -140,7 +140,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
             out = fitted.groupBy(SHARD).applyInPandas(_per_item_task(job), OUTPUT_SCHEMA)
             payloads, rows_sdf = _collect(out, row_outputs)
         else:
-            payloads, rows_sdf, mode = _pooled(fitted, job, n_shards, barrier, row_outputs)
+            task = lambda rows, red: fit_shard(rows, job, red)
+            payloads, rows_sdf, mode = run_pooled(fitted, task, n_shards, barrier, row_outputs)
     table, converged, reductions = _assemble(payloads, shard_of_item, est, facts)
     est._finish(table, facts.status, facts.n_all, facts.n_t, converged, keys,
                 resolve_device(est.device))
@@ -196,14 +197,15 @@ def _reducer():
     return Reducer()
 
 
-def _pooled(fitted, job, n_shards, barrier, row_outputs):
-    """The pooled fit: a barrier stage with gloo, or (no barrier mode) on the driver."""
+def run_pooled(fitted, task, n_shards, barrier, row_outputs=False):
+    """A pooled fit: ``task(shard rows, reducer)`` (-> ``OUTPUT_SCHEMA`` rows) for each shard
+    of ``fitted`` (by its partition key), coupled by a barrier stage with gloo, or (no
+    barrier mode) on the driver. Returns (payloads, per-row outputs, "barrier" | "driver")."""
     from .barrier import barrier_task
     if barrier:
         try:
             parts = fitted.repartition(n_shards, _PARTITION_KEY)
-            out = parts.mapInPandas(barrier_task(lambda rows, red: fit_shard(rows, job, red),
-                                                 n_shards), OUTPUT_SCHEMA, barrier=True)
+            out = parts.mapInPandas(barrier_task(task, n_shards), OUTPUT_SCHEMA, barrier=True)
             # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
             # tasks) only when it is a map stage, never when it is the result stage
             out = out.repartition(1)
@@ -223,7 +225,7 @@ def _pooled(fitted, job, n_shards, barrier, row_outputs):
     from ..glm.reducer import ThreadReducer
     frame = fitted.toPandas()
     shards = [frame[frame[SHARD] == s] for s in range(n_shards)]
-    outs = ThreadReducer(n_shards).run(lambda rows, red: fit_shard(rows, job, red), shards)
+    outs = ThreadReducer(n_shards).run(task, shards)
     return [o["payload"].iloc[0] for o in outs], None, "driver"
 
 
