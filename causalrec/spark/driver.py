@@ -57,7 +57,8 @@ def _default_shards(spark) -> int:
 def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                                 categorical=None, text=None, propensity=None, by=None,
                                 graph=None, folds=None, *, shards=None, row_id=None,
-                                row_outputs=False, barrier=True, **options) -> SparkEffects:
+                                row_outputs=False, barrier=True, fold_columns=None,
+                                **options) -> SparkEffects:
     """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
 
     shards : number of shards (default: the cluster's default parallelism); a pooled fit
@@ -68,6 +69,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     row_outputs : also return the per-row outputs as a Spark DataFrame (persisted).
     barrier : run the pooled fit as a barrier stage; False (or a cluster without barrier
         mode) collects the fitted rows and runs the sharded fit on the driver instead.
+    fold_columns : the columns whose content sets each row's fold (default: the keys and
+        every confounder); a refutation that adds a column keeps the original folds so.
     """
     if graph is not None or folds is not None:
         raise ValueError("graph and folds are not supported on the Spark path yet")
@@ -120,7 +123,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     block_size = _block_size(facts.arm_rows[codes], est.n_folds)
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
-                   content=keys + confounders + categorical + text,
+                   content=list(fold_columns or keys + confounders + categorical + text),
                    extra=[col for col, _ in extra],
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
@@ -132,7 +135,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     mode, rows_sdf, payloads = None, None, []
     if len(codes):
         columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical
-                                     + text + [col for col, _ in extra]
+                                     + text + [col for col, _ in extra] + job.content
                                      + ([propensity] if propensity else [])
                                      + [ROW_ID, CODE, SHARD, _PARTITION_KEY]))
         fitted = fitted.select(*columns)
