@@ -1,6 +1,6 @@
-"""``causalrec effects LOG --spark [MASTER]``: the Parquet log read by Spark and the effects
-estimated on the Spark path. Spark's own errors become one-line ``RuntimeError``s, which the
-command line prints as it prints every other error."""
+"""``causalrec effects|report|audit LOG --spark [MASTER]``: the Parquet log read by Spark and
+the command run on the Spark path. Spark's own errors become one-line ``RuntimeError``s, which
+the command line prints as it prints every other error."""
 from __future__ import annotations
 
 import os
