@@ -111,6 +111,13 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     _add_estimation_flags(parser)
 
 
+def _add_spark_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spark", nargs="?", const="local[*]", metavar="MASTER",
+                        help="read the Parquet log (a file or folder) with Spark and run "
+                             "there: a master URL (default local[*]) or sc://host:port for "
+                             "Spark Connect; needs the spark extra")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
                      description="What does recommending an item actually cause? "
@@ -124,10 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     effects = commands.add_parser("effects", help="estimate every item's effect to a table")
     _add_log_flags(effects)
     effects.add_argument("--out", required=True, help="output table, .csv or .parquet")
-    effects.add_argument("--spark", nargs="?", const="local[*]", metavar="MASTER",
-                         help="read the Parquet log (a file or folder) with Spark and estimate "
-                              "there: a master URL (default local[*]) or sc://host:port for "
-                              "Spark Connect; needs the spark extra")
+    _add_spark_flag(effects)
     effects.set_defaults(func=_cmd_effects)
 
     report = commands.add_parser("report", help="effects, ranking and a self-contained HTML report")
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run refutation checks (placebo, random cause, subsets)")
     report.add_argument("--title", default="Causal effects of recommendations")
     report.add_argument("--top", type=_positive_int, default=10, help="items shown per end")
+    _add_spark_flag(report)
     report.set_defaults(func=_cmd_report)
 
     audit = commands.add_parser("audit", help="fairness audit of effects across user groups")
@@ -144,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--group", required=True, help="sensitive user-group column")
     audit.add_argument("--provider", help="item-provider column")
     audit.add_argument("--out", required=True, help="output folder")
+    _add_spark_flag(audit)
     audit.set_defaults(func=_cmd_audit)
 
     simulate = commands.add_parser("simulate", help="write a simulated log with known effects")
@@ -177,6 +183,11 @@ def _estimator(args):
                                     dtype=args.dtype)
     estimator._validate_params()  # fail on a bad flag now, not after minutes of fitting
     return estimator
+
+
+def _options(args) -> dict:
+    return dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
+                device=args.device, seed=args.seed, dtype=args.dtype)
 
 
 def _check_device(device: str) -> None:
@@ -245,16 +256,20 @@ def _recommendation_graph(roles: dict):
         context=[c for c in features if not str(c).startswith("user")])
 
 
-def _report(estimator, roles, graph, args, progress, title, top=10, refute=False):
-    """Sensitivity and optional refutation; the report ranks the items itself."""
+def _report(estimator, roles, graph, args, progress, title, top=10, refute=False, data=None):
+    """Sensitivity and optional refutation; the report ranks the items itself. ``estimator``
+    is fitted, or an effects table (the Spark path) with its log ``data``."""
     from .refute import refute_item_effects, sensitivity
     from .reporting import EffectReport
 
-    robustness = sensitivity(estimator.effects_)
+    effects = estimator.effects_ if hasattr(estimator, "effects_") else estimator
+    robustness = sensitivity(effects)
     refutation = None
     if refute:
-        with progress.step("refutation checks (placebo, random common cause, subsets)"):
-            refutation = refute_item_effects(estimator.log_.data, **roles, seed=args.seed,
+        checks = "placebo, random common cause" + ("" if data is not None else ", subsets")
+        with progress.step(f"refutation checks ({checks})"):
+            refutation = refute_item_effects(estimator.log_.data if data is None else data,
+                                             **roles, seed=args.seed,
                                              method=args.method, nuisance=args.nuisance,
                                              n_folds=args.folds, device=args.device,
                                              dtype=args.dtype)
@@ -318,9 +333,7 @@ def _cmd_effects(args, progress) -> int:
     if args.spark is not None:
         from .spark.cli import spark_effects
         _estimator(args)  # a bad flag fails now, before Spark starts
-        options = dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
-                       device=args.device, seed=args.seed, dtype=args.dtype)
-        effects = spark_effects(args, _roles(args), options, progress)
+        effects = spark_effects(args, _roles(args), _options(args), progress)
     else:
         log, _, _ = _read(args, progress)
         estimator = _estimator(args)
@@ -332,11 +345,22 @@ def _cmd_effects(args, progress) -> int:
 
 
 def _cmd_report(args, progress) -> int:
-    log, roles, graph = _read(args, progress)
-    estimator = _estimator(args)
-    _fit(estimator, log, progress)
-    report = _report(estimator, roles, graph, args, progress, args.title, args.top,
-                     refute=args.refute)
+    if args.spark is not None:
+        from .spark.cli import spark_log
+        _estimator(args)  # a bad flag fails now, before Spark starts
+        roles = _roles(args)
+        with spark_log(args, progress) as sdf:
+            from .estimate import estimate_item_effects
+            with progress.step("estimating effects on Spark"):
+                effects = estimate_item_effects(sdf, **roles, **_options(args))
+            report = _report(effects, roles, None, args, progress, args.title, args.top,
+                             refute=args.refute, data=sdf)
+    else:
+        log, roles, graph = _read(args, progress)
+        estimator = _estimator(args)
+        _fit(estimator, log, progress)
+        report = _report(estimator, roles, graph, args, progress, args.title, args.top,
+                         refute=args.refute)
     with progress.step("ranking items and writing the report"):
         path = report.save(args.out)
     _print_summary(report.table(), path)
@@ -348,13 +372,19 @@ def _cmd_audit(args, progress) -> int:
         from .fairness import FairnessAudit
     except ImportError as exc:
         raise RuntimeError(f"the fairness audit is not available: {exc}") from None
-    log, roles, _ = _read(args, progress)
-    options = dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
-                   device=args.device, seed=args.seed, dtype=args.dtype)
-    with progress.step("auditing effects across groups"):
-        from .estimate import ItemEffectEstimator
-        audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
-                              estimator=ItemEffectEstimator(**options)).fit(log.data)
+    estimator = _estimator(args)  # a bad flag fails now, before reading or Spark
+    if args.spark is not None:
+        from .spark.cli import spark_log
+        roles = _roles(args)
+        with spark_log(args, progress) as sdf, \
+                progress.step("auditing effects across groups on Spark"):
+            audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
+                                  estimator=estimator).fit(sdf)
+    else:
+        log, roles, _ = _read(args, progress)
+        with progress.step("auditing effects across groups"):
+            audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
+                                  estimator=estimator).fit(log.data)
     from .schema import csv_safe
 
     out = Path(args.out)

@@ -142,9 +142,6 @@ def test_schema_errors_match_pandas(spark, log_frame):
     t[2500] = 2  # beyond the validated sample: found by the Spark-wide check
     frame["recommended"] = t
     both(frame)
-    with pytest.raises(ValueError, match="text confounders are not supported"):
-        estimate_item_effects_spark(spark.createDataFrame(frame.assign(note="a user's note")),
-                                    **ROLES, text=["note"])
 
 
 def test_pooled_task_killed_mid_fit_is_retried(spark, parquet, log_frame, tmp_path):
@@ -259,3 +256,125 @@ def test_tail_order_statistics_are_exact_from_narrow_brackets(parquet, log_frame
     b, v = first["user_activity"], log_frame["user_activity"].to_numpy(np.float64)
     # -+ 3 rank errors around the rank, each end off by at most 2 (merged summaries)
     assert ((v >= b[0]) & (v <= b[1])).sum() <= 10 * n / _ACCURACY + 2
+
+
+# ---------------------------------------------------------------- text, audit, refutation, CLI
+TEXT_ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
+                  confounders=["user_activity"], categorical=["device"],
+                  text=["user_text", "item_text"])
+
+
+def test_text_on_spark_equals_local(spark, tmp_path):
+    """Text columns embedded on the executors, the PCA fitted on the driver from every unique
+    text (they fit the sample), components and the pair cosine joined back: the same
+    components and the same effects as the local fit (missing and blank texts included)."""
+    df = cr.datasets.simulate_log(n_items=8, n_rows=3000, seed=5).data
+    user_text = df["user_text"].astype(object).to_numpy().copy()
+    user_text[::50], user_text[1::50] = None, "  "  # both encoded as the missing text
+    df["user_text"] = pd.Series(user_text, dtype="str")
+    path = tmp_path / "text.parquet"
+    df.assign(row=np.arange(len(df))).to_parquet(path, index=False)
+    log = InteractionLog(df, **{**TEXT_ROLES, "item": ["item_id"]})
+    local = ItemEffectEstimator(dtype="float64", nuisance="pooled").fit(log)
+    res = estimate_item_effects_spark(spark.read.parquet(str(path)), **TEXT_ROLES,
+                                      nuisance="pooled", dtype="float64", shards=2, row_id="row")
+    _assert_same(local.effects_, res.effects)
+    assert res.design_spec.extra == local.design_spec_.extra  # 2 x 8 components + the cosine
+    assert res.design_spec.extra[-1] == "user_text~item_text_cos"
+    np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-10,
+                               atol=1e-12)  # the components' means are 0 up to rounding
+    remote_text, local_text = res.estimator.text_confounders_, local.text_confounders_
+    for col in TEXT_ROLES["text"]:
+        np.testing.assert_allclose(remote_text.reducers_[col].components_,
+                                   local_text.reducers_[col].components_, rtol=0, atol=1e-12)
+    for name in ("n_rows", "n_unique", "n_missing", "n_components"):
+        assert (remote_text.report_[name] == local_text.report_[name]).all(), name
+    assert remote_text.report_.loc["user_text", "n_missing"] == 120
+    for table in remote_text.persisted_:
+        table.unpersist()
+
+
+def test_audit_on_spark_equals_pandas(parquet, log_frame):
+    """FairnessAudit.fit on the Spark frame (item x group effects on Spark, exposure models
+    in a barrier stage): every table equals the pandas audit's."""
+    from causalrec.fairness import FairnessAudit
+    kw = dict(item="item_id", treatment="recommended", outcome="clicked", group="user_group",
+              confounders=ROLES["confounders"], categorical=["device", "user_group"],
+              provider="item_provider", estimator=ItemEffectEstimator(dtype="float64"))
+    local = FairnessAudit(**kw).fit(log_frame)
+    remote = FairnessAudit(**kw).fit(parquet)
+    for name in ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
+                 "benefit_", "providers_", "metrics"):
+        pd.testing.assert_frame_equal(getattr(local, name), getattr(remote, name),
+                                      check_exact=False, rtol=1e-8, check_dtype=False,
+                                      check_index_type=False, obj=name)
+    assert (local.exposure_["logit_shift_se"].dropna() > 0).all()  # the shared fit ran
+    assert remote.summary().info == local.summary().info
+    with pytest.raises(TypeError, match="read metrics"):
+        remote.metric_frame()
+    with pytest.raises(SchemaError, match="varies within an item"):
+        FairnessAudit(**{**kw, "provider": "hour"}).fit(parquet)
+
+
+def test_refutation_on_spark_equals_local_refits(parquet, log_frame):
+    """Placebo and random common cause on Spark: each replicate equals the local estimator
+    on the same changed rows (the same folds for the random cause); subset raises."""
+    from pyspark.sql import functions as F
+    from causalrec.refute.checks import RANDOM_COMMON_CAUSE
+    from causalrec.spark.refute import permute_within
+    from causalrec.spark.shard import ROW_ID
+    table = cr.refute_item_effects(parquet, **ROLES, dtype="float64", shards=2, seed=4)
+    assert set(table["check"]) == {"placebo", "random_common_cause"}
+    rows = parquet.withColumn(ROW_ID, F.monotonically_increasing_id())
+    noisy = rows.withColumn(RANDOM_COMMON_CAUSE, F.randn(5)).toPandas().sort_values(ROW_ID)
+    placebo = (permute_within(rows, ["item_id"], "recommended", 4).toPandas()
+               .sort_values(ROW_ID))
+    assert (noisy["row"].to_numpy() == log_frame["row"].to_numpy()).all()
+    original = _local(log_frame, seed=4)
+    rcc = ItemEffectEstimator(dtype="float64", seed=4).fit(
+        InteractionLog(noisy.reset_index(drop=True), **{
+            **ROLES, "item": ["item_id"],
+            "confounders": ROLES["confounders"] + [RANDOM_COMMON_CAUSE]}),
+        folds=original.fold_.to_numpy())
+    permuted = _local(placebo.reset_index(drop=True), seed=4)
+    assert not (placebo["recommended"].to_numpy() == log_frame["recommended"].to_numpy()).all()
+    for check, local in (("random_common_cause", rcc), ("placebo", permuted)):
+        part = table[table["check"] == check].set_index("item_id")
+        expected = local.effects_.set_index("item")
+        np.testing.assert_array_equal(part["status"], expected["status"], err_msg=check)
+        for got, want in (("estimate", "ate"), ("se", "se")):
+            np.testing.assert_allclose(part[got], expected[want], rtol=1e-8, atol=0)
+        np.testing.assert_allclose(part["original_ate"], original.effects_["ate"].to_numpy(),
+                                   rtol=1e-8, atol=0)
+    with pytest.raises(ValueError, match="subset check does not run on a Spark frame"):
+        cr.refute_item_effects(parquet, **ROLES, checks=["subset"])
+
+
+AUDIT_FLAGS = ["--group", "user_group", "--provider", "item_provider"]
+
+
+def test_cli_report_and_audit_spark(spark, log_frame, tmp_path, capsys):
+    """``report --spark`` and ``audit --spark`` write the local commands' tables; a bad
+    column is a one-line error on both."""
+    from causalrec.cli import main
+    path = tmp_path / "log.parquet"
+    log_frame.to_parquet(path, index=False)
+    out = {}
+    for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
+        assert main(["report", str(path), *CLI_FLAGS, "--out", str(tmp_path / f"r{name}"),
+                     *extra]) == 0
+        assert main(["audit", str(path), *CLI_FLAGS, *AUDIT_FLAGS,
+                     "--out", str(tmp_path / f"a{name}"), *extra]) == 0
+        out[name] = (pd.read_csv(tmp_path / f"r{name}" / "effects.csv"),
+                     pd.read_csv(tmp_path / f"a{name}" / "disparity.csv"))
+        assert (tmp_path / f"r{name}" / "report.html").exists()
+        assert (tmp_path / f"a{name}" / "audit.html").exists()
+    for local, remote in zip(out["local"], out["spark"]):
+        pd.testing.assert_frame_equal(local, remote, check_exact=False, rtol=1e-6)
+    capsys.readouterr()
+    bad = [*CLI_FLAGS[:7], "user_activity,no_such_column", *CLI_FLAGS[8:]]
+    for command, extra in (("report", []), ("audit", AUDIT_FLAGS)):
+        assert main([command, str(path), *bad, *extra, "--out", str(tmp_path / "x"),
+                     "--spark"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("causalrec: error: ") and "no_such_column" in err[0]

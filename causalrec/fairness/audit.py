@@ -125,56 +125,93 @@ class FairnessAudit(BaseEstimator):
         self.estimator = estimator
 
     # ------------------------------------------------------------------ validation
-    def _validate(self, df) -> InteractionLog:
+    def _roles(self) -> dict:
+        """The log's roles for ``InteractionLog`` (parameters checked first)."""
         self._validate_params()
         if self.group is None:
             raise SchemaError(None, "a fairness audit needs a group column (group=...)")
         if not isinstance(self.item, str):
             raise SchemaError(str(self.item), "the audit expects a single item column")
         categorical = [c for c in _as_list(self.categorical) if c != self.group]
-        log = InteractionLog(df, item=self.item, treatment=self.treatment,
-                             outcome=self.outcome, confounders=self.confounders or [],
-                             categorical=categorical, text=self.text or [],
-                             propensity=self.propensity, group=self.group)
-        groups = pd.unique(log.data[self.group])
+        return dict(item=self.item, treatment=self.treatment, outcome=self.outcome,
+                    confounders=self.confounders or [], categorical=categorical,
+                    text=self.text or [], propensity=self.propensity, group=self.group)
+
+    def _check_groups(self, groups) -> None:
         if len(groups) < 2:
             raise SchemaError(self.group, f"holds a single group ({groups[0]!r}); an audit "
                                           "compares at least two")
-        if self.provider is not None:
-            if self.provider not in log.data.columns:
-                raise SchemaError(self.provider, "missing from the log (role 'provider')")
-            values = log.data[self.provider]
-            if values.isna().any():
-                raise SchemaError(self.provider, f"{int(values.isna().sum())} missing values")
-            if (log.data.groupby(self.item, sort=False)[self.provider].nunique() > 1).any():
-                raise SchemaError(self.provider, "varies within an item; it must be an item "
-                                                 "attribute")
+
+    def _check_provider(self, columns, n_missing: int, varies: bool) -> None:
+        if self.provider not in columns:
+            raise SchemaError(self.provider, "missing from the log (role 'provider')")
+        if n_missing:
+            raise SchemaError(self.provider, f"{int(n_missing)} missing values")
+        if varies:
+            raise SchemaError(self.provider, "varies within an item; it must be an item "
+                                             "attribute")
+
+    def _check_reference(self, groups) -> None:
         if self.reference is not None and self.reference not in set(groups):
             raise ValueError(f"reference group {self.reference!r} does not occur in column "
                              f"{self.group!r}")
+
+    def _validate(self, df) -> InteractionLog:
+        log = InteractionLog(df, **self._roles())
+        groups = pd.unique(log.data[self.group])
+        self._check_groups(groups)
+        if self.provider is not None:
+            values = log.data.get(self.provider)
+            self._check_provider(log.data.columns, 0 if values is None else values.isna().sum(),
+                                 values is not None and bool(
+                                     (log.data.groupby(self.item, sort=False)[self.provider]
+                                      .nunique() > 1).any()))
+        self._check_reference(groups)
         return log
 
     # ------------------------------------------------------------------ fitting
     def fit(self, df: pd.DataFrame) -> "FairnessAudit":
         """Run the audit on the log ``df`` (effects per item x group, disparities, exposure,
-        benefit)."""
+        benefit). A Spark DataFrame runs on the cluster (``causalrec.spark.audit``) and gives
+        the same tables."""
+        if type(df).__module__.startswith("pyspark"):
+            from ..spark.audit import fit_audit_spark
+            return fit_audit_spark(self, df)
         log = self._validate(df)
-        self.__dict__.pop("_metric_frame", None)  # a refit may have new data or columns
-        self.data_ = df
-        base = ItemEffectEstimator() if self.estimator is None else self.estimator
-        self.estimator_ = ItemEffectEstimator(**base.get_params())
-        self.estimator_._validate_params()
-        self.alpha_ = self.estimator_.alpha
+        self._start(df)
         data, numeric = self._with_text_features(log)
         # effects per item x group: the group joins the item as a segment key
         seg_log = InteractionLog(data, item=[self.item, self.group], treatment=self.treatment,
                                  outcome=self.outcome, confounders=numeric,
                                  categorical=log.categorical, propensity=self.propensity)
         effects = self.estimator_.fit(seg_log).effects_
+        counts = (pd.DataFrame({"group": data[self.group],
+                                "t": data[self.treatment].astype(float)})
+                  .groupby("group", sort=True)["t"].agg(n="size", n_treated="sum"))
+        self._compare(effects, counts, np.sort(pd.unique(data[self.item])))
+        self.exposure_ = exposure_table(self, data, numeric, log.categorical)
+        provider = (data.groupby(self.item, sort=True)[self.provider].first()
+                    if self.provider is not None else None)
+        self._benefit(provider)
+        return self
+
+    def _start(self, df) -> None:
+        """The fitted estimator's copy and the interval level, before any model is fitted."""
+        for cached in ("_metric_frame", "_metrics_by_group"):  # a refit may have new data
+            self.__dict__.pop(cached, None)
+        self.data_ = df
+        base = ItemEffectEstimator() if self.estimator is None else self.estimator
+        self.estimator_ = ItemEffectEstimator(**base.get_params())
+        self.estimator_._validate_params()
+        self.alpha_ = self.estimator_.alpha
+
+    def _compare(self, effects, counts, items) -> None:
+        """Group statuses, the full item x group grid, the reference and the disparities,
+        from the segment effects, the per-group ``n, n_treated`` and the sorted items."""
         # name the two key columns by position (the estimator's names for them may vary)
         effects.columns = ["item", "group"] + list(effects.columns[2:])
-        self.groups_ = self._group_table(data)
-        self.group_effects_ = self._full_grid(effects, data)
+        self.groups_ = self._group_table(counts)
+        self.group_effects_ = self._full_grid(effects, items)
         self.reference_ = self._pick_reference()
         status = self.groups_["status"]
         if self.compare == "reference":
@@ -188,11 +225,15 @@ class FairnessAudit(BaseEstimator):
         self.flagged_share_ = (flagged.nunique() / compared.nunique() if compared.nunique()
                                else np.nan)
         self.overall_disparity_ = self.overall_disparity()
-        self.exposure_ = exposure_table(self, data, numeric, log.categorical)
+
+    def _benefit(self, provider) -> None:
+        """Exposure versus uplift per group, and per provider (``provider``: item -> provider,
+        sorted by item; None without a provider column)."""
+        status = self.groups_["status"]
         audited = status.index[status == "ok"]
         self.benefit_ = group_benefit(self, audited)
-        self.providers_ = provider_benefit(self, data, audited) if self.provider is not None else None
-        return self
+        self.providers_ = (provider_benefit(self, provider, audited) if provider is not None
+                           else None)
 
     def _with_text_features(self, log: InteractionLog):
         """Encode text once; its components join the numeric confounders of every model."""
@@ -208,19 +249,18 @@ class FairnessAudit(BaseEstimator):
         self.text_confounders_ = encoder
         return log.data.assign(**features), numeric + list(features.columns)
 
-    def _group_table(self, data) -> pd.DataFrame:
-        t = data[self.treatment].astype(float)
-        table = (pd.DataFrame({"group": data[self.group], "t": t})
-                 .groupby("group", sort=True)["t"].agg(n="size", n_treated="sum"))
+    def _group_table(self, counts) -> pd.DataFrame:
+        table = counts.copy()
+        table["n"] = table["n"].astype(np.int64)
         table["n_treated"] = table["n_treated"].astype(np.int64)
         status = np.where(table["n"] < self.min_group_rows, "too_few_rows", "ok")
         status = np.where(table["n_treated"] == table["n"], "no_control", status)
         table["status"] = np.where(table["n_treated"] == 0, "no_treated", status)
         return table
 
-    def _full_grid(self, effects, data) -> pd.DataFrame:
+    def _full_grid(self, effects, items) -> pd.DataFrame:
         """Every item x group pair, including pairs that never occur (status "no_rows")."""
-        grid = pd.MultiIndex.from_product([np.sort(pd.unique(data[self.item])), self.groups_.index],
+        grid = pd.MultiIndex.from_product([items, self.groups_.index],
                                           names=["item", "group"])
         full = effects.set_index(["item", "group"]).reindex(grid).reset_index()
         absent = full["status"].isna()
@@ -279,6 +319,9 @@ class FairnessAudit(BaseEstimator):
         not causal). Built on first use and cached: MetricFrame is slow on large logs."""
         if not hasattr(self, "_metric_frame"):
             self._fitted()
+            if hasattr(self, "_metrics_by_group"):
+                raise TypeError("metric_frame() needs the rows in pandas; after a Spark fit "
+                                "read metrics (the same rates, aggregated on Spark)")
             self._metric_frame = metric_frame(self.data_, self.treatment, self.outcome, self.group)
         return self._metric_frame
 
@@ -287,6 +330,8 @@ class FairnessAudit(BaseEstimator):
         """``metric_frame().by_group``: exposure rate, outcome rate, outcome rate with and
         without the recommendation, per group."""
         self._fitted()
+        if hasattr(self, "_metrics_by_group"):  # a Spark fit: aggregated there
+            return self._metrics_by_group
         return self.metric_frame().by_group
 
     def summary(self) -> "AuditSummary":

@@ -31,10 +31,10 @@ def group_benefit(audit, audited) -> pd.DataFrame:
     return out.rename_axis("group").reset_index()
 
 
-def provider_benefit(audit, data, audited) -> pd.DataFrame:
-    """Exposure share / uplift share per provider, from the same item x group segments
-    (an item's uplift sums its groups'; rows of groups not audited are left out)."""
-    provider = data.groupby(audit.item, sort=True)[audit.provider].first()
+def provider_benefit(audit, provider: pd.Series, audited) -> pd.DataFrame:
+    """Exposure share / uplift share per provider (``provider``: item -> provider), from the
+    same item x group segments (an item's uplift sums its groups'; rows of groups not
+    audited are left out)."""
     seg = _usable_segments(audit, audited)
     seg = seg.assign(provider=provider.reindex(seg["item"]).to_numpy())
     per = (seg.groupby("provider", sort=True)

@@ -12,10 +12,11 @@ from ..estimate.design import build_design
 from ..estimate.nuisance import warn_unconverged
 from ..glm import BlockedDesign, SegmentGLM
 from ..glm.layout import resolve_device
+from ..glm.reducer import Reducer
 from ..inference import critical_value, p_value
 from ..schema import InteractionLog
 
-__all__ = ["exposure_table"]
+__all__ = ["exposure_table", "exposure_sums", "exposure_from_sums", "shifted_groups"]
 
 
 def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
@@ -27,18 +28,51 @@ def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
     X = build_design(exposure_log, dtype=np.float64).X
     t = data[audit.treatment].to_numpy(dtype=np.float64)
     item_codes, items = pd.factorize(data[audit.item], sort=True)
-    group = data[audit.group].to_numpy()
+    sums = exposure_sums(audit.estimator_, X, t, item_codes, len(items),
+                         data[audit.group].to_numpy(), list(audit.groups_.index),
+                         shifted_groups(audit), audit.reference_)
+    return exposure_from_sums(audit, sums)
+
+
+def shifted_groups(audit) -> list:
+    """The groups that get a logit shift against the reference: the other "ok" groups."""
+    status = audit.groups_["status"]
+    return [g for g in status.index[status == "ok"] if g != audit.reference_]
+
+
+def exposure_sums(estimator, X, t, item_codes, n_items, group, groups, others, reference,
+                  reducer=None) -> dict:
+    """The exposure models' per-group facts: sums of expected exposure and of residuals, score
+    variances of each group's indicator, the groups' logit shifts and their covariance.
+    ``reducer`` sums over solvers holding other items (a Spark barrier stage); every solver
+    gets the totals."""
+    reducer = Reducer() if reducer is None else reducer
+    total = lambda values: reducer.sum(torch.tensor(values, dtype=torch.float64)).numpy()
+    # observed vs expected: the model without the group, each group's indicator scored
+    model = _ExposureModel(estimator, item_codes, n_items, reducer).fit(X, t)
+    member = [group == g for g in groups]
+    out = dict(e_sum=total([model.e_[m].sum() for m in member]),
+               gap_sum=total([(t - model.e_)[m].sum() for m in member]),
+               score_var=np.array([model.score_variance(X, m.astype(np.float64)) for m in member]),
+               shift=None, shift_cov=None)
+    if others:  # fitted on the rows of the groups with status "ok" only
+        rows = np.isin(group, [reference] + others)
+        dummies = np.column_stack([group[rows] == g for g in others]).astype(np.float64)
+        shifted = _ExposureModel(estimator, item_codes[rows], n_items, reducer)
+        out["shift"], out["shift_cov"] = shifted.fit(np.hstack([X[rows], dummies]), t[rows],
+                                                     n_shared=len(others)).shared_tail_
+    return out
+
+
+def exposure_from_sums(audit, sums: dict) -> pd.DataFrame:
+    """The exposure table from ``exposure_sums`` (groups in ``audit.groups_`` order)."""
     table = audit.groups_.copy()
+    n = table["n"].to_numpy(np.float64)
     table["exposure_rate"] = table["n_treated"] / table["n"]
     z = critical_value(audit.alpha_)
-
-    # observed vs expected: the model without the group, each group's indicator scored
-    model = _ExposureModel(audit.estimator_, item_codes, len(items)).fit(X, t)
-    member = {g: group == g for g in table.index}
-    table["expected_rate"] = [model.e_[m].mean() for m in member.values()]
-    table["exposure_gap"] = [(t - model.e_)[m].mean() for m in member.values()]
-    table["gap_se"] = [np.sqrt(model.score_variance(X, m.astype(np.float64))) / m.sum()
-                       for m in member.values()]
+    table["expected_rate"] = sums["e_sum"] / n
+    table["exposure_gap"] = sums["gap_sum"] / n
+    table["gap_se"] = np.sqrt(sums["score_var"]) / n
     table["gap_p_value"] = p_value(table["exposure_gap"], table["gap_se"])
     table["exposure_ratio"] = table["exposure_rate"] / table["expected_rate"]
     for end, sign in (("ratio_low", -1), ("ratio_high", 1)):
@@ -52,15 +86,10 @@ def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
     table["raw_logit_shift"] = logit - logit[audit.reference_]
     table["logit_shift"], table["logit_shift_se"] = np.nan, np.nan
     table.loc[audit.reference_, "logit_shift"] = 0.0
-    others = [g for g in table.index[table["status"] == "ok"] if g != audit.reference_]
-    if others:  # fitted on the rows of the groups with status "ok" only
-        rows = np.isin(group, [audit.reference_] + others)
-        dummies = np.column_stack([group[rows] == g for g in others]).astype(np.float64)
-        shifted = _ExposureModel(audit.estimator_, item_codes[rows], len(items))
-        shift, cov = shifted.fit(np.hstack([X[rows], dummies]), t[rows],
-                                 n_shared=len(others)).shared_tail_
-        table.loc[others, "logit_shift"] = shift
-        table.loc[others, "logit_shift_se"] = np.sqrt(np.diag(cov))
+    others = shifted_groups(audit)
+    if others:
+        table.loc[others, "logit_shift"] = sums["shift"]
+        table.loc[others, "logit_shift_se"] = np.sqrt(np.diag(sums["shift_cov"]))
     table["logit_shift_low"] = table["logit_shift"] - z * table["logit_shift_se"]
     table["logit_shift_high"] = table["logit_shift"] + z * table["logit_shift_se"]
     table["logit_shift_p_value"] = p_value(table["logit_shift"], table["logit_shift_se"])
@@ -72,8 +101,9 @@ class _ExposureModel:
     item intercepts, item slopes shrunk toward shared slopes; the last ``n_shared`` columns
     get one coefficient shared by every item (a group's logit shift). Float64 for the SEs."""
 
-    def __init__(self, estimator, item_codes, n_items):
+    def __init__(self, estimator, item_codes, n_items, reducer=None):
         self.estimator = estimator
+        self.reducer = reducer
         self.device = resolve_device(estimator.device)
         self.n_items = n_items
         self.item_codes = item_codes
@@ -95,11 +125,11 @@ class _ExposureModel:
         design = self._design(X)
         tb, blocks = design.pad(t), design.blocks()
         self.model_ = self._model(design.X.shape[-1], n_shared).fit_blocks(
-            design, tb, blocks, n_segments=self.n_items)
+            design, tb, blocks, n_segments=self.n_items, reducer=self.reducer)
         warn_unconverged(self.model_.converged_, np.arange(self.n_items), "audit exposure model")
         self.e_ = design.unpad(self.model_.predict_blocks(design, blocks)).cpu().numpy()
         if n_shared:
-            cov = self.model_.shared_covariance(design, tb, blocks)
+            cov = self.model_.shared_covariance(design, tb, blocks, reducer=self.reducer)
             self.shared_tail_ = (self.model_.shared_coef_[-n_shared:], cov[-n_shared:, -n_shared:])
         return self
 
@@ -110,5 +140,6 @@ class _ExposureModel:
         zero = lambda a: torch.cat([a, a.new_zeros(a.shape[:-1] + (1,))], -1)
         fit = self.model_.fit_
         cov = self._model(design.X.shape[-1], 1).shared_covariance(design, design.pad(np.zeros(len(indicator))),
-                                        design.blocks(), coef=(zero(fit.shared), zero(fit.local)))
+                                        design.blocks(), coef=(zero(fit.shared), zero(fit.local)),
+                                        reducer=self.reducer)
         return float(1.0 / cov[-1, -1])

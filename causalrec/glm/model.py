@@ -176,10 +176,12 @@ class SegmentGLM(BaseEstimator):
         self._check_is_fitted("fit_")
         return predict_glm(self.fit_, design.X, blocks, design.block_seg, offset_blocked)
 
-    def shared_covariance(self, design: BlockedDesign, y_blocked, blocks, *, coef=None) -> np.ndarray:
+    def shared_covariance(self, design: BlockedDesign, y_blocked, blocks, *, coef=None,
+                          reducer=None) -> np.ndarray:
         """Posterior covariance of the shared coefficients (pooled): the inverse of the Schur
         complement of the penalised Hessian after eliminating the segment deviations, at the
-        fitted coefficients or at ``coef = (shared, local)``."""
+        fitted coefficients or at ``coef = (shared, local)``; ``reducer`` sums the segment
+        pieces over solvers holding other segments (as in ``fit_blocks``)."""
         if coef is None:
             self._check_is_fitted("fit_")
             coef = (self.fit_.shared, self.fit_.local)
@@ -189,7 +191,11 @@ class SegmentGLM(BaseEstimator):
         data = _Blocks(Xb, y_blocked, design.weight, None, design.block_seg, len(local), self.family)
         _, _, gram = _pass(data, blocks, local + shared, need_hessian=True)
         _, inv_sum = segment_inverses(gram, local_pen)
-        S = shared_hessian(inv_sum, len(gram), local_pen, shared_pen)
+        n_seg = len(gram)
+        if reducer is not None:
+            inv_sum = reducer.sum(inv_sum)
+            n_seg = int(reducer.sum(torch.tensor([float(n_seg)], dtype=torch.float64))[0])
+        S = shared_hessian(inv_sum, n_seg, local_pen, shared_pen)
         return robust_spd_inverse(S.unsqueeze(0))[0].cpu().numpy()
 
     # ------------------------------------------------------------------ row interface

@@ -18,7 +18,7 @@ _STATS = ["estimate", "se", "p_value", "status"]
 
 def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
                         confounders=None, categorical=None, text=None, propensity=None,
-                        by=None, graph=None, *, checks=CHECKS, n_subsets: int = 5,
+                        by=None, graph=None, *, checks=None, n_subsets: int = 5,
                         subset_fraction: float = 0.8, rcc_tolerance: float = 1.0,
                         seed: int = 0, text_encoder=None, text_components: int = 8,
                         **options) -> pd.DataFrame:
@@ -40,7 +40,11 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
       Each row keeps its original fold.
 
     Text columns are embedded once (``TextConfounders``) and their components reused as
-    numeric confounders by every call.
+    numeric confounders by every call. ``checks`` : default all of ``CHECKS``.
+
+    On a Spark DataFrame the checks run through the Spark estimator
+    (``causalrec.spark.refute``): "placebo" and "random_common_cause" (the default there),
+    with Spark's seeded draws; "subset" raises a ``ValueError`` naming the alternatives.
 
     Returns
     -------
@@ -49,8 +53,16 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     (``passed`` is NA where the item has no "ok" estimate in either run), and the run's
     settings ``alpha, subset_fraction, rcc_tolerance`` as columns (they survive merges).
     """
+    if type(df).__module__.startswith("pyspark"):
+        from ..spark.refute import SPARK_CHECKS, refute_item_effects_spark
+        return refute_item_effects_spark(
+            df, item, treatment, outcome, confounders, categorical, text, propensity, by, graph,
+            checks=SPARK_CHECKS if checks is None else checks, rcc_tolerance=rcc_tolerance,
+            seed=seed, text_encoder=text_encoder, text_components=text_components, **options)
     from ..estimate import estimate_item_effects
     from ..estimate.folds import assign_folds
+
+    checks = CHECKS if checks is None else checks
 
     unknown = set(_as_list(checks)) - set(CHECKS)
     if unknown:

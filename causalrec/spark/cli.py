@@ -1,17 +1,21 @@
-"""``causalrec effects LOG --spark [MASTER]``: the Parquet log read by Spark and the effects
-estimated on the Spark path. Spark's own errors become one-line ``RuntimeError``s, which the
-command line prints as it prints every other error."""
+"""``causalrec effects|report|audit LOG --spark [MASTER]``: the Parquet log read by Spark and
+the command run on the Spark path. Spark's own errors become one-line ``RuntimeError``s, which
+the command line prints as it prints every other error."""
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["spark_effects"]
+__all__ = ["spark_effects", "spark_log"]
 
 
-def spark_effects(args, roles: dict, options: dict, progress):
-    """The effects table of ``args.log`` (a Parquet file or folder, or a URL Spark reads)."""
+@contextmanager
+def spark_log(args, progress):
+    """The Spark frame of ``args.log`` (a Parquet file or folder, or a URL Spark reads), in a
+    session started for it (and stopped after) or the active one; Spark's errors inside the
+    block become one-line ``RuntimeError``s."""
     if getattr(args, "graph", None):
         raise ValueError("--graph is not supported with --spark yet")
     if Path(args.log).suffix.lower() == ".csv":
@@ -25,8 +29,6 @@ def spark_effects(args, roles: dict, options: dict, progress):
         raise RuntimeError("--spark needs pyspark: pip install 'causalrec[spark]'") from None
     from py4j.protocol import Py4JError
 
-    from ..estimate.api import estimate_item_effects
-
     # the executors' Python must be this interpreter (causalrec and torch importable there)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
@@ -35,13 +37,20 @@ def spark_effects(args, roles: dict, options: dict, progress):
         try:
             with progress.step(f"reading {args.log} with Spark"):
                 sdf = spark.read.parquet(str(args.log))
-            with progress.step("estimating effects on Spark"):
-                return estimate_item_effects(sdf, **roles, **options)
+            yield sdf
         finally:
             if owned:
                 spark.stop()
     except (PySparkException, Py4JError) as exc:
         raise RuntimeError(f"Spark: {_first_line(exc)}") from None
+
+
+def spark_effects(args, roles: dict, options: dict, progress):
+    """The effects table of ``args.log`` estimated on Spark."""
+    from ..estimate.api import estimate_item_effects
+
+    with spark_log(args, progress) as sdf, progress.step("estimating effects on Spark"):
+        return estimate_item_effects(sdf, **roles, **options)
 
 
 def _session(url: str, progress):

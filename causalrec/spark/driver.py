@@ -57,7 +57,8 @@ def _default_shards(spark) -> int:
 def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                                 categorical=None, text=None, propensity=None, by=None,
                                 graph=None, folds=None, *, shards=None, row_id=None,
-                                row_outputs=False, barrier=True, **options) -> SparkEffects:
+                                row_outputs=False, barrier=True, fold_columns=None,
+                                **options) -> SparkEffects:
     """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
 
     shards : number of shards (default: the cluster's default parallelism); a pooled fit
@@ -68,6 +69,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     row_outputs : also return the per-row outputs as a Spark DataFrame (persisted).
     barrier : run the pooled fit as a barrier stage; False (or a cluster without barrier
         mode) collects the fitted rows and runs the sharded fit on the driver instead.
+    fold_columns : the columns whose content sets each row's fold (default: the keys and
+        every confounder); a refutation that adds a column keeps the original folds so.
     """
     if graph is not None or folds is not None:
         raise ValueError("graph and folds are not supported on the Spark path yet")
@@ -84,6 +87,15 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())
     else:
         sdf = sdf.withColumn(ROW_ID, F.col(row_id).cast("long"))
+    extra = []  # (Spark column, design name) of the text components
+    if text:
+        from .text import text_features
+        sdf, safe, names, est.text_confounders_ = text_features(
+            sdf, text, encoder=est.text_encoder, n_components=est.text_components,
+            row_id=ROW_ID, seed=est.seed)
+        extra = list(zip(safe, names))
+    else:
+        est.text_confounders_ = None
     facts = item_facts(sdf, sample_log, est.min_rows_per_arm)
     n_seg = len(facts.segments)
     est.segments_ = facts.segments
@@ -102,7 +114,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         fitted = sdf.join(F.broadcast(items_sdf), on=keys, how="inner")
     spec_rows = fitted if len(codes) else sdf
     n_spec = int(facts.n_all[codes].sum()) if len(codes) else int(facts.n_all.sum())
-    spec = design_spec(spec_rows, sample_log, n_spec, facts.fitted_binary)
+    spec = design_spec(spec_rows, sample_log, n_spec, facts.fitted_binary, extra=extra)
     est.design_spec_ = spec
     est.design_columns_, est.dropped_columns_ = list(spec.columns), list(spec.dropped)
     est.shrinkage_ = resolve_shrinkage(est.shrinkage, len(spec.columns))
@@ -111,7 +123,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     block_size = _block_size(facts.arm_rows[codes], est.n_folds)
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
-                   content=keys + confounders + categorical + text,
+                   content=list(fold_columns or keys + confounders + categorical + text),
+                   extra=[col for col, _ in extra],
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
                    options=dict(n_folds=est.n_folds, n_repeats=est.n_repeats, seed=est.seed,
@@ -122,6 +135,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     mode, rows_sdf, payloads = None, None, []
     if len(codes):
         columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical
+                                     + text + [col for col, _ in extra] + job.content
                                      + ([propensity] if propensity else [])
                                      + [ROW_ID, CODE, SHARD, _PARTITION_KEY]))
         fitted = fitted.select(*columns)
@@ -129,7 +143,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
             out = fitted.groupBy(SHARD).applyInPandas(_per_item_task(job), OUTPUT_SCHEMA)
             payloads, rows_sdf = _collect(out, row_outputs)
         else:
-            payloads, rows_sdf, mode = _pooled(fitted, job, n_shards, barrier, row_outputs)
+            task = lambda rows, red: fit_shard(rows, job, red)
+            payloads, rows_sdf, mode = run_pooled(fitted, task, n_shards, barrier, row_outputs)
     table, converged, reductions = _assemble(payloads, shard_of_item, est, facts)
     est._finish(table, facts.status, facts.n_all, facts.n_t, converged, keys,
                 resolve_device(est.device))
@@ -185,14 +200,15 @@ def _reducer():
     return Reducer()
 
 
-def _pooled(fitted, job, n_shards, barrier, row_outputs):
-    """The pooled fit: a barrier stage with gloo, or (no barrier mode) on the driver."""
+def run_pooled(fitted, task, n_shards, barrier, row_outputs=False):
+    """A pooled fit: ``task(shard rows, reducer)`` (-> ``OUTPUT_SCHEMA`` rows) for each shard
+    of ``fitted`` (by its partition key), coupled by a barrier stage with gloo, or (no
+    barrier mode) on the driver. Returns (payloads, per-row outputs, "barrier" | "driver")."""
     from .barrier import barrier_task
     if barrier:
         try:
             parts = fitted.repartition(n_shards, _PARTITION_KEY)
-            out = parts.mapInPandas(barrier_task(lambda rows, red: fit_shard(rows, job, red),
-                                                 n_shards), OUTPUT_SCHEMA, barrier=True)
+            out = parts.mapInPandas(barrier_task(task, n_shards), OUTPUT_SCHEMA, barrier=True)
             # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
             # tasks) only when it is a map stage, never when it is the result stage
             out = out.repartition(1)
@@ -212,7 +228,7 @@ def _pooled(fitted, job, n_shards, barrier, row_outputs):
     from ..glm.reducer import ThreadReducer
     frame = fitted.toPandas()
     shards = [frame[frame[SHARD] == s] for s in range(n_shards)]
-    outs = ThreadReducer(n_shards).run(lambda rows, red: fit_shard(rows, job, red), shards)
+    outs = ThreadReducer(n_shards).run(task, shards)
     return [o["payload"].iloc[0] for o in outs], None, "driver"
 
 

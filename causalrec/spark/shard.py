@@ -33,6 +33,7 @@ class ShardJob:
     outcome: str
     propensity: str | None
     content: list                 # the columns the folds hash (as the local estimator)
+    extra: list                   # the design's extra columns (text components), in order
     shard_items: list             # per shard: its items' codes, ascending
     propensity_model: SegmentGLM | None  # unfitted prototypes; None: the logged propensity
     outcome_model: SegmentGLM
@@ -63,7 +64,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     device, dtype = resolve_device(job.device), resolve_dtype(job.dtype)
     t = pdf[job.treatment].to_numpy(dtype=np.int64)
     y = pdf[job.outcome].to_numpy(dtype=np.float64)
-    X = job.spec.transform(pdf, None, dtype=np.float64 if dtype == torch.float64 else np.float32).X
+    extra = pdf[job.extra] if job.extra else None
+    X = job.spec.transform(pdf, extra, dtype=np.float64 if dtype == torch.float64 else np.float32).X
     X = read_only_tensor(X, dtype, device).contiguous()
     logged_e = None if job.propensity is None else pdf[job.propensity].to_numpy(np.float64)
     propensity, outcome = _on(job.propensity_model, device), _on(job.outcome_model, device)

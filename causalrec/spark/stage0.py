@@ -46,9 +46,6 @@ def validate(sdf, roles: dict) -> InteractionLog:
     F = _F()
     sample = sdf.limit(SAMPLE_ROWS).toPandas()
     log = InteractionLog(sample, **roles)
-    if log.text:
-        raise ValueError("text confounders are not supported on the Spark path yet: embed the "
-                         "text into numeric columns first, or run on a pandas frame")
     t = F.col(log.treatment).cast("double")
     bad_t = t.isNull() | ~t.isin(0.0, 1.0)
     checks = {col: F.col(col).isNull() for col in log.item_columns}  # InteractionLog's order
@@ -167,10 +164,12 @@ def _order_statistics(fitted, numeric, brackets, ranks, n: int) -> list[list[flo
 
 
 def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels: int = 50,
-                min_level_count: int = 10) -> DesignSpec:
-    """``DesignSpec.from_log`` of the rows of ``fitted`` (n of them), by aggregations."""
+                min_level_count: int = 10, extra=None) -> DesignSpec:
+    """``DesignSpec.from_log`` of the rows of ``fitted`` (n of them), by aggregations;
+    ``extra`` : (Spark column, design name) pairs of extra numeric columns (text components)."""
     F = _F()
-    numeric = list(log.confounders)
+    extra = list(extra or [])
+    numeric = list(log.confounders) + [col for col, _ in extra]
     ranks = tail_ranks(n)
     stats = {}
     if numeric:
@@ -202,6 +201,7 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
                     second += [F.avg(w / mw).alias(f"wm{i}"), F.stddev_pop(w / mw).alias(f"ws{i}")]
         moments_row = fitted.agg(*second).first() if second else None
     moments, categorical, pooled, dropped = [], {}, {}, {}
+    numeric_moments = []
     for i, col in enumerate(numeric):
         s = stats[col]
         plain = winsorised = None
@@ -210,7 +210,9 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
             if ranks is not None:
                 winsorised = ((s["mw"] * moments_row[f"wm{i}"], s["mw"] * moments_row[f"ws{i}"])
                               if s["mw"] > 0 else (0.0, 0.0))
-        moments.append((col, choose_moments(n, s["lo"], s["hi"], plain, winsorised)))
+        numeric_moments.append(choose_moments(n, s["lo"], s["hi"], plain, winsorised))
+    n_conf = len(log.confounders)
+    moments = list(zip(log.confounders, numeric_moments[:n_conf]))
     for col in log.categorical:
         counts = fitted.groupBy(col).count().toPandas()
         labels = _as_labels(counts[col])
@@ -227,8 +229,9 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
                            minlength=len(levels)).astype(np.int64)
         for k, level in enumerate(levels[1:], start=1):
             moments.append((f"{col}={level}", _indicator_moments(int(ones[k]), n, ranks)))
-    return DesignSpec.from_moments(numeric, categorical, [], moments, dropped, pooled,
-                                   outcome_binary, n)
+    moments += [(name, m) for (_, name), m in zip(extra, numeric_moments[n_conf:])]
+    return DesignSpec.from_moments(list(log.confounders), categorical, [name for _, name in extra],
+                                   moments, dropped, pooled, outcome_binary, n)
 
 
 def _indicator_moments(c: int, n: int, ranks):
