@@ -1,181 +1,17 @@
-"""The ``causalrec`` command line: effects, report, audit, simulate and demo.
-
-Errors a user can fix (a missing file, a wrong column, a bad flag) print one line
-``causalrec: error: ...`` to stderr and exit non-zero (2 for usage, 1 otherwise). Heavy
-modules (torch, matplotlib) are imported only by the commands that need them.
-"""
+"""The commands (effects, report, audit, simulate, demo) and the steps they share. Heavy
+modules (torch, matplotlib, pyspark) are imported inside the commands that need them."""
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
-import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+from .output import PROG
 
-PROG = "causalrec"
-USAGE_ERROR, RUNTIME_ERROR = 2, 1
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage block) and exits with 2."""
-
-    def error(self, message):
-        _fail(f"{message} (see '{self.prog} --help')")
-        raise SystemExit(USAGE_ERROR)
+__all__ = ["cmd_effects", "cmd_report", "cmd_audit", "cmd_simulate", "cmd_demo"]
 
 
-class _Progress:
-    """Progress lines on stderr; silent with --quiet."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-
-    @contextmanager
-    def step(self, message: str):
-        self.say(f"{message} ...")
-        start = time.perf_counter()
-        yield
-        self.say(f"{message}: done in {time.perf_counter() - start:.1f} s")
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings about the data as one line each, like errors (no source lines)."""
-    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-
-
-def _fail(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-
-
-def _columns(value: str) -> list[str]:
-    """A comma-separated list of column names."""
-    return [c.strip() for c in value.split(",") if c.strip()]
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-# ----------------------------------------------------------------- parser
-_EXAMPLES = """examples:
-  causalrec demo                          report on the bundled sample, in out/demo
-  causalrec simulate --out sim            a log with known effects, in sim/log.csv
-  causalrec report sim/log.csv --item item_id --treatment recommended --outcome clicked \\
-      --confounders user_activity,hour,tenure --categorical device,user_group --out sim/report
-"""
-
-
-def _add_estimation_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="aipw", help="aipw (default), ipw or or")
-    parser.add_argument("--nuisance", default="pooled",
-                        help="pooled (default), per_item, boosted (XGBoost), factorised or auto")
-    parser.add_argument("--folds", type=_positive_int, default=2, help="cross-fitting folds")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
-    parser.add_argument("--dtype", default="float32",
-                        help="float32 (default) or float64 (slower, more exact)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of folds and checks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-
-
-def _add_log_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("log", metavar="LOG", help="the log, a .csv or .parquet file")
-    parser.add_argument("--item", required=True, help="item column")
-    parser.add_argument("--treatment", required=True, help="0/1 column: item recommended")
-    parser.add_argument("--outcome", required=True, help="outcome column (click, minutes)")
-    parser.add_argument("--confounders", type=_columns, default=[], metavar="A,B",
-                        help="numeric confounder columns")
-    parser.add_argument("--categorical", type=_columns, default=[], metavar="C,D",
-                        help="categorical confounder columns")
-    parser.add_argument("--text", type=_columns, default=[], metavar="T",
-                        help="free-text confounder columns (embedded offline with BERT)")
-    parser.add_argument("--propensity", help="column of logged recommendation probabilities")
-    parser.add_argument("--encoding", default="utf-8",
-                        help="text encoding of a CSV log (default utf-8; e.g. latin-1, cp1252)")
-    parser.add_argument("--graph", help="causal graph (.gml, see CausalGraph.to_gml); its "
-                                        "adjustment set is added to the confounders")
-    _add_estimation_flags(parser)
-
-
-def _add_spark_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spark", nargs="?", const="local[*]", metavar="MASTER",
-                        help="read the Parquet log (a file or folder) with Spark and run "
-                             "there: a master URL (default local[*]) or sc://host:port for "
-                             "Spark Connect; needs the spark extra")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description="What does recommending an item actually cause? "
-                     "Per-item causal effects from logged recommendations.",
-                     epilog=_EXAMPLES)
-    from . import __version__
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    effects = commands.add_parser("effects", help="estimate every item's effect to a table")
-    _add_log_flags(effects)
-    effects.add_argument("--out", required=True, help="output table, .csv or .parquet")
-    _add_spark_flag(effects)
-    effects.set_defaults(func=_cmd_effects)
-
-    report = commands.add_parser("report", help="effects, ranking and a self-contained HTML report")
-    _add_log_flags(report)
-    report.add_argument("--out", required=True, help="output folder")
-    report.add_argument("--refute", action="store_true",
-                        help="also run refutation checks (placebo, random cause, subsets)")
-    report.add_argument("--title", default="Causal effects of recommendations")
-    report.add_argument("--top", type=_positive_int, default=10, help="items shown per end")
-    _add_spark_flag(report)
-    report.set_defaults(func=_cmd_report)
-
-    audit = commands.add_parser("audit", help="fairness audit of effects across user groups")
-    _add_log_flags(audit)
-    audit.add_argument("--group", required=True, help="sensitive user-group column")
-    audit.add_argument("--provider", help="item-provider column")
-    audit.add_argument("--out", required=True, help="output folder")
-    _add_spark_flag(audit)
-    audit.set_defaults(func=_cmd_audit)
-
-    simulate = commands.add_parser("simulate", help="write a simulated log with known effects")
-    simulate.add_argument("--out", required=True, help="output folder")
-    simulate.add_argument("--items", type=_positive_int, default=200)
-    simulate.add_argument("--rows", type=_positive_int, default=40_000)
-    simulate.add_argument("--users", type=_positive_int, default=2000)
-    simulate.add_argument("--outcome", choices=("binary", "continuous"), default="binary")
-    simulate.add_argument("--format", choices=("csv", "parquet"), default="csv")
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    simulate.set_defaults(func=_cmd_simulate)
-
-    demo = commands.add_parser("demo", help="report on the bundled sample log")
-    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    demo.add_argument("--refute", action="store_true", help="also run refutation checks")
-    demo.add_argument("--no-text", action="store_true",
-                      help="skip the user-profile text confounder (faster, but biased)")
-    _add_estimation_flags(demo)
-    demo.set_defaults(func=_cmd_demo)
-    return parser
-
-
-# ----------------------------------------------------------------- shared steps
 def _estimator(args):
-    from .estimate import ItemEffectEstimator
+    from ..estimate import ItemEffectEstimator
 
     _check_device(args.device)
     estimator = ItemEffectEstimator(method=args.method, nuisance=args.nuisance,
@@ -215,7 +51,7 @@ def _roles(args) -> dict:
 
 def _read(args, progress):
     """The log and its column roles (graph adjustment columns included), validated."""
-    from .schema import InteractionLog, read_log
+    from ..schema import InteractionLog, read_log
 
     with progress.step(f"reading {args.log}"):
         df = read_log(args.log, encoding=args.encoding)
@@ -224,7 +60,7 @@ def _read(args, progress):
     if getattr(args, "graph", None):
         import networkx as nx
 
-        from .identify import CausalGraph, GraphError
+        from ..identify import CausalGraph, GraphError
 
         if not Path(args.graph).exists():
             raise FileNotFoundError(f"no such graph file: {args.graph}")
@@ -247,7 +83,7 @@ def _fit(estimator, log, progress):
 
 def _recommendation_graph(roles: dict):
     """The standard exposure graph over the adjustment columns (user_* columns as users)."""
-    from .identify import CausalGraph
+    from ..identify import CausalGraph
 
     features = roles["confounders"] + roles["categorical"]
     return CausalGraph.recommendation(
@@ -259,8 +95,8 @@ def _recommendation_graph(roles: dict):
 def _report(estimator, roles, graph, args, progress, title, top=10, refute=False, data=None):
     """Sensitivity and optional refutation; the report ranks the items itself. ``estimator``
     is fitted, or an effects table (the Spark path) with its log ``data``."""
-    from .refute import refute_item_effects, sensitivity
-    from .reporting import EffectReport
+    from ..refute import refute_item_effects, sensitivity
+    from ..reporting import EffectReport
 
     effects = estimator.effects_ if hasattr(estimator, "effects_") else estimator
     robustness = sensitivity(effects)
@@ -284,7 +120,7 @@ def _check_table_path(path: Path) -> None:
 
 
 def _write_table(frame, path: Path) -> None:
-    from .schema import csv_safe
+    from ..schema import csv_safe
 
     _check_table_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,11 +163,11 @@ def _print_summary(table, path: Path, truth=None) -> None:
 
 
 # ----------------------------------------------------------------- commands
-def _cmd_effects(args, progress) -> int:
+def cmd_effects(args, progress) -> int:
     out = Path(args.out)
     _check_table_path(out)  # before minutes of fitting
     if args.spark is not None:
-        from .spark.cli import spark_effects
+        from ..spark.cli import spark_effects
         _estimator(args)  # a bad flag fails now, before Spark starts
         effects = spark_effects(args, _roles(args), _options(args), progress)
     else:
@@ -344,13 +180,13 @@ def _cmd_effects(args, progress) -> int:
     return 0
 
 
-def _cmd_report(args, progress) -> int:
+def cmd_report(args, progress) -> int:
     if args.spark is not None:
-        from .spark.cli import spark_log
+        from ..spark.cli import spark_log
         _estimator(args)  # a bad flag fails now, before Spark starts
         roles = _roles(args)
         with spark_log(args, progress) as sdf:
-            from .estimate import estimate_item_effects
+            from ..estimate import estimate_item_effects
             with progress.step("estimating effects on Spark"):
                 effects = estimate_item_effects(sdf, **roles, **_options(args))
             report = _report(effects, roles, None, args, progress, args.title, args.top,
@@ -367,14 +203,14 @@ def _cmd_report(args, progress) -> int:
     return 0
 
 
-def _cmd_audit(args, progress) -> int:
+def cmd_audit(args, progress) -> int:
     try:
-        from .fairness import FairnessAudit
+        from ..fairness import FairnessAudit
     except ImportError as exc:
         raise RuntimeError(f"the fairness audit is not available: {exc}") from None
     estimator = _estimator(args)  # a bad flag fails now, before reading or Spark
     if args.spark is not None:
-        from .spark.cli import spark_log
+        from ..spark.cli import spark_log
         roles = _roles(args)
         with spark_log(args, progress) as sdf, \
                 progress.step("auditing effects across groups on Spark"):
@@ -385,7 +221,7 @@ def _cmd_audit(args, progress) -> int:
         with progress.step("auditing effects across groups"):
             audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
                                   estimator=estimator).fit(log.data)
-    from .schema import csv_safe
+    from ..schema import csv_safe
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -397,8 +233,8 @@ def _cmd_audit(args, progress) -> int:
     return 0
 
 
-def _cmd_simulate(args, progress) -> int:
-    from .datasets import simulate_log
+def cmd_simulate(args, progress) -> int:
+    from ..datasets import simulate_log
 
     with progress.step(f"simulating {args.rows:,} rows over {args.items:,} items"):
         sim = simulate_log(n_items=args.items, n_users=args.users, n_rows=args.rows,
@@ -419,9 +255,9 @@ def _cmd_simulate(args, progress) -> int:
     return 0
 
 
-def _cmd_demo(args, progress) -> int:
-    from .datasets import load_sample
-    from .schema import InteractionLog
+def cmd_demo(args, progress) -> int:
+    from ..datasets import load_sample
+    from ..schema import InteractionLog
 
     estimator = _estimator(args)
     with progress.step("loading the bundled sample"):
@@ -442,33 +278,3 @@ def _cmd_demo(args, progress) -> int:
         path = report.save(args.out)
     _print_summary(report.table(), path, truth=sample.truth)
     return 0
-
-
-# ----------------------------------------------------------------- entry point
-def main(argv=None) -> int:
-    """Run the command line; returns the exit status (0 on success)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help / --version exit 0; usage errors were printed
-        return int(exc.code or 0)
-    progress = _Progress(getattr(args, "quiet", False))
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            return args.func(args, progress)
-    except (ValueError, OSError, RuntimeError, TypeError) as exc:
-        # SchemaError and GraphError are ValueErrors (UnicodeError too), FileNotFoundError an
-        # OSError, a bad torch device a RuntimeError, a wrongly typed column a TypeError.
-        # CAUSALREC_DEBUG=1 shows the traceback instead.
-        if os.environ.get("CAUSALREC_DEBUG"):
-            raise
-        _fail(exc)
-        return RUNTIME_ERROR
-    except KeyboardInterrupt:
-        _fail("interrupted")
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
