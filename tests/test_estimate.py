@@ -285,8 +285,10 @@ def test_repeated_splits_average_out_of_fold_predictions(small):
 
 
 def test_normalised_and_textbook_aipw_from_their_formulas(small):
-    """normalize=True: mean(mu1 - mu0) plus weighted-mean residuals per arm; False: the plain
-    average of the AIPW scores. The normalised SE is never below the textbook one."""
+    """normalize=True: mean(mu1 - mu0) plus each arm's weighted-mean residual within each
+    (item, fold), the folds averaged with their row shares (an arm with < 2 rows in a fold
+    of the item: over the item); False: the plain average of the AIPW scores. The
+    normalised SE is never below the textbook one."""
     df, roles = small
     log = cr.InteractionLog(df, **roles)
     folds = cr.ItemEffectEstimator().fit(log).fold_.to_numpy()
@@ -294,14 +296,21 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
             for flag in (True, False)}
     est = fits[True]
     rows = est.propensity_.notna()
-    d = pd.DataFrame({"item": df["item_id"], "t": df[roles["treatment"]],
+    d = pd.DataFrame({"item": df["item_id"], "fold": folds, "t": df[roles["treatment"]],
                       "y": df[roles["outcome"]], "e": est.propensity_,
                       "mu0": est.mu0_, "mu1": est.mu1_})[rows]
     d["wt"], d["wc"] = d.t / d.e, (1 - d.t) / (1 - d.e)
+
+    def arm_mean(x, w, mu):  # one item's residual mean of one arm
+        fold_rows = x.groupby("fold")[w].apply(lambda v: (v > 0).sum())
+        if fold_rows.min() < 2:
+            return (x[w] * (x.y - x[mu])).sum() / x[w].sum()
+        return sum(len(f) / len(x) * (f[w] * (f.y - f[mu])).sum() / f[w].sum()
+                   for _, f in x.groupby("fold"))
+
     g = d.groupby("item")
-    normalised = (g.apply(lambda x: (x.mu1 - x.mu0).mean()
-                          + (x.wt * (x.y - x.mu1)).sum() / x.wt.sum()
-                          - (x.wc * (x.y - x.mu0)).sum() / x.wc.sum()))
+    normalised = g.apply(lambda x: (x.mu1 - x.mu0).mean() + arm_mean(x, "wt", "mu1")
+                         - arm_mean(x, "wc", "mu0"))
     plain = g.apply(lambda x: (x.mu1 - x.mu0 + x.wt * (x.y - x.mu1) - x.wc * (x.y - x.mu0)).mean())
     for flag, expected in ((True, normalised), (False, plain)):
         eff = fits[flag].effects_.set_index("item")

@@ -37,10 +37,13 @@ def test_placebo_items_without_clicks_in_an_arm_are_not_significant(logs):
     # clicks, and 88% were called significant before the null-rate variance floor
     assert degenerate.sum() > 80
     assert rejected[degenerate].mean() < 0.05 + 3 * np.sqrt(0.05 * 0.95 / degenerate.sum())
-    # all ~1640 items: 9.7% before the floor; binomial se at 5% is 0.0054, band 2 se either
-    # side (measured 4.1% with Welch-Satterthwaite dof; the smaller arm's rows - 1 gave 3.4%)
-    band = 2 * np.sqrt(0.05 * 0.95 / rejected.size)
-    assert 0.05 - band < rejected.mean() < 0.05 + band
+    # all ~1640 items: 9.7% before the floor; binomial se at 5% is 0.0054. Size: at most
+    # 2 se over 5%. Not too conservative: at least the 4% less one se (3.46%).
+    # Measured 4.26% (per log 3.2-5.0%) with per-fold normalisation, HC3 and the max with the
+    # textbook SE; HC3 without the max: 5.8% (per log up to 7.1%); the smaller arm's rows - 1
+    # as dof instead of Welch's gave 3.4%.
+    se = np.sqrt(0.05 * 0.95 / rejected.size)
+    assert 0.04 - se < rejected.mean() < 0.05 + 2 * se
 
 
 def test_intervals_cover_the_true_effects(logs):
@@ -48,5 +51,6 @@ def test_intervals_cover_the_true_effects(logs):
     covered = np.concatenate([((r.ci_low <= r.true_ate) & (r.true_ate <= r.ci_high)).to_numpy()
                               for r in real])
     assert covered.size > 1200
-    # binomial se over ~1430 items: 0.006; the lower bound is 3 se under 0.95
+    # binomial se over ~1430 items: 0.006; the lower bound is 3 se under 0.95 (0.933;
+    # measured 0.941, per log 0.931-0.951; HC3 without the max with the textbook SE: 0.926)
     assert covered.mean() > 0.95 - 3 * np.sqrt(0.05 * 0.95 / covered.size)

@@ -260,7 +260,8 @@ class ItemEffectEstimator(BaseEstimator):
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
                                                binary=binary,
-                                               normalize=self.normalize)
+                                               normalize=self.normalize,
+                                               folds=on_device(folds, torch.long))
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index
