@@ -41,11 +41,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..glm import SegmentGLM
-from .factor_prior import (MIN_INFO, PENALTY_RANGE, atom_posterior, item_curvature,
-                           moment_penalties, refit_intercepts)
+from .factor_prior import atom_posterior, item_curvature, moment_penalties, refit_intercepts
 
 __all__ = ["FactorisedLearner"]
 
@@ -68,7 +66,7 @@ class FactorisedLearner:
         N(0, 1 / factor_penalty) prior per direction on the linear-predictor scale), or
         "auto" (default): empirical Bayes, 1 / (the factors' variance across items, by the
         method of moments from the larger items). With the atoms prior it sets which items
-        are atoms and the prior of items the atoms do not cover. It is not chosen by
+        are atoms (noise variance at most 1 / factor_penalty). It is not chosen by
         held-out loss: the
         offset GLM has seen held-out training rows, and the out-of-fold loss of the crossfit
         favours the GLM even where the factors remove bias (measured, benchmarks/README.md).
