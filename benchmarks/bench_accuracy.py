@@ -5,6 +5,7 @@
         [--n-folds 2] [--n-repeats 1] [--no-text]
     .venv/bin/python benchmarks/bench_accuracy.py bias [--logs 3] [--nuisance pooled,factorised,auto]
         [--item-text] [--text-confounding 1]
+        (a nuisance "factorised:base=own:factor_prior=atoms" sets FactorisedLearner options)
 
 rank: ``simulate_log(n_items=1000, n_rows=200_000, text_confounding=0, popularity_skew=0.7,
 effect_features=1 and 0)``; items with status "ok" from ``estimate_item_effects``; then the
@@ -31,6 +32,7 @@ items; RMSE over the oracle AIPW's; 95% coverage.
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 
 import numpy as np
@@ -39,6 +41,7 @@ from scipy import stats
 
 from causalrec.datasets import simulate_log
 from causalrec.estimate import estimate_item_effects
+from causalrec.nuisance import FactorisedLearner, FlexibleNuisance
 from causalrec.rank import rank_items
 
 
@@ -141,6 +144,22 @@ def bench_intervals(logs: int, nuisance: str, n_folds: int, n_repeats: int, text
     return per_log.round(4), by_size.drop(columns="oracle_se").round(3)
 
 
+def nuisance_value(name: str):
+    """The estimator's ``nuisance`` for a benchmark label: "factorised:KEY=VALUE:..." builds
+    ``FlexibleNuisance(learner=FactorisedLearner(KEY=VALUE, ...))``; other labels as given."""
+    kind, *options = name.split(":")
+    if kind != "factorised" or not options:
+        return name
+    settings = {}
+    for option in options:
+        key, value = option.split("=", 1)
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    return FlexibleNuisance(learner=FactorisedLearner(**settings))
+
+
 def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confounding: float):
     text = ["user_text", "item_text"] if item_text else ["user_text"]
     rows = []
@@ -153,8 +172,8 @@ def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confoundin
         tables = {}
         for nuisance in nuisances:
             start = time.perf_counter()
-            eff = estimate_item_effects(d, **{**sim.roles, "text": text}, nuisance=nuisance,
-                                        seed=seed)
+            eff = estimate_item_effects(d, **{**sim.roles, "text": text},
+                                        nuisance=nuisance_value(nuisance), seed=seed)
             tables[nuisance] = eff.set_index("item").assign(
                 seconds=time.perf_counter() - start)
         ok = np.logical_and.reduce([t.status.eq("ok").to_numpy() for t in tables.values()])

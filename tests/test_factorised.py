@@ -87,37 +87,65 @@ def test_not_worse_without_match_structure():
     assert diff.mean() <= bound, (diff.mean(), sq["pooled"].mean())
 
 
-def _synthetic(n_items=60, n=30_000, seed=0):
-    """logit = offset + v_k' W' x with rank-2 W: the factorised model's own structure."""
+def _synthetic(n_items=200, n=60_000, seed=0):
+    """logit = a_k + x'beta + v_k' W' x, rank-2 W, heavy-tailed items whose factors v_k are
+    one of 5 shared directions (the factorised model's own structure); the offset passed is
+    the true a_k + x'beta."""
     rng = np.random.default_rng(seed)
-    item = rng.integers(n_items, size=n)
+    popularity = 1 / np.arange(1, n_items + 1) ** 0.8
+    item = rng.choice(n_items, size=n, p=popularity / popularity.sum())
     X = rng.normal(size=(n, 6))
-    W = rng.normal(size=(6, 2))
-    V = 1.2 * rng.normal(size=(n_items, 2))
-    offset = rng.normal(-0.5, 0.5, size=n)
+    W = rng.normal(size=(6, 2)) / 2
+    V = (1.5 * rng.normal(size=(5, 2)))[rng.integers(5, size=n_items)]
+    offset = rng.normal(-0.5, 0.5, size=n_items)[item] + X @ rng.normal(0, 0.3, size=6)
     logit = offset + ((X @ W) * V[item]).sum(1)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
     return np.column_stack([X, item]), y, offset, 1 / (1 + np.exp(-logit))
 
 
-def test_learner_recovers_low_rank_slopes():
+def _fit_synthetic(**settings):
+    """Absolute errors of the test-row probabilities, their items, the items' training rows."""
     X, y, offset, p = _synthetic()
-    tr, te = np.arange(20_000), np.arange(20_000, 30_000)
-    pred, _ = FactorisedLearner(rank=2).fit_predict(
+    tr, te = np.arange(40_000), np.arange(40_000, len(y))
+    pred, _ = FactorisedLearner(rank=2, **settings).fit_predict(
         X[tr], y[tr], offset[tr], X[te], offset[te], family="logistic",
         validation=np.zeros(len(tr), bool), seed=0, categorical=True)
-    base = 1 / (1 + np.exp(-offset[te]))
+    item = X[:, -1].astype(np.int64)
+    base = np.abs(1 / (1 + np.exp(-offset[te])) - p[te])
+    return np.abs(pred - p[te]), base, item[te], np.bincount(item[tr], minlength=200)
+
+
+@pytest.mark.parametrize("base", ["offset", "own"])
+def test_learner_recovers_low_rank_slopes(base):
+    # "own" does not use the offset: it fits the intercepts and shared slopes itself
+    error, offset_error, _, _ = _fit_synthetic(base=base)
     # most of the gap between the offset and the true probabilities is closed
-    assert np.abs(pred - p[te]).mean() < 0.3 * np.abs(base - p[te]).mean()
+    assert error.mean() < 0.3 * offset_error.mean()
 
 
-def test_deterministic_and_row_order_free(confounded):
+def test_atoms_prior_pulls_small_items_to_shared_directions():
+    """Under a prior of a few shared directions, the atoms posterior beats Gaussian
+    shrinkage toward zero on the small items (measured: mean error 0.047 vs 0.060)."""
+    per_item = {}
+    for prior in ("gaussian", "atoms"):
+        error, _, item, rows = _fit_synthetic(base="own", factor_prior=prior)
+        count = np.bincount(item, minlength=len(rows))
+        small = (rows < 100) & (count > 0)
+        per_item[prior] = (np.bincount(item, error, len(rows)) / np.maximum(count, 1))[small]
+    diff = per_item["gaussian"] - per_item["atoms"]  # paired over the ~100 small items
+    assert diff.mean() > 3 * diff.std() / np.sqrt(len(diff)), (diff.mean(), diff.std())
+
+
+@pytest.mark.parametrize("learner", [FactorisedLearner(),
+                                     FactorisedLearner(base="own", factor_prior="atoms")])
+def test_deterministic_and_row_order_free(confounded, learner):
     sim, data, roles, (tables, _, _) = confounded
     small = data[data.item_id < 40]
-    a = estimate_item_effects(small, **roles, nuisance="factorised")
+    nuisance = FlexibleNuisance(learner=learner)
+    a = estimate_item_effects(small, **roles, nuisance=nuisance)
     b = estimate_item_effects(small.sample(frac=1.0, random_state=3), **roles,
-                              nuisance="factorised")
-    c = estimate_item_effects(small, **roles, nuisance="factorised")
+                              nuisance=nuisance)
+    c = estimate_item_effects(small, **roles, nuisance=nuisance)
     pd.testing.assert_series_equal(a.ate, c.ate)
     np.testing.assert_allclose(a.ate, b.ate, rtol=1e-6, atol=1e-9)
 
@@ -126,6 +154,7 @@ def test_deterministic_and_row_order_free(confounded):
     (dict(rank=0), "rank"), (dict(rank=2.5), "rank"), (dict(n_alternations=0), "n_alternations"),
     (dict(factor_penalty=-1.0), "factor_penalty"), (dict(factor_penalty="big"), "factor_penalty"),
     (dict(projection_penalty=0.0), "projection_penalty"), (dict(item_features="x"), "item_features"),
+    (dict(factor_prior="npmle"), "factor_prior"), (dict(base="glm"), "base"),
 ])
 def test_bad_parameters_name_themselves(confounded, settings, name):
     _, data, roles, _ = confounded
