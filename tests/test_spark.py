@@ -173,7 +173,7 @@ def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
                                          nuisance="pooled", dtype="float64", shards=2,
                                          barrier=False)
     _assert_same(local, table)
-    assert "barrier=False; the pooled fit runs on the driver" in caplog.text
+    assert "barrier=False; running the pooled fit on the driver" in caplog.text
 
 
 def _given_folds(row):
@@ -240,6 +240,7 @@ import sys
 import causalrec as cr
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.remote("local[2]").getOrCreate()
+spark.conf.set("spark.sql.shuffle.partitions", "4")  # as the tests' session: fewer tasks
 sdf = spark.read.parquet(sys.argv[1])
 assert type(sdf).__module__.startswith("pyspark.sql.connect")
 table = cr.estimate_item_effects(sdf, item="item_id", treatment="recommended", outcome="clicked",
@@ -379,8 +380,8 @@ def test_audit_on_spark_equals_pandas(small_parquet, small_frame, caplog):
     remote = FairnessAudit(**kw).fit(small_parquet)
     with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
         driver = fit_audit_spark(FairnessAudit(**kw), small_parquet, barrier=False)
-    assert "barrier=False; the exposure models run on the driver" in caplog.text
-    assert "barrier=False; the pooled fit runs on the driver" in caplog.text
+    assert "barrier=False; running the exposure models on the driver" in caplog.text
+    assert "barrier=False; running the pooled fit on the driver" in caplog.text
     for name in ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
                  "benefit_", "providers_", "metrics"):
         for fit in (remote, driver):

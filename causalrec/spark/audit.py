@@ -58,10 +58,13 @@ def fit_audit_spark(audit, sdf, barrier=True):
         names = [f"_text_{name}" for name in names]
         sdf = sdf.withColumnsRenamed(dict(zip(safe, names)))
         numeric += names
+    params = est.get_params()
+    if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
+        params["shards"] = None
     effects = estimate_item_effects_spark(
         sdf, audit.item, audit.treatment, audit.outcome, confounders=numeric,
         categorical=log.categorical, propensity=audit.propensity, by=[audit.group],
-        row_id=ROW_ID, barrier=barrier, **est.get_params()).effects
+        row_id=ROW_ID, barrier=barrier, **params).effects
     counts = per_group[["n", "n_treated"]].astype({"n_treated": np.float64})
     items = np.sort(pd.unique(effects["item"]))  # every item has a segment
     audit._compare(effects, counts, items)

@@ -231,10 +231,10 @@ def run_pooled(fitted, task, n_shards, barrier, row_outputs=False, what="the poo
         except Exception as exc:  # e.g. Spark Connect or dynamic allocation without barrier
             if "barrier" not in str(exc).lower() or "PythonException" in str(exc):
                 raise
-            log_.warning("causalrec.spark: barrier mode unavailable (%s); %s runs on the "
+            log_.warning("causalrec.spark: barrier mode unavailable (%s); running %s on the "
                          "driver over the collected rows", str(exc).splitlines()[0], what)
     else:
-        log_.warning("causalrec.spark: barrier=False; %s runs on the driver over the "
+        log_.warning("causalrec.spark: barrier=False; running %s on the driver over the "
                      "collected rows", what)
     if row_outputs:
         raise ValueError("row_outputs needs the barrier stage (the driver fallback keeps them "
