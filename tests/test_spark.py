@@ -1,5 +1,6 @@
 """The Spark path equals the local estimator (float64: ate and se within 1e-8 relative,
 statuses, folds and per-row outputs identical) for per_item and pooled nuisances."""
+import logging
 import os
 import shutil
 import sys
@@ -38,10 +39,10 @@ def log_frame():
     return make_log()
 
 
-def make_log():
+def make_log(n_rows=30_000):
     """~30k rows: a skewed item, unestimable items, a missing and a rare category, outliers
     that make a column's moments winsorised (exact percentiles on Spark)."""
-    df = cr.datasets.simulate_log(n_items=40, n_rows=30_000, popularity_skew=1.3,
+    df = cr.datasets.simulate_log(n_items=40, n_rows=n_rows, popularity_skew=1.3,
                                   seed=3).data.drop(columns=["user_text", "item_text"])
     df["row"] = np.arange(len(df))
     t = df["recommended"].to_numpy().copy()
@@ -60,16 +61,50 @@ def make_log():
 
 
 @pytest.fixture(scope="session")
+def small_frame():
+    """The same features on 6,000 rows (12 estimable items): for the checks of plumbing
+    (methods, fallbacks, CLI, audit, refutation, Connect) that do not need size."""
+    return make_log(6000)
+
+
+def _parquet_path(frame, tmp_path_factory):
+    path = tmp_path_factory.mktemp("spark") / "log.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def parquet(spark, log_frame, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("spark") / "log.parquet")
-    log_frame.to_parquet(path, index=False)
-    return spark.read.parquet(path)
+    return spark.read.parquet(str(_parquet_path(log_frame, tmp_path_factory)))
+
+
+@pytest.fixture(scope="session")
+def small_path(small_frame, tmp_path_factory):
+    return _parquet_path(small_frame, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_parquet(spark, small_path):
+    return spark.read.parquet(str(small_path))
 
 
 def _local(df, **options):
     log = InteractionLog(df, **{**ROLES, "item": [ROLES["item"]]},
                          propensity=options.pop("propensity", None))
     return ItemEffectEstimator(dtype="float64", **options).fit(log)
+
+
+@pytest.fixture(scope="session")
+def local_fit(log_frame, small_frame):
+    """``_local`` of a session frame ("log" or "small"), fitted once per options."""
+    fits, frames = {}, dict(log=log_frame, small=small_frame)
+
+    def fit(name, **options):
+        key = (name, tuple(sorted(options.items())))
+        if key not in fits:
+            fits[key] = _local(frames[name], **options)
+        return fits[key]
+    return fit
 
 
 def _assert_same(local, spark_table):
@@ -83,14 +118,30 @@ def _assert_same(local, spark_table):
                                   check_dtype=False)
 
 
-@pytest.mark.parametrize("nuisance, method", [("per_item", "aipw"), ("pooled", "aipw"),
-                                              ("per_item", "ipw"), ("pooled", "or")])
-def test_spark_equals_local(parquet, log_frame, nuisance, method):
-    local = _local(log_frame, nuisance=nuisance, method=method)
-    res = estimate_item_effects_spark(parquet, **ROLES, nuisance=nuisance, method=method,
-                                      dtype="float64", shards=2, row_id="row",
-                                      row_outputs=True)
+@pytest.mark.parametrize("nuisance, method, frame", [
+    ("per_item", "aipw", "log"), ("pooled", "aipw", "log"),
+    ("per_item", "ipw", "small"), ("pooled", "or", "small")])
+def test_spark_equals_local(spark, request, local_fit, tmp_path, nuisance, method, frame):
+    """Table, design spec, shards, all-reduce counts and per-row outputs equal the local
+    fit's. The pooled AIPW fit has a worker killed at its 20th all-reduce: the barrier stage
+    is retried as a whole and still equals the fault-free local fit."""
+    from causalrec.spark.barrier import FAULT_ENV
+    df = request.getfixturevalue("log_frame" if frame == "log" else "small_frame")
+    sdf = request.getfixturevalue("parquet" if frame == "log" else "small_parquet")
+    local = local_fit(frame, nuisance=nuisance, method=method)
+    marker, env = tmp_path / "killed", spark.sparkContext.environment  # shipped with each task
+    fault = nuisance == "pooled" and frame == "log"
+    if fault:
+        env[FAULT_ENV] = f"1:20:{marker}"
+    try:
+        res = estimate_item_effects_spark(sdf, **ROLES, nuisance=nuisance, method=method,
+                                          dtype="float64", shards=2, row_id="row",
+                                          row_outputs=True)
+    finally:
+        env.pop(FAULT_ENV, None)
+    assert marker.exists() == fault  # the fault did fire
     _assert_same(local.effects_, res.effects)
+    _assert_same_rows(local, res, df)
     assert set(res.effects["status"]) >= {"ok", "no_control", "too_few_rows"}
     assert res.pooled_mode == ("barrier" if nuisance == "pooled" else None)
     calls = {n for n, _ in res.reductions.values()}  # every rank reduced equally often
@@ -99,9 +150,13 @@ def test_spark_equals_local(parquet, log_frame, nuisance, method):
     np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-12)
     np.testing.assert_allclose(res.design_spec.scale, local.design_spec_.scale, rtol=1e-12)
     assert res.design_spec.categorical == local.design_spec_.categorical
+
+
+def _assert_same_rows(local, res, df):
+    """The Spark fit's per-row outputs (keyed by row) equal the local fit's fitted rows."""
     rows = res.rows.toPandas().set_index("row_id").sort_index()
     fitted = local.propensity_.notna().to_numpy()
-    assert (rows.index.to_numpy() == log_frame["row"].to_numpy()[fitted]).all()
+    assert (rows.index.to_numpy() == df["row"].to_numpy()[fitted]).all()
     assert (rows["fold"].to_numpy() == local.fold_.to_numpy()[fitted]).all()
     for name in ("propensity", "mu0", "mu1", "psi"):
         np.testing.assert_allclose(rows[name].to_numpy(),
@@ -109,20 +164,56 @@ def test_spark_equals_local(parquet, log_frame, nuisance, method):
                                    atol=1e-12)
 
 
-def test_logged_propensity_and_top_level_call(parquet, log_frame):
+def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     """cr.estimate_item_effects dispatches on a Spark frame; a logged propensity; the pooled
-    fit's driver fallback (barrier=False) gives the same table."""
-    local = _local(log_frame, nuisance="pooled", propensity="propensity").effects_
-    table = cr.estimate_item_effects(parquet, **ROLES, propensity="propensity",
-                                     nuisance="pooled", dtype="float64", shards=2, barrier=False)
+    fit's driver fallback (barrier=False) gives the same table and says so in a log line."""
+    local = local_fit("small", nuisance="pooled", propensity="propensity").effects_
+    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
+        table = cr.estimate_item_effects(small_parquet, **ROLES, propensity="propensity",
+                                         nuisance="pooled", dtype="float64", shards=2,
+                                         barrier=False)
     _assert_same(local, table)
+    assert "barrier=False; running the pooled fit on the driver" in caplog.text
 
 
-def test_no_estimable_item(parquet, log_frame):
+def _given_folds(row):
+    """A fold per row from its row number (a Series or a Spark column), not a content hash."""
+    return (row * 31 + 7) % 5 % 2
+
+
+def test_graph_and_fold_column_equal_local(small_frame, small_parquet):
+    """graph= (adjustment roles from the Spark column types) and folds= (a fold column of
+    the Spark frame; an array for pandas) give the pandas call's table and the given folds."""
+    from pyspark.sql import functions as F
+    graph = cr.CausalGraph.recommendation(
+        "recommended", "clicked", user=["user_activity", "tenure", "device", "user_group"],
+        item=["item_provider"], context=["hour"])
+    args = dict(item="item_id", treatment="recommended", outcome="clicked", graph=graph,
+                nuisance="per_item", dtype="float64")
+    folds = _given_folds(small_frame["row"]).to_numpy()
+    local = cr.estimate_item_effects(small_frame, **args, folds=folds)
+    sdf = small_parquet.withColumn("given_fold", _given_folds(F.col("row")).cast("int"))
+    res = estimate_item_effects_spark(sdf, **args, folds="given_fold", shards=2, row_id="row",
+                                      row_outputs=True)
+    _assert_same(local, res.effects)
+    assert set(res.design_spec.categorical) == {"device", "user_group", "item_provider"}
+    rows = res.rows.toPandas().set_index("row_id").sort_index()
+    given = pd.Series(folds, index=small_frame["row"].to_numpy())
+    assert (rows["fold"].to_numpy() == given[rows.index].to_numpy()).all()
+    for bad, match in ((folds, "must be the name of an integer column"),
+                       ("nope", "not a column"), ("device", "must hold integers"),
+                       ("hour", r"must lie in \[0, 2\), found 0..23")):
+        with pytest.raises(ValueError, match=match):
+            cr.estimate_item_effects(sdf, **args, folds=bad)
+
+
+def test_no_estimable_item(small_parquet, small_frame):
     """No item has enough rows: statuses only (the design spec from all rows), no fit."""
-    local = _local(log_frame, min_rows_per_arm=10**6)
-    res = estimate_item_effects_spark(parquet, **ROLES, dtype="float64", min_rows_per_arm=10**6)
-    assert set(res.effects["status"]) == {"too_few_rows", "no_control"}
+    local = _local(small_frame, min_rows_per_arm=10**6)
+    res = estimate_item_effects_spark(small_parquet, **ROLES, dtype="float64",
+                                      min_rows_per_arm=10**6)
+    statuses = set(res.effects["status"])
+    assert "ok" not in statuses and statuses >= {"too_few_rows", "no_control"}
     pd.testing.assert_frame_equal(local.effects_, res.effects, check_dtype=False)
     np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-12)
 
@@ -144,27 +235,12 @@ def test_schema_errors_match_pandas(spark, log_frame):
     both(frame)
 
 
-def test_pooled_task_killed_mid_fit_is_retried(spark, parquet, log_frame, tmp_path):
-    """A worker killed at its 20th all-reduce: the barrier stage is retried as a whole and
-    the table equals the fault-free local one."""
-    from causalrec.spark.barrier import FAULT_ENV
-    marker = tmp_path / "killed"
-    env = spark.sparkContext.environment  # shipped to the Python workers with each task
-    env[FAULT_ENV] = f"1:20:{marker}"
-    try:
-        res = estimate_item_effects_spark(parquet, **ROLES, nuisance="pooled", dtype="float64",
-                                          shards=2)
-    finally:
-        del env[FAULT_ENV]
-    assert marker.exists()  # the fault did fire
-    _assert_same(_local(log_frame, nuisance="pooled").effects_, res.effects)
-
-
 CONNECT_SCRIPT = """
 import sys
 import causalrec as cr
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.remote("local[2]").getOrCreate()
+spark.conf.set("spark.sql.shuffle.partitions", "4")  # as the tests' session: fewer tasks
 sdf = spark.read.parquet(sys.argv[1])
 assert type(sdf).__module__.startswith("pyspark.sql.connect")
 table = cr.estimate_item_effects(sdf, item="item_id", treatment="recommended", outcome="clicked",
@@ -175,18 +251,17 @@ spark.stop()
 """
 
 
-def test_spark_connect_smoke(log_frame, tmp_path):
+def test_spark_connect_smoke(small_path, local_fit, tmp_path):
     """Through Spark Connect (its own process: one kind of session per process), pooled."""
     pytest.importorskip("grpc")
     import subprocess
-    path, out = tmp_path / "log.parquet", tmp_path / "effects.pkl"
-    log_frame.to_parquet(path, index=False)
+    out = tmp_path / "effects.pkl"
     script = CONNECT_SCRIPT.format(confounders=ROLES["confounders"], categorical=ROLES["categorical"])
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    done = subprocess.run([sys.executable, "-c", script, str(path), str(out)], env=env,
+    done = subprocess.run([sys.executable, "-c", script, str(small_path), str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same(_local(log_frame, nuisance="pooled").effects_, pd.read_pickle(out))
+    _assert_same(local_fit("small", nuisance="pooled").effects_, pd.read_pickle(out))
 
 
 CLI_FLAGS = ["--item", "item_id", "--treatment", "recommended", "--outcome", "clicked",
@@ -194,20 +269,18 @@ CLI_FLAGS = ["--item", "item_id", "--treatment", "recommended", "--outcome", "cl
              "--categorical", ",".join(ROLES["categorical"]), "--dtype", "float64", "-q"]
 
 
-@pytest.mark.parametrize("nuisance", ["per_item", "pooled"])
-def test_cli_spark_equals_cli_local(spark, log_frame, tmp_path, nuisance):
+def test_cli_spark_equals_cli_local(spark, small_path, tmp_path):
     """``causalrec effects LOG --spark local[2]`` (reusing the active session) writes the
-    table the local command writes from the same Parquet file."""
+    table the local command writes from the same Parquet file (per_item and pooled)."""
     from causalrec.cli import main
-    path = tmp_path / "log.parquet"
-    log_frame.to_parquet(path, index=False)
-    tables = {}
-    for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
-        out = tmp_path / f"{name}.parquet"
-        assert main(["effects", str(path), *CLI_FLAGS, "--nuisance", nuisance,
-                     "--out", str(out), *extra]) == 0
-        tables[name] = pd.read_parquet(out)
-    _assert_same(tables["local"], tables["spark"])
+    for nuisance in ("per_item", "pooled"):
+        tables = {}
+        for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
+            out = tmp_path / f"{name}-{nuisance}.parquet"
+            assert main(["effects", str(small_path), *CLI_FLAGS, "--nuisance", nuisance,
+                         "--out", str(out), *extra]) == 0
+            tables[name] = pd.read_parquet(out)
+        _assert_same(tables["local"], tables["spark"])
 
 
 def test_cli_spark_errors_are_one_line(spark, log_frame, tmp_path, capsys):
@@ -294,50 +367,57 @@ def test_text_on_spark_equals_local(spark, tmp_path):
         table.unpersist()
 
 
-def test_audit_on_spark_equals_pandas(parquet, log_frame):
+def test_audit_on_spark_equals_pandas(small_parquet, small_frame, caplog):
     """FairnessAudit.fit on the Spark frame (item x group effects on Spark, exposure models
-    in a barrier stage): every table equals the pandas audit's."""
+    in a barrier stage), and the same without barrier mode (``run_pooled``'s driver
+    fallback, said in a log line): every table equals the pandas audit's."""
     from causalrec.fairness import FairnessAudit
+    from causalrec.spark.audit import fit_audit_spark
     kw = dict(item="item_id", treatment="recommended", outcome="clicked", group="user_group",
               confounders=ROLES["confounders"], categorical=["device", "user_group"],
               provider="item_provider", estimator=ItemEffectEstimator(dtype="float64"))
-    local = FairnessAudit(**kw).fit(log_frame)
-    remote = FairnessAudit(**kw).fit(parquet)
+    local = FairnessAudit(**kw).fit(small_frame)
+    remote = FairnessAudit(**kw).fit(small_parquet)
+    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
+        driver = fit_audit_spark(FairnessAudit(**kw), small_parquet, barrier=False)
+    assert "barrier=False; running the exposure models on the driver" in caplog.text
+    assert "barrier=False; running the pooled fit on the driver" in caplog.text
     for name in ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
                  "benefit_", "providers_", "metrics"):
-        pd.testing.assert_frame_equal(getattr(local, name), getattr(remote, name),
-                                      check_exact=False, rtol=1e-8, check_dtype=False,
-                                      check_index_type=False, obj=name)
+        for fit in (remote, driver):
+            pd.testing.assert_frame_equal(getattr(local, name), getattr(fit, name),
+                                          check_exact=False, rtol=1e-8, check_dtype=False,
+                                          check_index_type=False, obj=name)
     assert (local.exposure_["logit_shift_se"].dropna() > 0).all()  # the shared fit ran
     assert remote.summary().info == local.summary().info
     with pytest.raises(TypeError, match="read metrics"):
         remote.metric_frame()
     with pytest.raises(SchemaError, match="varies within an item"):
-        FairnessAudit(**{**kw, "provider": "hour"}).fit(parquet)
+        FairnessAudit(**{**kw, "provider": "hour"}).fit(small_parquet)
 
 
-def test_refutation_on_spark_equals_local_refits(parquet, log_frame):
+def test_refutation_on_spark_equals_local_refits(small_parquet, small_frame):
     """Placebo and random common cause on Spark: each replicate equals the local estimator
     on the same changed rows (the same folds for the random cause); subset raises."""
     from pyspark.sql import functions as F
     from causalrec.refute.checks import RANDOM_COMMON_CAUSE
     from causalrec.spark.refute import permute_within
     from causalrec.spark.shard import ROW_ID
-    table = cr.refute_item_effects(parquet, **ROLES, dtype="float64", shards=2, seed=4)
+    table = cr.refute_item_effects(small_parquet, **ROLES, dtype="float64", shards=2, seed=4)
     assert set(table["check"]) == {"placebo", "random_common_cause"}
-    rows = parquet.withColumn(ROW_ID, F.monotonically_increasing_id())
+    rows = small_parquet.withColumn(ROW_ID, F.monotonically_increasing_id())
     noisy = rows.withColumn(RANDOM_COMMON_CAUSE, F.randn(5)).toPandas().sort_values(ROW_ID)
     placebo = (permute_within(rows, ["item_id"], "recommended", 4).toPandas()
                .sort_values(ROW_ID))
-    assert (noisy["row"].to_numpy() == log_frame["row"].to_numpy()).all()
-    original = _local(log_frame, seed=4)
+    assert (noisy["row"].to_numpy() == small_frame["row"].to_numpy()).all()
+    original = _local(small_frame, seed=4)
     rcc = ItemEffectEstimator(dtype="float64", seed=4).fit(
         InteractionLog(noisy.reset_index(drop=True), **{
             **ROLES, "item": ["item_id"],
             "confounders": ROLES["confounders"] + [RANDOM_COMMON_CAUSE]}),
         folds=original.fold_.to_numpy())
     permuted = _local(placebo.reset_index(drop=True), seed=4)
-    assert not (placebo["recommended"].to_numpy() == log_frame["recommended"].to_numpy()).all()
+    assert not (placebo["recommended"].to_numpy() == small_frame["recommended"].to_numpy()).all()
     for check, local in (("random_common_cause", rcc), ("placebo", permuted)):
         part = table[table["check"] == check].set_index("item_id")
         expected = local.effects_.set_index("item")
@@ -347,18 +427,17 @@ def test_refutation_on_spark_equals_local_refits(parquet, log_frame):
         np.testing.assert_allclose(part["original_ate"], original.effects_["ate"].to_numpy(),
                                    rtol=1e-8, atol=0)
     with pytest.raises(ValueError, match="subset check does not run on a Spark frame"):
-        cr.refute_item_effects(parquet, **ROLES, checks=["subset"])
+        cr.refute_item_effects(small_parquet, **ROLES, checks=["subset"])
 
 
 AUDIT_FLAGS = ["--group", "user_group", "--provider", "item_provider"]
 
 
-def test_cli_report_and_audit_spark(spark, log_frame, tmp_path, capsys):
+def test_cli_report_and_audit_spark(spark, small_path, tmp_path, capsys):
     """``report --spark`` and ``audit --spark`` write the local commands' tables; a bad
     column is a one-line error on both."""
     from causalrec.cli import main
-    path = tmp_path / "log.parquet"
-    log_frame.to_parquet(path, index=False)
+    path = small_path
     out = {}
     for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
         assert main(["report", str(path), *CLI_FLAGS, "--out", str(tmp_path / f"r{name}"),

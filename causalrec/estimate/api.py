@@ -30,7 +30,8 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     propensity : logged probability of treatment; when given, IPW/AIPW use it.
     by : extra segment columns (e.g. a user group): effects per item x group.
     graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders.
-    folds : optional cross-fitting fold per row (see ``ItemEffectEstimator.fit``).
+    folds : optional cross-fitting fold per row (see ``ItemEffectEstimator.fit``); on a Spark
+        frame, the name of an integer column holding them (see ``estimate_item_effects_spark``).
     **options : parameters of ``ItemEffectEstimator`` (method, nuisance, n_folds, seed, ...).
 
     Returns

@@ -26,8 +26,10 @@ def _F():
     return F
 
 
-def fit_audit_spark(audit, sdf):
-    """Fit ``audit`` (a ``FairnessAudit``) on the Spark frame ``sdf``; returns the audit."""
+def fit_audit_spark(audit, sdf, barrier=True):
+    """Fit ``audit`` (a ``FairnessAudit``) on the Spark frame ``sdf``; returns the audit.
+    ``barrier``: the pooled fits (effects, exposure models) as barrier stages; False (or a
+    cluster without barrier mode) runs them on the driver, as ``estimate_item_effects_spark``."""
     F = _F()
     roles = audit._roles()
     log = validate(sdf, roles)
@@ -56,14 +58,17 @@ def fit_audit_spark(audit, sdf):
         names = [f"_text_{name}" for name in names]
         sdf = sdf.withColumnsRenamed(dict(zip(safe, names)))
         numeric += names
+    params = est.get_params()
+    if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
+        params["shards"] = None
     effects = estimate_item_effects_spark(
         sdf, audit.item, audit.treatment, audit.outcome, confounders=numeric,
         categorical=log.categorical, propensity=audit.propensity, by=[audit.group],
-        row_id=ROW_ID, **est.get_params()).effects
+        row_id=ROW_ID, barrier=barrier, **params).effects
     counts = per_group[["n", "n_treated"]].astype({"n_treated": np.float64})
     items = np.sort(pd.unique(effects["item"]))  # every item has a segment
     audit._compare(effects, counts, items)
-    audit.exposure_ = _exposure(audit, sdf, numeric, log.categorical, items)
+    audit.exposure_ = _exposure(audit, sdf, numeric, log.categorical, items, barrier)
     audit._benefit(provider)
     audit._metrics_by_group = per_group.drop(columns=["n", "n_treated"])
     return audit
@@ -84,9 +89,10 @@ def _providers(audit, sdf) -> pd.Series:
     return per_item.set_index(audit.item)["provider"].sort_index()
 
 
-def _exposure(audit, sdf, numeric, categorical, items) -> pd.DataFrame:
+def _exposure(audit, sdf, numeric, categorical, items, barrier) -> pd.DataFrame:
     """The exposure table: the design spec of all rows by aggregations, then the exposure
-    models fitted by one barrier task per shard of items (``exposure_sums`` with gloo)."""
+    models fitted by one barrier task per shard of items (``exposure_sums`` with gloo), or
+    on the driver without barrier mode (``run_pooled``'s fallback)."""
     F = _F()
     spark = sdf.sparkSession
     sample = InteractionLog(sdf.limit(SAMPLE_ROWS).toPandas(), item=audit.item,
@@ -119,5 +125,5 @@ def _exposure(audit, sdf, numeric, categorical, items) -> pd.DataFrame:
                              "mu1": [np.nan], "psi": [np.nan], "fold": [-1],
                              "payload": [pickle.dumps(sums)]})
 
-    payloads, _, _ = run_pooled(rows, task, n_shards, barrier=True)
+    payloads, _, _ = run_pooled(rows, task, n_shards, barrier, what="the exposure models")
     return exposure_from_sums(audit, pickle.loads(payloads[0]))

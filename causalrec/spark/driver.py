@@ -18,7 +18,7 @@ from ..estimate.nuisance import pack_shards
 from ..estimate.scores import effects_table
 from ..glm.layout import block_size_for, resolve_device
 from .shard import CODE, OUTPUT_SCHEMA, ROW_ID, SHARD, ShardJob, fit_shard
-from .stage0 import design_spec, item_facts, validate
+from .stage0 import check_fold_column, design_spec, item_facts, schema_frame, validate
 
 __all__ = ["SparkEffects", "estimate_item_effects_spark"]
 
@@ -69,12 +69,19 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     row_outputs : also return the per-row outputs as a Spark DataFrame (persisted).
     barrier : run the pooled fit as a barrier stage; False (or a cluster without barrier
         mode) collects the fitted rows and runs the sharded fit on the driver instead.
+    graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders (their
+        roles from the Spark column types: numeric or boolean -> confounders, else categorical).
+    folds : the name of an integer column of ``sdf`` holding each row's cross-fitting fold
+        in [0, n_folds) (the pandas call takes an array; a Spark frame has no row order to
+        align one with); checked by one aggregation, a bad column raises ``ValueError``.
+        Repeats beyond the first draw their folds as without it (``ItemEffectEstimator.fit``).
     fold_columns : the columns whose content sets each row's fold (default: the keys and
         every confounder); a refutation that adds a column keeps the original folds so.
     """
-    if graph is not None or folds is not None:
-        raise ValueError("graph and folds are not supported on the Spark path yet")
     F = _functions()
+    if graph is not None:  # the adjustment set's roles need the columns' names and types only
+        roles = graph.merge_adjustment(schema_frame(sdf), confounders, categorical, text)
+        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
     keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
     roles = dict(item=keys, treatment=treatment, outcome=outcome, confounders=confounders,
                  categorical=categorical, text=text, propensity=propensity)
@@ -82,6 +89,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     est._validate_params()
     if est.nuisance not in ("pooled", "per_item"):
         raise ValueError("the Spark path supports nuisance='pooled' or 'per_item'")
+    if folds is not None:
+        check_fold_column(sdf, folds, est.n_folds)
     sample_log = validate(sdf, roles)
     if row_id is None:
         sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())
@@ -124,6 +133,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
                    content=list(fold_columns or keys + confounders + categorical + text),
+                   folds=folds,
                    extra=[col for col, _ in extra],
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
@@ -137,6 +147,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical
                                      + text + [col for col, _ in extra] + job.content
                                      + ([propensity] if propensity else [])
+                                     + ([folds] if folds is not None else [])
                                      + [ROW_ID, CODE, SHARD, _PARTITION_KEY]))
         fitted = fitted.select(*columns)
         if est.nuisance == "per_item" or n_shards == 1:
@@ -200,10 +211,13 @@ def _reducer():
     return Reducer()
 
 
-def run_pooled(fitted, task, n_shards, barrier, row_outputs=False):
+def run_pooled(fitted, task, n_shards, barrier, row_outputs=False, what="the pooled fit"):
     """A pooled fit: ``task(shard rows, reducer)`` (-> ``OUTPUT_SCHEMA`` rows) for each shard
-    of ``fitted`` (by its partition key), coupled by a barrier stage with gloo, or (no
-    barrier mode) on the driver. Returns (payloads, per-row outputs, "barrier" | "driver")."""
+    of ``fitted`` (by its partition key), coupled by a barrier stage with gloo, or (barrier
+    False, or no barrier mode on the cluster) on the driver, one thread per shard coupled by
+    a ``ThreadReducer`` (same sums, same result), and a log line naming ``what`` says so.
+    The one pooled runner of the Spark path (estimator and audit). Returns (payloads,
+    per-row outputs, "barrier" | "driver")."""
     from .barrier import barrier_task
     if barrier:
         try:
@@ -212,16 +226,16 @@ def run_pooled(fitted, task, n_shards, barrier, row_outputs=False):
             # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
             # tasks) only when it is a map stage, never when it is the result stage
             out = out.repartition(1)
-            log_.info("causalrec.spark: pooled fit as a barrier stage of %d tasks (gloo)", n_shards)
+            log_.info("causalrec.spark: %s as a barrier stage of %d tasks (gloo)", what, n_shards)
             return (*_collect(out, row_outputs), "barrier")
         except Exception as exc:  # e.g. Spark Connect or dynamic allocation without barrier
             if "barrier" not in str(exc).lower() or "PythonException" in str(exc):
                 raise
-            log_.warning("causalrec.spark: barrier mode unavailable (%s); the pooled fit runs "
-                         "on the driver over the collected rows", str(exc).splitlines()[0])
+            log_.warning("causalrec.spark: barrier mode unavailable (%s); running %s on the "
+                         "driver over the collected rows", str(exc).splitlines()[0], what)
     else:
-        log_.warning("causalrec.spark: barrier=False; the pooled fit runs on the driver over "
-                     "the collected rows")
+        log_.warning("causalrec.spark: barrier=False; running %s on the driver over the "
+                     "collected rows", what)
     if row_outputs:
         raise ValueError("row_outputs needs the barrier stage (the driver fallback keeps them "
                          "on the driver)")

@@ -33,6 +33,7 @@ class ShardJob:
     outcome: str
     propensity: str | None
     content: list                 # the columns the folds hash (as the local estimator)
+    folds: str | None             # a column of given folds (the first repeat's), or None
     extra: list                   # the design's extra columns (text components), in order
     shard_items: list             # per shard: its items' codes, ascending
     propensity_model: SegmentGLM | None  # unfitted prototypes; None: the logged propensity
@@ -72,7 +73,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     rows = np.arange(len(pdf))
     fold_of = lambda seed: assign_folds(pdf, job.content, seg, t, y, o["n_folds"], seed,
                                         item_columns=job.keys)
-    folds, fits, converged, n_iter = fold_of(o["seed"]), None, {}, 0
+    folds = fold_of(o["seed"]) if job.folds is None else pdf[job.folds].to_numpy(np.int64)
+    fits, converged, n_iter = None, {}, 0
     e = mu0 = mu1 = 0.0
     for repeat in range(o["n_repeats"]):  # the local estimator's loop, on this shard
         split = folds if repeat == 0 else fold_of(o["seed"] + repeat)

@@ -14,7 +14,7 @@ from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_mome
 from ..estimate.scores import pre_status
 from ..schema import InteractionLog, SchemaError
 
-__all__ = ["Facts", "validate", "item_facts", "design_spec"]
+__all__ = ["Facts", "validate", "item_facts", "design_spec", "schema_frame", "check_fold_column"]
 
 SAMPLE_ROWS = 1000  # rows validated with InteractionLog (column presence, roles, dtypes)
 WITNESS_ROWS = 1000  # offending rows shown to InteractionLog so it raises its own error
@@ -74,6 +74,40 @@ def validate(sdf, roles: dict) -> InteractionLog:
         raise SchemaError(None, f"a Spark-wide check failed ({name}) that the rows shown to "
                           "InteractionLog did not reproduce")  # cannot happen: a guard
     return log
+
+
+def schema_frame(sdf) -> pd.DataFrame:
+    """An empty pandas frame with the Spark frame's columns, numeric (or bool) where Spark's
+    type is: what a ``CausalGraph`` reads to map its adjustment set to roles (no rows read)."""
+    from pyspark.sql.types import BooleanType, NumericType
+    kind = lambda t: ("bool" if isinstance(t, BooleanType) else "float64"
+                      if isinstance(t, NumericType) else "str")
+    return pd.DataFrame({f.name: pd.Series([], dtype=kind(f.dataType)) for f in sdf.schema.fields})
+
+
+def check_fold_column(sdf, column, n_folds: int) -> None:
+    """``folds`` on Spark names an integer column of ``sdf`` holding each row's fold in
+    [0, n_folds) (a row order to align an array with does not exist); else ``ValueError``
+    (one aggregation checks the values)."""
+    from pyspark.sql.types import IntegralType
+    F = _F()
+    if not isinstance(column, str):
+        raise ValueError("folds on a Spark frame must be the name of an integer column (one "
+                         f"fold in [0, {n_folds}) per row), got {type(column).__name__}")
+    types = {f.name: f.dataType for f in sdf.schema.fields}
+    if column not in types:
+        raise ValueError(f"folds names {column!r}, which is not a column of the Spark frame")
+    if not isinstance(types[column], IntegralType):
+        raise ValueError(f"folds column {column!r} must hold integers, got "
+                         f"{types[column].simpleString()}")
+    c = F.col(column)
+    got = sdf.agg(F.min(c).alias("lo"), F.max(c).alias("hi"),
+                  F.sum(F.when(c.isNull(), 1).otherwise(0)).alias("nulls")).first()
+    if got["nulls"]:
+        raise ValueError(f"folds column {column!r} has {got['nulls']} missing values")
+    if got["lo"] is not None and (got["lo"] < 0 or got["hi"] >= n_folds):
+        raise ValueError(f"folds must lie in [0, {n_folds}), found {got['lo']}..{got['hi']} "
+                         f"in column {column!r}")
 
 
 def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> Facts:
