@@ -49,31 +49,51 @@ def _roles(args) -> dict:
                 text=list(args.text), propensity=args.propensity)
 
 
+def _graph(args):
+    """The causal graph of ``--graph`` (None without the flag)."""
+    if not getattr(args, "graph", None):
+        return None
+    import networkx as nx
+
+    from ..identify import CausalGraph, GraphError
+
+    if not Path(args.graph).exists():
+        raise FileNotFoundError(f"no such graph file: {args.graph}")
+    try:
+        return CausalGraph.from_gml(args.graph, treatment=args.treatment, outcome=args.outcome)
+    except nx.NetworkXError as exc:  # a malformed GML file
+        raise GraphError(f"cannot read the graph {args.graph}: {exc}") from None
+
+
+def _with_graph(roles: dict, graph, frame) -> dict:
+    """The roles with the graph's adjustment columns added (``frame``: the log, or an empty
+    frame with a Spark log's columns and types)."""
+    if graph is None:
+        return roles
+    return {**roles, **graph.merge_adjustment(frame, roles["confounders"], roles["categorical"],
+                                              roles["text"])}
+
+
 def _read(args, progress):
     """The log and its column roles (graph adjustment columns included), validated."""
     from ..schema import InteractionLog, read_log
 
+    graph = _graph(args)
     with progress.step(f"reading {args.log}"):
         df = read_log(args.log, encoding=args.encoding)
-    roles = _roles(args)
-    graph = None
-    if getattr(args, "graph", None):
-        import networkx as nx
-
-        from ..identify import CausalGraph, GraphError
-
-        if not Path(args.graph).exists():
-            raise FileNotFoundError(f"no such graph file: {args.graph}")
-        try:
-            graph = CausalGraph.from_gml(args.graph, treatment=args.treatment,
-                                         outcome=args.outcome)
-        except nx.NetworkXError as exc:  # a malformed GML file
-            raise GraphError(f"cannot read the graph {args.graph}: {exc}") from None
-        roles.update(graph.merge_adjustment(df, roles["confounders"], roles["categorical"],
-                                            roles["text"]))
+    roles = _with_graph(_roles(args), graph, df)
     log = InteractionLog(df, **roles)
     progress.say(f"{len(df):,} rows, {df[args.item].nunique():,} items")
     return log, roles, graph
+
+
+def _spark_roles(args, sdf):
+    """The roles of a Spark log (graph adjustment columns included, read from its schema) and
+    the graph."""
+    from ..spark.stage0 import schema_frame
+
+    graph = _graph(args)
+    return _with_graph(_roles(args), graph, schema_frame(sdf) if graph else None), graph
 
 
 def _fit(estimator, log, progress):
@@ -167,9 +187,14 @@ def cmd_effects(args, progress) -> int:
     out = Path(args.out)
     _check_table_path(out)  # before minutes of fitting
     if args.spark is not None:
-        from ..spark.cli import spark_effects
+        from ..spark.cli import spark_log
         _estimator(args)  # a bad flag fails now, before Spark starts
-        effects = spark_effects(args, _roles(args), _options(args), progress)
+        _graph(args)  # and a bad graph file
+        with spark_log(args, progress) as sdf:
+            from ..estimate import estimate_item_effects
+            roles, _ = _spark_roles(args, sdf)
+            with progress.step("estimating effects on Spark"):
+                effects = estimate_item_effects(sdf, **roles, **_options(args))
     else:
         log, _, _ = _read(args, progress)
         estimator = _estimator(args)
@@ -184,12 +209,13 @@ def cmd_report(args, progress) -> int:
     if args.spark is not None:
         from ..spark.cli import spark_log
         _estimator(args)  # a bad flag fails now, before Spark starts
-        roles = _roles(args)
+        _graph(args)  # and a bad graph file
         with spark_log(args, progress) as sdf:
             from ..estimate import estimate_item_effects
+            roles, graph = _spark_roles(args, sdf)
             with progress.step("estimating effects on Spark"):
                 effects = estimate_item_effects(sdf, **roles, **_options(args))
-            report = _report(effects, roles, None, args, progress, args.title, args.top,
+            report = _report(effects, roles, graph, args, progress, args.title, args.top,
                              refute=args.refute, data=sdf)
     else:
         log, roles, graph = _read(args, progress)
@@ -211,9 +237,10 @@ def cmd_audit(args, progress) -> int:
     estimator = _estimator(args)  # a bad flag fails now, before reading or Spark
     if args.spark is not None:
         from ..spark.cli import spark_log
-        roles = _roles(args)
+        _graph(args)  # a bad graph file fails before Spark starts
         with spark_log(args, progress) as sdf, \
                 progress.step("auditing effects across groups on Spark"):
+            roles, _ = _spark_roles(args, sdf)
             audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
                                   estimator=estimator).fit(sdf)
     else:

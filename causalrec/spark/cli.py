@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["spark_effects", "spark_log"]
+__all__ = ["spark_log"]
 
 
 @contextmanager
@@ -16,8 +16,6 @@ def spark_log(args, progress):
     """The Spark frame of ``args.log`` (a Parquet file or folder, or a URL Spark reads), in a
     session started for it (and stopped after) or the active one; Spark's errors inside the
     block become one-line ``RuntimeError``s."""
-    if getattr(args, "graph", None):
-        raise ValueError("--graph is not supported with --spark yet")
     if Path(args.log).suffix.lower() == ".csv":
         raise ValueError("--spark reads Parquet (a .parquet file or a folder of them), "
                          f"got {args.log!r}")
@@ -43,14 +41,6 @@ def spark_log(args, progress):
                 spark.stop()
     except (PySparkException, Py4JError) as exc:
         raise RuntimeError(f"Spark: {_first_line(exc)}") from None
-
-
-def spark_effects(args, roles: dict, options: dict, progress):
-    """The effects table of ``args.log`` estimated on Spark."""
-    from ..estimate.api import estimate_item_effects
-
-    with spark_log(args, progress) as sdf, progress.step("estimating effects on Spark"):
-        return estimate_item_effects(sdf, **roles, **options)
 
 
 def _session(url: str, progress):
