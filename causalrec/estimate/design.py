@@ -6,6 +6,7 @@ rows that are fitted, and applied to the whole frame or to any shard of its rows
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -163,13 +164,14 @@ class DesignRows:
     def __init__(self, sources, center, scale, n_rows, dtype, standardise=True):
         self.sources, self.center, self.scale = sources, center[:, None], scale[:, None]
         self.shape, self.dtype, self.standardise = (n_rows, len(sources)), dtype, standardise
-        self._buffer = np.empty((len(sources), 0))
+        self._local = threading.local()  # a reused buffer per thread (shards gather at once)
 
     def gather_into(self, rows, out: np.ndarray) -> None:
         m = len(out)
-        if self._buffer.shape[1] < m:  # (d, m) float64, column by column, then one transpose
-            self._buffer = np.empty((len(self.sources), m))
-        block = self._buffer[:, :m]
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.shape[1] < m:  # (d, m) float64, filled by column
+            buffer = self._local.buffer = np.empty((len(self.sources), m))
+        block = buffer[:, :m]
         for j, values in enumerate(self.sources):
             if isinstance(values, tuple):  # a level of a categorical: its codes and the level
                 block[j] = values[0][rows] == values[1]

@@ -204,21 +204,22 @@ class ItemEffectEstimator(BaseEstimator):
         # (all rows in use: no gathered copies of the columns)
         spec = DesignSpec.from_log(log, text_features,
                                    rows=rows if 0 < len(rows) < len(df) else None)
-        design = spec.transform(log, text_features,
-                                dtype=np.float64 if dtype == torch.float64 else np.float32)
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.design_spec_ = spec
-        self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
-        self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
+        self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
+        self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(spec.columns))
         binary = log.outcome_is_binary  # one scan of the outcome column
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
                                             item_columns=keys)
         folds = fold_of(self.seed) if folds is None else _check_folds(folds, len(df), self.n_folds)
-        # X is already standardised (in float64, then cast); it stays whole (a subset would
-        # copy it): the padding gathers only the rows in use
-        X, standardise = design.X, (None, None)
-        del design
+        # the GLM fits pad the design rows straight from the frame's columns (standardised in
+        # float64, then cast): no (n, d) design matrix beside the padded one; flexible
+        # learners take the matrix of the rows in use
+        X = (spec.rows(log, text_features, dtype=np_dtype) if self._flexible is None
+             else spec.transform(log, text_features, dtype=np_dtype).X)
+        standardise = (None, None)
         logged_e = (None if log.propensity is None
                     else df[log.propensity].to_numpy(dtype=np.float64)[rows])
         shard_of_item = self._shard_of_item(np.bincount(seg[rows], minlength=n_seg), n_seg)
