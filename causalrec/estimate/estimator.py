@@ -8,7 +8,7 @@ import torch
 
 from ..base import BaseEstimator
 from ..glm import SegmentGLM
-from ..glm.layout import resolve_device, resolve_dtype
+from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
 from ..inference import interval
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
@@ -199,6 +199,8 @@ class ItemEffectEstimator(BaseEstimator):
             use[:] = False
 
         rows = np.flatnonzero(use)
+        # the row arrays of the rows in use: views when every row is used (no copies)
+        in_use = (lambda a: a) if len(rows) == len(df) else (lambda a: a[rows])
         text_features = self._text_features(log)
         # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
         # (all rows in use: no gathered copies of the columns)
@@ -221,8 +223,8 @@ class ItemEffectEstimator(BaseEstimator):
              else spec.transform(log, text_features, dtype=np_dtype).X)
         standardise = (None, None)
         logged_e = (None if log.propensity is None
-                    else df[log.propensity].to_numpy(dtype=np.float64)[rows])
-        shard_of_item = self._shard_of_item(np.bincount(seg[rows], minlength=n_seg), n_seg)
+                    else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
+        shard_of_item = self._shard_of_item(np.bincount(in_use(seg), minlength=n_seg), n_seg)
         # Each repeat's predictions are out-of-fold for every row, so their average is too;
         # averaging removes the noise of one particular split.
         fits = None
@@ -236,10 +238,10 @@ class ItemEffectEstimator(BaseEstimator):
                 e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
                 break
             if self._flexible is not None:
-                preds = self._fit_flexible(X, rows, seg[rows], t[rows], y[rows], split[rows],
+                preds = self._fit_flexible(X, rows, in_use(seg), in_use(t), in_use(y), in_use(split),
                                            n_seg, logged_e, device, converged)
             else:
-                fits = cross_fit(X, *standardise, rows, seg[rows], t[rows], y[rows], split[rows],
+                fits = cross_fit(X, *standardise, rows, in_use(seg), in_use(t), in_use(y), in_use(split),
                                  n_seg, n_folds=self.n_folds, propensity=propensity,
                                  outcome=outcome, logged_e=logged_e, shard_of_item=shard_of_item,
                                  device=device, dtype=dtype,
@@ -252,7 +254,7 @@ class ItemEffectEstimator(BaseEstimator):
             preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        on_device = lambda a, kind: torch.as_tensor(a[rows], dtype=kind, device=device)
+        on_device = lambda a, kind: read_only_tensor(in_use(a), kind, device)
         table, psi, e_clipped = effects_table(on_device(seg, torch.long),
                                                on_device(t, torch.float64),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
@@ -268,7 +270,7 @@ class ItemEffectEstimator(BaseEstimator):
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds, index=index, name="fold")
         from ..nuisance import calibration_table
-        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t[rows])
+        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), in_use(t))
         self.log_ = log
         return self
 

@@ -63,12 +63,11 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     ``propensity=None`` uses ``logged_e``. ``warm`` holds an earlier cross-fit's models to
     start from (e.g. another repeat's first fold).
     """
-    cells = (folds * 2 + t) * n_seg + seg
-    block_size = block_size_for(np.bincount(cells, minlength=n_seg * n_folds * 2))
+    block_size = block_size_for(np.bincount((folds * 2 + t) * n_seg + seg,
+                                            minlength=n_seg * n_folds * 2))
     if not hasattr(X, "gather_into"):
         X = read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
-    out = {name: torch.full((len(seg),), float("nan"), dtype=dtype, device=device)
-           for name in MODEL_NAMES}
+    out = {}
     if logged_e is not None:
         out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
     job = dict(X=X, center=center, scale=scale, rows=rows, seg=seg, t=t, y=y, folds=folds,
@@ -86,7 +85,11 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     converged = {}
     for items, (mine, preds, fits) in zip(shards, results):
         for name, values in preds.items():
-            out[name][mine] = values
+            if isinstance(mine, slice):  # the whole run: its predictions are the output
+                out[name] = values
+            else:
+                out.setdefault(name, torch.full((len(seg),), float("nan"), dtype=dtype,
+                                                device=device))[mine] = values
             ok = converged.setdefault(name, np.ones(n_seg, dtype=bool))
             for models in fits:
                 ok[items] &= models[name].converged_
@@ -104,8 +107,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     Each fold's models are fitted on a padded design of the training folds' rows only and
     predict on one of the held-out fold's rows; one design is alive at a time (with two
     folds: half the rows), so the padded rows never outgrow the frame they come from."""
-    if len(items) == n_items:  # the whole run: no renumbering
-        mine, local_seg = np.arange(len(seg)), seg
+    if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
+        mine, local_seg = slice(None), seg
     else:
         code = np.full(n_items, -1, dtype=np.int64)
         code[items] = np.arange(len(items))
@@ -115,6 +118,7 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     device = X.device if torch.is_tensor(X) else torch.device(device or "cpu")
     dtype = X.dtype if torch.is_tensor(X) else resolve_dtype(str(X.dtype))
     t_mine, y_mine, f_mine = t[mine], y[mine], folds[mine]
+    n_mine = len(t_mine)
     cells = (f_mine * 2 + t_mine) * n_seg + local_seg
     index, held = rows[mine], {}
 
@@ -123,7 +127,7 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         if held.get("folds") != fold_set:
             held.clear()  # the old design is freed before the new one is padded
             sub = np.flatnonzero(np.isin(f_mine, list(fold_set))) if len(fold_set) < n_folds \
-                else np.arange(len(mine))
+                else np.arange(n_mine)
             design = BlockedDesign(
                 X, cells[sub], n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
@@ -133,7 +137,7 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                         yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
         return held
 
-    preds = {name: torch.full((len(mine),), float("nan"), dtype=dtype, device=device)
+    preds = {name: torch.full((n_mine,), float("nan"), dtype=dtype, device=device)
              for name in MODEL_NAMES if name != "e" or propensity is not None}
     fits = []
     for f in range(n_folds):
