@@ -110,14 +110,19 @@ class ChildMemory:
                     **{f"{kind}_processes": len(v) for kind, v in by_kind.items()})
 
 
-def compare(args) -> dict:
-    import causalrec as cr
+def _data_path(args) -> Path:
+    """The Parquet log of these sizes, written once."""
     path = Path(args.data) / f"log_{args.items}_{args.rows}_{args.d}.parquet"
     if not path.exists():
         df, _, _ = generate(args.items, args.rows, args.d)
         path.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(path, index=False)
-        del df
+    return path
+
+
+def compare(args) -> dict:
+    import causalrec as cr
+    path = _data_path(args)
     confounders = [f"x{j}" for j in range(args.d)]
     options = dict(item="item", treatment="t", outcome="y", confounders=confounders,
                    nuisance=args.nuisance, device="cpu")
@@ -221,7 +226,7 @@ def scaleout(args) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("compare", "scaleout"))
+    parser.add_argument("what", choices=("compare", "scaleout", "data"))
     parser.add_argument("--path", choices=("local", "spark"), default="local")
     parser.add_argument("--nuisance", default="pooled")
     parser.add_argument("--items", type=int, default=1000)
@@ -232,7 +237,9 @@ def main(argv=None):
     parser.add_argument("--driver-memory", default="4g", help="spark.driver.memory (local mode: "
                         "the JVM that runs the tasks too)")
     args = parser.parse_args(argv)
-    if args.what == "compare":
+    if args.what == "data":  # the Parquet log alone (its generation is not in a run's peak RSS)
+        print(_data_path(args))
+    elif args.what == "compare":
         print(json.dumps(compare(args)))
     else:
         scaleout(args)

@@ -188,8 +188,9 @@ class ItemEffectEstimator(BaseEstimator):
         keys = log.item_columns
         seg, self.segments_ = segment_ids(df, keys)
         n_seg = len(self.segments_)
-        t = df[log.treatment].to_numpy(dtype=np.int64)
-        y = df[log.outcome].to_numpy(dtype=np.float64)
+        # the frame's own columns when they are plain numbers (no row copies), else converted
+        t = _native(df[log.treatment], "iu", np.int64)
+        y = _native(df[log.outcome], "iuf", np.float64)
         n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
         n_all = np.bincount(seg, minlength=n_seg)
         status = pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
@@ -198,14 +199,15 @@ class ItemEffectEstimator(BaseEstimator):
             status[status == "ok"] = "constant_outcome"
             use[:] = False
 
-        rows = np.flatnonzero(use)
-        # the row arrays of the rows in use: views when every row is used (no copies)
-        in_use = (lambda a: a) if len(rows) == len(df) else (lambda a: a[rows])
+        n_use = int(use.sum())
+        # the rows in use; every row: a slice, and the row arrays' views (no copies)
+        rows = slice(None) if n_use == len(df) else np.flatnonzero(use)
+        in_use = lambda a: a[rows]
         text_features = self._text_features(log)
         # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
         # (all rows in use: no gathered copies of the columns)
         spec = DesignSpec.from_log(log, text_features,
-                                   rows=rows if 0 < len(rows) < len(df) else None)
+                                   rows=rows if 0 < n_use < len(df) else None)
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.design_spec_ = spec
         self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
@@ -233,12 +235,13 @@ class ItemEffectEstimator(BaseEstimator):
         propensity, outcome = self._nuisance_models(log.propensity is None)
         for repeat in range(self.n_repeats):
             split = folds if repeat == 0 else fold_of(self.seed + repeat)
-            if not len(rows):  # no item is estimable: statuses only, no fit
+            if not n_use:  # no item is estimable: statuses only, no fit
                 self.n_iter_ = 0
                 e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
                 break
             if self._flexible is not None:
-                preds = self._fit_flexible(X, rows, in_use(seg), in_use(t), in_use(y), in_use(split),
+                preds = self._fit_flexible(X, rows, in_use(seg), in_use(t).astype(np.int64),
+                                           in_use(y).astype(np.float64), in_use(split),
                                            n_seg, logged_e, device, converged)
             else:
                 fits = cross_fit(X, *standardise, rows, in_use(seg), in_use(t), in_use(y), in_use(split),
@@ -396,6 +399,13 @@ def _column_order(item_frame, table):
     head = ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated", "n_control", "status"]
     rest = [c for c in table.columns if c not in head]
     return list(item_frame.columns) + head + rest
+
+
+def _native(values: pd.Series, kinds: str, dtype) -> np.ndarray:
+    """A column as its own numpy array when its dtype is of these kinds, else as ``dtype``."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in kinds:
+        return values.to_numpy()
+    return values.to_numpy(dtype=dtype)
 
 
 def _row_series(index, rows, values, name):

@@ -55,7 +55,8 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
               propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
               shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None
               ) -> CrossFit:
-    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (seg, t, y, folds already subset to them).
+    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, or ``slice(None)`` for all;
+    seg, t, y, folds already subset to them).
 
     X is an (n, d) array or a row source (``DesignSpec.rows``: the padded designs are then
     read straight from the frame's columns). ``propensity`` / ``outcome`` are unfitted
@@ -119,8 +120,11 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     dtype = X.dtype if torch.is_tensor(X) else resolve_dtype(str(X.dtype))
     t_mine, y_mine, f_mine = t[mine], y[mine], folds[mine]
     n_mine = len(t_mine)
-    cells = (f_mine * 2 + t_mine) * n_seg + local_seg
-    index, held = rows[mine], {}
+    if isinstance(rows, slice):  # every row of X is in use: the shard's own rows
+        index = None if isinstance(mine, slice) else mine
+    else:
+        index = rows[mine]
+    held = {}
 
     def design_of(fold_set):
         """Padded design of the rows in ``fold_set`` (kept until another set is asked for)."""
@@ -128,10 +132,12 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
             held.clear()  # the old design is freed before the new one is padded
             sub = np.flatnonzero(np.isin(f_mine, list(fold_set))) if len(fold_set) < n_folds \
                 else np.arange(n_mine)
+            cells = (f_mine[sub] * 2 + t_mine[sub]) * n_seg + local_seg[sub]  # (fold, arm, item)
             design = BlockedDesign(
-                X, cells[sub], n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
+                X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
-                index=None if len(sub) == X.shape[0] else torch.as_tensor(index[sub], device=device))
+                index=None if len(sub) == X.shape[0] else torch.as_tensor(
+                    sub if index is None else index[sub], device=device))
             held.update(folds=fold_set, design=design, sub=torch.as_tensor(sub, device=device),
                         tb=design.pad(torch.as_tensor(t_mine[sub], dtype=dtype, device=device)),
                         yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
