@@ -107,7 +107,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
 
     Each fold's models are fitted on a padded design of the training folds' rows only and
     predict on one of the held-out fold's rows; one design is alive at a time (with two
-    folds: half the rows), so the padded rows never outgrow the frame they come from."""
+    folds: half the rows; the second fold's training design is the first one's test design).
+    Blocks keep their order and runs, so the fits equal those on one design of all rows."""
     if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
         mine, local_seg = slice(None), seg
     else:
