@@ -47,11 +47,12 @@ def generate(n_items: int, n_rows: int, d: int, seed: int = 0):
     return df, truth, [f"x{j}" for j in range(d)]
 
 
-def run_ours(df, confounders, device, dtype):
+def run_ours(df, confounders, device, dtype, nuisance="pooled"):
     import causalrec as cr
     start = time.perf_counter()
     effects = cr.estimate_item_effects(df, item="item", treatment="t", outcome="y",
-                                       confounders=confounders, device=device, dtype=dtype)
+                                       confounders=confounders, device=device, dtype=dtype,
+                                       nuisance=nuisance)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     return effects.set_index("item"), time.perf_counter() - start
@@ -75,6 +76,36 @@ def run_econml(df, confounders, items):
     return pd.Series(estimates), time.perf_counter() - start
 
 
+def _status_gb(field: str, pid="self") -> float:
+    """A ``VmRSS`` / ``VmHWM`` line of /proc/<pid>/status, in GB (2**30 bytes)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    raise KeyError(field)
+
+
+def peak_rss_of_call(fn):
+    """(fn(), peak RSS in GB while it ran, RSS before it): the kernel's high-water mark is
+    reset first (``clear_refs`` 5), so data generation does not count."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = _status_gb("VmRSS")
+    out = fn()
+    return out, _status_gb("VmHWM"), before
+
+
+def memory(df, confounders, args) -> dict:
+    """Peak RSS of one estimator call against the frame's own size (issue 15)."""
+    frame_gb = df.memory_usage(deep=True).sum() / 2**30
+    (effects, seconds), peak, before = peak_rss_of_call(
+        lambda: run_ours(df, confounders, args.device, args.dtype, args.nuisance))
+    return dict(nuisance=args.nuisance, frame_gb=round(frame_gb, 3), rss_before_gb=round(before, 3),
+                peak_rss_gb=round(peak, 3), peak_over_frame=round(peak / frame_gb, 2),
+                seconds=round(seconds, 1), items_ok=int((effects["status"] == "ok").sum()),
+                mean_ate=float(effects["ate"].mean()))
+
+
 def rmse(estimate, truth):
     return float(np.sqrt(((estimate - truth.loc[estimate.index]) ** 2).mean()))
 
@@ -86,7 +117,8 @@ def time_device(df, truth, confounders, device, args):
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    runs = [run_ours(df, confounders, device, args.dtype) for _ in range(args.repeats)]
+    runs = [run_ours(df, confounders, device, args.dtype, args.nuisance)
+            for _ in range(args.repeats)]
     effects, seconds = runs[0][0], min(r[1] for r in runs)
     ok = effects[effects["status"] == "ok"]
     result = dict(device=str(effects.attrs.get("device", device)), seconds=round(seconds, 2),
@@ -122,10 +154,18 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="one more run, timed by phase (validation, design spec, fold "
                              "hashing, layout, transfers, device fits; see profile_phases.py)")
+    parser.add_argument("--nuisance", default="pooled", help="pooled or per_item")
+    parser.add_argument("--memory", action="store_true",
+                        help="only one estimator call, no warm-up: its peak RSS over the "
+                             "frame's size (memory_usage(deep=True))")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     df, truth, confounders = generate(args.items, args.rows, args.d)
+    if args.memory:
+        result = dict(items=args.items, rows=args.rows, d=args.d, **memory(df, confounders, args))
+        print(json.dumps(result))
+        return
     result = dict(machine=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
                   items=args.items, rows=args.rows, d=args.d, repeats=args.repeats)
     effects, seconds, timed = time_device(df, truth, confounders, args.device, args)

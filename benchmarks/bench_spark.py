@@ -7,7 +7,9 @@
 ``compare``: the bench_estimator data (Zipf items, d confounders) written once to Parquet;
 ``local`` reads it with pandas and runs ``estimate_item_effects``, ``spark`` reads it with a
 ``local[2]`` session and runs the Spark path. Time = read + estimate (not the session start).
-Peak RSS is the driver process's (``getrusage``); Spark's JVM and Python workers are not in it.
+Peak RSS: the driver process's (``getrusage``) and, sampled from /proc every second, each
+child process's own peak (``VmHWM``): the JVM and Spark's Python workers, with the peak of
+their summed RSS.
 ``scaleout``: ``ItemEffectEstimator(shards=S)`` in one process (ThreadReducer): per-shard
 compute time, collective rounds (reducer calls) and bytes summed per Newton step.
 """
@@ -32,26 +34,109 @@ def _rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
-def compare(args) -> dict:
-    import causalrec as cr
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:  # the process ended
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    out, frontier = [], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
+        out += frontier
+    return out
+
+
+class ChildMemory:
+    """Samples the driver's descendant processes every ``every`` seconds in a thread: each
+    one's own peak RSS (VmHWM, by kind: "java" or "python") and the peak of their summed RSS."""
+
+    def __init__(self, every: float = 1.0):
+        import threading
+        self.every, self.peaks, self.kinds, self.peak_sum_kb = every, {}, {}, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while True:
+            self.sample()
+            if self._stop.wait(self.every):
+                self.sample()
+                return
+
+    def sample(self):
+        total = 0
+        for pid in _descendants(os.getpid()):
+            if pid not in self.kinds:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        name = os.path.basename(fh.read().split(b"\0")[0].decode())
+                except OSError:
+                    continue
+                self.kinds[pid] = "java" if "java" in name else "python" if "python" in name else name
+            self.peaks[pid] = max(self.peaks.get(pid, 0), _status_kb(pid, "VmHWM"))
+            total += _status_kb(pid, "VmRSS")
+        self.peak_sum_kb = max(self.peak_sum_kb, total)
+
+    def summary(self) -> dict:
+        gb = lambda kb: round(kb / 2**20, 2)
+        by_kind = {}
+        for pid, kb in self.peaks.items():
+            by_kind.setdefault(self.kinds.get(pid, "?"), []).append(kb)
+        return dict(children_peak_sum_gb=gb(self.peak_sum_kb),
+                    **{f"{kind}_peak_gb": gb(max(v)) for kind, v in by_kind.items()},
+                    **{f"{kind}_processes": len(v) for kind, v in by_kind.items()})
+
+
+def _data_path(args) -> Path:
+    """The Parquet log of these sizes, written once."""
     path = Path(args.data) / f"log_{args.items}_{args.rows}_{args.d}.parquet"
     if not path.exists():
         df, _, _ = generate(args.items, args.rows, args.d)
         path.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(path, index=False)
-        del df
+    return path
+
+
+def compare(args) -> dict:
+    import causalrec as cr
+    path = _data_path(args)
     confounders = [f"x{j}" for j in range(args.d)]
     options = dict(item="item", treatment="t", outcome="y", confounders=confounders,
                    nuisance=args.nuisance, device="cpu")
     rss_before = _rss_gb()
+    children = ChildMemory()
     if args.path == "spark":
         os.environ["PYSPARK_PYTHON"] = sys.executable
         from pyspark.sql import SparkSession
         spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-                 .config("spark.driver.memory", "4g").getOrCreate())
+                 .config("spark.driver.memory", args.driver_memory).getOrCreate())
         spark.sparkContext.setLogLevel("ERROR")
         start = time.perf_counter()
-        effects = cr.estimate_item_effects(spark.read.parquet(str(path)), shards=2, **options)
+        with children:
+            effects = cr.estimate_item_effects(spark.read.parquet(str(path)), shards=2, **options)
     else:
         import pandas as pd
         start = time.perf_counter()
@@ -62,7 +147,7 @@ def compare(args) -> dict:
     return dict(path=args.path, nuisance=args.nuisance, items=args.items, rows=args.rows,
                 d=args.d, seconds=round(seconds, 1), items_ok=int((effects["status"] == "ok").sum()),
                 mean_ate=float(effects["ate"].mean()), rss_before_gb=rss_before,
-                peak_rss_gb=_rss_gb())
+                peak_rss_gb=_rss_gb(), **(children.summary() if args.path == "spark" else {}))
 
 
 class _Counted:
@@ -141,7 +226,7 @@ def scaleout(args) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("compare", "scaleout"))
+    parser.add_argument("what", choices=("compare", "scaleout", "data"))
     parser.add_argument("--path", choices=("local", "spark"), default="local")
     parser.add_argument("--nuisance", default="pooled")
     parser.add_argument("--items", type=int, default=1000)
@@ -149,8 +234,12 @@ def main(argv=None):
     parser.add_argument("--d", type=int, default=16)
     parser.add_argument("--shards", default="1,2,4,8")
     parser.add_argument("--data", default="/tmp/causalrec-bench")
+    parser.add_argument("--driver-memory", default="4g", help="spark.driver.memory (local mode: "
+                        "the JVM that runs the tasks too)")
     args = parser.parse_args(argv)
-    if args.what == "compare":
+    if args.what == "data":  # the Parquet log alone (its generation is not in a run's peak RSS)
+        print(_data_path(args))
+    elif args.what == "compare":
         print(json.dumps(compare(args)))
     else:
         scaleout(args)

@@ -7,8 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import torch
+
 import causalrec as cr
+import causalrec.estimate.design as design_module
 from causalrec.estimate.design import DesignSpec, build_design
+from causalrec.estimate.nuisance import cross_fit
+from causalrec.glm import SegmentGLM
+from causalrec.glm import layout as glm_layout
 from causalrec.estimate.folds import MAX_FOLDS, assign_folds
 from causalrec.exceptions import DataWarning
 
@@ -157,3 +163,93 @@ def test_fold_count_is_bounded_and_folds_are_balanced(sim_df):
                              sim_df["recommended"].to_numpy(), sim_df["clicked"].to_numpy(), 20, 0)
     counts = np.bincount(folds, minlength=20)
     assert counts.min() > 0.8 * len(sim_df) / 20  # round-robin per stratum: near-equal folds
+
+
+# -- issue 15: the design read straight from the frame, moments without float64 copies -----
+def _reference_moments(v):
+    """The moments as first written: float64 copies, a partition of the whole column."""
+    v = np.asarray(v, dtype=np.float64)
+    lo, hi = v.min(), v.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
+        return design_module.choose_moments(len(v), lo, hi, None, None)
+
+    def mean_std(u):
+        m = float(np.abs(u).max())
+        return m * float((u / m).mean()), m * float(np.sqrt(np.mean(np.square(u / m - (u / m).mean()))))
+
+    ranks = design_module.tail_ranks(len(v))
+    winsorised = None
+    if ranks is not None:
+        low, high = np.partition(v, ranks)[list(ranks)]
+        winsorised = mean_std(np.clip(v, low, high))
+    return design_module.choose_moments(len(v), lo, hi, mean_std(v), winsorised)
+
+
+@pytest.mark.parametrize("case", ["normal32", "sorted", "reversed", "strided_tail", "ties",
+                                  "heavy", "outlier", "tiny"])
+def test_robust_moments_equal_the_whole_column_partition(case):
+    rng = np.random.default_rng(3)
+    n = 50_003
+    v = {"normal32": rng.standard_normal(n).astype(np.float32),
+         "sorted": np.sort(rng.standard_normal(n)),
+         "reversed": np.sort(rng.standard_normal(n).astype(np.float32))[::-1].copy(),
+         # the sampled values (stride n // 20000 = 2) are the lowest half: the sample's
+         # threshold falls short of the tail rank, the whole column is partitioned
+         "strided_tail": np.where(np.arange(n) % 2 == 0, -10 - rng.random(n), rng.standard_normal(n)),
+         "ties": np.round(rng.standard_normal(n)).astype(np.float32),
+         "heavy": rng.standard_cauchy(n),
+         "outlier": np.r_[rng.standard_normal(n - 1), 1e9],
+         "tiny": rng.standard_normal(150)}[case]
+    assert design_module._robust_moments(v) == _reference_moments(v)  # bit for bit
+
+
+def test_design_rows_gather_any_rows_as_the_transform_writes_them(sim_df):
+    df = sim_df.assign(hour=sim_df["hour"].astype(np.int16), tenure=sim_df["tenure"].astype(np.float32))
+    log = cr.InteractionLog(df, **ROLES)
+    spec = DesignSpec.from_log(log)
+    rows = np.random.default_rng(4).permutation(len(df))[:3000]
+    for dtype in (np.float32, np.float64):
+        X = spec.transform(log, dtype=dtype).X
+        out = np.full((len(rows), X.shape[1] + 1), np.nan, dtype=dtype)
+        spec.rows(log, dtype=dtype).gather_into(rows, out[:, 1:])  # a strided target
+        np.testing.assert_array_equal(out[:, 1:], X[rows])
+        assert np.isnan(out[:, 0]).all()
+    raw = spec.rows(log, dtype=np.float64, standardise=False)
+    out = np.empty((len(rows), raw.shape[1]))
+    raw.gather_into(rows, out)
+    np.testing.assert_array_equal(out, spec.transform(log, dtype=np.float64, standardise=False).X[rows])
+
+
+def test_padded_design_from_the_frame_equals_the_padded_matrix(sim_df):
+    log = cr.InteractionLog(sim_df, **ROLES)
+    spec = DesignSpec.from_log(log)
+    rng = np.random.default_rng(5)
+    index = np.sort(rng.choice(len(sim_df), 4000, replace=False))
+    layout = glm_layout.make_layout(rng.integers(0, 9, len(index)), 9, block_size=16)
+    for dtype in (np.float32, np.float64):
+        X = torch.as_tensor(spec.transform(log, dtype=dtype).X)
+        ours = glm_layout.pad_design(layout, spec.rows(log, dtype=dtype), index=torch.as_tensor(index))
+        expected = glm_layout.pad_design(layout, X, index=torch.as_tensor(index))
+        assert ours.dtype == expected.dtype
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n_folds", [1, 2, 3])
+def test_cross_fit_from_the_frame_equals_the_fit_on_the_matrix(sim_df, n_folds):
+    """One fold set's padded design at a time, read from the frame: the same predictions, bit
+    for bit, as the fit on the standardised design matrix."""
+    log = cr.InteractionLog(sim_df, **ROLES)
+    spec = DesignSpec.from_log(log)
+    seg = pd.factorize(sim_df["item_id"], sort=True)[0].astype(np.int64)
+    t = sim_df["recommended"].to_numpy(np.int64)
+    y = sim_df["clicked"].to_numpy(np.float64)
+    folds = np.random.default_rng(6).integers(0, n_folds, len(sim_df))
+    rows = np.flatnonzero(seg % 5 > 0)  # a subset: the padding gathers through an index
+    models = dict(propensity=SegmentGLM(family="logistic", dtype="float64"),
+                  outcome=SegmentGLM(family="logistic", dtype="float64"))
+    fits = [cross_fit(X, None, None, rows, seg[rows], t[rows], y[rows], folds[rows], seg.max() + 1,
+                      n_folds=n_folds, device="cpu", dtype=torch.float64, **models)
+            for X in (spec.transform(log, dtype=np.float64).X, spec.rows(log, dtype=np.float64))]
+    for name in ("e", "mu0", "mu1"):
+        torch.testing.assert_close(getattr(fits[1], name), getattr(fits[0], name), rtol=0, atol=0)
+        assert bool(torch.isfinite(getattr(fits[1], name)).all())

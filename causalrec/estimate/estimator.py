@@ -8,7 +8,7 @@ import torch
 
 from ..base import BaseEstimator
 from ..glm import SegmentGLM
-from ..glm.layout import resolve_device, resolve_dtype
+from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
 from ..inference import interval
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
@@ -191,8 +191,9 @@ class ItemEffectEstimator(BaseEstimator):
         keys = log.item_columns
         seg, self.segments_ = segment_ids(df, keys)
         n_seg = len(self.segments_)
-        t = df[log.treatment].to_numpy(dtype=np.int64)
-        y = df[log.outcome].to_numpy(dtype=np.float64)
+        # the frame's own columns when they are plain numbers (no row copies), else converted
+        t = _native(df[log.treatment], "iu", np.int64)
+        y = _native(df[log.outcome], "iuf", np.float64)
         n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
         n_all = np.bincount(seg, minlength=n_seg)
         status = pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
@@ -201,30 +202,34 @@ class ItemEffectEstimator(BaseEstimator):
             status[status == "ok"] = "constant_outcome"
             use[:] = False
 
-        rows = np.flatnonzero(use)
+        n_use = int(use.sum())
+        # the rows in use; every row: a slice, and the row arrays' views (no copies)
+        rows = slice(None) if n_use == len(df) else np.flatnonzero(use)
+        in_use = lambda a: a[rows]
         text_features = self._text_features(log)
         # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
         # (all rows in use: no gathered copies of the columns)
         spec = DesignSpec.from_log(log, text_features,
-                                   rows=rows if 0 < len(rows) < len(df) else None)
-        design = spec.transform(log, text_features,
-                                dtype=np.float64 if dtype == torch.float64 else np.float32)
+                                   rows=rows if 0 < n_use < len(df) else None)
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.design_spec_ = spec
-        self.design_columns_, self.dropped_columns_ = design.columns, design.dropped
-        self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(design.columns))
+        self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
+        self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(spec.columns))
         binary = log.outcome_is_binary  # one scan of the outcome column
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
                                             item_columns=keys)
         folds = fold_of(self.seed) if folds is None else _check_folds(folds, len(df), self.n_folds)
-        # X is already standardised (in float64, then cast); it stays whole (a subset would
-        # copy it): the padding gathers only the rows in use
-        X, standardise = design.X, (None, None)
-        del design
+        # the GLM fits pad the design rows straight from the frame's columns (standardised in
+        # float64, then cast): no (n, d) design matrix beside the padded one; flexible
+        # learners take the matrix of the rows in use
+        X = (spec.rows(log, text_features, dtype=np_dtype) if self._flexible is None
+             else spec.transform(log, text_features, dtype=np_dtype).X)
+        standardise = (None, None)
         logged_e = (None if log.propensity is None
-                    else df[log.propensity].to_numpy(dtype=np.float64)[rows])
-        shard_of_item = self._shard_of_item(np.bincount(seg[rows], minlength=n_seg), n_seg)
+                    else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
+        shard_of_item = self._shard_of_item(np.bincount(in_use(seg), minlength=n_seg), n_seg)
         # Each repeat's predictions are out-of-fold for every row, so their average is too;
         # averaging removes the noise of one particular split.
         fits = None
@@ -233,15 +238,16 @@ class ItemEffectEstimator(BaseEstimator):
         propensity, outcome = self._nuisance_models(log.propensity is None)
         for repeat in range(self.n_repeats):
             split = folds if repeat == 0 else fold_of(self.seed + repeat)
-            if not len(rows):  # no item is estimable: statuses only, no fit
+            if not n_use:  # no item is estimable: statuses only, no fit
                 self.n_iter_ = 0
                 e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
                 break
             if self._flexible is not None:
-                preds = self._fit_flexible(X, rows, seg[rows], t[rows], y[rows], split[rows],
+                preds = self._fit_flexible(X, rows, in_use(seg), in_use(t).astype(np.int64),
+                                           in_use(y).astype(np.float64), in_use(split),
                                            n_seg, logged_e, device, converged)
             else:
-                fits = cross_fit(X, *standardise, rows, seg[rows], t[rows], y[rows], split[rows],
+                fits = cross_fit(X, *standardise, rows, in_use(seg), in_use(t), in_use(y), in_use(split),
                                  n_seg, n_folds=self.n_folds, propensity=propensity,
                                  outcome=outcome, logged_e=logged_e, shard_of_item=shard_of_item,
                                  device=device, dtype=dtype,
@@ -254,7 +260,7 @@ class ItemEffectEstimator(BaseEstimator):
             preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        on_device = lambda a, kind: torch.as_tensor(a[rows], dtype=kind, device=device)
+        on_device = lambda a, kind: read_only_tensor(in_use(a), kind, device)
         table, psi, e_clipped = effects_table(on_device(seg, torch.long),
                                                on_device(t, torch.float64),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
@@ -271,7 +277,7 @@ class ItemEffectEstimator(BaseEstimator):
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds, index=index, name="fold")
         from ..nuisance import calibration_table
-        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t[rows])
+        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), in_use(t))
         self.log_ = log
         return self
 
@@ -403,6 +409,13 @@ def _column_order(item_frame, table):
     head = ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated", "n_control", "status"]
     rest = [c for c in table.columns if c not in head]
     return list(item_frame.columns) + head + rest
+
+
+def _native(values: pd.Series, kinds: str, dtype) -> np.ndarray:
+    """A column as its own numpy array when its dtype is of these kinds, else as ``dtype``."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in kinds:
+        return values.to_numpy()
+    return values.to_numpy(dtype=dtype)
 
 
 def _row_series(index, rows, values, name):

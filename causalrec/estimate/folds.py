@@ -83,11 +83,13 @@ def _canonical_object_hash(col: pd.Series) -> np.ndarray:
     return hashed
 
 
-def row_hash(df: pd.DataFrame, chunk_rows: int = 1 << 18, canonical: bool = False) -> np.ndarray:
+def row_hash(df, chunk_rows: int = 1 << 18, canonical: bool = False) -> np.ndarray:
     """uint64 hash of each row's values; equals ``pd.util.hash_pandas_object(df, index=False)``.
     ``canonical=True`` hashes numbers by value (see ``_canonical_bits``), so a column's dtype
-    does not matter; column order still does (``assign_folds`` sorts the columns)."""
+    does not matter; column order still does (``assign_folds`` sorts the columns). ``df`` is a
+    DataFrame or a dict of its columns (``df[list]`` would copy every column)."""
     columns, bits_of = [], _canonical_bits if canonical else _column_bits  # (values, hashed)
+    n_rows = len(df) if isinstance(df, pd.DataFrame) else len(next(iter(df.values()), ()))
     for _, col in df.items():
         if _is_plain_numeric(col.dtype):
             columns.append((col.to_numpy(), False))
@@ -98,9 +100,9 @@ def row_hash(df: pd.DataFrame, chunk_rows: int = 1 << 18, canonical: bool = Fals
             columns.append((_canonical_object_hash(col), True))
         else:  # strings, categoricals, extension types: pandas' own per-column hash
             columns.append((pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy(), True))
-    out = np.empty(len(df), dtype=np.uint64)
-    for start in range(0, len(df), chunk_rows):
-        stop = min(start + chunk_rows, len(df))
+    out = np.empty(n_rows, dtype=np.uint64)
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
         acc = torch.full((stop - start,), 0x345678, dtype=torch.int64)
         tmp = torch.empty_like(acc)
         mult = 1000003
@@ -132,7 +134,8 @@ def _content_key(df: pd.DataFrame, columns: list[str], seed: int) -> np.ndarray:
     columns = sorted(dict.fromkeys(columns), key=str)
     if not columns:
         return _mix(np.full(len(df), seed, dtype=np.uint64))
-    return _mix(row_hash(df[columns], canonical=True) ^ _mix(np.full(1, seed, dtype=np.uint64)))
+    hashed = row_hash({c: df[c] for c in columns}, canonical=True)
+    return _mix(hashed ^ _mix(np.full(1, seed, dtype=np.uint64)))
 
 
 def check_n_folds(n_folds) -> int:

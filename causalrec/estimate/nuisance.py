@@ -16,7 +16,7 @@ import torch
 
 from ..exceptions import ConvergenceWarning
 from ..glm import BlockedDesign, SegmentGLM, ThreadReducer
-from ..glm.layout import block_size_for, read_only_tensor, segment_sum
+from ..glm.layout import block_size_for, read_only_tensor, resolve_dtype, segment_sum
 from ..glm.reducer import Reducer
 
 __all__ = ["CrossFit", "cross_fit", "pack_shards"]
@@ -55,22 +55,25 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
               propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
               shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None
               ) -> CrossFit:
-    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (seg, t, y, folds already subset to them).
+    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, or ``slice(None)`` for all;
+    seg, t, y, folds already subset to them).
 
-    ``propensity`` / ``outcome`` are unfitted ``SegmentGLM`` prototypes (their parameters are
-    copied for every fit); ``propensity=None`` uses ``logged_e``. ``warm`` holds an earlier
-    cross-fit's models to start from (e.g. another repeat's first fold).
+    X is an (n, d) array or a row source (``DesignSpec.rows``: the padded designs are then
+    read straight from the frame's columns). ``propensity`` / ``outcome`` are unfitted
+    ``SegmentGLM`` prototypes (their parameters are copied for every fit);
+    ``propensity=None`` uses ``logged_e``. ``warm`` holds an earlier cross-fit's models to
+    start from (e.g. another repeat's first fold).
     """
-    cells = (folds * 2 + t) * n_seg + seg
-    block_size = block_size_for(np.bincount(cells, minlength=n_seg * n_folds * 2))
-    X = read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
-    out = {name: torch.full((len(seg),), float("nan"), dtype=dtype, device=device)
-           for name in MODEL_NAMES}
+    block_size = block_size_for(np.bincount((folds * 2 + t) * n_seg + seg,
+                                            minlength=n_seg * n_folds * 2))
+    if not hasattr(X, "gather_into"):
+        X = read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
+    out = {}
     if logged_e is not None:
         out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
     job = dict(X=X, center=center, scale=scale, rows=rows, seg=seg, t=t, y=y, folds=folds,
                n_folds=n_folds, n_items=n_seg, propensity=propensity, outcome=outcome,
-               block_size=block_size)
+               block_size=block_size, device=device)
     if shard_of_item is None or int(np.max(shard_of_item, initial=0)) == 0:
         shards = [np.arange(n_seg)]
         results = [_fit_shard(shards[0], Reducer(), warm[0] if warm else None, **job)]
@@ -83,7 +86,11 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     converged = {}
     for items, (mine, preds, fits) in zip(shards, results):
         for name, values in preds.items():
-            out[name][mine] = values
+            if isinstance(mine, slice):  # the whole run: its predictions are the output
+                out[name] = values
+            else:
+                out.setdefault(name, torch.full((len(seg),), float("nan"), dtype=dtype,
+                                                device=device))[mine] = values
             ok = converged.setdefault(name, np.ones(n_seg, dtype=bool))
             for models in fits:
                 ok[items] &= models[name].converged_
@@ -94,53 +101,81 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
 
 
 def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds, n_folds,
-               n_items, propensity, outcome, block_size):
+               n_items, propensity, outcome, block_size, device=None):
     """One solver's share: the rows of ``items``, renumbered 0..len(items)-1; ``warm`` is an
-    earlier cross-fit of the same shard (its first fold's models start every fold)."""
-    if len(items) == n_items:  # the whole run: no renumbering
-        mine, local_seg = np.arange(len(seg)), seg
+    earlier cross-fit of the same shard (its first fold's models start every fold).
+
+    Each fold's models are fitted on a padded design of the training folds' rows only and
+    predict on one of the held-out fold's rows; one design is alive at a time (with two
+    folds: half the rows; the second fold's training design is the first one's test design).
+    Blocks keep their order and runs, so the fits equal those on one design of all rows."""
+    if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
+        mine, local_seg = slice(None), seg
     else:
         code = np.full(n_items, -1, dtype=np.int64)
         code[items] = np.arange(len(items))
         mine = np.flatnonzero(code[seg] >= 0)
         local_seg = code[seg[mine]]
     n_seg = len(items)
-    device, dtype = X.device, X.dtype
+    device = X.device if torch.is_tensor(X) else torch.device(device or "cpu")
+    dtype = X.dtype if torch.is_tensor(X) else resolve_dtype(str(X.dtype))
     t_mine, y_mine, f_mine = t[mine], y[mine], folds[mine]
-    cells = (f_mine * 2 + t_mine) * n_seg + local_seg
-    index = rows[mine]
-    index = None if len(index) == len(X) else torch.as_tensor(index, device=device)
-    design = BlockedDesign(X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
-                           center=center, scale=scale, index=index, block_size=block_size)
-    tb = design.pad(torch.as_tensor(t_mine, dtype=dtype, device=device))
-    yb = design.pad(torch.as_tensor(y_mine, dtype=dtype, device=device))
-    block_fold = design.block_cell // (2 * n_seg)
-    block_arm = (design.block_cell // n_seg) % 2
-    preds = {name: torch.full((len(mine),), float("nan"), dtype=dtype, device=device)
+    n_mine = len(t_mine)
+    if isinstance(rows, slice):  # every row of X is in use: the shard's own rows
+        index = None if isinstance(mine, slice) else mine
+    else:
+        index = rows[mine]
+    held = {}
+
+    def design_of(fold_set):
+        """Padded design of the rows in ``fold_set`` (kept until another set is asked for)."""
+        if held.get("folds") != fold_set:
+            held.clear()  # the old design is freed before the new one is padded
+            sub = np.flatnonzero(np.isin(f_mine, list(fold_set))) if len(fold_set) < n_folds \
+                else np.arange(n_mine)
+            cells = (f_mine[sub] * 2 + t_mine[sub]) * n_seg + local_seg[sub]  # (fold, arm, item)
+            design = BlockedDesign(
+                X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
+                center=center, scale=scale, block_size=block_size, device=device,
+                index=None if len(sub) == X.shape[0] else torch.as_tensor(
+                    sub if index is None else index[sub], device=device))
+            held.update(folds=fold_set, design=design, sub=torch.as_tensor(sub, device=device),
+                        tb=design.pad(torch.as_tensor(t_mine[sub], dtype=dtype, device=device)),
+                        yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
+        return held
+
+    preds = {name: torch.full((n_mine,), float("nan"), dtype=dtype, device=device)
              for name in MODEL_NAMES if name != "e" or propensity is not None}
     fits = []
     for f in range(n_folds):
-        train = block_fold != f if n_folds > 1 else torch.ones_like(block_fold, dtype=torch.bool)
-        test = design.blocks(block_fold == f if n_folds > 1 else train)
+        part = design_of(frozenset(range(n_folds)) - {f} if n_folds > 1 else frozenset({0}))
+        design, tb, yb = part["design"], part["tb"], part["yb"]
+        train = design.blocks()
+        block_arm = (design.block_cell // n_seg) % 2
         # later folds (and repeats) start Newton from the first fold's fits: same model, half
         # the data shared, so they begin close to their optimum and need fewer Gram passes
         start = warm[0] if warm else (fits[0] if fits else {})
         models = {}
         if propensity is not None:
             models["e"] = propensity.clone().fit_blocks(
-                design, tb, design.blocks(train), n_segments=n_seg, init=start.get("e"), reducer=reducer)
-        y_fit, y_back = _outcome_scale(design, yb, design.blocks(train), n_seg, outcome)
+                design, tb, train, n_segments=n_seg, init=start.get("e"), reducer=reducer)
+        y_fit, y_back = _outcome_scale(design, yb, train, n_seg, outcome)
         for arm in (0, 1):
             models[f"mu{arm}"] = outcome.clone().fit_blocks(
-                design, y_fit, design.blocks(train & (block_arm == arm)), n_segments=n_seg,
+                design, y_fit, design.blocks(block_arm == arm), n_segments=n_seg,
                 init=start.get(f"mu{arm}"), reducer=reducer)
+        del design, tb, yb, y_fit, part
+        part = design_of(frozenset({f}))
+        design, test = part["design"], part["design"].blocks()
         for name, model in models.items():
             pred = model.predict_blocks(design, test)
             if name != "e" and y_back is not None:
-                pred = pred * y_back[0][design.block_seg[test]].unsqueeze(1) \
-                    + y_back[1][design.block_seg[test]].unsqueeze(1)
-            design.unpad(pred, test, out=preds[name])
+                pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
+                    + y_back[1][design.block_seg].unsqueeze(1)
+            preds[name][part["sub"]] = design.unpad(pred)
+        del design, part
         fits.append(models)
+    held.clear()
     return mine, preds, fits
 
 

@@ -125,30 +125,52 @@ def pad(layout: Layout, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor
     return torch.where(mask, out, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
 
 
-def pad_design(layout: Layout, X: torch.Tensor, center=None, scale=None,
-               index: torch.Tensor | None = None) -> torch.Tensor:
+def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.Tensor:
     """Blocked design with an intercept column first (zeros on padding), gathered a chunk of
     blocks at a time into one reused buffer (``index_select`` into a buffer is ~3x faster than
     advanced indexing, which allocates a fresh tensor per chunk). With ``center`` / ``scale``
     the columns are standardised on the way, as ``(x - center) * scale``. ``index`` maps the
-    layout's rows to rows of X (a subset of X's rows, without copying X)."""
+    layout's rows to rows of X (a subset of X's rows, without copying X).
+
+    X is an (n, d) tensor or a row source (``causalrec.estimate.design.DesignRows``: its
+    ``gather_into(rows, out)`` writes design rows, e.g. read straight from a frame's columns,
+    so no (n, d) matrix exists beside the padded one; it is on the CPU, the layout's device
+    receives the chunks)."""
     n_blocks, B = layout.rows.shape
-    Xb = empty((n_blocks, B, X.shape[1] + 1), X.dtype, X.device)
-    step = max(1, chunk_bytes(X.device) // (B * (X.shape[1] + 1) * Xb.element_size()))
-    buf = X.new_empty((min(step, n_blocks) * B, X.shape[1]))
-    if center is not None:
-        center, scale = (torch.as_tensor(v, dtype=X.dtype, device=X.device) for v in (center, scale))
+    source = not torch.is_tensor(X)
+    d = X.shape[1]
+    dtype = resolve_dtype(str(X.dtype)) if source else X.dtype
+    device = layout.rows.device if source else X.device
+    Xb = empty((n_blocks, B, d + 1), dtype, device)
+    step = max(1, chunk_bytes(device) // (B * (d + 1) * Xb.element_size()))
+    if source:
+        host = None if device.type == "cpu" else np.empty((min(step, n_blocks) * B, d), X.dtype)
+        index = None if index is None else np.asarray(torch.as_tensor(index).cpu())
+    else:
+        buf = X.new_empty((min(step, n_blocks) * B, d))
+        if center is not None:
+            center, scale = (torch.as_tensor(v, dtype=X.dtype, device=X.device) for v in (center, scale))
     for a in range(0, n_blocks, step):
         rows = layout.rows[a:a + step]
         padding = (rows < 0).unsqueeze(-1)
-        source = rows.clamp(min=0).reshape(-1)
-        if index is not None:
-            source = index[source]
-        gathered = torch.index_select(X, 0, source, out=buf[:rows.numel()])
-        if center is not None:
-            gathered.sub_(center).mul_(scale)
         chunk = Xb[a:a + step]
-        chunk[..., 1:] = gathered.view(rows.shape + (X.shape[1],))
+        rows_of_X = rows.clamp(min=0).reshape(-1)
+        if source:
+            rows_of_X = rows_of_X.cpu().numpy()
+            if index is not None:
+                rows_of_X = index[rows_of_X]
+            if host is None:  # straight into the padded buffer
+                X.gather_into(rows_of_X, chunk.numpy().reshape(-1, d + 1)[:, 1:])
+            else:
+                X.gather_into(rows_of_X, host[:len(rows_of_X)])
+                chunk[..., 1:] = torch.from_numpy(host[:len(rows_of_X)]).to(device).view(rows.shape + (d,))
+        else:
+            if index is not None:
+                rows_of_X = index[rows_of_X]
+            gathered = torch.index_select(X, 0, rows_of_X, out=buf[:rows.numel()])
+            if center is not None:
+                gathered.sub_(center).mul_(scale)
+            chunk[..., 1:] = gathered.view(rows.shape + (d,))
         chunk[..., 0] = 1.0
         chunk.masked_fill_(padding, 0.0)
     return Xb

@@ -31,18 +31,19 @@ class BlockedDesign:
     ``cell_segment`` maps each cell to its segment (default: cells are segments). ``center`` /
     ``scale`` standardise the columns on the way; ``index`` maps the layout's rows to rows of
     X (a subset of X without copying it); ``block_size`` fixes the layout's block size (a
-    sharded fit passes the whole log's choice).
+    sharded fit passes the whole log's choice). X may be a row source instead of a tensor
+    (see ``pad_design``): the padded design is then the only copy of the rows, on ``device``.
     """
 
-    def __init__(self, X: torch.Tensor, cells, n_cells: int, *, cell_segment=None,
-                 center=None, scale=None, index=None, block_size=None):
-        self.device = X.device
-        self.layout: Layout = make_layout(cells, n_cells, block_size=block_size, device=X.device)
+    def __init__(self, X, cells, n_cells: int, *, cell_segment=None,
+                 center=None, scale=None, index=None, block_size=None, device=None):
+        self.device = X.device if torch.is_tensor(X) else torch.device(device or "cpu")
+        self.layout: Layout = make_layout(cells, n_cells, block_size=block_size, device=self.device)
         self.X = pad_design(self.layout, X, center, scale, index=index)
-        self.weight = self.layout.valid.to(X.dtype)
+        self.weight = self.layout.valid.to(self.X.dtype)
         self.block_cell = self.layout.block_cell
-        seg_of_cell = (torch.arange(n_cells, device=X.device) if cell_segment is None
-                       else torch.as_tensor(cell_segment, device=X.device))
+        seg_of_cell = (torch.arange(n_cells, device=self.device) if cell_segment is None
+                       else torch.as_tensor(cell_segment, device=self.device))
         self.block_seg = seg_of_cell[self.block_cell]
 
     @property
