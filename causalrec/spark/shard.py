@@ -66,8 +66,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     t = pdf[job.treatment].to_numpy(dtype=np.int64)
     y = pdf[job.outcome].to_numpy(dtype=np.float64)
     extra = pdf[job.extra] if job.extra else None
-    X = job.spec.transform(pdf, extra, dtype=np.float64 if dtype == torch.float64 else np.float32).X
-    X = read_only_tensor(X, dtype, device).contiguous()
+    # the padded design is read straight from the shard's columns, as in the local estimator
+    X = job.spec.rows(pdf, extra, dtype=np.float64 if dtype == torch.float64 else np.float32)
     logged_e = None if job.propensity is None else pdf[job.propensity].to_numpy(np.float64)
     propensity, outcome = _on(job.propensity_model, device), _on(job.outcome_model, device)
     rows = np.arange(len(pdf))
@@ -81,7 +81,7 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
         _, preds, fits = _fit_shard(np.arange(n_seg), reducer, fits, X=X, center=None,
                                     scale=None, rows=rows, seg=seg, t=t, y=y, folds=split,
                                     n_folds=o["n_folds"], n_items=n_seg, propensity=propensity,
-                                    outcome=outcome, block_size=job.block_size)
+                                    outcome=outcome, block_size=job.block_size, device=device)
         if logged_e is not None:
             preds["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
         for models in fits:
