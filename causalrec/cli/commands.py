@@ -3,6 +3,7 @@ modules (torch, matplotlib, pyspark) are imported inside the commands that need 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from .output import PROG
@@ -96,6 +97,22 @@ def _spark_roles(args, sdf):
     return _with_graph(_roles(args), graph, schema_frame(sdf) if graph else None), graph
 
 
+@contextmanager
+def _effects_on_spark(args, progress):
+    """(Spark log, roles, graph, effects table estimated on Spark), inside the Spark session;
+    bad flags and a bad graph file fail before Spark starts."""
+    from ..estimate import estimate_item_effects
+    from ..spark.cli import spark_log
+
+    _estimator(args)
+    _graph(args)
+    with spark_log(args, progress) as sdf:
+        roles, graph = _spark_roles(args, sdf)
+        with progress.step("estimating effects on Spark"):
+            effects = estimate_item_effects(sdf, **roles, **_options(args))
+        yield sdf, roles, graph, effects
+
+
 def _fit(estimator, log, progress):
     with progress.step("estimating effects"):
         return estimator.fit(log)
@@ -187,14 +204,8 @@ def cmd_effects(args, progress) -> int:
     out = Path(args.out)
     _check_table_path(out)  # before minutes of fitting
     if args.spark is not None:
-        from ..spark.cli import spark_log
-        _estimator(args)  # a bad flag fails now, before Spark starts
-        _graph(args)  # and a bad graph file
-        with spark_log(args, progress) as sdf:
-            from ..estimate import estimate_item_effects
-            roles, _ = _spark_roles(args, sdf)
-            with progress.step("estimating effects on Spark"):
-                effects = estimate_item_effects(sdf, **roles, **_options(args))
+        with _effects_on_spark(args, progress) as (_, _, _, effects):
+            pass
     else:
         log, _, _ = _read(args, progress)
         estimator = _estimator(args)
@@ -207,14 +218,7 @@ def cmd_effects(args, progress) -> int:
 
 def cmd_report(args, progress) -> int:
     if args.spark is not None:
-        from ..spark.cli import spark_log
-        _estimator(args)  # a bad flag fails now, before Spark starts
-        _graph(args)  # and a bad graph file
-        with spark_log(args, progress) as sdf:
-            from ..estimate import estimate_item_effects
-            roles, graph = _spark_roles(args, sdf)
-            with progress.step("estimating effects on Spark"):
-                effects = estimate_item_effects(sdf, **roles, **_options(args))
+        with _effects_on_spark(args, progress) as (sdf, roles, graph, effects):
             report = _report(effects, roles, graph, args, progress, args.title, args.top,
                              refute=args.refute, data=sdf)
     else:
