@@ -166,7 +166,7 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
         return np.zeros(len(df), dtype=np.int64)
     outcome = np.asarray(outcome, dtype=np.float64)
     key = _content_key(df, content, seed)
-    stratum = segment * 2 + treatment
+    stratum = np.asarray(segment, dtype=np.int64) * 2 + treatment  # narrow ids: no overflow
     order = _stratum_order(stratum, key, outcome)
     sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
     new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]

@@ -64,7 +64,7 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     ``propensity=None`` uses ``logged_e``. ``warm`` holds an earlier cross-fit's models to
     start from (e.g. another repeat's first fold).
     """
-    block_size = block_size_for(np.bincount((folds * 2 + t) * n_seg + seg,
+    block_size = block_size_for(np.bincount((folds.astype(np.int64) * 2 + t) * n_seg + seg,
                                             minlength=n_seg * n_folds * 2))
     if not hasattr(X, "gather_into"):
         X = read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
@@ -133,19 +133,21 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
             held.clear()  # the old design is freed before the new one is padded
             sub = np.flatnonzero(np.isin(f_mine, list(fold_set))) if len(fold_set) < n_folds \
                 else np.arange(n_mine)
-            cells = (f_mine[sub] * 2 + t_mine[sub]) * n_seg + local_seg[sub]  # (fold, arm, item)
+            # (fold, arm, item); folds may come narrow (int8): the cell number needs int64
+            cells = (f_mine[sub].astype(np.int64) * 2 + t_mine[sub]) * n_seg + local_seg[sub]
             design = BlockedDesign(
                 X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
                 index=None if len(sub) == X.shape[0] else torch.as_tensor(
                     sub if index is None else index[sub], device=device))
-            held.update(folds=fold_set, design=design, sub=torch.as_tensor(sub, device=device),
+            held.update(folds=fold_set, design=design,
                         tb=design.pad(torch.as_tensor(t_mine[sub], dtype=dtype, device=device)),
                         yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
         return held
 
-    preds = {name: torch.full((n_mine,), float("nan"), dtype=dtype, device=device)
-             for name in MODEL_NAMES if name != "e" or propensity is not None}
+    # each held-out fold's predictions in its own rows' order; the row arrays are assembled
+    # after the last fit, so no (n,) output is alive during the fits
+    fold_preds = []
     fits = []
     for f in range(n_folds):
         part = design_of(frozenset(range(n_folds)) - {f} if n_folds > 1 else frozenset({0}))
@@ -167,15 +169,27 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         del design, tb, yb, y_fit, part
         part = design_of(frozenset({f}))
         design, test = part["design"], part["design"].blocks()
+        fold_preds.append({})
         for name, model in models.items():
             pred = model.predict_blocks(design, test)
             if name != "e" and y_back is not None:
                 pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
                     + y_back[1][design.block_seg].unsqueeze(1)
-            preds[name][part["sub"]] = design.unpad(pred)
+            fold_preds[-1][name] = design.unpad(pred)
+            del pred
         del design, part
         fits.append(models)
     held.clear()
+    in_fold = [torch.as_tensor(f_mine == f, device=device) for f in range(n_folds)] \
+        if n_folds > 1 else [None]
+    preds = {}
+    for name in list(fold_preds[0]):
+        preds[name] = torch.empty((n_mine,), dtype=dtype, device=device)
+        for f, values in enumerate(fold_preds):
+            if in_fold[f] is None:
+                preds[name].copy_(values.pop(name))
+            else:
+                preds[name][in_fold[f]] = values.pop(name)
     return mine, preds, fits
 
 

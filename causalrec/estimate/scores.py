@@ -59,6 +59,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     weights. Intervals use Student t with Welch-Satterthwaite degrees of freedom over the
     arms (see benchmarks/README.md, issue 14 part 3, for the rules measured)."""
     S = lambda values: segment_sum(values, seg, n_seg)
+    # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
+    # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
+    # are taken in float64
+    t_sum = lambda values: S(values.to(e.dtype))
     e_clip = e.clamp(clip, 1 - clip)
     keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
     k = keep.to(e.dtype)
@@ -92,7 +96,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             torch.where(keep, mu1 - mu0 + correction, 0.0), seg, n_seg, n_keep))
     ess_t, ess_c = S(wt) ** 2 / S(wt ** 2), S(wc) ** 2 / S(wc ** 2)
     dof_welch = _welch_dof(psi_var, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
-    n_t, n_c = S(t), S(1 - t)
+    n_t, n_c = t_sum(t), t_sum(1 - t)
     if binary:
         # An arm with no (or only) clicks shows no residual spread, so the empirical
         # variance collapses; the variance implied by the fitted click probabilities
@@ -197,8 +201,14 @@ def _normalised_scores(seg, folds, k, wt, wc, y, mu0, mu1, n_seg):
         h = (w / s[group]).nan_to_num(0.0)  # leverage: the row's share of its group's weight
         omega = n_g[group] * w / s[group]
         resid = torch.where(w > 0, y - mu - r[group], 0.0)
-        psi = psi + sign * (r[group] + omega * resid)
-        psi_hc3 = psi_hc3 + sign * (r[group] + omega * resid / (1 - h).clamp(min=1e-12))
+        # in place, the same operations in the same order as psi + sign * (r_g + omega * resid)
+        # (psi starts as a fresh mu1 - mu0, or the number 0.0)
+        r_g, weighted = r[group], omega * resid
+        term = torch.add(weighted, r_g).mul_(sign)
+        psi = psi.add_(term) if torch.is_tensor(psi) else psi + term
+        term = weighted.div_((1 - h).clamp(min=1e-12)).add_(r_g).mul_(sign)
+        psi_hc3 = psi_hc3.add_(term) if torch.is_tensor(psi_hc3) else psi_hc3 + term
+        del r_g, weighted, term, h, resid
         omegas.append(torch.where(w > 0, omega, 0.0))
         means.append(segment_sum(k * r[group], seg, n_seg) / n)
     return _Normalised(psi, psi_hc3, *omegas, *means)
