@@ -143,23 +143,23 @@ def text_features(sdf, text, *, encoder=None, n_components: int = 8,
                              pair_similarity=pair_similarity)
     fitted.columns_, fitted.encoder_, fitted.reducers_ = text, fitted.encoder, {}
     n_rows = sdf.count()
-    embedded, report, out, local_names, keep = {}, [], sdf, [], []
+    embedded, report, out, keep = {}, [], sdf, []
+    n_columns = 0  # design columns made so far (their temporary names are numbered)
     for col in text:
         embedded[col] = _embedded(sdf, col, params, row_id)
         reducer, n_unique, n_missing = _fit_reducer(embedded[col], n_components, max_sample, seed)
         fitted.reducers_[col] = reducer
-        names = [f"{col}_pc{k}" for k in range(len(reducer.components_))]
         report.append(dict(column=col, n_rows=n_rows, n_unique=n_unique, n_missing=n_missing,
                            n_components=len(reducer.components_),
                            explained_variance=float(reducer.explained_variance_ratio_.sum())))
-        safe = [f"__causalrec_x{len(local_names) + k}" for k in range(len(names))]
+        safe = [f"__causalrec_x{n_columns + k}" for k in range(len(reducer.components_))]
         schema = ", ".join([f"{_KEY} string"] + [f"{s} double" for s in safe])
         scores = _materialised(embedded[col].select(_KEY, _EMB).mapInPandas(
             _scores_task(reducer, safe), schema), keep)
         out = _join_by(out, scores, [(col, _KEY)])
-        local_names += names
+        n_columns += len(safe)
     for a, b in fitted._pairs():
-        name = f"__causalrec_x{len(local_names)}"
+        name = f"__causalrec_x{n_columns}"
         pairs = (sdf.select(F.col(a).alias("__causalrec_a"), F.col(b).alias("__causalrec_b"))
                  .distinct())
         for side, col in (("a", a), ("b", b)):
@@ -170,10 +170,11 @@ def text_features(sdf, text, *, encoder=None, n_components: int = 8,
         cos = _materialised(pairs.mapInPandas(
             _cosine_task(name), f"__causalrec_a string, __causalrec_b string, {name} double"), keep)
         out = _join_by(out, cos, [(a, "__causalrec_a"), (b, "__causalrec_b")])
-        local_names.append(f"{a}~{b}_cos")
+        n_columns += 1
     for frame in embedded.values():  # the embeddings are no longer needed: scores are kept
         frame.unpersist()
     fitted.report_ = pd.DataFrame(report).set_index("column")
     fitted.persisted_ = keep  # per-text scores and pair cosines (unpersist when done)
-    safe = [f"__causalrec_x{j}" for j in range(len(local_names))]
+    local_names = fitted.feature_names_  # the local path's names, in the same order
+    safe = [f"__causalrec_x{j}" for j in range(n_columns)]
     return out, safe, local_names, fitted
