@@ -9,7 +9,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 import causalrec as cr
 from causalrec.nuisance import (BoostedLearner, FlexibleNuisance, calibration_table,
                                 cross_fit_nuisances)
-from causalrec.nuisance.select import stack_weight
+from causalrec.nuisance.select import stack_weights
 
 pytest.importorskip("xgboost")
 
@@ -133,11 +133,11 @@ def test_stack_weight_follows_the_better_prediction():
     truth = rng.normal(size=5000)
     target = truth + rng.normal(size=5000)
     noise = rng.normal(scale=3, size=5000)
-    assert stack_weight(truth, noise, target, "gaussian")[0] == 0.0
-    assert stack_weight(noise, truth, target, "gaussian")[0] == 1.0
+    assert stack_weights(truth, [noise], target, "gaussian")[0][0] == 0.0
+    assert stack_weights(noise, [truth], target, "gaussian")[0][0] == 1.0
     # two equally good, independent errors: the even mix is best
-    w, _ = stack_weight(truth + rng.normal(size=5000), truth + rng.normal(size=5000), target,
-                        "gaussian")
+    (w,), _ = stack_weights(truth + rng.normal(size=5000), [truth + rng.normal(size=5000)],
+                            target, "gaussian")
     assert 0.4 <= w <= 0.6
 
 

@@ -81,9 +81,12 @@ class FlexibleNuisance:
             learner.check()
         return out
 
+    def _also(self) -> list:
+        return list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
+
     def also_learners(self) -> list:
         """The ``also`` learners, checked (they need ``auto``: nothing else combines them)."""
-        also = list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
+        also = self._also()
         if also and not self.auto:
             raise ValueError("also: further learners need auto=True (the stack combines them)")
         out = [_as_learner(model, "outcome") for model in also]
@@ -93,9 +96,8 @@ class FlexibleNuisance:
 
     @property
     def also_names(self) -> list[str]:
-        also = list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
         return [m if isinstance(m, str) else type(m).__name__.removesuffix("Learner").lower()
-                for m in also]
+                for m in self._also()]
 
 
 def _as_learner(model, role):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["row_loss", "choose_per_item", "stack_weight", "stack_weights", "calibration_table"]
+__all__ = ["row_loss", "choose_per_item", "stack_weights", "calibration_table"]
 
 STACK_GRID = np.linspace(0.0, 1.0, 21)
 _EPS = 1e-6  # keeps the log loss finite for predictions at 0 or 1 (scoring only)
@@ -26,14 +26,6 @@ def choose_per_item(loss_pooled, loss_own, item, n_items) -> np.ndarray:
     pooled = np.bincount(item, weights=np.where(np.isfinite(loss_own), loss_pooled, 0.0),
                          minlength=n_items)
     return has_own & (own < pooled)
-
-
-def stack_weight(glm, flexible, target, family) -> tuple[float, float]:
-    """Convex weight w of ``(1 - w) * glm + w * flexible`` minimising the mean out-of-fold loss
-    over a grid (one parameter fitted on n out-of-fold rows: no refit needed); ties keep the
-    GLM. Returns (w, its loss)."""
-    weights, loss = stack_weights(glm, [flexible], target, family)
-    return float(weights[0]), loss
 
 
 def stack_weights(glm, candidates, target, family) -> tuple[np.ndarray, float]:
