@@ -68,6 +68,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     k = keep.to(e.dtype)
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
     n_keep = S(k)
+    s1, s0 = S(wt), S(wc)  # each arm's weight sum
     correction = wt * (y - mu1) - wc * (y - mu0)
     psi_var = None  # normalised AIPW: influence values with HC3 residuals, for the variance
     if method == "aipw" and normalize:
@@ -79,7 +80,6 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         # per item, not per fold: the fold split matters through the outcome models' residuals
         hajek = _normalised_scores(seg, None, k, wt, wc, y, 0.0, 0.0, n_seg)
         psi, m1, m0 = hajek.psi, hajek.r_t, hajek.r_c
-        s1, s0 = S(wt), S(wc)
     else:  # outcome regression; spread by the AIPW influence function, centred on OR
         psi = mu1 - mu0 + correction - (S(k * correction) / n_keep)[seg]
         arm_weights = (wt, wc)
@@ -94,7 +94,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         # still spreads the estimate (no-text logs: coverage 0.926 without, 0.941 with)
         var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(
             torch.where(keep, mu1 - mu0 + correction, 0.0), seg, n_seg, n_keep))
-    ess_t, ess_c = S(wt) ** 2 / S(wt ** 2), S(wc) ** 2 / S(wc ** 2)
+    ess_t, ess_c = s1 ** 2 / S(wt ** 2), s0 ** 2 / S(wc ** 2)
     dof_welch = _welch_dof(psi_var, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
     n_t, n_c = t_sum(t), t_sum(1 - t)
     if binary:
