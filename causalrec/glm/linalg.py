@@ -56,18 +56,21 @@ def spd_inverse(A: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def segment_inverses(gram, local_pen, out=None):
+def segment_inverses(gram, local_pen, out=None, index=None):
     """(G_k + diag(local_pen))^-1 for every segment and their sum (float64), computed a
-    bounded slab at a time (into ``out`` when given)."""
+    bounded slab at a time (into ``out`` when given). With ``index``, only those segments'
+    inverses are formed, into their rows of ``out`` (no gathered copy of their Gram matrices
+    or inverses); the sum is then over them."""
     K, p = gram.shape[:2]
     out = empty((K, p, p), gram.dtype, gram.device) if out is None else out
     total = torch.zeros(p, p, dtype=torch.float64, device=gram.device)
     step = max(1, chunk_bytes(gram.device) // (4 * p * p * gram.element_size()))
-    for a in range(0, K, step):
-        A = gram[a:a + step].clone(memory_format=torch.contiguous_format)
+    for a in range(0, K if index is None else len(index), step):
+        rows = slice(a, a + step) if index is None else index[a:a + step]
+        A = gram[rows].clone(memory_format=torch.contiguous_format)
         A.diagonal(dim1=-2, dim2=-1).add_(local_pen)
-        out[a:a + step] = spd_inverse(A)
-        total += out[a:a + step].sum(0)
+        out[rows] = spd_inverse(A)
+        total += out[rows].sum(0)
     return out, total
 
 
@@ -82,7 +85,16 @@ def shared_hessian(inv_sum, n_seg, local_pen, shared_pen):
     return torch.diag(shared_pen.to(torch.float64) + n_seg * lam) - lam[:, None] * inv_sum * lam
 
 
-def symmetric_solve(inv, b):
+def symmetric_solve(inv, b, index=None):
     """inv_k @ b_k for symmetric inv_k, as the row-vector product b_k' inv_k (the
-    matrix-vector form of ``bmm`` runs at a fraction of the speed)."""
-    return torch.bmm(b.unsqueeze(1), inv).squeeze(1)
+    matrix-vector form of ``bmm`` runs at a fraction of the speed). With ``index``, b_k is
+    paired with inv[index[k]], the inverses gathered a bounded slab at a time (slabs start at
+    multiples of 64 rows: each product then reads its operands at the same alignment as one
+    gathered batch would, and CPU ``bmm`` results depend on it)."""
+    if index is None:
+        return torch.bmm(b.unsqueeze(1), inv).squeeze(1)
+    out = torch.empty_like(b)
+    step = max(64, chunk_bytes(b.device) // (inv[0].numel() * inv.element_size()) // 64 * 64)
+    for a in range(0, len(index), step):
+        out[a:a + step] = torch.bmm(b[a:a + step].unsqueeze(1), inv[index[a:a + step]]).squeeze(1)
+    return out

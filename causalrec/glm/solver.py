@@ -174,6 +174,7 @@ def _set_up(data: _Blocks, blocks, cfg: _Settings, init) -> _State:
             warm_loss = _pass(data, blocks, warm + state.shared, need_hessian=False)[0]
             better = _penalised(cfg, warm_loss, warm) < _penalised(cfg, cold_loss, state.local)
             state.local = torch.where(better.unsqueeze(1), warm, state.local)
+    del w_rows  # a copy of the weights: not alive beside the solver's buffers
     state.acc = empty((n_seg, p, p + 1), **opts)
     state.inv = empty((n_seg, p, p), **opts)
     loss, state.grad, state.gram = _pass(data, blocks, state.local + state.shared,
@@ -197,20 +198,18 @@ def _direction(state: _State, cfg: _Settings) -> _Direction:
     lp, sp = cfg.local_pen, cfg.shared_pen
     if state.joint_fresh if state.joint else bool(fresh.any()):
         renew = idx[fresh]
-        every = len(renew) == len(state.inv)
-        gram = state.gram if every else state.gram[renew]
-        inv, inv_sum = segment_inverses(gram, lp, out=state.inv if every else None)
-        if not every:
-            state.inv[renew] = inv
+        # the fresh segments' inverses in place (no gathered copies of Gram matrices or inverses)
+        _, inv_sum = segment_inverses(state.gram, lp, out=state.inv,
+                                      index=None if len(renew) == len(state.inv) else renew)
         state.n_hessians[renew] += 1
         if state.joint:
             state.joint_hessians += 1  # (in the joint phase every segment is fresh or none is)
             S = shared_hessian(cfg.reducer.sum(inv_sum), cfg.n_seg_total, lp, sp)
             state.S_inv = robust_spd_inverse(S.unsqueeze(0))[0]
-    inv = state.inv if len(idx) == len(state.inv) else state.inv[idx]
+    subset = None if len(idx) == len(state.inv) else idx
     local, grad = state.local[idx], state.grad[idx]
     g_local = grad + lp * local
-    u = symmetric_solve(inv, g_local)  # A_k^-1 g_k
+    u = symmetric_solve(state.inv, g_local, subset)  # A_k^-1 g_k
     d_shared = torch.zeros_like(state.shared)
     shared_decrement = 0.0
     if state.joint:
@@ -219,7 +218,7 @@ def _direction(state: _State, cfg: _Settings) -> _Direction:
         r = (sp * state.shared).to(torch.float64) + cfg.reducer.sum(
             (lp * (u - local)).sum(0, dtype=torch.float64))
         d_shared = (state.S_inv @ r).to(grad.dtype)
-        d_local = u + symmetric_solve(inv, (lp * d_shared).expand_as(u)) - d_shared
+        d_local = u + symmetric_solve(state.inv, (lp * d_shared).expand_as(u), subset) - d_shared
         shared_grad = cfg.reducer.sum(state.grad.sum(0)) + sp * state.shared
         shared_decrement = float((shared_grad * d_shared).sum().abs())
     else:
