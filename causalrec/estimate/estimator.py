@@ -204,8 +204,8 @@ class ItemEffectEstimator(BaseEstimator):
             use[:] = False
 
         n_use = int(use.sum())
-        # the rows in use; every row: a slice, and the row arrays' views (no copies)
-        rows = slice(None) if n_use == len(df) else np.flatnonzero(use)
+        # the rows in use: a mask (1 byte a row), or a slice when all are (views, no copies)
+        rows = slice(None) if n_use == len(df) else use
         in_use = lambda a: a[rows]
         text_features = self._text_features(log)
         # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
@@ -223,6 +223,11 @@ class ItemEffectEstimator(BaseEstimator):
                                             item_columns=keys)
         folds = _narrow(fold_of(self.seed) if folds is None
                         else _check_folds(folds, len(df), self.n_folds), self.n_folds)
+        # every repeat's split, then the rows in use of each row array, formed once (the fits
+        # and the effects table read the same copies; the whole-log item ids are freed)
+        splits = [in_use(folds)] + [in_use(_narrow(fold_of(self.seed + r), self.n_folds))
+                                    for r in range(1, self.n_repeats)]
+        seg, t, y = in_use(seg), in_use(t), in_use(y)
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
         # float64, then cast): no (n, d) design matrix beside the padded one; flexible
         # learners take the matrix of the rows in use
@@ -231,31 +236,27 @@ class ItemEffectEstimator(BaseEstimator):
         standardise = (None, None)
         logged_e = (None if log.propensity is None
                     else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
-        shard_of_item = self._shard_of_item(np.bincount(in_use(seg), minlength=n_seg), n_seg)
+        shard_of_item = self._shard_of_item(np.bincount(seg, minlength=n_seg), n_seg)
         # Each repeat's predictions are out-of-fold for every row, so their average is too;
         # averaging removes the noise of one particular split.
         fits = None
         self.nuisance_fits_, converged = [], {}
         e, mu0, mu1 = 0.0, 0.0, 0.0
         propensity, outcome = self._nuisance_models(log.propensity is None)
-        for repeat in range(self.n_repeats):
-            split = folds if repeat == 0 else _narrow(fold_of(self.seed + repeat), self.n_folds)
+        for repeat, split in enumerate(splits):
             if not n_use:  # no item is estimable: statuses only, no fit
                 self.n_iter_ = 0
                 e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
                 break
             if self._flexible is not None:
-                preds = self._fit_flexible(X, rows, in_use(seg).astype(np.int64),
-                                           in_use(t).astype(np.int64),
-                                           in_use(y).astype(np.float64),
-                                           in_use(split).astype(np.int64),
+                preds = self._fit_flexible(X, rows, seg.astype(np.int64), t.astype(np.int64),
+                                           y.astype(np.float64), split.astype(np.int64),
                                            n_seg, logged_e, device, converged)
             else:
-                fits = cross_fit(X, *standardise, rows, in_use(seg), in_use(t), in_use(y), in_use(split),
-                                 n_seg, n_folds=self.n_folds, propensity=propensity,
-                                 outcome=outcome, logged_e=logged_e, shard_of_item=shard_of_item,
-                                 device=device, dtype=dtype,
-                                 warm=fits.shard_fits if fits else None)
+                fits = cross_fit(X, *standardise, rows, seg, t, y, split, n_seg,
+                                 n_folds=self.n_folds, propensity=propensity, outcome=outcome,
+                                 logged_e=logged_e, shard_of_item=shard_of_item, device=device,
+                                 dtype=dtype, warm=fits.shard_fits if fits else None)
                 self.nuisance_fits_ += fits.shard_fits[0] if len(fits.shard_fits) == 1 else []
                 for name, ok in fits.converged.items():
                     converged[name] = converged.get(name, True) & ok
@@ -265,13 +266,12 @@ class ItemEffectEstimator(BaseEstimator):
             preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        on_device = lambda a, kind: read_only_tensor(in_use(a), kind, device)
+        on_device = lambda a, kind: read_only_tensor(a, kind, device)
         table, psi, e_clipped = effects_table(on_device(seg, torch.long), on_device(t, None),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                                self.method, self.clip, self.trim, self.alpha,
-                                               binary=binary,
-                                               normalize=self.normalize,
-                                               folds=on_device(folds, None))
+                                               binary=binary, normalize=self.normalize,
+                                               folds=on_device(splits[0], None))
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index
@@ -281,7 +281,7 @@ class ItemEffectEstimator(BaseEstimator):
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds.astype(np.int64), index=index, name="fold")
         from ..nuisance import calibration_table
-        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), in_use(t))
+        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t)
         self.log_ = log
         return self
 

@@ -55,8 +55,8 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
               propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
               shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None
               ) -> CrossFit:
-    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, or ``slice(None)`` for all;
-    seg, t, y, folds already subset to them).
+    """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, a boolean mask, or
+    ``slice(None)`` for all; seg, t, y, folds already subset to them).
 
     X is an (n, d) array or a row source (``DesignSpec.rows``: the padded designs are then
     read straight from the frame's columns). ``propensity`` / ``outcome`` are unfitted
@@ -105,9 +105,10 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     """One solver's share: the rows of ``items``, renumbered 0..len(items)-1; ``warm`` is an
     earlier cross-fit of the same shard (its first fold's models start every fold).
 
-    Each fold's models are fitted on a padded design of the training folds' rows only and
-    predict on one of the held-out fold's rows; one design is alive at a time (with two
-    folds: half the rows; the second fold's training design is the first one's test design).
+    Each fold's models are fitted on a padded design of the training folds' rows only; after
+    the last fit each fold's models predict on one of its held-out rows. One design is alive
+    at a time (with two folds: half the rows; the second fold's training design is the first
+    one's test design).
     Blocks keep their order and runs, so the fits equal those on one design of all rows."""
     if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
         mine, local_seg = slice(None), seg
@@ -121,11 +122,16 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     dtype = X.dtype if torch.is_tensor(X) else resolve_dtype(str(X.dtype))
     t_mine, y_mine, f_mine = t[mine], y[mine], folds[mine]
     n_mine = len(t_mine)
-    if isinstance(rows, slice):  # every row of X is in use: the shard's own rows
-        index = None if isinstance(mine, slice) else mine
-    else:
-        index = rows[mine]
     held = {}
+
+    def rows_of_X(sub):
+        """Rows of X of the shard's rows ``sub`` (None: exactly X's rows); positions of a
+        mask of rows in use are formed here, only while a design is padded."""
+        if isinstance(rows, slice):  # every row of X is in use
+            at = sub if isinstance(mine, slice) else mine[sub]
+        else:
+            at = (np.flatnonzero(rows) if rows.dtype == bool else rows)[mine][sub]
+        return None if len(at) == X.shape[0] else torch.as_tensor(at, device=device)
 
     def design_of(fold_set):
         """Padded design of the rows in ``fold_set`` (kept until another set is asked for)."""
@@ -138,17 +144,13 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
             design = BlockedDesign(
                 X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
-                index=None if len(sub) == X.shape[0] else torch.as_tensor(
-                    sub if index is None else index[sub], device=device))
+                index=rows_of_X(sub))
             held.update(folds=fold_set, design=design,
                         tb=design.pad(torch.as_tensor(t_mine[sub], dtype=dtype, device=device)),
                         yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
         return held
 
-    # each held-out fold's predictions in its own rows' order; the row arrays are assembled
-    # after the last fit, so no (n,) output is alive during the fits
-    fold_preds = []
-    fits = []
+    fits, scales = [], []
     for f in range(n_folds):
         part = design_of(frozenset(range(n_folds)) - {f} if n_folds > 1 else frozenset({0}))
         design, tb, yb = part["design"], part["tb"], part["yb"]
@@ -167,8 +169,15 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                 design, y_fit, design.blocks(block_arm == arm), n_segments=n_seg,
                 init=start.get(f"mu{arm}"), reducer=reducer)
         del design, tb, yb, y_fit, part
-        part = design_of(frozenset({f}))
-        design, test = part["design"], part["design"].blocks()
+        fits.append(models)
+        scales.append(y_back)
+    # the held-out folds' predictions after every fit (none is alive beside a solver's
+    # buffers), each in its own rows' order; with two folds the last training design is the
+    # first test design. The row arrays are assembled after the last prediction.
+    fold_preds = []
+    for f, (models, y_back) in enumerate(zip(fits, scales)):
+        design = design_of(frozenset({f}))["design"]
+        test = design.blocks()
         fold_preds.append({})
         for name, model in models.items():
             pred = model.predict_blocks(design, test)
@@ -177,8 +186,7 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                     + y_back[1][design.block_seg].unsqueeze(1)
             fold_preds[-1][name] = design.unpad(pred)
             del pred
-        del design, part
-        fits.append(models)
+        del design
     held.clear()
     in_fold = [torch.as_tensor(f_mine == f, device=device) for f in range(n_folds)] \
         if n_folds > 1 else [None]

@@ -63,7 +63,7 @@ def empty(shape, dtype, device) -> torch.Tensor:
 class Layout:
     """Padded block layout: ``rows[b, j]`` is the row in slot j of block b (-1 = padding)."""
 
-    rows: torch.Tensor        # (n_blocks, block_size) long
+    rows: torch.Tensor        # (n_blocks, block_size) int32 (int64 from 2**31 rows on)
     block_cell: torch.Tensor  # (n_blocks,) long
     n_rows: int
 
@@ -102,7 +102,8 @@ def make_layout(cells: np.ndarray, n_cells: int, block_size: int | None = None,
     first_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
     sorted_cells = np.repeat(np.arange(n_cells), counts)  # = cells[order], without a gather
     slot = np.arange(n) + (first_block * block_size - first_row)[sorted_cells]
-    rows = np.full(n_blocks * block_size, -1, dtype=np.int64)
+    # row numbers as int32 while they fit: the layout lives as long as the padded design
+    rows = np.full(n_blocks * block_size, -1, dtype=np.int32 if n < 2**31 else np.int64)
     rows[slot] = order
     block_cell = np.repeat(np.arange(n_cells), blocks_per_cell)
     return Layout(torch.as_tensor(rows.reshape(n_blocks, block_size), device=device),
@@ -135,7 +136,7 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
     X is an (n, d) tensor or a row source (``causalrec.estimate.design.DesignRows``: its
     ``gather_into(rows, out)`` writes design rows, e.g. read straight from a frame's columns,
     so no (n, d) matrix exists beside the padded one; it is on the CPU, the layout's device
-    receives the chunks)."""
+    receives the chunks; its ``release()`` frees its buffers once the design is padded)."""
     n_blocks, B = layout.rows.shape
     source = not torch.is_tensor(X)
     d = X.shape[1]
@@ -173,6 +174,8 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
             chunk[..., 1:] = gathered.view(rows.shape + (d,))
         chunk[..., 0] = 1.0
         chunk.masked_fill_(padding, 0.0)
+    if source:
+        X.release()
     return Xb
 
 
