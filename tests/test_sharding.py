@@ -129,3 +129,26 @@ def test_a_failing_shard_raises_its_error_instead_of_hanging():
     with pytest.raises(RuntimeError, match="shard 1 failed"):
         ThreadReducer(3).run(fit, [0, 1, 2])
     assert [float(v) for v in ThreadReducer(3).run(lambda s, r: r.sum(torch.tensor([s + 1.0])), [0, 1, 2])] == [6.0] * 3
+
+
+@pytest.mark.parametrize("n_shards", [1, 2])
+def test_cross_fit_reads_the_rows_in_use_alike_from_a_mask_positions_or_a_subset(segments, n_shards):
+    """The estimator passes the rows in use as a boolean mask (1 byte a row); positions (the
+    Spark shards) and a subset X with every row in use must give the same fits, bit for bit."""
+    from causalrec.estimate.nuisance import cross_fit, pack_shards
+    X, y, seg, K = segments
+    rng = np.random.default_rng(11)
+    use = rng.random(len(seg)) < 0.7
+    t = (rng.random(len(seg)) < 0.4).astype(np.int8)
+    folds = rng.integers(0, 2, len(seg)).astype(np.int8)
+    shard_of = pack_shards(np.bincount(seg[use], minlength=K), n_shards)
+    models = dict(propensity=SegmentGLM(dtype="float64"), outcome=SegmentGLM(dtype="float64"))
+    fit = lambda X_, rows: cross_fit(
+        X_, None, None, rows, seg[use], t[use], y[use], folds[use], K, n_folds=2, **models,
+        shard_of_item=shard_of, device="cpu", dtype=torch.float64)
+    by_mask = fit(torch.as_tensor(X), use)
+    for other in (fit(torch.as_tensor(X), np.flatnonzero(use)),
+                  fit(torch.as_tensor(X[use]), slice(None))):
+        for name in ("e", "mu0", "mu1"):
+            assert torch.equal(getattr(other, name), getattr(by_mask, name))
+    assert torch.isfinite(by_mask.e).all() and len(by_mask.e) == use.sum()
