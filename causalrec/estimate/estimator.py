@@ -15,6 +15,7 @@ from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf,
 from .design import DesignSpec, segment_ids
 from .folds import MAX_FOLDS, assign_folds
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
+from .splits import SplitAverage
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 from .summary import EffectSummary
 
@@ -232,19 +233,20 @@ class ItemEffectEstimator(BaseEstimator):
         logged_e = (None if log.propensity is None
                     else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
         shard_of_item = self._shard_of_item(np.bincount(in_use(seg), minlength=n_seg), n_seg)
-        # Each repeat's predictions are out-of-fold for every row, so their average is too;
-        # averaging removes the noise of one particular split.
+        # Each repeat (split) has its own folds, out-of-fold predictions and effects table;
+        # the tables are combined (splits.py): averaging the estimates removes the noise of
+        # one particular split.
         fits = None
         self.nuisance_fits_, converged = [], {}
-        e, mu0, mu1 = 0.0, 0.0, 0.0
         propensity, outcome = self._nuisance_models(log.propensity is None)
-        for repeat in range(self.n_repeats):
+        on_device = lambda a, kind: read_only_tensor(in_use(a), kind, device)
+        splits = SplitAverage(self.alpha)
+        for repeat in range(self.n_repeats if n_use else 1):
             split = folds if repeat == 0 else _narrow(fold_of(self.seed + repeat), self.n_folds)
             if not n_use:  # no item is estimable: statuses only, no fit
                 self.n_iter_ = 0
-                e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
-                break
-            if self._flexible is not None:
+                preds = [torch.zeros(0, dtype=torch.float64, device=device)] * 3
+            elif self._flexible is not None:
                 preds = self._fit_flexible(X, rows, in_use(seg).astype(np.int64),
                                            in_use(t).astype(np.int64),
                                            in_use(y).astype(np.float64),
@@ -262,16 +264,13 @@ class ItemEffectEstimator(BaseEstimator):
                 self.n_iter_ = max(getattr(self, "n_iter_", 0) if repeat else 0, fits.n_iter)
                 preds = (fits.e, fits.mu0, fits.mu1)
                 fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
-            preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
-            e, mu0, mu1 = preds if self.n_repeats == 1 else (
-                acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        on_device = lambda a, kind: read_only_tensor(in_use(a), kind, device)
-        table, psi, e_clipped = effects_table(on_device(seg, torch.long), on_device(t, None),
-                                               on_device(y, torch.float64), e, mu0, mu1, n_seg,
-                                               self.method, self.clip, self.trim, self.alpha,
-                                               binary=binary,
-                                               normalize=self.normalize,
-                                               folds=on_device(folds, None))
+            e, mu0, mu1 = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
+            splits.add(*effects_table(on_device(seg, torch.long), on_device(t, None),
+                                      on_device(y, torch.float64), e, mu0, mu1, n_seg,
+                                      self.method, self.clip, self.trim, self.alpha,
+                                      binary=binary, normalize=self.normalize,
+                                      folds=on_device(split, None)), e, mu0, mu1)
+        table, psi, e_clipped, e, mu0, mu1 = splits.result()
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index
