@@ -67,8 +67,14 @@ class ItemEffectEstimator(BaseEstimator):
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
-    n_repeats : independent cross-fitting splits whose out-of-fold predictions are averaged
-        (costs ``n_repeats`` times the fits; reduces the split-to-split noise of small items).
+    n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
+        predictions and per-item estimates, averaged (``causalrec.estimate.splits``; costs
+        ``n_repeats`` times the fits; removes the split-to-split noise). With more than one,
+        a binary normalised AIPW's variance is each split's HC3 variance, averaged (the
+        single split's floor at the fitted-probability variance makes the mean
+        conservative). "auto" (default): 4 for ``nuisance="per_item"``, whose own-item models
+        make that noise large (RMSE -16%, calibrated intervals), else 1 (benchmarks/README.md,
+        issue 14 part 3, session 8).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -121,7 +127,7 @@ class ItemEffectEstimator(BaseEstimator):
         "nuisance": [Options(*NUISANCE), Callable(_flexible_ok, "'boosted', 'factorised', 'auto', a scikit-learn "
                                                    "estimator, a (propensity, outcome) pair of them or a FlexibleNuisance")],
         "n_folds": [Integer(1, MAX_FOLDS)],
-        "n_repeats": [Integer(1, None)],
+        "n_repeats": [Integer(1, None), Options("auto")],
         "penalty": [Interval(0, None, "left")],
         "shrinkage": [Options("auto"), Interval(0, None, "neither")],
         "intercept_penalty": [Interval(0, None, "left")],
@@ -142,7 +148,7 @@ class ItemEffectEstimator(BaseEstimator):
     }
 
     def __init__(self, *, method="aipw", normalize=True, nuisance="pooled", n_folds=2,
-                 n_repeats=1, penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
+                 n_repeats="auto", penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
                  alpha=0.05, text_encoder=None, text_components=8, device="auto",
                  dtype="float32", seed=0, max_iter=50, shards=1, max_clipped=0.3):
@@ -240,8 +246,8 @@ class ItemEffectEstimator(BaseEstimator):
         self.nuisance_fits_, converged = [], {}
         propensity, outcome = self._nuisance_models(log.propensity is None)
         on_device = lambda a, kind: read_only_tensor(in_use(a), kind, device)
-        splits = SplitAverage(self.alpha)
-        for repeat in range(self.n_repeats if n_use else 1):
+        splits, n_repeats = SplitAverage(self.alpha), self._n_repeats()
+        for repeat in range(n_repeats if n_use else 1):
             split = folds if repeat == 0 else _narrow(fold_of(self.seed + repeat), self.n_folds)
             if not n_use:  # no item is estimable: statuses only, no fit
                 self.n_iter_ = 0
@@ -269,7 +275,8 @@ class ItemEffectEstimator(BaseEstimator):
                                       on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                       self.method, self.clip, self.trim, self.alpha,
                                       binary=binary, normalize=self.normalize,
-                                      folds=on_device(split, None)), e, mu0, mu1)
+                                      folds=on_device(split, None),
+                                      fitted_floor=n_repeats == 1), e, mu0, mu1)
         table, psi, e_clipped, e, mu0, mu1 = splits.result()
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
@@ -283,6 +290,11 @@ class ItemEffectEstimator(BaseEstimator):
         self.propensity_calibration_ = calibration_table(e.cpu().numpy(), in_use(t))
         self.log_ = log
         return self
+
+    def _n_repeats(self) -> int:
+        if self.n_repeats == "auto":
+            return 4 if isinstance(self.nuisance, str) and self.nuisance == "per_item" else 1
+        return self.n_repeats
 
     def _finish(self, table, status, n_all, n_t, converged, keys, device) -> None:
         """``effects_`` and ``converged_`` from the per-item ``effects_table`` of all items

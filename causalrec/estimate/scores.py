@@ -48,7 +48,7 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, folds=None):
+                   normalize=True, folds=None, fitted_floor=True):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -57,7 +57,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     (item, cross-fitting fold) when ``folds`` (one integer per row) is given: each fold's
     nuisances come from their own fit, so each fold's mean residual is removed with its own
     weights. Intervals use Student t with Welch-Satterthwaite degrees of freedom over the
-    arms (see benchmarks/README.md, issue 14 part 3, for the rules measured)."""
+    arms (see benchmarks/README.md, issue 14 part 3, for the rules measured).
+    ``fitted_floor=False``: a binary normalised AIPW takes the HC3 variance alone (the
+    fitted-probability variance only for an arm without clicks), for the splits of repeated
+    cross-fitting, whose mean already corrects HC3's small-click optimism (session 8)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
@@ -111,7 +114,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             spread = (k * (mu1 - mu0 - ate[seg]) ** 2 + omega_t ** 2 * mu1 * (1 - mu1)
                       + omega_c ** 2 * mu0 * (1 - mu0))
             model = S(spread) / n_keep ** 2
-        if normalised:
+        if normalised and fitted_floor:
             # Every item, not only those without clicks: an arm's sandwich variance comes
             # from its own few clicks, so it is small exactly when the arm's clicks (and
             # with them the estimate's error) fall short (Wald's problem for a binomial

@@ -9,59 +9,36 @@ import pandas as pd
 
 from ..inference import interval, p_value
 
-__all__ = ["combine_splits", "SplitAverage", "SPLIT_VARIANCES"]
+__all__ = ["combine_splits", "SplitAverage"]
 
-# "mean": the mean of the splits' variances; "dml": the mean of var_s + (ate_s - ate)^2
-# (the mean-aggregated DML variance, which adds the splits' spread)
-SPLIT_VARIANCES = ("mean", "dml")
-
-# How each diagnostic column is combined. The overlap diagnostics take the worst split, so
-# ``post_status`` on the combined table flags an item when any split would flag it: an item
-# is "ok" only if it is "ok" in every split.
-_WORST_LOW = ("ess_treated", "ess_control", "e_min")
-_WORST_HIGH = ("e_max", "n_clipped", "n_trimmed", "share_clipped", "share_outside_support")
-_MEAN = ("mu0_mean",)
-_SUPPORT = ("e_min_treated", "e_max_treated", "e_min_control", "e_max_control")
-_RECOMPUTED = ("ate", "se", "ci_low", "ci_high", "p_value", "dof")
+# How each column is combined: the estimate and its variance as below; the overlap
+# diagnostics as their mean over the splits (``post_status`` then judges the average split:
+# requiring every split to pass dropped 5-21% of the items, session 8), ranges as their union.
+_MEAN = ("mu0_mean", "ess_treated", "ess_control", "n_clipped", "n_trimmed", "share_clipped",
+         "share_outside_support", "e_min_treated", "e_max_treated", "e_min_control",
+         "e_max_control")
 
 
-def combine_splits(tables: list[pd.DataFrame], alpha: float,
-                   variance: str = "mean") -> pd.DataFrame:
+def combine_splits(tables: list[pd.DataFrame], alpha: float) -> pd.DataFrame:
     """One per-item table from the per-split ``effects_table`` tables (same items, same
     order). The estimate is the mean of the splits' estimates, its variance the mean of their
-    variances (``variance="mean"``) or of var_s + (ate_s - ate)^2 (``"dml"``), its degrees of
-    freedom the mean of theirs; intervals and p-values from those. The columns that depend
+    variances (not DML's var_s + (ate_s - ate)^2, more conservative still: benchmarks/README.md,
+    session 8), its degrees of freedom the mean of theirs; intervals and p-values from those. The columns that depend
     on the data alone (naive means, outcome spread) are equal across splits. A single table
     is returned as it is."""
-    if variance not in SPLIT_VARIANCES:
-        raise ValueError(f"variance must be one of {SPLIT_VARIANCES}, got {variance!r}")
     if len(tables) == 1:
         return tables[0]
     stack = lambda col: np.stack([t[col].to_numpy(dtype=np.float64) for t in tables])
     out = tables[0].copy()
-    ates = stack("ate")
-    ate = ates.mean(axis=0)
-    var = stack("se") ** 2
-    if variance == "dml":
-        var = var + (ates - ate) ** 2
-    se, dof = np.sqrt(var.mean(axis=0)), stack("dof").mean(axis=0)
+    ate, se = stack("ate").mean(axis=0), np.sqrt((stack("se") ** 2).mean(axis=0))
+    dof = stack("dof").mean(axis=0)
     ci_low, ci_high = interval(ate, se, alpha, dof)
     out["ate"], out["se"], out["dof"] = ate, se, dof
     out["ci_low"], out["ci_high"], out["p_value"] = ci_low, ci_high, p_value(ate, se, dof)
-    for col in _WORST_LOW:
-        out[col] = np.min(stack(col), axis=0)
-    for col in _WORST_HIGH:
-        out[col] = np.max(stack(col), axis=0).astype(out[col].dtype)
     for col in _MEAN:
-        out[col] = stack(col).mean(axis=0)
-    # the arms' propensity ranges from the split where they overlap least (disjoint there
-    # -> disjoint here); NaN for items without rows
-    gap = np.maximum(stack("e_min_treated") - stack("e_max_control"),
-                     stack("e_min_control") - stack("e_max_treated"))
-    worst = np.argmax(np.nan_to_num(gap, nan=-np.inf), axis=0)
-    pick = np.arange(len(out))
-    for col in _SUPPORT:
-        out[col] = stack(col)[worst, pick]
+        mean = stack(col).mean(axis=0)
+        out[col] = np.rint(mean).astype(out[col].dtype) if out[col].dtype.kind == "i" else mean
+    out["e_min"], out["e_max"] = stack("e_min").min(axis=0), stack("e_max").max(axis=0)
     return out
 
 
@@ -72,8 +49,8 @@ class SplitAverage:
     and the fitted propensities and the outcome predictions (each split's are out of fold,
     so their mean is too). One split: its own outputs, unchanged."""
 
-    def __init__(self, alpha: float, variance: str = "mean"):
-        self.alpha, self.variance = alpha, variance
+    def __init__(self, alpha: float):
+        self.alpha = alpha
         self.tables, self.sums = [], None
 
     def add(self, table, psi, e_clipped, e, mu0, mu1) -> None:
@@ -84,4 +61,4 @@ class SplitAverage:
     def result(self):
         n = len(self.tables)
         rows = self.sums if n == 1 else [s / n for s in self.sums]
-        return (combine_splits(self.tables, self.alpha, self.variance), *rows)
+        return (combine_splits(self.tables, self.alpha), *rows)
