@@ -288,7 +288,8 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
     """normalize=True: mean(mu1 - mu0) plus each arm's weighted-mean residual within each
     (item, fold), the folds averaged with their row shares (an arm with < 2 rows in a fold
     of the item: over the item); False: the plain average of the AIPW scores. The
-    normalised SE is never below the textbook one."""
+    normalised SE (binary clicks) is never below the variance implied by the fitted click
+    probabilities with the estimate's own row weights."""
     df, roles = small
     log = cr.InteractionLog(df, **roles)
     folds = cr.ItemEffectEstimator().fit(log).fold_.to_numpy()
@@ -301,12 +302,14 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
                       "mu0": est.mu0_, "mu1": est.mu1_})[rows]
     d["wt"], d["wc"] = d.t / d.e, (1 - d.t) / (1 - d.e)
 
-    def arm_mean(x, w, mu):  # one item's residual mean of one arm
+    def arm_weights(x, w):  # each row's weight in its arm's mean, times the item's rows
         fold_rows = x.groupby("fold")[w].apply(lambda v: (v > 0).sum())
         if fold_rows.min() < 2:
-            return (x[w] * (x.y - x[mu])).sum() / x[w].sum()
-        return sum(len(f) / len(x) * (f[w] * (f.y - f[mu])).sum() / f[w].sum()
-                   for _, f in x.groupby("fold"))
+            return len(x) * x[w] / x[w].sum()
+        return x.groupby("fold")[w].transform(lambda v: len(v) * v / v.sum())
+
+    def arm_mean(x, w, mu):  # one item's residual mean of one arm
+        return (arm_weights(x, w) * (x.y - x[mu])).mean()
 
     g = d.groupby("item")
     normalised = g.apply(lambda x: (x.mu1 - x.mu0).mean() + arm_mean(x, "wt", "mu1")
@@ -316,8 +319,18 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
         eff = fits[flag].effects_.set_index("item")
         ok = eff.index[eff["status"] == "ok"]
         np.testing.assert_allclose(eff.loc[ok, "ate"], expected.loc[ok], rtol=1e-10, atol=1e-12)
-    se = {flag: fits[flag].effects_.set_index("item")["se"] for flag in (True, False)}
-    assert (se[True] >= se[False] - 1e-12).all()
+    assert set(df[roles["outcome"]].unique()) <= {0, 1}
+
+    def model_variance(x):  # Bernoulli at the fitted probabilities, plus the spread of mu1 - mu0
+        ate = normalised[x.name]
+        spread = ((x.mu1 - x.mu0 - ate) ** 2 + arm_weights(x, "wt") ** 2 * x.mu1 * (1 - x.mu1)
+                  + arm_weights(x, "wc") ** 2 * x.mu0 * (1 - x.mu0))
+        return spread.sum() / len(x) ** 2
+
+    eff = est.effects_.set_index("item")
+    ok = eff.index[eff["status"] == "ok"]
+    model_se = np.sqrt(g.apply(model_variance).loc[ok])
+    assert (eff.loc[ok, "se"] >= model_se * (1 - 1e-10)).all()
     assert "normalised" in str(est.summary())
     with pytest.raises(ValueError, match="normalize"):
         cr.ItemEffectEstimator(normalize="yes").fit(log)

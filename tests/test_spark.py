@@ -164,6 +164,16 @@ def _assert_same_rows(local, res, df):
                                    atol=1e-12)
 
 
+def test_repeated_splits_on_spark_equal_local(small_parquet, small_frame, local_fit):
+    """n_repeats=2 (pooled, two shards: the barrier all-reduce): each shard combines its
+    splits' tables as the local estimator does; table and per-row outputs equal."""
+    local = local_fit("small", n_repeats=2)
+    res = estimate_item_effects_spark(small_parquet, **ROLES, n_repeats=2, dtype="float64",
+                                      shards=2, row_id="row", row_outputs=True)
+    _assert_same(local.effects_, res.effects)
+    _assert_same_rows(local, res, small_frame)
+
+
 def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     """cr.estimate_item_effects dispatches on a Spark frame; a logged propensity; the pooled
     fit's driver fallback (barrier=False) gives the same table and says so in a log line."""

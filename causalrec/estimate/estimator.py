@@ -15,6 +15,7 @@ from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf,
 from .design import DesignSpec, segment_ids
 from .folds import MAX_FOLDS, assign_folds
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
+from .splits import SplitAverage
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 from .summary import EffectSummary
 
@@ -66,8 +67,14 @@ class ItemEffectEstimator(BaseEstimator):
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
-    n_repeats : independent cross-fitting splits whose out-of-fold predictions are averaged
-        (costs ``n_repeats`` times the fits; reduces the split-to-split noise of small items).
+    n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
+        predictions and per-item estimates, averaged (``causalrec.estimate.splits``; costs
+        ``n_repeats`` times the fits; removes the split-to-split noise). With more than one,
+        a binary normalised AIPW's variance is each split's HC3 variance, averaged (the
+        single split's floor at the fitted-probability variance makes the mean
+        conservative). "auto" (default): 4 for ``nuisance="per_item"``, whose own-item models
+        make that noise large (RMSE -16%, calibrated intervals), else 1 (benchmarks/README.md,
+        issue 14 part 3, session 8).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -120,7 +127,7 @@ class ItemEffectEstimator(BaseEstimator):
         "nuisance": [Options(*NUISANCE), Callable(_flexible_ok, "'boosted', 'factorised', 'auto', a scikit-learn "
                                                    "estimator, a (propensity, outcome) pair of them or a FlexibleNuisance")],
         "n_folds": [Integer(1, MAX_FOLDS)],
-        "n_repeats": [Integer(1, None)],
+        "n_repeats": [Integer(1, None), Options("auto")],
         "penalty": [Interval(0, None, "left")],
         "shrinkage": [Options("auto"), Interval(0, None, "neither")],
         "intercept_penalty": [Interval(0, None, "left")],
@@ -141,7 +148,7 @@ class ItemEffectEstimator(BaseEstimator):
     }
 
     def __init__(self, *, method="aipw", normalize=True, nuisance="pooled", n_folds=2,
-                 n_repeats=1, penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
+                 n_repeats="auto", penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
                  alpha=0.05, text_encoder=None, text_components=8, device="auto",
                  dtype="float32", seed=0, max_iter=50, shards=1, max_clipped=0.3):
@@ -225,8 +232,9 @@ class ItemEffectEstimator(BaseEstimator):
                         else _check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
-        splits = [in_use(folds)] + [in_use(_narrow(fold_of(self.seed + r), self.n_folds))
-                                    for r in range(1, self.n_repeats)]
+        n_repeats = self._n_repeats()
+        split_folds = [in_use(folds)] + [in_use(_narrow(fold_of(self.seed + r), self.n_folds))
+                                         for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
         # float64, then cast): no (n, d) design matrix beside the padded one; flexible
@@ -237,18 +245,19 @@ class ItemEffectEstimator(BaseEstimator):
         logged_e = (None if log.propensity is None
                     else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
         shard_of_item = self._shard_of_item(np.bincount(seg, minlength=n_seg), n_seg)
-        # Each repeat's predictions are out-of-fold for every row, so their average is too;
-        # averaging removes the noise of one particular split.
+        # Each repeat (split) has its own folds, out-of-fold predictions and effects table;
+        # the tables are combined (splits.py): averaging the estimates removes the noise of
+        # one particular split.
         fits = None
         self.nuisance_fits_, converged = [], {}
-        e, mu0, mu1 = 0.0, 0.0, 0.0
         propensity, outcome = self._nuisance_models(log.propensity is None)
-        for repeat, split in enumerate(splits):
+        on_device = lambda a, kind: read_only_tensor(a, kind, device)
+        splits = SplitAverage(self.alpha)
+        for repeat, split in enumerate(split_folds if n_use else split_folds[:1]):
             if not n_use:  # no item is estimable: statuses only, no fit
                 self.n_iter_ = 0
-                e = mu0 = mu1 = torch.zeros(0, dtype=torch.float64, device=device)
-                break
-            if self._flexible is not None:
+                preds = [torch.zeros(0, dtype=torch.float64, device=device)] * 3
+            elif self._flexible is not None:
                 preds = self._fit_flexible(X, rows, seg.astype(np.int64), t.astype(np.int64),
                                            y.astype(np.float64), split.astype(np.int64),
                                            n_seg, logged_e, device, converged)
@@ -263,15 +272,14 @@ class ItemEffectEstimator(BaseEstimator):
                 self.n_iter_ = max(getattr(self, "n_iter_", 0) if repeat else 0, fits.n_iter)
                 preds = (fits.e, fits.mu0, fits.mu1)
                 fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
-            preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
-            e, mu0, mu1 = preds if self.n_repeats == 1 else (
-                acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
-        on_device = lambda a, kind: read_only_tensor(a, kind, device)
-        table, psi, e_clipped = effects_table(on_device(seg, torch.long), on_device(t, None),
-                                               on_device(y, torch.float64), e, mu0, mu1, n_seg,
-                                               self.method, self.clip, self.trim, self.alpha,
-                                               binary=binary, normalize=self.normalize,
-                                               folds=on_device(splits[0], None))
+            e, mu0, mu1 = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
+            splits.add(*effects_table(on_device(seg, torch.long), on_device(t, None),
+                                      on_device(y, torch.float64), e, mu0, mu1, n_seg,
+                                      self.method, self.clip, self.trim, self.alpha,
+                                      binary=binary, normalize=self.normalize,
+                                      folds=on_device(split, None),
+                                      fitted_floor=n_repeats == 1), e, mu0, mu1)
+        table, psi, e_clipped, e, mu0, mu1 = splits.result()
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index
@@ -284,6 +292,11 @@ class ItemEffectEstimator(BaseEstimator):
         self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t)
         self.log_ = log
         return self
+
+    def _n_repeats(self) -> int:
+        if self.n_repeats == "auto":
+            return 4 if isinstance(self.nuisance, str) and self.nuisance == "per_item" else 1
+        return self.n_repeats
 
     def _finish(self, table, status, n_all, n_t, converged, keys, device) -> None:
         """``effects_`` and ``converged_`` from the per-item ``effects_table`` of all items

@@ -48,7 +48,7 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, folds=None):
+                   normalize=True, folds=None, fitted_floor=True):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -57,7 +57,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     (item, cross-fitting fold) when ``folds`` (one integer per row) is given: each fold's
     nuisances come from their own fit, so each fold's mean residual is removed with its own
     weights. Intervals use Student t with Welch-Satterthwaite degrees of freedom over the
-    arms (see benchmarks/README.md, issue 14 part 3, for the rules measured)."""
+    arms (see benchmarks/README.md, issue 14 part 3, for the rules measured).
+    ``fitted_floor=False``: a binary normalised AIPW takes the HC3 variance alone (the
+    fitted-probability variance only for an arm without clicks), for the splits of repeated
+    cross-fitting, whose mean already corrects HC3's small-click optimism (session 8)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
@@ -88,10 +91,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     normalised = psi_var is not None
     psi_var = torch.where(keep, psi_var, 0.0) if normalised else psi
     var_of_mean = _variance_of_mean(psi_var, seg, n_seg, n_keep)
-    if normalised:
+    if normalised and not binary:
         # the larger of this and the textbook AIPW's variance: the plain residuals keep an
         # outcome model's item-level misfit, which the normalised ones remove but which
-        # still spreads the estimate (no-text logs: coverage 0.926 without, 0.941 with)
+        # still spreads the estimate (binary logs, where it was measured: issue 14 part 3)
         var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(
             torch.where(keep, mu1 - mu0 + correction, 0.0), seg, n_seg, n_keep))
     ess_t, ess_c = s1 ** 2 / S(wt ** 2), s0 ** 2 / S(wc ** 2)
@@ -107,15 +110,24 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
             model = S(wt ** 2 * r1) / s1 ** 2 + S(wc ** 2 * r0) / s0 ** 2
         else:
-            spread = k * (mu1 - mu0 - ate[seg]) ** 2 + wt ** 2 * mu1 * (1 - mu1) + wc ** 2 * mu0 * (1 - mu0)
+            omega_t, omega_c = arm_weights  # each row's weight in its arm's mean, times n
+            spread = (k * (mu1 - mu0 - ate[seg]) ** 2 + omega_t ** 2 * mu1 * (1 - mu1)
+                      + omega_c ** 2 * mu0 * (1 - mu0))
             model = S(spread) / n_keep ** 2
+        if normalised and fitted_floor:
+            # Every item, not only those without clicks: an arm's sandwich variance comes
+            # from its own few clicks, so it is small exactly when the arm's clicks (and
+            # with them the estimate's error) fall short (Wald's problem for a binomial
+            # rate: placebo items with an SE under the oracle's were 60% "significant").
+            # The out-of-fold fitted probabilities do not depend on those clicks; the
+            # sandwich keeps the outcome model's misfit. The larger of the two.
+            var_of_mean = torch.fmax(var_of_mean, model)
         if method != "ipw":
             # The fitted probabilities of an arm without clicks are themselves near 0, so
             # the model variance collapses too (placebo: 88% of such items "significant").
             # Floor: both arms' Bernoulli variance at the rate without an effect,
             # e mu1 + (1 - e) mu0, with the weights each arm's mean uses.
             rate = e_clip * mu1 + (1 - e_clip) * mu0
-            omega_t, omega_c = arm_weights  # each row's weight in its arm's mean, times n
             null = ((omega_t / n_keep[seg]) ** 2 + (omega_c / n_keep[seg]) ** 2) * rate * (1 - rate)
             model = torch.fmax(model, S(null))
         var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)

@@ -137,7 +137,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                    extra=[col for col, _ in extra],
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
-                   options=dict(n_folds=est.n_folds, n_repeats=est.n_repeats, seed=est.seed,
+                   options=dict(n_folds=est.n_folds, n_repeats=est._n_repeats(), seed=est.seed,
                                 method=est.method, clip=est.clip, trim=est.trim,
                                 alpha=est.alpha, normalize=est.normalize),
                    binary=facts.binary, device=str(est.device), dtype=str(est.dtype).replace(

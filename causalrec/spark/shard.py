@@ -13,6 +13,7 @@ from ..estimate.design import DesignSpec
 from ..estimate.folds import assign_folds
 from ..estimate.nuisance import _fit_shard
 from ..estimate.scores import effects_table
+from ..estimate.splits import SplitAverage
 from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
 
@@ -75,7 +76,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                                         item_columns=job.keys)
     folds = fold_of(o["seed"]) if job.folds is None else pdf[job.folds].to_numpy(np.int64)
     fits, converged, n_iter = None, {}, 0
-    e = mu0 = mu1 = 0.0
+    on_device = lambda a, kind: read_only_tensor(a, kind, device)
+    splits = SplitAverage(o["alpha"])  # each split its own table, combined as locally
     for repeat in range(o["n_repeats"]):  # the local estimator's loop, on this shard
         split = folds if repeat == 0 else fold_of(o["seed"] + repeat)
         _, preds, fits = _fit_shard(np.arange(n_seg), reducer, fits, X=X, center=None,
@@ -88,16 +90,15 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
             for name, model in models.items():
                 converged[name] = converged.get(name, np.ones(n_seg, dtype=bool)) & model.converged_
                 n_iter = max(n_iter, model.n_iter_)
-        p = [torch.as_tensor(preds[name], device=device).to(torch.float64)
-             for name in ("e", "mu0", "mu1")]
-        e, mu0, mu1 = p if o["n_repeats"] == 1 else (
-            acc + v / o["n_repeats"] for acc, v in zip((e, mu0, mu1), p))
-    on_device = lambda a, kind: read_only_tensor(a, kind, device)
-    table, psi, e_clipped = effects_table(on_device(seg, torch.long), on_device(t, torch.float64),
-                                          on_device(y, torch.float64), e, mu0, mu1, n_seg,
-                                          o["method"], o["clip"], o["trim"], o["alpha"],
-                                          binary=job.binary, normalize=o["normalize"],
-                                          folds=on_device(folds, torch.long))
+        e, mu0, mu1 = [torch.as_tensor(preds[name], device=device).to(torch.float64)
+                       for name in ("e", "mu0", "mu1")]
+        splits.add(*effects_table(on_device(seg, torch.long), on_device(t, torch.float64),
+                                  on_device(y, torch.float64), e, mu0, mu1, n_seg,
+                                  o["method"], o["clip"], o["trim"], o["alpha"],
+                                  binary=job.binary, normalize=o["normalize"],
+                                  folds=on_device(split, torch.long),
+                                  fitted_floor=o["n_repeats"] == 1), e, mu0, mu1)
+    table, psi, e_clipped, e, mu0, mu1 = splits.result()
     reductions = (getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0))
     payload = pickle.dumps((shard, table, converged, n_iter, reductions))
     out = pd.DataFrame({"row_id": [-1], "propensity": [np.nan], "mu0": [np.nan],

@@ -1,0 +1,64 @@
+"""Repeated cross-fitting: each split (its own folds, its own out-of-fold predictions) gives
+its own per-item effects table; the tables are combined into one (Chernozhukov et al. 2018,
+section 3.4: the estimates averaged over splits). Used by the local estimator and by the
+Spark shards, so both combine the splits the same way."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..inference import interval, p_value
+
+__all__ = ["combine_splits", "SplitAverage"]
+
+# How each column is combined: the estimate and its variance as below; the overlap
+# diagnostics as their mean over the splits (``post_status`` then judges the average split:
+# requiring every split to pass dropped 5-21% of the items, session 8), ranges as their union.
+_MEAN = ("mu0_mean", "ess_treated", "ess_control", "n_clipped", "n_trimmed", "share_clipped",
+         "share_outside_support", "e_min_treated", "e_max_treated", "e_min_control",
+         "e_max_control")
+
+
+def combine_splits(tables: list[pd.DataFrame], alpha: float) -> pd.DataFrame:
+    """One per-item table from the per-split ``effects_table`` tables (same items, same
+    order). The estimate is the mean of the splits' estimates, its variance the mean of their
+    variances (not DML's var_s + (ate_s - ate)^2, more conservative still: benchmarks/README.md,
+    session 8), its degrees of freedom the mean of theirs; intervals and p-values from those. The columns that depend
+    on the data alone (naive means, outcome spread) are equal across splits. A single table
+    is returned as it is."""
+    if len(tables) == 1:
+        return tables[0]
+    stack = lambda col: np.stack([t[col].to_numpy(dtype=np.float64) for t in tables])
+    out = tables[0].copy()
+    ate, se = stack("ate").mean(axis=0), np.sqrt((stack("se") ** 2).mean(axis=0))
+    dof = stack("dof").mean(axis=0)
+    ci_low, ci_high = interval(ate, se, alpha, dof)
+    out["ate"], out["se"], out["dof"] = ate, se, dof
+    out["ci_low"], out["ci_high"], out["p_value"] = ci_low, ci_high, p_value(ate, se, dof)
+    for col in _MEAN:
+        mean = stack(col).mean(axis=0)
+        out[col] = np.rint(mean).astype(out[col].dtype) if out[col].dtype.kind == "i" else mean
+    out["e_min"], out["e_max"] = stack("e_min").min(axis=0), stack("e_max").max(axis=0)
+    return out
+
+
+class SplitAverage:
+    """Collects each split's ``effects_table`` output and its predictions (rows in the same
+    order in every split); ``result()`` gives the combined table and the row outputs
+    averaged over the splits: psi (its item means are the combined estimates), the clipped
+    and the fitted propensities and the outcome predictions (each split's are out of fold,
+    so their mean is too). One split: its own outputs, unchanged."""
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+        self.tables, self.sums = [], None
+
+    def add(self, table, psi, e_clipped, e, mu0, mu1) -> None:
+        rows = [psi, e_clipped, e, mu0, mu1]
+        self.tables.append(table)
+        self.sums = rows if self.sums is None else [a + r for a, r in zip(self.sums, rows)]
+
+    def result(self):
+        n = len(self.tables)
+        rows = self.sums if n == 1 else [s / n for s in self.sums]
+        return (combine_splits(self.tables, self.alpha), *rows)
