@@ -227,7 +227,7 @@ class ItemEffectEstimator(BaseEstimator):
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
-                                            item_columns=keys)
+                                            item_columns=keys, warn_duplicates=seed == self.seed)
         folds = _narrow(fold_of(self.seed) if folds is None
                         else _check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits

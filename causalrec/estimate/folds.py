@@ -147,14 +147,15 @@ def check_n_folds(n_folds) -> int:
 
 def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, treatment: np.ndarray,
                  outcome: np.ndarray, n_folds: int, seed: int,
-                 item_columns: list[str] | None = None) -> np.ndarray:
+                 item_columns: list[str] | None = None, warn_duplicates: bool = True) -> np.ndarray:
     """Cross-fitting folds stratified by segment and treatment arm.
 
     Within each (segment, arm) stratum the distinct row contents (the ``content`` columns in
     name order, numbers by value whatever their dtype) are ordered by a seeded hash and
     dealt round-robin into folds from a per-segment offset; rows with the same content share
     a fold, so duplicated rows never straddle folds (a ``DataWarning`` counts the exact
-    duplicates, outcome included). The outcome plays no part, so shifting or scaling it
+    duplicates, outcome included, unless ``warn_duplicates`` is False: later splits of the
+    same rows have the same duplicates). The outcome plays no part, so shifting or scaling it
     keeps every fold. The assignment therefore depends neither on row order nor on column order
     or dtypes, and swapping the treatment labels keeps every row in its fold. The offset
     comes from a hash of the ``item_columns`` values when given (an item's folds then do not
@@ -176,7 +177,7 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
     # equal content sorts by outcome: exact duplicates are neighbours
     n_duplicates = int(len(order) - (new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]]).sum())
-    if n_duplicates:
+    if n_duplicates and warn_duplicates:
         warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
                       "treatment and outcome); each set of duplicates is kept in one "
                       "cross-fitting fold", DataWarning, stacklevel=2)

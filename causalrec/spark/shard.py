@@ -73,7 +73,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     propensity, outcome = _on(job.propensity_model, device), _on(job.outcome_model, device)
     rows = np.arange(len(pdf))
     fold_of = lambda seed: assign_folds(pdf, job.content, seg, t, y, o["n_folds"], seed,
-                                        item_columns=job.keys)
+                                        item_columns=job.keys,
+                                        warn_duplicates=seed == o["seed"])
     folds = fold_of(o["seed"]) if job.folds is None else pdf[job.folds].to_numpy(np.int64)
     fits, converged, n_iter = None, {}, 0
     on_device = lambda a, kind: read_only_tensor(a, kind, device)
