@@ -9,15 +9,14 @@ import torch
 from ..base import BaseEstimator
 from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
-from ..inference import interval
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import DesignSpec, segment_ids
-from .folds import MAX_FOLDS, assign_folds
+from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
 from .splits import SplitAverage
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
-from .summary import EffectSummary
+from .results import EffectResults
 
 __all__ = ["ItemEffectEstimator", "resolve_device", "resolve_shrinkage"]
 
@@ -43,7 +42,7 @@ def _shards_ok(value) -> bool:
     return values.ndim == 1 and values.dtype.kind in "iu" and len(values) > 0 and values.min() >= 0
 
 
-class ItemEffectEstimator(BaseEstimator):
+class ItemEffectEstimator(EffectResults, BaseEstimator):
     """Average effect of recommending each item, estimated for all items at once.
 
     Parameters
@@ -198,7 +197,7 @@ class ItemEffectEstimator(BaseEstimator):
         keys = log.item_columns
         seg, self.segments_ = segment_ids(df, keys)
         n_seg = len(self.segments_)
-        seg = _narrow(seg, n_seg)  # per-row arrays in the narrowest exact dtype (memory)
+        seg = narrow_codes(seg, n_seg)  # per-row arrays in the narrowest exact dtype (memory)
         # the frame's own columns when they are plain numbers (no row copies), else converted
         t = _native(df[log.treatment], "iu", np.int64)
         y = _native(df[log.outcome], "iuf", np.float64)
@@ -228,12 +227,12 @@ class ItemEffectEstimator(BaseEstimator):
         content = keys + log.confounders + log.categorical + log.text
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
                                             item_columns=keys, warn_duplicates=seed == self.seed)
-        folds = _narrow(fold_of(self.seed) if folds is None
-                        else _check_folds(folds, len(df), self.n_folds), self.n_folds)
+        folds = narrow_codes(fold_of(self.seed) if folds is None
+                        else check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
         n_repeats = self._n_repeats()
-        split_folds = [in_use(folds)] + [in_use(_narrow(fold_of(self.seed + r), self.n_folds))
+        split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
@@ -371,64 +370,6 @@ class ItemEffectEstimator(BaseEstimator):
         if len(shards) != n_items:
             raise ValueError(f"shards must hold one shard id per item ({n_items}), got {len(shards)}")
         return np.unique(shards, return_inverse=True)[1]  # ids 0..S-1, every shard non-empty
-
-    # ------------------------------------------------------------------ results
-    def _check_fitted(self):
-        self._check_is_fitted("effects_")
-
-    def effect(self) -> pd.Series:
-        """Estimated ATE per item."""
-        self._check_fitted()
-        return self.effects_.set_index(self._keys())["ate"]
-
-    def effect_interval(self, alpha: float | None = None) -> pd.DataFrame:
-        """Confidence interval per item at level 1 - alpha (default: the estimator's alpha):
-        Student t with the item's ``dof`` degrees of freedom (see ``causalrec.inference``)."""
-        self._check_fitted()
-        eff = self.effects_.set_index(self._keys())
-        low, high = interval(eff["ate"], eff["se"], self.alpha if alpha is None else alpha,
-                             eff["dof"].to_numpy(float))
-        return pd.DataFrame({"ci_low": low, "ci_high": high})
-
-    def summary_frame(self, alpha: float | None = None) -> pd.DataFrame:
-        """The effects table with intervals at level 1 - alpha."""
-        self._check_fitted()
-        frame = self.effects_.copy()
-        interval = self.effect_interval(alpha)
-        frame["ci_low"], frame["ci_high"] = interval["ci_low"].to_numpy(), interval["ci_high"].to_numpy()
-        return frame
-
-    def summary(self, top: int = 10) -> EffectSummary:
-        self._check_fitted()
-        return EffectSummary(self, top=top)
-
-    def nuisance_quality(self) -> pd.DataFrame:
-        """Out-of-fold loss of each nuisance model next to the item-mean model's (see
-        ``causalrec.estimate.diagnostics``)."""
-        from .diagnostics import nuisance_quality
-        return nuisance_quality(self)
-
-    def _keys(self):
-        return ["item"] + list(self.effects_.columns[1:len(self.segments_.columns)])
-
-
-def _check_folds(folds, n_rows, n_folds) -> np.ndarray:
-    folds = np.asarray(folds)
-    if folds.shape != (n_rows,) or not np.issubdtype(folds.dtype, np.integer):
-        raise ValueError(f"folds must be {n_rows} integers (one per row), got shape "
-                         f"{folds.shape} and dtype {folds.dtype}")
-    if len(folds) and (folds.min() < 0 or folds.max() >= n_folds):
-        raise ValueError(f"folds must lie in [0, {n_folds}), found {folds.min()}..{folds.max()}")
-    return folds.astype(np.int64)
-
-
-def _narrow(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """Integer codes in [0, n_codes) as int8 / int32 when they fit (a 10M-row log: 10 MB of
-    folds and 40 MB of item ids instead of 80 MB each); arithmetic on them casts to int64."""
-    for kind in (np.int8, np.int32):
-        if n_codes <= np.iinfo(kind).max:
-            return codes.astype(kind, copy=False)
-    return codes
 
 
 def _column_order(item_frame, table):
