@@ -146,24 +146,31 @@ def bench_intervals(logs: int, nuisance: str, n_folds: int, n_repeats: int, text
 
 def nuisance_value(name: str):
     """The estimator's ``nuisance`` for a benchmark label: "factorised:KEY=VALUE:..." builds
-    ``FlexibleNuisance(learner=FactorisedLearner(KEY=VALUE, ...))``; other labels as given."""
+    ``FlexibleNuisance(learner=FactorisedLearner(KEY=VALUE, ...))``; a key prefixed "e." or
+    "mu." sets the option for the propensity or the outcome models only (a learner pair);
+    other labels as given."""
     kind, *options = name.split(":")
     if kind != "factorised" or not options:
         return name
-    settings = {}
+    settings = {"e": {}, "mu": {}}
     for option in options:
         key, value = option.split("=", 1)
         try:
-            settings[key] = ast.literal_eval(value)
+            value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            settings[key] = value
-    return FlexibleNuisance(learner=FactorisedLearner(**settings))
+            pass
+        model, _, key = key.rpartition(".")
+        for role in ([model] if model else ["e", "mu"]):
+            settings[role][key] = value
+    pair = tuple(FactorisedLearner(**settings[role]) for role in ("e", "mu"))
+    return FlexibleNuisance(learner=pair if pair[0] != pair[1] else pair[0])
 
 
-def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confounding: float):
+def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confounding: float,
+               seed_offset: int = 0):
     text = ["user_text", "item_text"] if item_text else ["user_text"]
     rows = []
-    for seed in range(logs):
+    for seed in range(seed_offset, seed_offset + logs):
         sim = simulate_log(n_items=400, n_rows=100_000, popularity_skew=0.8,
                            text_confounding=text_confounding, seed=300 + seed)
         d, y = sim.data, sim.roles["outcome"]
@@ -213,11 +220,13 @@ def main() -> None:
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--item-text", action="store_true")
     parser.add_argument("--text-confounding", type=float, default=1.0)
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="bias: the first log's seed is 300 + this")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "bias":
         overall, by_size = bench_bias(args.logs, args.nuisance.split(","), args.item_text,
-                                      args.text_confounding)
+                                      args.text_confounding, args.seed_offset)
         print(overall.to_string())
         print(by_size.to_string())
         return
