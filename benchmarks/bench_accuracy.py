@@ -146,24 +146,18 @@ def bench_intervals(logs: int, nuisance: str, n_folds: int, n_repeats: int, text
 
 def nuisance_value(name: str):
     """The estimator's ``nuisance`` for a benchmark label: "factorised:KEY=VALUE:..." builds
-    ``FlexibleNuisance(learner=FactorisedLearner(KEY=VALUE, ...))``; a key prefixed "e." or
-    "mu." sets the option for the propensity or the outcome models only (a learner pair);
-    other labels as given."""
+    ``FlexibleNuisance(learner=FactorisedLearner(KEY=VALUE, ...))``; other labels as given."""
     kind, *options = name.split(":")
     if kind != "factorised" or not options:
         return name
-    settings = {"e": {}, "mu": {}}
+    settings = {}
     for option in options:
         key, value = option.split("=", 1)
         try:
-            value = ast.literal_eval(value)
+            settings[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            pass
-        model, _, key = key.rpartition(".")
-        for role in ([model] if model else ["e", "mu"]):
-            settings[role][key] = value
-    pair = tuple(FactorisedLearner(**settings[role]) for role in ("e", "mu"))
-    return FlexibleNuisance(learner=pair if pair[0] != pair[1] else pair[0])
+            settings[key] = value
+    return FlexibleNuisance(learner=FactorisedLearner(**settings))
 
 
 def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confounding: float,

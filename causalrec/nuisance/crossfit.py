@@ -77,6 +77,7 @@ class FlexibleNuisance:
         if len(pair) != 2:
             raise ValueError(f"nuisance: a pair (propensity, outcome) has 2 models, got {len(pair)}")
         out = tuple(_as_learner(model, role) for model, role in zip(pair, ("propensity", "outcome")))
+        out = (propensity_learner(out[0]), out[1])
         for learner in out:
             learner.check()
         return out
@@ -98,6 +99,12 @@ class FlexibleNuisance:
     def also_names(self) -> list[str]:
         return [m if isinstance(m, str) else type(m).__name__.removesuffix("Learner").lower()
                 for m in self._also()]
+
+
+def propensity_learner(learner):
+    """A learner's settings for the propensity model (a factorised learner under-smooths
+    there, ``FactorisedLearner.propensity_penalty``); others unchanged."""
+    return learner.for_propensity() if hasattr(learner, "for_propensity") else learner
 
 
 def _as_learner(model, role):
@@ -181,7 +188,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     if logged_e is not None:
         preds["e"] = np.asarray(logged_e, np.float64)[order]
     also = spec.also_learners()
-    jobs = [("e", t, np.ones(n, bool), "logistic", [prop_learner, *also])] * (logged_e is None) + [
+    also_e = [propensity_learner(learner) for learner in also]
+    jobs = [("e", t, np.ones(n, bool), "logistic", [prop_learner, *also_e])] * (logged_e is None) + [
         (f"mu{a}", y, t == a, family, [out_learner, *also]) for a in (0, 1)]
     for name, target, arm, fam, learners in jobs:
         glm_pred, fits = ctx.fit_one(target.astype(np.float64), arm, fam, learners, len(rows))
