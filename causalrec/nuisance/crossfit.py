@@ -77,10 +77,9 @@ class FlexibleNuisance:
         if len(pair) != 2:
             raise ValueError(f"nuisance: a pair (propensity, outcome) has 2 models, got {len(pair)}")
         out = tuple(_as_learner(model, role) for model, role in zip(pair, ("propensity", "outcome")))
-        out = (propensity_learner(out[0]), out[1])
         for learner in out:
             learner.check()
-        return out
+        return propensity_learner(out[0]), out[1]
 
     def _also(self) -> list:
         return list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
