@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_accuracy.py intervals [--logs 5] [--nuisance pooled]
         [--n-folds 2] [--n-repeats 1] [--no-text]
     .venv/bin/python benchmarks/bench_accuracy.py bias [--logs 3] [--nuisance pooled,factorised,auto]
-        [--item-text] [--text-confounding 1]
+        [--item-text] [--text-confounding 1] [--seed-offset 0]
         (a nuisance "factorised:base=own:factor_prior=atoms" sets FactorisedLearner options)
 
 rank: ``simulate_log(n_items=1000, n_rows=200_000, text_confounding=0, popularity_skew=0.7,

@@ -79,9 +79,9 @@ class FactorisedLearner:
         expected square of an item's AIPW remainder (propensity error x outcome error) when
         the outcome models' errors lie along the item's propensity factors (a match raises
         exposure and clicks alike), where "auto" minimises the propensity's own error. It
-        removes more of the long tail's bias (0.84 -> 0.90 of the naive bias) at +7% RMSE,
-        and +5% RMSE on logs without the structure (benchmarks/README.md, session 7):
-        an option, not the default.
+        removes more of the long tail's bias (0.839 -> 0.899 of the naive bias) at +6%
+        RMSE, and costs +5% RMSE on logs without the structure (benchmarks/README.md,
+        session 7): an option, not the default.
     projection_penalty : ridge on the shared projection W (fitted on all rows: it only keeps
         directions without signal at zero).
     init_shrinkage : shrinkage of the per-item slopes whose SVD starts W (small: the large
