@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_accuracy.py intervals [--logs 5] [--nuisance pooled]
         [--n-folds 2] [--n-repeats 1] [--no-text]
     .venv/bin/python benchmarks/bench_accuracy.py bias [--logs 3] [--nuisance pooled,factorised,auto]
-        [--item-text] [--text-confounding 1]
+        [--item-text] [--text-confounding 1] [--seed-offset 0]
         (a nuisance "factorised:base=own:factor_prior=atoms" sets FactorisedLearner options)
 
 rank: ``simulate_log(n_items=1000, n_rows=200_000, text_confounding=0, popularity_skew=0.7,
@@ -160,10 +160,11 @@ def nuisance_value(name: str):
     return FlexibleNuisance(learner=FactorisedLearner(**settings))
 
 
-def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confounding: float):
+def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confounding: float,
+               seed_offset: int = 0):
     text = ["user_text", "item_text"] if item_text else ["user_text"]
     rows = []
-    for seed in range(logs):
+    for seed in range(seed_offset, seed_offset + logs):
         sim = simulate_log(n_items=400, n_rows=100_000, popularity_skew=0.8,
                            text_confounding=text_confounding, seed=300 + seed)
         d, y = sim.data, sim.roles["outcome"]
@@ -213,11 +214,13 @@ def main() -> None:
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--item-text", action="store_true")
     parser.add_argument("--text-confounding", type=float, default=1.0)
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="bias: the first log's seed is 300 + this")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "bias":
         overall, by_size = bench_bias(args.logs, args.nuisance.split(","), args.item_text,
-                                      args.text_confounding)
+                                      args.text_confounding, args.seed_offset)
         print(overall.to_string())
         print(by_size.to_string())
         return

@@ -353,9 +353,12 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
+        text = set(self.design_spec_.extra)  # the text components: balanced (factorised)
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
                                   glm=glm, logged_e=logged_e, device=device,
+                                  balance_columns=[j for j, c in enumerate(self.design_columns_)
+                                                   if c in text],
                                   seed=self.seed + len(self.nuisance_fits_))
         self.nuisance_fits_.append(fit)
         self.nuisance_models_ = fit.models  # last repeat's choice per nuisance

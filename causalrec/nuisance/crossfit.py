@@ -20,6 +20,7 @@ import torch
 
 from ..estimate.folds import _mix, row_hash
 from ..glm import SegmentGLM
+from .balance import balance_propensity
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
 from .select import calibration_table, choose_per_item, row_loss, stack_weights
@@ -79,7 +80,7 @@ class FlexibleNuisance:
         out = tuple(_as_learner(model, role) for model, role in zip(pair, ("propensity", "outcome")))
         for learner in out:
             learner.check()
-        return out
+        return propensity_learner(out[0]), out[1]
 
     def _also(self) -> list:
         return list(self.also) if isinstance(self.also, (tuple, list)) else [self.also]
@@ -98,6 +99,12 @@ class FlexibleNuisance:
     def also_names(self) -> list[str]:
         return [m if isinstance(m, str) else type(m).__name__.removesuffix("Learner").lower()
                 for m in self._also()]
+
+
+def propensity_learner(learner):
+    """A learner's settings for the propensity model (a factorised learner under-smooths
+    there, ``FactorisedLearner.propensity_penalty``); others unchanged."""
+    return learner.for_propensity() if hasattr(learner, "for_propensity") else learner
 
 
 def _as_learner(model, role):
@@ -156,14 +163,16 @@ class NuisanceResult:
 
 
 def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: FlexibleNuisance,
-                        glm=None, logged_e=None, seed=0,
+                        glm=None, logged_e=None, seed=0, balance_columns=(),
                         device="cpu") -> NuisanceResult:
     """Cross-fitted (e, mu0, mu1) from flexible learners, for rows X (numpy, raw values) with
     item codes in [0, n_items), 0/1 treatment t, outcome y and folds (-> ``NuisanceResult``).
 
     ``family`` is the outcome's ("logistic" / "gaussian"); ``glm`` = keyword arguments of
     the pooled segment GLM (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces
-    the propensity model.
+    the propensity model. ``balance_columns``: indices of X's columns along which a
+    propensity learner with a ``balance_penalty`` (``FactorisedLearner``) balances each
+    item's arms afterwards (``balance.balance_propensity``; e.g. the text components).
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
     """
@@ -181,7 +190,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     if logged_e is not None:
         preds["e"] = np.asarray(logged_e, np.float64)[order]
     also = spec.also_learners()
-    jobs = [("e", t, np.ones(n, bool), "logistic", [prop_learner, *also])] * (logged_e is None) + [
+    also_e = [propensity_learner(learner) for learner in also]
+    jobs = [("e", t, np.ones(n, bool), "logistic", [prop_learner, *also_e])] * (logged_e is None) + [
         (f"mu{a}", y, t == a, family, [out_learner, *also]) for a in (0, 1)]
     for name, target, arm, fam, learners in jobs:
         glm_pred, fits = ctx.fit_one(target.astype(np.float64), arm, fam, learners, len(rows))
@@ -211,6 +221,11 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
         row.update(weight_flexible=float(weights[0]), loss_final=final_loss)
         row.update({f"weight_{also}": float(w) for also, w in zip(spec.also_names, weights[1:])})
         rows.append(row)
+    penalty = getattr(prop_learner, "balance_penalty", None)
+    if logged_e is None and penalty is not None and len(balance_columns):
+        preds["e"], gamma = balance_propensity(preds["e"], t, item, X[:, list(balance_columns)],
+                                               n_items=n_items, penalty=penalty)
+        items["balance_shift"] = np.sqrt((gamma ** 2).sum(1))  # |gamma_k|, logit per sd
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))
