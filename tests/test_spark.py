@@ -419,33 +419,51 @@ def test_text_on_spark_equals_local(spark, tmp_path):
         table.unpersist()
 
 
-def test_audit_on_spark_equals_pandas(small_parquet, small_frame, caplog):
+AUDIT = dict(item="item_id", treatment="recommended", outcome="clicked", group="user_group",
+             confounders=ROLES["confounders"], categorical=["device", "user_group"],
+             provider="item_provider")
+AUDIT_TABLES = ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
+                "benefit_", "providers_", "metrics")
+
+
+def _assert_same_audit(local, fit):
+    for name in AUDIT_TABLES:
+        pd.testing.assert_frame_equal(getattr(local, name), getattr(fit, name),
+                                      check_exact=False, rtol=1e-8, check_dtype=False,
+                                      check_index_type=False, obj=name)
+
+
+def test_audit_on_spark_equals_pandas(small_parquet, small_frame):
     """FairnessAudit.fit on the Spark frame (item x group effects on Spark, exposure models
-    in a barrier stage), and the same without barrier mode (``run_pooled``'s driver
-    fallback, said in a log line): every table equals the pandas audit's."""
+    in a barrier stage): every table equals the pandas audit's."""
     from causalrec.fairness import FairnessAudit
-    from causalrec.spark.audit import fit_audit_spark
-    kw = dict(item="item_id", treatment="recommended", outcome="clicked", group="user_group",
-              confounders=ROLES["confounders"], categorical=["device", "user_group"],
-              provider="item_provider", estimator=ItemEffectEstimator(dtype="float64"))
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64"))
     local = FairnessAudit(**kw).fit(small_frame)
     remote = FairnessAudit(**kw).fit(small_parquet)
-    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
-        driver = fit_audit_spark(FairnessAudit(**kw), small_parquet, barrier=False)
-    assert "barrier=False; running the exposure models as rounds of plain tasks" in caplog.text
-    assert "barrier=False; running the pooled fit as rounds of plain tasks" in caplog.text
-    for name in ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
-                 "benefit_", "providers_", "metrics"):
-        for fit in (remote, driver):
-            pd.testing.assert_frame_equal(getattr(local, name), getattr(fit, name),
-                                          check_exact=False, rtol=1e-8, check_dtype=False,
-                                          check_index_type=False, obj=name)
+    _assert_same_audit(local, remote)
     assert (local.exposure_["logit_shift_se"].dropna() > 0).all()  # the shared fit ran
     assert remote.summary().info == local.summary().info
     with pytest.raises(TypeError, match="read metrics"):
         remote.metric_frame()
     with pytest.raises(SchemaError, match="varies within an item"):
         FairnessAudit(**{**kw, "provider": "hour"}).fit(small_parquet)
+
+
+@pytest.mark.slow
+def test_audit_on_spark_without_barrier_mode(small_parquet, small_frame, caplog):
+    """The audit with barrier=False: the effects and the exposure models as rounds of plain
+    tasks (``run_pooled``), said in log lines, every table equal to the pandas audit's.
+    Slow: the exposure models take ~400 reductions (max_iter >= 50), one Spark job each;
+    max_iter=2 keeps the effects' rounds few."""
+    from causalrec.fairness import FairnessAudit
+    from causalrec.spark.audit import fit_audit_spark
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64", max_iter=2))
+    local = FairnessAudit(**kw).fit(small_frame)
+    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
+        rounds = fit_audit_spark(FairnessAudit(**kw), small_parquet, barrier=False)
+    assert "barrier=False; running the exposure models as rounds of plain tasks" in caplog.text
+    assert "barrier=False; running the pooled fit as rounds of plain tasks" in caplog.text
+    _assert_same_audit(local, rounds)
 
 
 def test_refutation_on_spark_equals_local_refits(small_parquet, small_frame):
