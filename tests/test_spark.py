@@ -210,7 +210,8 @@ def test_pooled_rounds_when_the_cluster_refuses_barrier_mode(spark, small_frame,
     _assert_same_rows(local, res, small_frame)
     assert res.pooled_mode == "rounds"
     assert len({n for n, _ in res.reductions.values()}) == 1
-    assert "barrier mode unavailable (An error occurred while calling o1234" in caplog.text
+    assert ("barrier mode unavailable (org.apache.spark.SparkException: [SPARK-24942]: Barrier "
+            "execution mode does not support dynamic resource allocation") in caplog.text
     assert "running the pooled fit as rounds of plain tasks" in caplog.text
     res.rows.unpersist()
 

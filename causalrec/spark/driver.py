@@ -229,7 +229,8 @@ def run_pooled(fitted, task, n_shards, barrier, row_outputs=False, what="the poo
         except Exception as exc:  # e.g. dynamic allocation, too few slots for the stage
             if "barrier" not in str(exc).lower() or "PythonException" in str(exc):
                 raise
-            why = f"barrier mode unavailable ({str(exc).splitlines()[0]})"
+            line = next(x for x in str(exc).splitlines() if "barrier" in x.lower())
+            why = f"barrier mode unavailable ({line.strip(': ')})"
     else:
         why = "barrier=False"
     log_.warning("causalrec.spark: %s; running %s as rounds of plain tasks over the cached "
