@@ -16,8 +16,9 @@ from ..glm.reducer import Reducer
 __all__ = ["GlooReducer", "barrier_task"]
 
 TIMEOUT = timedelta(minutes=30)  # a rank waiting this long on the others fails the stage
-# fault injection for tests, read on the executor: "rank:n:path" kills that rank's Python
-# worker at its n-th reduction and creates path; once: not when path exists
+# fault injection for tests, read on the executor: "rank:n:path" kills that rank's (shard's)
+# Python worker at its n-th reduction and creates path; once: not when path exists (the
+# barrier stage and the rounds of replay.py)
 FAULT_ENV = "CAUSALREC_SPARK_FAULT"
 
 

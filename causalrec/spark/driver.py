@@ -1,6 +1,6 @@
 """The Spark path of ``estimate_item_effects``: stage 0 on the cluster, shards of whole items
-fitted by tasks (per_item: independent tasks; pooled: one barrier stage coupled by gloo),
-the per-item tables concatenated and finished on the driver as the local estimator does."""
+fitted by tasks (per_item: independent tasks; pooled: one barrier stage coupled by gloo, or
+without barrier mode rounds of plain tasks, ``replay.py``), the per-item tables concatenated and finished on the driver as the local estimator does."""
 from __future__ import annotations
 
 import logging
