@@ -62,7 +62,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
 
     shards : number of shards (default: the cluster's default parallelism); a pooled fit
-        runs one barrier task per shard, so it needs that many free task slots.
+        runs one barrier task per shard, so it needs that many free task slots (the rounds
+        without barrier mode do not: their tasks are plain tasks).
     row_id : a column identifying rows (default: ``monotonically_increasing_id`` of the
         frame, which follows the order of its files); per-row outputs are keyed by it and
         each shard orders its rows by it, as the local fit orders rows.
