@@ -2,6 +2,7 @@
 
     python benchmarks/bench_spark.py compare --path local --nuisance pooled   # one per process:
     python benchmarks/bench_spark.py compare --path spark --nuisance pooled   # peak RSS is per process
+    python benchmarks/bench_spark.py compare --path spark --no-barrier --rows 200000 --items 200
     python benchmarks/bench_spark.py scaleout --shards 1,2,4,8
 
 ``compare``: the bench_estimator data (Zipf items, d confounders) written once to Parquet;
@@ -9,7 +10,8 @@
 ``local[2]`` session and runs the Spark path. Time = read + estimate (not the session start).
 Peak RSS: the driver process's (``getrusage``) and, sampled from /proc every second, each
 child process's own peak (``VmHWM``): the JVM and Spark's Python workers, with the peak of
-their summed RSS.
+their summed RSS. ``--no-barrier``: the pooled fit as rounds of plain tasks (``barrier=False``);
+the JSON adds the log line with the rounds and the resumed round tasks.
 ``scaleout``: ``ItemEffectEstimator(shards=S)`` in one process (ThreadReducer): per-shard
 compute time, collective rounds (reducer calls) and bytes summed per Newton step.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import sys
@@ -135,8 +138,10 @@ def compare(args) -> dict:
                  .config("spark.driver.memory", args.driver_memory).getOrCreate())
         spark.sparkContext.setLogLevel("ERROR")
         start = time.perf_counter()
-        with children:
-            effects = cr.estimate_item_effects(spark.read.parquet(str(path)), shards=2, **options)
+        lines = _LogLines("causalrec.spark")
+        with children, lines:
+            effects = cr.estimate_item_effects(spark.read.parquet(str(path)), shards=2,
+                                               barrier=args.barrier, **options)
     else:
         import pandas as pd
         start = time.perf_counter()
@@ -147,7 +152,27 @@ def compare(args) -> dict:
     return dict(path=args.path, nuisance=args.nuisance, items=args.items, rows=args.rows,
                 d=args.d, seconds=round(seconds, 1), items_ok=int((effects["status"] == "ok").sum()),
                 mean_ate=float(effects["ate"].mean()), rss_before_gb=rss_before,
-                peak_rss_gb=_rss_gb(), **(children.summary() if args.path == "spark" else {}))
+                peak_rss_gb=_rss_gb(), **(children.summary() if args.path == "spark" else {}),
+                **({"log": lines.lines[-1:]} if args.path == "spark" else {}))
+
+
+class _LogLines(logging.Handler):
+    """The INFO lines of a logger, kept while in a ``with`` block."""
+
+    def __init__(self, name):
+        super().__init__(logging.INFO)
+        self.logger, self.lines = logging.getLogger(name), []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.addHandler(self), self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self), self.logger.setLevel(self.level)
 
 
 class _Counted:
@@ -229,6 +254,8 @@ def main(argv=None):
     parser.add_argument("what", choices=("compare", "scaleout", "data"))
     parser.add_argument("--path", choices=("local", "spark"), default="local")
     parser.add_argument("--nuisance", default="pooled")
+    parser.add_argument("--no-barrier", dest="barrier", action="store_false",
+                        help="the pooled fit as rounds of plain tasks (barrier=False)")
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--d", type=int, default=16)

@@ -176,14 +176,54 @@ def test_repeated_splits_on_spark_equal_local(small_parquet, small_frame, local_
 
 def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     """cr.estimate_item_effects dispatches on a Spark frame; a logged propensity; the pooled
-    fit's driver fallback (barrier=False) gives the same table and says so in a log line."""
-    local = local_fit("small", nuisance="pooled", propensity="propensity").effects_
-    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
+    fit forced off barrier mode (barrier=False: rounds of plain tasks, one Spark job per
+    reduction) gives the same table and says so in a log line. max_iter=2 keeps the rounds
+    few (92 reductions, against 706 at the default: each round is a Spark job)."""
+    local = local_fit("small", nuisance="pooled", propensity="propensity", max_iter=2).effects_
+    with caplog.at_level(logging.INFO, logger="causalrec.spark"):
         table = cr.estimate_item_effects(small_parquet, **ROLES, propensity="propensity",
                                          nuisance="pooled", dtype="float64", shards=2,
-                                         barrier=False)
+                                         barrier=False, max_iter=2)
     _assert_same(local, table)
-    assert "barrier=False; running the pooled fit on the driver" in caplog.text
+    assert (~table["converged"]).any()  # two steps: some fits stopped early, equally
+    assert "barrier=False; running the pooled fit as rounds of plain tasks" in caplog.text
+    assert "the pooled fit in 93 rounds" in caplog.text  # 92 reductions + the outputs' round
+
+
+def test_pooled_rounds_when_the_cluster_refuses_barrier_mode(spark, small_frame, small_parquet,
+                                                            local_fit, monkeypatch, tmp_path,
+                                                            caplog):
+    """A cluster that refuses the barrier stage (Spark's error, raised here in its place)
+    falls back to the rounds, said in a log line; a worker killed at its 20th reduction is
+    retried by Spark and replays the log (deterministic): the table and the per-row outputs
+    (a DataFrame from the last round) still equal the fault-free local fit's."""
+    from causalrec.spark import driver
+    from causalrec.spark.barrier import FAULT_ENV
+
+    def refused(*args):
+        raise RuntimeError("An error occurred while calling o1234.collectToPython.\n: "
+                           "org.apache.spark.SparkException: [SPARK-24942]: Barrier execution "
+                           "mode does not support dynamic resource allocation for now.")
+    monkeypatch.setattr(driver, "_barrier_stage", refused)
+    marker, env = tmp_path / "killed", spark.sparkContext.environment
+    env[FAULT_ENV] = f"1:20:{marker}"
+    options = dict(nuisance="pooled", method="or", propensity="propensity", max_iter=2)
+    try:
+        with caplog.at_level(logging.INFO, logger="causalrec.spark"):
+            res = estimate_item_effects_spark(small_parquet, **ROLES, dtype="float64", shards=2,
+                                              row_id="row", row_outputs=True, **options)
+    finally:
+        env.pop(FAULT_ENV, None)
+    assert marker.exists()
+    local = local_fit("small", **options)
+    _assert_same(local.effects_, res.effects)
+    _assert_same_rows(local, res, small_frame)
+    assert res.pooled_mode == "rounds"
+    assert len({n for n, _ in res.reductions.values()}) == 1
+    assert ("barrier mode unavailable (org.apache.spark.SparkException: [SPARK-24942]: Barrier "
+            "execution mode does not support dynamic resource allocation") in caplog.text
+    assert "running the pooled fit as rounds of plain tasks" in caplog.text
+    res.rows.unpersist()
 
 
 def _given_folds(row):
@@ -390,33 +430,51 @@ def test_text_on_spark_equals_local(spark, tmp_path):
         table.unpersist()
 
 
-def test_audit_on_spark_equals_pandas(small_parquet, small_frame, caplog):
+AUDIT = dict(item="item_id", treatment="recommended", outcome="clicked", group="user_group",
+             confounders=ROLES["confounders"], categorical=["device", "user_group"],
+             provider="item_provider")
+AUDIT_TABLES = ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
+                "benefit_", "providers_", "metrics")
+
+
+def _assert_same_audit(local, fit):
+    for name in AUDIT_TABLES:
+        pd.testing.assert_frame_equal(getattr(local, name), getattr(fit, name),
+                                      check_exact=False, rtol=1e-8, check_dtype=False,
+                                      check_index_type=False, obj=name)
+
+
+def test_audit_on_spark_equals_pandas(small_parquet, small_frame):
     """FairnessAudit.fit on the Spark frame (item x group effects on Spark, exposure models
-    in a barrier stage), and the same without barrier mode (``run_pooled``'s driver
-    fallback, said in a log line): every table equals the pandas audit's."""
+    in a barrier stage): every table equals the pandas audit's."""
     from causalrec.fairness import FairnessAudit
-    from causalrec.spark.audit import fit_audit_spark
-    kw = dict(item="item_id", treatment="recommended", outcome="clicked", group="user_group",
-              confounders=ROLES["confounders"], categorical=["device", "user_group"],
-              provider="item_provider", estimator=ItemEffectEstimator(dtype="float64"))
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64"))
     local = FairnessAudit(**kw).fit(small_frame)
     remote = FairnessAudit(**kw).fit(small_parquet)
-    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
-        driver = fit_audit_spark(FairnessAudit(**kw), small_parquet, barrier=False)
-    assert "barrier=False; running the exposure models on the driver" in caplog.text
-    assert "barrier=False; running the pooled fit on the driver" in caplog.text
-    for name in ("groups_", "group_effects_", "disparity_", "overall_disparity_", "exposure_",
-                 "benefit_", "providers_", "metrics"):
-        for fit in (remote, driver):
-            pd.testing.assert_frame_equal(getattr(local, name), getattr(fit, name),
-                                          check_exact=False, rtol=1e-8, check_dtype=False,
-                                          check_index_type=False, obj=name)
+    _assert_same_audit(local, remote)
     assert (local.exposure_["logit_shift_se"].dropna() > 0).all()  # the shared fit ran
     assert remote.summary().info == local.summary().info
     with pytest.raises(TypeError, match="read metrics"):
         remote.metric_frame()
     with pytest.raises(SchemaError, match="varies within an item"):
         FairnessAudit(**{**kw, "provider": "hour"}).fit(small_parquet)
+
+
+@pytest.mark.slow
+def test_audit_on_spark_without_barrier_mode(small_parquet, small_frame, caplog):
+    """The audit with barrier=False: the effects and the exposure models as rounds of plain
+    tasks (``run_pooled``), said in log lines, every table equal to the pandas audit's.
+    Slow: the exposure models take ~400 reductions (max_iter >= 50), one Spark job each;
+    max_iter=2 keeps the effects' rounds few."""
+    from causalrec.fairness import FairnessAudit
+    from causalrec.spark.audit import fit_audit_spark
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64", max_iter=2))
+    local = FairnessAudit(**kw).fit(small_frame)
+    with caplog.at_level(logging.WARNING, logger="causalrec.spark"):
+        rounds = fit_audit_spark(FairnessAudit(**kw), small_parquet, barrier=False)
+    assert "barrier=False; running the exposure models as rounds of plain tasks" in caplog.text
+    assert "barrier=False; running the pooled fit as rounds of plain tasks" in caplog.text
+    _assert_same_audit(local, rounds)
 
 
 def test_refutation_on_spark_equals_local_refits(small_parquet, small_frame):

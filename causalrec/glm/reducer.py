@@ -14,7 +14,18 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
 
-__all__ = ["Reducer", "ThreadReducer"]
+__all__ = ["Reducer", "ThreadReducer", "combine_in_order"]
+
+COMBINE = {"sum": torch.add, "max": torch.maximum}
+
+
+def combine_in_order(values: list, op: str) -> torch.Tensor:
+    """The solvers' partial values (in shard order) reduced by ``op`` ("sum" or "max") in
+    that fixed order, so every reducer that uses it returns bitwise the same result."""
+    out = values[0].clone()
+    for other in values[1:]:
+        out = COMBINE[op](out, other.to(out.device))
+    return out
 
 
 class Reducer:
@@ -44,12 +55,10 @@ class ThreadReducer:
         self._barrier = threading.Barrier(n_shards)
         self._slots: list = [None] * n_shards
 
-    def _collect(self, rank: int, value: torch.Tensor, combine) -> torch.Tensor:
+    def _collect(self, rank: int, value: torch.Tensor, op: str) -> torch.Tensor:
         self._slots[rank] = value
         self._barrier.wait()
-        out = self._slots[0].clone()
-        for other in self._slots[1:]:  # fixed order: every rank gets bitwise the same result
-            out = combine(out, other.to(out.device))
+        out = combine_in_order(self._slots, op)  # every rank gets bitwise the same result
         self._barrier.wait()  # no rank overwrites its slot before all have read
         return out
 
@@ -83,7 +92,7 @@ class _RankView(Reducer):
         self.parent, self.rank = parent, rank
 
     def sum(self, value):
-        return self.parent._collect(self.rank, value, torch.add)
+        return self.parent._collect(self.rank, value, "sum")
 
     def max(self, value):
-        return self.parent._collect(self.rank, value, torch.maximum)
+        return self.parent._collect(self.rank, value, "max")

@@ -29,7 +29,8 @@ def _F():
 def fit_audit_spark(audit, sdf, barrier=True):
     """Fit ``audit`` (a ``FairnessAudit``) on the Spark frame ``sdf``; returns the audit.
     ``barrier``: the pooled fits (effects, exposure models) as barrier stages; False (or a
-    cluster without barrier mode) runs them on the driver, as ``estimate_item_effects_spark``."""
+    cluster without barrier mode) runs them as rounds of plain tasks (``run_pooled``), as
+    ``estimate_item_effects_spark``."""
     F = _F()
     roles = audit._roles()
     log = validate(sdf, roles)
@@ -92,7 +93,7 @@ def _providers(audit, sdf) -> pd.Series:
 def _exposure(audit, sdf, numeric, categorical, items, barrier) -> pd.DataFrame:
     """The exposure table: the design spec of all rows by aggregations, then the exposure
     models fitted by one barrier task per shard of items (``exposure_sums`` with gloo), or
-    on the driver without barrier mode (``run_pooled``'s fallback)."""
+    without barrier mode by rounds of plain tasks, one per reduction (``run_pooled``)."""
     F = _F()
     spark = sdf.sparkSession
     sample = InteractionLog(sdf.limit(SAMPLE_ROWS).toPandas(), item=audit.item,

@@ -16,8 +16,9 @@ from ..glm.reducer import Reducer
 __all__ = ["GlooReducer", "barrier_task"]
 
 TIMEOUT = timedelta(minutes=30)  # a rank waiting this long on the others fails the stage
-# fault injection for tests, read on the executor: "rank:n:path" kills that rank's Python
-# worker at its n-th reduction and creates path; once: not when path exists
+# fault injection for tests, read on the executor: "rank:n:path" kills that rank's (shard's)
+# Python worker at its n-th reduction and creates path; once: not when path exists (the
+# barrier stage and the rounds of replay.py)
 FAULT_ENV = "CAUSALREC_SPARK_FAULT"
 
 
@@ -63,8 +64,8 @@ def _fault(rank: int):
     at, path = int(spec.split(":")[1]), spec.split(":", 2)[2]
     count = itertools.count(1)
 
-    def kill():
-        if next(count) == at:
+    def kill():  # the path checked again: another worker's suspended fit may have fired it
+        if next(count) == at and not os.path.exists(path):
             open(path, "w").close()
             os._exit(1)  # as a lost executor: no exception, no cleanup
     return kill

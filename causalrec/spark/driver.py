@@ -1,6 +1,6 @@
 """The Spark path of ``estimate_item_effects``: stage 0 on the cluster, shards of whole items
-fitted by tasks (per_item: independent tasks; pooled: one barrier stage coupled by gloo),
-the per-item tables concatenated and finished on the driver as the local estimator does."""
+fitted by tasks (per_item: independent tasks; pooled: one barrier stage coupled by gloo, or
+without barrier mode rounds of plain tasks, ``replay.py``), the per-item tables concatenated and finished on the driver as the local estimator does."""
 from __future__ import annotations
 
 import logging
@@ -31,7 +31,7 @@ class SparkEffects:
     """Result of the Spark path: ``effects`` (pandas, as the local call), ``rows`` (a Spark
     DataFrame keyed by ``row_id``: propensity, mu0, mu1, psi, fold of the fitted rows; None
     unless asked), the ``design_spec``, the shard of each item, how the pooled fit ran
-    ("barrier", "driver" or None for per_item) and, per shard, its all-reduces (count,
+    ("barrier", "rounds" or None for per_item) and, per shard, its all-reduces (count,
     seconds spent in them)."""
 
     effects: pd.DataFrame
@@ -62,13 +62,15 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
 
     shards : number of shards (default: the cluster's default parallelism); a pooled fit
-        runs one barrier task per shard, so it needs that many free task slots.
+        runs one barrier task per shard, so it needs that many free task slots (the rounds
+        without barrier mode do not: their tasks are plain tasks).
     row_id : a column identifying rows (default: ``monotonically_increasing_id`` of the
         frame, which follows the order of its files); per-row outputs are keyed by it and
         each shard orders its rows by it, as the local fit orders rows.
     row_outputs : also return the per-row outputs as a Spark DataFrame (persisted).
     barrier : run the pooled fit as a barrier stage; False (or a cluster without barrier
-        mode) collects the fitted rows and runs the sharded fit on the driver instead.
+        mode) runs it as rounds of plain tasks over the cached shards, one Spark job per
+        reduction (same result, slower: see ``replay``); a log line says which ran and why.
     graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders (their
         roles from the Spark column types: numeric or boolean -> confounders, else categorical).
     folds : the name of an integer column of ``sdf`` holding each row's cross-fitting fold
@@ -214,36 +216,48 @@ def _reducer():
 def run_pooled(fitted, task, n_shards, barrier, row_outputs=False, what="the pooled fit"):
     """A pooled fit: ``task(shard rows, reducer)`` (-> ``OUTPUT_SCHEMA`` rows) for each shard
     of ``fitted`` (by its partition key), coupled by a barrier stage with gloo, or (barrier
-    False, or no barrier mode on the cluster) on the driver, one thread per shard coupled by
-    a ``ThreadReducer`` (same sums, same result), and a log line naming ``what`` says so.
-    The one pooled runner of the Spark path (estimator and audit). Returns (payloads,
-    per-row outputs, "barrier" | "driver")."""
-    from .barrier import barrier_task
+    False, or no barrier mode on the cluster) by rounds of plain tasks over the cached shards,
+    one Spark job per reduction (``replay.run_rounds``: the same sums in the same order, the
+    same result; the rows stay on the executors), and a log line naming ``what`` says which
+    and why. The one pooled runner of the Spark path (estimator and audit). Returns
+    (payloads, per-row outputs, "barrier" | "rounds")."""
+    parts = fitted.repartition(n_shards, _PARTITION_KEY)
     if barrier:
         try:
-            parts = fitted.repartition(n_shards, _PARTITION_KEY)
-            out = parts.mapInPandas(barrier_task(task, n_shards), OUTPUT_SCHEMA, barrier=True)
-            # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
-            # tasks) only when it is a map stage, never when it is the result stage
-            out = out.repartition(1)
+            out = _barrier_stage(parts, task, n_shards, row_outputs)
             log_.info("causalrec.spark: %s as a barrier stage of %d tasks (gloo)", what, n_shards)
-            return (*_collect(out, row_outputs), "barrier")
-        except Exception as exc:  # e.g. Spark Connect or dynamic allocation without barrier
+            return (*out, "barrier")
+        except Exception as exc:  # e.g. dynamic allocation, too few slots for the stage
             if "barrier" not in str(exc).lower() or "PythonException" in str(exc):
                 raise
-            log_.warning("causalrec.spark: barrier mode unavailable (%s); running %s on the "
-                         "driver over the collected rows", str(exc).splitlines()[0], what)
+            line = next(x for x in str(exc).splitlines() if "barrier" in x.lower())
+            why = f"barrier mode unavailable ({line.strip(': ')})"
     else:
-        log_.warning("causalrec.spark: barrier=False; running %s on the driver over the "
-                     "collected rows", what)
-    if row_outputs:
-        raise ValueError("row_outputs needs the barrier stage (the driver fallback keeps them "
-                         "on the driver)")
-    from ..glm.reducer import ThreadReducer
-    frame = fitted.toPandas()
-    shards = [frame[frame[SHARD] == s] for s in range(n_shards)]
-    outs = ThreadReducer(n_shards).run(task, shards)
-    return [o["payload"].iloc[0] for o in outs], None, "driver"
+        why = "barrier=False"
+    log_.warning("causalrec.spark: %s; running %s as rounds of plain tasks over the cached "
+                 "shards (one Spark job per reduction; a task resumes its suspended fit when "
+                 "it lands on the same Python worker, else rebuilds its shard and replays the "
+                 "reductions so far: up to quadratic in their number)", why, what)
+    from .barrier import _fault
+    from .replay import run_rounds
+    parts = parts.persist()
+    try:
+        payloads, rows, stats = run_rounds(parts, task, n_shards, row_outputs, fault=_fault)
+    finally:
+        parts.unpersist()
+    log_.info("causalrec.spark: %s in %d rounds, %.1f s; %d of %d round tasks resumed, the "
+              "others replayed", what, stats["rounds"], stats["seconds"], stats["resumed"],
+              stats["tasks"])
+    return payloads, rows, "rounds"
+
+
+def _barrier_stage(parts, task, n_shards, row_outputs):
+    """The barrier stage of ``run_pooled`` -> (payloads, per-row outputs)."""
+    from .barrier import barrier_task
+    out = parts.mapInPandas(barrier_task(task, n_shards), OUTPUT_SCHEMA, barrier=True)
+    # a shuffle after the barrier stage: Spark retries a failed barrier stage (all its
+    # tasks) only when it is a map stage, never when it is the result stage
+    return _collect(out.repartition(1), row_outputs)
 
 
 def _assemble(payloads, shard_of_item, est, facts):
