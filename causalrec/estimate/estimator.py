@@ -8,7 +8,7 @@ import torch
 
 from ..base import BaseEstimator
 from ..glm import SegmentGLM
-from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
+from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, resolve_dtype
 from ..inference import interval
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
@@ -266,6 +266,7 @@ class ItemEffectEstimator(BaseEstimator):
             preds = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
             e, mu0, mu1 = preds if self.n_repeats == 1 else (
                 acc + p / self.n_repeats for acc, p in zip((e, mu0, mu1), preds))
+        release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
         on_device = lambda a, kind: read_only_tensor(a, kind, device)
         table, psi, e_clipped = effects_table(on_device(seg, torch.long), on_device(t, None),
                                                on_device(y, torch.float64), e, mu0, mu1, n_seg,

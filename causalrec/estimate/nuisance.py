@@ -16,7 +16,8 @@ import torch
 
 from ..exceptions import ConvergenceWarning
 from ..glm import BlockedDesign, SegmentGLM, ThreadReducer
-from ..glm.layout import block_size_for, read_only_tensor, resolve_dtype, segment_sum
+from ..glm.layout import (block_size_for, read_only_tensor, release_free_heap, resolve_dtype,
+                          segment_sum)
 from ..glm.reducer import Reducer
 
 __all__ = ["CrossFit", "cross_fit", "pack_shards"]
@@ -145,9 +146,12 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                 X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
                 index=rows_of_X(sub))
-            held.update(folds=fold_set, design=design,
-                        tb=design.pad(torch.as_tensor(t_mine[sub], dtype=dtype, device=device)),
+            # a cell is one arm: its blocks' t is the arm's, a broadcast view (no padded copy;
+            # on padding 1 or 0, which a fit never reads unweighted)
+            arm = ((design.block_cell // n_seg) % 2).to(dtype)
+            held.update(folds=fold_set, design=design, tb=arm[:, None].expand(design.X.shape[:2]),
                         yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
+            release_free_heap()  # the padding's freed temporaries: not resident beside the fits
         return held
 
     fits, scales = [], []
