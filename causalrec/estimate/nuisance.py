@@ -20,7 +20,7 @@ from ..glm.layout import (block_size_for, read_only_tensor, release_free_heap, r
                           segment_sum)
 from ..glm.reducer import Reducer
 
-__all__ = ["CrossFit", "cross_fit", "pack_shards"]
+__all__ = ["CrossFit", "cross_fit", "pack_shards", "blocked_arm"]
 
 MODEL_NAMES = {"e": "propensity", "mu0": "outcome (control)", "mu1": "outcome (treated)"}
 
@@ -146,10 +146,7 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                 X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
                 index=rows_of_X(sub))
-            # a cell is one arm: its blocks' t is the arm's, a broadcast view (no padded copy;
-            # on padding 1 or 0, which a fit never reads unweighted)
-            arm = ((design.block_cell // n_seg) % 2).to(dtype)
-            held.update(folds=fold_set, design=design, tb=arm[:, None].expand(design.X.shape[:2]),
+            held.update(folds=fold_set, design=design, tb=blocked_arm(design, n_seg, dtype),
                         yb=design.pad(torch.as_tensor(y_mine[sub], dtype=dtype, device=device)))
             release_free_heap()  # the padding's freed temporaries: not resident beside the fits
         return held
@@ -203,6 +200,14 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
             else:
                 preds[name][in_fold[f]] = values.pop(name)
     return mine, preds, fits
+
+
+def blocked_arm(design: BlockedDesign, n_seg: int, dtype) -> torch.Tensor:
+    """t in the blocked layout of a design whose cells are (fold, arm, item): each block's
+    arm, as a broadcast view (no padded copy; on padding the block's arm too, which a fit
+    only reads times a weight of 0)."""
+    arm = ((design.block_cell // n_seg) % 2).to(dtype)
+    return arm[:, None].expand(design.X.shape[:2])
 
 
 def _outcome_scale(design, yb, train, n_seg, outcome: SegmentGLM):
