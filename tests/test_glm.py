@@ -296,3 +296,24 @@ def test_pack_shards_balances_rows_and_never_splits_items():
     load = np.bincount(shard, weights=rows, minlength=3)
     assert shard[0] != shard[2] and shard[0] != shard[3]  # the giant item keeps a shard alone
     assert load.max() == 1000 and load.sum() == rows.sum()
+
+
+def test_design_weight_is_the_intercept_column_and_the_heap_release_runs():
+    """A padded design's row weight (1 on rows, 0 on padding) is its intercept column, a
+    view: no separate (n_blocks, block_size) array. ``release_free_heap`` finds glibc's
+    ``malloc_trim`` on glibc Linux and changes no live array."""
+    import platform
+    import sys
+    from causalrec.glm import BlockedDesign
+    rng = np.random.default_rng(3)
+    X = torch.as_tensor(rng.normal(size=(500, 4)))
+    design = BlockedDesign(X, rng.integers(0, 7, 500), 7)
+    assert torch.equal(design.weight, design.layout.valid.to(X.dtype))
+    assert design.weight.untyped_storage().data_ptr() == design.X.untyped_storage().data_ptr()
+    before = design.X.clone()
+    garbage = [np.ones(2**20) for _ in range(8)]  # heap-sized arrays, freed
+    del garbage
+    glm_layout.release_free_heap()
+    assert torch.equal(design.X, before)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert glm_layout._MALLOC_TRIM is not None

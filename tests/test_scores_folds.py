@@ -1,6 +1,8 @@
 """The per-(item, fold) normalised AIPW of estimate/scores.py: its point estimate, the
 fallback for thin fold-arms, and its influence-function variance over replications."""
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 
 from causalrec.estimate.scores import _normalised_scores, _variance_of_mean, effects_table
@@ -99,3 +101,18 @@ def test_influence_variance_matches_the_spread_over_replications():
     # AIPW's, which the shifts inflate, so coverage is above 0.95 here)
     covered = np.abs(estimates - 1) <= (table.ci_high - table.ate).to_numpy()
     assert covered.mean() > 0.95 - 3 * np.sqrt(0.05 * 0.95 / n_items)
+
+
+@pytest.mark.parametrize("method, normalize", [("aipw", True), ("aipw", False), ("ipw", True),
+                                               ("or", True)])
+def test_no_trim_equals_a_trim_that_keeps_every_row_bit_for_bit(method, normalize):
+    """Without trimming the scores skip the masked copies of psi: the result must equal a
+    trim that keeps every row (which masks), bit for bit."""
+    seg, fold, t, y, e, mu0, mu1 = _log(np.random.default_rng(5), 6, 300, 0.2)
+    run = lambda trim: effects_table(
+        as_t(seg, torch.long), as_t(t), as_t(y), as_t(e), as_t(mu0), as_t(mu1), 6, method,
+        0.01, trim, 0.05, binary=False, normalize=normalize, folds=as_t(fold, torch.long))
+    assert e.min() > 1e-9 and e.max() < 1 - 1e-9
+    (a, psi_a, e_a), (b, psi_b, e_b) = run(None), run(1e-9)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert np.array_equal(psi_a, psi_b) and np.array_equal(e_a, e_b)

@@ -152,3 +152,48 @@ def test_cross_fit_reads_the_rows_in_use_alike_from_a_mask_positions_or_a_subset
         for name in ("e", "mu0", "mu1"):
             assert torch.equal(getattr(other, name), getattr(by_mask, name))
     assert torch.isfinite(by_mask.e).all() and len(by_mask.e) == use.sum()
+
+
+def test_blocked_arm_is_the_padded_t_on_rows_and_the_propensity_fit_is_unchanged(segments):
+    """The propensity reads t as a broadcast view of each block's arm (cells are (fold, arm,
+    item)); on rows it is the padded t, and padding is only read times a zero weight, so the
+    fit equals the one on the padded t bit for bit."""
+    from causalrec.estimate.nuisance import blocked_arm
+    from causalrec.glm import BlockedDesign
+    X, _, seg, K = segments
+    rng = np.random.default_rng(12)
+    t = (rng.random(len(seg)) < 0.4).astype(np.int8)
+    folds = rng.integers(0, 2, len(seg))
+    design = BlockedDesign(torch.as_tensor(X), (folds * 2 + t) * K + seg, K * 4,
+                           cell_segment=np.tile(np.arange(K), 4))
+    padded = design.pad(torch.as_tensor(t, dtype=torch.float64))
+    view = blocked_arm(design, K, torch.float64)
+    assert view.shape == padded.shape and view.untyped_storage().nbytes() < padded.numel()
+    assert torch.equal(view * design.weight, padded)
+    assert bool((view[~design.layout.valid] != 0).any())  # padding really differs
+    fit = lambda tb: SegmentGLM(dtype="float64").fit_blocks(design, tb, design.blocks(), n_segments=K)
+    a, b = fit(padded), fit(view)
+    assert np.array_equal(a.coef_, b.coef_) and a.n_iter_ == b.n_iter_
+
+
+@pytest.mark.parametrize("family", ["logistic", "gaussian"])
+def test_cross_fit_with_a_one_byte_outcome_equals_the_float_outcome(segments, family):
+    """A 0/1 outcome in int8 stays one byte in the blocks (the fits compute with it in
+    float): logistic and (scaled) linear outcome models give the float outcome's fits bit
+    for bit."""
+    from causalrec.estimate.nuisance import _blocked_dtype, cross_fit
+    X, y, seg, K = segments
+    rng = np.random.default_rng(13)
+    t = (rng.random(len(seg)) < 0.4).astype(np.int8)
+    folds = rng.integers(0, 2, len(seg)).astype(np.int8)
+    models = dict(propensity=SegmentGLM(dtype="float32"),
+                  outcome=SegmentGLM(family=family, dtype="float32"))
+    fit = lambda y_: cross_fit(torch.as_tensor(X, dtype=torch.float32), None, None, slice(None),
+                               seg, t, y_, folds, K, n_folds=2, **models, device="cpu",
+                               dtype=torch.float32)
+    narrow, wide = fit(y.astype(np.int8)), fit(y)
+    for name in ("e", "mu0", "mu1"):
+        assert torch.equal(getattr(narrow, name), getattr(wide, name))
+    assert _blocked_dtype(y.astype(np.int8), torch.float32) is None
+    assert _blocked_dtype(y, torch.float32) is torch.float32
+    assert _blocked_dtype(y.astype(np.int64), torch.float32) is torch.float32

@@ -8,7 +8,7 @@ import torch
 
 from ..base import BaseEstimator
 from ..glm import SegmentGLM
-from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
+from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, resolve_dtype
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import DesignSpec, segment_ids
@@ -272,6 +272,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                 preds = (fits.e, fits.mu0, fits.mu1)
                 fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
             e, mu0, mu1 = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
+            release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
             splits.add(*effects_table(on_device(seg, torch.long), on_device(t, None),
                                       on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                       self.method, self.clip, self.trim, self.alpha,

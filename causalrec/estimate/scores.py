@@ -72,31 +72,38 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
     n_keep = S(k)
     s1, s0 = S(wt), S(wc)  # each arm's weight sum
-    correction = wt * (y - mu1) - wc * (y - mu0)
+    # (a row array, formed where it is used: not alive beside the normalised scores' arrays)
+    correction = lambda: wt * (y - mu1) - wc * (y - mu0)
     psi_var = None  # normalised AIPW: influence values with HC3 residuals, for the variance
     if method == "aipw" and normalize:
-        norm = _normalised_scores(seg, folds, k, wt, wc, y, mu0, mu1, n_seg)
-        psi, psi_var, arm_weights = norm.psi, norm.psi_hc3, (norm.omega_t, norm.omega_c)
+        psi, psi_var, omega_t, omega_c, *_ = _normalised_scores(seg, folds, k, wt, wc, y, mu0, mu1, n_seg)
+        arm_weights = (omega_t, omega_c)
     elif method == "aipw":
-        psi, arm_weights = mu1 - mu0 + correction, (wt, wc)
+        psi, arm_weights = mu1 - mu0 + correction(), (wt, wc)
     elif method == "ipw":  # Hajek: weighted arm means, i.e. normalised AIPW without outcome model
         # per item, not per fold: the fold split matters through the outcome models' residuals
         hajek = _normalised_scores(seg, None, k, wt, wc, y, 0.0, 0.0, n_seg)
         psi, m1, m0 = hajek.psi, hajek.r_t, hajek.r_c
     else:  # outcome regression; spread by the AIPW influence function, centred on OR
-        psi = mu1 - mu0 + correction - (S(k * correction) / n_keep)[seg]
+        c = correction()
+        psi = mu1 - mu0 + c - (S(k * c) / n_keep)[seg]
         arm_weights = (wt, wc)
-    psi = torch.where(keep, psi, 0.0)
+        del c
+    if trim is not None:  # (every row kept otherwise: no masked copies)
+        psi = torch.where(keep, psi, 0.0)
     ate = S(psi) / n_keep
     normalised = psi_var is not None
-    psi_var = torch.where(keep, psi_var, 0.0) if normalised else psi
+    if not normalised:
+        psi_var = psi
+    elif trim is not None:
+        psi_var = torch.where(keep, psi_var, 0.0)
     var_of_mean = _variance_of_mean(psi_var, seg, n_seg, n_keep)
     if normalised and not binary:
         # the larger of this and the textbook AIPW's variance: the plain residuals keep an
         # outcome model's item-level misfit, which the normalised ones remove but which
         # still spreads the estimate (binary logs, where it was measured: issue 14 part 3)
         var_of_mean = torch.fmax(var_of_mean, _variance_of_mean(
-            torch.where(keep, mu1 - mu0 + correction, 0.0), seg, n_seg, n_keep))
+            torch.where(keep, mu1 - mu0 + correction(), 0.0), seg, n_seg, n_keep))
     ess_t, ess_c = s1 ** 2 / S(wt ** 2), s0 ** 2 / S(wc ** 2)
     dof_welch = _welch_dof(psi_var, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
     n_t, n_c = t_sum(t), t_sum(1 - t)
@@ -210,18 +217,21 @@ def _normalised_scores(seg, folds, k, wt, wc, y, mu0, mu1, n_seg):
         G = lambda values: segment_sum(values, group, n_groups)
         s, n_g = G(w), G(k)
         r = G(w * (y - mu)) / s
-        h = (w / s[group]).nan_to_num(0.0)  # leverage: the row's share of its group's weight
         omega = n_g[group] * w / s[group]
-        resid = torch.where(w > 0, y - mu - r[group], 0.0)
-        # in place, the same operations in the same order as psi + sign * (r_g + omega * resid)
-        # (psi starts as a fresh mu1 - mu0, or the number 0.0)
-        r_g, weighted = r[group], omega * resid
+        # in place, the same operations in the same order as psi + sign * (r_g + omega * resid),
+        # each row array freed once read (psi starts as a fresh mu1 - mu0, or the number 0.0)
+        r_g = r[group]
+        weighted = omega * torch.where(w > 0, y - mu - r_g, 0.0)  # omega * resid
+        omegas.append(torch.where(w > 0, omega, 0.0))
+        del omega
         term = torch.add(weighted, r_g).mul_(sign)
         psi = psi.add_(term) if torch.is_tensor(psi) else psi + term
+        del term
+        h = (w / s[group]).nan_to_num(0.0)  # leverage: the row's share of its group's weight
         term = weighted.div_((1 - h).clamp(min=1e-12)).add_(r_g).mul_(sign)
+        del h, r_g
         psi_hc3 = psi_hc3.add_(term) if torch.is_tensor(psi_hc3) else psi_hc3 + term
-        del r_g, weighted, term, h, resid
-        omegas.append(torch.where(w > 0, omega, 0.0))
+        del weighted, term
         means.append(segment_sum(k * r[group], seg, n_seg) / n)
     return _Normalised(psi, psi_hc3, *omegas, *means)
 

@@ -40,7 +40,8 @@ class BlockedDesign:
         self.device = X.device if torch.is_tensor(X) else torch.device(device or "cpu")
         self.layout: Layout = make_layout(cells, n_cells, block_size=block_size, device=self.device)
         self.X = pad_design(self.layout, X, center, scale, index=index)
-        self.weight = self.layout.valid.to(self.X.dtype)
+        # the intercept column is 1 on rows and 0 on padding: the rows' weight, as a view
+        self.weight = self.X[..., 0]
         self.block_cell = self.layout.block_cell
         seg_of_cell = (torch.arange(n_cells, device=self.device) if cell_segment is None
                        else torch.as_tensor(cell_segment, device=self.device))

@@ -67,6 +67,21 @@ def _chunks(blocks: torch.Tensor, block_size: int, p: int):
             yield slice(a, min(a + step, end))
 
 
+def _weighted_sums(data: _Blocks, blocks, minus_offset: bool):
+    """Per segment, the rows' weight sum and weighted sum of y (of y - offset when
+    ``minus_offset`` and there is an offset), a chunk of blocks at a time: views, no gathered copies of the rows (each block's
+    sums are added in block order, as one ``segment_sum`` over the gathered blocks does)."""
+    opts = dict(dtype=data.X.dtype, device=data.X.device)
+    w_seg, wy_seg = torch.zeros(data.n_seg, **opts), torch.zeros(data.n_seg, **opts)
+    for chunk in _chunks(blocks, data.X.shape[1], data.X.shape[-1]):
+        w, seg = data.w[chunk], data.block_seg[chunk]
+        y = data.y[chunk] if data.offset is None or not minus_offset \
+            else data.y[chunk] - data.offset[chunk]
+        w_seg.index_add_(0, seg, w.sum(1))
+        wy_seg.index_add_(0, seg, (w * y).sum(1))
+    return w_seg, wy_seg
+
+
 def _linear_predictor(X, coef, offset=None):
     """X (n, B, p) times each block's coefficients (n, p) -> (n, B). Written as row-vector
     products: the matrix-vector form ``bmm(X, coef[..., None])`` runs at half the speed."""

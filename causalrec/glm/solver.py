@@ -37,7 +37,7 @@ import torch
 from .layout import empty, segment_sum
 from .linalg import robust_spd_inverse, segment_inverses, shared_hessian, symmetric_solve
 # the solver calls _pass through this module's global (tests count the passes by patching it)
-from .passes import GLMFit, _Blocks, _pass
+from .passes import GLMFit, _Blocks, _pass, _weighted_sums
 from .reducer import Reducer
 
 __all__ = ["fit_glm", "HESSIAN_STEPS", "REFRESH_RATIO", "CHORD_TOL"]
@@ -132,13 +132,9 @@ def _set_up(data: _Blocks, blocks, cfg: _Settings, init) -> _State:
     red = cfg.reducer
     state = _State(torch.zeros(n_seg, p, **opts), torch.zeros(p, **opts), torch.zeros(n_seg, **opts))
     cfg.n_seg_total = int(red.sum(torch.tensor(float(n_seg), dtype=torch.float64)))
-    w_rows = data.w[blocks]
-    w_seg = segment_sum(w_rows.sum(1), data.block_seg[blocks], n_seg)
-    wy_seg = segment_sum((w_rows * data.y[blocks]).sum(1), data.block_seg[blocks], n_seg)
+    # (a Gaussian fit centres what the linear predictor must explain: y - offset)
+    w_seg, wy_seg = _weighted_sums(data, blocks, minus_offset=data.family == "gaussian")
     if data.family == "gaussian":
-        if data.offset is not None:  # centre what the linear predictor must explain
-            wy_seg = segment_sum((w_rows * (data.y[blocks] - data.offset[blocks])).sum(1),
-                                 data.block_seg[blocks], n_seg)
         # centre y (a pooled model's overall mean, a per-segment model's own): penalties
         # then shrink toward it; the offset is added back to the intercepts at the end
         if cfg.pooled:
@@ -174,7 +170,6 @@ def _set_up(data: _Blocks, blocks, cfg: _Settings, init) -> _State:
             warm_loss = _pass(data, blocks, warm + state.shared, need_hessian=False)[0]
             better = _penalised(cfg, warm_loss, warm) < _penalised(cfg, cold_loss, state.local)
             state.local = torch.where(better.unsqueeze(1), warm, state.local)
-    del w_rows  # a copy of the weights: not alive beside the solver's buffers
     state.acc = empty((n_seg, p, p + 1), **opts)
     state.inv = empty((n_seg, p, p), **opts)
     loss, state.grad, state.gram = _pass(data, blocks, state.local + state.shared,
