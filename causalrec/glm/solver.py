@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import empty, segment_sum
+from .layout import empty
 from .linalg import robust_spd_inverse, segment_inverses, shared_hessian, symmetric_solve
 # the solver calls _pass through this module's global (tests count the passes by patching it)
 from .passes import GLMFit, _Blocks, _pass, _weighted_sums
