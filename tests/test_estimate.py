@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 import causalrec as cr
 from causalrec.glm import layout as glm_layout
 from causalrec.estimate.design import build_design
+from causalrec.estimate.scores import PRIOR_DOF
 from causalrec.schema import SchemaError
 
 
@@ -288,8 +289,10 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
     """normalize=True: mean(mu1 - mu0) plus each arm's weighted-mean residual within each
     (item, fold), the folds averaged with their row shares (an arm with < 2 rows in a fold
     of the item: over the item); False: the plain average of the AIPW scores. The
-    normalised SE (binary clicks) is never below the variance implied by the fitted click
-    probabilities with the estimate's own row weights."""
+    normalised variance (binary clicks) is the moderated one: (PRIOR_DOF v_model + d v_hc3)
+    / (PRIOR_DOF + d), v_model implied by the fitted click probabilities with the estimate's
+    own row weights, v_hc3 from the HC3 influence values, d = 2 (n^2 v_model)^2 / sum
+    omega^4 p (1 - p) (1 - 2p)^2; t on PRIOR_DOF + d degrees of freedom."""
     df, roles = small
     log = cr.InteractionLog(df, **roles)
     folds = cr.ItemEffectEstimator().fit(log).fold_.to_numpy()
@@ -321,16 +324,38 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
         np.testing.assert_allclose(eff.loc[ok, "ate"], expected.loc[ok], rtol=1e-10, atol=1e-12)
     assert set(df[roles["outcome"]].unique()) <= {0, 1}
 
-    def model_variance(x):  # Bernoulli at the fitted probabilities, plus the spread of mu1 - mu0
-        ate = normalised[x.name]
-        spread = ((x.mu1 - x.mu0 - ate) ** 2 + arm_weights(x, "wt") ** 2 * x.mu1 * (1 - x.mu1)
-                  + arm_weights(x, "wc") ** 2 * x.mu0 * (1 - x.mu0))
-        return spread.sum() / len(x) ** 2
+    def hc3_term(x, w, mu):  # one arm's term: group mean residual + residual / (1 - leverage)
+        omega = arm_weights(x, w)
+        fold_rows = x.groupby("fold")[w].apply(lambda v: (v > 0).sum())
+        group = x.fold if fold_rows.min() >= 2 else pd.Series(0, index=x.index)
+        r = (x[w] * (x.y - x[mu])).groupby(group).transform("sum") / x[w].groupby(group).transform("sum")
+        h = x[w] / x[w].groupby(group).transform("sum")
+        return r + np.where(x[w] > 0, omega * (x.y - x[mu] - r) / (1 - h), 0.0)
+
+    def moderated(x):
+        ate, p1, p0 = normalised[x.name], x.mu1, x.mu0
+        om_t, om_c = arm_weights(x, "wt"), arm_weights(x, "wc")
+        spread = ((p1 - p0 - ate) ** 2 + om_t ** 2 * p1 * (1 - p1) + om_c ** 2 * p0 * (1 - p0))
+        v_model = spread.sum() / len(x) ** 2
+        psi = p1 - p0 + hc3_term(x, "wt", "mu1") - hc3_term(x, "wc", "mu0")
+        v_hc3 = psi.var(ddof=1) / len(x)
+        dof = 2 * spread.sum() ** 2 / (om_t ** 4 * p1 * (1 - p1) * (1 - 2 * p1) ** 2
+                                     + om_c ** 4 * p0 * (1 - p0) * (1 - 2 * p0) ** 2).sum()
+        return pd.Series({"var": (PRIOR_DOF * v_model + dof * v_hc3) / (PRIOR_DOF + dof),
+                          "dof": PRIOR_DOF + dof,
+                          "v_model": v_model, "v_hc3": v_hc3})
 
     eff = est.effects_.set_index("item")
-    ok = eff.index[eff["status"] == "ok"]
-    model_se = np.sqrt(g.apply(model_variance).loc[ok])
-    assert (eff.loc[ok, "se"] >= model_se * (1 - 1e-10)).all()
+    # items whose arms all have clicks and non-clicks (the others take the null-rate floor)
+    clicks = d.groupby(["item", "t"]).y.agg(["sum", "count"]).unstack("t")
+    full = ((clicks["sum"] > 0) & (clicks["sum"] < clicks["count"])).all(axis=1)
+    ok = eff.index[(eff["status"] == "ok") & full.reindex(eff.index, fill_value=False)]
+    assert len(ok) >= 5
+    expected = g.apply(moderated).loc[ok]
+    np.testing.assert_allclose(eff.loc[ok, "se"] ** 2, expected["var"], rtol=1e-8)
+    np.testing.assert_allclose(eff.loc[ok, "dof"], expected["dof"], rtol=1e-8)
+    # the two variances differ, so the weights are tested (neither one alone passes)
+    assert not np.allclose(expected["v_model"], expected["v_hc3"], rtol=0.05)
     assert "normalised" in str(est.summary())
     with pytest.raises(ValueError, match="normalize"):
         cr.ItemEffectEstimator(normalize="yes").fit(log)

@@ -75,11 +75,14 @@ def test_recovers_planted_effect_disparity(planted):
 
 def test_flags_planted_items_more_often_than_clean_ones(planted):
     sim, audit = planted
-    d = audit.disparity_.merge(sim.truth[["item", "planted"]], on="item")
+    d = audit.disparity_.merge(sim.truth[["item", "planted", "true_ate"]], on="item")
     d = d[d["status"] == "ok"]
     rate = d.groupby("planted")["flagged"].mean()
     assert rate[True] > rate[False]
-    assert (d.loc[d["flagged"] & d["planted"], "disparity"] < 0).all()
+    # a planted item without any effect has no disparity to plant: a flag there is one of
+    # the false discoveries BH allows (item 19 here: B's 60 treated rows, p = 0.03)
+    real = d["planted"] & (d["true_ate"].abs() > 1e-12)
+    assert (d.loc[d["flagged"] & real, "disparity"] < 0).all()
     assert audit.flagged_share_ == pytest.approx(d["flagged"].mean())
     # q-values are BH-adjusted p-values: monotone in p, never below p
     ordered = d.sort_values("p_value")

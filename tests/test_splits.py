@@ -21,20 +21,19 @@ def log():
 
 def _split_table(fit, log):
     """The effects table of one single-split fit, recomputed from its out-of-fold
-    predictions and folds with the variance the repeats use (HC3, fitted_floor=False)."""
+    predictions and folds."""
     seg = pd.Series(pd.factorize(log.data[ITEM], sort=True)[0])
     as_t = lambda s, kind=torch.float64: torch.as_tensor(np.asarray(s), dtype=kind)
     table, _, _ = effects_table(as_t(seg, torch.long), as_t(log.data["recommended"]),
                                 as_t(log.data["clicked"]), as_t(fit.propensity_),
                                 as_t(fit.mu0_), as_t(fit.mu1_), seg.max() + 1, "aipw",
-                                fit.clip, None, 0.05, True, folds=as_t(fit.fold_, torch.long),
-                                fitted_floor=False)
+                                fit.clip, None, 0.05, True, folds=as_t(fit.fold_, torch.long))
     return table
 
 
 def test_repeats_average_the_splits_estimates_and_variances(log):
     """n_repeats=2: ate = the mean of the two splits' estimates (each split: its own folds,
-    as a seed-0 and a seed-1 single fit draw them), se^2 = the mean of their HC3 variances,
+    as a seed-0 and a seed-1 single fit draw them), se^2 = the mean of their variances,
     dof the mean of theirs, Student t intervals; psi's item means are the estimates."""
     fits = [cr.ItemEffectEstimator(dtype="float64", seed=s, n_repeats=1).fit(log) for s in (0, 1)]
     both = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=2).fit(log)
@@ -54,7 +53,7 @@ def test_repeats_average_the_splits_estimates_and_variances(log):
 
 
 def test_one_split_is_unchanged(log):
-    """n_repeats=1 keeps the single split's table (with the fitted-probability floor) as
+    """n_repeats=1 keeps the single split's table as
     effects_table gives it; combine_splits returns one table as it is."""
     fit = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=1).fit(log)
     table = _split_table(fit, log)

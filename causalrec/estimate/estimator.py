@@ -68,12 +68,10 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
         predictions and per-item estimates, averaged (``causalrec.estimate.splits``; costs
-        ``n_repeats`` times the fits; removes the split-to-split noise). With more than one,
-        a binary normalised AIPW's variance is each split's HC3 variance, averaged (the
-        single split's floor at the fitted-probability variance makes the mean
-        conservative). "auto" (default): 4 for ``nuisance="per_item"``, whose own-item models
-        make that noise large (RMSE -16%, calibrated intervals), else 1 (benchmarks/README.md,
-        issue 14 part 3, session 8).
+        ``n_repeats`` times the fits; removes the split-to-split noise); the variance is
+        the mean of the splits' variances. "auto" (default): 4 for ``nuisance="per_item"``,
+        whose own-item models make that noise large (RMSE -16%, calibrated intervals), else 1
+        (benchmarks/README.md, issue 14 part 3, sessions 8-9).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -277,8 +275,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                                       on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                       self.method, self.clip, self.trim, self.alpha,
                                       binary=binary, normalize=self.normalize,
-                                      folds=on_device(split, None),
-                                      fitted_floor=n_repeats == 1), e, mu0, mu1)
+                                      folds=on_device(split, None)), e, mu0, mu1)
         table, psi, e_clipped, e, mu0, mu1 = splits.result()
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)

@@ -11,7 +11,12 @@ import torch
 from ..glm.layout import segment_sum
 from ..inference import interval, p_value
 
-__all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSES"]
+__all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSES",
+           "PRIOR_DOF"]
+
+# weight of the fitted-probability variance in a binary normalised AIPW's variance, in
+# degrees of freedom of HC3 (measured plateau 8-15 on the benchmark logs: session 9)
+PRIOR_DOF = 12.0
 
 # statuses for which no estimate is formed: numbers are NaN
 NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
@@ -48,7 +53,7 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, folds=None, fitted_floor=True):
+                   normalize=True, folds=None):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -57,10 +62,8 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     (item, cross-fitting fold) when ``folds`` (one integer per row) is given: each fold's
     nuisances come from their own fit, so each fold's mean residual is removed with its own
     weights. Intervals use Student t with Welch-Satterthwaite degrees of freedom over the
-    arms (see benchmarks/README.md, issue 14 part 3, for the rules measured).
-    ``fitted_floor=False``: a binary normalised AIPW takes the HC3 variance alone (the
-    fitted-probability variance only for an arm without clicks), for the splits of repeated
-    cross-fitting, whose mean already corrects HC3's small-click optimism (session 8)."""
+    arms (see benchmarks/README.md, issue 14 part 3, for the rules measured); a binary
+    normalised AIPW moderates HC3 with the fitted-probability variance (``PRIOR_DOF``)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
@@ -121,14 +124,25 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             spread = (k * (mu1 - mu0 - ate[seg]) ** 2 + omega_t ** 2 * mu1 * (1 - mu1)
                       + omega_c ** 2 * mu0 * (1 - mu0))
             model = S(spread) / n_keep ** 2
-        if normalised and fitted_floor:
+        if normalised:
             # Every item, not only those without clicks: an arm's sandwich variance comes
             # from its own few clicks, so it is small exactly when the arm's clicks (and
             # with them the estimate's error) fall short (Wald's problem for a binomial
             # rate: placebo items with an SE under the oracle's were 60% "significant").
-            # The out-of-fold fitted probabilities do not depend on those clicks; the
-            # sandwich keeps the outcome model's misfit. The larger of the two.
-            var_of_mean = torch.fmax(var_of_mean, model)
+            # The out-of-fold fitted probabilities do not depend on those clicks but miss
+            # the outcome model's misfit, which the sandwich keeps. Moderated variance
+            # (Smyth 2004): HC3 as a chi^2 estimate whose degrees of freedom d follow from
+            # the fitted probabilities (Var of a Bernoulli squared residual: p(1-p)(1-2p)^2),
+            # the fitted-probability variance as a prior worth PRIOR_DOF of them; t on
+            # PRIOR_DOF + d. (The larger of the two was conservative: session 9.)
+            fourth = S(omega_t ** 4 * mu1 * (1 - mu1) * (1 - 2 * mu1) ** 2
+                       + omega_c ** 4 * mu0 * (1 - mu0) * (1 - 2 * mu0) ** 2)
+            d = 2 * S(spread) ** 2 / fourth
+            usable = torch.isfinite(d)
+            d = torch.where(usable, d, 0.0)
+            var_of_mean = torch.where(usable, (PRIOR_DOF * model + d * var_of_mean)
+                                      / (PRIOR_DOF + d), var_of_mean)
+            dof_welch = torch.where(usable, PRIOR_DOF + d, dof_welch)
         if method != "ipw":
             # The fitted probabilities of an arm without clicks are themselves near 0, so
             # the model variance collapses too (placebo: 88% of such items "significant").

@@ -97,8 +97,7 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                                   on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                   o["method"], o["clip"], o["trim"], o["alpha"],
                                   binary=job.binary, normalize=o["normalize"],
-                                  folds=on_device(split, torch.long),
-                                  fitted_floor=o["n_repeats"] == 1), e, mu0, mu1)
+                                  folds=on_device(split, torch.long)), e, mu0, mu1)
     table, psi, e_clipped, e, mu0, mu1 = splits.result()
     reductions = (getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0))
     payload = pickle.dumps((shard, table, converged, n_iter, reductions))
