@@ -1,8 +1,6 @@
 """Numerical building blocks of the estimator's hot path, each against a plain reference."""
 import numpy as np
 import pandas as pd
-import pytest
-import torch
 
 from causalrec.estimate.folds import _mix, _stratum_order, row_hash
 

@@ -3,7 +3,6 @@ disparity, known answers for the exposure model, more than two groups, bad input
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
