@@ -276,6 +276,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                                       self.method, self.clip, self.trim, self.alpha,
                                       binary=binary, normalize=self.normalize,
                                       folds=on_device(split, None)), e, mu0, mu1)
+            preds = e = mu0 = mu1 = None  # not alive beside the next split's fits
         table, psi, e_clipped, e, mu0, mu1 = splits.result()
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)

@@ -56,7 +56,13 @@ class SplitAverage:
     def add(self, table, psi, e_clipped, e, mu0, mu1) -> None:
         rows = [psi, e_clipped, e, mu0, mu1]
         self.tables.append(table)
-        self.sums = rows if self.sums is None else [a + r for a, r in zip(self.sums, rows)]
+        if self.sums is None:
+            self.sums = rows
+        elif len(self.tables) == 2:  # fresh sums: the first split's arrays may be one object
+            self.sums = [a + r for a, r in zip(self.sums, rows)]  # (e_clipped is e, no clip)
+        else:  # in place: no second set of row arrays beside the sums (memory at 10M rows)
+            for a, r in zip(self.sums, rows):
+                a += r
 
     def result(self):
         n = len(self.tables)
