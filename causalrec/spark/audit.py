@@ -15,7 +15,7 @@ from ..fairness.exposure import exposure_from_sums, exposure_sums, shifted_group
 from ..schema import InteractionLog
 from .driver import (_PARTITION_KEY, _default_shards, _partition_keys, estimate_item_effects_spark,
                      run_pooled)
-from .shard import CODE, ROW_ID, SHARD
+from .shard import CODE, ROW_ID, SHARD, payload_row
 from .stage0 import SAMPLE_ROWS, design_spec, validate
 
 __all__ = ["fit_audit_spark"]
@@ -122,9 +122,7 @@ def _exposure(audit, sdf, numeric, categorical, items, barrier) -> pd.DataFrame:
         X = spec.transform(pdf, None, dtype=np.float64).X
         sums = exposure_sums(est, X, pdf[treatment].to_numpy(np.float64), codes, len(mine),
                              pdf[group].to_numpy(), groups, others, reference, reducer)
-        return pd.DataFrame({"row_id": [-1], "propensity": [np.nan], "mu0": [np.nan],
-                             "mu1": [np.nan], "psi": [np.nan], "fold": [-1],
-                             "payload": [pickle.dumps(sums)]})
+        return payload_row(pickle.dumps(sums))
 
     payloads, _, _ = run_pooled(rows, task, n_shards, barrier, what="the exposure models")
     return exposure_from_sums(audit, pickle.loads(payloads[0]))

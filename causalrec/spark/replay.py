@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from ..glm.reducer import Reducer, combine_in_order
-from .shard import OUTPUT_SCHEMA
+from .shard import OUTPUT_SCHEMA, payload_row
 
 __all__ = ["LogReducer", "round_task", "run_rounds"]
 
@@ -175,10 +175,7 @@ def round_task(fit, job: str, log: tuple, fault=None):
             yield message[1]
             return
         _, i, op, value = message
-        yield pd.DataFrame({"row_id": [PARTIAL], "propensity": [float("nan")],
-                            "mu0": [float("nan")], "mu1": [float("nan")],
-                            "psi": [float("nan")], "fold": [-1],
-                            "payload": [pickle.dumps((shard, i, op, value, resumed))]})
+        yield payload_row(pickle.dumps((shard, i, op, value, resumed)), row_id=PARTIAL)
     return run
 
 

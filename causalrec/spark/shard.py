@@ -24,6 +24,12 @@ OUTPUT_SCHEMA = ("row_id long, propensity double, mu0 double, mu1 double, psi do
                  "fold long, payload binary")
 
 
+def payload_row(payload: bytes, row_id: int = -1) -> pd.DataFrame:
+    """One ``OUTPUT_SCHEMA`` row carrying a task's pickled ``payload`` (no per-row values)."""
+    return pd.DataFrame({"row_id": [row_id], "propensity": [np.nan], "mu0": [np.nan],
+                         "mu1": [np.nan], "psi": [np.nan], "fold": [-1], "payload": [payload]})
+
+
 @dataclass
 class ShardJob:
     """Everything a task needs besides its rows (small: shipped with the task's closure)."""
@@ -98,11 +104,11 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                                   o["method"], o["clip"], o["trim"], o["alpha"],
                                   binary=job.binary, normalize=o["normalize"],
                                   folds=on_device(split, torch.long)), e, mu0, mu1)
+        e = mu0 = mu1 = preds = None  # not alive beside the next split's fits
     table, psi, e_clipped, e, mu0, mu1 = splits.result()
     reductions = (getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0))
     payload = pickle.dumps((shard, table, converged, n_iter, reductions))
-    out = pd.DataFrame({"row_id": [-1], "propensity": [np.nan], "mu0": [np.nan],
-                        "mu1": [np.nan], "psi": [np.nan], "fold": [-1], "payload": [payload]})
+    out = payload_row(payload)
     if not job.row_outputs:
         return out
     per_row = pd.DataFrame({"row_id": pdf[ROW_ID].to_numpy(np.int64), "propensity": e_clipped,
