@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_accuracy.py rank [--seeds 6]
     .venv/bin/python benchmarks/bench_accuracy.py intervals [--logs 5] [--nuisance pooled]
-        [--n-folds 2] [--n-repeats 1] [--no-text]
+        [--n-folds 2] [--n-repeats auto] [--no-text --text-confounding 0] [--seed-offset 0]
+        [--placebo-draws 1]
     .venv/bin/python benchmarks/bench_accuracy.py bias [--logs 3] [--nuisance pooled,factorised,auto]
         [--item-text] [--text-confounding 1] [--seed-offset 0]
         (a nuisance "factorised:base=own:factor_prior=atoms" sets FactorisedLearner options)
@@ -18,7 +19,10 @@ intervals: heavy-tailed (Zipf 0.7), text-confounded logs (``simulate_log`` defau
 confounding, ``text=["user_text"]``), 1000 items, 200,000 rows each. Over the items with
 status "ok": coverage of the 95% intervals of the true item effects, next to an oracle AIPW
 on the same rows (true propensities and outcome functions; normal and t intervals); z-score spread
-by item size; placebo: treatment permuted within item, share of items significant at 5%.
+by item size; placebo: treatment permuted within item, share of items significant at 5%
+(``--placebo-draws`` permutations per log). ``--no-text`` drops the text role; with
+``--text-confounding 0`` the log has no text confounding either (the "no text" logs of
+benchmarks/README.md); without it the topic is an omitted confounder.
 
 bias: the long tail under text confounding (issue 14): ``simulate_log(n_items=400,
 n_rows=100_000, popularity_skew=0.8)`` (54-8,100 rows per item, ~90% of items under 500),
@@ -27,7 +31,9 @@ through ``user_text``) and the item's topic; ``text=["user_text"]`` (``--item-te
 ``item_text``). Per nuisance, over the items with status "ok" under every nuisance compared:
 the share of the naive (difference in means) mean bias removed, 1 - mean(ate - true) /
 mean(naive - true), overall and per item-size band, with the SE of the mean error over
-items; RMSE over the oracle AIPW's; 95% coverage.
+items; the oracle AIPW's share on the same items (noise: its expectation is 1) and the share
+measured against it, 1 - mean(ate - oracle) / mean(naive - true) (same expectation, a smaller
+SE: the logs' noise is shared); RMSE over the oracle AIPW's; 95% coverage.
 """
 from __future__ import annotations
 
@@ -102,10 +108,12 @@ def oracle_aipw(sim) -> pd.DataFrame:
     return pd.DataFrame({"oracle_ate": g.mean(), "oracle_se": g.std() / np.sqrt(g.size())})
 
 
-def bench_intervals(logs: int, nuisance: str, n_folds: int, n_repeats: int, text: bool):
+def bench_intervals(logs: int, nuisance: str, n_folds: int, n_repeats: int, text: bool,
+                    seed_offset: int = 0, placebo_draws: int = 1, text_confounding: float = 1.0):
     rows, placebo = [], []
-    for seed in range(logs):
-        sim = simulate_log(n_items=1000, n_rows=200_000, popularity_skew=0.7, seed=100 + seed)
+    for seed in range(seed_offset, seed_offset + logs):
+        sim = simulate_log(n_items=1000, n_rows=200_000, popularity_skew=0.7, seed=100 + seed,
+                           text_confounding=text_confounding)
         roles = {**sim.roles, **({} if text else {"text": None})}
         kwargs = dict(nuisance=nuisance, n_folds=n_folds, n_repeats=n_repeats, seed=seed)
         start = time.perf_counter()
@@ -116,11 +124,13 @@ def bench_intervals(logs: int, nuisance: str, n_folds: int, n_repeats: int, text
         eff["seed"], eff["seconds"] = seed, elapsed
         rows.append(eff)
         rng = np.random.default_rng(seed)
-        permuted = sim.data.assign(recommended=sim.data.groupby("item_id").recommended.transform(
-            lambda s: rng.permutation(s.to_numpy())))
-        null = estimate_item_effects(permuted, **roles, **kwargs)
-        null = null[null.status == "ok"]
-        placebo.append(float(np.mean(null.p_value < 0.05)))
+        significant = []  # several permutations per log: its own placebo rate, not one draw's
+        for _ in range(placebo_draws):
+            permuted = sim.data.assign(recommended=sim.data.groupby("item_id").recommended
+                                       .transform(lambda s: rng.permutation(s.to_numpy())))
+            null = estimate_item_effects(permuted, **roles, **kwargs)
+            significant.append(null.p_value[null.status == "ok"].to_numpy() < 0.05)
+        placebo.append(float(np.mean(np.concatenate(significant))))
     eff = pd.concat(rows, ignore_index=True)
     eff["covered"] = (eff.ci_low <= eff.true_ate) & (eff.true_ate <= eff.ci_high)
     eff["oracle_covered"] = np.abs(eff.oracle_ate - eff.true_ate) <= 1.959964 * eff.oracle_se
@@ -190,9 +200,15 @@ def bench_bias(logs: int, nuisances: list[str], item_text: bool, text_confoundin
     eff = pd.concat(rows)
 
     def summary(g):
+        # the oracle's error on the same rows is noise with mean 0 shared with every
+        # estimator: subtracting it (a control variate) keeps the expected share and cuts its SE
+        paired = g.error - g.oracle_error
         return pd.Series({
             "items": len(g), "removed": 1 - g.error.mean() / g.naive_error.mean(),
             "removed_se": g.error.std() / np.sqrt(len(g)) / abs(g.naive_error.mean()),
+            "oracle_removed": 1 - g.oracle_error.mean() / g.naive_error.mean(),
+            "removed_vs_oracle": 1 - paired.mean() / g.naive_error.mean(),
+            "vs_oracle_se": paired.std() / np.sqrt(len(g)) / abs(g.naive_error.mean()),
             "rmse_ratio": np.sqrt((g.error ** 2).mean() / (g.oracle_error ** 2).mean()),
             "coverage": g.covered.mean(), "seconds": g.groupby("seed").seconds.first().mean()})
 
@@ -210,12 +226,14 @@ def main() -> None:
     parser.add_argument("--logs", type=int, default=5)
     parser.add_argument("--nuisance", default="pooled")
     parser.add_argument("--n-folds", type=int, default=2)
-    parser.add_argument("--n-repeats", type=int, default=1)
+    parser.add_argument("--n-repeats", type=lambda v: v if v == "auto" else int(v), default="auto")
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--item-text", action="store_true")
     parser.add_argument("--text-confounding", type=float, default=1.0)
     parser.add_argument("--seed-offset", type=int, default=0,
-                        help="bias: the first log's seed is 300 + this")
+                        help="the first log's seed is 300 (bias) or 100 (intervals) + this")
+    parser.add_argument("--placebo-draws", type=int, default=1,
+                        help="intervals: permutations of the treatment per log")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     if args.part == "bias":
@@ -228,7 +246,8 @@ def main() -> None:
         print(bench_rank(args.seeds).to_string())
         return
     per_log, by_size = bench_intervals(args.logs, args.nuisance, args.n_folds, args.n_repeats,
-                                       not args.no_text)
+                                       not args.no_text, args.seed_offset, args.placebo_draws,
+                                       args.text_confounding)
     print(per_log.to_string())
     total = per_log["items"].sum()
     mean = lambda c: float(np.average(per_log[c], weights=per_log["items"]))  # noqa: E731
