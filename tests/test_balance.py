@@ -1,8 +1,14 @@
 """Per-item propensity balancing (causalrec.nuisance.balance): exact balance without a
-penalty, no change where nothing is to be balanced, and the AIPW remainder it removes."""
+penalty, no change where nothing is to be balanced, the AIPW remainder it removes, and the
+estimators' step (every nuisance, only the propensity, only where it applies)."""
 import numpy as np
+import pandas as pd
+import pytest
 
+from causalrec.datasets import simulate_log
+from causalrec.estimate import ItemEffectEstimator
 from causalrec.nuisance.balance import balance_propensity
+from causalrec.schema import InteractionLog
 
 
 def _weighted_gap(e, t, item, f, n_items):
@@ -74,3 +80,49 @@ def test_balancing_removes_the_remainder_of_an_over_smoothed_propensity():
     assert balanced.mean() + 2 * se(balanced - smooth) < smooth.mean() / 3
     # and not by noise: the spread across items grows less than the bias falls
     assert np.sqrt((balanced ** 2).mean()) < 0.8 * np.sqrt((smooth ** 2).mean())
+
+
+@pytest.fixture(scope="module")
+def text_log():
+    # a small log with text (its embeddings are cached by the other text tests)
+    sim = simulate_log(n_items=10, n_users=200, n_rows=4_000, popularity_skew=0.3, seed=5)
+    return sim, InteractionLog(sim.data, **sim.roles)
+
+
+@pytest.mark.parametrize("nuisance", ["pooled", "per_item", "factorised"])
+def test_estimators_balance_the_text_components_and_only_the_propensity(text_log, nuisance):
+    sim, log = text_log
+    on = ItemEffectEstimator(nuisance=nuisance, n_repeats=1).fit(log)
+    off = ItemEffectEstimator(nuisance=nuisance, n_repeats=1, balance_penalty=None).fit(log)
+    ok = on.effects_.status.eq("ok").to_numpy()
+    assert ok.sum() >= 8 and (on.balance_shift_[ok] > 0).all()
+    assert (off.balance_shift_ == 0).all()
+    np.testing.assert_array_equal(on.mu0_, off.mu0_)  # the outcome models are untouched
+    np.testing.assert_array_equal(on.mu1_, off.mu1_)
+    text = on.text_confounders_.transform(sim.data).to_numpy()
+    item, t = pd.factorize(sim.data.item_id)[0], sim.data.recommended.to_numpy()
+    rows = np.isin(item, np.flatnonzero(ok))
+
+    def gaps(est):  # per item and text column: the arms' weighted sums of the centred column
+        e = est.propensity_.to_numpy()
+        return np.abs(np.stack([_weighted_gap(e[rows], t[rows], item[rows], c[rows], 10)
+                                for c in text.T], 1))
+
+    # the ridge leaves some imbalance; the step removes most of it
+    assert gaps(on).sum() < 0.5 * gaps(off).sum()
+
+
+def test_no_step_for_a_logged_propensity_or_outcome_regression(text_log):
+    _, log = text_log
+    logged = InteractionLog(log.data, **{**_roles(log), "propensity": "propensity"})
+    a = ItemEffectEstimator().fit(logged)
+    b = ItemEffectEstimator(balance_penalty=None).fit(logged)
+    assert (a.balance_shift_ == 0).all()
+    pd.testing.assert_frame_equal(a.effects_, b.effects_)
+    regression = ItemEffectEstimator(method="or").fit(log)
+    assert (regression.balance_shift_ == 0).all()
+
+
+def _roles(log):
+    return dict(item=log.item_columns, treatment=log.treatment, outcome=log.outcome,
+                confounders=log.confounders, categorical=log.categorical, text=log.text)

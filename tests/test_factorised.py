@@ -175,7 +175,6 @@ def test_deterministic_and_row_order_free(confounded, learner):
     (dict(factor_penalty=-1.0), "factor_penalty"), (dict(factor_penalty="big"), "factor_penalty"),
     (dict(propensity_penalty=0), "propensity_penalty"),
     (dict(propensity_penalty="small"), "propensity_penalty"),
-    (dict(balance_penalty=0), "balance_penalty"), (dict(balance_penalty="auto"), "balance_penalty"),
     (dict(factor_penalty=None), "factor_penalty"),
     (dict(projection_penalty=0.0), "projection_penalty"), (dict(item_features="x"), "item_features"),
     (dict(factor_prior="npmle"), "factor_prior"), (dict(base="glm"), "base"),
@@ -225,26 +224,3 @@ def test_propensity_penalty_applies_to_the_propensity_only():
     assert same[0] == same[1] == FactorisedLearner(factor_penalty=3.0)
 
 
-def test_balancing_step_balances_the_text_components_and_only_the_propensity():
-    # a small log with text (the text test of test_nuisance.py: its embeddings are cached)
-    sim = simulate_log(n_items=10, n_users=200, n_rows=4_000, popularity_skew=0.3, seed=5)
-    log = InteractionLog(sim.data, **sim.roles)
-    on = ItemEffectEstimator(nuisance="factorised").fit(log)
-    off = ItemEffectEstimator(nuisance=FlexibleNuisance(
-        learner=FactorisedLearner(balance_penalty=None))).fit(log)
-    assert (on.nuisance_fits_[0].items.balance_shift > 0).all()
-    assert "balance_shift" not in off.nuisance_fits_[0].items
-    np.testing.assert_array_equal(on.mu0_, off.mu0_)  # the outcome models are untouched
-    np.testing.assert_array_equal(on.mu1_, off.mu1_)
-    text = on.text_confounders_.transform(sim.data).to_numpy()
-    item, t = pd.factorize(sim.data.item_id)[0], sim.data.recommended.to_numpy()
-
-    def gaps(est):  # per item and text column: the arms' weighted sums of the centred column
-        e = est.propensity_.to_numpy()
-        means = np.stack([np.bincount(item, c, 10) for c in text.T], 1) / np.bincount(item)[:, None]
-        centred = text - means[item]
-        return np.abs(np.stack([np.bincount(item, (t / e - (1 - t) / (1 - e)) * c, 10)
-                                for c in centred.T], 1))
-
-    # the ridge leaves some imbalance; the step removes most of it on every item
-    assert gaps(on).sum() < 0.5 * gaps(off).sum()

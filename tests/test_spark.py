@@ -414,7 +414,8 @@ def test_text_on_spark_equals_local(spark, tmp_path):
     local = ItemEffectEstimator(dtype="float64", nuisance="pooled").fit(log)
     res = estimate_item_effects_spark(spark.read.parquet(str(path)), **TEXT_ROLES,
                                       nuisance="pooled", dtype="float64", shards=2, row_id="row")
-    _assert_same(local.effects_, res.effects)
+    _assert_same(local.effects_, res.effects)  # the balancing step included, on each shard
+    assert (local.balance_shift_[local.effects_.status.eq("ok").to_numpy()] > 0).all()
     assert res.design_spec.extra == local.design_spec_.extra  # 2 x 8 components + the cosine
     assert res.design_spec.extra[-1] == "user_text~item_text_cos"
     np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-10,

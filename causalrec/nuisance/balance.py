@@ -18,10 +18,15 @@ weights; where the columns are balanced already, gamma_k ~ 0 and nothing changes
 intercept: the normalised AIPW rescales each arm's weights anyway, and balancing their
 totals as well sent many tail items' propensities to the clip (measured: 153 of 663 items
 lost their "ok" status, benchmarks/README.md session 7).
+
+The estimators (local, and each Spark shard: an item's rows are never split) calibrate
+every fitted propensity, whatever the nuisance, along the text components:
+``text_balancing``.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 MAX_STEP = 1.0  # largest change of any gamma per Newton step (logit units per within-item sd)
 
@@ -78,3 +83,27 @@ def balance_propensity(e, t, item, F, *, n_items, penalty, max_iter=30, tol=1e-8
             break
     eta = base + (Fs * gamma[item]).sum(1)
     return 1.0 / (1.0 + np.exp(-eta)), gamma
+
+
+def balance_fitted(e, t, item, F, *, n_items, penalty):
+    """``balance_propensity`` for an estimator's fitted propensity ``e`` (a tensor, any
+    device and dtype): (the calibrated propensity as a float64 tensor on e's device, per-item
+    |gamma_k| (logit units per within-item sd), numpy)."""
+    calibrated, gamma = balance_propensity(e.detach().cpu().numpy(), np.asarray(t), item, F,
+                                           n_items=n_items, penalty=penalty)
+    return (torch.as_tensor(calibrated, dtype=torch.float64, device=e.device),
+            np.sqrt((gamma ** 2).sum(1)))
+
+
+def text_balancing(spec, extra, rows=slice(None), *, penalty, method, fitted_propensity):
+    """The estimators' balancing step as ``f(e, t, item, n_items=) -> (e, |gamma_k|)``, or
+    None where it does not apply (no ``penalty``, no text components in the design, a logged
+    propensity, or ``method="or"``, which uses no weights). ``extra``: the frame of the
+    design's extra columns (``spec.extra``, in order: the text components) for the rows,
+    ``rows``: those in use."""
+    keep = [j for j, name in enumerate(spec.extra) if name in spec.columns]
+    if penalty is None or not keep or not fitted_propensity or method == "or" or extra is None:
+        return None
+    F = extra.iloc[:, keep].to_numpy()[rows]
+    return lambda e, t, item, n_items: balance_fitted(e, t, item, F, n_items=n_items,
+                                                      penalty=penalty)

@@ -20,7 +20,6 @@ import torch
 
 from ..estimate.folds import _mix, row_hash
 from ..glm import SegmentGLM
-from .balance import balance_propensity
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
 from .select import calibration_table, choose_per_item, row_loss, stack_weights
@@ -163,16 +162,13 @@ class NuisanceResult:
 
 
 def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: FlexibleNuisance,
-                        glm=None, logged_e=None, seed=0, balance_columns=(),
-                        device="cpu") -> NuisanceResult:
+                        glm=None, logged_e=None, seed=0, device="cpu") -> NuisanceResult:
     """Cross-fitted (e, mu0, mu1) from flexible learners, for rows X (numpy, raw values) with
     item codes in [0, n_items), 0/1 treatment t, outcome y and folds (-> ``NuisanceResult``).
 
     ``family`` is the outcome's ("logistic" / "gaussian"); ``glm`` = keyword arguments of
     the pooled segment GLM (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces
-    the propensity model. ``balance_columns``: indices of X's columns along which a
-    propensity learner with a ``balance_penalty`` (``FactorisedLearner``) balances each
-    item's arms afterwards (``balance.balance_propensity``; e.g. the text components).
+    the propensity model.
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
     """
@@ -221,11 +217,6 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
         row.update(weight_flexible=float(weights[0]), loss_final=final_loss)
         row.update({f"weight_{also}": float(w) for also, w in zip(spec.also_names, weights[1:])})
         rows.append(row)
-    penalty = getattr(prop_learner, "balance_penalty", None)
-    if logged_e is None and penalty is not None and len(balance_columns):
-        preds["e"], gamma = balance_propensity(preds["e"], t, item, X[:, list(balance_columns)],
-                                               n_items=n_items, penalty=penalty)
-        items["balance_shift"] = np.sqrt((gamma ** 2).sum(1))  # |gamma_k|, logit per sd
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))

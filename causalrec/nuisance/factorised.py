@@ -33,10 +33,10 @@ chosen). Each step is a convex penalised GLM (Newton steps); after each projecti
 factors are whitened (``z`` with unit covariance), so the penalty on ``u_k`` has a fixed
 meaning.
 
-After the cross-fit, the propensity of each item is calibrated so that its arms balance
-along the text components (``balance_penalty``, ``causalrec.nuisance.balance``): the
-factors of a tail item are shrunk toward zero, and the remainder they leave lies along
-those columns.
+After the cross-fit the estimator calibrates each item's propensity so that its arms
+balance along the text components (``ItemEffectEstimator(balance_penalty=...)``,
+``causalrec.nuisance.balance``): the factors of a tail item are shrunk toward zero, and
+the remainder they leave lies along those columns.
 
 Cost per nuisance and fold: 2 + 2 * n_alternations GLM fits, the projection step on
 n x d*r features (memory n * d * r values of X's dtype).
@@ -88,12 +88,6 @@ class FactorisedLearner:
         more of the long tail's bias (0.887 -> 0.901 of the naive bias) at +5% RMSE, and
         ~13% fewer items keep status "ok" (low effective sample sizes): an option, not the
         default (benchmarks/README.md, session 7).
-    balance_penalty : after the cross-fit, each item's propensity is calibrated along the
-        text components (within-item standardised) so that its arms balance on them
-        (``causalrec.nuisance.balance``), with this ridge on the calibration's slopes; None:
-        no calibration (the behaviour before). Default 10: removes more of the long tail's
-        bias and lowers the RMSE, with and without the structure (benchmarks/README.md,
-        session 7).
     projection_penalty : ridge on the shared projection W (fitted on all rows: it only keeps
         directions without signal at zero).
     init_shrinkage : shrinkage of the per-item slopes whose SVD starts W (small: the large
@@ -114,7 +108,6 @@ class FactorisedLearner:
     rank: int = 6
     factor_penalty: object = "auto"
     propensity_penalty: object = None
-    balance_penalty: object = 10.0
     projection_penalty: float = 1.0
     init_shrinkage: float = 1.0
     n_alternations: int = 3
@@ -140,8 +133,7 @@ class FactorisedLearner:
                 raise ValueError(f"{name} must be one of {PENALTY_RULES} or a positive "
                                  f"number, got {value!r}")
         names = ("projection_penalty", "init_shrinkage") + tuple(
-            name for name, value in penalties.items() if not isinstance(value, str)) + (
-            ("balance_penalty",) if self.balance_penalty is not None else ())  # None: off
+            name for name, value in penalties.items() if not isinstance(value, str))
         for name in names:
             value = getattr(self, name)
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)

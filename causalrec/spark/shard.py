@@ -16,6 +16,7 @@ from ..estimate.scores import effects_table
 from ..estimate.splits import SplitAverage
 from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
+from ..nuisance.balance import text_balancing
 
 __all__ = ["ShardJob", "fit_shard", "OUTPUT_SCHEMA", "ROW_ID", "CODE", "SHARD"]
 
@@ -45,7 +46,8 @@ class ShardJob:
     shard_items: list             # per shard: its items' codes, ascending
     propensity_model: SegmentGLM | None  # unfitted prototypes; None: the logged propensity
     outcome_model: SegmentGLM
-    options: dict                 # n_folds, n_repeats, seed, method, clip, trim, alpha, normalize
+    options: dict                 # n_folds, n_repeats, seed, method, clip, trim, alpha,
+                                  # normalize, balance_penalty
     binary: bool
     device: str
     dtype: str
@@ -82,6 +84,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                                         item_columns=job.keys,
                                         warn_duplicates=seed == o["seed"])
     folds = fold_of(o["seed"]) if job.folds is None else pdf[job.folds].to_numpy(np.int64)
+    balance = text_balancing(job.spec, extra, penalty=o["balance_penalty"], method=o["method"],
+                             fitted_propensity=logged_e is None)
     fits, converged, n_iter = None, {}, 0
     on_device = lambda a, kind: read_only_tensor(a, kind, device)
     splits = SplitAverage(o["alpha"])  # each split its own table, combined as locally
@@ -99,6 +103,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                 n_iter = max(n_iter, model.n_iter_)
         e, mu0, mu1 = [torch.as_tensor(preds[name], device=device).to(torch.float64)
                        for name in ("e", "mu0", "mu1")]
+        if balance is not None:  # per item, as the local estimator (items are not split)
+            e, _ = balance(e, t, seg, n_items=n_seg)
         splits.add(*effects_table(on_device(seg, torch.long), on_device(t, torch.float64),
                                   on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                   o["method"], o["clip"], o["trim"], o["alpha"],
