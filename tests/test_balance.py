@@ -92,7 +92,9 @@ def text_log():
 @pytest.mark.parametrize("nuisance", ["pooled", "per_item", "factorised"])
 def test_estimators_balance_the_text_components_and_only_the_propensity(text_log, nuisance):
     sim, log = text_log
-    on = ItemEffectEstimator(nuisance=nuisance, n_repeats=1).fit(log)
+    # per_item balances only when asked ("auto" leaves its own-slope propensity as fitted)
+    on = ItemEffectEstimator(nuisance=nuisance, n_repeats=1,
+                             balance_penalty=10.0 if nuisance == "per_item" else "auto").fit(log)
     off = ItemEffectEstimator(nuisance=nuisance, n_repeats=1, balance_penalty=None).fit(log)
     ok = on.effects_.status.eq("ok").to_numpy()
     assert ok.sum() >= 8 and (on.balance_shift_[ok] > 0).all()
@@ -112,8 +114,9 @@ def test_estimators_balance_the_text_components_and_only_the_propensity(text_log
     assert gaps(on).sum() < 0.5 * gaps(off).sum()
 
 
-def test_no_step_for_a_logged_propensity_or_outcome_regression(text_log):
+def test_no_step_for_a_logged_propensity_outcome_regression_or_auto_per_item(text_log):
     _, log = text_log
+    assert (ItemEffectEstimator(nuisance="per_item").fit(log).balance_shift_ == 0).all()
     logged = InteractionLog(log.data, **{**_roles(log), "propensity": "propensity"})
     a = ItemEffectEstimator().fit(logged)
     b = ItemEffectEstimator(balance_penalty=None).fit(logged)

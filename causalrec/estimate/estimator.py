@@ -96,10 +96,12 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     balance_penalty : with text confounders and a fitted propensity (AIPW / IPW), each item's
         cross-fitted propensity is calibrated along the text components so that its arms
         balance on them (``causalrec.nuisance.balance``), with this ridge on the
-        calibration's slopes; None: off. Default 10: a tail item's models cannot learn its
-        own slopes on the text, and the remainder they leave lies along those columns
-        (share of the naive bias removed, text-confounded logs: pooled 0.75 -> 0.87;
-        benchmarks/README.md, issue 14).
+        calibration's slopes; None: off. "auto" (default): 10, except for
+        ``nuisance="per_item"``: models that shrink an item's slopes toward shared ones
+        (pooled, factorised, boosted) leave a tail item's remainder along those columns
+        (naive bias removed on text-confounded held-out logs: pooled 0.83 -> 0.91), while
+        per_item's own lightly-ridged slopes already balance them and a second calibration
+        only fits noise (0.92 -> 0.87; benchmarks/README.md, issue 14).
     device : "auto" (CUDA when present), "cpu", "cuda", ... ; dtype : "float32" / "float64".
     seed : fixes the cross-fitting folds.
     max_iter : most Newton-type steps per nuisance fit (two Newton steps, then chord steps that
@@ -147,7 +149,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         "alpha": [Interval(0, 1, "neither")],
         "text_encoder": [Options(None), Callable(lambda v: hasattr(v, "encode"), "an encoder with encode()")],
         "text_components": [Integer(1, None)],
-        "balance_penalty": [Options(None), Interval(0, None, "neither")],
+        "balance_penalty": [Options(None, "auto"), Interval(0, None, "neither")],
         "device": [InstanceOf((str, torch.device), "'auto', 'cpu', 'cuda' or a torch.device")],
         "dtype": [Options("float32", "float64", torch.float32, torch.float64)],
         "seed": [Integer(0, 2**63 - 1)],
@@ -158,7 +160,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     def __init__(self, *, method="aipw", normalize=True, nuisance="pooled", n_folds=2,
                  n_repeats="auto", penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
-                 alpha=0.05, text_encoder=None, text_components=8, balance_penalty=10.0,
+                 alpha=0.05, text_encoder=None, text_components=8, balance_penalty="auto",
                  device="auto", dtype="float32", seed=0, max_iter=50, shards=1,
                  max_clipped=0.3):
         self.method = method
@@ -256,7 +258,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                     else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
         shard_of_item = self._shard_of_item(np.bincount(seg, minlength=n_seg), n_seg)
         from ..nuisance.balance import text_balancing
-        balance = text_balancing(spec, text_features, rows, penalty=self.balance_penalty,
+        balance = text_balancing(spec, text_features, rows, penalty=self._balance_penalty(),
                                  method=self.method, fitted_propensity=log.propensity is None)
         shift = np.zeros(n_seg)
         # Each repeat (split) has its own folds, out-of-fold predictions and effects table;
@@ -317,6 +319,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         if self.n_repeats == "auto":
             return 4 if isinstance(self.nuisance, str) and self.nuisance == "per_item" else 1
         return self.n_repeats
+
+    def _balance_penalty(self):
+        if self.balance_penalty == "auto":
+            return None if isinstance(self.nuisance, str) and self.nuisance == "per_item" else 10.0
+        return self.balance_penalty
 
     def _finish(self, table, status, n_all, n_t, converged, keys, device) -> None:
         """``effects_`` and ``converged_`` from the per-item ``effects_table`` of all items

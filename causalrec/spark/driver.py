@@ -142,7 +142,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                    options=dict(n_folds=est.n_folds, n_repeats=est._n_repeats(), seed=est.seed,
                                 method=est.method, clip=est.clip, trim=est.trim,
                                 alpha=est.alpha, normalize=est.normalize,
-                                balance_penalty=est.balance_penalty),
+                                balance_penalty=est._balance_penalty()),
                    binary=facts.binary, device=str(est.device), dtype=str(est.dtype).replace(
                        "torch.", ""), block_size=int(block_size), row_outputs=row_outputs)
     mode, rows_sdf, payloads = None, None, []
