@@ -249,7 +249,7 @@ def test_bad_options(small):
     df, roles = small
     for bad in [dict(method="dml"), dict(nuisance="forest"), dict(n_folds=0), dict(clip=0.7),
                 dict(trim=0.0), dict(shrinkage=-1.0), dict(dtype="float16"), dict(outcome_model="probit"),
-                dict(balance_penalty=0.0), dict(balance_penalty="auto")]:
+                dict(balance_penalty=0.0), dict(balance_penalty="big")]:
         with pytest.raises(ValueError):
             cr.estimate_item_effects(df, **roles, **bad)
 
