@@ -149,3 +149,21 @@ def test_balancing_removes_text_confounding_the_pooled_models_leave_in_the_tail(
     assert len(items) > 200 and naive > 0
     assert gain.mean() > 3 * gain.std() / np.sqrt(len(items))
     assert 1 - err_on.mean() / naive > 1 - err_off.mean() / naive + 0.04
+
+
+def test_numeric_confounders_can_be_balanced_and_bad_names_are_refused(text_log):
+    sim, log = text_log
+    plain = InteractionLog(sim.data, **{**_roles(log), "text": None})
+    off = ItemEffectEstimator(n_repeats=1).fit(plain)  # no text: nothing balanced by default
+    on = ItemEffectEstimator(n_repeats=1, balance_columns=["user_activity"]).fit(plain)
+    ok = on.effects_.status.eq("ok").to_numpy()
+    assert (off.balance_shift_ == 0).all() and (on.balance_shift_[ok] > 0).all()
+    item, t = pd.factorize(sim.data.item_id)[0], sim.data.recommended.to_numpy()
+    rows = np.isin(item, np.flatnonzero(ok))
+    activity = sim.data.user_activity.to_numpy(float)[rows]
+    gap = lambda est: np.abs(_weighted_gap(est.propensity_.to_numpy()[rows], t[rows],
+                                           item[rows], activity, 10)).sum()
+    assert gap(on) < 0.5 * gap(off)
+    for bad in (["device"], ["no_such_column"]):  # categorical, unknown
+        with pytest.raises(ValueError, match="balance_columns"):
+            ItemEffectEstimator(balance_columns=bad).fit(log)

@@ -152,6 +152,18 @@ def test_spark_equals_local(spark, request, local_fit, tmp_path, nuisance, metho
     assert res.design_spec.categorical == local.design_spec_.categorical
 
 
+def test_balancing_chosen_columns_on_spark_equals_local(small_parquet, small_frame, local_fit):
+    """The balancing step on each shard (here along two numeric confounders): table and
+    per-row propensities equal the local fit's."""
+    columns = ("user_activity", "tenure")
+    local = local_fit("small", balance_columns=columns)
+    res = estimate_item_effects_spark(small_parquet, **ROLES, balance_columns=columns,
+                                      dtype="float64", shards=2, row_id="row", row_outputs=True)
+    assert (local.balance_shift_[local.effects_.status.eq("ok").to_numpy()] > 0).all()
+    _assert_same(local.effects_, res.effects)
+    _assert_same_rows(local, res, small_frame)
+
+
 def _assert_same_rows(local, res, df):
     """The Spark fit's per-row outputs (keyed by row) equal the local fit's fitted rows."""
     rows = res.rows.toPandas().set_index("row_id").sort_index()

@@ -102,6 +102,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         (naive bias removed on text-confounded held-out logs: pooled 0.83 -> 0.91), while
         per_item's own lightly-ridged slopes already balance them and a second calibration
         only fits noise (0.92 -> 0.87; benchmarks/README.md, issue 14).
+    balance_columns : "text" (default: the text components and pair cosines) or a list of
+        numeric confounders and text columns to balance along (e.g. user embedding columns
+        that carry a user x item match).
     device : "auto" (CUDA when present), "cpu", "cuda", ... ; dtype : "float32" / "float64".
     seed : fixes the cross-fitting folds.
     max_iter : most Newton-type steps per nuisance fit (two Newton steps, then chord steps that
@@ -150,6 +153,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         "text_encoder": [Options(None), Callable(lambda v: hasattr(v, "encode"), "an encoder with encode()")],
         "text_components": [Integer(1, None)],
         "balance_penalty": [Options(None, "auto"), Interval(0, None, "neither")],
+        "balance_columns": [Options("text"),
+                            InstanceOf((list, tuple), "'text' or a list of column names")],
         "device": [InstanceOf((str, torch.device), "'auto', 'cpu', 'cuda' or a torch.device")],
         "dtype": [Options("float32", "float64", torch.float32, torch.float64)],
         "seed": [Integer(0, 2**63 - 1)],
@@ -161,8 +166,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                  n_repeats="auto", penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
                  alpha=0.05, text_encoder=None, text_components=8, balance_penalty="auto",
-                 device="auto", dtype="float32", seed=0, max_iter=50, shards=1,
-                 max_clipped=0.3):
+                 balance_columns="text", device="auto", dtype="float32", seed=0, max_iter=50,
+                 shards=1, max_clipped=0.3):
         self.method = method
         self.normalize = normalize
         self.nuisance = nuisance
@@ -180,6 +185,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.text_encoder = text_encoder
         self.text_components = text_components
         self.balance_penalty = balance_penalty
+        self.balance_columns = balance_columns
         self.device = device
         self.dtype = dtype
         self.seed = seed
@@ -257,9 +263,10 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         logged_e = (None if log.propensity is None
                     else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
         shard_of_item = self._shard_of_item(np.bincount(seg, minlength=n_seg), n_seg)
-        from ..nuisance.balance import text_balancing
-        balance = text_balancing(spec, text_features, rows, penalty=self._balance_penalty(),
-                                 method=self.method, fitted_propensity=log.propensity is None)
+        from ..nuisance.balance import balancing_step
+        balance = balancing_step(spec, df, text_features, rows, penalty=self._balance_penalty(),
+                                 columns=self.balance_columns, method=self.method,
+                                 fitted_propensity=log.propensity is None)
         shift = np.zeros(n_seg)
         # Each repeat (split) has its own folds, out-of-fold predictions and effects table;
         # the tables are combined (splits.py): averaging the estimates removes the noise of

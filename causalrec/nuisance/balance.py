@@ -20,8 +20,8 @@ totals as well sent many tail items' propensities to the clip (measured: 153 of 
 lost their "ok" status, benchmarks/README.md session 7).
 
 The estimators (local, and each Spark shard: an item's rows are never split) calibrate
-every fitted propensity, whatever the nuisance, along the text components:
-``text_balancing``.
+every fitted propensity, whatever the nuisance, along the text components (or chosen
+numeric confounders): ``balancing_step``.
 """
 from __future__ import annotations
 
@@ -133,15 +133,43 @@ def balance_fitted(e, t, item, F, *, n_items, penalty):
             np.sqrt((gamma ** 2).sum(1)))
 
 
-def text_balancing(spec, extra, rows=slice(None), *, penalty, method, fitted_propensity):
+def balancing_step(spec, data, extra, rows=slice(None), *, penalty, columns="text", method,
+                   fitted_propensity):
     """The estimators' balancing step as ``f(e, t, item, n_items=) -> (e, |gamma_k|)``, or
-    None where it does not apply (no ``penalty``, no text components in the design, a logged
-    propensity, or ``method="or"``, which uses no weights). ``extra``: the frame of the
-    design's extra columns (``spec.extra``, in order: the text components) for the rows,
-    ``rows``: those in use."""
-    keep = [j for j, name in enumerate(spec.extra) if name in spec.columns]
-    if penalty is None or not keep or not fitted_propensity or method == "or" or extra is None:
+    None where it does not apply (no ``penalty``, nothing to balance, a logged propensity,
+    or ``method="or"``, which uses no weights).
+
+    ``columns``: "text" (the design's text components and pair cosines) or names among the design's numeric
+    confounders and text columns (a text column stands for its components). ``data``: a frame
+    with the confounder columns, ``extra``: the frame of the design's extra columns
+    (``spec.extra``, in order: the text components), both for the same rows; ``rows``: those
+    in use.
+    """
+    names = balance_column_names(spec, columns)
+    if penalty is None or not names or not fitted_propensity or method == "or":
         return None
-    F = extra.iloc[:, keep].to_numpy()[rows]
+    extra_at = {name: j for j, name in enumerate(spec.extra)}
+    F = np.column_stack([extra.iloc[:, extra_at[n]].to_numpy() if n in extra_at
+                         else data[n].to_numpy(np.float64) for n in names])[rows]
     return lambda e, t, item, n_items: balance_fitted(e, t, item, F, n_items=n_items,
                                                       penalty=penalty)
+
+
+def balance_column_names(spec, columns) -> list:
+    """The design columns the balancing step uses (see ``balancing_step``); a name that is
+    neither a numeric confounder nor a text column of the design raises ValueError."""
+    text = [name for name in spec.extra if name in spec.columns]  # components, pair cosines
+    if isinstance(columns, str) and columns == "text":
+        return text
+    out = []
+    for name in columns:
+        of_text = [c for c in spec.extra if c.startswith(f"{name}_pc")
+                   or (c.endswith("_cos") and name in c[:-4].split("~"))]
+        if name in spec.confounders:
+            out += [name] if name in spec.columns else []  # a dropped (constant) column: none
+        elif of_text:
+            out += [c for c in of_text if c in spec.columns]
+        else:
+            raise ValueError(f"balance_columns: {name!r} is not a numeric confounder or a text "
+                             f"column of the design ({spec.confounders} or text)")
+    return list(dict.fromkeys(out))

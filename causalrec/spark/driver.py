@@ -17,6 +17,7 @@ from ..estimate.estimator import ItemEffectEstimator, resolve_shrinkage
 from ..estimate.nuisance import pack_shards
 from ..estimate.scores import effects_table
 from ..glm.layout import block_size_for, resolve_device
+from ..nuisance.balance import balance_column_names
 from .shard import CODE, OUTPUT_SCHEMA, ROW_ID, SHARD, ShardJob, fit_shard
 from .stage0 import check_fold_column, design_spec, item_facts, schema_frame, validate
 
@@ -128,6 +129,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     spec = design_spec(spec_rows, sample_log, n_spec, facts.fitted_binary, extra=extra)
     est.design_spec_ = spec
     est.design_columns_, est.dropped_columns_ = list(spec.columns), list(spec.dropped)
+    balance_column_names(spec, est.balance_columns)  # a bad name fails here, not in a task
     est.shrinkage_ = resolve_shrinkage(est.shrinkage, len(spec.columns))
     est.outcome_family_ = est._outcome_family(sample_log, facts.binary)
     prop_model, out_model = est._nuisance_models(propensity is None)
@@ -142,7 +144,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                    options=dict(n_folds=est.n_folds, n_repeats=est._n_repeats(), seed=est.seed,
                                 method=est.method, clip=est.clip, trim=est.trim,
                                 alpha=est.alpha, normalize=est.normalize,
-                                balance_penalty=est._balance_penalty()),
+                                balance_penalty=est._balance_penalty(),
+                                balance_columns=est.balance_columns),
                    binary=facts.binary, device=str(est.device), dtype=str(est.dtype).replace(
                        "torch.", ""), block_size=int(block_size), row_outputs=row_outputs)
     mode, rows_sdf, payloads = None, None, []

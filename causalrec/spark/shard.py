@@ -16,7 +16,7 @@ from ..estimate.scores import effects_table
 from ..estimate.splits import SplitAverage
 from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, resolve_device, resolve_dtype
-from ..nuisance.balance import text_balancing
+from ..nuisance.balance import balancing_step
 
 __all__ = ["ShardJob", "fit_shard", "OUTPUT_SCHEMA", "ROW_ID", "CODE", "SHARD"]
 
@@ -47,7 +47,7 @@ class ShardJob:
     propensity_model: SegmentGLM | None  # unfitted prototypes; None: the logged propensity
     outcome_model: SegmentGLM
     options: dict                 # n_folds, n_repeats, seed, method, clip, trim, alpha,
-                                  # normalize, balance_penalty
+                                  # normalize, balance_penalty, balance_columns
     binary: bool
     device: str
     dtype: str
@@ -84,7 +84,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                                         item_columns=job.keys,
                                         warn_duplicates=seed == o["seed"])
     folds = fold_of(o["seed"]) if job.folds is None else pdf[job.folds].to_numpy(np.int64)
-    balance = text_balancing(job.spec, extra, penalty=o["balance_penalty"], method=o["method"],
+    balance = balancing_step(job.spec, pdf, extra, penalty=o["balance_penalty"],
+                             columns=o["balance_columns"], method=o["method"],
                              fitted_propensity=logged_e is None)
     fits, converged, n_iter = None, {}, 0
     on_device = lambda a, kind: read_only_tensor(a, kind, device)
