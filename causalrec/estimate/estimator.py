@@ -315,7 +315,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.mu1_ = _row_series(index, rows, mu1, "mu1")
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds.astype(np.int64), index=index, name="fold")
-        self.balance_shift_ = pd.Series(shift, index=pd.Index(self.effects_["item"], name="item"),
+        self.balance_shift_ = pd.Series(shift, index=self.effects_.set_index(self._keys()).index,
                                         name="balance_shift")
         from ..nuisance import calibration_table
         self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t)
