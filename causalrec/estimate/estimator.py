@@ -99,7 +99,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         calibration's slopes; None: off. "auto" (default): 10, except for
         ``nuisance="per_item"``: models that shrink an item's slopes toward shared ones
         (pooled, factorised, boosted) leave a tail item's remainder along those columns
-        (naive bias removed on text-confounded held-out logs: pooled 0.83 -> 0.91), while
+        (share of the naive bias removed on 16 text-confounded logs: pooled 0.79 -> 0.88), while
         per_item's own lightly-ridged slopes already balance them and a second calibration
         only fits noise (0.92 -> 0.87; benchmarks/README.md, issue 14).
     balance_columns : "text" (default: the text components and pair cosines) or a list of
