@@ -115,20 +115,15 @@ def test_estimators_balance_the_text_components_and_only_the_propensity(text_log
 
 
 def test_no_step_for_a_logged_propensity_outcome_regression_or_auto_per_item(text_log):
-    _, log = text_log
+    sim, log = text_log
     assert (ItemEffectEstimator(nuisance="per_item").fit(log).balance_shift_ == 0).all()
-    logged = InteractionLog(log.data, **{**_roles(log), "propensity": "propensity"})
+    logged = InteractionLog(sim.data, **sim.roles, propensity="propensity")
     a = ItemEffectEstimator().fit(logged)
     b = ItemEffectEstimator(balance_penalty=None).fit(logged)
     assert (a.balance_shift_ == 0).all()
     pd.testing.assert_frame_equal(a.effects_, b.effects_)
     regression = ItemEffectEstimator(method="or").fit(log)
     assert (regression.balance_shift_ == 0).all()
-
-
-def _roles(log):
-    return dict(item=log.item_columns, treatment=log.treatment, outcome=log.outcome,
-                confounders=log.confounders, categorical=log.categorical, text=log.text)
 
 
 def test_balancing_removes_text_confounding_the_pooled_models_leave_in_the_tail():
@@ -153,7 +148,7 @@ def test_balancing_removes_text_confounding_the_pooled_models_leave_in_the_tail(
 
 def test_numeric_confounders_can_be_balanced_and_bad_names_are_refused(text_log):
     sim, log = text_log
-    plain = InteractionLog(sim.data, **{**_roles(log), "text": None})
+    plain = InteractionLog(sim.data, **{**sim.roles, "text": None})
     off = ItemEffectEstimator(n_repeats=1).fit(plain)  # no text: nothing balanced by default
     on = ItemEffectEstimator(n_repeats=1, balance_columns=["user_activity"]).fit(plain)
     ok = on.effects_.status.eq("ok").to_numpy()

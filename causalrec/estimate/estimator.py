@@ -322,14 +322,17 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.log_ = log
         return self
 
+    def _per_item(self) -> bool:  # the "auto" rules of n_repeats and balance_penalty
+        return isinstance(self.nuisance, str) and self.nuisance == "per_item"
+
     def _n_repeats(self) -> int:
         if self.n_repeats == "auto":
-            return 4 if isinstance(self.nuisance, str) and self.nuisance == "per_item" else 1
+            return 4 if self._per_item() else 1
         return self.n_repeats
 
     def _balance_penalty(self):
         if self.balance_penalty == "auto":
-            return None if isinstance(self.nuisance, str) and self.nuisance == "per_item" else 10.0
+            return None if self._per_item() else 10.0
         return self.balance_penalty
 
     def _finish(self, table, status, n_all, n_t, converged, keys, device) -> None:

@@ -139,18 +139,19 @@ def balancing_step(spec, data, extra, rows=slice(None), *, penalty, columns="tex
     None where it does not apply (no ``penalty``, nothing to balance, a logged propensity,
     or ``method="or"``, which uses no weights).
 
-    ``columns``: "text" (the design's text components and pair cosines) or names among the design's numeric
-    confounders and text columns (a text column stands for its components). ``data``: a frame
-    with the confounder columns, ``extra``: the frame of the design's extra columns
-    (``spec.extra``, in order: the text components), both for the same rows; ``rows``: those
-    in use.
+    ``columns``: "text" (the design's text components and pair cosines) or names among the
+    design's numeric confounders and text columns (a text column stands for its components).
+    ``data``: a frame with the confounder columns, ``extra``: the frame of the design's extra
+    columns (``spec.extra``, in order: the text components), both for the same rows;
+    ``rows``: those in use.
     """
     names = balance_column_names(spec, columns)
     if penalty is None or not names or not fitted_propensity or method == "or":
         return None
     extra_at = {name: j for j, name in enumerate(spec.extra)}
-    F = np.column_stack([extra.iloc[:, extra_at[n]].to_numpy() if n in extra_at
-                         else data[n].to_numpy(np.float64) for n in names])[rows]
+    # each column's rows in use, then stacked: no whole-log (rows, columns) copy beside it
+    F = np.column_stack([(extra.iloc[:, extra_at[n]].to_numpy() if n in extra_at
+                          else data[n].to_numpy(np.float64))[rows] for n in names])
     return lambda e, t, item, n_items: balance_fitted(e, t, item, F, n_items=n_items,
                                                       penalty=penalty)
 
