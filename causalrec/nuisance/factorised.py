@@ -68,7 +68,8 @@ class FactorisedLearner:
 
     Parameters
     ----------
-    rank : r, the number of shared taste directions.
+    rank : r, the number of shared taste directions (capped at the number of user-level
+        columns and of items with training rows, so any number of items >= 1 works).
     factor_penalty : ridge on each item's own factors ``u_k`` in the outcome models
         (whitened ``z``, so a N(0, 1 / factor_penalty) prior per direction on the
         linear-predictor scale), or "auto" (default): empirical Bayes, 1 / (the factors'
@@ -216,7 +217,9 @@ class _Factorised:
         self.n_items, self.n_steps = n_items, 0
         # squared-error loss is not scaled by the noise variance: put the priors on its scale
         self.unit = 1.0 if family == "logistic" else float(np.var(y - offset)) or 1.0
-        self.rank = min(settings.rank, X.shape[1])
+        # at most one direction per column and per item with rows: W starts from the
+        # (items x d) matrix of slope deviations, which has no more directions than that
+        self.rank = min(settings.rank, X.shape[1], int(np.count_nonzero(np.bincount(item))))
         self.own = settings.base == "own"
         if self.own:  # the offset becomes the items' own slopes x'(beta + delta_k)
             self.offset = np.zeros(len(y))
