@@ -24,13 +24,14 @@ OTHER, MISSING = "__other__", "__missing__"
 _TAIL = 0.01  # share of rows winsorised at each end for the robust moments
 _INFLATION = 2.0  # plain std above this multiple of the winsorised one: outliers, use robust
 _ROWS = 16384  # rows per chunk while filling X: a few MB of float64, cache-sized
+SAMPLE = 20_000  # values of a column read by the checks that need only a strided sample
 
 
 @dataclass
 class Design:
     """Confounder matrix (no intercept, C order) and its column names. With
-    ``standardised=False`` X holds raw values and ``(X - center) * scale`` is the standardised
-    matrix."""
+    ``standardised=False`` X holds raw values (times ``2 ** exponent``, see ``DesignSpec``)
+    and ``(X - center) * scale`` is the standardised matrix."""
 
     X: np.ndarray
     columns: list[str]
@@ -38,6 +39,7 @@ class Design:
     center: np.ndarray
     scale: np.ndarray
     standardised: bool = True
+    exponent: np.ndarray | None = None
 
 
 @dataclass
@@ -54,6 +56,9 @@ class DesignSpec:
     pooled_levels : categorical column -> number of its levels pooled into ``__other__``.
     outcome_binary : the outcome is 0/1 on the fitted rows.
     n_rows : rows the moments came from.
+    exponent : per kept column, a power of two its values are multiplied by (exactly) before
+        ``center`` and ``scale`` apply: 0, except for a column whose spread is so small
+        (subnormal) that 1 / its std overflows; such a column is rescaled, not dropped.
     """
 
     confounders: list[str]
@@ -66,13 +71,21 @@ class DesignSpec:
     pooled_levels: dict[str, int] = field(default_factory=dict)
     outcome_binary: bool | None = None
     n_rows: int = 0
+    exponent: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.exponent is None:
+            self.exponent = np.zeros(len(self.columns), dtype=np.int64)
 
     @classmethod
     def from_log(cls, log: InteractionLog, extra: pd.DataFrame | None = None, rows=None,
-                 max_levels: int = 50, min_level_count: int = 10, warn: bool = True):
+                 max_levels: int = 50, min_level_count: int = 10, warn: bool = True,
+                 dtype=None):
         """The spec of ``log`` (and ``extra`` columns aligned with its rows), from ``rows``
         (positions; None for all): moments are robust to a few extreme values and computed
-        in float64; dropped columns raise a ``DataWarning`` naming them."""
+        in float64; dropped columns raise a ``DataWarning`` naming them. With ``dtype``
+        float32, a ``DataWarning`` also names the columns whose standardised values float32
+        cannot hold (``scaling.warn_float32_precision``)."""
         if not (isinstance(max_levels, (int, np.integer)) and max_levels >= 2):
             raise ValueError(f"max_levels must be an integer >= 2, got {max_levels!r}")
         if not (isinstance(min_level_count, (int, np.integer)) and min_level_count >= 1):
@@ -100,7 +113,17 @@ class DesignSpec:
                 yield name, take(_numeric_column(extra[col]))
 
         extra_names = [] if extra is None else [str(c) for c in extra.columns]
-        moments = [(name, _robust_moments(values)) for name, values in sources()]
+        check = warn and dtype is not None and np.dtype(dtype) == np.float32
+        moments, samples = [], []
+        for name, values in sources():
+            moments.append((name, _robust_moments(values)))
+            center, inv_scale, problem, k = moments[-1][1]
+            if check and not problem:  # a strided sample, as the design will read it
+                sample = values[::max(1, len(values) // SAMPLE)]
+                samples.append((name, np.ldexp(sample, k), center, inv_scale))
+        if samples:
+            from .scaling import warn_float32_precision  # (scaling builds on this module)
+            warn_float32_precision(samples)
         y = take(df[log.outcome].to_numpy())
         binary = bool(np.isin(y, [0, 1]).all()) if len(y) else None
         return cls.from_moments(list(log.confounders), categorical, extra_names, moments,
@@ -110,18 +133,20 @@ class DesignSpec:
     def from_moments(cls, confounders, categorical, extra, moments, dropped, pooled,
                      outcome_binary, n_rows, warn: bool = True):
         """The spec from facts already computed (e.g. by a distributed aggregation):
-        ``moments`` lists (output column, (center, 1 / scale, why dropped or None)) in
-        output order; ``dropped`` holds the columns dropped before (single levels)."""
+        ``moments`` lists (output column, ``choose_moments``'s (center, 1 / scale, why dropped
+        or None, exponent)) in output order; ``dropped`` holds the columns dropped before
+        (single levels)."""
         dropped = dict(dropped)
-        columns, center, scale = [], [], []
-        for name, (c, s, problem) in moments:
+        columns, center, scale, exponent = [], [], [], []
+        for name, (c, s, problem, k) in moments:
             if problem:
                 dropped[name] = problem
             else:
-                columns.append(name), center.append(c), scale.append(s)
+                columns.append(name), center.append(c), scale.append(s), exponent.append(k)
         spec = cls(list(confounders), categorical, list(extra), columns,
                    np.array(center, dtype=np.float64), np.array(scale, dtype=np.float64),
-                   dropped, dict(pooled), outcome_binary, n_rows)
+                   dropped, dict(pooled), outcome_binary, n_rows,
+                   np.array(exponent, dtype=np.int64))
         if warn and dropped:
             warnings.warn("confounder columns dropped: " + "; ".join(
                 f"{name!r} ({why})" for name, why in dropped.items()), DataWarning,
@@ -137,7 +162,7 @@ class DesignSpec:
         for a in range(0, len(X), _ROWS):  # row chunks: X is written in C order once
             source.gather_into(slice(a, a + _ROWS), X[a:a + _ROWS])
         return Design(X, list(self.columns), list(self.dropped), self.center.copy(),
-                      self.scale.copy(), standardise)
+                      self.scale.copy(), standardise, self.exponent.copy())
 
     def rows(self, data, extra: pd.DataFrame | None = None, dtype=np.float32,
              standardise: bool = True) -> "DesignRows":
@@ -155,23 +180,26 @@ class DesignSpec:
         for col, name in zip([] if extra is None else extra.columns, self.extra):
             source[name] = _numeric_column(extra[col])
         return DesignRows([source[name] for name in self.columns], self.center, self.scale,
-                          len(df), np.dtype(dtype), standardise)
+                          len(df), np.dtype(dtype), standardise, self.exponent)
 
 
 class DesignRows:
     """Design rows read from a frame's columns on demand: ``gather_into(rows, out)`` writes
-    the rows ``rows`` (positions or a slice) standardised, ``(x - center) * scale`` computed in
-    float64 before the cast to ``dtype`` (1e12 + x keeps its x), into ``out`` (m, d).
+    the rows ``rows`` (positions or a slice) standardised, ``(x 2^exponent - center) * scale``
+    computed in float64 before the cast to ``dtype`` (1e12 + x keeps its x), into ``out`` (m, d).
     Columns are gathered one at a time into a (d, m) block (torch's ``index_select`` into
     reused buffers: ~1.5x numpy's take here), written to ``out`` in one transposing copy."""
 
-    def __init__(self, sources, center, scale, n_rows, dtype, standardise=True):
+    def __init__(self, sources, center, scale, n_rows, dtype, standardise=True, exponent=None):
         as_tensor = lambda v: read_only_tensor(v if v.dtype.kind == "f" else np.asarray(v, dtype=np.int64))
         self.sources = [(as_tensor(v[0]), int(v[1])) if isinstance(v, tuple) else as_tensor(v)
                         for v in sources]
         self.center = torch.as_tensor(center, dtype=torch.float64)[:, None]
         self.scale = torch.as_tensor(scale, dtype=torch.float64)[:, None]
         self.shape, self.dtype, self.standardise = (n_rows, len(sources)), dtype, standardise
+        # columns rescaled by a power of two, as two exact float64 factors (2^1074 overflows)
+        self.rescale = [(j, 2.0 ** (int(k) // 2), 2.0 ** (int(k) - int(k) // 2))
+                        for j, k in enumerate(np.zeros(0) if exponent is None else exponent) if k]
         self._local = threading.local()  # reused buffers per thread (shards gather at once)
 
     def _buffers(self, m: int):
@@ -202,6 +230,8 @@ class DesignRows:
                 take(values, block[j])
             else:
                 block[j] = take(values, f32)
+        for j, half, rest in self.rescale:
+            block[j].mul_(half).mul_(rest)
         if self.standardise:
             block.sub_(self.center).mul_(self.scale)
         torch.from_numpy(out).copy_(block.T)
@@ -244,7 +274,7 @@ def _order_statistics(v: np.ndarray, ranks: tuple[int, int]) -> tuple:
     values beyond thresholds taken from a strided sample (each tail holds ~1%), checked by
     counting; the whole column is partitioned when a threshold misses its rank."""
     n, (k_low, k_high) = len(v), ranks
-    sample = v[::max(1, n // 20000)]
+    sample = v[::max(1, n // SAMPLE)]
     s, p = len(sample), (k_low + 1) / n
     share = p + 6 * np.sqrt(p * (1 - p) / s) + 2 / s  # the tail's share plus ~6 sd
     if share < 0.25:
@@ -259,8 +289,8 @@ def _order_statistics(v: np.ndarray, ranks: tuple[int, int]) -> tuple:
     return low, high
 
 
-def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None]:
-    """(center, 1 / scale, why dropped or None) of a column's values, see ``choose_moments``
+def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None, int]:
+    """(center, 1 / scale, why dropped or None, exponent) of a column's values, see ``choose_moments``
     (float32 values are read as they are: their order statistics are exact, their moments
     are computed in float64)."""
     if len(v) == 0:
@@ -284,26 +314,32 @@ def tail_ranks(n: int) -> tuple[int, int] | None:
     return (k, n - 1 - k) if 2 * k < n - 1 else None
 
 
-def choose_moments(n, lo, hi, plain, winsorised) -> tuple[float, float, str | None]:
-    """(center, 1 / scale, why dropped or None) from a column's row count, range, plain
-    (mean, std) and (mean, std) winsorised at its ``tail_ranks`` (None when not formed).
+def choose_moments(n, lo, hi, plain, winsorised) -> tuple[float, float, str | None, int]:
+    """(center, 1 / scale, why dropped or None, exponent) from a column's row count, range,
+    plain (mean, std) and (mean, std) winsorised at its ``tail_ranks`` (None when not formed).
     The plain moments, unless extreme rows inflate the std more than twofold over the
     winsorised one: then the winsorised moments, so one outlier cannot flatten a column.
-    A winsorised std of 0 (a rare 0/1 flag) keeps the plain moments."""
+    A winsorised std of 0 (a rare 0/1 flag) keeps the plain moments. A std so small that
+    its inverse overflows (a subnormal-scaled column still carries information) gives the
+    moments of the values times 2^exponent, which brings the std near 1 exactly."""
     if n == 0:
-        return np.nan, np.nan, "no fitted rows"
+        return np.nan, np.nan, "no fitted rows", 0
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        return np.nan, np.nan, "not finite"
+        return np.nan, np.nan, "not finite", 0
     if lo == hi:
-        return float(lo), np.nan, "constant on the fitted rows"
+        return float(lo), np.nan, "constant on the fitted rows", 0
     mean, std = plain
     if winsorised is not None:
         w_mean, w_std = winsorised
         if w_std > 0 and std > _INFLATION * w_std:
             mean, std = w_mean, w_std
+    exponent = 0
+    if std > 0 and np.isfinite(std) and not np.isfinite(1.0 / std):
+        exponent = -int(np.frexp(std)[1])  # std 2^exponent in [0.5, 1)
+        mean, std = float(np.ldexp(mean, exponent)), float(np.ldexp(std, exponent))
     if not (np.isfinite(mean) and np.isfinite(std) and np.isfinite(1.0 / std) and std > 0):
-        return np.nan, np.nan, "not finite after standardising"
-    return mean, 1.0 / std, None
+        return np.nan, np.nan, "not finite after standardising", 0
+    return mean, 1.0 / std, None, exponent
 
 
 def _as_labels(values: pd.Series) -> np.ndarray:

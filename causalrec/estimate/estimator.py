@@ -14,6 +14,7 @@ from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf,
 from .design import DesignSpec, segment_ids
 from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
+from .scaling import outcome_for_fits
 from .splits import SplitAverage
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 from .results import EffectResults
@@ -127,7 +128,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         units per within-item sd of the text components; mean over splits; 0 where it does
         not apply).
     nuisance_fits_ : per fold, the fitted ``SegmentGLM`` of each nuisance model (flexible
-        nuisances: per repeat, a ``causalrec.nuisance.NuisanceResult``).
+        nuisances: per repeat, a ``causalrec.nuisance.NuisanceResult``). A continuous
+        outcome's models are fitted on ``(y - outcome_scale_.center) / outcome_scale_.scale``.
+    outcome_scale_ : ``causalrec.estimate.scaling.OutcomeScale``: the centre and scale
+        (float64) a continuous outcome is fitted on, so that float32 fits keep the float64
+        answer for any offset or unit of y; centre 0, scale 1 for a 0/1 outcome.
     nuisance_models_ : flexible nuisances only: per nuisance, out-of-fold losses of the GLM,
         pooled and flexible models, the stacking weight and the items with own models.
     propensity_calibration_ : binned calibration table of the fitted (unclipped) propensity.
@@ -235,9 +240,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         text_features = self._text_features(log)
         # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
         # (all rows in use: no gathered copies of the columns)
-        spec = DesignSpec.from_log(log, text_features,
-                                   rows=rows if 0 < n_use < len(df) else None)
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        spec = DesignSpec.from_log(log, text_features,
+                                   rows=rows if 0 < n_use < len(df) else None, dtype=np_dtype)
         self.design_spec_ = spec
         self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
         self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(spec.columns))
@@ -254,6 +259,10 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
+        # the fits see a continuous outcome centred and scaled in float64 (float32 cannot
+        # hold y + 1e8); their predictions come back in the outcome's units (scaling.py)
+        self.outcome_scale_, y_fit = outcome_for_fits(y, self.outcome_family_, np_dtype,
+                                                      log.outcome)
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
         # float64, then cast): no (n, d) design matrix beside the padded one; flexible
         # learners take the matrix of the rows in use
@@ -282,10 +291,10 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                 preds = [torch.zeros(0, dtype=torch.float64, device=device)] * 3
             elif self._flexible is not None:
                 preds = self._fit_flexible(X, rows, seg.astype(np.int64), t.astype(np.int64),
-                                           y.astype(np.float64), split.astype(np.int64),
+                                           y_fit.astype(np.float64), split.astype(np.int64),
                                            n_seg, logged_e, device, converged)
             else:
-                fits = cross_fit(X, *standardise, rows, seg, t, y, split, n_seg,
+                fits = cross_fit(X, *standardise, rows, seg, t, y_fit, split, n_seg,
                                  n_folds=self.n_folds, propensity=propensity, outcome=outcome,
                                  logged_e=logged_e, shard_of_item=shard_of_item, device=device,
                                  dtype=dtype, warm=fits.shard_fits if fits else None)
@@ -296,6 +305,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                 preds = (fits.e, fits.mu0, fits.mu1)
                 fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
             e, mu0, mu1 = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
+            mu0, mu1 = self.outcome_scale_.restore(mu0), self.outcome_scale_.restore(mu1)
             if balance is not None and n_use:
                 e, item_shift = balance(e, t, seg, n_items=n_seg)
                 shift += item_shift / len(split_folds)

@@ -174,7 +174,9 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     """
     prop_learner, out_learner = spec.learners()
     n = len(item)
-    key = _mix(row_hash(pd.DataFrame(X))
+    # the content key hashes X's values as float32 whatever its dtype: the row order and the
+    # early-stopping rows (hence the boosters) are then the same under float32 and float64
+    key = _mix(row_hash(pd.DataFrame(np.asarray(X, np.float32)))
                ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
                ^ np.uint64(seed))
     order = np.lexsort((np.asarray(y, np.float64), key, item))
