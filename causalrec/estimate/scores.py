@@ -18,6 +18,10 @@ __all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSE
 # degrees of freedom of HC3 (measured plateau 8-15 on the benchmark logs: session 9)
 PRIOR_DOF = 12.0
 
+# an item's outcome values that differ by at most this many units in the last place of
+# their magnitude are one value written twice (0.1 + 0.2 against 0.3): "constant_outcome"
+CONSTANT_ULPS = 4
+
 # statuses for which no estimate is formed: numbers are NaN
 NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
 # no overlap: the arms' fitted propensities barely share a range, so the "effect" would be an
@@ -37,7 +41,11 @@ def pre_status(n_t, n_c, min_rows):
 def post_status(status, table, min_ess, max_clipped=0.3):
     """Statuses that need the fit: "no_overlap" when more than ``max_clipped`` of an item's
     rows have a clipped propensity, or when the arms' propensity ranges do not meet;
-    "poor_overlap" when an arm's effective sample size is below ``min_ess``."""
+    "poor_overlap" when an arm's effective sample size is below ``min_ess``;
+    "constant_outcome" when the item's outcome takes one value on all its rows, both arms
+    (``outcome_sd`` 0, see ``effects_table``): its effect is 0 by construction, with no
+    interval. An outcome constant within one arm only is estimated as usual: that arm's
+    mean is known exactly and the interval comes from the other arm and the models."""
     status = status.copy()
     ok = status == "ok"
     disjoint = ((table["e_max_control"] < table["e_min_treated"])
@@ -153,11 +161,11 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             model = torch.fmax(model, S(null))
         var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
     n_all = n_t + n_c
-    y_mean = S(y) / n_all
+    y_sd, y_constant = _outcome_spread(y, seg, n_seg, n_all, S)
     per_item = {  # float64 numpy from here on
         "ate": ate, "se": var_of_mean.sqrt(), "n_t": n_t, "n_c": n_c,
         "treated_mean": S(t * y) / n_t, "control_mean": S((1 - t) * y) / n_c,
-        "y_mean": y_mean, "y_sq": S(y ** 2) / n_all,
+        "y_sd": y_sd, "y_constant": y_constant,
         "ess_treated": ess_t, "ess_control": ess_c, "dof": dof_welch,
         "mu0_mean": S(mu0) / n_all,
         "e_min": e.new_full((n_seg,), float("inf")).scatter_reduce_(0, seg, e, "amin"),
@@ -166,19 +174,20 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         **_support(seg, t, e, n_seg, S),
     }
     v = {name: values.cpu().numpy() for name, values in per_item.items()}
-    ate, se, empty = v["ate"], v["se"], v["n_t"] + v["n_c"] == 0
+    constant = v["y_constant"]
+    # a constant outcome has no effect: 0 exactly, not the nuisance fits' rounding
+    ate, se, empty = np.where(constant, 0.0, v["ate"]), v["se"], v["n_t"] + v["n_c"] == 0
     # Student t: IPW-weighted influence values are heavy-tailed, and with a few dozen rows in
     # an arm a normal interval is too short; Welch-Satterthwaite degrees of freedom (the
     # smaller arm's rows - 1 where they are not finite, e.g. an arm without spread)
     dof = np.where(np.isfinite(v["dof"]), np.maximum(v["dof"], 1),
                    np.maximum(np.minimum(v["n_t"], v["n_c"]) - 1, 1))
     ci_low, ci_high = interval(ate, se, alpha, dof)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        outcome_sd = np.sqrt(np.maximum(v["y_sq"] - v["y_mean"] ** 2, 0))
-    outcome_sd[np.abs(outcome_sd) < 1e-12 * np.maximum(1, np.abs(v["y_mean"]))] = 0.0
+    outcome_sd = np.where(constant, 0.0, v["y_sd"])
     table = pd.DataFrame({
         "ate": ate, "se": se, "ci_low": ci_low, "ci_high": ci_high,
-        "p_value": p_value(ate, se, dof), "dof": dof, "naive_ate": v["treated_mean"] - v["control_mean"],
+        "p_value": p_value(ate, se, dof), "dof": dof,
+        "naive_ate": np.where(constant, 0.0, v["treated_mean"] - v["control_mean"]),
         "treated_mean": v["treated_mean"], "control_mean": v["control_mean"],
         "mu0_mean": v["mu0_mean"], "outcome_sd": outcome_sd,
         "e_min": np.where(empty, np.nan, v["e_min"]), "e_max": np.where(empty, np.nan, v["e_max"]),
@@ -188,6 +197,27 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         **{name: np.where(empty, np.nan, v[name]) for name in _SUPPORT},
     })
     return table, psi.cpu().numpy(), e_clip.cpu().numpy()
+
+
+def _outcome_spread(y, seg, n_seg, n, S):
+    """Per item: the outcome's population sd and whether its rows' values are all equal up to
+    ``CONSTANT_ULPS`` units in their last place (judged against the values' own magnitude:
+    an offset of 1e9 on a 0/1 outcome is not constant). The sd is two-pass: deviations from
+    the item's mean (taken on values divided by their largest magnitude: no overflow), then
+    their corrected second moment, again divided by their largest magnitude: no cancellation
+    at any offset, no overflow or underflow at any scale."""
+    inf = float("inf")
+    amax = lambda values: values.new_full((n_seg,), -inf).scatter_reduce_(0, seg, values, "amax")
+    low = -amax(-y)
+    high = amax(y)
+    usable = lambda m: torch.where((m > 0) & torch.isfinite(m), m, 1.0)
+    m = usable(torch.fmax(low.abs(), high.abs()))
+    dev = y - (m * S(y / m[seg]) / n)[seg]
+    md = usable(amax(dev.abs()))
+    dev = dev / md[seg]
+    var = (S(dev * dev) / n - (S(dev) / n) ** 2).clamp(min=0)
+    constant = (n > 0) & ((high - low) <= CONSTANT_ULPS * torch.finfo(torch.float64).eps * m)
+    return md * var.sqrt(), constant
 
 
 _SUPPORT = ("e_min_treated", "e_max_treated", "e_min_control", "e_max_control",
