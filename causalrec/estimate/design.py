@@ -334,7 +334,7 @@ def choose_moments(n, lo, hi, plain, winsorised) -> tuple[float, float, str | No
         if w_std > 0 and std > _INFLATION * w_std:
             mean, std = w_mean, w_std
     exponent = 0
-    if std > 0 and np.isfinite(std) and not np.isfinite(1.0 / std):
+    if 0 < std < 1.0 / np.finfo(np.float64).max:  # 1 / std would overflow
         exponent = -int(np.frexp(std)[1])  # std 2^exponent in [0.5, 1)
         mean, std = float(np.ldexp(mean, exponent)), float(np.ldexp(std, exponent))
     if not (np.isfinite(mean) and np.isfinite(std) and np.isfinite(1.0 / std) and std > 0):

@@ -42,10 +42,15 @@ class OutcomeScale:
         y = np.asarray(y)
         if not len(y):
             return cls()
-        center, std = _mean_std(y, float(np.max(np.abs(y))))
-        if not np.isfinite(center):
+        return cls.from_moments(*_mean_std(y, float(np.max(np.abs(y)))))
+
+    @classmethod
+    def from_moments(cls, mean: float, std: float) -> "OutcomeScale":
+        """The scale of an outcome with this mean and std (e.g. from a Spark aggregation)."""
+        if not np.isfinite(mean):
             return cls()
-        return cls(center, std if std > 0 and np.isfinite(std) and np.isfinite(1 / std) else 1.0)
+        usable = std > 0 and np.isfinite(std) and np.isfinite(1 / std)
+        return cls(float(mean), float(std) if usable else 1.0)
 
     def standardise(self, y: np.ndarray) -> np.ndarray:
         """(y - center) / scale in float64."""

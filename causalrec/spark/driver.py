@@ -15,11 +15,13 @@ from ..estimate.design import DesignSpec
 from ..estimate.api import split_roles
 from ..estimate.estimator import ItemEffectEstimator, resolve_shrinkage
 from ..estimate.nuisance import pack_shards
+from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import effects_table
 from ..glm.layout import block_size_for, resolve_device
 from ..nuisance.balance import balance_column_names
 from .shard import CODE, OUTPUT_SCHEMA, ROW_ID, SHARD, ShardJob, fit_shard
-from .stage0 import check_fold_column, design_spec, item_facts, schema_frame, validate
+from .stage0 import (check_fold_column, design_spec, item_facts, outcome_scale, schema_frame,
+                     validate)
 
 __all__ = ["SparkEffects", "estimate_item_effects_spark"]
 
@@ -132,6 +134,9 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     balance_column_names(spec, est.balance_columns)  # a bad name fails here, not in a task
     est.shrinkage_ = resolve_shrinkage(est.shrinkage, len(spec.columns))
     est.outcome_family_ = est._outcome_family(sample_log, facts.binary)
+    # a continuous outcome is fitted centred and scaled, as locally (estimate/scaling.py)
+    est.outcome_scale_ = (outcome_scale(spec_rows, outcome) if est.outcome_family_ == "gaussian"
+                          else OutcomeScale())
     prop_model, out_model = est._nuisance_models(propensity is None)
     block_size = _block_size(facts.arm_rows[codes], est.n_folds)
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
@@ -147,7 +152,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                                 balance_penalty=est._balance_penalty(),
                                 balance_columns=est.balance_columns),
                    binary=facts.binary, device=str(est.device), dtype=str(est.dtype).replace(
-                       "torch.", ""), block_size=int(block_size), row_outputs=row_outputs)
+                       "torch.", ""), block_size=int(block_size), row_outputs=row_outputs,
+                   outcome_scale=est.outcome_scale_)
     mode, rows_sdf, payloads = None, None, []
     if len(codes):
         columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical

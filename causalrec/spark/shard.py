@@ -12,6 +12,7 @@ import torch
 from ..estimate.design import DesignSpec
 from ..estimate.folds import assign_folds
 from ..estimate.nuisance import _fit_shard
+from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import effects_table
 from ..estimate.splits import SplitAverage
 from ..glm import SegmentGLM
@@ -53,6 +54,7 @@ class ShardJob:
     dtype: str
     block_size: int
     row_outputs: bool
+    outcome_scale: OutcomeScale = OutcomeScale()  # the fits' outcome scale, as locally
 
 
 def _on(model, device):
@@ -74,6 +76,7 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     device, dtype = resolve_device(job.device), resolve_dtype(job.dtype)
     t = pdf[job.treatment].to_numpy(dtype=np.int64)
     y = pdf[job.outcome].to_numpy(dtype=np.float64)
+    y_fit = job.outcome_scale.standardise(y)  # (scale 1, centre 0 for a logistic outcome)
     extra = pdf[job.extra] if job.extra else None
     # the padded design is read straight from the shard's columns, as in the local estimator
     X = job.spec.rows(pdf, extra, dtype=np.float64 if dtype == torch.float64 else np.float32)
@@ -93,7 +96,7 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     for repeat in range(o["n_repeats"]):  # the local estimator's loop, on this shard
         split = folds if repeat == 0 else fold_of(o["seed"] + repeat)
         _, preds, fits = _fit_shard(np.arange(n_seg), reducer, fits, X=X, center=None,
-                                    scale=None, rows=rows, seg=seg, t=t, y=y, folds=split,
+                                    scale=None, rows=rows, seg=seg, t=t, y=y_fit, folds=split,
                                     n_folds=o["n_folds"], n_items=n_seg, propensity=propensity,
                                     outcome=outcome, block_size=job.block_size, device=device)
         if logged_e is not None:
@@ -104,6 +107,7 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
                 n_iter = max(n_iter, model.n_iter_)
         e, mu0, mu1 = [torch.as_tensor(preds[name], device=device).to(torch.float64)
                        for name in ("e", "mu0", "mu1")]
+        mu0, mu1 = job.outcome_scale.restore(mu0), job.outcome_scale.restore(mu1)
         if balance is not None:  # per item, as the local estimator (items are not split)
             e, _ = balance(e, t, seg, n_items=n_seg)
         splits.add(*effects_table(on_device(seg, torch.long), on_device(t, torch.float64),

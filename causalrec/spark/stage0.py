@@ -11,10 +11,12 @@ import pandas as pd
 
 from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_moments,
                                levels_from_counts, segment_ids, tail_ranks)
+from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import pre_status
 from ..schema import InteractionLog, SchemaError
 
-__all__ = ["Facts", "validate", "item_facts", "design_spec", "schema_frame", "check_fold_column"]
+__all__ = ["Facts", "validate", "item_facts", "design_spec", "outcome_scale", "schema_frame",
+           "check_fold_column"]
 
 SAMPLE_ROWS = 1000  # rows validated with InteractionLog (column presence, roles, dtypes)
 WITNESS_ROWS = 1000  # offending rows shown to InteractionLog so it raises its own error
@@ -266,6 +268,18 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
     moments += [(name, m) for (_, name), m in zip(extra, numeric_moments[n_conf:])]
     return DesignSpec.from_moments(list(log.confounders), categorical, [name for _, name in extra],
                                    moments, dropped, pooled, outcome_binary, n)
+
+
+def outcome_scale(fitted, outcome: str) -> OutcomeScale:
+    """``OutcomeScale.of`` the outcome of the rows of ``fitted``, by aggregations (the same
+    moments: values divided by their largest magnitude first)."""
+    F = _F()
+    y = F.col(outcome).cast("double")
+    m = fitted.agg(F.max(F.abs(y))).first()[0]
+    if not m or not np.isfinite(m):
+        return OutcomeScale()
+    row = fitted.agg(F.avg(y / m), F.stddev_pop(y / m)).first()
+    return OutcomeScale.from_moments(m * row[0], m * row[1])
 
 
 def _indicator_moments(c: int, n: int, ranks):
