@@ -134,7 +134,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         (float64) a continuous outcome is fitted on, so that float32 fits keep the float64
         answer for any offset or unit of y; centre 0, scale 1 for a 0/1 outcome.
     nuisance_models_ : flexible nuisances only: per nuisance, out-of-fold losses of the GLM,
-        pooled and flexible models, the stacking weight and the items with own models.
+        pooled and flexible models, the stacking weight and the items with own models (a
+        continuous outcome's squared errors in units of its variance: the fits see it
+        standardised, ``outcome_scale_``).
     propensity_calibration_ : binned calibration table of the fitted (unclipped) propensity.
     """
 
