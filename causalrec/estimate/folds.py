@@ -11,7 +11,8 @@ import torch
 
 from ..exceptions import DataWarning
 
-__all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash"]
+__all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
+           "unit_folds"]
 
 MAX_FOLDS = 50  # more folds only add fits: each holds out under 2% of an item's rows
 
@@ -209,3 +210,21 @@ def narrow_codes(codes: np.ndarray, n_codes: int) -> np.ndarray:
         if n_codes <= np.iinfo(kind).max:
             return codes.astype(kind, copy=False)
     return codes
+
+
+def unit_folds(units, n_folds: int, seed: int) -> np.ndarray:
+    """Cross-fitting fold of each row, grouped by unit (user, session): every row of a unit
+    lands in the same fold, so a prediction for one of a unit's rows never comes from a
+    model fitted on another of its rows. The fold is a seeded canonical hash of the unit id
+    (row order and the id's dtype do not matter). Distinct units are dealt round-robin in hash order, so folds hold equal
+    numbers of units (up to one)."""
+    n_folds = check_n_folds(n_folds)
+    units = units if isinstance(units, pd.Series) else pd.Series(np.asarray(units))
+    if n_folds == 1:
+        return np.zeros(len(units), dtype=np.int64)
+    codes, distinct = pd.factorize(units, sort=False)
+    key = _content_key(pd.DataFrame({"unit": np.asarray(distinct)}), ["unit"], seed)
+    # distinct units dealt round-robin in hash order: folds of (nearly) equal unit counts
+    fold_of_unit = np.empty(len(distinct), dtype=np.int64)
+    fold_of_unit[np.argsort(key, kind="stable")] = np.arange(len(distinct)) % n_folds
+    return fold_of_unit[codes]
