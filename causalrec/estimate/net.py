@@ -150,6 +150,24 @@ class NetEffectEstimator(BaseEstimator):
             "recommendations drawn as the logging policy draws them given the confounders"))
         return out
 
+    def summary(self, top: int = 10):
+        """Header facts and the items with the largest |spillover| (a ``Summary``)."""
+        self._check_is_fitted("effects_")
+        from ..reporting.summary import Summary
+        eff = self.effects_
+        ok = eff[eff["status"] == "ok"]
+        below = ok["net_ci_high"] < ok["own_ci_low"]
+        info = {"Estimand": "effect of recommending the item on the unit's total outcome",
+                "Unit": self.unit_, "Units": int(self._units.max()) + 1, "Rows": int(eff["n"].sum()),
+                "Items": len(eff), "Items estimated (ok)": len(ok),
+                "Cross-fitting folds (by unit)": self.item_estimator_.n_folds,
+                "Clearly negative spillover (interval < 0)": int((ok["spillover_ci_high"] < 0).sum()),
+                "Net clearly below own (intervals apart)": int(below.sum())}
+        strongest = ok.reindex(ok["spillover"].abs().sort_values(ascending=False).index[:top])
+        cols = ["own_ate", "net_ate", "spillover", "spillover_ci_low", "spillover_ci_high", "n"]
+        return Summary(info, eff["status"].value_counts(), strongest.set_index("item")[cols],
+                       "Largest |spillover|", title="Own and net effects of recommendation")
+
     def spillover_pairs(self, top: int = 10, category: str | None = None, fdr: float = 0.1,
                         min_rows_per_arm: int | None = None) -> pd.DataFrame:
         """Which other items (or categories) the ``top`` items with the largest |spillover|

@@ -1,0 +1,215 @@
+"""Own and net effects (issue 25): unit-grouped folds, the spillover simulator's truth, net
+and spillover estimates with joint intervals, the pairwise view, bad input, ranking by net."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import causalrec as cr
+from causalrec.datasets import simulate_net_log
+from causalrec.estimate.folds import unit_folds
+from causalrec.reporting import Summary
+
+ALPHA = 0.05
+
+
+def _binomial_floor(n: int, level: float = 1 - ALPHA, n_se: float = 3.0) -> float:
+    """Lowest coverage share of n intervals still consistent with ``level`` (n_se binomial SEs)."""
+    return level - n_se * np.sqrt(level * (1 - level) / n)
+
+
+def _log(sim):
+    r = sim.roles
+    return cr.InteractionLog(sim.data, item=r["item"], treatment=r["treatment"],
+                             outcome=r["outcome"], confounders=r["confounders"])
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_net_log(8000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(sim):
+    return cr.NetEffectEstimator().fit(_log(sim), unit="unit")
+
+
+def _covered(frame, low, high, truth):
+    return ((frame[low] <= frame[truth]) & (frame[truth] <= frame[high])).to_numpy()
+
+
+# ---------------------------------------------------------------- folds and simulator
+def test_unit_folds_keep_units_together_balanced_and_order_free():
+    units = np.repeat(np.arange(301), 3).astype(str)
+    folds = unit_folds(units, 3, seed=0)
+    per_unit = pd.Series(folds).groupby(units).nunique()
+    assert (per_unit == 1).all()
+    counts = np.bincount(folds[::3])  # one row per unit
+    assert counts.max() - counts.min() <= 1
+    order = np.random.default_rng(0).permutation(len(units))
+    assert (unit_folds(units[order], 3, seed=0) == folds[order]).all()
+    assert not (unit_folds(units, 3, seed=1) == folds).all()
+
+
+def test_simulator_truth_is_consistent(sim):
+    truth = sim.truth.set_index("item")
+    assert len(truth) >= 150 and (truth["true_net"] - truth["true_own"]
+                                  - truth["true_spillover"]).abs().max() < 1e-12
+    # the item's spillover is the row-weighted sum of its pairwise effects
+    pairs = sim.pair_truth.assign(total=lambda p: p["true_effect"] * p["n"])
+    from_pairs = pairs.groupby("item")["total"].sum() / truth["n"]
+    assert np.allclose(from_pairs.reindex(truth.index).fillna(0), truth["true_spillover"])
+    assert (truth["true_spillover"] < 0).any() and (truth["true_spillover"] > 0).any()
+    # the oracle regressions at the observed arm have the clicks' mean
+    rt, y = sim.row_truth, sim.data["click"].to_numpy()
+    t = sim.data["recommended"].to_numpy()
+    observed = np.where(t == 1, rt["own_mu1"], rt["own_mu0"])
+    assert abs(observed.mean() - y.mean()) < 4 * y.std() / np.sqrt(len(y))
+    assert not simulate_net_log(500, spillover=False, seed=0).truth["true_spillover"].any()
+
+
+# ---------------------------------------------------------------- estimates
+def test_net_table_columns_identity_and_joint_intervals(fitted):
+    eff = fitted.effects_
+    for column in ["item", "own_ate", "own_ci_low", "own_ci_high", "net_ate", "net_se",
+                   "net_ci_low", "net_ci_high", "spillover", "spillover_ci_low",
+                   "spillover_ci_high", "status"]:
+        assert column in eff.columns
+    ok = eff[eff["status"] == "ok"]
+    assert len(ok) == len(eff)
+    # one influence value per (unit, item) row: net = own + spillover, item by item
+    assert np.allclose(ok["net_ate"], ok["own_ate"] + ok["spillover"], atol=1e-10)
+    # own equals the item-effects table of the same fit
+    own = fitted.item_estimator_.effects_
+    assert np.array_equal(ok["own_ate"].to_numpy(), own["ate"].to_numpy())
+    # own and net share the item's own clicks: positively correlated, so the spillover's SE
+    # is well below the SE of a difference of independent estimates
+    independent = np.sqrt(ok["own_se"] ** 2 + ok["net_se"] ** 2)
+    assert (ok["spillover_se"] < independent).mean() > 0.9
+
+
+def test_intervals_cover_the_truth(fitted, sim):
+    m = fitted.effects_.merge(sim.truth, on="item")
+    m = m[m["status"] == "ok"]
+    floor = _binomial_floor(len(m))
+    for low, high, truth in (("own_ci_low", "own_ci_high", "true_own"),
+                             ("net_ci_low", "net_ci_high", "true_net"),
+                             ("spillover_ci_low", "spillover_ci_high", "true_spillover")):
+        assert _covered(m, low, high, truth).mean() >= floor, truth
+
+
+def test_without_spillover_net_equals_own_within_intervals():
+    sim = simulate_net_log(8000, spillover=False, seed=4)
+    eff = cr.estimate_net_effects(sim.data, **sim.roles, seed=4)
+    ok = eff[eff["status"] == "ok"]
+    flagged = ((ok["spillover_ci_low"] > 0) | (ok["spillover_ci_high"] < 0)).mean()
+    # the false-flag share of independent 5% tests, plus three binomial SEs
+    assert flagged <= ALPHA + 3 * np.sqrt(ALPHA * (1 - ALPHA) / len(ok))
+    assert ((ok["own_ate"] >= ok["net_ci_low"]) & (ok["own_ate"] <= ok["net_ci_high"])).mean() \
+        >= _binomial_floor(len(ok))
+
+
+def test_units_with_one_candidate_count_with_zero_rest(sim):
+    data = sim.data.copy()
+    single = data["unit"].isin(data["unit"].unique()[:200]) & (data.groupby("unit").cumcount() > 0)
+    data = data[~single]
+    eff = cr.estimate_net_effects(data, **sim.roles)
+    assert eff["n_single"].sum() == 200
+    assert (eff["status"] == "ok").all()
+
+
+# ---------------------------------------------------------------- pairs
+def test_pairs_intervals_and_bh(fitted, sim):
+    chosen = fitted.spillover_pairs(top=12)
+    assert set(chosen["item"]) == set(chosen.attrs["top"]) and len(chosen.attrs["top"]) == 12
+    top = fitted.effects_.set_index("item").loc[chosen.attrs["top"], "spillover"].abs()
+    assert (top.diff().dropna() <= 0).all()  # largest |spillover| first
+    # calibration over every item (the chosen few carry the winner's curse of their choice)
+    pairs = fitted.spillover_pairs(top=len(fitted.effects_))
+    m = pairs.merge(sim.pair_truth, on=["item", "other"], how="left")
+    assert m["true_effect"].notna().all()
+    tested = m[m["status"] == "ok"]
+    assert _covered(tested, "ci_low", "ci_high", "true_effect").mean() >= _binomial_floor(len(tested))
+    assert ((m["q_value"] >= m["p_value"]) | m["p_value"].isna()).all()
+    assert (m["flagged"] == (m["q_value"] <= 0.1)).all()
+
+
+def test_pairs_by_category_cover_category_totals(fitted, sim):
+    pairs = fitted.spillover_pairs(top=len(fitted.effects_), category="category")
+    category = sim.data.drop_duplicates("item").set_index("item")["category"]
+    truth = sim.pair_truth.assign(other=lambda p: p["other"].map(category),
+                                  total=lambda p: p["true_effect"] * p["n"])
+    truth = truth.groupby(["item", "other"])["total"].sum().reset_index()
+    truth["true_effect"] = truth["total"] / truth["item"].map(sim.truth.set_index("item")["n"])
+    m = pairs.merge(truth, on=["item", "other"])
+    assert len(m) == len(pairs) == 2 * len(fitted.effects_)  # its category and the paired one
+    assert _covered(m, "ci_low", "ci_high", "true_effect").mean() >= _binomial_floor(len(m))
+
+
+def test_spillover_pairs_from_a_frame_matches_the_method(sim, fitted):
+    direct = cr.spillover_pairs(sim.data, top=3, **sim.roles)
+    pd.testing.assert_frame_equal(direct, fitted.spillover_pairs(top=3))
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def small():
+    return simulate_net_log(600, n_categories=2, items_per_category=5, seed=1)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d.assign(unit=np.where(np.arange(len(d)) == 3, np.nan, d["unit"])), "missing unit"),
+    (lambda d: d.assign(unit=7), "single unit"),
+    (lambda d: d.assign(unit=np.arange(len(d))), "single candidate"),
+    (lambda d: pd.concat([d, d.head(5)]), "more than once"),
+    (lambda d: d.assign(click=d["click"] * 0.5), "rate per row"),
+])
+def test_bad_units_and_outcomes_are_refused(small, change, match):
+    with pytest.raises(cr.SchemaError, match=match):
+        cr.estimate_net_effects(change(small.data), **small.roles)
+
+
+def test_bad_input_errors_that_name_the_fix(small):
+    roles = {k: v for k, v in small.roles.items() if k != "unit"}
+    with pytest.raises(cr.SchemaError, match="unit column"):
+        cr.estimate_net_effects(small.data, **roles, unit=None)
+    with pytest.raises(cr.SchemaError, match="missing from the log"):
+        cr.estimate_net_effects(small.data, **roles, unit="session")
+    with pytest.raises(ValueError, match="method='or'"):
+        cr.estimate_net_effects(small.data, **small.roles, method="or")
+    with pytest.raises(ValueError, match="n_repeats=1"):
+        cr.estimate_net_effects(small.data, **small.roles, n_repeats=2)
+    halved = small.data.assign(click=small.data["click"] * 0.5)
+    eff = cr.estimate_net_effects(halved, **small.roles, additive=True)  # the user's call
+    assert np.isfinite(eff["net_ate"]).all()
+
+
+def test_fixed_size_slates_warn(small):
+    data = small.data.copy()
+    rank = data.groupby("unit")["match"].rank(method="first", ascending=False)
+    data["recommended"] = (rank <= 2).astype(int)  # every unit: its two best matches
+    with pytest.warns(cr.DataWarning, match="fixed-size slates"):
+        cr.estimate_net_effects(data, **small.roles, min_rows_per_arm=1)
+
+
+# ---------------------------------------------------------------- contract, ranking
+def test_contract_and_summary(small):
+    est = cr.NetEffectEstimator(additive="sometimes")
+    with pytest.raises(ValueError, match="additive"):
+        est.fit(_log(small), unit="unit")
+    with pytest.raises(cr.NotFittedError):
+        cr.NetEffectEstimator().summary()
+    with pytest.raises(cr.NotFittedError):
+        cr.NetEffectEstimator().spillover_pairs()
+    fitted = cr.NetEffectEstimator(estimator=cr.ItemEffectEstimator(n_folds=3))
+    assert fitted.fit(_log(small), unit="unit") is fitted
+    assert fitted.clone().get_params()["estimator"].n_folds == 3
+    assert (fitted.fold_.groupby(small.data["unit"]).nunique() == 1).all()
+    summary = fitted.summary()
+    assert isinstance(summary, Summary) and "total outcome" in str(summary)
+
+
+def test_rank_items_by_net(fitted):
+    ranked = cr.rank_items(fitted.effects_, by="net")
+    eff = fitted.effects_.set_index("item")
+    assert np.array_equal(ranked["ate"].to_numpy(), eff.loc[ranked["item"], "net_ate"].to_numpy())
+    assert ranked["rank"].iloc[0] == 1 and ranked.attrs["by"] == "net"
