@@ -213,3 +213,24 @@ def test_rank_items_by_net(fitted):
     eff = fitted.effects_.set_index("item")
     assert np.array_equal(ranked["ate"].to_numpy(), eff.loc[ranked["item"], "net_ate"].to_numpy())
     assert ranked["rank"].iloc[0] == 1 and ranked.attrs["by"] == "net"
+
+
+# ---------------------------------------------------------------- report and CLI
+def test_report_section_and_cli(small, tmp_path, capsys):
+    from causalrec.cli import main
+
+    path = tmp_path / "log.csv"
+    small.data.to_csv(path, index=False)
+    flags = ["--item", "item", "--treatment", "recommended", "--outcome", "click",
+             "--confounders", "z1,z2,match", "--unit", "unit", "-q"]
+    assert main(["net", str(path), *flags, "--top", "3", "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="net"' in page and "Own versus net" in page and "own versus net effects" in page
+    net = pd.read_csv(tmp_path / "out" / "net_effects.csv")
+    assert {"own_ate", "net_ate", "spillover"} <= set(net.columns)
+    assert (tmp_path / "out" / "spillover_pairs.csv").exists()
+    assert "Most negative spillover" in capsys.readouterr().out
+    flags[flags.index("unit")] = "session"
+    assert main(["net", str(path), *flags, "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "session" in err and "missing" in err
