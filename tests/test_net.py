@@ -178,6 +178,8 @@ def test_bad_input_errors_that_name_the_fix(small):
         cr.estimate_net_effects(small.data, **small.roles, method="or")
     with pytest.raises(ValueError, match="n_repeats=1"):
         cr.estimate_net_effects(small.data, **small.roles, n_repeats=2)
+    with pytest.raises(ValueError, match="trim >= clip"):
+        cr.estimate_net_effects(small.data, **small.roles, trim=0.005)
     halved = small.data.assign(click=small.data["click"] * 0.5)
     eff = cr.estimate_net_effects(halved, **small.roles, additive=True)  # the user's call
     assert np.isfinite(eff["net_ate"]).all()
@@ -234,3 +236,15 @@ def test_report_section_and_cli(small, tmp_path, capsys):
     assert main(["net", str(path), *flags, "--out", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "session" in err and "missing" in err
+
+
+@pytest.mark.parametrize("options", [dict(nuisance="per_item"), dict(method="ipw"),
+                                     dict(trim=0.05, n_folds=3)])
+def test_other_estimator_options_run_with_unit_folds(small, options):
+    est = cr.NetEffectEstimator(estimator=cr.ItemEffectEstimator(**options))
+    eff = est.fit(_log(small), unit="unit").effects_
+    ok = eff[eff["status"] == "ok"]
+    assert len(ok) and np.isfinite(ok[["net_ate", "net_se", "spillover_se"]]).all().all()
+    assert np.allclose(ok["net_ate"], ok["own_ate"] + ok["spillover"], atol=1e-10)
+    assert (est.fold_.groupby(small.data["unit"]).nunique() == 1).all()
+    assert est.item_estimator_.n_repeats == 1

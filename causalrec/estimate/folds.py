@@ -215,9 +215,9 @@ def narrow_codes(codes: np.ndarray, n_codes: int) -> np.ndarray:
 def unit_folds(units, n_folds: int, seed: int) -> np.ndarray:
     """Cross-fitting fold of each row, grouped by unit (user, session): every row of a unit
     lands in the same fold, so a prediction for one of a unit's rows never comes from a
-    model fitted on another of its rows. The fold is a seeded canonical hash of the unit id
-    (row order and the id's dtype do not matter). Distinct units are dealt round-robin in hash order, so folds hold equal
-    numbers of units (up to one)."""
+    model fitted on another of its rows. Distinct units are dealt round-robin in the order
+    of a seeded canonical hash of their ids (row order and the ids' dtype do not matter), so
+    folds hold equal numbers of units (up to one)."""
     n_folds = check_n_folds(n_folds)
     units = units if isinstance(units, pd.Series) else pd.Series(np.asarray(units))
     if n_folds == 1:

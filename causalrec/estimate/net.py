@@ -54,8 +54,9 @@ class NetEffectEstimator(BaseEstimator):
     ----------
     estimator : an unfitted ``ItemEffectEstimator`` holding the nuisance and inference
         options (default: its defaults). Its ``n_repeats`` must resolve to 1 (a repeat draws
-        row folds, not unit folds) and its method must be "aipw" or "ipw" (outcome regression
-        has no model of the rest of the total under each arm).
+        row folds, not unit folds), its method "aipw" or "ipw" (outcome regression has no
+        model of the rest of the total under each arm), its ``trim`` None or at least
+        ``clip``. Every nuisance option runs (the folds go through ``fit(folds=...)``).
     additive : "check" (default): an outcome whose values are fractions in [0, 1] (a rate
         per row) is refused, since the sum of rates is not the unit's engagement; True skips
         the check (the sum is meaningful, e.g. shares of one budget).
@@ -93,6 +94,9 @@ class NetEffectEstimator(BaseEstimator):
         if item_est.n_repeats != 1:
             raise ValueError("net effects need n_repeats=1: further repeats draw folds by row, "
                              "and the rest-of-total adjustment needs folds grouped by unit")
+        if item_est.trim is not None and item_est.trim < item_est.clip:
+            raise ValueError("net effects need trim >= clip (or no trim): they reuse the "
+                             "clipped propensities, which cannot tell a row below trim")
         if item_est.method == "or":
             raise ValueError("method='or' has no model of the rest of a unit's total under each "
                              "arm; use 'aipw' (default) or 'ipw'")
