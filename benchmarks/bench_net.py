@@ -14,7 +14,8 @@ items with status "ok", pooled over logs: RMSE of own / net / spillover (ours / 
 95% coverage, share of items with clearly negative spillover (true < -0.05) whose interval
 lies below 0 (ours / oracle), share of items without spillover (true = 0) whose interval
 excludes 0, and the pairwise view (``spillover_pairs(top)``): BH flags at 10%, false
-discovery proportion pooled over logs (flags on pairs whose true effect is 0).
+discovery proportion pooled over logs (flags on pairs whose true effect is 0). Also the
+spillover without the rest-of-total adjustment (the same AIPW with mu = 0 for the rest).
 
 null: the same logs with ``spillover=False``: share of items whose spillover interval excludes
 0 (nominal 5%), |net - own| in units of the net SE.
@@ -58,12 +59,27 @@ def oracle(sim) -> pd.DataFrame:
     return mean.join(se.add_suffix("_se")).add_prefix("oracle_").reset_index()
 
 
+def unadjusted(est) -> pd.DataFrame:
+    """The spillover without the rest-of-total adjustment (mu0 = mu1 = 0 for the rest): what
+    the per-item AIPW on the unit total alone would do."""
+    from causalrec.estimate.net import score_table
+    r, units = est._rows, est._units
+    rest = np.bincount(units, weights=r["y"])[units] - r["y"]
+    use = r["use"]
+    zero = np.zeros(int(use.sum()))
+    table = score_table(est.item_estimator_, seg=r["seg"][use], t=r["t"][use], y=rest[use],
+                        e=r["e"][use], mu0=zero, mu1=zero, folds=r["folds"][use],
+                        n_seg=len(est.effects_))
+    return pd.DataFrame({"item": est.effects_["item"], "unadjusted_spillover": table["ate"]})
+
+
 def accuracy(args):
     rows, pairs = [], []
     for seed in range(args.seeds):
         sim = simulate_net_log(args.units, seed=seed)
         est = NetEffectEstimator().fit(_log(sim), unit="unit")
         m = est.effects_.merge(sim.truth, on="item").merge(oracle(sim), on="item")
+        m = m.merge(unadjusted(est), on="item")
         rows.append(m[m["status"] == "ok"].assign(seed=seed))
         p = est.spillover_pairs(top=args.top).merge(sim.pair_truth, on=["item", "other"])
         pairs.append(p.assign(seed=seed))
@@ -80,6 +96,10 @@ def accuracy(args):
         cover_o = (np.abs(m[f"oracle_{name}"] - m[truth]) <= z * m[f"oracle_{name}_se"]).mean()
         print(f"{name:9s} RMSE {rmse:.4f} oracle {rmse_o:.4f} ratio {rmse / rmse_o:.3f}  "
               f"coverage {cover:.3f} (oracle {cover_o:.3f}, n={len(m)})")
+    rmse_u = np.sqrt(((m["unadjusted_spillover"] - m["true_spillover"]) ** 2).mean())
+    rmse_o = np.sqrt(((m["oracle_spillover"] - m["true_spillover"]) ** 2).mean())
+    print(f"spillover without the rest-of-total adjustment: RMSE {rmse_u:.4f}, "
+          f"{rmse_u / rmse_o:.3f}x the oracle's")
     negative = m["true_spillover"] < -0.05
     found = (m.loc[negative, "spillover_ci_high"] < 0).mean()
     found_o = (m.loc[negative, "oracle_spillover"] + z * m.loc[negative, "oracle_spillover_se"] < 0).mean()
