@@ -44,21 +44,6 @@ def _log(sim):
                           confounders=r["confounders"])
 
 
-def oracle(sim) -> pd.DataFrame:
-    """Plain AIPW with the true propensities and regressions; own and net per item."""
-    d, rt = sim.data, sim.row_truth
-    t, e = d["recommended"].to_numpy(), rt["propensity"].to_numpy()
-    y = d["click"].to_numpy(float)
-    total = d.groupby("unit")["click"].transform("sum").to_numpy(float)
-    aipw = lambda out, m0, m1: m1 - m0 + t / e * (out - m1) - (1 - t) / (1 - e) * (out - m0)
-    psi_own = aipw(y, rt["own_mu0"].to_numpy(), rt["own_mu1"].to_numpy())
-    psi_net = aipw(total, rt["total_mu0"].to_numpy(), rt["total_mu1"].to_numpy())
-    frame = pd.DataFrame({"item": d["item"], "own": psi_own, "net": psi_net,
-                          "spillover": psi_net - psi_own}).groupby("item")
-    mean, se = frame.mean(), frame.std() / np.sqrt(frame.size().to_numpy()[:, None])
-    return mean.join(se.add_suffix("_se")).add_prefix("oracle_").reset_index()
-
-
 def unadjusted(est) -> pd.DataFrame:
     """The spillover without the rest-of-total adjustment (mu0 = mu1 = 0 for the rest): what
     the per-item AIPW on the unit total alone would do."""
@@ -78,7 +63,7 @@ def accuracy(args):
     for seed in range(args.seeds):
         sim = simulate_net_log(args.units, seed=seed)
         est = NetEffectEstimator().fit(_log(sim), unit="unit")
-        m = est.effects_.merge(sim.truth, on="item").merge(oracle(sim), on="item")
+        m = est.effects_.merge(sim.truth, on="item").merge(sim.oracle(), on="item")
         m = m.merge(unadjusted(est), on="item")
         rows.append(m[m["status"] == "ok"].assign(seed=seed))
         p = est.spillover_pairs(top=args.top).merge(sim.pair_truth, on=["item", "other"])

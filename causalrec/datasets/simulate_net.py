@@ -40,6 +40,22 @@ class NetSimulatedLog:
     roles: dict
     params: dict = field(default_factory=dict)
 
+    def oracle(self) -> pd.DataFrame:
+        """Per item, a plain AIPW that knows the true propensities and the true outcome
+        regressions given the unit's other candidates and recommendations: ``oracle_own``,
+        ``oracle_net``, ``oracle_spillover`` (their influence values' difference, row by row)
+        and their standard errors (``*_se``)."""
+        d, rt = self.data, self.row_truth
+        t, e = d["recommended"].to_numpy(), rt["propensity"].to_numpy()
+        total = d.groupby("unit")["click"].transform("sum").to_numpy(float)
+        aipw = lambda y, m0, m1: m1 - m0 + t / e * (y - m1) - (1 - t) / (1 - e) * (y - m0)
+        own = aipw(d["click"].to_numpy(float), rt["own_mu0"].to_numpy(), rt["own_mu1"].to_numpy())
+        net = aipw(total, rt["total_mu0"].to_numpy(), rt["total_mu1"].to_numpy())
+        grouped = pd.DataFrame({"item": d["item"], "own": own, "net": net,
+                                "spillover": net - own}).groupby("item")
+        mean, se = grouped.mean(), grouped.std() / np.sqrt(grouped.size().to_numpy()[:, None])
+        return mean.join(se.add_suffix("_se")).add_prefix("oracle_").reset_index()
+
 
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
@@ -48,7 +64,7 @@ def _sigmoid(z):
 def simulate_net_log(n_units: int = 20_000, *, n_categories: int = 16, items_per_category: int = 10,
                      candidates_per_category: int = 4, spillover: bool = True,
                      substitute_share: float = 0.5, complement_share: float = 0.15,
-                     seed: int = 0) -> NetSimulatedLog:
+                     signal: float = 1.0, seed: int = 0) -> NetSimulatedLog:
     """Simulate units (users, sessions) with candidates clustered by category.
 
     Categories come in related pairs (2i, 2i + 1); each unit draws one pair and
@@ -59,7 +75,8 @@ def simulate_net_log(n_units: int = 20_000, *, n_categories: int = 16, items_per
     candidates k: ``G_k = -s_k`` when k is in the same category (a substitute share of items
     has ``s_k`` in [0.15, 0.45]), ``+c_k`` when the item is k's complement partner in the
     paired category (``complement_share`` of items, ``c_k`` in [0.3, 0.6]); 0 otherwise.
-    With ``spillover=False`` every G is 0 (net = own).
+    With ``spillover=False`` every G is 0 (net = own). ``signal`` scales the confounders'
+    coefficients in ``q`` (how much of the clicks' variance they explain).
     """
     if n_categories % 2:
         raise ValueError("n_categories must be even (categories come in related pairs)")
@@ -96,7 +113,7 @@ def simulate_net_log(n_units: int = 20_000, *, n_categories: int = 16, items_per
     match = rng.normal(size=len(item))
     e = _sigmoid(a_prop[item] + 0.6 * z1[unit] + 0.8 * match)
     t = (rng.random(len(item)) < e).astype(np.int64)
-    q = 0.02 + 0.3 * _sigmoid(b_base[item] + 0.5 * z1[unit] - 0.4 * z2[unit] + 0.8 * match)
+    q = 0.02 + 0.3 * _sigmoid(b_base[item] + signal * (0.5 * z1[unit] - 0.4 * z2[unit] + 0.8 * match))
 
     # spillover factors, per row: substitution from same-category candidates (per unit and
     # category, minus the row's own term) and the complement from the row's source item

@@ -84,7 +84,8 @@ class NetEffectEstimator(BaseEstimator):
         self.additive = additive
 
     def fit(self, log: InteractionLog, unit: str | None = None) -> "NetEffectEstimator":
-        """Fit on a validated log; ``unit`` names the unit column (default: ``log.user``)."""
+        """Fit on a validated log; ``unit`` names the unit column (default: the log's unit
+        role, else its ``user`` column)."""
         self._validate_params()
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog; use estimate_net_effects for a DataFrame")
@@ -101,7 +102,8 @@ class NetEffectEstimator(BaseEstimator):
             raise ValueError("method='or' has no model of the rest of a unit's total under each "
                              "arm; use 'aipw' (default) or 'ipw'")
         df = log.data
-        unit = unit if unit is not None else log.user
+        if unit is None:  # the log's unit role where it has one, else its user column
+            unit = getattr(log, "unit", None) or log.user
         units = _check_units(df, unit, log)
         if self.additive == "check":
             _check_additive(df[log.outcome], log.outcome)
