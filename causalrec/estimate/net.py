@@ -104,7 +104,8 @@ class NetEffectEstimator(BaseEstimator):
         df = log.data
         if unit is None:  # the log's unit role where it has one, else its user column
             unit = getattr(log, "unit", None) or log.user
-        units = _check_units(df, unit, log)
+        seg, segments = segment_ids(df, log.item_columns)
+        units = _check_units(df, unit, seg, len(segments))
         if self.additive == "check":
             _check_additive(df[log.outcome], log.outcome)
         _warn_fixed_slates(units, df[log.treatment].to_numpy(dtype=np.int64))
@@ -113,13 +114,14 @@ class NetEffectEstimator(BaseEstimator):
         self.item_estimator_, self.unit_ = item_est, unit
         self.fold_ = pd.Series(folds, index=df.index, name="fold")
         self._units = units
-        self.effects_ = self._net_table(item_est, log, units, folds)
+        self.effects_ = self._net_table(item_est, log, units, seg, folds)
         return self
 
     # ------------------------------------------------------------------ the tables
-    def _net_table(self, est, log, units, folds) -> pd.DataFrame:
+    def _net_table(self, est, log, units, seg, folds) -> pd.DataFrame:
+        """``seg``: each row's item code in the order of ``est.segments_`` (the same
+        ``segment_ids`` of the same columns)."""
         df = log.data
-        seg, _ = segment_ids(df, log.item_columns)
         n_seg = len(est.segments_)
         t = df[log.treatment].to_numpy(dtype=np.float64)
         y = df[log.outcome].to_numpy(dtype=np.float64)
@@ -217,7 +219,7 @@ def observed_arm_prediction(mu0, mu1, t, y, seg, folds, n_seg) -> np.ndarray:
     return m
 
 
-def _check_units(df: pd.DataFrame, unit, log: InteractionLog) -> np.ndarray:
+def _check_units(df: pd.DataFrame, unit, seg: np.ndarray, n_seg: int) -> np.ndarray:
     """Unit codes of the rows; a clear error for a missing, constant or ambiguous unit."""
     if unit is None:
         raise SchemaError(None, "net effects need a unit column (unit=...): the user or "
@@ -235,8 +237,7 @@ def _check_units(df: pd.DataFrame, unit, log: InteractionLog) -> np.ndarray:
         raise SchemaError(unit, "every unit has a single candidate: its total is its own "
                           "outcome, so the net effect is the own effect (use "
                           "estimate_item_effects)")
-    pairs = pd.DataFrame({"unit": units}).join(df[log.item_columns].reset_index(drop=True))
-    repeated = int(pairs.duplicated().sum())
+    repeated = int(pd.Series(units.astype(np.int64) * n_seg + seg).duplicated().sum())
     if repeated:
         raise SchemaError(unit, f"{repeated} (unit, item) pairs occur more than once: a unit's "
                           "total would count them twice (use a finer unit, e.g. a session)")
