@@ -12,7 +12,7 @@ from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, re
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import DesignSpec, segment_ids
-from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes
+from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
 from .splits import SplitAverage
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
@@ -199,10 +199,13 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
 
         ``folds`` (optional, one integer in [0, n_folds) per row) fixes the cross-fitting
         folds, e.g. to re-use ``fold_`` of an earlier fit when refuting it; by default they
-        are drawn from a seeded hash of each row's content (see ``assign_folds``).
+        are drawn from a seeded hash of each row's content (see ``assign_folds``), or of its
+        unit when the log has a ``unit`` role (``unit_folds``: a unit's rows share one fold
+        in every split, and the flexible nuisances' early-stopping rows are whole units too).
         """
         self._validate_params()
         self._flexible = None
+        self.unit_ = getattr(log, "unit", None)
         if self.nuisance not in NUISANCE:  # its own checks name what is wrong (predict_proba, ...)
             from ..nuisance import resolve_nuisance
             self._flexible = resolve_nuisance(self.nuisance)
@@ -244,8 +247,12 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         binary = log.outcome_is_binary  # one scan of the outcome column
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
+        unit = None if log.unit is None else df[log.unit]
+        if folds is None:
+            warn_unit_like(log, seg)
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
-                                            item_columns=keys, warn_duplicates=seed == self.seed)
+                                            item_columns=keys, warn_duplicates=seed == self.seed,
+                                            unit=unit)
         folds = narrow_codes(fold_of(self.seed) if folds is None
                         else check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
@@ -254,6 +261,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
+        groups = None if unit is None or self._flexible is None else in_use(unit_key(unit))
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
         # float64, then cast): no (n, d) design matrix beside the padded one; flexible
         # learners take the matrix of the rows in use
@@ -283,7 +291,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
             elif self._flexible is not None:
                 preds = self._fit_flexible(X, rows, seg.astype(np.int64), t.astype(np.int64),
                                            y.astype(np.float64), split.astype(np.int64),
-                                           n_seg, logged_e, device, converged)
+                                           n_seg, logged_e, device, converged, groups)
             else:
                 fits = cross_fit(X, *standardise, rows, seg, t, y, split, n_seg,
                                  n_folds=self.n_folds, propensity=propensity, outcome=outcome,
@@ -356,6 +364,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.effects_.attrs.update(method=self.method, normalize=self.normalize,
                                    nuisance=self.nuisance,
                                    n_folds=self.n_folds, seed=self.seed, device=str(device),
+                                   unit=getattr(self, "unit_", None),
                                    outcome_model=self.outcome_family_)
 
     def _text_features(self, log: InteractionLog) -> pd.DataFrame | None:
@@ -385,15 +394,16 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         propensity = SegmentGLM(family="logistic", **common) if fit_propensity else None
         return propensity, SegmentGLM(family=self.outcome_family_, **common)
 
-    def _fit_flexible(self, X, rows, seg, t, y, folds, n_seg, logged_e, device, converged):
+    def _fit_flexible(self, X, rows, seg, t, y, folds, n_seg, logged_e, device, converged, groups):
         """Cross-fitted predictions of flexible learners (see ``causalrec.nuisance``); the
-        offset GLMs' convergence joins ``converged`` under the name "e" (all items)."""
+        offset GLMs' convergence joins ``converged`` under the name "e" (all items); ``groups``
+        (unit hashes or None) keep each unit's rows on one side of early stopping's split."""
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
-                                  glm=glm, logged_e=logged_e, device=device,
+                                  glm=glm, logged_e=logged_e, device=device, groups=groups,
                                   seed=self.seed + len(self.nuisance_fits_))
         self.nuisance_fits_.append(fit)
         self.nuisance_models_ = fit.models  # last repeat's choice per nuisance

@@ -4,6 +4,7 @@ do not matter), row-order free, duplicates kept in one fold, and an item's folds
 its own rows (so a shard computes its items' folds alone)."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from ..exceptions import DataWarning
 
 __all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
-           "unit_folds", "unit_key"]
+           "unit_folds", "unit_key", "warn_unit_like"]
 
 MAX_FOLDS = 50  # more folds only add fits: each holds out under 2% of an item's rows
 
@@ -198,6 +199,52 @@ def unit_folds(units, n_folds: int, seed: int = 0) -> np.ndarray:
     if n_folds == 1:
         return np.zeros(len(key), dtype=np.int64)
     return _fold_of_key(key, n_folds, seed)
+
+
+_UNIT_NAME = re.compile(r"user|session|customer|visitor|unit|uid|member|account|client",
+                        re.IGNORECASE)
+_SCAN_ROWS = 200_000  # the check reads an evenly spaced sample of a larger log (it only warns)
+
+
+def unit_like_column(df: pd.DataFrame, candidates: list, segment: np.ndarray):
+    """The first of ``candidates`` (columns in no modelling role) that looks like a recurring
+    unit id, or None: at least sqrt(rows) distinct values (an id, not a group label) that
+    recur across items (on average in at least 2 items each), and either a unit-like name
+    (user, session, customer, ...) or integer / string values (floats are measurements)."""
+    step = max(1, len(df) // _SCAN_ROWS)
+    segment = np.asarray(segment, dtype=np.int64)[::step]
+    n_segments = int(segment.max()) + 1 if len(segment) else 0
+    for column in candidates:
+        values = df[column].iloc[::step]
+        named = bool(_UNIT_NAME.search(str(column)))
+        id_like = pd.api.types.is_integer_dtype(values) or pd.api.types.is_string_dtype(values) \
+            or values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype)
+        if not (named or id_like) or pd.api.types.is_bool_dtype(values):
+            continue
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        n_units = len(uniques)
+        if n_units < max(10.0, np.sqrt(len(values))):
+            continue
+        seen = codes >= 0
+        n_pairs = len(np.unique(codes[seen].astype(np.int64) * max(n_segments, 1) + segment[seen]))
+        if n_pairs >= 2 * n_units:
+            return column
+    return None
+
+
+def warn_unit_like(log, segment: np.ndarray) -> None:
+    """A ``DataWarning`` suggesting ``unit=`` when a column of an ``InteractionLog`` without a
+    unit looks like a recurring unit id (its ``user`` column, or one in no other role)."""
+    if log.unit is not None:
+        return
+    used = {c for role, cols in log.roles.items() if role != "user" for c in cols}
+    column = unit_like_column(log.data, [c for c in log.data.columns if c not in used], segment)
+    if column is not None:
+        warnings.warn(f"column {column!r} looks like a unit id (user, session) whose rows recur "
+                      f"across items; pass unit={column!r} so that each unit's rows share one "
+                      "cross-fitting fold (row-level folds put a unit's copies on both sides of "
+                      "the split, and flexible nuisances then memorise the unit)",
+                      DataWarning, stacklevel=3)
 
 
 def check_n_folds(n_folds) -> int:
