@@ -23,6 +23,7 @@ __all__ = ["ItemEffectEstimator", "resolve_device", "resolve_shrinkage"]
 METHODS = ("aipw", "ipw", "or")
 NUISANCE = ("pooled", "per_item")
 AUTO_SHRINKAGE_PER_COLUMN = 1.0
+AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (pooled): repeats x fitted rows within this
 
 
 def resolve_shrinkage(shrinkage, n_columns: int) -> float:
@@ -65,13 +66,18 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         stack of the GLM, the boosted and the factorised models; a scikit-learn estimator or a pair
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
-    n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
+    n_folds : cross-fitting folds, stratified by item and arm, or by unit when the log has a
+        ``unit`` role (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
-        predictions and per-item estimates, averaged (``causalrec.estimate.splits``; costs
-        ``n_repeats`` times the fits; removes the split-to-split noise); the variance is
-        the mean of the splits' variances. "auto" (default): 4 for ``nuisance="per_item"``,
-        whose own-item models make that noise large (RMSE -16%, calibrated intervals), else 1
-        (benchmarks/README.md, issue 14 part 3, sessions 8-9).
+        predictions and per-item estimates, averaged (``causalrec.estimate.splits``: the
+        variance is the mean of var_s + (ate_s - ate)^2, as DoubleML's; ``split_sd`` in the
+        effects table is the splits' spread); costs ``n_repeats`` times the fits. "auto"
+        (default): 4 for ``nuisance="per_item"``, whose own-item models make the split noise
+        large (RMSE -16%, calibrated intervals; benchmarks/README.md, issue 14); 4 for
+        "pooled" while the fitted rows times the repeats stay within 4M (1M rows: 4, 2M: 2,
+        above 4M: 1; a 1M-row fit then takes ~3.5x as long), which takes the median
+        seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28); 1 for the
+        flexible nuisances (each repeat refits their boosters).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -257,7 +263,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                         else check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
-        n_repeats = self._n_repeats()
+        n_repeats = self._n_repeats(n_use)
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
@@ -333,10 +339,15 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     def _per_item(self) -> bool:  # the "auto" rules of n_repeats and balance_penalty
         return isinstance(self.nuisance, str) and self.nuisance == "per_item"
 
-    def _n_repeats(self) -> int:
-        if self.n_repeats == "auto":
-            return 4 if self._per_item() else 1
-        return self.n_repeats
+    def _n_repeats(self, n_rows: int) -> int:
+        """The repeats of a fit of ``n_rows`` fitted rows (see ``n_repeats``)."""
+        if self.n_repeats != "auto":
+            return self.n_repeats
+        if self._per_item():
+            return 4
+        if not (isinstance(self.nuisance, str) and self.nuisance == "pooled"):
+            return 1  # the flexible nuisances
+        return int(np.clip(AUTO_REPEAT_ROWS // max(n_rows, 1), 1, 4))
 
     def _balance_penalty(self):
         if self.balance_penalty == "auto":
@@ -355,7 +366,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.converged_ = bool(item_converged[status == "ok"].all())
         table["status"] = post_status(status, table, self.min_ess, self.max_clipped)
         no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
-        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value", "split_sd"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
         table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
         table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)

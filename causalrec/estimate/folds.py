@@ -75,14 +75,15 @@ def _canonical_bits(values: np.ndarray) -> np.ndarray:
     return bits
 
 
-def _canonical_object_hash(col: pd.Series) -> np.ndarray:
-    """Hashes of a mixed column: numbers as in a numeric column, anything else as pandas."""
+def _canonical_object_hash(col: pd.Series, mixed: bool = True) -> np.ndarray:
+    """Hashes of a mixed column: numbers as in a numeric column (their canonical bits, mixed
+    unless ``mixed`` is False), anything else as pandas."""
     hashed = pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy()
     values = col.to_numpy()
     numeric = np.array([isinstance(v, (int, float, np.number)) for v in values], dtype=bool)
     if numeric.any():
         bits = _canonical_bits(values[numeric].astype(np.float64))
-        hashed[numeric] = _mix(bits.view(np.uint64)).view(np.int64)
+        hashed[numeric] = _mix(bits.view(np.uint64)).view(np.int64) if mixed else bits
     return hashed
 
 
@@ -142,30 +143,37 @@ def _seed_bits(seed: int) -> np.ndarray:
     return _mix(np.full(1, seed, dtype=np.uint64))
 
 
+def _value_bits(col: pd.Series) -> np.ndarray:
+    """uint64 image of each value of a column, numbers by value whatever their dtype (not
+    yet mixed for numbers: ``_value_hashes`` mixes them)."""
+    if col.dtype == object:  # its numbers as a numeric column's
+        return _canonical_object_hash(col, mixed=False).view(np.uint64)
+    values, hashed = _column_entry(col, canonical=True)
+    return (values if hashed else _canonical_bits(values)).view(np.uint64)
+
+
 def _value_hashes(col: pd.Series) -> np.ndarray:
     """uint64 hash of each value of a column, numbers by value whatever their dtype."""
-    values, hashed = _column_entry(col, canonical=True)
-    bits = values if hashed else _canonical_bits(values)
-    return bits.view(np.uint64) if hashed else _mix(bits.view(np.uint64))
+    return _mix(_value_bits(col))
 
 
 def _content_key(df: pd.DataFrame, columns: list[str], segment: np.ndarray, seed: int) -> np.ndarray:
     """Seeded hash of each row's values in ``columns`` that depends neither on the columns'
-    names nor on their order. A column enters through its values only: each value's hash is
-    salted by the column's signature in the row's segment (the wrapping sum of the column's
-    value hashes over the segment's rows: name-free, row-order free, and local to the
-    segment, so shards agree), and the salted hashes are summed over the columns. Two
-    columns with the same values in a segment (up to row order) are exchangeable, so rows
-    that swap values between such columns share a key (and a fold): the price of
-    names not mattering, counted exactly where duplicates are counted."""
+    names nor on their order. A column enters through its values only: each value is salted
+    by the column's signature in the row's segment (the wrapping sum of the column's value
+    images over the segment's rows: name-free, row-order free, and local to the segment, so
+    shards agree) and mixed, and the results are summed over the columns. Two columns with
+    the same values in a segment (up to row order) are exchangeable, so rows that swap
+    values between such columns share a key (and a fold): the price of names not
+    mattering, counted exactly where duplicates are counted."""
     segment = np.asarray(segment, dtype=np.int64)
     n_segments = int(segment.max()) + 1 if len(segment) else 0
     acc = np.zeros(len(segment), dtype=np.uint64)
     for column in dict.fromkeys(columns):
-        hashes = _value_hashes(df[column])
+        bits = _value_bits(df[column])
         signature = np.zeros(n_segments, dtype=np.uint64)
-        np.add.at(signature, segment, hashes)  # uint64: wraps, exact, order-free
-        acc += _mix(hashes ^ _mix(signature)[segment])
+        np.add.at(signature, segment, bits)  # uint64: wraps, exact, order-free
+        acc += _mix(bits ^ _mix(signature)[segment])
     return _mix(acc ^ _seed_bits(seed))
 
 
