@@ -128,6 +128,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     propensity_, mu0_, mu1_, psi_, fold_ : Series aligned with the log's rows (NaN / -1 for
         items that could not be estimated): fitted propensity (clipped), outcome predictions
         under control / treatment, influence values, cross-fitting fold.
+    split_folds_ : per cross-fitting split (``n_repeats``), the fold of each fitted row
+        (the rows where ``propensity_`` is not NaN, in order); the first is ``fold_``'s.
     design_columns_ : names of the confounder columns the models used.
     balance_shift_ : per item, the size of the balancing step's calibration |gamma_k| (logit
         units per within-item sd of the text components; mean over splits; 0 where it does
@@ -329,6 +331,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.mu1_ = _row_series(index, rows, mu1, "mu1")
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds.astype(np.int64), index=index, name="fold")
+        self.split_folds_ = split_folds
         self.balance_shift_ = pd.Series(shift, index=self.effects_.set_index(self._keys()).index,
                                         name="balance_shift")
         from ..nuisance import calibration_table
