@@ -24,6 +24,7 @@ the covariance of own and net.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,8 @@ class NetEffectEstimator(BaseEstimator):
             unit = getattr(log, "unit", None) or log.user
         seg, segments = segment_ids(df, log.item_columns)
         units = _check_units(df, unit, seg, len(segments))
+        if getattr(log, "unit", None) != unit:  # the unit role: the item fit's folds and
+            log = replace(log, unit=unit)      # early-stopping rows are then whole units
         if self.additive == "check":
             _check_additive(df[log.outcome], log.outcome)
         _warn_fixed_slates(units, df[log.treatment].to_numpy(dtype=np.int64))
@@ -299,6 +302,6 @@ def estimate_net_effects(log: pd.DataFrame, item: str, treatment: str, outcome: 
                         "(or a sample of its units) with toPandas()")
     data = InteractionLog(log, item=item, treatment=treatment, outcome=outcome,
                           confounders=confounders, categorical=categorical, text=text,
-                          propensity=propensity)
+                          propensity=propensity, unit=unit)
     estimator = ItemEffectEstimator(seed=seed, **estimator_options)
     return NetEffectEstimator(estimator=estimator, additive=additive).fit(data, unit=unit).effects_
