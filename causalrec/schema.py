@@ -98,6 +98,9 @@ class InteractionLog:
     propensity : logged probability of treatment; used instead of a fitted model.
     user : user identifier (not a confounder; kept for reports).
     group : sensitive user group, for fairness audits.
+    unit : the unit a row belongs to (user or session id: any hashable values, no missing
+        ones; may be the ``user`` column): all of a unit's rows share one cross-fitting fold,
+        so a unit seen under many items never sits on both sides of a split.
     """
 
     data: pd.DataFrame
@@ -110,6 +113,7 @@ class InteractionLog:
     propensity: str | None = None
     user: str | None = None
     group: str | None = None
+    unit: str | None = None
 
     def __post_init__(self):
         self.confounders = _as_list(self.confounders)
@@ -134,6 +138,7 @@ class InteractionLog:
             "propensity": _as_list(self.propensity),
             "user": _as_list(self.user),
             "group": _as_list(self.group),
+            "unit": _as_list(self.unit),
         }
         return {role: cols for role, cols in roles.items() if cols}
 
@@ -155,7 +160,8 @@ class InteractionLog:
             for col in cols:
                 if not isinstance(col, str) and not np.isscalar(col):
                     raise SchemaError(str(col), f"role {role!r} expects column names")
-                if col in seen and not (role == "group" and seen[col] == "categorical"):
+                shared = (role, seen.get(col)) in {("group", "categorical"), ("unit", "user")}
+                if col in seen and not shared:
                     raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
@@ -187,6 +193,9 @@ class InteractionLog:
                     f"e.g. {wrong.iloc[0]!r} ({type(wrong.iloc[0]).__name__})")
         if self.group is not None:
             _check_no_missing(df[self.group], self.group)
+        if self.unit is not None:
+            _check_no_missing(df[self.unit], self.unit)
+            _check_scalar_values(df[self.unit], self.unit)
 
     def _check_treatment(self, t: pd.Series) -> None:
         if t.isna().any():

@@ -257,14 +257,17 @@ def test_bad_options(small):
 def test_result_accessors_and_refitting_with_the_same_folds(small):
     df, roles = small
     log = cr.InteractionLog(df, **roles)
-    est = cr.ItemEffectEstimator(dtype="float64").fit(log)
+    # one split: a refit with the same folds then has every split's folds (repeats beyond
+    # the first draw their own from the seed)
+    est = cr.ItemEffectEstimator(dtype="float64", n_repeats=1).fit(log)
     eff = est.effects_.set_index("item")
     pd.testing.assert_series_equal(est.effect(), eff["ate"])
     frame = est.summary_frame(alpha=0.2).set_index("item")
     ok = eff["status"] == "ok"
     assert (frame["ci_high"] - frame["ci_low"])[ok].lt((eff["ci_high"] - eff["ci_low"])[ok]).all()
     assert est.psi_.groupby(df["item_id"]).mean()[ok].sub(eff["ate"][ok]).abs().max() < 1e-12
-    again = cr.ItemEffectEstimator(dtype="float64", seed=123).fit(log, folds=est.fold_.to_numpy())
+    again = cr.ItemEffectEstimator(dtype="float64", seed=123, n_repeats=1).fit(
+        log, folds=est.fold_.to_numpy())
     pd.testing.assert_frame_equal(again.effects_, est.effects_)
     with pytest.raises(ValueError, match="folds"):
         cr.ItemEffectEstimator().fit(log, folds=np.full(len(df), 5))
@@ -275,7 +278,7 @@ def test_result_accessors_and_refitting_with_the_same_folds(small):
 def test_repeated_splits_average_out_of_fold_predictions(small):
     df, roles = small
     log = cr.InteractionLog(df, **roles)
-    fits = [cr.ItemEffectEstimator(dtype="float64", seed=s).fit(log) for s in (0, 1)]
+    fits = [cr.ItemEffectEstimator(dtype="float64", seed=s, n_repeats=1).fit(log) for s in (0, 1)]
     both = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=2).fit(log)
     for name in ("mu0_", "mu1_"):
         expected = (getattr(fits[0], name) + getattr(fits[1], name)) / 2
@@ -296,7 +299,8 @@ def test_normalised_and_textbook_aipw_from_their_formulas(small):
     df, roles = small
     log = cr.InteractionLog(df, **roles)
     folds = cr.ItemEffectEstimator().fit(log).fold_.to_numpy()
-    fits = {flag: cr.ItemEffectEstimator(dtype="float64", normalize=flag).fit(log, folds=folds)
+    fits = {flag: cr.ItemEffectEstimator(dtype="float64", normalize=flag, n_repeats=1).fit(
+        log, folds=folds)
             for flag in (True, False)}
     est = fits[True]
     rows = est.propensity_.notna()

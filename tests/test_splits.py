@@ -33,18 +33,21 @@ def _split_table(fit, log):
 
 def test_repeats_average_the_splits_estimates_and_variances(log):
     """n_repeats=2: ate = the mean of the two splits' estimates (each split: its own folds,
-    as a seed-0 and a seed-1 single fit draw them), se^2 = the mean of their variances,
-    dof the mean of theirs, Student t intervals; psi's item means are the estimates."""
+    as a seed-0 and a seed-1 single fit draw them), se^2 = the mean of var_s + (ate_s -
+    ate)^2 (DoubleML's aggregation), split_sd their standard deviation, dof the mean of
+    theirs, Student t intervals; psi's item means are the estimates."""
     fits = [cr.ItemEffectEstimator(dtype="float64", seed=s, n_repeats=1).fit(log) for s in (0, 1)]
     both = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=2).fit(log)
     assert all(f.effects_["status"].eq("ok").all() for f in fits + [both])
     tables = [_split_table(f, log) for f in fits]
     ate = (tables[0]["ate"] + tables[1]["ate"]) / 2
-    se = np.sqrt((tables[0]["se"] ** 2 + tables[1]["se"] ** 2) / 2)
+    half_gap = (tables[0]["ate"] - tables[1]["ate"]) / 2  # each split's distance to the mean
+    se = np.sqrt((tables[0]["se"] ** 2 + tables[1]["se"] ** 2) / 2 + half_gap ** 2)
     dof = (tables[0]["dof"] + tables[1]["dof"]) / 2
     got = both.effects_
     np.testing.assert_allclose(got["ate"], ate, rtol=1e-8)
     np.testing.assert_allclose(got["se"], se, rtol=1e-8)
+    np.testing.assert_allclose(got["split_sd"], np.sqrt(2) * half_gap.abs(), rtol=1e-8)
     np.testing.assert_allclose(got["ci_high"], ate + stats.t.ppf(0.975, dof) * se, rtol=1e-8)
     item_psi = both.psi_.groupby(log.data[ITEM].to_numpy()).mean().sort_index()
     np.testing.assert_allclose(item_psi.to_numpy(), got["ate"], rtol=1e-10)
@@ -53,11 +56,13 @@ def test_repeats_average_the_splits_estimates_and_variances(log):
 
 
 def test_one_split_is_unchanged(log):
-    """n_repeats=1 keeps the single split's table as
-    effects_table gives it; combine_splits returns one table as it is."""
+    """n_repeats=1 keeps the single split's table as effects_table gives it;
+    combine_splits returns one table as it is, with split_sd NaN (not measured)."""
     fit = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=1).fit(log)
     table = _split_table(fit, log)
-    assert combine_splits([table], 0.05) is table
+    one = combine_splits([table], 0.05)
+    pd.testing.assert_frame_equal(one.drop(columns="split_sd"), table)
+    assert one["split_sd"].isna().all() and fit.effects_["split_sd"].isna().all()
     # the default (floored) SE is at least the HC3 one the repeats use
     assert (fit.effects_["se"].to_numpy() >= table["se"].to_numpy() * (1 - 1e-12)).all()
 
@@ -76,7 +81,8 @@ def test_overlap_diagnostics_are_averaged_over_splits():
                  share_clipped=[0.4, 0.2], ess_treated=[20.0, 20.0])
     out = combine_splits([a, b], 0.05)
     np.testing.assert_allclose(out["ate"], [0.2, 0.1])
-    np.testing.assert_allclose(out["se"], np.sqrt([0.05, 0.04]))
+    np.testing.assert_allclose(out["se"], np.sqrt([0.05 + 0.01, 0.04 + 0.01]))  # + (0.1)^2
+    np.testing.assert_allclose(out["split_sd"], np.sqrt(2) * np.array([0.1, 0.1]))
     np.testing.assert_allclose(out["share_clipped"], [0.2, 0.2])
     np.testing.assert_allclose(out["ess_treated"], [15.0, 20.0])
     assert out["n_clipped"].tolist() == [1, 2] and out["n_clipped"].dtype == a["n_clipped"].dtype
@@ -86,9 +92,12 @@ def test_overlap_diagnostics_are_averaged_over_splits():
 
 
 def test_n_repeats_auto_and_bad_values(log):
-    assert cr.ItemEffectEstimator()._n_repeats() == 1
-    assert cr.ItemEffectEstimator(nuisance="per_item")._n_repeats() == 4
-    assert cr.ItemEffectEstimator(nuisance="per_item", n_repeats=2)._n_repeats() == 2
+    # pooled: 4 repeats while repeats x fitted rows stay within 4M; per_item: always 4
+    assert [cr.ItemEffectEstimator()._n_repeats(n) for n in (3000, 10**6, 2 * 10**6, 5 * 10**6)] \
+        == [4, 4, 2, 1]
+    assert cr.ItemEffectEstimator(nuisance="per_item")._n_repeats(10**7) == 4
+    assert cr.ItemEffectEstimator(nuisance="boosted")._n_repeats(3000) == 1
+    assert cr.ItemEffectEstimator(nuisance="per_item", n_repeats=2)._n_repeats(3000) == 2
     for bad in (0, "many"):
         with pytest.raises(ValueError, match="n_repeats"):
             cr.ItemEffectEstimator(n_repeats=bad).fit(log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .commands import cmd_audit, cmd_demo, cmd_effects, cmd_report, cmd_simulate
+from .net_command import cmd_net
 from .output import PROG, USAGE_ERROR, fail
 
 __all__ = ["build_parser"]
@@ -111,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", required=True, help="output folder")
     _add_spark_flag(audit)
     audit.set_defaults(func=cmd_audit)
+
+    net = commands.add_parser("net", help="own and net effects: does an item add to the "
+                              "unit's total, or take from its other items?")
+    _add_log_flags(net)
+    net.add_argument("--unit", required=True, help="user or session column sharing a total")
+    net.add_argument("--category", help="item category column: pairs grouped by category")
+    net.add_argument("--out", required=True, help="output folder")
+    net.add_argument("--title", default="Own and net effects of recommendations")
+    net.add_argument("--top", type=_positive_int, default=10, help="items shown per table")
+    net.set_defaults(func=cmd_net)
 
     simulate = commands.add_parser("simulate", help="write a simulated log with known effects")
     simulate.add_argument("--out", required=True, help="output folder")

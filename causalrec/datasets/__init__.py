@@ -2,8 +2,10 @@
 from importlib import import_module
 
 from .simulate import SimulatedLog, load_sample, simulate_log
+from .simulate_net import NetSimulatedLog, simulate_net_log
 
-__all__ = ["SimulatedLog", "simulate_log", "load_sample", "load_open_bandit"]
+__all__ = ["SimulatedLog", "simulate_log", "load_sample", "load_open_bandit", "NetSimulatedLog",
+           "simulate_net_log"]
 
 
 def __getattr__(name):

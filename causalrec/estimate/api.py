@@ -19,7 +19,7 @@ def split_roles(item, by, confounders, categorical, text):
 
 def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
                           confounders=None, categorical=None, text=None, propensity=None,
-                          by=None, graph=None, folds=None, **options) -> pd.DataFrame:
+                          by=None, graph=None, folds=None, unit=None, **options) -> pd.DataFrame:
     """Average causal effect of recommending each item, with honest intervals.
 
     Parameters
@@ -32,6 +32,10 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     graph : a ``CausalGraph``; its backdoor adjustment set supplies the confounders.
     folds : optional cross-fitting fold per row (see ``ItemEffectEstimator.fit``); on a Spark
         frame, the name of an integer column holding them (see ``estimate_item_effects_spark``).
+    unit : the column of the unit a row belongs to (user or session id, any hashable values):
+        all of a unit's rows share one cross-fitting fold, for every item and nuisance
+        (``causalrec.estimate.folds.unit_folds``). Without it, a column that looks like a
+        recurring unit id draws a ``DataWarning`` suggesting it.
     **options : parameters of ``ItemEffectEstimator`` (method, nuisance, n_folds, seed, ...).
 
     Returns
@@ -44,13 +48,14 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     if type(df).__module__.startswith("pyspark"):  # a Spark DataFrame: the distributed path
         from ..spark import estimate_item_effects_spark
         return estimate_item_effects_spark(df, item, treatment, outcome, confounders, categorical,
-                                           text, propensity, by, graph, folds, **options).effects
+                                           text, propensity, by, graph, folds, unit=unit,
+                                           **options).effects
     if graph is not None:
         roles = graph.merge_adjustment(df, confounders, categorical, text)
         confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
     keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
     log = InteractionLog(df, item=keys, treatment=treatment, outcome=outcome,
                          confounders=confounders, categorical=categorical, text=text,
-                         propensity=propensity)
+                         propensity=propensity, unit=unit)
     return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
 

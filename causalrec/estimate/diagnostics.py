@@ -23,7 +23,9 @@ def nuisance_quality(estimator) -> pd.DataFrame:
     One row per model (propensity, outcome without / with the recommendation): rows scored,
     the mean out-of-fold loss (log loss for 0/1 targets, squared error otherwise), the same
     loss of the out-of-fold item means (``baseline_loss``) and ``improvement`` = 1 - loss /
-    baseline_loss. A logged propensity is not fitted and gets no row.
+    baseline_loss. A logged propensity is not fitted and gets no row. With repeated splits
+    the predictions are averaged over the splits, and so is the baseline (each split's
+    out-of-fold item means): averaging alone must not count as an improvement.
     """
     estimator._check_fitted()
     log = estimator.log_
@@ -32,7 +34,7 @@ def nuisance_quality(estimator) -> pd.DataFrame:
     item, _ = segment_ids(df, list(estimator.segments_.columns))
     t = df[log.treatment].to_numpy(dtype=np.float64)
     y = df[log.outcome].to_numpy(dtype=np.float64)
-    folds = estimator.fold_.to_numpy()
+    splits = getattr(estimator, "split_folds_", None) or [estimator.fold_.to_numpy()[used]]
     binary = estimator.outcome_family_ == "logistic"
     models = [("outcome, not recommended", y, estimator.mu0_, t == 0, binary),
               ("outcome, recommended", y, estimator.mu1_, t == 1, binary)]
@@ -42,7 +44,8 @@ def nuisance_quality(estimator) -> pd.DataFrame:
     for name, target, pred, arm, logistic in models:
         keep = used & arm
         pred = pred.to_numpy(dtype=np.float64)[keep]
-        base = _out_of_fold_item_mean(target[keep], item[keep], folds[keep])
+        base = np.mean([_out_of_fold_item_mean(target[keep], item[keep], folds[arm[used]])
+                        for folds in splits], axis=0)
         family = "logistic" if logistic else "gaussian"
         loss, base_loss = (float(row_loss(p, target[keep], family).mean()) if keep.any()
                            else np.nan for p in (pred, base))

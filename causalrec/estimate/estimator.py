@@ -12,7 +12,7 @@ from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, re
 from ..schema import InteractionLog, SchemaError
 from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import DesignSpec, segment_ids
-from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes
+from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
 from .scaling import outcome_for_fits
 from .splits import SplitAverage
@@ -24,6 +24,7 @@ __all__ = ["ItemEffectEstimator", "resolve_device", "resolve_shrinkage"]
 METHODS = ("aipw", "ipw", "or")
 NUISANCE = ("pooled", "per_item")
 AUTO_SHRINKAGE_PER_COLUMN = 1.0
+AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (pooled): repeats x fitted rows within this
 
 
 def resolve_shrinkage(shrinkage, n_columns: int) -> float:
@@ -66,13 +67,18 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         stack of the GLM, the boosted and the factorised models; a scikit-learn estimator or a pair
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
-    n_folds : cross-fitting folds, stratified by item and arm (1 disables cross-fitting).
+    n_folds : cross-fitting folds, stratified by item and arm, or by unit when the log has a
+        ``unit`` role (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
-        predictions and per-item estimates, averaged (``causalrec.estimate.splits``; costs
-        ``n_repeats`` times the fits; removes the split-to-split noise); the variance is
-        the mean of the splits' variances. "auto" (default): 4 for ``nuisance="per_item"``,
-        whose own-item models make that noise large (RMSE -16%, calibrated intervals), else 1
-        (benchmarks/README.md, issue 14 part 3, sessions 8-9).
+        predictions and per-item estimates, averaged (``causalrec.estimate.splits``: the
+        variance is the mean of var_s + (ate_s - ate)^2, as DoubleML's; ``split_sd`` in the
+        effects table is the splits' spread); costs ``n_repeats`` times the fits. "auto"
+        (default): 4 for ``nuisance="per_item"``, whose own-item models make the split noise
+        large (RMSE -16%, calibrated intervals; benchmarks/README.md, issue 14); 4 for
+        "pooled" while the fitted rows times the repeats stay within 4M (1M rows: 4, 2M: 2,
+        above 4M: 1; a 1M-row fit then takes ~3.5x as long), which takes the median
+        seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28); 1 for the
+        flexible nuisances (each repeat refits their boosters).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -123,6 +129,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     propensity_, mu0_, mu1_, psi_, fold_ : Series aligned with the log's rows (NaN / -1 for
         items that could not be estimated): fitted propensity (clipped), outcome predictions
         under control / treatment, influence values, cross-fitting fold.
+    split_folds_ : per cross-fitting split (``n_repeats``), the fold of each fitted row
+        (the rows where ``propensity_`` is not NaN, in order); the first is ``fold_``'s.
     design_columns_ : names of the confounder columns the models used.
     balance_shift_ : per item, the size of the balancing step's calibration |gamma_k| (logit
         units per within-item sd of the text components; mean over splits; 0 where it does
@@ -206,10 +214,13 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
 
         ``folds`` (optional, one integer in [0, n_folds) per row) fixes the cross-fitting
         folds, e.g. to re-use ``fold_`` of an earlier fit when refuting it; by default they
-        are drawn from a seeded hash of each row's content (see ``assign_folds``).
+        are drawn from a seeded hash of each row's content (see ``assign_folds``), or of its
+        unit when the log has a ``unit`` role (``unit_folds``: a unit's rows share one fold
+        in every split, and the flexible nuisances' early-stopping rows are whole units too).
         """
         self._validate_params()
         self._flexible = None
+        self.unit_ = getattr(log, "unit", None)
         if self.nuisance not in NUISANCE:  # its own checks name what is wrong (predict_proba, ...)
             from ..nuisance import resolve_nuisance
             self._flexible = resolve_nuisance(self.nuisance)
@@ -251,13 +262,17 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         binary = log.outcome_is_binary  # one scan of the outcome column
         self.outcome_family_ = self._outcome_family(log, binary)
         content = keys + log.confounders + log.categorical + log.text
+        unit = None if log.unit is None else df[log.unit]
+        if folds is None:
+            warn_unit_like(log, seg)
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
-                                            item_columns=keys, warn_duplicates=seed == self.seed)
+                                            item_columns=keys, warn_duplicates=seed == self.seed,
+                                            unit=unit)
         folds = narrow_codes(fold_of(self.seed) if folds is None
                         else check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
-        n_repeats = self._n_repeats()
+        n_repeats = self._n_repeats(n_use)
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
@@ -265,6 +280,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         # hold y + 1e8); their predictions come back in the outcome's units (scaling.py)
         self.outcome_scale_, y_fit = outcome_for_fits(y, self.outcome_family_, np_dtype,
                                                       log.outcome)
+        groups = None if unit is None or self._flexible is None else in_use(unit_key(unit))
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
         # float64, then cast): no (n, d) design matrix beside the padded one; flexible
         # learners take the matrix of the rows in use
@@ -294,7 +310,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
             elif self._flexible is not None:
                 preds = self._fit_flexible(X, rows, seg.astype(np.int64), t.astype(np.int64),
                                            y_fit.astype(np.float64), split.astype(np.int64),
-                                           n_seg, logged_e, device, converged)
+                                           n_seg, logged_e, device, converged, groups)
             else:
                 fits = cross_fit(X, *standardise, rows, seg, t, y_fit, split, n_seg,
                                  n_folds=self.n_folds, propensity=propensity, outcome=outcome,
@@ -327,6 +343,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.mu1_ = _row_series(index, rows, mu1, "mu1")
         self.psi_ = _row_series(index, rows, psi, "psi")
         self.fold_ = pd.Series(folds.astype(np.int64), index=index, name="fold")
+        self.split_folds_ = split_folds
         self.balance_shift_ = pd.Series(shift, index=self.effects_.set_index(self._keys()).index,
                                         name="balance_shift")
         from ..nuisance import calibration_table
@@ -337,10 +354,15 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     def _per_item(self) -> bool:  # the "auto" rules of n_repeats and balance_penalty
         return isinstance(self.nuisance, str) and self.nuisance == "per_item"
 
-    def _n_repeats(self) -> int:
-        if self.n_repeats == "auto":
-            return 4 if self._per_item() else 1
-        return self.n_repeats
+    def _n_repeats(self, n_rows: int) -> int:
+        """The repeats of a fit of ``n_rows`` fitted rows (see ``n_repeats``)."""
+        if self.n_repeats != "auto":
+            return self.n_repeats
+        if self._per_item():
+            return 4
+        if not (isinstance(self.nuisance, str) and self.nuisance == "pooled"):
+            return 1  # the flexible nuisances
+        return int(np.clip(AUTO_REPEAT_ROWS // max(n_rows, 1), 1, 4))
 
     def _balance_penalty(self):
         if self.balance_penalty == "auto":
@@ -359,7 +381,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.converged_ = bool(item_converged[status == "ok"].all())
         table["status"] = post_status(status, table, self.min_ess, self.max_clipped)
         no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
-        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value", "split_sd"]] = np.nan
         table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
         table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
         table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)
@@ -368,6 +390,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.effects_.attrs.update(method=self.method, normalize=self.normalize,
                                    nuisance=self.nuisance,
                                    n_folds=self.n_folds, seed=self.seed, device=str(device),
+                                   unit=getattr(self, "unit_", None),
                                    outcome_model=self.outcome_family_)
 
     def _text_features(self, log: InteractionLog) -> pd.DataFrame | None:
@@ -397,15 +420,16 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         propensity = SegmentGLM(family="logistic", **common) if fit_propensity else None
         return propensity, SegmentGLM(family=self.outcome_family_, **common)
 
-    def _fit_flexible(self, X, rows, seg, t, y, folds, n_seg, logged_e, device, converged):
+    def _fit_flexible(self, X, rows, seg, t, y, folds, n_seg, logged_e, device, converged, groups):
         """Cross-fitted predictions of flexible learners (see ``causalrec.nuisance``); the
-        offset GLMs' convergence joins ``converged`` under the name "e" (all items)."""
+        offset GLMs' convergence joins ``converged`` under the name "e" (all items); ``groups``
+        (unit hashes or None) keep each unit's rows on one side of early stopping's split."""
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
-                                  glm=glm, logged_e=logged_e, device=device,
+                                  glm=glm, logged_e=logged_e, device=device, groups=groups,
                                   seed=self.seed + len(self.nuisance_fits_))
         self.nuisance_fits_.append(fit)
         self.nuisance_models_ = fit.models  # last repeat's choice per nuisance

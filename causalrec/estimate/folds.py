@@ -1,8 +1,10 @@
-"""Cross-fitting folds from a seeded hash of each row's content: canonical (column order and
-int / float / bool spelling do not matter), row-order free, duplicates kept in one fold, and an
-item's folds depend only on its own rows (so a shard computes its items' folds alone)."""
+"""Cross-fitting folds from a seeded hash of each row's values, or of its unit (user, session)
+when the log has one: canonical (column names, column order and int / float / bool spelling
+do not matter), row-order free, duplicates kept in one fold, and an item's folds depend only on
+its own rows (so a shard computes its items' folds alone)."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -11,7 +13,8 @@ import torch
 
 from ..exceptions import DataWarning
 
-__all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash"]
+__all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
+           "unit_folds", "unit_key", "warn_unit_like"]
 
 MAX_FOLDS = 50  # more folds only add fits: each holds out under 2% of an item's rows
 
@@ -72,34 +75,41 @@ def _canonical_bits(values: np.ndarray) -> np.ndarray:
     return bits
 
 
-def _canonical_object_hash(col: pd.Series) -> np.ndarray:
-    """Hashes of a mixed column: numbers as in a numeric column, anything else as pandas."""
+def _canonical_object_hash(col: pd.Series, mixed: bool = True) -> np.ndarray:
+    """Hashes of a mixed column: numbers as in a numeric column (their canonical bits, mixed
+    unless ``mixed`` is False), anything else as pandas."""
     hashed = pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy()
     values = col.to_numpy()
     numeric = np.array([isinstance(v, (int, float, np.number)) for v in values], dtype=bool)
     if numeric.any():
         bits = _canonical_bits(values[numeric].astype(np.float64))
-        hashed[numeric] = _mix(bits.view(np.uint64)).view(np.int64)
+        hashed[numeric] = _mix(bits.view(np.uint64)).view(np.int64) if mixed else bits
     return hashed
+
+
+def _column_entry(col: pd.Series, canonical: bool):
+    """(values, hashed): a numeric column's values (``hashed`` False: their bits are mixed
+    later, chunk by chunk) or an int64 hash per value (``hashed`` True)."""
+    if _is_plain_numeric(col.dtype):
+        return col.to_numpy(), False
+    if canonical and (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) \
+            and not isinstance(col.dtype, pd.CategoricalDtype):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan), False
+    if canonical and col.dtype == object:
+        return _canonical_object_hash(col), True
+    # strings, categoricals, extension types: pandas' own per-column hash
+    return pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy(), True
 
 
 def row_hash(df, chunk_rows: int = 1 << 18, canonical: bool = False) -> np.ndarray:
     """uint64 hash of each row's values; equals ``pd.util.hash_pandas_object(df, index=False)``.
     ``canonical=True`` hashes numbers by value (see ``_canonical_bits``), so a column's dtype
-    does not matter; column order still does (``assign_folds`` sorts the columns). ``df`` is a
-    DataFrame or a dict of its columns (``df[list]`` would copy every column)."""
-    columns, bits_of = [], _canonical_bits if canonical else _column_bits  # (values, hashed)
+    does not matter; column order still does (``assign_folds`` uses ``_content_key``, which
+    is free of it). ``df`` is a DataFrame or a dict of its columns (``df[list]`` would copy
+    every column)."""
+    bits_of = _canonical_bits if canonical else _column_bits
     n_rows = len(df) if isinstance(df, pd.DataFrame) else len(next(iter(df.values()), ()))
-    for _, col in df.items():
-        if _is_plain_numeric(col.dtype):
-            columns.append((col.to_numpy(), False))
-        elif canonical and (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) \
-                and not isinstance(col.dtype, pd.CategoricalDtype):
-            columns.append((col.to_numpy(dtype=np.float64, na_value=np.nan), False))
-        elif canonical and col.dtype == object:
-            columns.append((_canonical_object_hash(col), True))
-        else:  # strings, categoricals, extension types: pandas' own per-column hash
-            columns.append((pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy(), True))
+    columns = [_column_entry(col, canonical) for _, col in df.items()]  # (values, hashed)
     out = np.empty(n_rows, dtype=np.uint64)
     for start in range(0, n_rows, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
@@ -129,13 +139,120 @@ def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) ->
     return order.numpy()
 
 
-def _content_key(df: pd.DataFrame, columns: list[str], seed: int) -> np.ndarray:
-    """Seeded canonical hash of the named columns, taken in sorted name order."""
-    columns = sorted(dict.fromkeys(columns), key=str)
-    if not columns:
-        return _mix(np.full(len(df), seed, dtype=np.uint64))
-    hashed = row_hash({c: df[c] for c in columns}, canonical=True)
-    return _mix(hashed ^ _mix(np.full(1, seed, dtype=np.uint64)))
+def _seed_bits(seed: int) -> np.ndarray:
+    return _mix(np.full(1, seed, dtype=np.uint64))
+
+
+def _value_bits(col: pd.Series) -> np.ndarray:
+    """uint64 image of each value of a column, numbers by value whatever their dtype (not
+    yet mixed for numbers: ``_value_hashes`` mixes them)."""
+    if col.dtype == object:  # its numbers as a numeric column's
+        return _canonical_object_hash(col, mixed=False).view(np.uint64)
+    values, hashed = _column_entry(col, canonical=True)
+    return (values if hashed else _canonical_bits(values)).view(np.uint64)
+
+
+def _value_hashes(col: pd.Series) -> np.ndarray:
+    """uint64 hash of each value of a column, numbers by value whatever their dtype."""
+    return _mix(_value_bits(col))
+
+
+def _content_key(df: pd.DataFrame, columns: list[str], segment: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded hash of each row's values in ``columns`` that depends neither on the columns'
+    names nor on their order. A column enters through its values only: each value is salted
+    by the column's signature in the row's segment (the wrapping sum of the column's value
+    images over the segment's rows: name-free, row-order free, and local to the segment, so
+    shards agree) and mixed, and the results are summed over the columns. Two columns with
+    the same values in a segment (up to row order) are exchangeable, so rows that swap
+    values between such columns share a key (and a fold): the price of names not
+    mattering, counted exactly where duplicates are counted."""
+    segment = np.asarray(segment, dtype=np.int64)
+    n_segments = int(segment.max()) + 1 if len(segment) else 0
+    acc = np.zeros(len(segment), dtype=np.uint64)
+    for column in dict.fromkeys(columns):
+        bits = _value_bits(df[column])
+        signature = np.zeros(n_segments, dtype=np.uint64)
+        np.add.at(signature, segment, bits)  # uint64: wraps, exact, order-free
+        acc += _mix(bits ^ _mix(signature)[segment])
+    return _mix(acc ^ _seed_bits(seed))
+
+
+def unit_key(units) -> np.ndarray:
+    """Seed-free uint64 hash of each row's unit (user, session, ... id: any hashable
+    values; numbers by value, so 3, 3.0 and np.int8(3) are one unit). ``ValueError`` on
+    missing units."""
+    units = units if isinstance(units, pd.Series) else pd.Series(units, copy=False)
+    n_missing = int(units.isna().sum())
+    if n_missing:
+        raise ValueError(f"unit has {n_missing} missing values: every row needs its unit")
+    return _value_hashes(units)
+
+
+def _fold_of_key(key: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    return (_mix(key ^ _seed_bits(seed)) % np.uint64(n_folds)).astype(np.int64)
+
+
+def unit_folds(units, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Cross-fitting fold (int64 in [0, n_folds)) of each row from a seeded hash of its unit's
+    value alone: all rows of a unit share a fold, for every item, every nuisance and every
+    shard (Spark computes the same folds on its executors), whatever the rows around them.
+
+    Trade-off: the folds cannot be stratified by item and arm (a unit's rows in different
+    items and arms must share one fold), so an item-arm's fold sizes are random (binomial:
+    r rows of distinct units put r / n_folds +- sqrt(r / n_folds) rows in a fold) rather
+    than dealt evenly; a unit with many rows in an item moves them together.
+    """
+    n_folds = check_n_folds(n_folds)
+    key = unit_key(units)
+    if n_folds == 1:
+        return np.zeros(len(key), dtype=np.int64)
+    return _fold_of_key(key, n_folds, seed)
+
+
+_UNIT_NAME = re.compile(r"user|session|customer|visitor|unit|uid|member|account|client",
+                        re.IGNORECASE)
+_SCAN_ROWS = 200_000  # the check reads an evenly spaced sample of a larger log (it only warns)
+
+
+def unit_like_column(df: pd.DataFrame, candidates: list, segment: np.ndarray):
+    """The first of ``candidates`` (columns in no modelling role) that looks like a recurring
+    unit id, or None: at least sqrt(rows) distinct values (an id, not a group label) that
+    recur across items (on average in at least 2 items each), and either a unit-like name
+    (user, session, customer, ...) or integer / string values (floats are measurements)."""
+    step = max(1, len(df) // _SCAN_ROWS)
+    segment = np.asarray(segment, dtype=np.int64)[::step]
+    n_segments = int(segment.max()) + 1 if len(segment) else 0
+    for column in candidates:
+        values = df[column].iloc[::step]
+        named = bool(_UNIT_NAME.search(str(column)))
+        id_like = pd.api.types.is_integer_dtype(values) or pd.api.types.is_string_dtype(values) \
+            or values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype)
+        if not (named or id_like) or pd.api.types.is_bool_dtype(values):
+            continue
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        n_units = len(uniques)
+        if n_units < max(10.0, np.sqrt(len(values))):
+            continue
+        seen = codes >= 0
+        n_pairs = len(np.unique(codes[seen].astype(np.int64) * max(n_segments, 1) + segment[seen]))
+        if n_pairs >= 2 * n_units:
+            return column
+    return None
+
+
+def warn_unit_like(log, segment: np.ndarray) -> None:
+    """A ``DataWarning`` suggesting ``unit=`` when a column of an ``InteractionLog`` without a
+    unit looks like a recurring unit id (its ``user`` column, or one in no other role)."""
+    if log.unit is not None:
+        return
+    used = {c for role, cols in log.roles.items() if role != "user" for c in cols}
+    column = unit_like_column(log.data, [c for c in log.data.columns if c not in used], segment)
+    if column is not None:
+        warnings.warn(f"column {column!r} looks like a unit id (user, session) whose rows recur "
+                      f"across items; pass unit={column!r} so that each unit's rows share one "
+                      "cross-fitting fold (row-level folds put a unit's copies on both sides of "
+                      "the split, and flexible nuisances then memorise the unit)",
+                      DataWarning, stacklevel=3)
 
 
 def check_n_folds(n_folds) -> int:
@@ -147,26 +264,31 @@ def check_n_folds(n_folds) -> int:
 
 def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, treatment: np.ndarray,
                  outcome: np.ndarray, n_folds: int, seed: int,
-                 item_columns: list[str] | None = None, warn_duplicates: bool = True) -> np.ndarray:
-    """Cross-fitting folds stratified by segment and treatment arm.
+                 item_columns: list[str] | None = None, warn_duplicates: bool = True,
+                 unit=None) -> np.ndarray:
+    """Cross-fitting folds: by unit when ``unit`` (one value per row) is given
+    (``unit_folds``), else stratified by segment and treatment arm as below.
 
-    Within each (segment, arm) stratum the distinct row contents (the ``content`` columns in
-    name order, numbers by value whatever their dtype) are ordered by a seeded hash and
-    dealt round-robin into folds from a per-segment offset; rows with the same content share
-    a fold, so duplicated rows never straddle folds (a ``DataWarning`` counts the exact
-    duplicates, outcome included, unless ``warn_duplicates`` is False: later splits of the
-    same rows have the same duplicates). The outcome plays no part, so shifting or scaling it
-    keeps every fold. The assignment therefore depends neither on row order nor on column order
-    or dtypes, and swapping the treatment labels keeps every row in its fold. The offset
-    comes from a hash of the ``item_columns`` values when given (an item's folds then do not
+    Within each (segment, arm) stratum the distinct row contents (the values of the
+    ``content`` columns, whatever their names, order or dtypes: ``_content_key``) are
+    ordered by a seeded hash and dealt round-robin into folds from a per-segment offset;
+    rows with the same content share a fold, so duplicated rows never straddle folds (a
+    ``DataWarning`` counts the exact duplicates, outcome included, unless
+    ``warn_duplicates`` is False: later splits of the same rows have the same duplicates).
+    The outcome plays no part, so shifting or scaling it keeps every fold. The assignment
+    therefore depends neither on row order nor on column names, order or dtypes, and
+    swapping the treatment labels keeps every row in its fold. The offset comes from a hash
+    of the ``item_columns`` values (in role order) when given (an item's folds then do not
     depend on which other items are in the log), else from the segment id. Cost: one hash
     and one sort of the rows, whatever ``n_folds``.
     """
     n_folds = check_n_folds(n_folds)
+    if unit is not None:
+        return unit_folds(unit, n_folds, seed)
     if n_folds == 1:
         return np.zeros(len(df), dtype=np.int64)
     outcome = np.asarray(outcome, dtype=np.float64)
-    key = _content_key(df, content, seed)
+    key = _content_key(df, content, segment, seed)
     stratum = np.asarray(segment, dtype=np.int64) * 2 + treatment  # narrow ids: no overflow
     order = _stratum_order(stratum, key, outcome)
     sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
@@ -175,20 +297,35 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
     starts = np.flatnonzero(new_stratum)
     rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
-    # equal content sorts by outcome: exact duplicates are neighbours
-    n_duplicates = int(len(order) - (new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]]).sum())
-    if n_duplicates and warn_duplicates:
-        warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
-                      "treatment and outcome); each set of duplicates is kept in one "
-                      "cross-fitting fold", DataWarning, stacklevel=2)
+    if warn_duplicates:  # equal content sorts by outcome: exact duplicates are neighbours
+        repeat = ~(new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]])
+        n_duplicates = _exact_duplicates(df, content, order, repeat, stratum, outcome)
+        if n_duplicates:
+            warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
+                          "treatment and outcome); each set of duplicates is kept in one "
+                          "cross-fitting fold", DataWarning, stacklevel=2)
     if item_columns:
-        base = _content_key(df, item_columns, seed + 1)[order]
+        base = _mix(row_hash({c: df[c] for c in item_columns}, canonical=True)[order]
+                    ^ _seed_bits(seed + 1))
     else:
-        base = segment[order].astype(np.uint64) + _mix(np.full(1, seed + 1, dtype=np.uint64))
+        base = segment[order].astype(np.uint64) + _seed_bits(seed + 1)
     offset = _mix(base)
     folds = np.empty(len(df), dtype=np.int64)
     folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
     return folds
+
+
+def _exact_duplicates(df, content, order, repeat, stratum, outcome) -> int:
+    """Rows that repeat an earlier row exactly, among the neighbours ``repeat`` marks as equal
+    in (stratum, content key, outcome) in ``order``: the key may also join rows that swap
+    values between exchangeable columns, so those few rows are compared by their values."""
+    if not repeat.any():
+        return 0
+    at = np.flatnonzero(repeat)
+    rows = order[np.union1d(at, at - 1)]
+    exact = row_hash({c: df[c].iloc[rows] for c in dict.fromkeys(content)}, canonical=True)
+    distinct = pd.DataFrame({"s": stratum[rows], "h": exact, "y": outcome[rows]}).drop_duplicates()
+    return len(rows) - len(distinct)
 
 
 def check_folds(folds, n_rows, n_folds) -> np.ndarray:

@@ -162,13 +162,14 @@ class NuisanceResult:
 
 
 def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: FlexibleNuisance,
-                        glm=None, logged_e=None, seed=0, device="cpu") -> NuisanceResult:
+                        glm=None, logged_e=None, seed=0, device="cpu", groups=None) -> NuisanceResult:
     """Cross-fitted (e, mu0, mu1) from flexible learners, for rows X (numpy, raw values) with
     item codes in [0, n_items), 0/1 treatment t, outcome y and folds (-> ``NuisanceResult``).
 
     ``family`` is the outcome's ("logistic" / "gaussian"); ``glm`` = keyword arguments of
     the pooled segment GLM (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces
-    the propensity model.
+    the propensity model; ``groups`` (uint64 unit hashes, ``causalrec.estimate.folds.unit_key``)
+    keep each unit's rows on one side of the early-stopping split (else rows are split alone).
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
     """
@@ -182,7 +183,11 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     order = np.lexsort((np.asarray(y, np.float64), key, item))
     X, item, t, y, folds, key = X[order], item[order], t[order], y[order], folds[order], key[order]
     Xs = _standardised(X, device)
-    ctx = _Context(X, Xs, item, folds, n_items, key, spec, glm or {}, seed, device)
+    # early stopping holds out whole units when there are units: a unit's copies on both
+    # sides would stop boosting late, on rows it has memorised
+    split_key = key if groups is None else _mix(np.asarray(groups, np.uint64)[order]
+                                                ^ _mix(np.full(1, seed + 0x5EED, np.uint64)))
+    ctx = _Context(X, Xs, item, folds, n_items, split_key, spec, glm or {}, seed, device)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
     if logged_e is not None:

@@ -10,7 +10,8 @@ from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior
 
 __all__ = ["rank_items", "compare_policies"]
 
-_RANK_KEYS = {"posterior_mean": "posterior_mean", "lower_bound": "posterior_low", "ate": "ate"}
+_RANK_KEYS = {"posterior_mean": "posterior_mean", "lower_bound": "posterior_low", "ate": "ate",
+              "net": "posterior_mean"}
 
 
 class _Shrunk:
@@ -113,7 +114,9 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
         and optionally ``status``. Rows with status "ok", finite ``ate`` and ``se > 0`` enter
         the prior fit and the ranking; the others are kept with NaN posterior and rank.
     by : "posterior_mean", "lower_bound" (``posterior_low``: favours items known to help), or
-        "ate" (raw estimate; subject to the winner's curse).
+        "ate" (raw estimate; subject to the winner's curse), or "net": a table of
+        ``estimate_net_effects`` ranked by the shrunk net effects (``ate`` and ``se`` are set
+        to ``net_ate`` and ``net_se``; the own effects stay in ``own_ate``).
     k : return only the top k rows; also the k of ``prob_top_k`` (default min(10, n ok)).
     prior : "normal" (default) or "npmle" (see ``EmpiricalBayesPrior``). The NPMLE gives
         slightly better point estimates on sparse, skewed effects but its discrete support
@@ -159,6 +162,10 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
         raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
     if k is not None and (int(k) != k or k < 1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if by == "net":
+        if not {"net_ate", "net_se"} <= set(effects.columns):
+            raise ValueError("by='net' needs the table of estimate_net_effects (net_ate, net_se)")
+        effects = effects.assign(ate=effects["net_ate"], se=effects["net_se"])
     out, ok, shrunk = _shrink(effects, prior, alpha, covariates=covariates,
                               interval=interval)
     ate, se = shrunk.x, shrunk.s

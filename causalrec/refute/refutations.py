@@ -72,6 +72,9 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     if int(n_subsets) < 1:
         raise ValueError(f"n_subsets must be at least 1, got {n_subsets!r}")
     alpha = options.get("alpha", 0.05)
+    # one split unless asked: the checks keep each row's fold, while repeats beyond the first
+    # would draw theirs from the changed data (an added column would move them)
+    options = {"n_repeats": 1, **options}
     keys = [item] + _as_list(by)
     df, confounders, categorical = _resolve_confounders(
         df, confounders, categorical, text, graph, text_encoder, text_components)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..schema import csv_safe
 from .effect_sections import EffectSections
+from .net_section import net_html
 from .nuisance_section import nuisance_html
 from .html import escape, html_page, section
 
@@ -31,6 +32,8 @@ class EffectReport(EffectSections):
     title : report title.
     top : items shown at each end of the forest plot and in the ranking tables.
     seed : shown in the reproducibility block (default: the estimator's seed).
+    net : a fitted ``NetEffectEstimator`` (or its effects table): adds the section "Own
+        versus net" (``causalrec.reporting.net_section``) and ``net_effects.csv``.
 
     ``to_html()`` returns the page; ``save(directory)`` writes ``report.html``,
     ``effects.csv`` (effects with ranking and sensitivity columns), ``effects.parquet`` and,
@@ -39,7 +42,8 @@ class EffectReport(EffectSections):
 
     def __init__(self, estimator_or_effects, log=None, graph=None, ranking=None,
                  refutation=None, sensitivity=None,
-                 title: str = "Causal effects of recommendations", *, top: int = 10, seed=None):
+                 title: str = "Causal effects of recommendations", *, top: int = 10, seed=None,
+                 net=None):
         self.estimator_or_effects = estimator_or_effects
         self.log = log
         self.graph = graph
@@ -49,6 +53,7 @@ class EffectReport(EffectSections):
         self.title = title
         self.top = top
         self.seed = seed
+        self.net = net
 
     # ------------------------------------------------------------- inputs
     def _prepare(self) -> None:
@@ -140,6 +145,7 @@ class EffectReport(EffectSections):
             ("Popular is not causal", "popularity", self._popularity_html()),
             ("Naive versus causal ranking", "ranking", self._ranking_html()),
             ("Refutation and sensitivity", "refutation", self._refutation_html()),
+            *([("Own versus net", "net", net_html(self.net, self.top))] if self.net is not None else []),
             ("Assumptions", "assumptions", self._assumptions_html()),
             ("Reproducibility", "reproducibility", self._reproducibility_html()),
         ]
@@ -164,6 +170,9 @@ class EffectReport(EffectSections):
             csv_safe(self._policies).to_csv(directory / "policies.csv", index=False)
         if isinstance(self.refutation, pd.DataFrame):
             csv_safe(self.refutation).to_csv(directory / "refutation.csv", index=False)
+        if self.net is not None:
+            net = self.net.effects_ if hasattr(self.net, "effects_") else self.net
+            csv_safe(net).to_csv(directory / "net_effects.csv", index=False)
         path = directory / "report.html"
         path.write_text(page, encoding="utf-8")
         return path

@@ -61,7 +61,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                                 categorical=None, text=None, propensity=None, by=None,
                                 graph=None, folds=None, *, shards=None, row_id=None,
                                 row_outputs=False, barrier=True, fold_columns=None,
-                                **options) -> SparkEffects:
+                                unit=None, **options) -> SparkEffects:
     """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
 
     shards : number of shards (default: the cluster's default parallelism); a pooled fit
@@ -82,6 +82,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         Repeats beyond the first draw their folds as without it (``ItemEffectEstimator.fit``).
     fold_columns : the columns whose content sets each row's fold (default: the keys and
         every confounder); a refutation that adds a column keeps the original folds so.
+    unit : the unit column (user, session): each row's fold from its unit's value alone,
+        computed by the shards with ``unit_folds``, so the folds equal the local fit's.
     """
     F = _functions()
     if graph is not None:  # the adjustment set's roles need the columns' names and types only
@@ -89,9 +91,10 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
     keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
     roles = dict(item=keys, treatment=treatment, outcome=outcome, confounders=confounders,
-                 categorical=categorical, text=text, propensity=propensity)
+                 categorical=categorical, text=text, propensity=propensity, unit=unit)
     est = ItemEffectEstimator(**options)
     est._validate_params()
+    est.unit_ = unit
     if est.nuisance not in ("pooled", "per_item"):
         raise ValueError("the Spark path supports nuisance='pooled' or 'per_item'")
     if folds is not None:
@@ -142,11 +145,12 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
                    content=list(fold_columns or keys + confounders + categorical + text),
-                   folds=folds,
+                   folds=folds, unit=unit,
                    extra=[col for col, _ in extra],
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
-                   options=dict(n_folds=est.n_folds, n_repeats=est._n_repeats(), seed=est.seed,
+                   options=dict(n_folds=est.n_folds, seed=est.seed,
+                                n_repeats=est._n_repeats(int(facts.n_all[codes].sum())),
                                 method=est.method, clip=est.clip, trim=est.trim,
                                 alpha=est.alpha, normalize=est.normalize,
                                 balance_penalty=est._balance_penalty(),
@@ -160,6 +164,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                                      + text + [col for col, _ in extra] + job.content
                                      + ([propensity] if propensity else [])
                                      + ([folds] if folds is not None else [])
+                                     + ([unit] if unit is not None else [])
                                      + [ROW_ID, CODE, SHARD, _PARTITION_KEY]))
         fitted = fitted.select(*columns)
         if est.nuisance == "per_item" or n_shards == 1:

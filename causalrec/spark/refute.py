@@ -63,6 +63,7 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     if graph is not None:
         raise ValueError("graph is not supported on the Spark path yet")
     alpha = options.get("alpha", 0.05)
+    options = {"n_repeats": 1, **options}  # one split unless asked, as the local refutation
     keys = [item] + _as_list(by)
     confounders, categorical = _as_list(confounders), _as_list(categorical)
     sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())

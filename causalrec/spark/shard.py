@@ -43,6 +43,7 @@ class ShardJob:
     propensity: str | None
     content: list                 # the columns the folds hash (as the local estimator)
     folds: str | None             # a column of given folds (the first repeat's), or None
+    unit: str | None              # the unit column: folds by unit (``unit_folds``), or None
     extra: list                   # the design's extra columns (text components), in order
     shard_items: list             # per shard: its items' codes, ascending
     propensity_model: SegmentGLM | None  # unfitted prototypes; None: the logged propensity
@@ -84,8 +85,8 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     propensity, outcome = _on(job.propensity_model, device), _on(job.outcome_model, device)
     rows = np.arange(len(pdf))
     fold_of = lambda seed: assign_folds(pdf, job.content, seg, t, y, o["n_folds"], seed,
-                                        item_columns=job.keys,
-                                        warn_duplicates=seed == o["seed"])
+                                        item_columns=job.keys, warn_duplicates=seed == o["seed"],
+                                        unit=None if job.unit is None else pdf[job.unit])
     folds = fold_of(o["seed"]) if job.folds is None else pdf[job.folds].to_numpy(np.int64)
     balance = balancing_step(job.spec, pdf, extra, penalty=o["balance_penalty"],
                              columns=o["balance_columns"], method=o["method"],

@@ -51,6 +51,8 @@ def validate(sdf, roles: dict) -> InteractionLog:
     t = F.col(log.treatment).cast("double")
     bad_t = t.isNull() | ~t.isin(0.0, 1.0)
     checks = {col: F.col(col).isNull() for col in log.item_columns}  # InteractionLog's order
+    if log.unit is not None:
+        checks[log.unit] = F.col(log.unit).isNull()
     checks["treatment"] = bad_t
     for col in [log.outcome, *log.confounders] + ([log.propensity] if log.propensity else []):
         v = F.col(col).cast("double")

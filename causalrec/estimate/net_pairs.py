@@ -1,0 +1,148 @@
+"""Pairwise spillover: for the items with the largest |spillover|, the effect of recommending
+item A on each other item B's outcome (or on a category's total), with intervals and
+Benjamini-Hochberg control of the false discovery rate."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..inference import benjamini_hochberg
+from ..schema import SchemaError
+from .scores import pre_status
+
+__all__ = ["spillover_pairs"]
+
+
+def spillover_pairs(source, top: int = 10, category: str | None = None, fdr: float = 0.1,
+                    min_rows_per_arm: int | None = None, **roles_and_options) -> pd.DataFrame:
+    """Effect of recommending each of the ``top`` items with the largest |spillover| on the
+    outcome of every other item that shares units with it.
+
+    Parameters
+    ----------
+    source : a fitted ``NetEffectEstimator``, or a DataFrame log, then fitted with
+        ``estimate_net_effects``'s ``roles_and_options`` (item, treatment, outcome, unit, ...).
+    top : how many items (status "ok", largest |spillover| first).
+    category : a column constant within each item (e.g. its category): the effects are then
+        on each category's total outcome over the unit's other candidates in it (grouped by
+        category), one row per (item, other category).
+    fdr : the Benjamini-Hochberg level of ``flagged`` (over all pairs tested in this call).
+    min_rows_per_arm : pairs with fewer rows in an arm of A get status "too_few_rows" (not
+        tested; default: the item estimator's ``min_rows_per_arm``).
+
+    Each pair is estimated like a spillover (``causalrec.estimate.net``): the rows of A whose
+    unit also holds B, B's outcome against A's recommendation, A's propensity, and B's own
+    out-of-fold outcome prediction at B's observed arm as the adjustment (it never reads A's
+    recommendation). The ``top`` items are chosen on the same data, so their pair estimates
+    lean towards the direction they were chosen for (the winner's curse; over all items,
+    ``top=len(effects_)``, the intervals hold their level). Returns one row per pair: ``item, other, effect, se, ci_low, ci_high,
+    p_value, q_value, flagged, n, n_treated, n_control, status`` (``other`` is the category
+    when ``category`` is given), sorted by item then effect (largest losses first).
+    """
+    if not 0 < fdr < 1:
+        raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
+    if int(top) != top or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    from .net import NetEffectEstimator, estimate_net_effects, score_table
+    if isinstance(source, pd.DataFrame):
+        source = _fit(source, roles_and_options, estimate_net_effects)
+    elif roles_and_options:
+        raise TypeError("roles and options go with a DataFrame log, not a fitted estimator")
+    if not isinstance(source, NetEffectEstimator):
+        raise TypeError("spillover_pairs expects a fitted NetEffectEstimator or a DataFrame log")
+    source._check_is_fitted("effects_")
+    est, rows = source.item_estimator_, source._rows
+    log = est.log_
+    effects = source.effects_
+    ok = (effects["status"] == "ok").to_numpy() & np.isfinite(effects["spillover"].to_numpy())
+    chosen = np.flatnonzero(ok)[np.argsort(-np.abs(effects["spillover"].to_numpy()[ok]),
+                                           kind="stable")][:int(top)]
+    seg, units = rows["seg"], source._units
+    if category is None:
+        group, group_names = seg, effects["item"].to_numpy()
+    else:
+        group, group_names = _category_codes(log.data, category, seg, len(effects))
+    pair = _pair_rows(units, seg, rows["use"], chosen)
+    a_row, b_row = pair
+    # one estimate row per (A's row, B's group): B's outcomes and adjustments summed
+    position = np.full(len(effects), -1)
+    position[chosen] = np.arange(len(chosen))
+    key = position[seg[a_row]] * len(group_names) + group[b_row]
+    cell, cell_of = np.unique(a_row * len(group_names) + group[b_row], return_inverse=True)
+    y = np.bincount(cell_of, weights=rows["y"][b_row])
+    m = np.bincount(cell_of, weights=rows["m_obs"][b_row])
+    a_of_cell = cell // len(group_names)
+    pair_key = np.zeros(len(cell), dtype=np.int64)
+    pair_key[cell_of] = key
+    pair_ids, pair_of = np.unique(pair_key, return_inverse=True)
+    t = rows["t"][a_of_cell]
+    n_pairs = len(pair_ids)
+    n_t = np.bincount(pair_of, weights=t, minlength=n_pairs).astype(np.int64)
+    n_all = np.bincount(pair_of, minlength=n_pairs)
+    status = pre_status(n_t, n_all - n_t, min_rows_per_arm or est.min_rows_per_arm)
+    tested = (status == "ok")[pair_of]
+    table = score_table(est, seg=pair_of[tested], t=t[tested], y=y[tested], e=rows["e"][a_of_cell][tested],
+                        mu0=m[tested], mu1=m[tested], folds=rows["folds"][a_of_cell][tested],
+                        n_seg=n_pairs)
+    out = pd.DataFrame({
+        "item": effects["item"].to_numpy()[chosen][pair_ids // len(group_names)],
+        "other": group_names[pair_ids % len(group_names)],
+        "effect": table["ate"].to_numpy(), "se": table["se"].to_numpy(),
+        "ci_low": table["ci_low"].to_numpy(), "ci_high": table["ci_high"].to_numpy(),
+        "p_value": table["p_value"].to_numpy(),
+    })
+    untested = status != "ok"
+    out.loc[untested, ["effect", "se", "ci_low", "ci_high", "p_value"]] = np.nan
+    out["q_value"] = benjamini_hochberg(out["p_value"].to_numpy())
+    out["flagged"] = (out["q_value"] <= fdr).to_numpy()
+    out["n"], out["n_treated"], out["n_control"] = n_all, n_t, n_all - n_t
+    out["status"] = status
+    rank = {name: i for i, name in enumerate(effects["item"].to_numpy()[chosen])}
+    out = out.sort_values(["item", "effect"], key=lambda c: c.map(rank) if c.name == "item" else c,
+                          kind="stable").reset_index(drop=True)
+    out.attrs.update(fdr=fdr, grouped_by=category, top=[*rank])
+    return out
+
+
+def _fit(df, roles_and_options, estimate_net_effects):
+    """Fit a ``NetEffectEstimator`` from a DataFrame and the roles of ``estimate_net_effects``."""
+    from ..schema import InteractionLog
+    from .estimator import ItemEffectEstimator
+    from .net import NetEffectEstimator
+    options = dict(roles_and_options)
+    roles = {name: options.pop(name, None) for name in
+             ("item", "treatment", "outcome", "confounders", "categorical", "text", "propensity")}
+    unit, additive = options.pop("unit", None), options.pop("additive", "check")
+    log = InteractionLog(df, **roles)
+    return NetEffectEstimator(estimator=ItemEffectEstimator(**options),
+                              additive=additive).fit(log, unit=unit)
+
+
+def _category_codes(df, column, seg, n_items):
+    """Category code per row and the category names; the column must be constant per item."""
+    if column not in df.columns:
+        raise SchemaError(column, "missing from the log (category)")
+    codes, names = pd.factorize(df[column], sort=True)
+    if (codes < 0).any():
+        raise SchemaError(column, "missing category values")
+    per_item = pd.DataFrame({"seg": seg, "c": codes}).groupby("seg")["c"].nunique()
+    if (per_item > 1).any():
+        raise SchemaError(column, "a category must be constant within each item")
+    return codes.astype(np.int64), np.asarray(names, dtype=object)
+
+
+def _pair_rows(units, seg, use, chosen):
+    """(A's row, B's row) for every row of a chosen item A in use and every other row of
+    the same unit."""
+    is_chosen = np.zeros(seg.max() + 1, dtype=bool)
+    is_chosen[chosen] = True
+    a_rows = np.flatnonzero(is_chosen[seg] & use)
+    order = np.argsort(units, kind="stable")
+    counts = np.bincount(units)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    size = counts[units[a_rows]]
+    a = np.repeat(a_rows, size)
+    offset = np.arange(len(a)) - np.repeat(np.cumsum(size) - size, size)
+    b = order[np.repeat(starts[units[a_rows]], size) + offset]
+    keep = a != b
+    return a[keep], b[keep]
