@@ -62,8 +62,8 @@ def _log_format(path: Path) -> tuple[str, str | None]:
     if compression and fmt not in _FORMATS:
         fmt = ".csv"  # "log.gz", "log.2024.gz": a compressed CSV, as before
     if fmt not in _FORMATS:
-        raise SchemaError(None, f"cannot read {path.name}: expected a .csv, .tsv or .parquet "
-                          f"file, optionally compressed ({', '.join(COMPRESSIONS)})")
+        raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file (or "
+                          f".tsv), optionally compressed ({', '.join(COMPRESSIONS)})")
     if compression == "zstd":
         try:
             import zstandard  # noqa: F401
