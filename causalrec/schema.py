@@ -120,7 +120,7 @@ def _is_formula(value) -> bool:
 def _as_list(value) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
+    if isinstance(value, str) or np.isscalar(value):
         return [value]
     return list(value)
 
@@ -197,8 +197,10 @@ class InteractionLog:
         seen: dict[str, str] = {}
         for role, cols in self.roles.items():
             for col in cols:
-                if not isinstance(col, str) and not np.isscalar(col):
-                    raise SchemaError(str(col), f"role {role!r} expects column names")
+                if not isinstance(col, str):  # 0 and "0" would be different columns
+                    raise SchemaError(None, f"role {role!r} expects column names as text, got "
+                                      f"{col!r} ({type(col).__name__}); name the columns with "
+                                      "strings, e.g. df.columns = df.columns.map(str)")
                 if col in seen and not (role == "group" and seen[col] == "categorical"):
                     raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
