@@ -59,8 +59,8 @@ def _log_format(path: Path) -> tuple[str, str | None]:
     suffixes = [s.lower() for s in path.suffixes]
     compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
     fmt = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-    if compression and fmt not in _FORMATS:
-        fmt = ".csv"  # "log.gz", "log.2024.gz": a compressed CSV, as before
+    if compression and fmt not in _FORMATS and not fmt[1:].isalpha():
+        fmt = ".csv"  # "log.gz", "log.2024.gz": a compressed CSV, as before ("x.json.gz" is not)
     if fmt not in _FORMATS:
         raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file (or "
                           f".tsv), optionally compressed ({', '.join(COMPRESSIONS)})")
