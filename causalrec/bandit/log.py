@@ -68,7 +68,8 @@ def inverse_propensity_weights(p: np.ndarray, max_weight, group: np.ndarray, n_g
     clipped = raw > cap
     n = np.bincount(group, minlength=n_groups)
     s1 = np.bincount(group, weights=raw, minlength=n_groups)
-    s2 = np.bincount(group, weights=raw ** 2, minlength=n_groups)
+    with np.errstate(over="ignore"):  # a weight of 1e300 squares to inf: then sd = inf, z = 0
+        s2 = np.bincount(group, weights=raw ** 2, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s1 / n
         sd = np.sqrt(np.maximum(s2 / n - mean ** 2, 0) * n / np.maximum(n - 1, 1))
