@@ -67,13 +67,14 @@ def inverse_propensity_weights(p: np.ndarray, max_weight, group: np.ndarray, n_g
                                                              else float(max_weight))
     clipped = raw > cap
     n = np.bincount(group, minlength=n_groups)
-    s1 = np.bincount(group, weights=raw, minlength=n_groups)
-    with np.errstate(over="ignore"):  # a weight of 1e300 squares to inf: then sd = inf, z = 0
-        s2 = np.bincount(group, weights=raw ** 2, minlength=n_groups)
+    unit = raw.max()  # moments of raw / unit: a weight of 1e300 must not square to inf
+    s1 = np.bincount(group, weights=raw / unit, minlength=n_groups)
+    s2 = np.bincount(group, weights=(raw / unit) ** 2, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s1 / n
         sd = np.sqrt(np.maximum(s2 / n - mean ** 2, 0) * n / np.maximum(n - 1, 1))
-        z = (mean - n_items) / (sd / np.sqrt(n))
+        z = (mean - n_items / unit) / (sd / np.sqrt(n))
+        mean = mean * unit
     # equal weights (sd 0) above the catalogue size are implausible outright
     plausible = ~((mean > n_items * (1 + 1e-9)) & ~(z <= PLAUSIBILITY_Z))
     check = pd.DataFrame({"n": n, "mean_weight": mean, "n_items": n_items, "z": z,
