@@ -71,7 +71,9 @@ def test_weights_are_clipped_at_max_weight_and_counted_per_item():
     np.testing.assert_array_equal(table["n_clipped"], expected.to_numpy())
     assert (table.loc[expected > 0, "status"] == "clipped_weights").all()
     assert est.max_weight_ == cap
-    unbounded = BanditEstimator(method="ipw", max_weight=None).fit(df, **ROLES).values_
+    unbounded_est = BanditEstimator(method="ipw", max_weight=None).fit(df, **ROLES)
+    unbounded = unbounded_est.values_
+    assert unbounded_est.max_weight_ == np.inf
     manual = ((1 / df["p"]) * df["y"]).groupby(df["item"]).sum() / len(df)
     np.testing.assert_allclose(unbounded["value"], manual.to_numpy(), rtol=1e-12)
     assert (unbounded["n_clipped"] == 0).all()

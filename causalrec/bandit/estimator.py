@@ -83,7 +83,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
     outcome_coef_ : per fold, (segments, 1 + confounder columns) coefficients of the outcome
         model (intercept first), or None for ipw / snipw.
     design_columns_ : names of the outcome model's covariates.
-    max_weight_ : the cap applied to the weights. propensity_check_ : per position (one row
+    max_weight_ : the cap applied to the weights (inf with ``max_weight=None``). propensity_check_ : per position (one row
         "all" without a position): rows, mean inverse propensity, catalogue size, its z score
         and whether it is plausible (at most the catalogue size, within sampling error).
     """
@@ -109,9 +109,9 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
     }
 
     def __init__(self, *, method="dr", n_folds=2, outcome_segments="item", shrinkage=10.0,
-                 intercept_shrinkage=1.0, max_levels=50, max_weight="auto", min_shown=10, min_ess=10.0,
-                 min_events=5, se_floor=True, alpha=0.05, device="auto", dtype="float64",
-                 chunk_rows=None, seed=0, max_iter=50):
+                 intercept_shrinkage=1.0, max_levels=50, max_weight="auto", min_shown=10,
+                 min_ess=10.0, min_events=5, se_floor=True, alpha=0.05, device="auto",
+                 dtype="float64", chunk_rows=None, seed=0, max_iter=50):
         self.method = method
         self.n_folds = n_folds
         self.outcome_segments = outcome_segments
@@ -153,11 +153,9 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         self._y = df[outcome].to_numpy(dtype=np.float64, copy=True)
         k_all = self._k if position is not None else np.zeros(len(df), dtype=np.int64)
         n_groups = 1 if self.positions_ is None else len(self.positions_)
-        self._w0, self._clipped, check = inverse_propensity_weights(
+        self._w0, self._clipped, self.max_weight_, check = inverse_propensity_weights(
             df[propensity].to_numpy(dtype=np.float64), self.max_weight, k_all, n_groups,
             len(self.items_), propensity)
-        self.max_weight_ = float(np.max(self._w0, initial=0) if self.max_weight is None else
-                                 (len(df) if self.max_weight == "auto" else self.max_weight))
         check.insert(0, position or "position", self.positions_ if position else ["all"])
         self.propensity_check_ = check
         self.outcome_binary_ = log.outcome_is_binary
@@ -219,7 +217,8 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
             se, lift_se = np.fmax(se, floor), np.fmax(lift_se, floor)
         unsupported = n_shown == 0
         if method in ("ipw", "snipw"):
-            # weighting cannot value an item never shown, nor a uniform mix that includes it
+            # weighting cannot value an item never shown (it is no reference item either, so
+            # the other items' lifts stand)
             value[unsupported] = lift[unsupported] = np.nan
         se[unsupported] = lift_se[unsupported] = np.nan
         status = self._status(ess, n_events)

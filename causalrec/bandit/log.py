@@ -59,7 +59,7 @@ def inverse_propensity_weights(p: np.ndarray, max_weight, group: np.ndarray, n_g
     ``max_weight``: "auto" caps a weight at the number of logged rows (a row logged with a
     probability below 1 / n would otherwise outweigh the whole log, and no log of n rows can
     confirm such a probability); a number caps it there; None leaves weights unbounded.
-    Returns ``(weights, clipped, check)``; ``check`` has, per group, ``n, mean_weight,
+    Returns ``(weights, clipped, cap, check)``; ``check`` has, per group, ``n, mean_weight,
     n_items, z, plausible``.
     """
     raw = 1.0 / p
@@ -87,4 +87,4 @@ def inverse_propensity_weights(p: np.ndarray, max_weight, group: np.ndarray, n_g
             "(under a valid logging policy it is at most the number of items it can show): the "
             "propensities are too small, e.g. a slate's probability rather than each "
             "impression's own; estimates there get status 'implausible_propensity'"), stacklevel=4)
-    return np.minimum(raw, cap), clipped, check
+    return np.minimum(raw, cap), clipped, cap, check
