@@ -74,6 +74,18 @@ def test_command_line_reads_a_compressed_tsv(tmp_path, capsys):
     assert effects["item"].tolist() == sorted(df["item"].unique())
 
 
+def test_command_line_error_for_a_mislabelled_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "log.parquet.gz"
+    path.write_bytes(gzip.compress(small_log(0).to_csv(index=False).encode()))
+    out = tmp_path / "effects.csv"
+    argv = ["effects", str(path), "--item", "item", "--treatment", "t", "--outcome", "y",
+            "--out", str(out), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "as gzip-compressed parquet" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("column,dtype", [("t", "Int64"), ("t", "boolean"), ("y", "Float64"),
                                           ("x1", "Float64")])
 def test_refutation_with_a_nullable_column_holding_na_names_it(column, dtype):

@@ -57,7 +57,8 @@ def estimate_policy_value(df: pd.DataFrame, policy, item: str, outcome: str, pro
     order of ``items`` or of the sorted logged items), a DataFrame with item columns, or a
     sparse ``(item_ids, probs)`` pair of (rows x k) arrays. Other arguments as in
     ``estimate_item_values``. Returns one row (one per position with ``by_position``):
-    ``value, se, ci_low, ci_high, n, ess, status, logged_value, unsupported_mass, method``.
+    ``value, se, ci_low, ci_high, n, ess, status, logged_value, unsupported_mass, n_clipped,
+    method`` (``n_clipped``: rows the policy weighs whose weight 1 / p was capped).
     """
     est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
                                                         position, confounders, items)

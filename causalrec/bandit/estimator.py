@@ -312,7 +312,9 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         columns (absent items get probability 0), or a sparse pair ``(item_ids, probs)`` of
         (rows x k) arrays (e.g. a top-k list). Rows follow the log's row order.
         Returns one row (or one per position): ``value, se, ci_low, ci_high, n, ess, status,
-        logged_value, unsupported_mass, method``. ``method`` overrides the estimator's.
+        logged_value, unsupported_mass, n_clipped, method``. ``method`` overrides the
+        estimator's. ``status`` as for item values, or "unsupported" (the policy puts mass on
+        items never shown in the group).
         """
         self._check_fitted()
         method = self._resolve_method(method)
