@@ -5,6 +5,7 @@ recommended or exposed), an outcome, and the columns that confound the two.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,25 +24,67 @@ class SchemaError(ValueError):
         super().__init__(f"column {column!r}: {problem}" if column else problem)
 
 
+# compression suffixes pandas and the standard library can undo (zst: the zstandard package)
+COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd",
+                ".zip": "zip"}
+_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": None, ".pq": None}
+
+
 def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a log from CSV or Parquet (chosen by the file suffix); ``encoding`` is the text
-    encoding of a CSV (e.g. "latin-1", "cp1252")."""
+    """Read a log from CSV, TSV or Parquet, chosen by the file suffixes: the format suffix may
+    be followed by a compression suffix (``.csv.gz``, ``.tsv.zst``, ``.parquet.gz``, ... of
+    ``COMPRESSIONS``); a bare ``.gz`` is a compressed CSV. ``encoding`` is the text encoding
+    of a CSV / TSV (e.g. "latin-1", "cp1252")."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such log file: {path}")
-    suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        return pd.read_parquet(path)
-    if suffix in {".csv", ".gz", ".tsv"}:
+    fmt, compression = _log_format(path)
+    if _FORMATS[fmt] is None:
+        return _read_parquet(path, compression)
+    try:
+        return pd.read_csv(path, sep=_FORMATS[fmt], encoding=encoding, compression=compression)
+    except UnicodeDecodeError as exc:
+        raise SchemaError(None, f"cannot read {path}: it is not {encoding} text ({exc.reason} "
+                          f"at byte {exc.start}); pass its encoding, e.g. "
+                          "encoding='latin-1' (--encoding on the command line)") from None
+    except LookupError:
+        raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
+    except (OSError, EOFError) as exc:  # bad gzip / zstd stream: a wrong suffix or a cut file
+        raise SchemaError(None, f"cannot read {path} as {compression or 'uncompressed'} "
+                          f"{fmt[1:]}: {exc}") from None
+
+
+def _log_format(path: Path) -> tuple[str, str | None]:
+    """(format suffix, pandas compression name or None) from all of the file's suffixes."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    fmt = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+    if compression and fmt not in _FORMATS and not fmt[1:].isalpha():
+        fmt = ".csv"  # "log.gz", "log.2024.gz": a compressed CSV, as before ("x.json.gz" is not)
+    if fmt not in _FORMATS:
+        raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file (or "
+                          f".tsv), optionally compressed ({', '.join(COMPRESSIONS)})")
+    if compression == "zstd":
         try:
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding=encoding)
-        except UnicodeDecodeError as exc:
-            raise SchemaError(None, f"cannot read {path}: it is not {encoding} text ({exc.reason} "
-                              f"at byte {exc.start}); pass its encoding, e.g. "
-                              "encoding='latin-1' (--encoding on the command line)") from None
-        except LookupError:
-            raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
-    raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file")
+            import zstandard  # noqa: F401
+        except ImportError:
+            raise SchemaError(None, f"cannot read {path.name}: .zst files need the zstandard "
+                              "package (pip install zstandard)") from None
+    return fmt, compression
+
+
+def _read_parquet(path: Path, compression: str | None) -> pd.DataFrame:
+    if compression is None:
+        return pd.read_parquet(path)
+    import io
+
+    from pandas.io.common import get_handle  # pandas' own decompressors, as read_csv uses
+    try:
+        with get_handle(path, "rb", compression=compression, is_text=False) as handle:
+            data = handle.handle.read()
+        return pd.read_parquet(io.BytesIO(data))
+    except (OSError, EOFError, ValueError) as exc:
+        raise SchemaError(None, f"cannot read {path} as {compression}-compressed parquet: {exc}") from None
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -77,7 +120,7 @@ def _is_formula(value) -> bool:
 def _as_list(value) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
+    if isinstance(value, str) or np.isscalar(value):
         return [value]
     return list(value)
 
@@ -155,21 +198,26 @@ class InteractionLog:
             raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
         if len(df) == 0:
             raise SchemaError(None, "the log is empty (no rows)")
+        check_column_labels(df, "the log")
         seen: dict[str, str] = {}
         for role, cols in self.roles.items():
             for col in cols:
-                if not isinstance(col, str) and not np.isscalar(col):
-                    raise SchemaError(str(col), f"role {role!r} expects column names")
+                if not isinstance(col, str):  # 0 and "0" would be different columns
+                    raise SchemaError(None, f"role {role!r} expects column names as text, got "
+                                      f"{col!r} ({type(col).__name__}); name the columns with "
+                                      "strings, e.g. df.columns = df.columns.map(str)")
                 shared = (role, seen.get(col)) in {("group", "categorical"), ("unit", "user")}
                 if col in seen and not shared:
                     raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
                     raise SchemaError(col, f"missing from the log (role {role!r})")
+        check_unique_columns(df, [c for cols in self.roles.values() for c in cols], "the log")
         for col in self.item_columns:
             _check_no_missing(df[col], col)
-        for col in self.item_columns + self.categorical:
-            _check_scalar_values(df[col], col)
+        for col in (self.item_columns + self.categorical + _as_list(self.group)
+                    + _as_list(self.user) + _as_list(self.unit)):
+            check_key_values(df[col], col)
         self._check_treatment(df[self.treatment])
         for col in [self.outcome, *self.confounders]:
             _check_finite_numeric(df[col], col)
@@ -213,15 +261,60 @@ def _check_no_missing(s: pd.Series, col: str) -> None:
         raise SchemaError(col, f"{int(s.isna().sum())} missing values")
 
 
-def _check_scalar_values(s: pd.Series, col: str) -> None:
-    """Item ids and categories must be single values (a Parquet list column is not)."""
-    if s.dtype != object:
+def check_column_labels(frame: pd.DataFrame, what: str) -> None:
+    """Column labels must be one level (a MultiIndex has no single column to name)."""
+    if isinstance(frame.columns, pd.MultiIndex):
+        raise SchemaError(None, f"{what} has MultiIndex columns ({frame.columns.nlevels} levels); "
+                          "flatten them first, e.g. df.columns = ['_'.join(map(str, c)) for c in "
+                          "df.columns]")
+
+
+def check_unique_columns(frame: pd.DataFrame, columns, what: str) -> None:
+    """Every column the caller names must be one column of the frame (``df[c]`` of a
+    duplicated label is a frame, and would fail deep inside pandas)."""
+    counts = frame.columns.value_counts()
+    for col in dict.fromkeys(columns):
+        if counts.get(col, 0) > 1:
+            raise SchemaError(col, f"appears {counts[col]} times among the columns of {what}; "
+                              "rename or drop the copies, e.g. df.loc[:, ~df.columns.duplicated()]")
+
+
+def _type_kind(value) -> str:
+    """Values of one kind compare as keys without surprise: 1 == 1.0 are one number, but
+    1 and "1" (or True and 1) would be merged or split depending on the code path."""
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (numbers.Number, np.number)):
+        return "number"
+    return type(value).__name__
+
+
+def check_key_values(s: pd.Series, col: str) -> None:
+    """Ids and categories must be single values of one kind: a list (a Parquet list column)
+    is refused, and so are mixed types such as 1 and "1", which different code paths would
+    merge into one item or keep apart (the rule is: keys are compared as given, so a column
+    must hold one kind; convert it, e.g. ``df[col].astype(str)``, to merge them)."""
+    values = s.cat.categories.to_series() if isinstance(s.dtype, pd.CategoricalDtype) else s
+    if values.dtype != object:
         return
-    wrong = s[~s.map(pd.api.types.is_hashable)]
+    wrong = values[~values.map(pd.api.types.is_hashable)]
     if len(wrong):
         raise SchemaError(col, f"holds {len(wrong)} values that are not single values, e.g. "
                           f"{wrong.iloc[0]!r} ({type(wrong.iloc[0]).__name__}); "
                           "expected one id or category per row")
+    if pd.api.types.infer_dtype(values, skipna=True) not in _MIXED:
+        return
+    examples: dict[str, object] = {}
+    for value in pd.unique(values.dropna().to_numpy()):
+        examples.setdefault(_type_kind(value), value)
+    if len(examples) > 1:
+        shown = ", ".join(f"{v!r} ({type(v).__name__})" for v in list(examples.values())[:4])
+        raise SchemaError(col, f"mixes value types: {shown}; ids and categories are compared as "
+                          "given, so make the column one type, e.g. df[col].astype(str) to merge "
+                          "1 and '1'")
+
+
+_MIXED = {"mixed", "mixed-integer", "mixed-integer-float", "unknown-array"}
 
 
 def _check_finite_numeric(s: pd.Series, col: str) -> None:

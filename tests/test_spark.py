@@ -291,6 +291,7 @@ def test_schema_errors_match_pandas(spark, log_frame):
 
     frame = log_frame.iloc[:3000].copy()
     both(frame, confounders=["user_activity", "no_such_column"])
+    both(pd.concat([frame, frame[["user_activity"]]], axis=1))  # a repeated column (issue 26)
     t = frame["recommended"].to_numpy().copy()
     t[2500] = 2  # beyond the validated sample: found by the Spark-wide check
     frame["recommended"] = t

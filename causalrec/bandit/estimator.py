@@ -35,12 +35,12 @@ from ..estimate.folds import assign_folds
 from ..glm.layout import resolve_device
 from ..inference import critical_value
 from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
-from .log import _bandit_log, _catalogue
+from .log import _bandit_log, _catalogue, inverse_propensity_weights
 from .outcome import OutcomeModel
 from .policy import ROW_SUM_TOL, _Policy
 from .summary import BanditSummary
 
-__all__ = ["BanditEstimator", "estimate_item_values", "estimate_policy_value"]
+__all__ = ["BanditEstimator"]
 
 METHODS = ("dr", "ipw", "snipw", "dm")
 OUTCOME_SEGMENTS = ("item", "item_position")
@@ -61,6 +61,10 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
     intercept_shrinkage : ridge on an item's intercept deviation; with a handful of clicks
         per item the item effects borrow strength from the overall click rate.
     max_levels : categorical confounders keep their most frequent levels (rest pooled).
+    max_weight : bound on an importance weight 1 / p: "auto" (default) caps it at the number
+        of logged rows (a logged probability below 1 / n would let one row outweigh the whole
+        log), a number caps it there, None leaves weights unbounded. Clipped rows are counted
+        per item (``n_clipped``) and their items get status "clipped_weights".
     min_shown, min_ess, min_events : thresholds of the ``status`` column (shown rows,
         effective sample size of the weights, rows with a nonzero 0/1 outcome).
     se_floor : for 0/1 outcomes, floor each standard error at the one the estimator would
@@ -79,6 +83,9 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
     outcome_coef_ : per fold, (segments, 1 + confounder columns) coefficients of the outcome
         model (intercept first), or None for ipw / snipw.
     design_columns_ : names of the outcome model's covariates.
+    max_weight_ : the cap applied to the weights (inf with ``max_weight=None``). propensity_check_ : per position (one row
+        "all" without a position): rows, mean inverse propensity, catalogue size, its z score
+        and whether it is plausible (at most the catalogue size, within sampling error).
     """
 
     _parameter_constraints = {
@@ -88,6 +95,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         "shrinkage": [Interval(0, None, "neither")],
         "intercept_shrinkage": [Interval(0, None, "neither")],
         "max_levels": [Integer(2, None)],
+        "max_weight": [Options("auto", None), Interval(1, None)],
         "min_shown": [Integer(0, None)],
         "min_ess": [Interval(0, None)],
         "min_events": [Integer(0, None)],
@@ -101,15 +109,16 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
     }
 
     def __init__(self, *, method="dr", n_folds=2, outcome_segments="item", shrinkage=10.0,
-                 intercept_shrinkage=1.0, max_levels=50, min_shown=10, min_ess=10.0,
-                 min_events=5, se_floor=True, alpha=0.05, device="auto", dtype="float64",
-                 chunk_rows=None, seed=0, max_iter=50):
+                 intercept_shrinkage=1.0, max_levels=50, max_weight="auto", min_shown=10,
+                 min_ess=10.0, min_events=5, se_floor=True, alpha=0.05, device="auto",
+                 dtype="float64", chunk_rows=None, seed=0, max_iter=50):
         self.method = method
         self.n_folds = n_folds
         self.outcome_segments = outcome_segments
         self.shrinkage = shrinkage
         self.intercept_shrinkage = intercept_shrinkage
         self.max_levels = max_levels
+        self.max_weight = max_weight
         self.min_shown = min_shown
         self.min_ess = min_ess
         self.min_events = min_events
@@ -142,7 +151,13 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         else:
             self.positions_, self._k = None, np.zeros(len(df), dtype=np.int64)
         self._y = df[outcome].to_numpy(dtype=np.float64, copy=True)
-        self._w0 = 1.0 / df[propensity].to_numpy(dtype=np.float64)
+        k_all = self._k if position is not None else np.zeros(len(df), dtype=np.int64)
+        n_groups = 1 if self.positions_ is None else len(self.positions_)
+        self._w0, self._clipped, self.max_weight_, check = inverse_propensity_weights(
+            df[propensity].to_numpy(dtype=np.float64), self.max_weight, k_all, n_groups,
+            len(self.items_), propensity)
+        check.insert(0, position or "position", self.positions_ if position else ["all"])
+        self.propensity_check_ = check
         self.outcome_binary_ = log.outcome_is_binary
         self._device = resolve_device(self.device)
         click = (self._y > 0).astype(np.int64) if self.outcome_binary_ else np.zeros(len(df), np.int64)
@@ -171,6 +186,13 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         shown_w2 = np.bincount(cell, weights=w0 ** 2, minlength=G * A).reshape(G, A)
         n_shown = np.bincount(cell, minlength=G * A).reshape(G, A)
         n_events = np.bincount(cell, weights=(y != 0).astype(float), minlength=G * A).reshape(G, A)
+        n_clipped = np.bincount(cell, weights=self._clipped, minlength=G * A).reshape(G, A)
+        implausible = self._implausible(g, G)[:, None] & np.ones((1, A), dtype=bool)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ess = shown_w ** 2 / shown_w2
+        # the lift compares an item with a uniformly random *reference* item: items whose
+        # weights are sound, so that one item's extreme or clipped weights move only itself
+        reference = (ess >= self.min_ess) & (n_clipped == 0) & ~implausible
 
         base, corr, centre = None, None, np.zeros((G, A))
         if method == "ipw":
@@ -185,23 +207,23 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
             corr = w0 * (y - self._observed_q())
             if method == "dm":
                 centre = np.bincount(cell, weights=corr, minlength=G * A).reshape(G, A) / n_g[:, None]
-        sums = self._accumulate_items(g, G, base, corr, centre, use_model=method in ("dr", "dm"))
+        sums = self._accumulate_items(g, G, base, corr, centre, reference,
+                                      use_model=method in ("dr", "dm"))
         value, se = _mean_se(sums["s1"], sums["s2"], n_g[:, None])
         lift, lift_se = _mean_se(sums["d1"], sums["d2"], n_g[:, None])
-
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ess = shown_w ** 2 / shown_w2
         if self.outcome_binary_ and self.se_floor:
             floor = _se_floor(method, shown_w, shown_w2, n_g[:, None],
                               (np.bincount(g, weights=y, minlength=G) / n_g)[:, None])
             se, lift_se = np.fmax(se, floor), np.fmax(lift_se, floor)
         unsupported = n_shown == 0
         if method in ("ipw", "snipw"):
-            # weighting cannot value an item never shown, nor a uniform mix that includes it
-            value[unsupported] = np.nan
-            lift[unsupported.any(1)] = np.nan
+            # weighting cannot value an item never shown (it is no reference item either, so
+            # the other items' lifts stand)
+            value[unsupported] = lift[unsupported] = np.nan
         se[unsupported] = lift_se[unsupported] = np.nan
         status = self._status(ess, n_events)
+        status[n_clipped > 0] = "clipped_weights"
+        status[implausible] = "implausible_propensity"
         status[n_shown < self.min_shown] = "too_few_rows"
         status[unsupported] = "not_shown"
         lo, hi = self._interval(value, se, clip=self.outcome_binary_)
@@ -213,19 +235,22 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
             "lift": lift.ravel(), "lift_se": lift_se.ravel(),
             "lift_ci_low": lift_lo.ravel(), "lift_ci_high": lift_hi.ravel(),
             "n_events": n_events.ravel().astype(np.int64), "n_rows": np.repeat(n_g, A),
+            "n_clipped": n_clipped.ravel().astype(np.int64), "lift_reference": reference.ravel(),
         })
         if by_position:
             table.insert(1, self.position_, np.repeat(groups, A))
         return table
 
-    def _accumulate_items(self, g, G, base, corr, centre, use_model) -> dict:
-        """Per (group, item): sums of psi, psi^2 and of psi minus its row mean over items
-        (the effect against a uniformly random item), chunk by chunk."""
+    def _accumulate_items(self, g, G, base, corr, centre, reference, use_model) -> dict:
+        """Per (group, item): sums of psi, psi^2 and of psi minus its row mean over the
+        group's reference items (the effect against a uniformly random one), chunk by chunk."""
         dev, A = self._device, len(self.items_)
         g_t, a_t = torch.as_tensor(g, device=dev), torch.as_tensor(self._a, device=dev)
         corr_t = torch.as_tensor(corr, dtype=torch.float64, device=dev)
         centre_t = torch.as_tensor(centre, dtype=torch.float64, device=dev)
         base_t = None if base is None else torch.as_tensor(base, dtype=torch.float64, device=dev)
+        ref_t = torch.as_tensor(reference, dtype=torch.float64, device=dev)
+        ref_n = ref_t.sum(1, keepdim=True)  # 0 reference items: lift NaN
         sums = {k: torch.zeros(G, A, dtype=torch.float64, device=dev) for k in ("s1", "s2", "d1", "d2")}
         for rows, q in self._chunks(use_model):
             gr = g_t[rows]
@@ -237,7 +262,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
                 psi = torch.zeros(len(rows), A, dtype=torch.float64, device=dev)
             psi[torch.arange(len(rows), device=dev), a_t[rows]] += corr_t[rows]
             psi -= centre_t[gr]
-            d = psi - psi.mean(1, keepdim=True)
+            d = psi - (psi * ref_t[gr]).sum(1, keepdim=True) / ref_n[gr]
             for key, val in (("s1", psi), ("s2", psi ** 2), ("d1", d), ("d2", d ** 2)):
                 sums[key].index_add_(0, gr, val)
         return {k: v.cpu().numpy() for k, v in sums.items()}
@@ -258,6 +283,11 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         if not clip:
             return lo, hi
         return np.fmin(np.clip(lo, 0, 1), value), np.fmax(np.clip(hi, 0, 1), value)
+
+    def _implausible(self, g, G) -> np.ndarray:
+        """Per group of ``_groups``: holds a position whose propensities failed the check."""
+        bad_k = ~self.propensity_check_["plausible"].to_numpy()
+        return np.bincount(g, weights=bad_k[self._k], minlength=G) > 0
 
     def _resolve_method(self, method):
         method = self.method if method is None else method
@@ -282,7 +312,9 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         columns (absent items get probability 0), or a sparse pair ``(item_ids, probs)`` of
         (rows x k) arrays (e.g. a top-k list). Rows follow the log's row order.
         Returns one row (or one per position): ``value, se, ci_low, ci_high, n, ess, status,
-        logged_value, unsupported_mass, method``. ``method`` overrides the estimator's.
+        logged_value, unsupported_mass, n_clipped, method``. ``method`` overrides the
+        estimator's. ``status`` as for item values, or "unsupported" (the policy puts mass on
+        items never shown in the group).
         """
         self._check_fitted()
         method = self._resolve_method(method)
@@ -293,6 +325,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         sw = np.bincount(g, weights=w, minlength=G)
         sw2 = np.bincount(g, weights=w ** 2, minlength=G)
         n_events = np.bincount(g, weights=((w > 0) & (y != 0)).astype(float), minlength=G)
+        n_clipped = np.bincount(g, weights=(w > 0) & self._clipped, minlength=G).astype(np.int64)
         if method == "ipw":
             psi = w * y
         elif method == "snipw":
@@ -317,12 +350,14 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
                             minlength=G * len(self.items_)).reshape(G, -1) > 0
         unsupported = np.bincount(g, weights=pol.mass_outside(shown[g]), minlength=G) / n_g
         status = self._status(ess, n_events)
+        status[n_clipped > 0] = "clipped_weights"
+        status[self._implausible(g, G)] = "implausible_propensity"
         status[unsupported > ROW_SUM_TOL] = "unsupported"
         lo, hi = self._interval(value, se, clip=self.outcome_binary_)
         table = pd.DataFrame({
             "value": value, "se": se, "ci_low": lo, "ci_high": hi,
             "n": n_g, "ess": ess, "status": status, "logged_value": logged,
-            "unsupported_mass": unsupported, "method": method,
+            "unsupported_mass": unsupported, "n_clipped": n_clipped, "method": method,
         })
         if by_position:
             table.insert(0, self.position_, groups)
@@ -351,52 +386,3 @@ def _mean_se(s1, s2, n):
         mean = s1 / n
         var = np.maximum(s2 - n * mean ** 2, 0) / (n - 1)
         return mean, np.sqrt(var / n)
-
-
-# ---------------------------------------------------------------------- functions
-def estimate_item_values(df: pd.DataFrame, item: str, outcome: str, propensity: str,
-                         position: str | None = None, confounders=None, method: str = "dr",
-                         by_position: bool = False, items=None, **options) -> pd.DataFrame:
-    """Value of showing each item, from a bandit log with logged propensities.
-
-    Parameters
-    ----------
-    df : the log, one row per impression (the item shown, in a position).
-    item, outcome, propensity : column names; ``propensity`` is the probability the logging
-        policy gave the shown item (in its position), as logged.
-    position : optional position column: it enters the outcome model and ``by_position``.
-    confounders : context columns (numeric, or categorical such as hashed strings).
-    method : "dr", "ipw", "snipw" or "dm".
-    by_position : one row per item x position instead of per item.
-    items : the item catalogue (default: the logged items).
-    **options : parameters of ``BanditEstimator`` (n_folds, shrinkage, alpha, seed, ...).
-
-    Returns
-    -------
-    DataFrame, one row per item: ``item, value, se, ci_low, ci_high, n_shown, ess, status,
-    lift, lift_se, lift_ci_low, lift_ci_high, n_events, n_rows``. ``value`` is the expected
-    outcome had the item been shown (averaged over the logged contexts and positions);
-    ``lift`` is the effect of showing it instead of a uniformly random catalogue item (not
-    an ``ate``: the comparison is another item, not no recommendation).
-    ``status``: "ok", "few_events" (fewer than ``min_events`` nonzero 0/1 outcomes: the
-    interval is rough), "poor_overlap", "too_few_rows", "not_shown" (no estimate for ipw / snipw).
-    """
-    est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
-                                                        position, confounders, items)
-    return est.item_values(by_position=True) if by_position else est.values_
-
-
-def estimate_policy_value(df: pd.DataFrame, policy, item: str, outcome: str, propensity: str,
-                          position: str | None = None, confounders=None, method: str = "dr",
-                          by_position: bool = False, items=None, **options) -> pd.DataFrame:
-    """Value a policy would have earned on the logged contexts, with a confidence interval.
-
-    ``policy`` gives item probabilities per logged row: a (rows x items) array (columns in the
-    order of ``items`` or of the sorted logged items), a DataFrame with item columns, or a
-    sparse ``(item_ids, probs)`` pair of (rows x k) arrays. Other arguments as in
-    ``estimate_item_values``. Returns one row (one per position with ``by_position``):
-    ``value, se, ci_low, ci_high, n, ess, status, logged_value, unsupported_mass, method``.
-    """
-    est = BanditEstimator(method=method, **options).fit(df, item, outcome, propensity,
-                                                        position, confounders, items)
-    return est.policy_value(policy, by_position=by_position)

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..schema import SchemaError
+from ..utils.frames import check_frame
 from .log import _bandit_log, _catalogue
 
 ROW_SUM_TOL = 1e-6
@@ -29,6 +31,7 @@ class _Policy:
             self.probs = probs.astype(np.float64)
         else:
             if isinstance(policy, pd.DataFrame):
+                _check_policy_frame(policy)
                 _check_known(np.asarray(policy.columns)[catalogue.get_indexer(policy.columns) < 0])
                 policy = policy.reindex(columns=catalogue, fill_value=0.0).to_numpy(dtype=np.float64)
             dense = np.asarray(policy, dtype=np.float64)
@@ -59,6 +62,17 @@ class _Policy:
             return (self.dense * ~allowed).sum(1)
         ok = np.take_along_axis(allowed, self.codes, axis=1)
         return (self.probs * ~ok).sum(1)
+
+
+def _check_policy_frame(policy: pd.DataFrame) -> None:
+    """One column per item: a repeated item column would have two probabilities."""
+    check_frame(policy, "policy")
+    repeated = policy.columns[policy.columns.duplicated()].unique()
+    if len(repeated):
+        shown = ", ".join(repr(c) for c in repeated[:5].tolist())
+        raise SchemaError(None, f"policy: item column(s) {shown} appear more than once; give "
+                          "each item one column of probabilities (e.g. sum the copies: "
+                          "policy.T.groupby(level=0).sum().T)")
 
 
 def _check_known(unknown) -> None:

@@ -28,7 +28,7 @@ from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
 from ..inference import critical_value, p_value
 from ..reporting.summary import Summary
-from ..schema import InteractionLog, SchemaError, _as_list
+from ..schema import InteractionLog, SchemaError, _as_list, check_key_values, check_unique_columns
 from ..utils.validation import InstanceOf, Integer, Interval, Options
 from .benefit import group_benefit, metric_frame, provider_benefit
 from .disparity import add_bh, disparity_max_min, disparity_vs_reference
@@ -162,6 +162,9 @@ class FairnessAudit(BaseEstimator):
         self._check_groups(groups)
         if self.provider is not None:
             values = log.data.get(self.provider)
+            if values is not None:  # the log door's rule for key columns
+                check_unique_columns(log.data, [self.provider], "the log")
+                check_key_values(values, self.provider)
             self._check_provider(log.data.columns, 0 if values is None else values.isna().sum(),
                                  values is not None and bool(
                                      (log.data.groupby(self.item, sort=False)[self.provider]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..schema import _as_list
+from ..schema import InteractionLog, _as_list
 from .checks import DataSubsets, PlaceboTreatment, RandomCommonCause, RefutationRun
 
 __all__ = ["refute_item_effects", "summarize_refutations", "CHECKS"]
@@ -76,6 +76,11 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     # would draw theirs from the changed data (an added column would move them)
     options = {"n_repeats": 1, **options}
     keys = [item] + _as_list(by)
+    # the log door before anything reads a column (folds cast the treatment to integers)
+    from ..estimate.api import split_roles
+    _, *adjust = split_roles(item, by, confounders, categorical, text)
+    InteractionLog(df, item=keys, treatment=treatment, outcome=outcome, confounders=adjust[0],
+                   categorical=adjust[1], text=adjust[2], propensity=propensity)
     df, confounders, categorical = _resolve_confounders(
         df, confounders, categorical, text, graph, text_encoder, text_components)
 

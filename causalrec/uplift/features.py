@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..schema import SchemaError, _as_list, _check_finite_numeric
+import warnings
+
+from ..exceptions import DataWarning
+from ..schema import SchemaError, _as_list, _check_finite_numeric, check_key_values
+from ..utils.frames import check_frame
 
 __all__ = ["UserFeatures"]
 
@@ -17,10 +21,15 @@ class UserFeatures:
     Parameters
     ----------
     features : numeric columns. categorical : columns one-hot encoded (reference coding:
-        the first level of the training data is the baseline; a level unseen in training
-        counts as the baseline). text : free-text columns, embedded and reduced to
+        the first level of the training data is the baseline; levels beyond the
+        ``max_levels`` most frequent are pooled into it; a missing value is a level of its
+        own, ``MISSING``). text : free-text columns, embedded and reduced to
         ``text_components`` principal components (embeddings come from the on-disk cache
         that the nuisance fits filled). Constant columns are dropped.
+    unknown_levels : what ``transform`` does with a categorical value never seen in training
+        (a missing value counts as one unless training had missing values): "error" (default)
+        raises a ``SchemaError`` naming the column and the levels; "reference" scores those
+        rows as the reference level and warns (``DataWarning``) with their count.
 
     Attributes
     ----------
@@ -28,13 +37,14 @@ class UserFeatures:
     """
 
     def __init__(self, features=(), categorical=(), text=(), text_encoder=None,
-                 text_components=8, max_levels=50):
+                 text_components=8, max_levels=50, unknown_levels="error"):
         self.features = _as_list(features)
         self.categorical = _as_list(categorical)
         self.text = _as_list(text)
         self.text_encoder = text_encoder
         self.text_components = text_components
         self.max_levels = max_levels
+        self.unknown_levels = unknown_levels
 
     @property
     def input_columns(self) -> list[str]:
@@ -42,10 +52,11 @@ class UserFeatures:
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         self._check(frame, "log")
-        self.levels_ = {}
+        self.levels_, self.seen_levels_ = {}, {}
         for col in self.categorical:
-            counts = frame[col].astype(str).value_counts()
+            counts = _levels(frame[col]).value_counts()
             self.levels_[col] = sorted(counts.index[:self.max_levels])
+            self.seen_levels_[col] = pd.Index(counts.index)
         self.text_ = None
         if self.text:
             from ..confounders import TextConfounders
@@ -64,24 +75,40 @@ class UserFeatures:
         if not hasattr(self, "keep_"):
             raise RuntimeError("UserFeatures is not fitted: call fit_transform first")
         self._check(frame, "users frame")
+        for col in self.categorical:
+            self._check_levels(frame[col], col)
         raw, _ = self._raw(frame)
         return (raw[:, self.keep_] - self.center_) * self.scale_
 
     def _check(self, frame: pd.DataFrame, what: str) -> None:
-        if not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"expected a pandas DataFrame of users, got {type(frame).__name__}")
-        for col in self.input_columns:
-            if col not in frame.columns:
-                raise SchemaError(col, f"feature column missing from the {what}")
+        check_frame(frame, f"the {what}", self.input_columns)
         for col in self.features:
             _check_finite_numeric(frame[col], col)
+        for col in self.categorical:
+            check_key_values(frame[col], col)
+
+    def _check_levels(self, values: pd.Series, col: str) -> None:
+        """Apply the ``unknown_levels`` policy to levels never seen in training."""
+        levels = _levels(values)
+        unseen = ~levels.isin(self.seen_levels_[col])
+        if not unseen.any():
+            return
+        shown = ", ".join(repr(v) for v in pd.unique(levels[unseen])[:5])
+        if self.unknown_levels == "error":
+            raise SchemaError(col, f"{int(unseen.sum())} rows hold level(s) not seen in training: "
+                              f"{shown} (a missing value is the level {MISSING!r}); map them to "
+                              "known levels, or pass unknown_levels='reference' to score them as "
+                              f"the reference level {self.levels_[col][0]!r}")
+        warnings.warn(DataWarning(
+            f"column {col!r}: {int(unseen.sum())} rows hold level(s) not seen in training "
+            f"({shown}); scored as the reference level {self.levels_[col][0]!r}"), stacklevel=4)
 
     def _raw(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         parts = [frame[self.features].to_numpy(dtype=np.float64)] if self.features else []
         names = list(self.features)
         for col in self.categorical:
             levels = self.levels_[col]
-            codes = pd.Categorical(frame[col].astype(str), categories=levels).codes
+            codes = pd.Categorical(_levels(frame[col]), categories=levels).codes
             onehot = codes[:, None] == np.arange(1, len(levels))[None, :]  # reference coding
             parts.append(onehot.astype(np.float64))
             names += [f"{col}={level}" for level in levels[1:]]
@@ -92,3 +119,11 @@ class UserFeatures:
         if not parts:
             return np.zeros((len(frame), 0)), []
         return np.concatenate(parts, axis=1), names
+
+
+MISSING = "<missing>"
+
+
+def _levels(values: pd.Series) -> pd.Series:
+    """Category levels as text, missing values (None, NaN, NA) as the level ``MISSING``."""
+    return values.astype(object).where(values.notna(), MISSING).map(str)

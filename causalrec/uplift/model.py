@@ -10,7 +10,8 @@ from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
 from ..inference import benjamini_hochberg, critical_value, p_value
 from ..reporting.summary import Summary
-from ..schema import InteractionLog, SchemaError, _as_list
+from ..schema import InteractionLog, _as_list, check_key_values
+from ..utils.frames import check_frame
 from ..utils.validation import Callable, InstanceOf, Integer, Interval, Options
 from . import ridge
 from .bootstrap import wald_bootstrap
@@ -47,6 +48,10 @@ class UpliftModel(BaseEstimator):
         default: null rejection 0.040 at 5% over 1062 simulated items, 0.034 with 199 draws;
         its cost grows with rows x draws x features^2: at 200k rows x 1,000 items x 32
         features it is most of the fit's 28 s); 0 skips the test (p-values NaN).
+    unknown_levels : "error" (default) or "reference": what ``effect``, ``effect_interval``,
+        ``effect_matrix`` and ``recommend`` do with a categorical level (or a missing value)
+        not seen at fit: raise a ``SchemaError`` naming the column and levels, or score the
+        rows as the reference level with a ``DataWarning`` giving their count.
     **estimator_options : options of ``ItemEffectEstimator`` (nuisance, n_folds, seed,
         device, ...).
 
@@ -80,10 +85,11 @@ class UpliftModel(BaseEstimator):
         "alpha": [Interval(0, 1, "neither")],
         "fdr": [Interval(0, 1, "neither")],
         "n_bootstrap": [Options(0), Integer(19, None)],
+        "unknown_levels": [Options("error", "reference")],
     }
 
     def __init__(self, *, features=(), categorical=(), text=(), shrinkage="cv", alpha=0.05,
-                 fdr=0.05, n_bootstrap=49, **estimator_options):
+                 fdr=0.05, n_bootstrap=49, unknown_levels="error", **estimator_options):
         self.features = features
         self.categorical = categorical
         self.text = text
@@ -91,6 +97,7 @@ class UpliftModel(BaseEstimator):
         self.alpha = alpha
         self.fdr = fdr
         self.n_bootstrap = n_bootstrap
+        self.unknown_levels = unknown_levels
         self.estimator_options = estimator_options
 
     def get_params(self) -> dict:
@@ -111,7 +118,8 @@ class UpliftModel(BaseEstimator):
         self.item_column_ = log.item_columns[0]
         self.encoder_ = UserFeatures(self.features, self.categorical, self.text,
                                      text_encoder=self.estimator_options.get("text_encoder"),
-                                     text_components=self.estimator_options.get("text_components", 8))
+                                     text_components=self.estimator_options.get("text_components", 8),
+                                     unknown_levels=self.unknown_levels)
         self.encoder_._check(log.data, "log")  # before the costly stage 1
         est = ItemEffectEstimator(**self.estimator_options).fit(log)
         self.estimator_ = est
@@ -216,8 +224,8 @@ class UpliftModel(BaseEstimator):
 
     def _rows(self, df):
         self._check_fitted()
-        if not isinstance(df, pd.DataFrame) or self.item_column_ not in df.columns:
-            raise SchemaError(self.item_column_, "item column missing from the frame")
+        check_frame(df, "the frame", [self.item_column_])
+        check_key_values(df[self.item_column_], self.item_column_)
         codes = torch.as_tensor(self.item_codes(df[self.item_column_]), device=self.device_)
         return self._design(df), codes
 
@@ -249,8 +257,9 @@ class UpliftModel(BaseEstimator):
         """Top-k items per user by uplift: long table ``user, rank, item, uplift, ci_low,
         ci_high``; scored in chunks of users (and items), never users x items at once."""
         self._check_fitted()
-        if not (isinstance(k, (int, np.integer)) and k >= 1):
+        if not Integer(1, None).is_satisfied_by(k):  # True is not a k
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_frame(users, "users", unique_index=True)
         codes = np.arange(len(self.items_)) if items is None else self.item_codes(items)
         codes = codes[np.isfinite(self.coef_matrix_[:, 0].cpu().numpy()[codes])]
         k = min(k, len(codes))

@@ -20,6 +20,7 @@ import pandas as pd
 from ..estimate.estimator import ItemEffectEstimator
 from ..inference import critical_value, p_value
 from ..schema import InteractionLog
+from ..utils.validation import Integer
 
 __all__ = ["evaluate_policy", "PolicyEvaluation", "BASELINES"]
 
@@ -71,7 +72,7 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
     """
     if not isinstance(log, InteractionLog):
         raise TypeError("evaluate_policy expects an InteractionLog")
-    if not (isinstance(k, (int, np.integer)) and k >= 1):
+    if not Integer(1, None).is_satisfied_by(k):  # True is not a k
         raise ValueError(f"k must be a positive integer, got {k!r}")
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:

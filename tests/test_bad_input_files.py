@@ -1,0 +1,104 @@
+"""Errors a user can read and files read rightly (issue 26, class 7): compressed logs are
+recognised by all their suffixes, refutations of a nullable treatment holding <NA> name the
+column, and the command line reads a compressed TSV."""
+import bz2
+import gzip
+import lzma
+
+import numpy as np
+import pandas as pd
+import pytest
+import zstandard
+from test_bad_input import ROLES, small_log
+
+import causalrec as cr
+from causalrec.cli import main
+from causalrec.schema import SchemaError, read_log
+
+COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+            ".zst": zstandard.ZstdCompressor().compress}
+
+
+def frame():
+    return pd.DataFrame({"item": ["a", "b", "a,b"], "t": [1, 0, 1], "y": [0.5, 1.0, 2.0],
+                         "note": ["x\ty", "plain", "z"]})
+
+
+def encoded(df, fmt) -> bytes:
+    if fmt == ".parquet":
+        return df.to_parquet()
+    sep = "\t" if fmt in (".tsv", ".tab") else ","
+    return df.to_csv(sep=sep, index=False).encode()
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".tsv", ".parquet"])
+@pytest.mark.parametrize("compression", ["", ".gz", ".bz2", ".xz", ".zst"])
+def test_compressed_logs_are_read_by_all_their_suffixes(tmp_path, fmt, compression):
+    df = frame() if fmt != ".tsv" else frame().assign(note=["x y", "plain", "z"])
+    data = encoded(df, fmt)
+    path = tmp_path / f"log{fmt}{compression}"
+    path.write_bytes(COMPRESS[compression](data) if compression else data)
+    pd.testing.assert_frame_equal(read_log(path), df)
+
+
+def test_suffixes_are_case_blind_and_a_bare_gz_is_a_csv(tmp_path):
+    df = frame()
+    (tmp_path / "LOG.TSV.GZ").write_bytes(gzip.compress(encoded(df, ".tsv")))
+    (tmp_path / "log.2024.gz").write_bytes(gzip.compress(encoded(df, ".csv")))
+    pd.testing.assert_frame_equal(read_log(tmp_path / "LOG.TSV.GZ"), df)
+    pd.testing.assert_frame_equal(read_log(tmp_path / "log.2024.gz"), df)
+
+
+def test_a_file_that_is_not_what_its_suffixes_say_is_a_one_line_error(tmp_path):
+    text = gzip.compress(encoded(frame(), ".csv"))
+    (tmp_path / "log.parquet.gz").write_bytes(text)
+    with pytest.raises(SchemaError, match="as gzip-compressed parquet"):
+        read_log(tmp_path / "log.parquet.gz")
+    (tmp_path / "log.csv.gz").write_bytes(encoded(frame(), ".csv"))  # not compressed
+    with pytest.raises(SchemaError, match="cannot read .*log.csv.gz as gzip csv"):
+        read_log(tmp_path / "log.csv.gz")
+    (tmp_path / "log.json.gz").write_bytes(text)
+    with pytest.raises(SchemaError, match="expected a .csv or .parquet file"):
+        read_log(tmp_path / "log.json.gz")
+
+
+def test_command_line_reads_a_compressed_tsv(tmp_path, capsys):
+    df = small_log(0)
+    path = tmp_path / "log.tsv.gz"
+    path.write_bytes(gzip.compress(df.to_csv(sep="\t", index=False).encode()))
+    out = tmp_path / "effects.csv"
+    argv = ["effects", str(path), "--item", "item", "--treatment", "t", "--outcome", "y",
+            "--confounders", "x1,x2", "--categorical", "c", "--out", str(out), "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    effects = pd.read_csv(out)
+    assert effects["item"].tolist() == sorted(df["item"].unique())
+
+
+def test_command_line_error_for_a_mislabelled_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "log.parquet.gz"
+    path.write_bytes(gzip.compress(small_log(0).to_csv(index=False).encode()))
+    out = tmp_path / "effects.csv"
+    argv = ["effects", str(path), "--item", "item", "--treatment", "t", "--outcome", "y",
+            "--out", str(out), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "as gzip-compressed parquet" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("column,dtype", [("t", "Int64"), ("t", "boolean"), ("y", "Float64"),
+                                          ("x1", "Float64")])
+def test_refutation_with_a_nullable_column_holding_na_names_it(column, dtype):
+    df = small_log(1)
+    df[column] = df[column].astype(dtype)
+    df.loc[df.index[[2, 9]], column] = pd.NA
+    with pytest.raises(SchemaError, match=f"column '{column}': 2 (missing|NaN)"):
+        cr.refute_item_effects(df, **ROLES, checks=["placebo"])
+
+
+def test_refutation_with_a_repeated_treatment_column_names_it():
+    df = small_log(2)
+    with pytest.raises(SchemaError, match="column 't': appears 2 times"):
+        cr.refute_item_effects(pd.concat([df, df[["t"]]], axis=1), **ROLES, checks=["placebo"])
+    assert np.isfinite(cr.refute_item_effects(df.assign(t=df["t"].astype("Int64")), **ROLES,
+                                              checks=["placebo"])["estimate"]).any()

@@ -1,0 +1,110 @@
+"""Bad frames given to a fitted UpliftModel (issue 26, classes 3, 5 and 7): unseen category
+levels and missing values follow the documented ``unknown_levels`` policy, frame shapes that
+pandas allows (repeated index labels or columns, MultiIndex columns) are handled or refused by
+name, and ``recommend(k=True)`` is a one-line error."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import causalrec as cr
+from causalrec.exceptions import DataWarning
+from causalrec.schema import SchemaError
+
+FEATURES = ["user_activity", "tenure"]
+ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
+             confounders=["user_activity", "hour", "tenure"], categorical=["device"])
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*rows repeat another row:causalrec.exceptions.DataWarning")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    sim = cr.datasets.simulate_log(n_items=6, n_users=300, n_rows=4000, text_confounding=0.0, seed=2)
+    log = cr.InteractionLog(sim.data, **ROLES)
+    model = cr.UpliftModel(features=FEATURES, categorical=["device"], n_bootstrap=0, seed=0,
+                           device="cpu").fit(log)
+    users = sim.data.iloc[:40].reset_index(drop=True)
+    return model, users
+
+
+@pytest.mark.parametrize("level", ["smart-tv", None, np.nan, "DESKTOP"])
+def test_unseen_level_or_missing_value_is_an_error_naming_column_and_level(fitted, level):
+    model, users = fitted
+    odd = users.assign(device=users["device"].astype(object))
+    odd.loc[[3, 7], "device"] = level
+    shown = "'<missing>'" if pd.isna(level) else repr(level)
+    for call in (model.effect, model.effect_matrix, model.recommend, model.effect_interval):
+        with pytest.raises(SchemaError, match=f"column 'device': 2 rows hold level.*{shown}"):
+            call(odd)
+
+
+def test_unknown_levels_reference_scores_them_as_the_reference_level_with_a_count(fitted):
+    model, users = fitted
+    lenient = cr.UpliftModel(**{**model.get_params(), "unknown_levels": "reference"})
+    assert lenient.unknown_levels == "reference"
+    model.encoder_.unknown_levels = "reference"  # the fitted model with the other policy
+    try:
+        odd = users.assign(device=users["device"].astype(object))
+        odd.loc[[1, 2, 5], "device"] = ["smart-tv", None, "smart-tv"]
+        with pytest.warns(DataWarning, match="column 'device': 3 rows hold level"):
+            got = model.effect(odd)
+        reference = model.encoder_.levels_["device"][0]
+        expected = model.effect(odd.assign(device=odd["device"].where(
+            ~odd.index.isin([1, 2, 5]), reference)))
+        pd.testing.assert_series_equal(got, expected)
+    finally:
+        model.encoder_.unknown_levels = "error"
+    with pytest.raises(ValueError, match="unknown_levels"):
+        cr.UpliftModel(features=FEATURES, unknown_levels="ignore")._check_params()
+
+
+def test_level_seen_in_training_but_pooled_is_not_unknown(fitted):
+    model, users = fitted
+    seen = model.encoder_.seen_levels_["device"]
+    assert set(model.encoder_.levels_["device"]) <= set(seen)
+    model.effect(users)  # every training level scores without a warning or an error
+
+
+def test_recommend_with_repeated_index_labels_is_refused_and_effect_keeps_positions(fitted):
+    model, users = fitted
+    repeated = users.set_index(pd.Index([0, 1] * (len(users) // 2)))
+    with pytest.raises(SchemaError, match="users: index labels repeat"):
+        model.recommend(repeated, k=2)
+    # per-row results follow row positions, whatever the labels
+    np.testing.assert_array_equal(model.effect(repeated).to_numpy(), model.effect(users).to_numpy())
+    recs = model.recommend(repeated.reset_index(drop=True), k=2)
+    pd.testing.assert_frame_equal(recs, model.recommend(users, k=2))
+
+
+@pytest.mark.parametrize("column", ["tenure", "device", "item_id"])
+def test_repeated_column_is_an_error_naming_it(fitted, column):
+    model, users = fitted
+    doubled = pd.concat([users, users[[column]]], axis=1)
+    with pytest.raises(SchemaError, match=f"column '{column}': appears 2 times"):
+        model.effect(doubled)
+
+
+def test_multiindex_and_non_frame_users_are_refused_by_name(fitted):
+    model, users = fitted
+    multi = users.copy()
+    multi.columns = pd.MultiIndex.from_product([["u"], users.columns])
+    with pytest.raises(SchemaError, match="users has MultiIndex columns"):
+        model.recommend(multi)
+    with pytest.raises(SchemaError, match="users: expected a pandas DataFrame, got ndarray"):
+        model.recommend(users.to_numpy())
+
+
+def test_mixed_category_types_in_users_are_refused(fitted):
+    model, users = fitted
+    mixed = users.assign(device=users["device"].astype(object))
+    mixed.loc[0, "device"] = 1
+    with pytest.raises(SchemaError, match="column 'device': mixes value types"):
+        model.effect_matrix(mixed)
+
+
+@pytest.mark.parametrize("k", [True, False, 2.0, "3", 0, -1, None])
+def test_recommend_k_must_be_a_positive_integer_not_a_bool(fitted, k):
+    model, users = fitted
+    with pytest.raises(ValueError, match=f"k must be a positive integer, got {k!r}"):
+        model.recommend(users, k=k)
+    assert len(model.recommend(users, k=np.int64(2))) == 2 * len(users)
