@@ -158,9 +158,16 @@ class EmpiricalBayesPrior:
     def _scaled_likelihood(self, x, s):
         """Normal likelihood of each estimate at each grid point, rescaled per row so the
         largest entry is 1 (avoids underflow for precise estimates); returns log row scales."""
-        log_lik = stats.norm.logpdf(x[:, None], self.grid_[None, :], s[:, None])
+        with np.errstate(over="ignore"):
+            log_lik = stats.norm.logpdf(x[:, None], self.grid_[None, :], s[:, None])
         row_max = log_lik.max(axis=1)
-        return np.exp(log_lik - row_max[:, None]), row_max
+        exact = ~np.isfinite(row_max)  # an se so small that every density underflows:
+        if exact.any():  # the limit se -> 0 puts the row's mass on its nearest grid point
+            nearest = np.abs(x[exact, None] - self.grid_[None, :]).argmin(axis=1)
+            log_lik[exact] = -np.inf
+            log_lik[exact, nearest] = 0.0
+        scaled = np.exp(log_lik - np.where(exact, 0.0, row_max)[:, None])
+        return scaled, row_max
 
     def loglik(self, estimates, ses) -> float:
         """Marginal log-likelihood ``sum_i log integral N(x_i; theta, s_i^2) dG(theta)``."""
