@@ -23,9 +23,10 @@ _POSTERIOR_COLUMNS = ["posterior_mean", "posterior_sd", "posterior_low", "poster
 # likelihood is flat over the data): either would set the prior's scale for every item, so
 # neither enters the fit.
 EXTREME = 1e6
-# In the normal fit (not in the posteriors) ses are floored at this share of their median:
-# as one se -> 0 the marginal likelihood grows without bound at prior variance 0 with the
-# prior mean on that item's estimate, which would give every item the same posterior mean.
+# In the normal fit (not in the posteriors) ses are floored (``_se_floor``), at least at this
+# share of their median: as one se -> 0 the marginal likelihood grows without bound at prior
+# variance 0 with the prior mean on that item's estimate, which would give every item the
+# same posterior mean.
 SE_FLOOR = 1e-2
 
 
@@ -38,7 +39,16 @@ def _robust_scale(x, s) -> tuple[float, float]:
         spread = max(1.4826 * float(np.median(np.abs(x - center))), float(np.median(s)))
     if not (np.isfinite(spread) and spread > 0):
         spread = 1.0
-    return center, spread
+    return center, np.float64(spread)  # (its square overflows to inf, not to an error)
+
+
+def _se_floor(t) -> float:
+    """Floor of the standardised ses in the normal fit: no row counts as more precise than
+    the second most precise one (so a single row cannot create the spike), nor than
+    SE_FLOOR times the median; an se under 1 / EXTREME spreads is exact as far as the prior
+    is concerned (the floor also keeps squares from underflowing to a zero variance)."""
+    second = np.partition(t, 1)[1] if t.size > 1 else t[0]
+    return max(second, SE_FLOOR * np.median(t), SE_FLOOR / EXTREME)
 
 
 def prior_row_status(estimates, ses) -> np.ndarray:
@@ -125,7 +135,7 @@ class EmpiricalBayesPrior:
 
     def _fit_normal(self, z, t):
         """Maximum marginal likelihood on the standardised scale (``z``, ``t``)."""
-        t = np.maximum(t, SE_FLOOR * np.median(t))
+        t = np.maximum(t, _se_floor(t))
 
         def profile(tau):  # the mean is profiled out: weighted mean given tau
             v = tau**2 + t**2
@@ -137,8 +147,9 @@ class EmpiricalBayesPrior:
                                        method="bounded", options={"xatol": 1e-10 * upper})
         tau = 0.0 if profile(0.0)[1] <= res.fun else float(res.x)  # the MLE may sit at 0
         self._mean_z, self._var_z = float(profile(tau)[0]), tau**2
-        self.mean_ = self.center_ + self.spread_ * self._mean_z
-        self.var_ = self.spread_**2 * self._var_z
+        self.mean_ = float(self.center_ + self.spread_ * self._mean_z)
+        with np.errstate(over="ignore"):  # e.g. one row with se 1e300: var_ is inf
+            self.var_ = float((self.spread_ * tau) ** 2)
 
     def _fit_npmle(self, x, s):
         self.grid_ = np.linspace(x.min(), x.max(), self.grid_size)
