@@ -196,7 +196,7 @@ def test_bad_inputs_raise(fitted):
         EffectReport([1, 2, 3]).to_html()
     with pytest.raises(ValueError, match="not fitted"):
         EffectReport(ItemEffectEstimator()).to_html()
-    with pytest.raises(ValueError, match=r"lack required column\(s\) \['se'\]"):
+    with pytest.raises(ValueError, match=r"lacks? required column\(s\) \[.se.\]"):
         EffectReport(estimator.effects_.drop(columns="se")).to_html()
     with pytest.raises(ValueError, match="top must be a positive integer"):
         EffectReport(estimator.effects_, top=0).to_html()

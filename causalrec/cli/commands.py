@@ -152,19 +152,24 @@ def _report(estimator, roles, graph, args, progress, title, top=10, refute=False
 
 
 def _check_table_path(path: Path) -> None:
-    if path.suffix.lower() not in {".csv", ".parquet", ".pq"}:
+    from ..utils.io import TABLE_SUFFIXES
+
+    if path.suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"--out must end in .csv or .parquet, got {path.name!r}")
 
 
-def _write_table(frame, path: Path) -> None:
-    from ..schema import csv_safe
+def _table_file(frame, path: Path) -> bytes:
+    """The table as the bytes of a .csv or .parquet file (by ``path``'s suffix)."""
+    from ..utils.io import TABLE_SUFFIXES, table_bytes
 
     _check_table_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        csv_safe(frame).to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
+    return table_bytes(frame, TABLE_SUFFIXES[path.suffix.lower()])
+
+
+def _write_table(frame, path: Path) -> None:
+    from ..utils.io import write_bytes
+
+    write_bytes(path, _table_file(frame, path))  # atomic: never a partial table
 
 
 def _print_summary(table, path: Path, truth=None) -> None:
@@ -252,13 +257,12 @@ def cmd_audit(args, progress) -> int:
         with progress.step("auditing effects across groups"):
             audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
                                   estimator=estimator).fit(log.data)
-    from ..schema import csv_safe
+    from ..utils.io import table_bytes, write_files
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_safe(audit.group_effects_).to_csv(out / "group_effects.csv", index=False)
-    csv_safe(audit.disparity_).to_csv(out / "disparity.csv", index=False)
-    audit.report(out / "audit.html")
+    write_files(out, {"group_effects.csv": table_bytes(audit.group_effects_, "csv"),
+                      "disparity.csv": table_bytes(audit.disparity_, "csv"),
+                      "audit.html": audit.to_html()})
     print(f"Audit: {(out / 'audit.html').resolve()}")
     print(f"Tables: {out / 'group_effects.csv'}, {out / 'disparity.csv'}")
     return 0
@@ -270,13 +274,14 @@ def cmd_simulate(args, progress) -> int:
     with progress.step(f"simulating {args.rows:,} rows over {args.items:,} items"):
         sim = simulate_log(n_items=args.items, n_users=args.users, n_rows=args.rows,
                            outcome=args.outcome, seed=args.seed)
+    from ..utils.io import table_bytes, write_files
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / f"log.{args.format}"
-    _write_table(sim.data, log_path)
-    sim.truth.to_csv(out / "truth.csv", index=False)
-    sim.group_truth.to_csv(out / "group_truth.csv", index=False)
-    (out / "roles.json").write_text(json.dumps(sim.roles, indent=2) + "\n")
+    write_files(out, {log_path.name: _table_file(sim.data, log_path),
+                      "truth.csv": table_bytes(sim.truth, "csv"),
+                      "group_truth.csv": table_bytes(sim.group_truth, "csv"),
+                      "roles.json": json.dumps(sim.roles, indent=2) + "\n"})
     r = sim.roles
     print(f"Wrote {log_path}, truth.csv, group_truth.csv and roles.json to {out}")
     print(f"Try: {PROG} report {log_path} --item {r['item']} --treatment {r['treatment']} "

@@ -3,7 +3,6 @@ atomically, so that re-running an analysis does not re-encode)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 
 from ..exceptions import DataWarning
 from ..schema import SchemaError
+from ..utils.io import atomic_path
 
 MISSING_TEXT = "[missing]"  # what NaN / None / blank texts are encoded as
 
@@ -139,13 +139,6 @@ class _EmbeddingCache:
                     path.unlink(missing_ok=True)
 
     def _write(self, shard: str, keys, emb, truncated) -> None:
-        folder = self.root / shard
-        folder.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp = folder / f".{name}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, keys=keys, emb=np.asarray(emb, np.float32), truncated=truncated)
-            os.replace(tmp, folder / f"{name}.npz")
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(self.root / shard / f"{uuid.uuid4().hex}.npz") as tmp, \
+                open(tmp, "wb") as f:
+            np.savez(f, keys=keys, emb=np.asarray(emb, np.float32), truncated=truncated)

@@ -319,8 +319,9 @@ def load_sample() -> SimulatedLog:
 
 def write_sample(directory: Path = SAMPLE_DIR) -> None:
     """Regenerate the bundled sample files."""
+    from ..utils.io import write_files
+
     sim = simulate_log(**SAMPLE_SETTINGS)
-    directory.mkdir(parents=True, exist_ok=True)
-    sim.data.to_parquet(directory / "sample_log.parquet", index=False)
-    sim.truth.to_csv(directory / "sample_truth.csv", index=False)
-    sim.group_truth.to_csv(directory / "sample_group_truth.csv", index=False)
+    write_files(directory, {"sample_log.parquet": sim.data.to_parquet(index=False),
+                            "sample_truth.csv": sim.truth.to_csv(index=False),
+                            "sample_group_truth.csv": sim.group_truth.to_csv(index=False)})

@@ -349,11 +349,11 @@ class FairnessAudit(BaseEstimator):
         return audit_html(self)
 
     def report(self, path) -> Path:
-        """Write the self-contained HTML audit to ``path``; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_html(), encoding="utf-8")
-        return path
+        """Write the self-contained HTML audit to ``path`` (atomically: the page is built
+        first, then moved into place); returns the path."""
+        from ..utils.io import write_text
+
+        return write_text(path, self.to_html())
 
 
 # ---------------------------------------------------------------------- summary

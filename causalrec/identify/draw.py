@@ -5,6 +5,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from ..utils.io import atomic_path
 from .graph import ROLES
 
 ROLE_COLORS = {
@@ -58,5 +59,6 @@ def draw_graph(graph, path, title: str | None = None) -> Path:
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # never a half-drawn file
+        fig.savefig(f, format=path.suffix[1:].lower())
     return path

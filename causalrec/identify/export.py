@@ -4,6 +4,8 @@ from __future__ import annotations
 import networkx as nx
 import pandas as pd
 
+from ..utils.io import write_text
+
 
 def to_dowhy(graph, df: pd.DataFrame, **kwargs):
     """A ``dowhy.CausalModel`` on ``df`` with the ``CausalGraph`` ``graph`` (passed as a
@@ -40,5 +42,5 @@ def to_gml(graph, path=None) -> str | None:
     g.add_edges_from(graph.graph.edges)
     if path is None:
         return "\n".join(nx.generate_gml(g))
-    nx.write_gml(g, path)
+    write_text(path, "".join(line + "\n" for line in nx.generate_gml(g)))  # atomically
     return None

@@ -6,7 +6,9 @@ import pandas as pd
 
 from ..inference import benjamini_hochberg, critical_value, p_value
 from .covariates import INTERVALS, CovariatePrior, covariate_matrix
-from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior
+from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior, prior_row_status
+from ..schema import SchemaError
+from .table import check_effects_table
 
 __all__ = ["rank_items", "compare_policies"]
 
@@ -62,26 +64,24 @@ def _prob_top_k(shrunk, k, n_draws, seed) -> np.ndarray:
 
 
 def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covariates=None,
-            interval="robust"):
-    """Validate ``effects``, fit the prior on its usable rows and add posterior columns.
+            interval="robust", owner="rank_items"):
+    """Check ``effects`` (``check_effects_table``), fit the prior on its usable rows and add
+    posterior columns and ``rank_status`` (why a row is not ranked; "ok" when it is).
 
-    Returns (copy of effects with posterior columns, mask of usable rows, ``_Shrunk``)."""
-    missing = [c for c in ("item", "ate", "se", *required) if c not in effects.columns]
-    if missing:
-        raise ValueError(f"effects lacks required column(s) {missing}")
+    Returns (copy of effects with the added columns, mask of usable rows, ``_Shrunk``)."""
     if prior not in {"npmle", "normal"}:
         raise ValueError(f"prior must be 'npmle' or 'normal', got {prior!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {list(INTERVALS)}, got {interval!r}")
-    ate = pd.to_numeric(effects["ate"], errors="coerce").to_numpy(float)
-    se = pd.to_numeric(effects["se"], errors="coerce").to_numpy(float)
-    if np.any(se < 0):
-        raise ValueError("column 'se': standard errors must be non-negative")
-    ok = np.isfinite(ate) & np.isfinite(se) & (se > 0)  # se == 0: no usable likelihood
-    if "status" in effects.columns:
-        ok &= (effects["status"] == "ok").to_numpy()
+    table = check_effects_table(effects, required, owner=owner)
+    ate, se = table.values["ate"], table.values["se"]
+    status = table.row_status.copy()
+    ok = status == "ok"
+    if ok.any():  # rows too extreme to inform the prior are not ranked either
+        status[ok] = prior_row_status(ate[ok], se[ok])
+        ok = status == "ok"
     if not ok.any():
         raise ValueError("no rows with status 'ok', finite ate and positive se")
     x, s = ate[ok], se[ok]
@@ -99,6 +99,7 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covari
     for column in _POSTERIOR_COLUMNS:
         out[column] = np.nan
     out.loc[ok, _POSTERIOR_COLUMNS] = shrunk.posterior(alpha).to_numpy()
+    out["rank_status"] = pd.array(status, dtype="str")
     return out, ok, shrunk
 
 
@@ -169,14 +170,15 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
     out, ok, shrunk = _shrink(effects, prior, alpha, covariates=covariates,
                               interval=interval)
     ate, se = shrunk.x, shrunk.s
+    sign = np.sign(out["ate"].to_numpy(float, na_value=np.nan))
     top_k = min(int(k) if k is not None else 10, int(ok.sum()))
     out["prob_top_k"] = np.nan
     out.loc[ok, "prob_top_k"] = _prob_top_k(shrunk, top_k, n_draws, seed)
     out["q_value"] = np.nan
     out.loc[ok, "q_value"] = benjamini_hochberg(p_value(ate, se))
     called = (out["q_value"] <= fdr).to_numpy()
-    out["bh_positive"] = called & (out["ate"] > 0).to_numpy()
-    out["bh_negative"] = called & (out["ate"] < 0).to_numpy()
+    out["bh_positive"] = called & (sign > 0)
+    out["bh_negative"] = called & (sign < 0)
 
     # ties on the ranking key (e.g. discrete NPMLE lower bounds) are broken by posterior mean
     order = np.lexsort((-out["posterior_mean"].to_numpy(), -out[_RANK_KEYS[by]].to_numpy()))
@@ -223,8 +225,12 @@ def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naiv
     ``se`` from the items' ``se``. ``raw_incremental`` is the raw plug-in value of every
     policy, for contrast.
 
-    Returns a DataFrame ``policy, k, incremental, se, ci_low, ci_high, raw_incremental``
-    (``k``: the number of items the policy recommends); intervals are ``+- z se``.
+    Returns a DataFrame ``policy, k, incremental, se, ci_low, ci_high, raw_incremental,
+    share_valued`` (``k``: the number of items the policy recommends; ``share_valued``: the
+    share of the policy's recommendations on items with a usable estimate, below 1 when the
+    logging policy also recommended items that cannot be valued: its value is then that of
+    its recommendations of usable items); intervals are ``+- z se``. The popularity, count
+    and weight columns must be finite (counts non-negative) on usable items.
     """
     if weights not in {"uniform", "n"}:
         raise ValueError(f"weights must be 'uniform' or 'n', got {weights!r}")
@@ -232,31 +238,44 @@ def compare_policies(effects: pd.DataFrame, k: int = 10, popularity: str = "naiv
         raise ValueError(f"k must be a positive integer, got {k!r}")
     required = [popularity, "n_treated"] + (["n"] if weights == "n" else [])
     out, ok, shrunk = _shrink(effects, prior, alpha, required=required, covariates=covariates,
-                              interval=interval)
+                              interval=interval, owner="compare_policies")
     items = out[ok].reset_index(drop=True)
+    column = {c: items[c].to_numpy(float, na_value=np.nan) for c in ["ate", "se", *required]}
+    for name in required:
+        bad = ~np.isfinite(column[name]) | ((column[name] < 0) if name != popularity else False)
+        if bad.any():
+            raise SchemaError(name, f"missing, infinite or negative for {int(bad.sum())} "
+                              f"item(s) with a usable estimate, e.g. {items['item'][bad].iloc[0]!r}")
     if k > len(items):
         raise ValueError(f"k={k} exceeds the {len(items)} items with a usable estimate")
+    # the logging policy also recommended items without a usable estimate: say how much of
+    # it the value covers rather than silently renormalising
+    logged = np.nansum(out["n_treated"].to_numpy(float, na_value=np.nan))
+    logging_valued = column["n_treated"].sum() / logged if logged > 0 else 1.0
 
     def top_k_shares(score):
-        chosen = np.argsort(-items[score].to_numpy(float), kind="stable")[:k]
+        chosen = np.argsort(-column[score], kind="stable")[:k]
         share = np.zeros(len(items))
-        share[chosen] = 1.0 if weights == "uniform" else items["n"].to_numpy(float)[chosen]
+        share[chosen] = 1.0 if weights == "uniform" else column["n"][chosen]
         return share
 
-    policies = [("causal_top_k", top_k_shares("posterior_mean"), True),
-                ("naive_top_k", top_k_shares(popularity), True),
-                ("logging", items["n_treated"].to_numpy(float), False)]
+    column["posterior_mean"] = items["posterior_mean"].to_numpy(float)
+    policies = [("causal_top_k", top_k_shares("posterior_mean"), True, 1.0),
+                ("naive_top_k", top_k_shares(popularity), True, 1.0),
+                ("logging", column["n_treated"], False, logging_valued)]
     z = critical_value(alpha)
     rows = []
-    for policy, share, shrink in policies:
+    for policy, share, shrink, valued in policies:
         if share.sum() <= 0:
             raise ValueError(f"policy {policy!r} recommends none of the usable items")
         share = share / share.sum()
         if shrink:  # chosen on the data: valued at posterior means
             value, se = shrunk.value(share, items)
         else:
-            value, se = float(share @ items["ate"]), float(np.sqrt(share**2 @ items["se"] ** 2))
+            value = float(share @ column["ate"])
+            se = float(np.sqrt(share**2 @ column["se"] ** 2))
         rows.append(dict(policy=policy, k=int(np.count_nonzero(share)), incremental=value,
                          se=se, ci_low=value - z * se, ci_high=value + z * se,
-                         raw_incremental=float(share @ items["ate"])))
+                         raw_incremental=float(share @ column["ate"]),
+                         share_valued=float(valued)))
     return pd.DataFrame(rows)

@@ -72,12 +72,16 @@ def sensitivity(effects: pd.DataFrame, q: float = 1.0, alpha: float = 0.05, dof=
       ``outcome="auto"`` calls an outcome binary when the items' overall outcome variance
       equals ``m (1 - m)`` (true of 0/1 outcomes only).
     """
+    from ..rank.table import check_effects_table
+
+    columns = ["n"] if dof is None else [dof] if isinstance(dof, str) else []
+    table = check_effects_table(effects, columns, owner="sensitivity")
     out = effects.copy()
-    ate, se = out["ate"].to_numpy(float), out["se"].to_numpy(float)
+    ate, se = table.values["ate"], table.values["se"]
     if dof is None:
-        dof = out["n"].to_numpy(float) - 2
+        dof = table.values["n"] - 2
     elif isinstance(dof, str):
-        dof = out[dof].to_numpy(float)
+        dof = table.values[dof]
     with np.errstate(invalid="ignore", divide="ignore"):
         t = ate / se
     out["t_stat"] = t

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..schema import csv_safe
+from ..rank.table import check_effects_table
+from ..utils.io import table_bytes, write_files
 from .effect_sections import EffectSections
 from .net_section import net_html
 from .nuisance_section import nuisance_html
@@ -69,13 +70,11 @@ class EffectReport(EffectSections):
         else:
             raise TypeError("EffectReport expects a fitted ItemEffectEstimator or an effects "
                             f"DataFrame, got {type(source).__name__}")
-        missing = [c for c in ("item", "ate", "se") if c not in effects.columns]
-        if missing:
-            raise ValueError(f"effects lack required column(s) {missing}")
+        checked = check_effects_table(effects, owner="EffectReport")
         if not isinstance(self.top, (int, np.integer)) or self.top < 1:
             raise ValueError(f"top must be a positive integer, got {self.top!r}")
         self._effects = effects
-        self._keys = list(effects.columns[: max(1, effects.columns.get_loc("ate"))])
+        self._keys = checked.keys
         self._data, self._roles = self._resolve_log()
         self._notes = []
         ranking = self.ranking if self.ranking is not None else self._rank(effects)
@@ -157,25 +156,23 @@ class EffectReport(EffectSections):
         return html_page(self.title, body, subtitle)
 
     def save(self, directory, parquet: bool = True) -> Path:
-        """Write ``report.html`` and the tables into ``directory``; returns the HTML path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write ``report.html`` and the tables into ``directory``; returns the HTML path.
+        Everything is rendered in memory first (a table Parquet cannot store fails here) and
+        the files are moved into place together: an error leaves no partial file."""
         page = self.to_html()
-        table = self._table
         # CSV cells that a spreadsheet would run as formulas are escaped (Parquet keeps values)
-        csv_safe(table).to_csv(directory / "effects.csv", index=False)
+        files = {"effects.csv": table_bytes(self._table, "csv")}
         if parquet:
-            table.to_parquet(directory / "effects.parquet", index=False)
+            files["effects.parquet"] = table_bytes(self._table, "parquet")
         if self._policies is not None:
-            csv_safe(self._policies).to_csv(directory / "policies.csv", index=False)
+            files["policies.csv"] = table_bytes(self._policies, "csv")
         if isinstance(self.refutation, pd.DataFrame):
-            csv_safe(self.refutation).to_csv(directory / "refutation.csv", index=False)
+            files["refutation.csv"] = table_bytes(self.refutation, "csv")
         if self.net is not None:
             net = self.net.effects_ if hasattr(self.net, "effects_") else self.net
-            csv_safe(net).to_csv(directory / "net_effects.csv", index=False)
-        path = directory / "report.html"
-        path.write_text(page, encoding="utf-8")
-        return path
+            files["net_effects.csv"] = table_bytes(net, "csv")
+        files["report.html"] = page
+        return write_files(directory, files)["report.html"]
 
 
 def _join_columns(table: pd.DataFrame, extra, keys: list[str], what: str) -> pd.DataFrame:
