@@ -9,8 +9,11 @@ import pandas as pd
 
 from ..schema import csv_safe
 from .effect_sections import EffectSections
-from .nuisance_section import nuisance_html
+from .first_screen import first_screen_html
 from .html import escape, html_page, section
+from .items_table import SORT_SCRIPT, items_frame, items_table_html
+from .nuisance_section import nuisance_html
+from .overlap import DEFAULT_MAX_OUTSIDE, overlap_verdict
 
 __all__ = ["EffectReport"]
 
@@ -32,9 +35,15 @@ class EffectReport(EffectSections):
     top : items shown at each end of the forest plot and in the ranking tables.
     seed : shown in the reproducibility block (default: the estimator's seed).
 
-    ``to_html()`` returns the page; ``save(directory)`` writes ``report.html``,
-    ``effects.csv`` (effects with ranking and sensitivity columns), ``effects.parquet`` and,
-    when available, ``policies.csv`` and ``refutation.csv``. ``table()`` is the joined table.
+    The page opens with the answer (items to recommend more and less, with their evidence,
+    the change in the outcome's total, what could not be estimated), then every item in one
+    sortable, searchable table, then the diagnostics.
+
+    ``to_html()`` returns the page; ``save(directory)`` writes ``report.html``, ``items.csv``
+    and ``items.parquet`` (the page's item table, linked from it), ``effects.csv`` (effects
+    with ranking and sensitivity columns), ``effects.parquet`` and, when available,
+    ``policies.csv`` and ``refutation.csv``. ``table()`` is the joined table, ``items()``
+    the item table.
     """
 
     def __init__(self, estimator_or_effects, log=None, graph=None, ranking=None,
@@ -81,6 +90,15 @@ class EffectReport(EffectSections):
         self._table = table
         self._popularity = next((c for c in ("treated_mean", "naive_ate") if c in table), None)
         self._policies = self._compare_policies(effects) if "rank" in table.columns else None
+        est = self._estimator
+        self._settings = {name: getattr(est, name, None) for name in
+                          ("alpha", "min_rows_per_arm", "min_ess", "max_clipped")}
+        self._settings["alpha"] = self._settings["alpha"] or 0.05
+        # the estimator's own threshold on an item's rows without overlap
+        self._max_outside = self._settings["max_clipped"] or DEFAULT_MAX_OUTSIDE
+        self._verdict = overlap_verdict(table, self._max_outside)
+        self._top_k = (ranking.attrs.get("top_k", self.top) if isinstance(ranking, pd.DataFrame)
+                       else self.top)
 
     def _resolve_log(self):
         from ..schema import InteractionLog
@@ -127,17 +145,33 @@ class EffectReport(EffectSections):
         self._prepare()
         return self._table.copy()
 
+    def items(self) -> pd.DataFrame:
+        """Every item with the columns the page's item table shows (``items.csv``)."""
+        self._prepare()
+        return items_frame(self._table, self._keys, self._verdict)
+
     def to_html(self) -> str:
         """The report as one self-contained HTML string."""
         self._prepare()
+        outcome = self._roles.get("outcome", ["the outcome"])[0]
+        total = None
+        if self._data is not None and "outcome" in self._roles:
+            total = float(self._data[outcome].astype(float).sum())
+        answer = first_screen_html(
+            self._table, self._item_label(self._table), self._verdict,
+            popularity=self._popularity, outcome=outcome, settings=self._settings,
+            top_k=self._top_k, fdr=_rank_default("fdr"), total_outcome=total)
+        items = items_table_html(items_frame(self._table, self._keys, self._verdict))
         parts = [
+            ("The answer: what to recommend more and less", "answer", answer),
+            ("All items", "items", items),
             ("Summary", "summary", self._summary_html()),
             ("Data", "data", self._data_html()),
             ("Causal graph and adjustment", "graph", self._graph_html()),
             ("Overlap diagnostics", "overlap", self._overlap_html()),
             ("Nuisance models", "nuisance", nuisance_html(self._estimator)),
             ("Largest and smallest effects", "effects", self._forest_html()),
-            ("Popular is not causal", "popularity", self._popularity_html()),
+            ("Popularity versus causal effect", "popularity", self._popularity_html()),
             ("Naive versus causal ranking", "ranking", self._ranking_html()),
             ("Refutation and sensitivity", "refutation", self._refutation_html()),
             ("Assumptions", "assumptions", self._assumptions_html()),
@@ -148,14 +182,17 @@ class EffectReport(EffectSections):
         body = nav + "".join(section(title, content, anchor) for title, anchor, content in parts)
         subtitle = (f"{len(self._table)} items; effect of recommending each item on "
                     f"{self._roles.get('outcome', ['the outcome'])[0]}")
-        return html_page(self.title, body, subtitle)
+        return html_page(self.title, body, subtitle, scripts=[SORT_SCRIPT])
 
     def save(self, directory, parquet: bool = True) -> Path:
         """Write ``report.html`` and the tables into ``directory``; returns the HTML path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         page = self.to_html()
-        table = self._table
+        table, items = self._table, items_frame(self._table, self._keys, self._verdict)
+        csv_safe(items).to_csv(directory / "items.csv", index=False)
+        if parquet:
+            items.to_parquet(directory / "items.parquet", index=False)
         # CSV cells that a spreadsheet would run as formulas are escaped (Parquet keeps values)
         csv_safe(table).to_csv(directory / "effects.csv", index=False)
         if parquet:
@@ -167,6 +204,15 @@ class EffectReport(EffectSections):
         path = directory / "report.html"
         path.write_text(page, encoding="utf-8")
         return path
+
+
+def _rank_default(name: str):
+    """A default of ``rank_items`` (the report ranks with them when given no ranking)."""
+    import inspect
+
+    from ..rank import rank_items
+
+    return inspect.signature(rank_items).parameters[name].default
 
 
 def _join_columns(table: pd.DataFrame, extra, keys: list[str], what: str) -> pd.DataFrame:
