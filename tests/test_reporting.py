@@ -13,7 +13,9 @@ from causalrec.rank import rank_items
 from causalrec.refute import refute_item_effects, sensitivity
 from causalrec.reporting import EffectReport
 from causalrec.reporting.effect_sections import _frame_hash
-from causalrec.reporting.html import figure_to_img, html_table, new_figure
+from causalrec.reporting.html import (column_decimals, figure_to_img, format_number,
+                                      html_table, new_figure, script_hash)
+from causalrec.reporting.items_table import SORT_SCRIPT
 from causalrec.schema import InteractionLog
 
 EVIL = "<script>alert(1)</script>"
@@ -58,7 +60,9 @@ def test_hostile_item_names_appear_escaped_never_raw(fitted, page):
     assert EVIL not in page and "<b>item</b>" not in page
     assert EVIL_ESCAPED in page
     assert "a &quot;quoted&quot; $x$ &amp; &lt;b&gt;item&lt;/b&gt;" in page
-    assert page.count("<script") == 0  # the report runs no script at all
+    # the only script is the page's own sorting code, allowed by its hash
+    assert page.count("<script") == 1
+    assert re.search(r"<script>(.*?)</script>", page, re.S).group(1) == SORT_SCRIPT
     assert f"<title>Report on {EVIL_ESCAPED}</title>" in page
 
 
@@ -76,7 +80,7 @@ def test_embedded_images_are_pngs_and_sections_present(page):
     # graph, propensity histograms, forest plot, popularity scatter
     assert len(images) == 4
     assert all(base64.b64decode(b).startswith(b"\x89PNG\r\n\x1a\n") for b in images)
-    for anchor in ("summary", "data", "graph", "overlap", "nuisance", "effects", "popularity", "ranking",
+    for anchor in ("answer", "items", "summary", "data", "graph", "overlap", "nuisance", "effects", "popularity", "ranking",
                    "refutation", "assumptions", "reproducibility"):
         assert f'id="{anchor}"' in page
 
@@ -178,7 +182,10 @@ def test_html_table_escapes_and_truncates():
     assert EVIL not in out and EVIL_ESCAPED in out and "&lt;th&gt;" in out
     assert "&lt;i&gt;cap&lt;/i&gt;" in out
     assert "1 more rows" in out and "<td>c</td>" not in out
-    assert '<td class=num>0.1235</td>' in out and "<td class=num></td>" in out  # NaN blank
+    # one format per column: its median magnitude (1.56) to 3 significant digits
+    assert '<td class=num>0.12</td>' in out and "<td class=num></td>" in out  # NaN blank
+    assert '<td class=num>3.00</td>' not in out  # (third row left out)
+    assert html_table(frame, max_rows=3).count("3.00") == 1
 
 
 def test_figure_to_img_embeds_a_png():

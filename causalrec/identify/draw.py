@@ -48,13 +48,21 @@ def draw_graph(graph, path, title: str | None = None) -> Path:
     Nodes are laid out in topological layers, causes left of effects; unobserved nodes are
     drawn with dashed outlines. Needs matplotlib only (no graphviz).
     """
+    path = Path(path)
+    if path.suffix.lower() not in {".png", ".svg", ".pdf"}:
+        raise ValueError(f"cannot draw to {path.name}: use a .png, .svg or .pdf file")
+    graph_figure(graph, title)[0].savefig(path)
+    return path
+
+
+def graph_figure(graph, title: str | None = None):
+    """The drawing as a matplotlib ``Figure`` (Agg canvas) and its node label ``Text``
+    artists by node (each label's box is its ``get_bbox_patch()``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     graph._validate()
-    path = Path(path)
-    if path.suffix.lower() not in {".png", ".svg", ".pdf"}:
-        raise ValueError(f"cannot draw to {path.name}: use a .png, .svg or .pdf file")
     g = graph.graph
     layers = [sorted(nodes, key=str) for nodes in nx.topological_generations(g)]
     labels = {n: _wrapped(n) for n in g}
@@ -74,6 +82,7 @@ def draw_graph(graph, path, title: str | None = None) -> Path:
             y -= size[node][1] / 2 + gap_y
         x += w + gap_x
     fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
@@ -103,8 +112,7 @@ def draw_graph(graph, path, title: str | None = None) -> Path:
               loc="upper right", frameon=False, fontsize=8)
     if title:
         ax.text(width / 2, height - 0.25, title, ha="center", va="center", fontsize=11)
-    fig.savefig(path)
-    return path
+    return fig, boxes
 
 
 def _tinted(colour: str) -> tuple:

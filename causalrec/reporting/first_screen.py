@@ -70,7 +70,7 @@ def popularity_verdict(table: pd.DataFrame, popularity: str, k: int, alpha: floa
     naive = set(ranked.nlargest(k, popularity).index)
     causal = set(ranked.nsmallest(k, "rank").index)
     shared = len(naive & causal)
-    numbers = (f"Spearman correlation of the naive {popularity} with the causal effect "
+    numbers = (f"Spearman correlation of the naive score ({popularity}) with the shrunk effect "
                f"{format_number(rho)} [{format_number(low)}, {format_number(high)}] over "
                f"{len(ranked)} items; {shared} of the naive top {k} are in the causal top {k}")
     if low > 0:
@@ -125,6 +125,8 @@ def first_screen_html(table, labels, verdict, *, popularity, outcome, settings, 
     more, less, (more_ok, less_ok) = choose_items(table)
     ranked = table[table["rank"].notna()]
     decimals = column_decimals(pd.concat([ranked["posterior_mean"], ranked["ate"]]))
+    p_decimals = column_decimals(pd.concat([ranked["prob_positive"], ranked["prob_top_k"]]))
+    p_columns = {"P(effect > 0)": p_decimals, f"P(in top {top_k})": p_decimals}
     name = lambda frame: ", ".join(labels.loc[frame.index])
     fdr_text = f"a {fdr:.0%} false discovery rate"
     headline = []
@@ -139,7 +141,8 @@ def first_screen_html(table, labels, verdict, *, popularity, outcome, settings, 
                                       ("Recommend less", less, less_ok)):
         caption = (f"{title}: {len(frame)} item(s)" if established else
                    f"{title}: candidates only, not established at {fdr_text}")
-        out += html_table(_evidence(frame, labels, verdict, decimals, top_k), caption=caption)
+        out += html_table(_evidence(frame, labels, verdict, decimals, top_k), caption=caption,
+                          decimals=p_columns)
     out += "<h3>" + escape(f"What that change would do to total {outcome}") + "</h3>"
     out += _change_text(more if more_ok else more.iloc[:0], less if less_ok else less.iloc[:0],
                         alpha, outcome, total_outcome)
@@ -171,10 +174,11 @@ def _change_text(more, less, alpha, outcome, total_outcome) -> str:
     share = ""
     if total_outcome:
         share = (f", against {format_number(total_outcome)} in the log "
-                 f"({change['change'] / total_outcome:+.1%})")
+                 f"({_signed(100 * change['change'] / total_outcome, None)}%)")
+    decimals = column_decimals([change["change"], change["low"], change["high"]])
     text = (f"Policy change: {' and '.join(policy)}. Expected change in total {outcome}: "
-            f"{_signed(change['change'], None)} [{_signed(change['low'], None)}, "
-            f"{_signed(change['high'], None)}] ({1 - alpha:.0%} interval){share}.")
+            f"{_signed(change['change'], decimals)} [{_signed(change['low'], decimals)}, "
+            f"{_signed(change['high'], decimals)}] ({1 - alpha:.0%} interval){share}.")
     assumption = ("Assumes each item's average effect applies to the rows that change (no "
                   "interference between items or users; rows not recommended respond as the "
                   "average candidate row does) and that items' errors are independent; valued "
