@@ -1,6 +1,8 @@
 """EffectReport: escaped, self-contained HTML and the tables behind it."""
 import base64
+import hashlib
 import re
+from html import escape
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,8 @@ from causalrec.reporting import EffectReport
 from causalrec.reporting.effect_sections import _frame_hash
 from causalrec.reporting.html import (column_decimals, figure_to_img, format_number,
                                       html_table, new_figure, script_hash)
+from causalrec.identify.draw import graph_figure
+from causalrec.reporting.first_screen import choose_items, policy_change, popularity_verdict
 from causalrec.reporting.items_table import SORT_SCRIPT
 from causalrec.schema import InteractionLog
 
@@ -212,3 +216,114 @@ def test_bad_inputs_raise(fitted):
         EffectReport(estimator, ranking=pd.concat([ranking, ranking.head(1)])).to_html()
     with pytest.raises(ValueError, match="lacks the item column"):
         EffectReport(estimator, ranking=ranking.drop(columns="item")).to_html()
+
+
+# ---------------------------------------------------------------- the first screen and table
+def _section(page, anchor, following):
+    return page[page.index(f'id="{anchor}"'):page.index(f'id="{following}"')]
+
+
+def _items_rows(page):
+    table = re.search(r'<table id="items-table".*?</table>', page, re.S).group(0)
+    return re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)
+
+
+def test_first_screen_names_the_chosen_items_with_their_intervals(report, page):
+    table = report.table()
+    answer = _section(page, "answer", "items")
+    more, less, (more_ok, less_ok) = choose_items(table)
+    assert len(more) and len(less)
+    assert more_ok == bool(table["bh_positive"].any()) and less_ok == bool(table["bh_negative"].any())
+    decimals = column_decimals(pd.concat([table["posterior_mean"], table["ate"]]).dropna())
+    for _, row in pd.concat([more, less]).iterrows():
+        low, high = (format_number(row[c], decimals) for c in ("posterior_low", "posterior_high"))
+        assert re.search(rf"\[\+?{re.escape(low)}, \+?{re.escape(high)}\]", answer), row["item"]
+    # what could not be estimated: every status but ok, with its count
+    for status, count in table["status"].value_counts().drop("ok", errors="ignore").items():
+        assert f"<td>{status}</td><td class=num>{count}</td>" in answer
+    assert 'href="items.csv"' in answer and 'href="#items"' in answer
+
+
+def test_policy_change_sums_effects_times_changed_recommendations():
+    more = pd.DataFrame({"posterior_mean": [0.1, 0.05], "posterior_sd": [0.02, 0.01],
+                         "n_control": [100, 40], "n_treated": [5, 5]})
+    less = pd.DataFrame({"posterior_mean": [-0.2], "posterior_sd": [0.05],
+                         "n_control": [1, ], "n_treated": [30]})
+    change = policy_change(more, less, alpha=0.05)
+    assert change["change"] == pytest.approx(0.1 * 100 + 0.05 * 40 + 0.2 * 30)
+    assert change["se"] == pytest.approx(np.sqrt((2.0) ** 2 + 0.4**2 + 1.5**2))
+    assert change["high"] - change["change"] == pytest.approx(1.959964 * change["se"], rel=1e-6)
+    assert (change["added"], change["removed"]) == (140, 30)
+
+
+@pytest.mark.parametrize("direction, lead", [(1, "Here popularity picks the same top items"),
+                                             (-1, "Popular items have smaller effects"),
+                                             (0, "Popularity does not predict")])
+def test_popularity_copy_follows_the_numbers(direction, lead):
+    rng = np.random.default_rng(3)
+    popularity = rng.random(60)
+    effect = direction * popularity if direction else rng.random(60)
+    table = pd.DataFrame({"treated_mean": popularity, "posterior_mean": effect,
+                          "rank": pd.Series(-effect).rank(method="first").to_numpy()})
+    verdict = popularity_verdict(table, "treated_mean", k=10)
+    assert verdict["text"].startswith(lead), verdict["text"]
+    assert verdict["low"] <= verdict["rho"] <= verdict["high"]
+    if direction == 0:  # independent columns: the interval covers 0
+        assert verdict["low"] < 0 < verdict["high"]
+
+
+def test_full_table_holds_every_item_and_matches_its_csv(fitted, report, page, tmp_path):
+    _, estimator = fitted
+    rows = _items_rows(page)
+    assert len(rows) == len(estimator.effects_)
+    cells = "".join(rows)
+    for name in estimator.effects_["item"].astype(str):
+        assert f"<td>{escape(name)}</td>" in cells
+    report.save(tmp_path)
+    items = pd.read_csv(tmp_path / "items.csv")
+    expected = report.items()
+    assert list(items.columns) == list(expected.columns) and len(items) == len(expected)
+    assert set(items["item"]) == set(estimator.effects_["item"])
+    np.testing.assert_allclose(items["ate"], expected["ate"].astype(float), rtol=1e-12)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "items.parquet"), expected,
+                                  check_dtype=False)
+    section = _section(page, "items", "summary")
+    assert 'href="items.csv"' in section and 'href="items.parquet"' in section
+
+
+def test_csp_allows_exactly_the_inline_script(page):
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    assert "default-src 'none'" in csp and "connect-src" not in csp
+    allowed = re.search(r"script-src ([^;]+)", csp).group(1).split()
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+    assert allowed == [script_hash(s) for s in scripts] and len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert allowed[0] == f"'sha256-{digest}'"
+    assert 'onclick' not in page.lower() and "unsafe-inline' 'sha" not in csp  # no inline handlers
+
+
+def test_number_format_is_one_per_column():
+    assert column_decimals([0.0123, -0.0456, 0.0789]) == 4  # 3 significant digits of ~0.05
+    assert column_decimals([12.0, 340.0]) == 0 and column_decimals([]) == 0
+    assert column_decimals([1.5e-6, 0.2, 0.9]) is None  # p-values: significant digits per cell
+    assert format_number(1234567.891, 1) == "1,234,567.9" and format_number(0.000123) == "0.000123"
+    out = html_table(pd.DataFrame({"ate": [0.01234, 0.5], "ci_low": [-0.2, 0.1]}))
+    assert "<td class=num>0.012</td>" in out and "<td class=num>-0.200</td>" in out  # shared
+
+
+def test_graph_labels_fit_their_boxes_at_any_length():
+    long_name = "a_confounder_with_a_very_long_name_that_would_overflow_any_circle"
+    graph = CausalGraph.recommendation("recommended", "clicked", user=[long_name, "age"],
+                                       context=["hour"])
+    fig, boxes = graph_figure(graph, title="t")
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    extents = {node: (text.get_window_extent(renderer), text.get_bbox_patch().get_window_extent(renderer))
+               for node, text in boxes.items()}
+    for node, (text, box) in extents.items():
+        assert box.x0 <= text.x0 and text.x1 <= box.x1 and box.y0 <= text.y0 and text.y1 <= box.y1
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.x1, node  # inside the picture
+    nodes = list(extents)
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            assert not extents[a][1].overlaps(extents[b][1]), (a, b)

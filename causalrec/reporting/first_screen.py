@@ -66,6 +66,7 @@ def popularity_verdict(table: pd.DataFrame, popularity: str, k: int, alpha: floa
     rho = float(stats.spearmanr(ranked[popularity], score).statistic)
     half = stats.norm.ppf(1 - alpha / 2) * np.sqrt((1 + rho**2 / 2) / max(len(ranked) - 3, 1))
     low, high = np.tanh(np.arctanh(np.clip(rho, -0.999999, 0.999999)) + np.array([-half, half]))
+    low, high = min(low, rho), max(high, rho)  # a perfect correlation has no spread
     k = min(k, len(ranked))
     naive = set(ranked.nlargest(k, popularity).index)
     causal = set(ranked.nsmallest(k, "rank").index)
