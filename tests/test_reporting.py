@@ -20,6 +20,7 @@ from causalrec.reporting.html import (column_decimals, figure_to_img, format_num
 from causalrec.identify.draw import graph_figure
 from causalrec.reporting.first_screen import choose_items, policy_change, popularity_verdict
 from causalrec.reporting.items_table import SORT_SCRIPT
+from causalrec.reporting.nuisance_section import calibration_verdict
 from causalrec.schema import InteractionLog
 
 EVIL = "<script>alert(1)</script>"
@@ -327,3 +328,53 @@ def test_graph_labels_fit_their_boxes_at_any_length():
     for i, a in enumerate(nodes):
         for b in nodes[i + 1:]:
             assert not extents[a][1].overlaps(extents[b][1]), (a, b)
+
+
+# ---------------------------------------------------------------- diagnostics that agree
+def _sample_log():
+    from causalrec.datasets import load_sample
+
+    sample = load_sample()  # as the demo fits it: text confounder, fitted propensity
+    return InteractionLog(sample.data, **dict(sample.roles, propensity=None))
+
+
+def _simulated_log(seed):
+    sim = simulate_log(n_items=30, n_users=500, n_rows=6000, seed=seed)
+    return InteractionLog(sim.data, **dict(sim.roles, propensity=None, text=[]))
+
+
+@pytest.mark.parametrize("make_log", [_sample_log, lambda: _simulated_log(1),
+                                      lambda: _simulated_log(2)],
+                         ids=["bundled sample", "simulated seed 1", "simulated seed 2"])
+def test_no_diagnostic_contradicts_another(make_log):
+    estimator = ItemEffectEstimator(seed=0).fit(make_log())
+    report = EffectReport(estimator)
+    page, table, items = report.to_html(), report.table(), report.items()
+    effects = estimator.effects_
+    ok = effects["status"] == "ok"
+    # overlap: the verdict is the estimator's threshold on its own column, everywhere
+    limited = ok & (effects["share_outside_support"] > estimator.max_clipped)
+    assert set(items.loc[items["overlap"] == "limited", "item"]) == set(effects.loc[limited, "item"])
+    overlap = _section(page, "overlap", "nuisance")
+    n_limited, n_ok = int(limited.sum()), int(ok.sum())
+    assert f"{n_limited} of the {n_ok} estimated (&#x27;ok&#x27;) items have limited" in overlap
+    n_flagged = n_limited + int(effects["status"].isin(["poor_overlap", "no_overlap"]).sum())
+    assert (f"Items with overlap problems ({n_flagged} items)" in overlap) == (n_flagged > 0)
+    answer = _section(page, "answer", "items")
+    assert (f"{n_limited} of the {n_ok} ranked items have limited overlap" in answer) == (n_limited > 0)
+    assert "No item is flagged" not in page
+    # the first screen's overlap column is the same verdict
+    more, less, _ = choose_items(table)
+    for name in pd.concat([more, less])["item"]:
+        verdict = items.set_index("item").loc[name, "overlap"]
+        assert re.search(rf"<td>{re.escape(escape(str(name)))}</td>.*?<td>{verdict} \(", answer, re.S)
+    # calibration: the text reports the rule's own count, and warns exactly when it flags
+    rule = calibration_verdict(estimator.propensity_calibration_, estimator.alpha)
+    nuisance = _section(page, "nuisance", "effects")
+    assert f"{rule['flagged']} of {rule['bins']} bins beyond" in nuisance
+    assert ("miscalibrated" in nuisance) == (rule["flagged"] > 0)
+    # the calls: summary cards, first screen and ranking agree
+    helps = int(table["bh_positive"].sum())
+    assert f'<div class="value">{helps}</div><div class="label">items that help' in page
+    if helps:
+        assert f"Recommend more: {helps} item(s)" in answer

@@ -35,9 +35,10 @@ def forest_html(ok: pd.DataFrame, labels: pd.Series, top: int, more, less, keys)
         centre = chosen[mid].to_numpy(float)
         lo = np.maximum(centre - chosen[low].to_numpy(float), 0)
         hi = np.maximum(chosen[high].to_numpy(float) - centre, 0)
-        for row in range(len(chosen)):
-            ax.errorbar(centre[row], y[row], xerr=[[lo[row]], [hi[row]]], fmt="o",
-                        color=colours[row], ms=4, capsize=2)
+        for colour in dict.fromkeys(colours):  # one artist per colour (fast to draw)
+            rows = np.array([c == colour for c in colours])
+            ax.errorbar(centre[rows], y[rows], xerr=[lo[rows], hi[rows]], fmt="o",
+                        color=colour, ms=4, capsize=2)
         ax.axvline(0, color="black", lw=0.8)
         if len(ordered) > 2 * top:
             ax.axhline(top - 0.5, color="#bbbbbb", ls="--", lw=0.8)
