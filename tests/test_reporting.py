@@ -2,6 +2,8 @@
 import base64
 import hashlib
 import re
+import shutil
+import subprocess
 from html import escape
 
 import numpy as np
@@ -378,3 +380,63 @@ def test_no_diagnostic_contradicts_another(make_log):
     assert f'<div class="value">{helps}</div><div class="label">items that help' in page
     if helps:
         assert f"Recommend more: {helps} item(s)" in answer
+
+
+# ---------------------------------------------------------------- in a real browser
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+
+
+def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    """Headless Chromium, offline and without a profile of its own."""
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
+        capture_output=True, text=True, timeout=120, check=True)
+
+
+def _rendered_rows(dom):
+    """(header names, [(hidden, {column: (data-v or None, text)})]) of the items table."""
+    table = re.search(r'<table id="items-table".*?</table>', dom, re.S).group(0)
+    head, body = table.split("<tbody>")
+    names = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<th[^>]*>(.*?)</th>", head)]
+    rows = []
+    for attrs, row in re.findall(r"<tr([^>]*)>(.*?)</tr>", body, re.S):
+        cells = re.findall(r"<td([^>]*)>(.*?)</td>", row, re.S)
+        values = {name: (re.search(r'data-v="([^"]*)"', a).group(1) if "data-v" in a else None, text)
+                  for name, (a, text) in zip(names, cells)}
+        rows.append(("hidden" in attrs, values))
+    return head, rows
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
+def test_browser_renders_the_first_screen_and_sorts_the_table(report, tmp_path):
+    path = report.save(tmp_path / "out").resolve()
+    dom = _chromium(tmp_path, "--dump-dom", path.as_uri() + "#sort=ate-desc").stdout
+    answer = dom[dom.index('id="answer"'):dom.index('id="items"')]
+    more, less, _ = choose_items(report.table())
+    for name in pd.concat([more, less])["item"]:
+        assert f"<td>{escape(str(name), quote=False)}</td>" in answer
+    assert answer.count("95% interval") >= 2 and re.search(r"\[[+-]?\d", answer)
+    head, rows = _rendered_rows(dom)
+    assert re.search(r'<th class="num" aria-sort="descending">ate</th>', head)  # the script ran
+    ate = [float(v) if v is not None else None for _, r in rows for v in [r["ate"][0]]]
+    finite = [v for v in ate if v is not None]
+    assert len(rows) == len(report.table()) and finite == sorted(finite, reverse=True)
+    assert all(v is None for v in ate[len(finite):])  # blanks last
+    assert finite != [v for v in report.table()["ate"] if np.isfinite(v)]  # order changed
+
+    dom = _chromium(tmp_path, "--dump-dom", path.as_uri() + "#q=poor_overlap").stdout
+    _, rows = _rendered_rows(dom)
+    shown = [r for hidden, r in rows if not hidden]
+    poor = int((report.table()["status"] == "poor_overlap").sum())
+    assert poor and len(shown) == poor and all(r["status"][1] == "poor_overlap" for r in shown)
+    assert f'<span id="items-count">{poor}</span>' in dom
+
+    shot = tmp_path / "first_screen.png"
+    _chromium(tmp_path, "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,900",
+              path.as_uri())
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert image.shape == (900, 1280) and image.std() > 10  # a page was drawn, not a blank
