@@ -179,7 +179,9 @@ class EffectReport(EffectSections):
         ]
         nav = "<nav><ul>" + "".join(f'<li><a href="#{anchor}">{escape(title)}</a></li>'
                                     for title, anchor, _ in parts) + "</ul></nav>"
-        body = nav + "".join(section(title, content, anchor) for title, anchor, content in parts)
+        # the answer comes first, above the table of contents
+        sections = [section(title, content, anchor) for title, anchor, content in parts]
+        body = sections[0] + nav + "".join(sections[1:])
         subtitle = (f"{len(self._table)} items; effect of recommending each item on "
                     f"{self._roles.get('outcome', ['the outcome'])[0]}")
         return html_page(self.title, body, subtitle, scripts=[SORT_SCRIPT])

@@ -86,6 +86,11 @@ def popularity_verdict(table: pd.DataFrame, popularity: str, k: int, alpha: floa
                 text=f"{lead} ({numbers}).")
 
 
+def _names(labels) -> str:
+    names = [f"'{v}'" for v in labels]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _signed(value, decimals) -> str:
     text = format_number(value, decimals)
     return ("+" + text) if text and float(value) > 0 else text
@@ -128,15 +133,23 @@ def first_screen_html(table, labels, verdict, *, popularity, outcome, settings, 
     decimals = column_decimals(pd.concat([ranked["posterior_mean"], ranked["ate"]]))
     p_decimals = column_decimals(pd.concat([ranked["prob_positive"], ranked["prob_top_k"]]))
     p_columns = {"P(effect > 0)": p_decimals, f"P(in top {top_k})": p_decimals}
-    name = lambda frame: ", ".join(labels.loc[frame.index])
     fdr_text = f"a {fdr:.0%} false discovery rate"
     headline = []
-    headline.append(f"Recommend more: {name(more)} (effect shown to be positive at {fdr_text})."
-                    if more_ok else f"No item is shown to help at {fdr_text}; the best "
-                    f"candidates are {name(more)}.")
-    headline.append(f"Recommend less: {name(less)} (effect shown to be negative at {fdr_text})."
-                    if less_ok else f"No item is shown to hurt at {fdr_text}; the lowest "
-                    f"ranked are {name(less)}.")
+    for frame, established, word, sign in ((more, more_ok, "more", "positive"),
+                                           (less, less_ok, "less", "negative")):
+        names = _names(labels.loc[frame.index])
+        if established:
+            text = (f"Recommend {word}: {len(frame)} item(s), {names} (effect shown to be "
+                    f"{sign} at {fdr_text}).")
+            weak = frame.index[verdict.loc[frame.index] == "limited"]
+            if len(weak):
+                text += (f" Of these, {_names(labels.loc[weak])} rest(s) on limited overlap: "
+                         "read with care.")
+        else:
+            text = (f"No item is shown to {'help' if word == 'more' else 'hurt'} at "
+                    f"{fdr_text}; the {'best' if word == 'more' else 'lowest'} ranked are "
+                    f"{names}.")
+        headline.append(text)
     out += "".join(f'<p class="headline">{escape(h)}</p>' for h in headline)
     for title, frame, established in (("Recommend more", more, more_ok),
                                       ("Recommend less", less, less_ok)):

@@ -70,6 +70,7 @@ code { background: #f0f3f6; padding: 1px 4px; border-radius: 3px; }
 .answer { border: 2px solid var(--accent); border-radius: 8px; padding: 4px 18px 10px;
           margin: 12px 0 20px; }
 .answer h3 { margin-top: 0.9em; }
+.answer td { white-space: nowrap; }
 p.headline { font-size: 1.1em; }
 td.good { color: #1a7f37; font-weight: 600; } td.bad { color: var(--bad); font-weight: 600; }
 input.search { font: inherit; padding: 3px 8px; width: 22em; margin: 4px 0; }
