@@ -93,8 +93,8 @@ def escape(value) -> str:
 def column_decimals(values, significant: int = SIGNIFICANT) -> int | None:
     """Decimals that show a column's typical (median nonzero) magnitude to ``significant``
     digits; 0 for whole numbers; None (per-cell significant digits) when the column spans
-    more than ``10**significant`` in magnitude below 1, where fixed decimals would print
-    small values as 0 (p-values, shares of rare events)."""
+    more than ``10**significant`` in magnitude below 1 and is never negative, where fixed
+    decimals would print small values as 0 (p-values, shares of rare events)."""
     x = np.abs(pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float))
     x = x[np.isfinite(x) & (x > 0)]
     if not len(x):
@@ -102,7 +102,10 @@ def column_decimals(values, significant: int = SIGNIFICANT) -> int | None:
     if np.all(x == np.round(x)):
         return 0
     small = x[x < 1]
-    if len(small) and small.max() / small.min() > 10.0 ** significant:
+    signed = bool(np.nanmin(pd.to_numeric(pd.Series(values), errors="coerce")) < 0)
+    # (signed quantities, like effects and their bounds, keep fixed decimals: near zero,
+    # 0.0000 is the honest reading)
+    if not signed and len(small) and small.max() / small.min() > 10.0 ** significant:
         return None
     magnitude = math.floor(math.log10(float(np.median(x))))
     return int(min(max(significant - 1 - magnitude, 0), 12))
@@ -123,7 +126,7 @@ def format_number(value, decimals: int | None = None, significant: int = SIGNIFI
     if decimals is None:
         if value != 0 and abs(value) >= 10 ** significant:  # no exponent for large numbers
             return f"{value:,.0f}"
-        return f"{value:#.{significant}g}".rstrip(".") if value != 0 else "0"
+        return f"{value:.{significant}g}"
     return f"{value:,.{decimals}f}"
 
 
