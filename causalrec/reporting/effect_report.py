@@ -10,9 +10,12 @@ import pandas as pd
 from ..rank.table import check_effects_table
 from ..utils.io import table_bytes, write_files
 from .effect_sections import EffectSections
+from .first_screen import first_screen_html
 from .net_section import net_html
-from .nuisance_section import nuisance_html
 from .html import escape, html_page, section
+from .items_table import SORT_SCRIPT, items_frame, items_table_html
+from .nuisance_section import nuisance_html
+from .overlap import DEFAULT_MAX_OUTSIDE, overlap_verdict
 
 __all__ = ["EffectReport"]
 
@@ -36,9 +39,15 @@ class EffectReport(EffectSections):
     net : a fitted ``NetEffectEstimator`` (or its effects table): adds the section "Own
         versus net" (``causalrec.reporting.net_section``) and ``net_effects.csv``.
 
-    ``to_html()`` returns the page; ``save(directory)`` writes ``report.html``,
-    ``effects.csv`` (effects with ranking and sensitivity columns), ``effects.parquet`` and,
-    when available, ``policies.csv`` and ``refutation.csv``. ``table()`` is the joined table.
+    The page opens with the answer (items to recommend more and less, with their evidence,
+    the change in the outcome's total, what could not be estimated), then every item in one
+    sortable, searchable table, then the diagnostics.
+
+    ``to_html()`` returns the page; ``save(directory)`` writes ``report.html``, ``items.csv``
+    and ``items.parquet`` (the page's item table, linked from it), ``effects.csv`` (effects
+    with ranking and sensitivity columns), ``effects.parquet`` and, when available,
+    ``policies.csv`` and ``refutation.csv``. ``table()`` is the joined table, ``items()``
+    the item table.
     """
 
     def __init__(self, estimator_or_effects, log=None, graph=None, ranking=None,
@@ -85,6 +94,15 @@ class EffectReport(EffectSections):
         self._table = table
         self._popularity = next((c for c in ("treated_mean", "naive_ate") if c in table), None)
         self._policies = self._compare_policies(effects) if "rank" in table.columns else None
+        est = self._estimator
+        self._settings = {name: getattr(est, name, None) for name in
+                          ("alpha", "min_rows_per_arm", "min_ess", "max_clipped")}
+        self._settings["alpha"] = self._settings["alpha"] or 0.05
+        # the estimator's own threshold on an item's rows without overlap
+        self._max_outside = self._settings["max_clipped"] or DEFAULT_MAX_OUTSIDE
+        self._verdict = overlap_verdict(table, self._max_outside)
+        self._top_k = (ranking.attrs.get("top_k", self.top) if isinstance(ranking, pd.DataFrame)
+                       else self.top)
 
     def _resolve_log(self):
         from ..schema import InteractionLog
@@ -131,17 +149,33 @@ class EffectReport(EffectSections):
         self._prepare()
         return self._table.copy()
 
+    def items(self) -> pd.DataFrame:
+        """Every item with the columns the page's item table shows (``items.csv``)."""
+        self._prepare()
+        return items_frame(self._table, self._keys, self._verdict)
+
     def to_html(self) -> str:
         """The report as one self-contained HTML string."""
         self._prepare()
+        outcome = self._roles.get("outcome", ["the outcome"])[0]
+        total = None
+        if self._data is not None and "outcome" in self._roles:
+            total = float(self._data[outcome].astype(float).sum())
+        answer = first_screen_html(
+            self._table, self._item_label(self._table), self._verdict,
+            popularity=self._popularity, outcome=outcome, settings=self._settings,
+            top_k=self._top_k, fdr=_rank_default("fdr"), total_outcome=total)
+        items = items_table_html(items_frame(self._table, self._keys, self._verdict))
         parts = [
+            ("The answer: what to recommend more and less", "answer", answer),
+            ("All items", "items", items),
             ("Summary", "summary", self._summary_html()),
             ("Data", "data", self._data_html()),
             ("Causal graph and adjustment", "graph", self._graph_html()),
             ("Overlap diagnostics", "overlap", self._overlap_html()),
             ("Nuisance models", "nuisance", nuisance_html(self._estimator)),
             ("Largest and smallest effects", "effects", self._forest_html()),
-            ("Popular is not causal", "popularity", self._popularity_html()),
+            ("Popularity versus causal effect", "popularity", self._popularity_html()),
             ("Naive versus causal ranking", "ranking", self._ranking_html()),
             ("Refutation and sensitivity", "refutation", self._refutation_html()),
             *([("Own versus net", "net", net_html(self.net, self.top))] if self.net is not None else []),
@@ -150,19 +184,24 @@ class EffectReport(EffectSections):
         ]
         nav = "<nav><ul>" + "".join(f'<li><a href="#{anchor}">{escape(title)}</a></li>'
                                     for title, anchor, _ in parts) + "</ul></nav>"
-        body = nav + "".join(section(title, content, anchor) for title, anchor, content in parts)
+        # the answer comes first, above the table of contents
+        sections = [section(title, content, anchor) for title, anchor, content in parts]
+        body = sections[0] + nav + "".join(sections[1:])
         subtitle = (f"{len(self._table)} items; effect of recommending each item on "
                     f"{self._roles.get('outcome', ['the outcome'])[0]}")
-        return html_page(self.title, body, subtitle)
+        return html_page(self.title, body, subtitle, scripts=[SORT_SCRIPT])
 
     def save(self, directory, parquet: bool = True) -> Path:
         """Write ``report.html`` and the tables into ``directory``; returns the HTML path.
         Everything is rendered in memory first (a table Parquet cannot store fails here) and
         the files are moved into place together: an error leaves no partial file."""
         page = self.to_html()
+        items = items_frame(self._table, self._keys, self._verdict)
         # CSV cells that a spreadsheet would run as formulas are escaped (Parquet keeps values)
-        files = {"effects.csv": table_bytes(self._table, "csv")}
+        files = {"items.csv": table_bytes(items, "csv"),
+                 "effects.csv": table_bytes(self._table, "csv")}
         if parquet:
+            files["items.parquet"] = table_bytes(items, "parquet")
             files["effects.parquet"] = table_bytes(self._table, "parquet")
         if self._policies is not None:
             files["policies.csv"] = table_bytes(self._policies, "csv")
@@ -173,6 +212,15 @@ class EffectReport(EffectSections):
             files["net_effects.csv"] = table_bytes(net, "csv")
         files["report.html"] = page
         return write_files(directory, files)["report.html"]
+
+
+def _rank_default(name: str):
+    """A default of ``rank_items`` (the report ranks with them when given no ranking)."""
+    import inspect
+
+    from ..rank import rank_items
+
+    return inspect.signature(rank_items).parameters[name].default
 
 
 def _join_columns(table: pd.DataFrame, extra, keys: list[str], what: str) -> pd.DataFrame:

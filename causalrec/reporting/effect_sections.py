@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .html import (escape, facts_table, figure_to_img, html_table, mpl_label, new_figure,
-                   paragraph, png_to_img)
+from .first_screen import choose_items, popularity_verdict
+from .forest import forest_html
+from .html import (escape, facts_table, figure_to_img, html_table, new_figure, paragraph,
+                   png_to_img)
+from .overlap import overlap_html
 
 _POLICY_NAMES = {
     "causal_top_k": "top k by causal effect (posterior mean)",
@@ -120,33 +123,22 @@ class EffectSections:
         return out
 
     def _overlap_html(self) -> str:
-        t = self._table
-        text = ("An item's effect can only be learned where users could plausibly have been "
-                "shown it and plausibly not: propensities near 0 or 1 leave one arm empty, "
-                "a few rows get huge weights and the estimate becomes fragile. The effective "
-                "sample size (ESS) per arm counts how many rows the weights are really worth; "
-                "items with too small an ESS are flagged 'poor_overlap' and left out of the "
-                "ranking.")
-        out = paragraph(text)
+        return overlap_html(self._table, self._keys, self._item_label(self._table),
+                            self._verdict, self._max_outside, self._row_overlap())
+
+    def _row_overlap(self):
+        """(propensity, treated, each row's item overlap verdict) or None without rows."""
         propensity, treated = self._row_propensity()
-        if propensity is not None:
-            out += self._overlap_figure(propensity, treated)
-        if "n_clipped" in t.columns:
-            out += paragraph(f"{int(t['n_clipped'].sum()):,} rows had their propensity clipped.",
-                              "note")
-        if "status" in t.columns:
-            poor = t[t["status"] == "poor_overlap"]
-            cols = [c for c in self._keys + ["n", "n_treated", "ess_treated", "ess_control",
-                                             "e_min", "e_max", "ate", "se"] if c in t.columns]
-            if len(poor):
-                if {"ess_treated", "ess_control"} <= set(t.columns):
-                    poor = poor.assign(_ess=np.minimum(poor["ess_treated"], poor["ess_control"]))
-                    poor = poor.sort_values("_ess")
-                out += html_table(poor[cols], max_rows=30,
-                                   caption=f"Flagged for poor overlap ({len(poor)} items)")
-            else:
-                out += paragraph("No item is flagged for poor overlap.")
-        return out
+        if propensity is None:
+            return None
+        row_verdict = np.full(len(propensity), "", dtype=object)
+        item_columns = self._roles.get("item", [])
+        if len(item_columns) == len(self._keys):
+            rows = pd.MultiIndex.from_frame(self._data[item_columns].astype(str))
+            items = pd.MultiIndex.from_frame(self._table[self._keys].astype(str))
+            where = items.get_indexer(rows)
+            row_verdict[where >= 0] = self._verdict.to_numpy()[where[where >= 0]]
+        return propensity, treated, row_verdict
 
     def _row_propensity(self):
         est = self._estimator
@@ -160,80 +152,19 @@ class EffectSections:
             return self._data[self._roles["propensity"][0]].to_numpy(dtype=float), treated
         return None, None
 
-    def _overlap_figure(self, propensity, treated) -> str:
-        finite = np.isfinite(propensity)
-        flagged = np.zeros(len(propensity), bool)
-        if self._data is not None and "status" in self._table.columns and "item" in self._roles:
-            poor = self._table.loc[self._table["status"] == "poor_overlap", self._keys[0]]
-            flagged = self._data[self._roles["item"][0]].isin(poor).to_numpy()
-        panels = [("all rows", finite)]
-        if (flagged & finite).any():
-            panels.append(("rows of items flagged 'poor_overlap'", flagged & finite))
-        fig = new_figure(4.2 * len(panels), 3.2)
-        bins = np.linspace(0, 1, 41)
-        for ax, (name, rows) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
-            for arm, colour, label in ((1, "#c44e52", "recommended"),
-                                       (0, "#4c72b0", "not recommended")):
-                values = propensity[rows & (treated == arm)]
-                if len(values):
-                    ax.hist(values, bins=bins, density=True, alpha=0.55, color=colour,
-                            label=f"{label} ({len(values):,})")
-            ax.set_xlabel("propensity of being recommended")
-            ax.set_ylabel("density")
-            ax.set_title(name, fontsize=10)
-            ax.legend(fontsize=8)
-        caption = ("Propensity distributions by arm. Good overlap: both colours spread over the "
-                   "same range. Mass piled at the edges means some users were (almost) always "
-                   "or never shown the item.")
-        return (f"<figure>{figure_to_img(fig, 'propensity distributions by arm')}"
-                f"<figcaption>{escape(caption)}</figcaption></figure>")
-
     def _forest_html(self) -> str:
         ok = self._ok()
-        if not len(ok):
-            return paragraph("No item has a usable estimate.", "warn")
-        score = "posterior_mean" if "posterior_mean" in ok.columns else "ate"
-        ordered = ok.sort_values(score, ascending=False, kind="stable")
-        k = self.top
-        chosen = ordered if len(ordered) <= 2 * k else pd.concat([ordered.head(k), ordered.tail(k)])
-        fig = new_figure(7.5, 1.2 + 0.28 * len(chosen))
-        ax = fig.subplots()
-        y = np.arange(len(chosen))[::-1].astype(float)
-        shrunk = "posterior_low" in chosen.columns
-        offset = 0.17 if shrunk else 0.0
-        ax.errorbar(chosen["ate"], y + offset,
-                    xerr=[chosen["ate"] - chosen["ci_low"], chosen["ci_high"] - chosen["ate"]],
-                    fmt="o", color="#888888", ms=4, capsize=2, label="raw estimate, 95% CI")
-        if shrunk:
-            mean = chosen["posterior_mean"]
-            ax.errorbar(mean, y - offset,
-                        xerr=[np.maximum(mean - chosen["posterior_low"], 0),
-                              np.maximum(chosen["posterior_high"] - mean, 0)],
-                        fmt="D", color="#0b5cad", ms=4, capsize=2,
-                        label="shrunk (empirical Bayes), 95% interval")
-        ax.axvline(0, color="black", lw=0.8)
-        if len(chosen) > 2 * k - 1 and len(ordered) > 2 * k:
-            ax.axhline(k - 0.5, color="#bbbbbb", ls="--", lw=0.8)
-        ax.set_yticks(y, [mpl_label(v) for v in self._item_label(chosen)], fontsize=8)
-        ax.set_xlabel("effect of recommending the item on the outcome")
-        ax.legend(fontsize=8, loc="lower right")
-        caption = (f"The {min(k, len(ordered))} items with the largest and smallest "
-                   f"{'shrunk' if shrunk else 'raw'} effects. Grey: the item's own estimate; "
-                   "blue: after pooling with all items. Wide grey bars pulled towards the "
-                   "middle are small items whose raw estimate is mostly noise.")
-        cols = [c for c in self._keys + ["ate", "ci_low", "ci_high", "posterior_mean",
-                                         "posterior_low", "posterior_high", "prob_positive",
-                                         "n", "rank"] if c in chosen.columns]
-        return (f"<figure>{figure_to_img(fig, 'forest plot of item effects')}"
-                f"<figcaption>{escape(caption)}</figcaption></figure>"
-                + html_table(chosen[cols], caption="The items in the plot"))
+        if "rank" in self._table.columns and len(ok):
+            more, less, (more_ok, less_ok) = choose_items(self._table)
+            more, less = (more.index if more_ok else []), (less.index if less_ok else [])
+        else:
+            more = less = []
+        return forest_html(ok, self._item_label(self._table), self.top, more, less, self._keys)
 
     def _popularity_html(self) -> str:
         ok, pop = self._ok(), self._popularity
         if pop is None or not len(ok):
             return paragraph("The effects table has no naive click-rate column.", "note")
-        from scipy import stats
-
         label = ("naive click rate when recommended" if pop == "treated_mean"
                  else "naive difference, recommended minus not")
         fig = new_figure(6.5, 4.2)
@@ -248,11 +179,10 @@ class EffectSections:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel(label)
         ax.set_ylabel("causal effect of recommending")
-        rho = stats.spearmanr(ok[pop], ok["ate"]).statistic if len(ok) > 2 else np.nan
-        text = (f"Each dot is an item (size: rows). Spearman correlation between the {label} "
-                f"and the estimated causal effect: {rho:.2f}. Items users click a lot when "
-                "shown are often items they would have found anyway: a high click rate is not "
-                "the same as a high effect of recommending.")
+        verdict = (popularity_verdict(self._table, pop, self.top, self._settings["alpha"])
+                   if "rank" in self._table.columns else None)
+        text = "Each dot is an item (size: rows). " + (
+            verdict["text"] if verdict else "Too few ranked items to compare the rankings.")
         return (f"<figure>{figure_to_img(fig, 'effect versus naive click rate')}"
                 f"<figcaption>{escape(text)}</figcaption></figure>")
 
@@ -272,7 +202,7 @@ class EffectSections:
             "causal: effect (shrunk)": causal["posterior_mean"].to_numpy(),
             "causal: P(effect > 0)": causal["prob_positive"].to_numpy(),
         })
-        shared = len(set(self._item_label(naive)) & set(self._item_label(causal)))
+        shared = len(set(naive.index) & set(causal.index))
         out = paragraph(f"{shared} of the naive top {k} are also in the causal top {k}.")
         out += html_table(side, caption=f"Top {k}: by naive click rate versus by causal effect")
         if self._policies is not None:

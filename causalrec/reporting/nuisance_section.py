@@ -1,9 +1,12 @@
 """The report's section on the nuisance models: their out-of-fold fit and calibration."""
 from __future__ import annotations
 
-from .html import html_table, paragraph
+import numpy as np
+from scipy import stats
 
-__all__ = ["nuisance_html"]
+from .html import format_number, html_table, paragraph
+
+__all__ = ["nuisance_html", "calibration_verdict"]
 
 _TEXT = ("AIPW combines a propensity model (who gets recommended what) with outcome models "
          "(what happens with and without the recommendation), each fitted on other rows than "
@@ -11,6 +14,21 @@ _TEXT = ("AIPW combines a propensity model (who gets recommended what) with outc
          "out-of-fold loss to the item-mean model's: what the confounders explain within "
          "items. Values near 0 mean the confounders explain little (then the weights do the "
          "adjusting, and intervals are wider); negative values mean the model overfits.")
+
+
+def calibration_verdict(calibration, alpha: float = 0.05) -> dict:
+    """Is the fitted propensity calibrated? Each non-empty bin's ``z`` (treated share minus
+    mean fitted propensity, over the binomial standard error) is tested at ``alpha`` with a
+    Bonferroni correction over the bins, so a calibrated model is flagged with probability at
+    most ``alpha`` whatever the number of bins. Returns the bins tested, the threshold on |z|,
+    the bins beyond it, the largest |z| and the rows-weighted mean |share - propensity|."""
+    bins = calibration[calibration["n"] > 0]
+    threshold = float(stats.norm.ppf(1 - alpha / (2 * max(len(bins), 1))))
+    z = bins["z"].abs().to_numpy(float)
+    gap = (bins["treated_share"] - bins["mean_propensity"]).abs().to_numpy(float)
+    return dict(bins=len(bins), threshold=threshold, flagged=int((z > threshold).sum()),
+                worst=float(np.nanmax(z)) if len(z) else float("nan"),
+                mean_gap=float(np.average(gap, weights=bins["n"])) if len(bins) else float("nan"))
 
 
 def nuisance_html(estimator) -> str:
@@ -22,13 +40,28 @@ def nuisance_html(estimator) -> str:
     calibration = estimator.propensity_calibration_
     calibration = calibration[calibration["n"] > 0]
     if len(calibration) and estimator.log_.propensity is None:
-        worst = float(calibration["z"].abs().max())
-        out += html_table(calibration, caption="Propensity calibration (bins of the fitted "
-                                               "propensity; |z| above ~3 flags miscalibration)")
-        if worst > 3:
-            out += paragraph(f"The fitted propensities are miscalibrated in at least one bin "
-                             f"(largest |z| = {worst:.1f}): consider nuisance='auto' or more "
-                             f"confounders.", "warn")
+        alpha = getattr(estimator, "alpha", 0.05)
+        verdict = calibration_verdict(calibration, alpha)
+        limit = format_number(verdict["threshold"])
+        out += html_table(calibration, caption=(
+            f"Propensity calibration: bins of the fitted propensity; |z| above {limit} "
+            f"flags a bin (binomial error, Bonferroni over {verdict['bins']} bins at "
+            f"{alpha:.0%})"))
+        summary = (f"{verdict['flagged']} of {verdict['bins']} bins beyond |z| = {limit} "
+                   f"(largest {format_number(verdict['worst'])}); the treated share differs "
+                   f"from the fitted propensity by {format_number(verdict['mean_gap'])} on "
+                   "average over rows.")
+        if verdict["flagged"]:
+            out += paragraph("The fitted propensities are miscalibrated: " + summary, "warn")
+            if np.any(getattr(estimator, "balance_shift_", np.zeros(1)) > 0):
+                out += paragraph(
+                    "These are the propensities after the balancing step, which moves each "
+                    "item's propensities so that its arms balance on the text components; "
+                    "it aims at balance, not at calibrated probabilities (balance_penalty=None "
+                    "turns it off).", "note")
+        else:
+            out += paragraph("The fitted propensities are calibrated within their binomial "
+                             "error: " + summary)
     models = getattr(estimator, "nuisance_models_", None)
     if models is not None:
         out += html_table(models, caption="Flexible nuisances: out-of-fold losses and the "
