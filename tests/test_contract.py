@@ -100,3 +100,66 @@ def test_fit_returns_self_and_summary_is_a_summary(case, sim):
     text, page = str(summary), summary._repr_html_()
     assert summary.title in text and len(summary.info) > 0
     assert page.startswith("<h4>") and "<table>" in page
+
+
+# ------------------------------------------------- scikit-learn's contract (issue 24)
+def test_every_public_estimator_is_covered():
+    import causalrec.bandit, causalrec.fairness, causalrec.glm, causalrec.uplift  # noqa: F401
+    from causalrec.base import BaseEstimator
+
+    def subclasses(cls):
+        return {s for c in cls.__subclasses__() for s in {c} | subclasses(c)}
+    assert {c.__name__ for c in subclasses(BaseEstimator)} <= set(CASES)
+
+
+def test_sklearn_clone_and_deep_params(case, sim):
+    from sklearn.base import clone
+
+    name, make, fit, (param, value), _ = case
+    est = make(**{param: value})
+    copy = clone(est)
+    assert type(copy) is type(est) and copy is not est
+    assert copy.get_params(deep=False).keys() == est.get_params(deep=False).keys()
+    assert getattr(copy, param) == value
+    deep, shallow = est.get_params(deep=True), est.get_params(deep=False)
+    assert shallow.items() <= deep.items()
+    fitted = clone(fit(make(), sim))  # a fitted estimator clones to an unfitted one
+    assert not [k for k in vars(fitted) if k.endswith("_") and not k.startswith("_")]
+
+
+def test_nested_estimator_params_round_trip():
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+
+    inner = cr.ItemEffectEstimator(nuisance=LogisticRegression(C=2.0))
+    audit = cr.FairnessAudit(item="i", treatment="t", outcome="y", group="g", estimator=inner)
+    deep = audit.get_params(deep=True)
+    assert deep["estimator"] is inner and deep["estimator__method"] == "aipw"
+    assert deep["estimator__nuisance__C"] == 2.0
+    audit.set_params(estimator__method="ipw", estimator__nuisance__C=0.5, fdr=0.2)
+    assert inner.method == "ipw" and inner.nuisance.C == 0.5 and audit.fdr == 0.2
+    copy = clone(audit)
+    assert copy.estimator is not inner and copy.estimator.get_params(deep=False).keys() \
+        == inner.get_params(deep=False).keys()
+    assert copy.estimator.nuisance is not inner.nuisance and copy.estimator.nuisance.C == 0.5
+    with pytest.raises(ValueError, match="no parameter"):
+        audit.set_params(estimator__bogus=1)
+
+
+def test_uplift_forwards_estimator_options():
+    model = cr.UpliftModel(features=["user_activity"], seed=3)
+    assert model.set_params(n_folds=3, fdr=0.1) is model
+    params = model.get_params()
+    assert params["n_folds"] == 3 and params["seed"] == 3 and params["fdr"] == 0.1
+    assert model.estimator_options == {"seed": 3, "n_folds": 3}
+    from sklearn.base import clone
+    assert clone(model).get_params() == params
+
+
+def test_not_fitted_error_is_sklearns():
+    from sklearn.exceptions import NotFittedError
+
+    assert issubclass(cr.NotFittedError, NotFittedError)
+    for kind in (ValueError, AttributeError, RuntimeError):
+        with pytest.raises(kind):
+            cr.ItemEffectEstimator().effect()
