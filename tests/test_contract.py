@@ -163,3 +163,50 @@ def test_not_fitted_error_is_sklearns():
     for kind in (ValueError, AttributeError, RuntimeError):
         with pytest.raises(kind):
             cr.ItemEffectEstimator().effect()
+
+
+# ------------------------------------------------- the effect estimator's results (issue 27)
+def _numeric_fit(seed, **kw):
+    sim = cr.datasets.simulate_log(n_items=40, n_rows=12_000, text_confounding=0.0, seed=seed)
+    est = cr.ItemEffectEstimator(**kw).fit(_log(sim))
+    return sim, est
+
+
+def test_effect_interval_is_a_pair_of_arrays():
+    _, est = _numeric_fit(0)
+    low, high = est.effect_interval()
+    assert isinstance(low, np.ndarray) and isinstance(high, np.ndarray)
+    np.testing.assert_allclose(low, est.effects_["ci_low"], equal_nan=True)
+    np.testing.assert_allclose(high, est.effects_["ci_high"], equal_nan=True)
+    frame = est.effect_interval_frame(alpha=0.1)
+    assert list(frame.index) == list(est.effect().index) and list(frame) == ["ci_low", "ci_high"]
+    low90, high90 = est.effect_interval(alpha=0.1)
+    np.testing.assert_array_equal(frame["ci_low"].to_numpy(), low90)
+    ok = np.isfinite(low)
+    assert (low90[ok] > low[ok]).all() and (high90[ok] < high[ok]).all()
+    np.testing.assert_array_equal(est.summary_frame(alpha=0.1)["ci_high"].to_numpy(), high90)
+
+
+def test_ate_is_the_row_weighted_mean_of_ok_items():
+    _, est = _numeric_fit(0)
+    overall = est.ate()
+    ok = est.effects_[est.effects_["status"] == "ok"]
+    w = ok["n"] / ok["n"].sum()
+    assert overall["ate"] == pytest.approx(float((w * ok["ate"]).sum()), rel=1e-12)
+    assert overall["se"] == pytest.approx(float(np.sqrt((w ** 2 * ok["se"] ** 2).sum())), rel=1e-12)
+    assert overall["n_items"] == len(ok) and overall["n"] == ok["n"].sum()
+    assert overall["ci_low"] < overall["ate"] < overall["ci_high"] and 0 <= overall["p_value"] <= 1
+
+
+def test_ate_interval_covers_the_simulated_truth():
+    # 8 independent logs, 95% intervals: a miss has probability 0.05, so 3 or more misses
+    # out of 8 has binomial probability 0.006 if the intervals are calibrated
+    misses = 0
+    for seed in range(8):
+        sim, est = _numeric_fit(seed)
+        overall = est.ate()
+        ok = est.effects_[est.effects_["status"] == "ok"].merge(sim.truth[["item", "true_ate"]],
+                                                                on="item")
+        truth = np.average(ok["true_ate"], weights=ok["n"])
+        misses += not (overall["ci_low"] <= truth <= overall["ci_high"])
+    assert misses <= 2

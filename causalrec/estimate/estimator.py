@@ -91,7 +91,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         overlap diagnostics kept: ``share_clipped``, each arm's propensity range and
         ``share_outside_support``): without overlap an effect is an extrapolation.
     alpha : 1 - confidence level of the intervals. Intervals and p-values use Student t
-        with ``dof = min(n_treated, n_control) - 1`` (normal for large items).
+        with the item's ``dof`` column: Welch-Satterthwaite degrees of freedom over the arms
+        (each arm's share of the variance, its Kish effective size), or for 0/1 outcomes
+        with ``normalize`` the moderated variance's ``PRIOR_DOF`` + HC3's own; the smaller
+        arm's rows - 1 where neither is finite; normal for large items
+        (``causalrec.estimate.scores``).
     text_encoder, text_components : how text columns become confounders.
     balance_penalty : with text confounders and a fitted propensity (AIPW / IPW), each item's
         cross-fitted propensity is calibrated along the text components so that its arms
