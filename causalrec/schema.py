@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .utils.suggest import did_you_mean
+
 __all__ = ["InteractionLog", "SchemaError", "read_log", "csv_safe"]
 
 
@@ -159,7 +161,8 @@ class InteractionLog:
                     raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
-                    raise SchemaError(col, f"missing from the log (role {role!r})")
+                    raise SchemaError(col, f"missing from the log (role {role!r})"
+                                           + did_you_mean(col, df.columns))
         for col in self.item_columns:
             _check_no_missing(df[col], col)
         for col in self.item_columns + self.categorical:
