@@ -1,12 +1,15 @@
 """Errors and warnings that causalrec raises (besides ``SchemaError`` for bad logs)."""
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
 __all__ = ["NotFittedError", "ConvergenceWarning", "DataWarning"]
 
 
-class NotFittedError(RuntimeError, AttributeError):
-    """A result was asked of an estimator before ``fit``; subclasses RuntimeError and
-    AttributeError, as scikit-learn's does, so both kinds of handler catch it."""
+class NotFittedError(_SklearnNotFittedError, RuntimeError):
+    """A result was asked of an estimator before ``fit``. It is scikit-learn's
+    ``NotFittedError`` (so a ValueError and an AttributeError, and sklearn's
+    ``check_is_fitted`` handlers catch it), and still a RuntimeError as it was before."""
 
 
 class ConvergenceWarning(UserWarning):

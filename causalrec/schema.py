@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .utils.suggest import did_you_mean
+
 __all__ = ["InteractionLog", "SchemaError", "read_log", "csv_safe"]
 
 
@@ -211,7 +213,8 @@ class InteractionLog:
                     raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
-                    raise SchemaError(col, f"missing from the log (role {role!r})")
+                    raise SchemaError(col, f"missing from the log (role {role!r})"
+                                           + did_you_mean(col, df.columns))
         check_unique_columns(df, [c for cols in self.roles.values() for c in cols], "the log")
         for col in self.item_columns:
             _check_no_missing(df[col], col)
@@ -243,7 +246,6 @@ class InteractionLog:
             _check_no_missing(df[self.group], self.group)
         if self.unit is not None:
             _check_no_missing(df[self.unit], self.unit)
-            _check_scalar_values(df[self.unit], self.unit)
 
     def _check_treatment(self, t: pd.Series) -> None:
         if t.isna().any():

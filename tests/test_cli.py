@@ -107,7 +107,7 @@ def test_console_script_error_is_one_line(tmp_path):
     result = subprocess.run([console_script(), "effects", str(tmp_path / "missing.csv"), *FLAGS,
                              "--out", str(tmp_path / "e.csv")], capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""
     assert one_error_line(result.stderr) == (
         f"causalrec: error: no such log file: {tmp_path / 'missing.csv'}")
     module = subprocess.run([sys.executable, "-m", "causalrec.cli", "--version"],
@@ -116,15 +116,17 @@ def test_console_script_error_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("change,code,message", [
-    ({"log": "missing.csv"}, 1, "no such log file"),
-    ({"log": "log.txt"}, 1, "expected a .csv or .parquet file"),
-    ({"--item": "nope"}, 1, "column 'nope': missing from the log"),
-    ({"--treatment": "hour"}, 1, "column 'hour': treatment must be binary"),
-    ({"--method": "magic"}, 1, "method must be one of"),
-    ({"--out": "effects.txt"}, 1, "--out must end in .csv or .parquet"),
-    ({"--graph": "missing.gml"}, 1, "no such graph file"),
-    ({"--graph": "log.txt"}, 1, "cannot read the graph"),
-    ({"--device": "gpu9"}, 1, "gpu9"),
+    ({"log": "missing.csv"}, 2, "no such log file"),
+    ({"log": "log.txt"}, 2, "expected a .csv or .parquet file"),
+    ({"--item": "nope"}, 2, "column 'nope': missing from the log"),
+    ({"--item": "itemid"}, 2, "missing from the log (role 'item'); did you mean 'item_id'"),
+    ({"--treatment": "hour"}, 2, "column 'hour': treatment must be binary"),
+    ({"--method": "magic"}, 2, "argument --method: invalid choice: 'magic' (choose from aipw, "),
+    ({"--nuisance": "boosterd"}, 2, "invalid choice: 'boosterd' (choose from pooled, per_item"),
+    ({"--out": "effects.txt"}, 2, "--out must end in .csv or .parquet"),
+    ({"--graph": "missing.gml"}, 2, "no such graph file"),
+    ({"--graph": "log.txt"}, 2, "cannot read the graph"),
+    ({"--device": "gpu9"}, 2, "argument --device: invalid choice: 'gpu9'"),
     ({"--folds": "0"}, 2, "argument --folds: expected a positive integer, got '0'"),
     ({"--bogus": "1"}, 2, "unrecognized arguments: --bogus 1"),
     ({"--item": None}, 2, "the following arguments are required: --item"),
@@ -196,7 +198,7 @@ def test_demo_reports_on_the_bundled_sample(tmp_path, capsys):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_one_line(logs, tmp_path, capsys):
     argv = ["effects", str(logs["csv"]), *FLAGS, "--device", "cuda", "--out", str(tmp_path / "e.csv")]
-    assert main(argv) == 1
+    assert main(argv) == 2
     captured = capsys.readouterr()
     assert "--device cuda: no such CUDA device" in one_error_line(captured.err)
 
@@ -208,7 +210,7 @@ def test_encoding_flag_and_csv_outputs_cannot_run_formulas(logs, tmp_path, capsy
     path = tmp_path / "latin.csv"
     df.to_csv(path, index=False, encoding="latin-1")
     out = tmp_path / "effects.csv"
-    assert main(["effects", str(path), *FLAGS, "--out", str(out), "-q"]) == 1
+    assert main(["effects", str(path), *FLAGS, "--out", str(out), "-q"]) == 2
     assert f"cannot read {path}: it is not utf-8 text" in one_error_line(capsys.readouterr().err)
     assert main(["effects", str(path), *FLAGS, "--encoding", "latin-1", "--out", str(out), "-q"]) == 0
     written = pd.read_csv(out)
@@ -227,5 +229,86 @@ def test_boosted_nuisance_from_the_command_line(logs, tmp_path, capsys):
     expected = estimate_item_effects(simulate_log(**SIM).data, **ROLES, nuisance="boosted")
     np.testing.assert_allclose(got["ate"], expected["ate"], rtol=1e-6, atol=1e-9)
     assert main(["effects", str(logs["parquet"]), *FLAGS, "--nuisance", "magic", "-q",
-                 "--out", str(out)]) == 1
+                 "--out", str(out)]) == 2
     assert "nuisance" in capsys.readouterr().err
+
+
+# ------------------------------------------------ the CLI as analysts know them (issue 27)
+def _commands():
+    from causalrec.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "effects" in a.choices)
+    return parser, sub.choices
+
+
+def test_enumerated_flags_take_their_choices_from_the_estimator(capsys):
+    from causalrec.estimate import ItemEffectEstimator
+    from causalrec.utils.validation import Options
+
+    declared = {name: tuple(v for c in rules if isinstance(c, Options) for v in c.values
+                            if isinstance(v, str))
+                for name, rules in ItemEffectEstimator._parameter_constraints.items()}
+    _, commands = _commands()
+    for name in ("effects", "report", "audit", "demo"):
+        flags = {a.dest: a for a in commands[name]._actions}
+        for flag in ("method", "nuisance", "dtype"):
+            assert tuple(flags[flag].choices) == declared[flag] and len(declared[flag]) >= 2
+        assert all(device in flags["device"].metavar for device in declared["device"])
+    assert main(["report", "--help"]) == 0
+    page = capsys.readouterr().out
+    assert "{" + ",".join(declared["nuisance"]) + "}" in page and "{aipw,ipw,or}" in page
+    assert "exit codes:" in page
+
+
+def test_every_flag_has_help():
+    parser, commands = _commands()
+    for owner in [parser, *commands.values()]:
+        for action in owner._actions:
+            assert action.help and action.help.strip(), (owner.prog, action.option_strings)
+
+
+def test_did_you_mean_for_misspelt_options_and_commands(logs, tmp_path, capsys):
+    argv = ["effects", str(logs["csv"]), *FLAGS, "--out", str(tmp_path / "e.csv")]
+    assert main(argv + ["--nuisence", "pooled"]) == 2
+    assert "unrecognized arguments: --nuisence pooled; did you mean '--nuisance'?" in \
+        one_error_line(capsys.readouterr().err)
+    assert main(["reprot"]) == 2
+    assert "did you mean 'report'?" in one_error_line(capsys.readouterr().err)
+    assert main(argv + ["--method", "aipww"]) == 2
+    assert "did you mean 'aipw'" in one_error_line(capsys.readouterr().err)
+
+
+def test_plan_line_comes_before_the_work(logs, tmp_path, capsys):
+    out = tmp_path / "e.csv"
+    assert main(["effects", str(logs["csv"]), *FLAGS, "--out", str(out)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    plans = [i for i, line in enumerate(lines) if line.startswith("causalrec: plan: ")]
+    assert len(plans) == 1, lines
+    plan = lines[plans[0]]
+    assert f"{SIM['n_rows']:,} rows from {logs['csv']}" in plan
+    assert f"estimating {SIM['n_items']} items with method=aipw, nuisance=pooled, 2 folds" in plan
+    assert plan.endswith(f"writing {out}")
+    assert plans[0] < lines.index("causalrec: estimating effects ...")
+
+
+def test_exit_codes_are_documented_and_returned(monkeypatch, capsys):
+    from causalrec.cli import output, parser
+
+    assert main(["--help"]) == 0
+    page = capsys.readouterr().out
+    for status in (output.OK, output.RUNTIME_ERROR, output.USAGE_ERROR, output.MISSING_EXTRA,
+                   output.INTERRUPTED):
+        assert f"\n  {status} " in page
+    raised = {ImportError("nuisance='boosted' needs XGBoost: pip install "
+                          "'causalrec-effects[boost]'"): output.MISSING_EXTRA,
+              KeyError("x"): output.RUNTIME_ERROR, RuntimeError("the fit failed"): output.RUNTIME_ERROR,
+              FileNotFoundError("no such log file: x"): output.USAGE_ERROR}
+    for error, status in raised.items():
+        def broken(args, progress, error=error):
+            raise error
+        monkeypatch.setattr(parser, "cmd_simulate", broken)
+        assert main(["simulate", "--out", "unused", "-q"]) == status
+        line = one_error_line(capsys.readouterr().err)
+        assert str(error).strip("'") in line
+        assert ("unexpected KeyError" in line) == isinstance(error, KeyError)

@@ -1,18 +1,20 @@
 """The ``causalrec`` command line: effects, report, audit, simulate and demo.
 
-Errors a user can fix (a missing file, a wrong column, a bad flag) print one line
-``causalrec: error: ...`` to stderr and exit non-zero (2 for usage, 1 otherwise). Heavy
-modules (torch, matplotlib) are imported only by the commands that need them.
+Every error prints one line ``causalrec: error: ...`` to stderr and exits with a documented
+status (``causalrec --help``): 2 for usage and bad input (a wrong flag, a missing file or
+column), 3 for a missing optional extra, 1 for anything else. Heavy modules (torch,
+matplotlib) are imported only by the commands that need them.
 """
 from __future__ import annotations
 
 import os
 import warnings
 
-from .output import RUNTIME_ERROR, Progress, fail, show_warning
+from .output import (INTERRUPTED, MISSING_EXTRA, RUNTIME_ERROR, USAGE_ERROR, Progress, fail,
+                     show_warning)
 from .parser import build_parser
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "exit_status"]
 
 
 def main(argv=None) -> int:
@@ -27,14 +29,24 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
             return args.func(args, progress)
-    except (ValueError, OSError, RuntimeError, TypeError) as exc:
-        # SchemaError and GraphError are ValueErrors (UnicodeError too), FileNotFoundError an
-        # OSError, a bad torch device a RuntimeError, a wrongly typed column a TypeError.
-        # CAUSALREC_DEBUG=1 shows the traceback instead.
-        if os.environ.get("CAUSALREC_DEBUG"):
-            raise
-        fail(exc)
-        return RUNTIME_ERROR
     except KeyboardInterrupt:
         fail("interrupted")
-        return 130
+        return INTERRUPTED
+    except Exception as exc:  # one line, whatever went wrong; CAUSALREC_DEBUG=1: traceback
+        if os.environ.get("CAUSALREC_DEBUG"):
+            raise
+        status = exit_status(exc)
+        fail(exc if status != RUNTIME_ERROR or isinstance(exc, RuntimeError)
+             else f"unexpected {type(exc).__name__}: {exc}")
+        return status
+
+
+def exit_status(exc: BaseException) -> int:
+    """The documented exit status of an error (see ``EXIT_CODES``)."""
+    if isinstance(exc, ImportError):  # an optional extra is missing: the message names it
+        return MISSING_EXTRA
+    # SchemaError and GraphError are ValueErrors (UnicodeError too), a missing or unreadable
+    # file an OSError, a wrongly typed column a TypeError: all fixed by changing the input
+    if isinstance(exc, (ValueError, OSError, TypeError)):
+        return USAGE_ERROR
+    return RUNTIME_ERROR

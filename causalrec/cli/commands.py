@@ -75,8 +75,9 @@ def _with_graph(roles: dict, graph, frame) -> dict:
                                               roles["text"])}
 
 
-def _read(args, progress):
-    """The log and its column roles (graph adjustment columns included), validated."""
+def _read(args, progress, writes: str, work: str = "estimating {items} items"):
+    """The log and its column roles (graph adjustment columns included), validated; then
+    the one-line plan of the run (what it estimates, how, and what it writes)."""
     from ..schema import InteractionLog, read_log
 
     graph = _graph(args)
@@ -84,8 +85,20 @@ def _read(args, progress):
         df = read_log(args.log, encoding=args.encoding)
     roles = _with_graph(_roles(args), graph, df)
     log = InteractionLog(df, **roles)
-    progress.say(f"{len(df):,} rows, {df[args.item].nunique():,} items")
+    _plan(args, progress, f"{len(df):,} rows from {args.log}",
+          work.replace("{items}", f"{df[args.item].nunique():,}"), writes)
     return log, roles, graph
+
+
+def _plan(args, progress, source: str, work: str, writes: str) -> None:
+    """One line before the long work: "plan: N rows from LOG, estimating K items with
+    method=..., nuisance=..., ...; writing OUT"."""
+    from ..estimate import resolve_device
+
+    refute = ", then refutation checks" if getattr(args, "refute", False) else ""
+    progress.say(f"plan: {source}, {work} with method={args.method}, "
+                 f"nuisance={args.nuisance}, {args.folds} folds on "
+                 f"{resolve_device(args.device)} ({args.dtype}){refute}; writing {writes}")
 
 
 def _spark_roles(args, sdf):
@@ -108,9 +121,21 @@ def _effects_on_spark(args, progress):
     _graph(args)
     with spark_log(args, progress) as sdf:
         roles, graph = _spark_roles(args, sdf)
+        _plan(args, progress, f"the rows of {args.log} on Spark ({args.spark})",
+              "estimating every item", _writes(args))
         with progress.step("estimating effects on Spark"):
             effects = estimate_item_effects(sdf, **roles, **_options(args))
         yield sdf, roles, graph, effects
+
+
+def _writes(args) -> str:
+    """What the command writes, for the plan line."""
+    out = Path(args.out)
+    if args.command == "effects":
+        return str(out)
+    if args.command == "audit":
+        return f"{out / 'audit.html'}, {out / 'group_effects.csv'} and {out / 'disparity.csv'}"
+    return f"{out / 'report.html'} and its tables"
 
 
 def _fit(estimator, log, progress):
@@ -212,8 +237,8 @@ def cmd_effects(args, progress) -> int:
         with _effects_on_spark(args, progress) as (_, _, _, effects):
             pass
     else:
-        log, _, _ = _read(args, progress)
         estimator = _estimator(args)
+        log, _, _ = _read(args, progress, _writes(args))
         effects = _fit(estimator, log, progress).effects_
     _write_table(effects, out)
     counts = ", ".join(f"{k} {v}" for k, v in effects["status"].value_counts().items())
@@ -227,8 +252,8 @@ def cmd_report(args, progress) -> int:
             report = _report(effects, roles, graph, args, progress, args.title, args.top,
                              refute=args.refute, data=sdf)
     else:
-        log, roles, graph = _read(args, progress)
         estimator = _estimator(args)
+        log, roles, graph = _read(args, progress, _writes(args))
         _fit(estimator, log, progress)
         report = _report(estimator, roles, graph, args, progress, args.title, args.top,
                          refute=args.refute)
@@ -239,21 +264,22 @@ def cmd_report(args, progress) -> int:
 
 
 def cmd_audit(args, progress) -> int:
-    try:
-        from ..fairness import FairnessAudit
-    except ImportError as exc:
-        raise RuntimeError(f"the fairness audit is not available: {exc}") from None
+    from ..fairness import FairnessAudit
+
     estimator = _estimator(args)  # a bad flag fails now, before reading or Spark
     if args.spark is not None:
         from ..spark.cli import spark_log
         _graph(args)  # a bad graph file fails before Spark starts
-        with spark_log(args, progress) as sdf, \
-                progress.step("auditing effects across groups on Spark"):
+        with spark_log(args, progress) as sdf:
             roles, _ = _spark_roles(args, sdf)
-            audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
-                                  estimator=estimator).fit(sdf)
+            _plan(args, progress, f"the rows of {args.log} on Spark ({args.spark})",
+                  f"auditing every item across the groups of {args.group}", _writes(args))
+            with progress.step("auditing effects across groups on Spark"):
+                audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
+                                      estimator=estimator).fit(sdf)
     else:
-        log, roles, _ = _read(args, progress)
+        log, roles, _ = _read(args, progress, _writes(args),
+                              work="auditing {items} items across the groups of " + args.group)
         with progress.step("auditing effects across groups"):
             audit = FairnessAudit(**roles, group=args.group, provider=args.provider,
                                   estimator=estimator).fit(log.data)
@@ -305,7 +331,8 @@ def cmd_demo(args, progress) -> int:
         progress.say("the profile text 'user_text' is a confounder: embedding it offline "
                      "with a small BERT model (cached after the first run)")
     log = InteractionLog(sample.data, **roles)
-    progress.say(f"{len(sample.data):,} rows, {sample.data[roles['item']].nunique()} items")
+    _plan(args, progress, f"{len(sample.data):,} rows from the bundled sample",
+          f"estimating {sample.data[roles['item']].nunique()} items", _writes(args))
     _fit(estimator, log, progress)
     report = _report(estimator, roles, None, args, progress,
                      "Demo: causal effects of recommendations on the bundled sample",

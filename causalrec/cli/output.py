@@ -5,10 +5,12 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["PROG", "USAGE_ERROR", "RUNTIME_ERROR", "Progress", "show_warning", "fail"]
+__all__ = ["PROG", "OK", "RUNTIME_ERROR", "USAGE_ERROR", "MISSING_EXTRA", "INTERRUPTED",
+           "Progress", "show_warning", "fail"]
 
 PROG = "causalrec"
-USAGE_ERROR, RUNTIME_ERROR = 2, 1
+# exit statuses, documented in --help and the README
+OK, RUNTIME_ERROR, USAGE_ERROR, MISSING_EXTRA, INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class Progress:

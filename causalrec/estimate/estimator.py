@@ -10,10 +10,10 @@ from ..base import BaseEstimator
 from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, resolve_dtype
 from ..schema import InteractionLog, SchemaError
-from ..utils.validation import Boolean, Callable, Integer, Interval, InstanceOf, Options
 from .design import DesignSpec, segment_ids
-from .folds import MAX_FOLDS, assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
+from .folds import assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
 from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
+from .params import PARAMETER_CONSTRAINTS
 from .scaling import outcome_for_fits
 from .splits import SplitAverage
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
@@ -21,8 +21,7 @@ from .results import EffectResults
 
 __all__ = ["ItemEffectEstimator", "resolve_device", "resolve_shrinkage"]
 
-METHODS = ("aipw", "ipw", "or")
-NUISANCE = ("pooled", "per_item")
+NUISANCE = ("pooled", "per_item")  # the GLM nuisances; the other choices are flexible learners
 AUTO_SHRINKAGE_PER_COLUMN = 1.0
 AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (pooled): repeats x fitted rows within this
 
@@ -30,18 +29,6 @@ AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (pooled): repeats x fitted rows
 def resolve_shrinkage(shrinkage, n_columns: int) -> float:
     """The pooled models' penalty on item deviations; "auto" grows with the dimension."""
     return float(AUTO_SHRINKAGE_PER_COLUMN * max(1, n_columns) if shrinkage == "auto" else shrinkage)
-
-
-def _flexible_ok(value) -> bool:
-    from ..nuisance import resolve_nuisance
-    return resolve_nuisance(value) is not None
-
-
-def _shards_ok(value) -> bool:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return value >= 1
-    values = np.asarray(value)
-    return values.ndim == 1 and values.dtype.kind in "iu" and len(values) > 0 and values.min() >= 0
 
 
 class ItemEffectEstimator(EffectResults, BaseEstimator):
@@ -98,7 +85,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         overlap diagnostics kept: ``share_clipped``, each arm's propensity range and
         ``share_outside_support``): without overlap an effect is an extrapolation.
     alpha : 1 - confidence level of the intervals. Intervals and p-values use Student t
-        with ``dof = min(n_treated, n_control) - 1`` (normal for large items).
+        with the item's ``dof`` column: Welch-Satterthwaite degrees of freedom over the arms
+        (each arm's share of the variance, its Kish effective size), or for 0/1 outcomes
+        with ``normalize`` the moderated variance's ``PRIOR_DOF`` + HC3's own; the smaller
+        arm's rows - 1 where neither is finite; normal for large items
+        (``causalrec.estimate.scores``).
     text_encoder, text_components : how text columns become confounders.
     balance_penalty : with text confounders and a fitted propensity (AIPW / IPW), each item's
         cross-fitted propensity is calibrated along the text components so that its arms
@@ -148,34 +139,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     propensity_calibration_ : binned calibration table of the fitted (unclipped) propensity.
     """
 
-    _parameter_constraints = {
-        "method": [Options(*METHODS)],
-        "normalize": [Boolean()],
-        "nuisance": [Options(*NUISANCE), Callable(_flexible_ok, "'boosted', 'factorised', 'auto', a scikit-learn "
-                                                   "estimator, a (propensity, outcome) pair of them or a FlexibleNuisance")],
-        "n_folds": [Integer(1, MAX_FOLDS)],
-        "n_repeats": [Integer(1, None), Options("auto")],
-        "penalty": [Interval(0, None, "left")],
-        "shrinkage": [Options("auto"), Interval(0, None, "neither")],
-        "intercept_penalty": [Interval(0, None, "left")],
-        "outcome_model": [Options("auto", "logistic", "linear")],
-        "clip": [Interval(0, 0.5, "left")],
-        "trim": [Options(None), Interval(0, 0.5, "neither")],
-        "min_rows_per_arm": [Integer(1, None)],
-        "min_ess": [Interval(0, None, "left")],
-        "max_clipped": [Interval(0, 1, "right")],
-        "alpha": [Interval(0, 1, "neither")],
-        "text_encoder": [Options(None), Callable(lambda v: hasattr(v, "encode"), "an encoder with encode()")],
-        "text_components": [Integer(1, None)],
-        "balance_penalty": [Options(None, "auto"), Interval(0, None, "neither")],
-        "balance_columns": [Options("text"),
-                            InstanceOf((list, tuple), "'text' or a list of column names")],
-        "device": [InstanceOf((str, torch.device), "'auto', 'cpu', 'cuda' or a torch.device")],
-        "dtype": [Options("float32", "float64", torch.float32, torch.float64)],
-        "seed": [Integer(0, 2**63 - 1)],
-        "max_iter": [Integer(1, None)],
-        "shards": [Callable(_shards_ok, "a positive integer or one shard id (>= 0) per item")],
-    }
+    _parameter_constraints = PARAMETER_CONSTRAINTS  # estimate/params.py: also the CLI's choices
 
     def __init__(self, *, method="aipw", normalize=True, nuisance="pooled", n_folds=2,
                  n_repeats="auto", penalty=1.0, shrinkage="auto", intercept_penalty=1e-3,

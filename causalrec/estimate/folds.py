@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 
 from ..exceptions import DataWarning
+from .params import MAX_FOLDS
 
 __all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
            "unit_folds", "unit_key", "warn_unit_like"]
 
-MAX_FOLDS = 50  # more folds only add fits: each holds out under 2% of an item's rows
 
 
 # ---- 64-bit hashing with in-place torch int64 ops: int64 arithmetic wraps like uint64, so

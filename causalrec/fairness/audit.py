@@ -204,7 +204,7 @@ class FairnessAudit(BaseEstimator):
             self.__dict__.pop(cached, None)
         self.data_ = df
         base = ItemEffectEstimator() if self.estimator is None else self.estimator
-        self.estimator_ = ItemEffectEstimator(**base.get_params())
+        self.estimator_ = ItemEffectEstimator(**base.get_params(deep=False))
         self.estimator_._validate_params()
         self.alpha_ = self.estimator_.alpha
 

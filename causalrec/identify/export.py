@@ -24,7 +24,8 @@ def to_dowhy(graph, df: pd.DataFrame, **kwargs):
     if clash:
         raise GraphError(f"node(s) {clash} are marked unobserved but are columns of the "
                          "data; DoWhy would treat them as observed")
-    from dowhy import CausalModel
+    from ..utils.extras import require
+    CausalModel = require("dowhy", "to_dowhy / deep_dive").CausalModel
     # Only structure goes to DoWhy: it adds its own node attributes.
     structure = nx.DiGraph(list(graph.graph.edges))
     structure.add_nodes_from(graph.graph.nodes)

@@ -15,11 +15,8 @@ __all__ = ["BoostedLearner"]
 
 
 def _xgboost():
-    try:
-        import xgboost
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("nuisance='boosted' needs XGBoost: pip install 'causalrec[boost]'") from exc
-    return xgboost
+    from ..utils.extras import require
+    return require("xgboost", "nuisance='boosted' (and 'auto')")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def fit_audit_spark(audit, sdf, barrier=True):
         names = [f"_text_{name}" for name in names]
         sdf = sdf.withColumnsRenamed(dict(zip(safe, names)))
         numeric += names
-    params = est.get_params()
+    params = est.get_params(deep=False)
     if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
         params["shards"] = None
     effects = estimate_item_effects_spark(

@@ -21,10 +21,8 @@ def spark_log(args, progress):
                          f"got {args.log!r}")
     if "://" not in args.log and not Path(args.log).exists():
         raise FileNotFoundError(f"no such log: {args.log}")
-    try:
-        from pyspark.errors import PySparkException
-    except ImportError:
-        raise RuntimeError("--spark needs pyspark: pip install 'causalrec[spark]'") from None
+    from ..utils.extras import require
+    PySparkException = require("pyspark.errors", "--spark").PySparkException
     from py4j.protocol import Py4JError
 
     # the executors' Python must be this interpreter (causalrec and torch importable there)

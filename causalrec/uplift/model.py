@@ -100,8 +100,18 @@ class UpliftModel(BaseEstimator):
         self.unknown_levels = unknown_levels
         self.estimator_options = estimator_options
 
-    def get_params(self) -> dict:
-        return {**super().get_params(), **self.estimator_options}
+    # the stage-1 ItemEffectEstimator options ride along as parameters of their own
+    def _shallow_params(self) -> dict:
+        return {**super()._shallow_params(), **self.estimator_options}
+
+    def _settable_names(self) -> set[str]:
+        return super()._settable_names() | set(ItemEffectEstimator._param_names())
+
+    def _set_param(self, name: str, value) -> None:
+        if name in self._param_names():
+            setattr(self, name, value)
+        else:
+            self.estimator_options = {**self.estimator_options, name: value}
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self):
