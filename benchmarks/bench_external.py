@@ -302,13 +302,16 @@ def main(argv=None):
         for nuisance in CAUSALREC:
             if not wanted(f"causalrec {nuisance}"):
                 continue
-            for grouped in (False, True):
-                res, sec = run_causalrec_stacked(bench, nuisance, reps, grouped)
-                rows.append(dict(layout="stacked, " + ("unit folds" if grouped else "row folds"),
-                                 method=f"causalrec {nuisance}", **summarise(bench, reps, res, sec)))
-            res, sec = run_causalrec_per_call(bench, nuisance, reps)
-            rows.append(dict(layout="per call", method=f"causalrec {nuisance}",
-                             **summarise(bench, reps, res, sec)))
+            runs = {"stacked, row folds": lambda: run_causalrec_stacked(bench, nuisance, reps, False),
+                    "stacked, unit folds": lambda: run_causalrec_stacked(bench, nuisance, reps, True),
+                    "per call": lambda: run_causalrec_per_call(bench, nuisance, reps)}
+            for layout, run in runs.items():
+                try:
+                    rows.append(dict(layout=layout, method=f"causalrec {nuisance}",
+                                     **summarise(bench, reps, *run())))
+                except Exception as exc:  # a crash is a result too (e.g. factorised, few items)
+                    rows.append(dict(layout=layout, method=f"causalrec {nuisance}",
+                                     error=f"{type(exc).__name__}: {exc}"[:200]))
         for row in rows:
             print(json.dumps(dict(data=bench.name, units=len(bench.covariates), **row)), flush=True)
 
