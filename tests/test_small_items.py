@@ -45,8 +45,7 @@ def test_one_small_item_close_to_ols_with_interactions_and_far_better_than_naive
         df = small_log(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            eff = cr.estimate_item_effects(df, "item", "t", "y",
-                                           confounders=[c for c in df if c.startswith("x")])
+            eff = cr.estimate_item_effects(df, "item", "t", "y", confounders=[c for c in df if c.startswith("x")])
         assert eff["status"].iloc[0] == "ok"
         errors["ours"].append(eff["ate"].iloc[0] - EFFECT)
         errors["ols"].append(ols_with_interactions(df) - EFFECT)

@@ -406,6 +406,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
+        if tunes_shared_penalty(len(seg), X.shape[1]):  # few rows per column: the offset GLM's
+            glm["shared_penalty"] = self.shrinkage_    # shared slopes get the deviations' prior
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
                                   glm=glm, logged_e=logged_e, device=device,
