@@ -12,7 +12,8 @@ from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, re
 from ..schema import InteractionLog, SchemaError
 from .design import DesignSpec, segment_ids
 from .folds import assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
-from .nuisance import MODEL_NAMES, cross_fit, pack_shards, warn_unconverged
+from .nuisance import (MODEL_NAMES, cross_fit, cross_fit_tuned, pack_shards, tunes_shared_penalty,
+                       warn_unconverged)
 from .params import PARAMETER_CONSTRAINTS
 from .scaling import outcome_for_fits
 from .splits import SplitAverage
@@ -123,6 +124,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     split_folds_ : per cross-fitting split (``n_repeats``), the fold of each fitted row
         (the rows where ``propensity_`` is not NaN, in order); the first is ``fold_``'s.
     design_columns_ : names of the confounder columns the models used.
+    shared_penalty_ : ridge on the pooled models' shared slopes, per model ("propensity",
+        "outcome"): chosen by out-of-fold loss where rows are few per column
+        (``causalrec.estimate.nuisance.tunes_shared_penalty``), else the near-zero default.
     balance_shift_ : per item, the size of the balancing step's calibration |gamma_k| (logit
         units per within-item sd of the text components; mean over splits; 0 where it does
         not apply).
@@ -265,6 +269,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         fits = None
         self.nuisance_fits_, converged = [], {}
         propensity, outcome = self._nuisance_models(log.propensity is None)
+        tune = (isinstance(self.nuisance, str) and self.nuisance == "pooled"
+                and tunes_shared_penalty(n_use, len(spec.columns)))
         on_device = lambda a, kind: read_only_tensor(a, kind, device)
         splits = SplitAverage(self.alpha)
         for repeat, split in enumerate(split_folds if n_use else split_folds[:1]):
@@ -276,10 +282,16 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                                            y_fit.astype(np.float64), split.astype(np.int64),
                                            n_seg, logged_e, device, converged, groups)
             else:
-                fits = cross_fit(X, *standardise, rows, seg, t, y_fit, split, n_seg,
-                                 n_folds=self.n_folds, propensity=propensity, outcome=outcome,
-                                 logged_e=logged_e, shard_of_item=shard_of_item, device=device,
-                                 dtype=dtype, warm=fits.shard_fits if fits else None)
+                job = dict(n_folds=self.n_folds, logged_e=logged_e, shard_of_item=shard_of_item,
+                           device=device, dtype=dtype, warm=fits.shard_fits if fits else None)
+                if tune:  # few rows per column: shared slopes' ridge by CV, in each split
+                    fits, *self._tuned = cross_fit_tuned(
+                        X, *standardise, rows, seg, t, y_fit, split, n_seg, propensity=propensity,
+                        outcome=outcome, family=self.outcome_family_,
+                        n_columns=len(spec.columns), **job)
+                else:
+                    fits = cross_fit(X, *standardise, rows, seg, t, y_fit, split, n_seg,
+                                     propensity=propensity, outcome=outcome, **job)
                 self.nuisance_fits_ += fits.shard_fits[0] if len(fits.shard_fits) == 1 else []
                 for name, ok in fits.converged.items():
                     converged[name] = converged.get(name, True) & ok
@@ -299,6 +311,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                                       folds=on_device(split, None)), e, mu0, mu1)
             preds = e = mu0 = mu1 = None  # not alive beside the next split's fits
         table, psi, e_clipped, e, mu0, mu1 = splits.result()
+        chosen = self._tuned if tune and n_use else (propensity, outcome)  # the last split's
+        self.shared_penalty_ = {name: model.shared_penalty for name, model in
+                                zip(("propensity", "outcome"), chosen) if model is not None}
         mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
         self._finish(table, status, n_all, n_t, converged, keys, device)
         index = df.index
@@ -391,6 +406,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
+        if tunes_shared_penalty(len(seg), X.shape[1]):  # few rows per column: the offset GLM's
+            glm["shared_penalty"] = self.shrinkage_    # shared slopes get the deviations' prior
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
                                   glm=glm, logged_e=logged_e, device=device, groups=groups,

@@ -20,7 +20,8 @@ from ..glm.layout import (block_size_for, pad, read_only_tensor, release_free_he
                           resolve_dtype, segment_sum)
 from ..glm.reducer import Reducer
 
-__all__ = ["CrossFit", "cross_fit", "pack_shards", "blocked_arm"]
+__all__ = ["CrossFit", "cross_fit", "cross_fit_tuned", "pack_shards", "blocked_arm",
+           "tunes_shared_penalty"]
 
 MODEL_NAMES = {"e": "propensity", "mu0": "outcome (control)", "mu1": "outcome (treated)"}
 
@@ -99,6 +100,61 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
                  default=0)
     return CrossFit(out["e"], out["mu0"], out["mu1"], shards, [r[2] for r in results],
                     converged, n_iter)
+
+
+# The pooled models' shared slopes are nearly unpenalised, which is right when rows are many
+# per column; with few (one item of a few hundred rows, 25 columns) the propensity overfits,
+# the treated arm's effective size collapses and clipping takes over (issue 28). There the
+# shared-slope ridge is chosen per nuisance by out-of-fold loss over this grid (times the
+# number of columns d: with standardised columns, d keeps the prior spread of the linear
+# predictor fixed whatever d is, the same scaling as ``shrinkage="auto"``).
+SHARED_PENALTY_GRID = (0.0, 0.25, 1.0, 4.0)
+TUNE_ROWS_PER_COLUMN = 500  # beyond this a ridge of 4d moves the fit by < 1% (4d / n)
+
+
+def tunes_shared_penalty(n_rows: int, n_columns: int) -> bool:
+    """Whether the shared-slope penalty is chosen from the data (few rows per column)."""
+    return n_rows < TUNE_ROWS_PER_COLUMN * (n_columns + 1)
+
+
+def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensity, outcome,
+                    family: str, n_columns: int, **options):
+    """``cross_fit`` once per shared-slope penalty of ``SHARED_PENALTY_GRID`` (x d); the
+    propensity keeps the penalty with the lowest out-of-fold log loss, the outcome models the
+    one with the lowest out-of-fold loss of mu0 on control rows plus mu1 on treated rows.
+    Returns the combined ``CrossFit`` and the two prototypes with the chosen penalties (for
+    later repeats)."""
+    grid = [max(c * n_columns, 1e-4) for c in SHARED_PENALTY_GRID]
+    with_penalty = lambda model, lam: None if model is None else \
+        model.clone().set_params(shared_penalty=lam)
+    fits = [cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
+                      propensity=with_penalty(propensity, lam), outcome=with_penalty(outcome, lam),
+                      **options) for lam in grid]
+    t64, y64 = np.asarray(t, np.float64), np.asarray(y, np.float64)
+    treated = t64 == 1
+    mu_loss = [_loss(f.mu0.double().cpu().numpy()[~treated], y64[~treated], family)
+               + _loss(f.mu1.double().cpu().numpy()[treated], y64[treated], family) for f in fits]
+    best_mu = int(np.argmin(mu_loss))
+    best_e = best_mu if propensity is None else int(np.argmin(
+        [_loss(f.e.double().cpu().numpy(), t64, "logistic") for f in fits]))
+    e, mu = fits[best_e], fits[best_mu]
+    shard_fits = [[{**mu_models, **({"e": e_models["e"]} if "e" in e_models else {})}
+                   for e_models, mu_models in zip(e_shard, mu_shard)]
+                  for e_shard, mu_shard in zip(e.shard_fits, mu.shard_fits)]
+    converged = {name: (e if name == "e" else mu).converged[name] for name in mu.converged}
+    combined = CrossFit(e.e, mu.mu0, mu.mu1, mu.shard_items, shard_fits, converged,
+                        max(e.n_iter, mu.n_iter))
+    return combined, with_penalty(propensity, grid[best_e]), with_penalty(outcome, grid[best_mu])
+
+
+def _loss(pred: np.ndarray, y: np.ndarray, family: str) -> float:
+    """Mean out-of-fold log loss (logistic) or squared error (gaussian); 0 for no rows."""
+    if not len(y):
+        return 0.0
+    if family == "logistic":
+        p = np.clip(pred, 1e-6, 1 - 1e-6)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(np.mean((y - pred) ** 2))
 
 
 def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds, n_folds,

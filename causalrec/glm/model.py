@@ -95,6 +95,9 @@ class SegmentGLM(BaseEstimator):
     intercept_penalty : ridge on segment intercepts (per segment) or intercept deviations.
     shared_intercept_penalty : ridge on the shared intercept (pooled): a weak N(0, 1) prior
         keeps it identified next to almost-free segment intercepts.
+    shared_penalty : ridge on the shared slopes (pooled). Near zero by default: with many rows
+        the data identify them; with few rows (one small item) the estimator chooses it by
+        out-of-fold loss (``causalrec.estimate.nuisance.cross_fit_tuned``).
     shared_columns : indices (into X's columns) whose coefficients are shared by every segment,
         with no segment deviation (pooled only; e.g. a group indicator's logit shift).
     max_iter, tol : Newton-type steps at most, and the step size that counts as converged.
@@ -113,6 +116,7 @@ class SegmentGLM(BaseEstimator):
         "shrinkage": [Interval(0, None, "neither")],
         "intercept_penalty": [Interval(0, None, "left")],
         "shared_intercept_penalty": [Interval(0, None, "neither")],
+        "shared_penalty": [Interval(0, None, "neither")],
         "shared_columns": [InstanceOf((tuple, list, np.ndarray), "a sequence of column indices")],
         "max_iter": [Integer(1, None)],
         "tol": [Interval(0, None, "neither")],
@@ -121,14 +125,15 @@ class SegmentGLM(BaseEstimator):
     }
 
     def __init__(self, *, family="logistic", pooled=True, penalty=1.0, shrinkage=10.0,
-                 intercept_penalty=1e-3, shared_intercept_penalty=1.0, shared_columns=(),
-                 max_iter=50, tol=1e-7, device="cpu", dtype="float64"):
+                 intercept_penalty=1e-3, shared_intercept_penalty=1.0, shared_penalty=1e-4,
+                 shared_columns=(), max_iter=50, tol=1e-7, device="cpu", dtype="float64"):
         self.family = family
         self.pooled = pooled
         self.penalty = penalty
         self.shrinkage = shrinkage
         self.intercept_penalty = intercept_penalty
         self.shared_intercept_penalty = shared_intercept_penalty
+        self.shared_penalty = shared_penalty
         self.shared_columns = shared_columns
         self.max_iter = max_iter
         self.tol = tol
@@ -141,7 +146,7 @@ class SegmentGLM(BaseEstimator):
         local = torch.full((p,), float(self.shrinkage if self.pooled else self.penalty),
                            dtype=dtype, device=device)
         local[0] = self.intercept_penalty
-        shared = torch.full((p,), 1e-4, dtype=dtype, device=device)
+        shared = torch.full((p,), float(self.shared_penalty), dtype=dtype, device=device)
         shared[0] = self.shared_intercept_penalty
         columns = [int(c) for c in self.shared_columns]
         if columns:
