@@ -99,13 +99,14 @@ def test_a_replace_failing_midway_leaves_whole_files_only(tmp_path, monkeypatch)
 def test_interrupted_report_leaves_the_previous_report(tmp_path, monkeypatch, fault):
     EffectReport(effects(seed=1)).save(tmp_path)
     before = snapshot(tmp_path)
-    assert set(before) == {"report.html", "effects.csv", "effects.parquet", "policies.csv"}
+    assert set(before) == {"report.html", "items.csv", "items.parquet", "effects.csv",
+                           "effects.parquet", "policies.csv"}
     if fault == "to_parquet":
         fail_on_call(monkeypatch, pd.DataFrame, "to_parquet")
     elif fault == "to_csv":
-        fail_on_call(monkeypatch, pd.DataFrame, "to_csv", call=2)  # the policies table
+        fail_on_call(monkeypatch, pd.DataFrame, "to_csv", call=3)  # the policies table
     elif fault == "html":  # the page is the last file staged
-        fail_on_call(monkeypatch, Path, "write_bytes", call=4, partial=b"<html>")
+        fail_on_call(monkeypatch, Path, "write_bytes", call=len(before), partial=b"<html>")
     else:
         fail_on_call(monkeypatch, cio.os, "replace")
     with pytest.raises(Boom):

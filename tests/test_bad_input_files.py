@@ -80,7 +80,7 @@ def test_command_line_error_for_a_mislabelled_file_is_one_line(tmp_path, capsys)
     out = tmp_path / "effects.csv"
     argv = ["effects", str(path), "--item", "item", "--treatment", "t", "--outcome", "y",
             "--out", str(out), "-q"]
-    assert main(argv) == 1
+    assert main(argv) == 2  # bad input (the CLI's exit codes)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "as gzip-compressed parquet" in err[0] and "Traceback" not in err[0]
     assert not out.exists()

@@ -262,7 +262,7 @@ def test_report_section_and_cli(small, tmp_path, capsys):
     assert (tmp_path / "out" / "spillover_pairs.csv").exists()
     assert "Most negative spillover" in capsys.readouterr().out
     flags[flags.index("unit")] = "session"
-    assert main(["net", str(path), *flags, "--out", str(tmp_path / "bad")]) == 1
+    assert main(["net", str(path), *flags, "--out", str(tmp_path / "bad")]) == 2  # bad input
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "session" in err and "missing" in err
 

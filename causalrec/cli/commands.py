@@ -84,7 +84,8 @@ def _read(args, progress, writes: str, work: str = "estimating {items} items"):
     with progress.step(f"reading {args.log}"):
         df = read_log(args.log, encoding=args.encoding)
     roles = _with_graph(_roles(args), graph, df)
-    log = InteractionLog(df, **roles)
+    # the unit groups the folds of the fit; the audit and refutations take the roles only
+    log = InteractionLog(df, **roles, unit=getattr(args, "unit", None))
     _plan(args, progress, f"{len(df):,} rows from {args.log}",
           work.replace("{items}", f"{df[args.item].nunique():,}"), writes)
     return log, roles, graph
@@ -124,7 +125,8 @@ def _effects_on_spark(args, progress):
         _plan(args, progress, f"the rows of {args.log} on Spark ({args.spark})",
               "estimating every item", _writes(args))
         with progress.step("estimating effects on Spark"):
-            effects = estimate_item_effects(sdf, **roles, **_options(args))
+            effects = estimate_item_effects(sdf, **roles, unit=getattr(args, "unit", None),
+                                            **_options(args))
         yield sdf, roles, graph, effects
 
 
@@ -135,6 +137,8 @@ def _writes(args) -> str:
         return str(out)
     if args.command == "audit":
         return f"{out / 'audit.html'}, {out / 'group_effects.csv'} and {out / 'disparity.csv'}"
+    if args.command == "net":
+        return f"{out / 'report.html'}, net_effects.csv, spillover_pairs.csv and its tables"
     return f"{out / 'report.html'} and its tables"
 
 
@@ -330,7 +334,8 @@ def cmd_demo(args, progress) -> int:
     else:
         progress.say("the profile text 'user_text' is a confounder: embedding it offline "
                      "with a small BERT model (cached after the first run)")
-    log = InteractionLog(sample.data, **roles)
+    # the sample's users recur across items: their rows share a fold
+    log = InteractionLog(sample.data, **roles, unit="user_id")
     _plan(args, progress, f"{len(sample.data):,} rows from the bundled sample",
           f"estimating {sample.data[roles['item']].nunique()} items", _writes(args))
     _fit(estimator, log, progress)

@@ -10,21 +10,20 @@ __all__ = ["cmd_net"]
 def cmd_net(args, progress) -> int:
     from ..estimate import NetEffectEstimator
     from ..reporting import EffectReport
-    from ..schema import csv_safe
-    from .commands import _estimator, _read, _recommendation_graph
+    from ..utils.io import table_bytes, write_files
+    from .commands import _estimator, _read, _recommendation_graph, _writes
 
     estimator = _estimator(args)  # a bad flag fails before the log is read
-    log, roles, graph = _read(args, progress)
+    log, roles, graph = _read(args, progress, _writes(args),
+                              work="estimating own and net effects of {items} items")
     with progress.step("estimating own and net effects"):
         net = NetEffectEstimator(estimator=estimator).fit(log, unit=args.unit)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with progress.step("pairwise spillover of the top items"):
         pairs = net.spillover_pairs(top=args.top, category=args.category)
-    csv_safe(pairs).to_csv(out / "spillover_pairs.csv", index=False)
+    write_files(Path(args.out), {"spillover_pairs.csv": table_bytes(pairs, "csv")})
     with progress.step("writing the report"):
         path = EffectReport(net.item_estimator_, graph=graph or _recommendation_graph(roles),
-                            title=args.title, top=args.top, seed=args.seed, net=net).save(out)
+                            title=args.title, top=args.top, seed=args.seed, net=net).save(args.out)
     eff = net.effects_
     ok = eff[eff["status"] == "ok"]
     print(f"Report: {path.resolve()}")

@@ -129,6 +129,9 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", type=_columns, default=[], metavar="T",
                         help="free-text confounder columns (embedded offline with BERT)")
     parser.add_argument("--propensity", help="column of logged recommendation probabilities")
+    parser.add_argument("--unit", help="user or session column: all of a unit's rows share one "
+                                       "cross-fitting fold (a user seen under many items never "
+                                       "sits on both sides of a split)")
     parser.add_argument("--encoding", default="utf-8",
                         help="text encoding of a CSV log (e.g. latin-1, cp1252)")
     parser.add_argument("--graph", help="causal graph (.gml, see CausalGraph.to_gml); its "
@@ -155,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="what to do (causalrec COMMAND --help for its flags)")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
+        stop = "" if summary.endswith("?") else "."
         return commands.add_parser(name, help=summary, description=summary[0].upper()
-                                   + summary[1:] + ("" if summary.endswith("?") else "."), epilog=EXIT_CODES, formatter_class=_Formatter)
+                                   + summary[1:] + stop, epilog=EXIT_CODES,
+                                   formatter_class=_Formatter)
 
     commands.required = True
 
@@ -188,11 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     net = command("net", "own and net effects: does an item add to the unit's total, or "
                   "take from its other items?")
     _add_log_flags(net)
-    net.add_argument("--unit", required=True, help="user or session column sharing a total")
+    unit = next(a for a in net._actions if a.dest == "unit")  # from the log flags, but here
+    unit.required, unit.help = True, "user or session column: its rows' outcomes sum to a total"
     net.add_argument("--category", help="item category column: pairs grouped by category")
     net.add_argument("--out", required=True, help="output folder")
-    net.add_argument("--title", default="Own and net effects of recommendations")
-    net.add_argument("--top", type=_positive_int, default=10, help="items shown per table")
+    net.add_argument("--title", default="Own and net effects of recommendations",
+                     help="title of the report")
+    net.add_argument("--top", type=_positive_int, default=10,
+                     help="items shown per table, and the items whose pairs are tested")
     net.set_defaults(func=cmd_net)
 
     simulate = command("simulate", "write a simulated log with known effects")

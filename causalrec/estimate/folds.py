@@ -246,7 +246,9 @@ def warn_unit_like(log, segment: np.ndarray) -> None:
     if log.unit is not None:
         return
     used = {c for role, cols in log.roles.items() if role != "user" for c in cols}
-    column = unit_like_column(log.data, [c for c in log.data.columns if c not in used], segment)
+    repeated = log.data.columns.duplicated(keep=False)  # a repeated label is no one column
+    candidates = [c for c, r in zip(log.data.columns, repeated) if c not in used and not r]
+    column = unit_like_column(log.data, candidates, segment)
     if column is not None:
         warnings.warn(f"column {column!r} looks like a unit id (user, session) whose rows recur "
                       f"across items; pass unit={column!r} so that each unit's rows share one "

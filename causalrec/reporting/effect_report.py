@@ -91,7 +91,7 @@ class EffectReport(EffectSections):
         table = _join_columns(table, self.sensitivity, self._keys, "sensitivity")
         if "rank" in table.columns:
             table = table.sort_values("rank", kind="stable", na_position="last", ignore_index=True)
-        self._table = table
+        self._table = _with_counts(table)
         self._popularity = next((c for c in ("treated_mean", "naive_ate") if c in table), None)
         self._policies = self._compare_policies(effects) if "rank" in table.columns else None
         est = self._estimator
@@ -212,6 +212,20 @@ class EffectReport(EffectSections):
             files["net_effects.csv"] = table_bytes(net, "csv")
         files["report.html"] = page
         return write_files(directory, files)["report.html"]
+
+
+def _with_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """The row counts the first screen shows, from those a table has (a table from another
+    tool may carry only ``n`` and ``n_treated``); unknown counts are NaN, shown as blanks."""
+    counts = {}
+    if "n_control" not in table and {"n", "n_treated"} <= set(table.columns):
+        counts["n_control"] = table["n"] - table["n_treated"]
+    if "n_treated" not in table and {"n", "n_control"} <= set(table.columns):
+        counts["n_treated"] = table["n"] - table["n_control"]
+    for name in ("n", "n_treated", "n_control"):
+        if name not in table and name not in counts:
+            counts[name] = np.nan
+    return table.assign(**counts) if counts else table
 
 
 def _rank_default(name: str):

@@ -52,7 +52,7 @@ def policy_change(more: pd.DataFrame, less: pd.DataFrame, alpha: float = 0.05) -
                        + (removed**2) @ less["posterior_sd"].to_numpy(float) ** 2))
     z = stats.norm.ppf(1 - alpha / 2)
     return dict(change=change, se=se, low=change - z * se, high=change + z * se,
-                added=int(added.sum()), removed=int(removed.sum()))
+                added=float(added.sum()), removed=float(removed.sum()))
 
 
 def popularity_verdict(table: pd.DataFrame, popularity: str, k: int, alpha: float = 0.05):
@@ -96,6 +96,11 @@ def _signed(value, decimals) -> str:
     return ("+" + text) if text and float(value) > 0 else text
 
 
+def _count(value) -> str:
+    """A row count, blank where the table does not have it."""
+    return "" if pd.isna(value) else format_number(int(value))
+
+
 def _evidence(frame, labels, verdict, decimals, top_k) -> pd.DataFrame:
     interval = lambda lo, hi: [f"[{_signed(a, decimals)}, {_signed(b, decimals)}]"
                                for a, b in zip(frame[lo], frame[hi])]
@@ -105,8 +110,8 @@ def _evidence(frame, labels, verdict, decimals, top_k) -> pd.DataFrame:
         "95% interval": interval("posterior_low", "posterior_high"),
         "raw effect": [_signed(v, decimals) for v in frame["ate"]],
         "raw 95% CI": interval("ci_low", "ci_high"),
-        "rows": frame["n"].astype("int64").to_numpy(),
-        "recommended / not": [f"{format_number(int(a))} / {format_number(int(b))}"
+        "rows": [_count(v) for v in frame["n"]],
+        "recommended / not": [f"{_count(a)} / {_count(b)}"
                               for a, b in zip(frame["n_treated"], frame["n_control"])],
         "overlap": verdict.loc[frame.index].to_numpy(),
         "status": frame["status"].to_numpy() if "status" in frame else "ok",
@@ -178,6 +183,9 @@ def _change_text(more, less, alpha, outcome, total_outcome) -> str:
         return paragraph("No item is established in either direction, so no change of the "
                          "recommendations is supported by this log.")
     change = policy_change(more, less, alpha)
+    if not np.isfinite(change["change"]):
+        return paragraph("The effects table has no row counts per arm, so the change in the "
+                         "total that these recommendations would make cannot be computed.")
     policy = []
     if len(more):
         policy.append(f"recommending the {len(more)} item(s) to recommend more in all their "
