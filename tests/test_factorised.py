@@ -37,7 +37,8 @@ def _errors(sim, data, roles, nuisances):
     """Per nuisance (names, or a dict name -> nuisance), the tables over the items with
     status ok under all, the true effects and the naive error."""
     nuisances = nuisances if isinstance(nuisances, dict) else {n: n for n in nuisances}
-    tables = {n: estimate_item_effects(data, **roles, nuisance=v).set_index("item")
+    # one split each (the flexible nuisances' default): the same rows and the same folds
+    tables = {n: estimate_item_effects(data, **roles, nuisance=v, n_repeats=1).set_index("item")
               for n, v in nuisances.items()}
     ok = np.logical_and.reduce([t.status.eq("ok").to_numpy() for t in tables.values()])
     items = tables[next(iter(tables))].index[ok]

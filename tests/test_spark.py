@@ -109,7 +109,8 @@ def local_fit(log_frame, small_frame):
 
 def _assert_same(local, spark_table):
     assert list(local.columns) == list(spark_table.columns)
-    assert (local["status"].to_numpy() == spark_table["status"].to_numpy()).all()
+    diff = local["status"].to_numpy() != spark_table["status"].to_numpy()
+    assert not diff.any(), (local[diff].T.to_string(), spark_table[diff].T.to_string())
     for col in ("ate", "se"):
         a, b = local[col].to_numpy(), spark_table[col].to_numpy()
         assert (np.isnan(a) == np.isnan(b)).all()

@@ -66,7 +66,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         "pooled" while the fitted rows times the repeats stay within 4M (1M rows: 4, 2M: 2,
         above 4M: 1; a 1M-row fit then takes ~3.5x as long), which takes the median
         seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28); 1 for the
-        flexible nuisances (each repeat refits their boosters).
+        flexible nuisances (each repeat refits their boosters) and when ``fit(folds=...)``
+        fixes the split (a number > 1 there adds seeded splits to the given one).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -236,11 +237,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
                                             item_columns=keys, warn_duplicates=seed == self.seed,
                                             unit=unit)
+        n_repeats = self._n_repeats(n_use, folds_given=folds is not None)
         folds = narrow_codes(fold_of(self.seed) if folds is None
-                        else check_folds(folds, len(df), self.n_folds), self.n_folds)
+                             else check_folds(folds, len(df), self.n_folds), self.n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
-        n_repeats = self._n_repeats(n_use)
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
         seg, t, y = in_use(seg), in_use(t), in_use(y)
@@ -333,10 +334,12 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     def _per_item(self) -> bool:  # the "auto" rules of n_repeats and balance_penalty
         return isinstance(self.nuisance, str) and self.nuisance == "per_item"
 
-    def _n_repeats(self, n_rows: int) -> int:
+    def _n_repeats(self, n_rows: int, folds_given: bool = False) -> int:
         """The repeats of a fit of ``n_rows`` fitted rows (see ``n_repeats``)."""
         if self.n_repeats != "auto":
             return self.n_repeats
+        if folds_given:  # the caller's split is the split
+            return 1
         if self._per_item():
             return 4
         if not (isinstance(self.nuisance, str) and self.nuisance == "pooled"):

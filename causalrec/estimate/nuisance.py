@@ -124,22 +124,14 @@ def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensi
     one with the lowest out-of-fold loss of mu0 on control rows plus mu1 on treated rows.
     Returns the combined ``CrossFit`` and the two prototypes with the chosen penalties (for
     later repeats)."""
-    grid = [max(c * n_columns, 1e-4) for c in SHARED_PENALTY_GRID]
-    with_penalty = lambda model, lam: None if model is None else \
-        model.clone().set_params(shared_penalty=lam)
+    grid = penalty_grid(n_columns)
     fits = [cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
                       propensity=with_penalty(propensity, lam), outcome=with_penalty(outcome, lam),
                       **options) for lam in grid]
-    t64, y64 = np.asarray(t, np.float64), np.asarray(y, np.float64)
-    treated = t64 == 1
-    mu_loss = [_loss(f.mu0.double().cpu().numpy()[~treated], y64[~treated], family)
-               + _loss(f.mu1.double().cpu().numpy()[treated], y64[treated], family) for f in fits]
-    best_mu = int(np.argmin(mu_loss))
-    best_e = best_mu if propensity is None else int(np.argmin(
-        [_loss(f.e.double().cpu().numpy(), t64, "logistic") for f in fits]))
+    best_e, best_mu = choose_penalties(np.stack([tuning_losses(f.e, f.mu0, f.mu1, t, y, family)
+                                                 for f in fits]), propensity is not None)
     e, mu = fits[best_e], fits[best_mu]
-    shard_fits = [[{**mu_models, **({"e": e_models["e"]} if "e" in e_models else {})}
-                   for e_models, mu_models in zip(e_shard, mu_shard)]
+    shard_fits = [merge_models(e_shard, mu_shard)
                   for e_shard, mu_shard in zip(e.shard_fits, mu.shard_fits)]
     converged = {name: (e if name == "e" else mu).converged[name] for name in mu.converged}
     combined = CrossFit(e.e, mu.mu0, mu.mu1, mu.shard_items, shard_fits, converged,
@@ -147,14 +139,51 @@ def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensi
     return combined, with_penalty(propensity, grid[best_e]), with_penalty(outcome, grid[best_mu])
 
 
-def _loss(pred: np.ndarray, y: np.ndarray, family: str) -> float:
-    """Mean out-of-fold log loss (logistic) or squared error (gaussian); 0 for no rows."""
-    if not len(y):
-        return 0.0
+def penalty_grid(n_columns: int) -> list:
+    """The shared-slope penalties tried, in order (``SHARED_PENALTY_GRID`` x d)."""
+    return [max(c * n_columns, 1e-4) for c in SHARED_PENALTY_GRID]
+
+
+def with_penalty(model, penalty):
+    """A copy of the GLM prototype with this shared-slope penalty (None stays None)."""
+    return None if model is None else model.clone().set_params(shared_penalty=penalty)
+
+
+def merge_models(e_fits: list, mu_fits: list) -> list:
+    """Per fold, the outcome models of one fit with the propensity model of another."""
+    return [{**mu, **({"e": e["e"]} if "e" in e else {})} for e, mu in zip(e_fits, mu_fits)]
+
+
+def tuning_losses(e, mu0, mu1, t, y, family: str) -> np.ndarray:
+    """Out-of-fold loss sums and row counts behind the penalty choice: propensity log loss,
+    rows; loss of mu0 on control rows, their count; of mu1 on treated rows, their count.
+    Sums (not means), so that shards' values add up to the whole log's (Spark)."""
+    t64, y64 = np.asarray(t, np.float64), np.asarray(y, np.float64)
+    treated = t64 == 1
+    as_np = lambda a: np.asarray(a.double().cpu().numpy() if hasattr(a, "cpu") else a, np.float64)
+    e = np.full(len(t64), 0.5) if e is None else as_np(e)  # logged propensities: not chosen
+    mu0, mu1 = as_np(mu0), as_np(mu1)
+    return np.array([_loss_sum(e, t64, "logistic"), len(t64),
+                     _loss_sum(mu0[~treated], y64[~treated], family), (~treated).sum(),
+                     _loss_sum(mu1[treated], y64[treated], family), treated.sum()], np.float64)
+
+
+def choose_penalties(sums: np.ndarray, fit_propensity: bool) -> tuple[int, int]:
+    """Indices into the grid of the propensity's and the outcome models' penalties: the
+    lowest mean out-of-fold loss (``sums``: one row of ``tuning_losses`` per penalty)."""
+    mean = lambda s, n: np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+    mu_loss = mean(sums[:, 2], sums[:, 3]) + mean(sums[:, 4], sums[:, 5])
+    best_mu = int(np.argmin(mu_loss))
+    best_e = int(np.argmin(mean(sums[:, 0], sums[:, 1]))) if fit_propensity else best_mu
+    return best_e, best_mu
+
+
+def _loss_sum(pred: np.ndarray, y: np.ndarray, family: str) -> float:
+    """Summed log loss (logistic) or squared error (gaussian); 0 for no rows."""
     if family == "logistic":
         p = np.clip(pred, 1e-6, 1 - 1e-6)
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-    return float(np.mean((y - pred) ** 2))
+        return float(-np.sum(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(np.sum((y - pred) ** 2))
 
 
 def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds, n_folds,

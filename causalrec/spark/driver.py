@@ -14,7 +14,7 @@ import torch
 from ..estimate.design import DesignSpec
 from ..estimate.api import split_roles
 from ..estimate.estimator import ItemEffectEstimator, resolve_shrinkage
-from ..estimate.nuisance import pack_shards
+from ..estimate.nuisance import pack_shards, tunes_shared_penalty
 from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import effects_table
 from ..glm.layout import block_size_for, resolve_device
@@ -142,6 +142,9 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                           else OutcomeScale())
     prop_model, out_model = est._nuisance_models(propensity is None)
     block_size = _block_size(facts.arm_rows[codes], est.n_folds)
+    # few rows per column: the pooled models' shared penalty is tuned, as locally
+    tune_columns = (len(spec.columns) if est.nuisance == "pooled"
+                    and tunes_shared_penalty(n_spec, len(spec.columns)) else None)
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
                    content=list(fold_columns or keys + confounders + categorical + text),
@@ -150,14 +153,16 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                    shard_items=[np.flatnonzero(shard_of_item == s) for s in range(n_shards)],
                    propensity_model=prop_model, outcome_model=out_model,
                    options=dict(n_folds=est.n_folds, seed=est.seed,
-                                n_repeats=est._n_repeats(int(facts.n_all[codes].sum())),
+                                n_repeats=est._n_repeats(int(facts.n_all[codes].sum()),
+                                                         folds_given=folds is not None),
                                 method=est.method, clip=est.clip, trim=est.trim,
                                 alpha=est.alpha, normalize=est.normalize,
                                 balance_penalty=est._balance_penalty(),
                                 balance_columns=est.balance_columns),
                    binary=facts.binary, device=str(est.device), dtype=str(est.dtype).replace(
                        "torch.", ""), block_size=int(block_size), row_outputs=row_outputs,
-                   outcome_scale=est.outcome_scale_)
+                   outcome_scale=est.outcome_scale_, tune_columns=tune_columns,
+                   outcome_family=est.outcome_family_)
     mode, rows_sdf, payloads = None, None, []
     if len(codes):
         columns = list(dict.fromkeys(keys + [treatment, outcome] + confounders + categorical

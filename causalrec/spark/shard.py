@@ -11,7 +11,8 @@ import torch
 
 from ..estimate.design import DesignSpec
 from ..estimate.folds import assign_folds
-from ..estimate.nuisance import _fit_shard
+from ..estimate.nuisance import (_fit_shard, choose_penalties, merge_models, penalty_grid,
+                                  tuning_losses, with_penalty)
 from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import effects_table
 from ..estimate.splits import SplitAverage
@@ -56,6 +57,8 @@ class ShardJob:
     block_size: int
     row_outputs: bool
     outcome_scale: OutcomeScale = OutcomeScale()  # the fits' outcome scale, as locally
+    tune_columns: int | None = None  # design columns when the shared penalty is tuned, else None
+    outcome_family: str = "logistic"  # the outcome models' family (the tuning's loss)
 
 
 def _on(model, device):
@@ -63,6 +66,20 @@ def _on(model, device):
     if model is None:
         return None
     return model.clone().set_params(device=device)
+
+
+def _fit_tuned(fit, reducer, propensity, outcome, t, y, n_columns: int, family: str):
+    """``nuisance.cross_fit_tuned`` on a shard: one fit per penalty of the grid, the shards'
+    out-of-fold loss sums added by the reducer, the same choice on every shard."""
+    grid = penalty_grid(n_columns)
+    fits = [fit(with_penalty(propensity, lam), with_penalty(outcome, lam)) for lam in grid]
+    sums = np.stack([tuning_losses(p.get("e"), p["mu0"], p["mu1"], t, y, family)
+                     for p, _ in fits])
+    total = reducer.sum(torch.as_tensor(sums, dtype=torch.float64)).cpu().numpy()
+    best_e, best_mu = choose_penalties(total, propensity is not None)
+    (e_preds, e_fits), (mu_preds, mu_fits) = fits[best_e], fits[best_mu]
+    preds = {**mu_preds, "e": e_preds["e"]} if "e" in e_preds else dict(mu_preds)
+    return preds, merge_models(e_fits, mu_fits)
 
 
 def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
@@ -96,10 +113,15 @@ def fit_shard(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     splits = SplitAverage(o["alpha"])  # each split its own table, combined as locally
     for repeat in range(o["n_repeats"]):  # the local estimator's loop, on this shard
         split = folds if repeat == 0 else fold_of(o["seed"] + repeat)
-        _, preds, fits = _fit_shard(np.arange(n_seg), reducer, fits, X=X, center=None,
-                                    scale=None, rows=rows, seg=seg, t=t, y=y_fit, folds=split,
-                                    n_folds=o["n_folds"], n_items=n_seg, propensity=propensity,
-                                    outcome=outcome, block_size=job.block_size, device=device)
+        fit = lambda e_model, mu_model: _fit_shard(
+            np.arange(n_seg), reducer, fits, X=X, center=None, scale=None, rows=rows, seg=seg,
+            t=t, y=y_fit, folds=split, n_folds=o["n_folds"], n_items=n_seg,
+            propensity=e_model, outcome=mu_model, block_size=job.block_size, device=device)[1:]
+        if job.tune_columns is None:
+            preds, fits = fit(propensity, outcome)
+        else:  # few rows per column: the shared slopes' ridge by out-of-fold loss, as locally
+            preds, fits = _fit_tuned(fit, reducer, propensity, outcome, t, y_fit,
+                                     job.tune_columns, job.outcome_family)
         if logged_e is not None:
             preds["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
         for models in fits:
