@@ -35,8 +35,11 @@ def spillover_pairs(source, top: int = 10, category: str | None = None, fdr: flo
     out-of-fold outcome prediction at B's observed arm as the adjustment (it never reads A's
     recommendation). The ``top`` items are chosen on the same data, so their pair estimates
     lean towards the direction they were chosen for (the winner's curse; over all items,
-    ``top=len(effects_)``, the intervals hold their level). Returns one row per pair: ``item, other, effect, se, ci_low, ci_high,
-    p_value, q_value, flagged, n, n_treated, n_control, status`` (``other`` is the category
+    ``top=len(effects_)``, the intervals hold their level).
+
+    Returns one row per pair: ``item``, ``other``, ``effect``, ``se``, ``ci_low``,
+    ``ci_high``, ``p_value``, ``q_value``, ``flagged``, ``n``, ``n_treated``, ``n_control``,
+    ``status`` (``other`` is the category
     when ``category`` is given), sorted by item then effect (largest losses first).
     """
     if not 0 < fdr < 1:
