@@ -95,7 +95,7 @@ def test_effects_come_back_in_the_outcomes_units(continuous):
     them (float32 default): the fits see the same standardised outcome."""
     data, roles = continuous
     y = roles["outcome"]
-    base = _quiet(ItemEffectEstimator().fit, InteractionLog(data, **roles))
+    base = _quiet(ItemEffectEstimator(n_repeats=1).fit, InteractionLog(data, **roles))
     folds = base.fold_.to_numpy()
     ref = base.effects_.set_index("item")
     shifted = _quiet(estimate_item_effects, data.assign(**{y: data[y] + 1e8}), **roles,
@@ -198,11 +198,11 @@ def test_outcome_spread_against_numpy_two_pass():
 @pytest.mark.parametrize("factor", [1e-310, 2.0 ** -1060, 1e-300, 1e300])
 def test_tiny_or_huge_confounder_is_rescaled_and_estimates_equal(binary, factor):
     sim, roles = binary
-    base = _quiet(ItemEffectEstimator().fit, InteractionLog(sim.data, **roles))
+    base = _quiet(ItemEffectEstimator(n_repeats=1).fit, InteractionLog(sim.data, **roles))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)  # nothing dropped or changed
         warnings.filterwarnings("ignore", message=".*repeat another row")
-        out = ItemEffectEstimator().fit(
+        out = ItemEffectEstimator(n_repeats=1).fit(
             InteractionLog(sim.data.assign(user_activity=sim.data.user_activity * factor),
                            **roles), folds=base.fold_.to_numpy())
     assert out.design_columns_ == base.design_columns_
@@ -263,10 +263,10 @@ def test_float32_check_names_the_outcome(continuous):
     y = roles["outcome"]
     df = data.assign(**{y: data[y] + _bimodal(np.random.default_rng(8), len(data))})
     with pytest.warns(DataWarning, match=f"'{y}'"):
-        ItemEffectEstimator(dtype="float32").fit(InteractionLog(df, **roles))
+        ItemEffectEstimator(n_repeats=1, dtype="float32").fit(InteractionLog(df, **roles))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        ItemEffectEstimator(dtype="float64").fit(InteractionLog(df, **roles))
+        ItemEffectEstimator(n_repeats=1, dtype="float64").fit(InteractionLog(df, **roles))
     assert not any("float32 cannot hold" in str(w.message) for w in record)
 
 
