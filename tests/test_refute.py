@@ -7,7 +7,7 @@ from causalrec import estimate_item_effects
 from causalrec.datasets import simulate_log
 from causalrec.refute import (deep_dive, e_value, refute_item_effects, robustness_value,
                               sensitivity, summarize_refutations)
-from causalrec.refute.checks import _permute_within, _subsample_within
+from causalrec.refute.local import permute_within, subsample_within
 
 # Placebo shares are sharpest on items with many rows per arm (the per-item t intervals are
 # asymptotic), hence min_rows_per_arm.
@@ -45,7 +45,7 @@ def test_permute_within_keeps_each_segments_values():
     rng = np.random.default_rng(0)
     segment = rng.integers(0, 20, 2000)
     values = rng.integers(0, 2, 2000)
-    permuted = _permute_within(values, segment, np.random.default_rng(1))
+    permuted = permute_within(values, segment, np.random.default_rng(1))
     for s in range(20):
         assert sorted(permuted[segment == s]) == sorted(values[segment == s])
     assert (permuted != values).mean() > 0.3          # rows really moved
@@ -53,9 +53,9 @@ def test_permute_within_keeps_each_segments_values():
 
 def test_subsample_within_takes_the_fraction_of_every_segment():
     segment = np.repeat(np.arange(5), [10, 11, 50, 1, 200])
-    keep = _subsample_within(segment, 0.8, np.random.default_rng(0))
+    keep = subsample_within(segment, 0.8, np.random.default_rng(0))
     assert np.bincount(segment[keep]).tolist() == [8, 9, 40, 1, 160]
-    other = _subsample_within(segment, 0.8, np.random.default_rng(1))
+    other = subsample_within(segment, 0.8, np.random.default_rng(1))
     assert (keep != other).any()
 
 

@@ -28,11 +28,12 @@ from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
 from ..inference import critical_value, p_value
 from ..reporting.summary import Summary
-from ..schema import InteractionLog, SchemaError, _as_list, check_key_values, check_unique_columns
 from ..utils.validation import InstanceOf, Integer, Interval, Options
 from .benefit import group_benefit, metric_frame, provider_benefit
 from .disparity import add_bh, disparity_max_min, disparity_vs_reference
-from .exposure import exposure_table
+from .exposure import exposure_from_sums
+from .plan import AuditPlan
+from .rows import AuditRows, LocalAuditRows
 
 __all__ = ["FairnessAudit", "AuditSummary"]
 
@@ -124,98 +125,62 @@ class FairnessAudit(BaseEstimator):
         self.min_group_rows = min_group_rows
         self.estimator = estimator
 
-    # ------------------------------------------------------------------ validation
-    def _roles(self) -> dict:
-        """The log's roles for ``InteractionLog`` (parameters checked first)."""
-        self._validate_params()
-        if self.group is None:
-            raise SchemaError(None, "a fairness audit needs a group column (group=...)")
-        if not isinstance(self.item, str):
-            raise SchemaError(str(self.item), "the audit expects a single item column")
-        categorical = [c for c in _as_list(self.categorical) if c != self.group]
-        return dict(item=self.item, treatment=self.treatment, outcome=self.outcome,
-                    confounders=self.confounders or [], categorical=categorical,
-                    text=self.text or [], propensity=self.propensity, group=self.group)
-
-    def _check_groups(self, groups) -> None:
-        if len(groups) < 2:
-            raise SchemaError(self.group, f"holds a single group ({groups[0]!r}); an audit "
-                                          "compares at least two")
-
-    def _check_provider(self, columns, n_missing: int, varies: bool) -> None:
-        if self.provider not in columns:
-            raise SchemaError(self.provider, "missing from the log (role 'provider')")
-        if n_missing:
-            raise SchemaError(self.provider, f"{int(n_missing)} missing values")
-        if varies:
-            raise SchemaError(self.provider, "varies within an item; it must be an item "
-                                             "attribute")
-
-    def _check_reference(self, groups) -> None:
-        if self.reference is not None and self.reference not in set(groups):
-            raise ValueError(f"reference group {self.reference!r} does not occur in column "
-                             f"{self.group!r}")
-
-    def _validate(self, df) -> InteractionLog:
-        log = InteractionLog(df, **self._roles())
-        groups = pd.unique(log.data[self.group])
-        self._check_groups(groups)
-        if self.provider is not None:
-            values = log.data.get(self.provider)
-            if values is not None:  # the log door's rule for key columns
-                check_unique_columns(log.data, [self.provider], "the log")
-                check_key_values(values, self.provider)
-            self._check_provider(log.data.columns, 0 if values is None else values.isna().sum(),
-                                 values is not None and bool(
-                                     (log.data.groupby(self.item, sort=False)[self.provider]
-                                      .nunique() > 1).any()))
-        self._check_reference(groups)
-        return log
-
     # ------------------------------------------------------------------ fitting
-    def fit(self, df: pd.DataFrame) -> "FairnessAudit":
+    def fit(self, df) -> "FairnessAudit":
         """Run the audit on the log ``df`` (effects per item x group, disparities, exposure,
         benefit). A Spark DataFrame runs on the cluster (``causalrec.spark.audit``) and gives
-        the same tables."""
-        if type(df).__module__.startswith("pyspark"):
-            from ..spark.audit import fit_audit_spark
-            return fit_audit_spark(self, df)
-        log = self._validate(df)
-        self._start(df)
-        data, numeric = self._with_text_features(log)
-        # effects per item x group: the group joins the item as a segment key
-        seg_log = InteractionLog(data, item=[self.item, self.group], treatment=self.treatment,
-                                 outcome=self.outcome, confounders=numeric,
-                                 categorical=log.categorical, propensity=self.propensity)
-        effects = self.estimator_.fit(seg_log).effects_
-        counts = (pd.DataFrame({"group": data[self.group],
-                                "t": data[self.treatment].astype(float)})
-                  .groupby("group", sort=True)["t"].agg(n="size", n_treated="sum"))
-        self._compare(effects, counts, np.sort(pd.unique(data[self.item])))
-        self.exposure_ = exposure_table(self, data, numeric, log.categorical)
-        provider = (data.groupby(self.item, sort=True)[self.provider].first()
-                    if self.provider is not None else None)
+        the same tables; ``df`` may also be a rows backend (``LocalAuditRows``,
+        ``SparkAuditRows(sdf, barrier=False)``).
+
+        One sequence of steps whatever holds the rows: the backend does the row work
+        (``causalrec.fairness.rows``), the plan turns its small facts into the tables."""
+        rows = df if isinstance(df, AuditRows) else self._rows_of(df)
+        self._validate_params()
+        plan = AuditPlan.from_audit(self)
+        log = rows.validate(plan)
+        counts = rows.group_counts(plan)
+        plan.check_groups(counts.index.to_numpy())
+        provider = (plan.item_providers(rows.provider_facts(plan))
+                    if plan.provider is not None else None)
+        plan.check_reference(counts.index)
+        self._start(rows.data)
+        text_columns, encoder = rows.add_text(plan, self.estimator_)
+        if encoder is not None:
+            self.text_confounders_ = encoder
+        confounders = list(log.confounders) + text_columns
+        effects = rows.segment_effects(plan, self.estimator_, confounders, log.categorical)
+        items = np.sort(pd.unique(effects.iloc[:, 0]))  # every item has a segment
+        self._compare(plan, effects, counts, items)
+        self.exposure_ = exposure_from_sums(
+            self, rows.exposure_sums(self, confounders, log.categorical, items))
         self._benefit(provider)
+        self._group_rates = rows.group_rates()
         return self
 
-    def _start(self, df) -> None:
+    @staticmethod
+    def _rows_of(df):
+        """The backend for ``df``'s type: Spark (imported only then) or pandas."""
+        if type(df).__module__.startswith("pyspark"):
+            from ..spark.audit import SparkAuditRows
+            return SparkAuditRows(df)
+        return LocalAuditRows(df)
+
+    def _start(self, data) -> None:
         """The fitted estimator's copy and the interval level, before any model is fitted."""
-        for cached in ("_metric_frame", "_metrics_by_group"):  # a refit may have new data
+        for cached in ("_metric_frame", "_group_rates", "text_confounders_"):  # a refit
             self.__dict__.pop(cached, None)
-        self.data_ = df
+        self.data_ = data
         base = ItemEffectEstimator() if self.estimator is None else self.estimator
         self.estimator_ = ItemEffectEstimator(**base.get_params(deep=False))
         self.estimator_._validate_params()
         self.alpha_ = self.estimator_.alpha
 
-    def _compare(self, effects, counts, items) -> None:
+    def _compare(self, plan, effects, counts, items) -> None:
         """Group statuses, the full item x group grid, the reference and the disparities,
         from the segment effects, the per-group ``n, n_treated`` and the sorted items."""
-        # name the two key columns by position (the estimator's names for them may vary)
-        effects.columns = ["item", "group"] + list(effects.columns[2:])
-        self.groups_ = self._group_table(counts)
-        self.group_effects_ = self._full_grid(effects, items)
-        self.reference_ = self._pick_reference()
+        self.groups_ = plan.group_table(counts)
+        self.group_effects_ = plan.full_grid(effects, items, self.groups_.index)
+        self.reference_ = plan.pick_reference(self.groups_)
         status = self.groups_["status"]
         if self.compare == "reference":
             self.disparity_ = disparity_vs_reference(self.group_effects_, self.reference_,
@@ -237,52 +202,6 @@ class FairnessAudit(BaseEstimator):
         self.benefit_ = group_benefit(self, audited)
         self.providers_ = (provider_benefit(self, provider, audited) if provider is not None
                            else None)
-
-    def _with_text_features(self, log: InteractionLog):
-        """Encode text once; its components join the numeric confounders of every model."""
-        numeric = list(log.confounders)
-        if not log.text:
-            return log.data, numeric
-        from ..confounders import TextConfounders
-
-        encoder = TextConfounders(encoder=self.estimator_.text_encoder,
-                                  n_components=self.estimator_.text_components)
-        features = encoder.fit_transform(log.data, log.text)
-        features.columns = [f"_text_{c}" for c in features.columns]
-        self.text_confounders_ = encoder
-        return log.data.assign(**features), numeric + list(features.columns)
-
-    def _group_table(self, counts) -> pd.DataFrame:
-        table = counts.copy()
-        table["n"] = table["n"].astype(np.int64)
-        table["n_treated"] = table["n_treated"].astype(np.int64)
-        status = np.where(table["n"] < self.min_group_rows, "too_few_rows", "ok")
-        status = np.where(table["n_treated"] == table["n"], "no_control", status)
-        table["status"] = np.where(table["n_treated"] == 0, "no_treated", status)
-        return table
-
-    def _full_grid(self, effects, items) -> pd.DataFrame:
-        """Every item x group pair, including pairs that never occur (status "no_rows")."""
-        grid = pd.MultiIndex.from_product([items, self.groups_.index],
-                                          names=["item", "group"])
-        full = effects.set_index(["item", "group"]).reindex(grid).reset_index()
-        absent = full["status"].isna()
-        full.loc[absent, ["n", "n_treated", "n_control"]] = 0
-        full.loc[absent, "status"] = "no_rows"
-        for col in ("n", "n_treated", "n_control"):
-            full[col] = full[col].astype(np.int64)
-        return full
-
-    def _pick_reference(self):
-        if self.reference is not None:
-            if self.groups_.loc[self.reference, "status"] != "ok":
-                raise ValueError(f"reference group {self.reference!r} has status "
-                                 f"{self.groups_.loc[self.reference, 'status']!r}")
-            return self.reference
-        ok = self.groups_[self.groups_["status"] == "ok"]
-        if not len(ok):
-            raise ValueError(f"no group can be audited: {self.groups_['status'].to_dict()}")
-        return ok["n"].idxmax()
 
     # ------------------------------------------------------------------ disparity
     def overall_disparity(self, items=None) -> pd.DataFrame:
@@ -322,7 +241,7 @@ class FairnessAudit(BaseEstimator):
         not causal). Built on first use and cached: MetricFrame is slow on large logs."""
         if not hasattr(self, "_metric_frame"):
             self._fitted()
-            if hasattr(self, "_metrics_by_group"):
+            if self._group_rates is not None:
                 raise TypeError("metric_frame() needs the rows in pandas; after a Spark fit "
                                 "read metrics (the same rates, aggregated on Spark)")
             self._metric_frame = metric_frame(self.data_, self.treatment, self.outcome, self.group)
@@ -333,8 +252,8 @@ class FairnessAudit(BaseEstimator):
         """``metric_frame().by_group``: exposure rate, outcome rate, outcome rate with and
         without the recommendation, per group."""
         self._fitted()
-        if hasattr(self, "_metrics_by_group"):  # a Spark fit: aggregated there
-            return self._metrics_by_group
+        if self._group_rates is not None:  # aggregated where the rows live (Spark)
+            return self._group_rates
         return self.metric_frame().by_group
 
     def summary(self) -> "AuditSummary":

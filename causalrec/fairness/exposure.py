@@ -8,30 +8,13 @@ import pandas as pd
 import torch
 
 from ..estimate import resolve_shrinkage
-from ..estimate.design import build_design
 from ..estimate.nuisance import warn_unconverged
 from ..glm import BlockedDesign, SegmentGLM
 from ..glm.layout import resolve_device
 from ..glm.reducer import Reducer
 from ..inference import critical_value, p_value
-from ..schema import InteractionLog
 
-__all__ = ["exposure_table", "exposure_sums", "exposure_from_sums", "shifted_groups"]
-
-
-def exposure_table(audit, data, numeric, categorical) -> pd.DataFrame:
-    """Raw and confounder-adjusted exposure per group of a ``FairnessAudit`` being fitted
-    (its ``groups_``, ``reference_``, ``alpha_`` and ``estimator_`` are set)."""
-    exposure_log = InteractionLog(data, item=audit.item, treatment=audit.treatment,
-                                  outcome=audit.outcome, confounders=numeric,
-                                  categorical=categorical)
-    X = build_design(exposure_log, dtype=np.float64).X
-    t = data[audit.treatment].to_numpy(dtype=np.float64)
-    item_codes, items = pd.factorize(data[audit.item], sort=True)
-    sums = exposure_sums(audit.estimator_, X, t, item_codes, len(items),
-                         data[audit.group].to_numpy(), list(audit.groups_.index),
-                         shifted_groups(audit), audit.reference_)
-    return exposure_from_sums(audit, sums)
+__all__ = ["exposure_sums", "exposure_from_sums", "shifted_groups"]
 
 
 def shifted_groups(audit) -> list:

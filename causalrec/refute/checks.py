@@ -1,33 +1,27 @@
-"""Refutation checks, one object each with the same interface: ``refute(run)`` re-estimates
-every item on changed data (one batched estimator call per replicate) and ``passes(rows,
-alpha)`` is its pass rule on the tidy rows (``p_value``, ``shift_in_se``)."""
-from __future__ import annotations
+"""Refutation checks, one class each (as DoWhy's refuters), with the same interface:
+``refute(rows)`` re-estimates every item on changed rows (one batched estimator call per
+replicate) and ``passes(table, alpha)`` is the check's pass rule on the tidy rows
+(``p_value``, ``shift_in_se``).
 
-from dataclasses import dataclass
-from typing import Callable
+The rows are a backend (``causalrec.refute.local.LocalRefutationRows`` in this process,
+``causalrec.spark.refute.SparkRefutationRows`` on Spark) that changes them in its own way
+and estimates on the result: ``permuted(column)``, ``with_noise(column)``,
+``subsample(fraction)``, each returning changed rows for ``estimate(changed, *,
+confounders=None, drop_propensity=False, same_folds=True)``, and ``treatment`` and
+``confounders`` (the numeric confounder columns).
+"""
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from ..inference import critical_value
+from ..schema import _as_list
 
-__all__ = ["PlaceboTreatment", "RandomCommonCause", "DataSubsets", "RefutationRun"]
+__all__ = ["PlaceboTreatment", "RandomCommonCause", "DataSubsets", "CHECKS", "choose_refuters",
+           "RANDOM_COMMON_CAUSE"]
 
+CHECKS = ("placebo", "random_common_cause", "subset")
 RANDOM_COMMON_CAUSE = "_random_common_cause"
-
-
-@dataclass
-class RefutationRun:
-    """What every check works on: the log, its treatment and confounder columns, each row's
-    segment (item and ``by``) and cross-fitting fold, the shared random generator, and
-    ``estimate(data, *, confounders=..., propensity=..., folds=...)`` (effects per item)."""
-
-    df: pd.DataFrame
-    treatment: str
-    confounders: list
-    segment: np.ndarray
-    folds: np.ndarray
-    rng: np.random.Generator
-    estimate: Callable
 
 
 class PlaceboTreatment:
@@ -37,12 +31,12 @@ class PlaceboTreatment:
 
     name = "placebo"
 
-    def refute(self, run: RefutationRun) -> list[pd.DataFrame]:
-        values = _permute_within(run.df[run.treatment].to_numpy(), run.segment, run.rng)
-        return [run.estimate(run.df.assign(**{run.treatment: values}), propensity=None)]
+    def refute(self, rows) -> list[pd.DataFrame]:
+        return [rows.estimate(rows.permuted(rows.treatment), drop_propensity=True,
+                              same_folds=False)]
 
-    def passes(self, rows: pd.DataFrame, alpha: float) -> np.ndarray:
-        return (rows["p_value"] >= alpha).to_numpy()
+    def passes(self, table: pd.DataFrame, alpha: float) -> np.ndarray:
+        return (table["p_value"] >= alpha).to_numpy()
 
 
 class RandomCommonCause:
@@ -54,13 +48,12 @@ class RandomCommonCause:
     def __init__(self, tolerance: float = 1.0):
         self.tolerance = tolerance
 
-    def refute(self, run: RefutationRun) -> list[pd.DataFrame]:
-        noisy = run.df.assign(**{RANDOM_COMMON_CAUSE: run.rng.standard_normal(len(run.df))})
-        return [run.estimate(noisy, confounders=run.confounders + [RANDOM_COMMON_CAUSE],
-                             folds=run.folds)]
+    def refute(self, rows) -> list[pd.DataFrame]:
+        return [rows.estimate(rows.with_noise(RANDOM_COMMON_CAUSE),
+                              confounders=rows.confounders + [RANDOM_COMMON_CAUSE])]
 
-    def passes(self, rows: pd.DataFrame, alpha: float) -> np.ndarray:
-        return (rows["shift_in_se"].abs() <= self.tolerance).to_numpy()
+    def passes(self, table: pd.DataFrame, alpha: float) -> np.ndarray:
+        return (table["shift_in_se"].abs() <= self.tolerance).to_numpy()
 
 
 class DataSubsets:
@@ -73,34 +66,22 @@ class DataSubsets:
     def __init__(self, n_subsets: int = 5, fraction: float = 0.8):
         self.n_subsets, self.fraction = n_subsets, fraction
 
-    def refute(self, run: RefutationRun) -> list[pd.DataFrame]:
-        out = []
-        for _ in range(int(self.n_subsets)):
-            keep = _subsample_within(run.segment, self.fraction, run.rng)
-            out.append(run.estimate(run.df[keep], folds=run.folds[keep]))
-        return out
+    def refute(self, rows) -> list[pd.DataFrame]:
+        return [rows.estimate(rows.subsample(self.fraction)) for _ in range(int(self.n_subsets))]
 
-    def passes(self, rows: pd.DataFrame, alpha: float) -> np.ndarray:
+    def passes(self, table: pd.DataFrame, alpha: float) -> np.ndarray:
         z = critical_value(alpha)
         limit = z * np.sqrt((1 - self.fraction) / self.fraction)
-        return (rows["shift_in_se"].abs() <= limit).to_numpy()
+        return (table["shift_in_se"].abs() <= limit).to_numpy()
 
 
-def _permute_within(values: np.ndarray, segment: np.ndarray, rng) -> np.ndarray:
-    """Shuffle values within each segment (each segment keeps its own multiset)."""
-    by_segment = np.argsort(segment, kind="stable")
-    shuffled = np.lexsort((rng.random(len(values)), segment))
-    out = np.empty_like(values)
-    out[shuffled] = values[by_segment]
-    return out
-
-
-def _subsample_within(segment: np.ndarray, fraction: float, rng) -> np.ndarray:
-    """A random ``fraction`` of every segment's rows (rounded), as a boolean mask."""
-    order = np.lexsort((rng.random(len(segment)), segment))
-    counts = np.bincount(segment)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(segment)) - starts[segment[order]]
-    keep = np.zeros(len(segment), dtype=bool)
-    keep[order] = rank < np.round(fraction * counts)[segment[order]]
-    return keep
+def choose_refuters(checks=None, *, rcc_tolerance=1.0, n_subsets=5, subset_fraction=0.8):
+    """The refuters named in ``checks`` (default all of ``CHECKS``), always in the order of
+    ``CHECKS``: the local checks share one random generator."""
+    chosen = CHECKS if checks is None else _as_list(checks)
+    unknown = set(chosen) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
+    return [refuter for refuter in (PlaceboTreatment(), RandomCommonCause(rcc_tolerance),
+                                    DataSubsets(n_subsets, subset_fraction))
+            if refuter.name in chosen]

@@ -8,12 +8,11 @@ import pandas as pd
 from scipy import stats
 
 from ..schema import InteractionLog, _as_list
-from .checks import DataSubsets, PlaceboTreatment, RandomCommonCause, RefutationRun
+from .checks import CHECKS, choose_refuters
+from .local import LocalRefutationRows
+from .loop import run_refutations
 
 __all__ = ["refute_item_effects", "summarize_refutations", "CHECKS"]
-
-CHECKS = ("placebo", "random_common_cause", "subset")
-_STATS = ["estimate", "se", "p_value", "status"]
 
 
 def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
@@ -60,13 +59,11 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
             checks=SPARK_CHECKS if checks is None else checks, rcc_tolerance=rcc_tolerance,
             seed=seed, text_encoder=text_encoder, text_components=text_components, **options)
     from ..estimate import estimate_item_effects
+    from ..estimate.api import split_roles
     from ..estimate.folds import assign_folds
 
-    checks = CHECKS if checks is None else checks
-
-    unknown = set(_as_list(checks)) - set(CHECKS)
-    if unknown:
-        raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
+    refuters = choose_refuters(checks, rcc_tolerance=rcc_tolerance, n_subsets=n_subsets,
+                               subset_fraction=subset_fraction)
     if not 0 < subset_fraction < 1:
         raise ValueError(f"subset_fraction must be in (0, 1), got {subset_fraction!r}")
     if int(n_subsets) < 1:
@@ -77,7 +74,6 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     options = {"n_repeats": 1, **options}
     keys = [item] + _as_list(by)
     # the log door before anything reads a column (folds cast the treatment to integers)
-    from ..estimate.api import split_roles
     _, *adjust = split_roles(item, by, confounders, categorical, text)
     InteractionLog(df, item=keys, treatment=treatment, outcome=outcome, confounders=adjust[0],
                    categorical=adjust[1], text=adjust[2], propensity=propensity)
@@ -94,17 +90,11 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     folds = assign_folds(df, keys + confounders + categorical, segment,
                          df[treatment].to_numpy(dtype=np.int64), df[outcome].to_numpy(dtype=float),
                          options.get("n_folds", 2), seed)
-    original = estimate(df, folds=folds)
-    run = RefutationRun(df, treatment, confounders, segment, folds, np.random.default_rng(seed),
-                        estimate)
-    # always in this order: the checks share one random generator
-    chosen = [check for check in (PlaceboTreatment(), RandomCommonCause(rcc_tolerance),
-                                  DataSubsets(n_subsets, subset_fraction))
-              if check.name in _as_list(checks)]
-    runs = [(check, replicate, effects) for check in chosen
-            for replicate, effects in enumerate(check.refute(run))]
-    out = _tidy(original, runs, keys, alpha)
-    return out.assign(alpha=alpha, subset_fraction=subset_fraction, rcc_tolerance=rcc_tolerance)
+    rows = LocalRefutationRows(df, treatment=treatment, confounders=confounders,
+                               segment=segment, folds=folds, rng=np.random.default_rng(seed),
+                               estimate=estimate)
+    return run_refutations(rows, refuters, keys, alpha=alpha, settings=dict(
+        subset_fraction=subset_fraction, rcc_tolerance=rcc_tolerance))
 
 
 def _resolve_confounders(df, confounders, categorical, text, graph, encoder, n_components):
@@ -120,31 +110,6 @@ def _resolve_confounders(df, confounders, categorical, text, graph, encoder, n_c
         df = pd.concat([df, components], axis=1)
         confounders += list(components.columns)
     return df, confounders, categorical
-
-
-def _tidy(original, runs, keys, alpha) -> pd.DataFrame:
-    """One row per item, check and replicate, with the shift from the original estimate and
-    the check's verdict (NA where either run has no "ok" estimate)."""
-    base = original[keys + ["estimate", "se", "status"]].rename(
-        columns={"estimate": "original_ate", "se": "original_se", "status": "_original_status"})
-    frames = [run[keys + _STATS].assign(check=check.name, replicate=replicate)
-              for check, replicate, run in runs]
-    if not frames:
-        raise ValueError("no checks to run")
-    out = pd.concat(frames, ignore_index=True).merge(base, on=keys, how="left")
-    out["shift"] = out["estimate"] - out["original_ate"]
-    out["shift_in_se"] = out["shift"] / out["original_se"]
-    check = out["check"].to_numpy()
-    passed = np.zeros(len(out), dtype=bool)
-    for rule in {c.name: c for c, _, _ in runs}.values():
-        mine = check == rule.name
-        passed[mine] = rule.passes(out[mine], alpha)
-    evaluated = (out["status"] == "ok") & ((check == "placebo") | (out["_original_status"] == "ok"))
-    out["passed"] = pd.array(np.where(evaluated, passed, pd.NA), dtype="boolean")
-    out = out.drop(columns="_original_status")
-    columns = keys + ["check", "replicate", "estimate", "se", "p_value", "status",
-                      "original_ate", "original_se", "shift", "shift_in_se", "passed"]
-    return out[columns].sort_values(keys + ["check", "replicate"], ignore_index=True)
 
 
 def refutation_setting(refutations: pd.DataFrame, name: str, default):

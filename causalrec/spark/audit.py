@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from ..estimate.nuisance import pack_shards
-from ..fairness.exposure import exposure_from_sums, exposure_sums, shifted_groups
+from ..fairness.exposure import exposure_sums, shifted_groups
+from ..fairness.rows import TEXT_PREFIX, AuditRows
 from ..schema import InteractionLog
 from .driver import (_PARTITION_KEY, _default_shards, _partition_keys, estimate_item_effects_spark,
                      run_pooled)
 from .shard import CODE, ROW_ID, SHARD, payload_row
 from .stage0 import SAMPLE_ROWS, design_spec, validate
 
-__all__ = ["fit_audit_spark"]
+__all__ = ["fit_audit_spark", "SparkAuditRows"]
 
 
 def _F():
@@ -31,67 +32,73 @@ def fit_audit_spark(audit, sdf, barrier=True):
     ``barrier``: the pooled fits (effects, exposure models) as barrier stages; False (or a
     cluster without barrier mode) runs them as rounds of plain tasks (``run_pooled``), as
     ``estimate_item_effects_spark``."""
-    F = _F()
-    roles = audit._roles()
-    log = validate(sdf, roles)
-    t, y = F.col(audit.treatment).cast("double"), F.col(audit.outcome).cast("double")
-    per_group = (sdf.groupBy(F.col(audit.group).alias("group")).agg(
-        F.count(F.lit(1)).alias("n"), F.sum(t).alias("n_treated"),
-        F.avg(t).alias("exposure_rate"), F.avg(y).alias("outcome_rate"),
-        F.avg(F.when(t == 1, y)).alias("outcome_if_recommended"),
-        F.avg(F.when(t == 0, y)).alias("outcome_if_not_recommended"))
-        .toPandas().set_index("group").sort_index())
-    audit._check_groups(per_group.index.to_numpy())
-    provider = None
-    if audit.provider is not None:
-        provider = _providers(audit, sdf)
-    audit._check_reference(per_group.index)
-    audit._start(sdf)
-    est = audit.estimator_
-    sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())
-    numeric = list(log.confounders)
-    if log.text:  # embedded once; the components join the numeric confounders of every model
+    return audit.fit(SparkAuditRows(sdf, barrier=barrier))
+
+
+class SparkAuditRows(AuditRows):
+    """The audit's rows in a Spark DataFrame: the row work as aggregations and Spark tasks
+    (see ``causalrec.fairness.rows`` for the interface); only small tables reach the driver."""
+
+    def __init__(self, sdf, barrier=True):
+        super().__init__(sdf)
+        self.barrier = barrier
+        self.rows = sdf.withColumn(ROW_ID, _F().monotonically_increasing_id())
+
+    def validate(self, plan) -> InteractionLog:
+        return validate(self.data, plan.log_roles)
+
+    def group_counts(self, plan) -> pd.DataFrame:
+        """Counts and the descriptive rates per group, by one aggregation."""
+        F = _F()
+        t, y = F.col(plan.treatment).cast("double"), F.col(plan.outcome).cast("double")
+        per_group = (self.data.groupBy(F.col(plan.group).alias("group")).agg(
+            F.count(F.lit(1)).alias("n"), F.sum(t).alias("n_treated"),
+            F.avg(t).alias("exposure_rate"), F.avg(y).alias("outcome_rate"),
+            F.avg(F.when(t == 1, y)).alias("outcome_if_recommended"),
+            F.avg(F.when(t == 0, y)).alias("outcome_if_not_recommended"))
+            .toPandas().set_index("group").sort_index())
+        self.rates = per_group.drop(columns=["n", "n_treated"])
+        return per_group[["n", "n_treated"]].astype({"n_treated": np.float64})
+
+    def group_rates(self) -> pd.DataFrame:
+        return self.rates
+
+    def provider_facts(self, plan) -> pd.DataFrame | None:
+        F = _F()
+        if plan.provider not in self.data.columns:
+            return None
+        p = F.col(plan.provider)
+        return self.data.groupBy(plan.item).agg(
+            F.sum(F.when(p.isNull(), 1).otherwise(0)).alias("missing"),
+            F.countDistinct(p).alias("distinct"), F.first(p, ignorenulls=True).alias("provider")
+        ).toPandas().set_index(plan.item)
+
+    def add_text(self, plan, estimator):
+        if not plan.text:
+            return [], None
         from .text import text_features
-        sdf, safe, names, audit.text_confounders_ = text_features(
-            sdf, log.text, encoder=est.text_encoder, n_components=est.text_components,
-            row_id=ROW_ID, seed=est.seed)
-        # the local audit's names: the folds hash the confounders in name order
-        names = [f"_text_{name}" for name in names]
-        sdf = sdf.withColumnsRenamed(dict(zip(safe, names)))
-        numeric += names
-    params = est.get_params(deep=False)
-    if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
-        params["shards"] = None
-    effects = estimate_item_effects_spark(
-        sdf, audit.item, audit.treatment, audit.outcome, confounders=numeric,
-        categorical=log.categorical, propensity=audit.propensity, by=[audit.group],
-        row_id=ROW_ID, barrier=barrier, **params).effects
-    counts = per_group[["n", "n_treated"]].astype({"n_treated": np.float64})
-    items = np.sort(pd.unique(effects["item"]))  # every item has a segment
-    audit._compare(effects, counts, items)
-    audit.exposure_ = _exposure(audit, sdf, numeric, log.categorical, items, barrier)
-    audit._benefit(provider)
-    audit._metrics_by_group = per_group.drop(columns=["n", "n_treated"])
-    return audit
+        self.rows, safe, names, encoder = text_features(
+            self.rows, list(plan.text), encoder=estimator.text_encoder,
+            n_components=estimator.text_components, row_id=ROW_ID, seed=estimator.seed)
+        names = [f"{TEXT_PREFIX}{name}" for name in names]  # the local audit's names
+        self.rows = self.rows.withColumnsRenamed(dict(zip(safe, names)))
+        return names, encoder
+
+    def segment_effects(self, plan, estimator, confounders, categorical) -> pd.DataFrame:
+        params = estimator.get_params(deep=False)
+        if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
+            params["shards"] = None
+        return estimate_item_effects_spark(
+            self.rows, plan.item, plan.treatment, plan.outcome, confounders=confounders,
+            categorical=categorical, propensity=plan.propensity, by=[plan.group],
+            row_id=ROW_ID, barrier=self.barrier, **params).effects
+
+    def exposure_sums(self, audit, confounders, categorical, items) -> dict:
+        return _exposure_sums(audit, self.rows, confounders, categorical, items, self.barrier)
 
 
-def _providers(audit, sdf) -> pd.Series:
-    """item -> provider (sorted by item), after the pandas audit's checks, by one aggregation."""
-    F = _F()
-    if audit.provider not in sdf.columns:
-        audit._check_provider(sdf.columns, 0, False)
-    p = F.col(audit.provider)
-    per_item = sdf.groupBy(audit.item).agg(
-        F.sum(F.when(p.isNull(), 1).otherwise(0)).alias("missing"),
-        F.countDistinct(p).alias("distinct"), F.first(p, ignorenulls=True).alias("provider")
-    ).toPandas()
-    audit._check_provider(sdf.columns, int(per_item["missing"].sum()),
-                          bool((per_item["distinct"] > 1).any()))
-    return per_item.set_index(audit.item)["provider"].sort_index()
-
-
-def _exposure(audit, sdf, numeric, categorical, items, barrier) -> pd.DataFrame:
-    """The exposure table: the design spec of all rows by aggregations, then the exposure
+def _exposure_sums(audit, sdf, numeric, categorical, items, barrier) -> dict:
+    """The exposure models' sums: the design spec of all rows by aggregations, then the exposure
     models fitted by one barrier task per shard of items (``exposure_sums`` with gloo), or
     without barrier mode by rounds of plain tasks, one per reduction (``run_pooled``)."""
     F = _F()
@@ -125,4 +132,4 @@ def _exposure(audit, sdf, numeric, categorical, items, barrier) -> pd.DataFrame:
         return payload_row(pickle.dumps(sums))
 
     payloads, _, _ = run_pooled(rows, task, n_shards, barrier, what="the exposure models")
-    return exposure_from_sums(audit, pickle.loads(payloads[0]))
+    return pickle.loads(payloads[0])

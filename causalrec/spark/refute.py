@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..refute.checks import RANDOM_COMMON_CAUSE, PlaceboTreatment, RandomCommonCause
-from ..refute.refutations import CHECKS, _tidy
+from ..estimate.api import split_roles
+from ..refute.checks import choose_refuters
+from ..refute.loop import run_refutations
 from ..schema import _as_list
 from .driver import estimate_item_effects_spark
 from .shard import ROW_ID
 
-__all__ = ["refute_item_effects_spark", "SPARK_CHECKS"]
+__all__ = ["refute_item_effects_spark", "SparkRefutationRows", "SPARK_CHECKS", "permute_within"]
 
 SPARK_CHECKS = ("placebo", "random_common_cause")
+_NO_SUBSET = ("the subset check does not run on a Spark frame (each row must keep its fold); "
+              "use checks=('placebo', 'random_common_cause'), or run refute_item_effects on a "
+              "pandas sample of items")
 
 
 def _F():
@@ -50,16 +54,12 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                               graph=None, *, checks=SPARK_CHECKS, rcc_tolerance: float = 1.0,
                               seed: int = 0, text_encoder=None, text_components: int = 8,
                               **options) -> pd.DataFrame:
-    """The Spark checks (``SPARK_CHECKS``) of ``refute_item_effects``; same table."""
+    """The Spark checks (``SPARK_CHECKS``) of ``refute_item_effects``; same table, through
+    the same loop (``run_refutations``)."""
     F = _F()
-    chosen = _as_list(checks)
-    unknown = set(chosen) - set(CHECKS)
-    if unknown:
-        raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
-    if "subset" in chosen:
-        raise ValueError("the subset check does not run on a Spark frame (each row must keep "
-                         "its fold); use checks=('placebo', 'random_common_cause'), or run "
-                         "refute_item_effects on a pandas sample of items")
+    refuters = choose_refuters(checks, rcc_tolerance=rcc_tolerance)
+    if "subset" in {refuter.name for refuter in refuters}:  # before any Spark job
+        raise ValueError(_NO_SUBSET)
     if graph is not None:
         raise ValueError("graph is not supported on the Spark path yet")
     alpha = options.get("alpha", 0.05)
@@ -82,15 +82,38 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
             **options).effects
         return eff.rename(columns={"item": item, "ate": "estimate"})
 
-    original = estimate(sdf)
-    runs = []
-    if "placebo" in chosen:
-        runs.append((PlaceboTreatment(), 0,
-                     estimate(permute_within(sdf, keys, treatment, seed), propensity=None)))
-    if "random_common_cause" in chosen:
-        noisy = sdf.withColumn(RANDOM_COMMON_CAUSE, F.randn(seed + 1))
-        runs.append((RandomCommonCause(rcc_tolerance), 0,
-                     estimate(noisy, confounders=confounders + [RANDOM_COMMON_CAUSE],
-                              fold_columns=keys + confounders + categorical)))
-    out = _tidy(original, runs, keys, alpha)
-    return out.assign(alpha=alpha, subset_fraction=float("nan"), rcc_tolerance=rcc_tolerance)
+    # the estimator's own fold columns (the segment keys out of the confounder roles)
+    fold_columns = [col for cols in split_roles(item, by, confounders, categorical, None)
+                    for col in cols]
+    rows = SparkRefutationRows(sdf, keys=keys, treatment=treatment, confounders=confounders,
+                               fold_columns=fold_columns, seed=seed, estimate=estimate)
+    return run_refutations(rows, refuters, keys, alpha=alpha, settings=dict(
+        subset_fraction=float("nan"), rcc_tolerance=rcc_tolerance))
+
+
+class SparkRefutationRows:
+    """The refutation checks' rows in a Spark frame (with ``ROW_ID``): Spark makes the random
+    draws (seeded), and ``fold_columns`` (the original columns) hash each row's fold, so a
+    column added by a check does not move it."""
+
+    def __init__(self, sdf, *, keys, treatment, confounders, fold_columns, seed, estimate):
+        self.sdf, self.keys, self.treatment, self.confounders = sdf, keys, treatment, confounders
+        self.fold_columns, self.seed, self._estimate = fold_columns, seed, estimate
+
+    def estimate(self, changed=None, *, confounders=None, drop_propensity=False,
+                 same_folds=True) -> pd.DataFrame:
+        options = dict(fold_columns=self.fold_columns if same_folds else None)
+        if confounders is not None:
+            options["confounders"] = confounders
+        if drop_propensity:
+            options["propensity"] = None
+        return self._estimate(self.sdf if changed is None else changed, **options)
+
+    def permuted(self, column: str):
+        return permute_within(self.sdf, self.keys, column, self.seed)
+
+    def with_noise(self, column: str):
+        return self.sdf.withColumn(column, _F().randn(self.seed + 1))
+
+    def subsample(self, fraction: float):
+        raise ValueError(_NO_SUBSET)
