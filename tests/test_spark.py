@@ -587,3 +587,10 @@ def test_offset_continuous_outcome_on_spark_equals_local(spark, small_frame):
     # predictions are mapped back with the same one)
     np.testing.assert_allclose(res.estimator.outcome_scale_.scale,
                                local.outcome_scale_.scale, rtol=1e-6)
+
+
+def test_uplift_on_spark_is_a_one_line_error(small_parquet):
+    """UpliftModel does not run on Spark yet: a Spark frame gets one line naming the ways on."""
+    with pytest.raises(TypeError, match="does not run on a Spark DataFrame") as info:
+        cr.UpliftModel(features=["user_activity"]).fit(small_parquet)
+    assert "\n" not in str(info.value) and "toPandas" in str(info.value)

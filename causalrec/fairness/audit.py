@@ -134,9 +134,9 @@ class FairnessAudit(BaseEstimator):
 
         One sequence of steps whatever holds the rows: the backend does the row work
         (``causalrec.fairness.rows``), the plan turns its small facts into the tables."""
-        rows = df if isinstance(df, AuditRows) else self._rows_of(df)
         self._validate_params()
         plan = AuditPlan.from_audit(self)
+        rows = df if isinstance(df, AuditRows) else self._rows_of(df)
         log = rows.validate(plan)
         counts = rows.group_counts(plan)
         plan.check_groups(counts.index.to_numpy())
@@ -149,7 +149,7 @@ class FairnessAudit(BaseEstimator):
             self.text_confounders_ = encoder
         confounders = list(log.confounders) + text_columns
         effects = rows.segment_effects(plan, self.estimator_, confounders, log.categorical)
-        items = np.sort(pd.unique(effects.iloc[:, 0]))  # every item has a segment
+        items = np.sort(pd.unique(effects.iloc[:, 0]))  # the item key; every item has a segment
         self._compare(plan, effects, counts, items)
         self.exposure_ = exposure_from_sums(
             self, rows.exposure_sums(self, confounders, log.categorical, items))

@@ -42,9 +42,9 @@ class SparkAuditRows(AuditRows):
     def __init__(self, sdf, barrier=True):
         super().__init__(sdf)
         self.barrier = barrier
-        self.rows = sdf.withColumn(ROW_ID, _F().monotonically_increasing_id())
 
     def validate(self, plan) -> InteractionLog:
+        self.rows = self.data.withColumn(ROW_ID, _F().monotonically_increasing_id())  # a fresh fit
         return validate(self.data, plan.log_roles)
 
     def group_counts(self, plan) -> pd.DataFrame:

@@ -121,6 +121,10 @@ class UpliftModel(BaseEstimator):
 
     def fit(self, log: InteractionLog) -> "UpliftModel":
         self._check_params()
+        if type(log).__module__.startswith("pyspark"):  # stage 2 needs every row's features
+            raise TypeError("UpliftModel does not run on a Spark DataFrame yet; fit it on an "
+                            "InteractionLog of a pandas sample (sdf.sample(...).toPandas()) "
+                            "or estimate per-item effects on Spark (estimate_item_effects)")
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog")
         if len(log.item_columns) != 1:
