@@ -4,6 +4,7 @@ import logging
 import os
 import shutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 
 import causalrec as cr
 from causalrec.estimate.estimator import ItemEffectEstimator
+from causalrec.refute.checks import RANDOM_COMMON_CAUSE
 from causalrec.schema import InteractionLog, SchemaError
 from causalrec.spark import estimate_item_effects_spark
 
@@ -594,3 +596,30 @@ def test_uplift_on_spark_is_a_one_line_error(small_parquet):
     with pytest.raises(TypeError, match="does not run on a Spark DataFrame") as info:
         cr.UpliftModel(features=["user_activity"]).fit(small_parquet)
     assert "\n" not in str(info.value) and "toPandas" in str(info.value)
+
+
+def test_refutation_on_spark_takes_a_graph(small_parquet, small_frame, monkeypatch):
+    """graph= on Spark maps the adjustment set to roles by the Spark column types, as locally:
+    every Spark estimate of the loop gets the roles the pandas frame gives (the estimates
+    themselves are replaced by a recorder: their equality is test_graph_and_fold_column...)."""
+    import causalrec.spark.refute as spark_refute
+    graph = cr.CausalGraph.recommendation(
+        "recommended", "clicked", user=["user_activity", "tenure", "device"], context=["hour"])
+    roles = graph.merge_adjustment(small_frame)
+    calls = []
+
+    def record(data, item, treatment, outcome, *, confounders, categorical, **options):
+        calls.append((list(confounders), list(categorical), options["fold_columns"]))
+        effects = pd.DataFrame({"item": [0], "ate": [0.1], "se": [1.0], "p_value": [0.9],
+                                "status": ["ok"]})
+        return SimpleNamespace(effects=effects)
+
+    monkeypatch.setattr(spark_refute, "estimate_item_effects_spark", record)
+    table = cr.refute_item_effects(small_parquet, item="item_id", treatment="recommended",
+                                   outcome="clicked", graph=graph)
+    assert roles["categorical"] == ["device"] and list(table["check"]) == list(spark_refute.SPARK_CHECKS)
+    fold_columns = ["item_id"] + roles["confounders"] + roles["categorical"]
+    assert calls == [(roles["confounders"], roles["categorical"], fold_columns),
+                     (roles["confounders"], roles["categorical"], None),
+                     (roles["confounders"] + [RANDOM_COMMON_CAUSE], roles["categorical"],
+                      fold_columns)]

@@ -41,9 +41,10 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     Text columns are embedded once (``TextConfounders``) and their components reused as
     numeric confounders by every call. ``checks`` : default all of ``CHECKS``.
 
-    On a Spark DataFrame the checks run through the Spark estimator
+    On a Spark DataFrame the checks run through the Spark estimator and the same loop
     (``causalrec.spark.refute``): "placebo" and "random_common_cause" (the default there),
     with Spark's seeded draws; "subset" raises a ``ValueError`` naming the alternatives.
+    A ``graph`` maps its adjustment set to roles by the Spark column types, as locally.
 
     Returns
     -------
@@ -97,12 +98,20 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
         subset_fraction=subset_fraction, rcc_tolerance=rcc_tolerance))
 
 
+def adjustment_roles(frame, confounders, categorical, text, graph) -> tuple[list, list, list]:
+    """The confounder, categorical and text columns: the arguments plus, with a ``graph``,
+    its adjustment set mapped to roles by ``frame``'s column types (on Spark an empty frame
+    with the Spark frame's types)."""
+    confounders, categorical, text = map(_as_list, (confounders, categorical, text))
+    if graph is None:
+        return confounders, categorical, text
+    roles = graph.merge_adjustment(frame, confounders, categorical, text)
+    return roles["confounders"], roles["categorical"], roles["text"]
+
+
 def _resolve_confounders(df, confounders, categorical, text, graph, encoder, n_components):
     """Confounder columns from the arguments and the graph; text becomes numeric components."""
-    confounders, categorical, text = map(_as_list, (confounders, categorical, text))
-    if graph is not None:
-        roles = graph.merge_adjustment(df, confounders, categorical, text)
-        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
+    confounders, categorical, text = adjustment_roles(df, confounders, categorical, text, graph)
     if text:
         from ..confounders import TextConfounders
         components = TextConfounders(encoder=encoder, n_components=n_components

@@ -18,9 +18,11 @@ import pandas as pd
 from ..estimate.api import split_roles
 from ..refute.checks import choose_refuters
 from ..refute.loop import run_refutations
+from ..refute.refutations import adjustment_roles
 from ..schema import _as_list
 from .driver import estimate_item_effects_spark
 from .shard import ROW_ID
+from .stage0 import schema_frame
 
 __all__ = ["refute_item_effects_spark", "SparkRefutationRows", "SPARK_CHECKS", "permute_within"]
 
@@ -60,14 +62,13 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     refuters = choose_refuters(checks, rcc_tolerance=rcc_tolerance)
     if "subset" in {refuter.name for refuter in refuters}:  # before any Spark job
         raise ValueError(_NO_SUBSET)
-    if graph is not None:
-        raise ValueError("graph is not supported on the Spark path yet")
     alpha = options.get("alpha", 0.05)
     options = {"n_repeats": 1, **options}  # one split unless asked, as the local refutation
     keys = [item] + _as_list(by)
-    confounders, categorical = _as_list(confounders), _as_list(categorical)
+    confounders, categorical, text = adjustment_roles(schema_frame(sdf), confounders,
+                                                      categorical, text, graph)
     sdf = sdf.withColumn(ROW_ID, F.monotonically_increasing_id())
-    if _as_list(text):  # embedded once; the components are numeric confounders of every run
+    if text:  # embedded once; the components are numeric confounders of every run
         from .text import text_features
         sdf, safe, names, _ = text_features(sdf, text, encoder=text_encoder,
                                             n_components=text_components, row_id=ROW_ID,
