@@ -3,6 +3,7 @@ disparity, known answers for the exposure model, more than two groups, bad input
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
@@ -283,6 +284,22 @@ def test_results_need_fit_and_metrics_match_rates(small):
     np.testing.assert_allclose(m["exposure_rate"], by_group["recommended"].mean())
     np.testing.assert_allclose(m["outcome_rate"], by_group["clicked"].mean())
     np.testing.assert_allclose(audit.exposure_.set_index("group")["exposure_rate"], m["exposure_rate"])
+
+
+def test_fit_takes_a_rows_backend_and_a_refit_starts_fresh(small):
+    """``fit`` on a rows backend is the same sequence as on the frame; refitting the same
+    audit on other rows leaves nothing cached from the first fit (metrics are the new rows')."""
+    from causalrec.fairness.rows import LocalAuditRows
+    data, r = small
+    half = data.iloc[2000:4000]
+    audit = cr.FairnessAudit(**r, group="user_group")
+    audit.fit(data.iloc[:2000]).metrics  # cached
+    refit = audit.fit(LocalAuditRows(half))
+    fresh = cr.FairnessAudit(**r, group="user_group").fit(half)
+    for name in ("groups_", "group_effects_", "disparity_", "exposure_", "benefit_", "metrics"):
+        pd.testing.assert_frame_equal(getattr(refit, name), getattr(fresh, name), obj=name)
+    np.testing.assert_allclose(refit.metrics["exposure_rate"],
+                               half.groupby("user_group")["recommended"].mean())
 
 
 def test_report_is_self_contained_and_escapes_data(small, tmp_path):

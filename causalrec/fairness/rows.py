@@ -44,9 +44,9 @@ class LocalAuditRows(AuditRows):
     """The audit's rows in a pandas DataFrame, in this process."""
 
     def validate(self, plan) -> InteractionLog:
-        self.log = InteractionLog(self.data, **plan.log_roles)
-        self.rows = self.log.data
-        return self.log
+        log = InteractionLog(self.data, **plan.log_roles)
+        self.rows = log.data  # the working rows: text components join them
+        return log
 
     def group_counts(self, plan) -> pd.DataFrame:
         frame = pd.DataFrame({"group": self.rows[plan.group],
