@@ -279,6 +279,9 @@ def main(argv=None):
                         help="3 ACIC files, 20 IHDP replications, no causal forest")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of method names (substring match)")
+    parser.add_argument("--layouts", default=None,
+                        help="comma-separated subset of causalrec's layouts (substring match: "
+                             "'row', 'unit', 'per call')")
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -303,6 +306,8 @@ def main(argv=None):
                     "stacked, unit=": lambda: run_causalrec_stacked(bench, nuisance, reps, True),
                     "per call": lambda: run_causalrec_per_call(bench, nuisance, reps)}
             for layout, run in runs.items():
+                if args.layouts and not any(k in layout for k in args.layouts.split(",")):
+                    continue
                 try:
                     rows.append(dict(layout=layout, method=f"causalrec {nuisance}",
                                      **summarise(bench, reps, *run())))

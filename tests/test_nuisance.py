@@ -318,3 +318,20 @@ def test_joint_outcome_model_wins_where_arms_share_a_surface():
     err = lambda r, rows: np.mean((r.mu1 - surface - 0.5)[rows] ** 2)
     assert err(with_joint, t == 1) < 0.8 * err(without, t == 1)
     assert err(with_joint, t == 0) < 0.5 * err(without, t == 0)
+
+
+def test_recurring_covariate_rows_without_a_unit_role_keep_overlap():
+    """The same log without ``unit=``: its covariate rows recur across items and are distinct
+    within each, so early stopping holds out each row's copies together (``recurring_rows``);
+    before, the booster stopped on copies of its training units and marked items no_overlap."""
+    from causalrec.nuisance.crossfit import recurring_rows
+    log, tau = _recurring_log()
+    data = log.data.drop(columns="unit")
+    roles = dict(item="item", treatment="t", outcome="y", confounders=["x0", "x1", "x2", "x3"])
+    eff = cr.ItemEffectEstimator(nuisance="boosted").fit(cr.InteractionLog(data, **roles)).effects_
+    assert (eff["status"] == "ok").all()
+    assert np.sqrt(np.mean((eff.sort_values("item")["ate"].to_numpy() - tau) ** 2)) < 0.5
+    # a few covariate cells repeated within items are no units
+    cells = np.arange(1000) % 10
+    assert not recurring_rows(cells, cells)
+    assert recurring_rows(np.tile(np.arange(100), 10), np.arange(1000))

@@ -182,16 +182,21 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     n = len(item)
     # the content key hashes X's values as float32 whatever its dtype: the row order and the
     # early-stopping rows (hence the boosters) are then the same under float32 and float64
-    key = _mix(row_hash(pd.DataFrame(np.asarray(X, np.float32)))
-               ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
+    xhash = row_hash(pd.DataFrame(np.asarray(X, np.float32)))
+    key = _mix(xhash ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
                ^ np.uint64(seed))
+    xkey = _mix(xhash ^ np.uint64(seed))
     order = np.lexsort((np.asarray(y, np.float64), key, item))
     X, item, t, y, folds, key = X[order], item[order], t[order], y[order], folds[order], key[order]
+    xkey = xkey[order]
     Xs = standardised(X, device)
     # early stopping holds out whole units when there are units: a unit's copies on both
     # sides would stop boosting late, on rows it has memorised
-    split_key = key if groups is None else _mix(np.asarray(groups, np.uint64)[order]
-                                                ^ _mix(np.full(1, seed + 0x5EED, np.uint64)))
+    if groups is not None:
+        split_key = _mix(np.asarray(groups, np.uint64)[order]
+                         ^ _mix(np.full(1, seed + 0x5EED, np.uint64)))
+    else:  # covariate rows that recur across items (unit-like): their copies stay together
+        split_key = xkey if recurring_rows(xkey, key) else key
     ctx = FoldFits(X, Xs, item, t, folds, n_items, split_key, spec, glm or {}, seed, device)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
@@ -260,3 +265,13 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     return NuisanceResult(e, mu0, mu1, pd.DataFrame(rows), pd.DataFrame(items),
                           calibration_table(e, t[back]), rounds, max(ctx.glm_n_iter, default=0),
                           all(ctx.glm_converged))
+
+
+def recurring_rows(x_key, item_key, share=0.5) -> bool:
+    """Whether the covariate rows look like units recurring across items: at most ``share``
+    of the rows have distinct covariates, yet within an item they are nearly all distinct
+    (a unit appears once per item; a few covariate cells would repeat within items too).
+    Then early stopping holds out all copies of a covariate row together, as ``unit=``
+    would: a booster stopped on copies of its training rows memorises them (issue 28)."""
+    n = len(x_key)
+    return n > 0 and len(np.unique(x_key)) <= share * n and len(np.unique(item_key)) >= 0.9 * n
