@@ -260,7 +260,8 @@ def test_recurring_units_keep_overlap_and_accuracy(nuisance):
     assert (eff["status"] == "ok").all()
     ols = []
     for i, rows in log.data.groupby("item"):
-        Xc = rows[["x0", "x1", "x2", "x3"]].to_numpy() - rows[["x0", "x1", "x2", "x3"]].mean().to_numpy()
+        Xc = rows[["x0", "x1", "x2", "x3"]].to_numpy()
+        Xc = Xc - Xc.mean(axis=0)
         tt = rows["t"].to_numpy()[:, None]
         D = np.column_stack([np.ones(len(rows)), tt, Xc, tt * Xc])
         ols.append(np.linalg.lstsq(D, rows["y"].to_numpy(), rcond=None)[0][1])

@@ -412,8 +412,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
-        if tunes_shared_penalty(self._n_independent, X.shape[1]):  # few rows per column: the offset GLM's
-            glm["shared_penalty"] = self.shrinkage_    # shared slopes get the deviations' prior
+        if tunes_shared_penalty(self._n_independent, X.shape[1]):  # few rows (units) per
+            glm["shared_penalty"] = self.shrinkage_  # column: the offset GLM's shared slopes
+            # get the deviations' prior
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
                                   glm=glm, logged_e=logged_e, device=device, groups=groups,
