@@ -15,7 +15,7 @@ Benchmarks (loaded from installed packages; nothing is downloaded or committed):
   Truth: the replication's mean true effect.
 
 Layouts: **stacked** (every replication is an item of one log; a unit recurs in every item;
-causalrec is called once, with row-hashed folds and with folds grouped by unit) and
+causalrec is called once, with row-hashed folds and with the ``unit=`` role) and
 **per call** (one replication, one item, per call). The per-item competitors see one
 replication per call in both layouts. Metrics over replications: RMSE of the ATE (eps_ATE),
 coverage of the 95% interval, mean interval width, items whose status is not ``ok``, wall and
@@ -208,12 +208,12 @@ def _nuisance(name):
     return name
 
 
-def _causalrec(frame, roles, nuisance, folds=None):
+def _causalrec(frame, roles, nuisance):
     import causalrec as cr
     est = cr.ItemEffectEstimator(nuisance=_nuisance(nuisance), n_folds=N_FOLDS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est.fit(cr.InteractionLog(frame, **roles), folds=folds)
+        est.fit(cr.InteractionLog(frame, **roles))
     eff = est.effects_
     return eff[["ate", "ci_low", "ci_high"]].to_numpy(float), (eff["status"] == "ok").to_numpy()
 
@@ -231,17 +231,14 @@ def _frame(bench, reps):
     return frame, roles
 
 
-def unit_folds(units, n_folds, seed=0):
-    """Every row of a unit in one fold (the unit's rank in a seeded permutation, mod folds)."""
-    codes, uniques = pd.factorize(units)
-    return np.random.default_rng(seed).permutation(len(uniques))[codes] % n_folds
-
-
 def run_causalrec_stacked(bench, nuisance, reps, grouped):
+    """One call on the stacked log; ``grouped``: with the ``unit`` role (folds, early
+    stopping and the shared slopes' penalty all see units, not rows)."""
     frame, roles = _frame(bench, reps)
-    folds = unit_folds(frame["unit"].to_numpy(), N_FOLDS) if grouped else None
+    if grouped:
+        roles["unit"] = "unit"
     clock = Clock()
-    est, ok = _causalrec(frame, roles, nuisance, folds)
+    est, ok = _causalrec(frame, roles, nuisance)
     return np.column_stack([est, ok]), clock.stop()
 
 
@@ -270,7 +267,7 @@ def summarise(bench, reps, results, seconds):
                 wall_s=round(seconds[0], 2), cpu_s=round(seconds[1], 2))
 
 
-CAUSALREC = ("pooled", "per_item", "boosted", "auto", "HistGB (nuisance=)")
+CAUSALREC = ("pooled", "per_item", "boosted", "auto", "factorised", "HistGB (nuisance=)")
 
 
 def main(argv=None):
@@ -282,6 +279,9 @@ def main(argv=None):
                         help="3 ACIC files, 20 IHDP replications, no causal forest")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of method names (substring match)")
+    parser.add_argument("--layouts", default=None,
+                        help="comma-separated subset of causalrec's layouts (substring match: "
+                             "'row', 'unit', 'per call')")
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -303,9 +303,11 @@ def main(argv=None):
             if not wanted(f"causalrec {nuisance}"):
                 continue
             runs = {"stacked, row folds": lambda: run_causalrec_stacked(bench, nuisance, reps, False),
-                    "stacked, unit folds": lambda: run_causalrec_stacked(bench, nuisance, reps, True),
+                    "stacked, unit=": lambda: run_causalrec_stacked(bench, nuisance, reps, True),
                     "per call": lambda: run_causalrec_per_call(bench, nuisance, reps)}
             for layout, run in runs.items():
+                if args.layouts and not any(k in layout for k in args.layouts.split(",")):
+                    continue
                 try:
                     rows.append(dict(layout=layout, method=f"causalrec {nuisance}",
                                      **summarise(bench, reps, *run())))

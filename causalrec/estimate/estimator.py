@@ -270,8 +270,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         fits = None
         self.nuisance_fits_, converged = [], {}
         propensity, outcome = self._nuisance_models(log.propensity is None)
+        # rows of a recurring unit are not independent: the shared slopes' ridge is gated
+        # on the units in use, else 100 copies of 747 units pass as 74,700 rows (issue 28)
+        self._n_independent = n_use if unit is None else len(np.unique(in_use(unit_key(unit))))
         tune = (isinstance(self.nuisance, str) and self.nuisance == "pooled"
-                and tunes_shared_penalty(n_use, len(spec.columns)))
+                and tunes_shared_penalty(self._n_independent, len(spec.columns)))
         on_device = lambda a, kind: read_only_tensor(a, kind, device)
         splits = SplitAverage(self.alpha)
         for repeat, split in enumerate(split_folds if n_use else split_folds[:1]):
@@ -409,8 +412,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         from ..nuisance import cross_fit_nuisances
         glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
                    max_iter=self.max_iter)
-        if tunes_shared_penalty(len(seg), X.shape[1]):  # few rows per column: the offset GLM's
-            glm["shared_penalty"] = self.shrinkage_    # shared slopes get the deviations' prior
+        if tunes_shared_penalty(self._n_independent, X.shape[1]):  # few rows (units) per
+            glm["shared_penalty"] = self.shrinkage_  # column: the offset GLM's shared slopes
+            # get the deviations' prior
         fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
                                   family=self.outcome_family_, spec=self._flexible,
                                   glm=glm, logged_e=logged_e, device=device, groups=groups,

@@ -39,6 +39,9 @@ class EffectSummary(Summary):
         if getattr(estimator, "_flexible", None) is not None and models is not None:
             info["Weight on the flexible model"] = ", ".join(
                 f"{m} {w:.2f}" for m, w in zip(models["nuisance"], models["weight_flexible"]))
+            if "items_by_model" in models:  # the per-item choice by out-of-fold loss
+                info["Items by model (out-of-fold loss)"] = "; ".join(
+                    f"{m}: {c}" for m, c in zip(models["nuisance"], models["items_by_model"]))
         cols = [c for c in ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated",
                             "n_control", "naive_ate"] if c in eff]
         strongest = ok.assign(_z=(ok["ate"] / ok["se"]).abs()).nlargest(top, "_z")

@@ -11,23 +11,22 @@ the flexible out-of-fold predictions with the smallest out-of-fold loss.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..estimate.folds import _mix, row_hash
-from ..glm import SegmentGLM
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
-from .select import calibration_table, choose_per_item, row_loss, stack_weights
+from .foldfits import FoldFits, fits_joint_outcome, standardised
+from .select import calibration_table, choose_model, choose_per_item, row_loss, stack_weights
 from .sklearn_adapter import SklearnLearner, check_propensity_learner
 
 __all__ = ["FlexibleNuisance", "NuisanceResult", "resolve_nuisance", "cross_fit_nuisances"]
 
 NAMED = ("boosted", "factorised", "auto")
+JOINT = ("joint", "joint_own")  # the joint outcome model's pooled and own predictions
 
 
 class FlexibleNuisance:
@@ -47,6 +46,10 @@ class FlexibleNuisance:
         own boosters were never kept on the non-linear simulator, where the pooled booster
         splits on the item, and tripled the time.)
     item_feature : the pooled booster also splits on the item (a categorical feature).
+    joint_outcome : also fit the outcome on both arms at once, the arm a feature, on top of
+        each arm's GLM offset (pooled, and own for large items): trees share the surface the
+        arms have in common, which a model fitted on one arm's rows must extrapolate to the
+        other arm's covariates. Per item and arm it competes out of fold with the rest.
     n_jobs : threads fitting the per-item models at once (each booster has its own fixed
         thread count, so results do not depend on n_jobs).
 
@@ -55,17 +58,19 @@ class FlexibleNuisance:
     """
 
     def __init__(self, learner="boosted", *, auto=False, also=(), min_item_rows=1000,
-                 item_feature=True, n_jobs=1):
+                 item_feature=True, joint_outcome=True, n_jobs=1):
         self.learner = learner
         self.auto = auto
         self.also = also
         self.min_item_rows = min_item_rows
         self.item_feature = item_feature
+        self.joint_outcome = joint_outcome
         self.n_jobs = n_jobs
 
     def __repr__(self):
         return (f"FlexibleNuisance(learner={self.learner!r}, auto={self.auto}, "
-                f"also={self.also!r}, min_item_rows={self.min_item_rows}, n_jobs={self.n_jobs})")
+                f"also={self.also!r}, min_item_rows={self.min_item_rows}, "
+                f"joint_outcome={self.joint_outcome}, n_jobs={self.n_jobs})")
 
     def learners(self):
         """(propensity learner, outcome learner), checked."""
@@ -177,17 +182,22 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     n = len(item)
     # the content key hashes X's values as float32 whatever its dtype: the row order and the
     # early-stopping rows (hence the boosters) are then the same under float32 and float64
-    key = _mix(row_hash(pd.DataFrame(np.asarray(X, np.float32)))
-               ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
+    xhash = row_hash(pd.DataFrame(np.asarray(X, np.float32)))
+    key = _mix(xhash ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
                ^ np.uint64(seed))
+    xkey = _mix(xhash ^ np.uint64(seed))
     order = np.lexsort((np.asarray(y, np.float64), key, item))
     X, item, t, y, folds, key = X[order], item[order], t[order], y[order], folds[order], key[order]
-    Xs = _standardised(X, device)
+    xkey = xkey[order]
+    Xs = standardised(X, device)
     # early stopping holds out whole units when there are units: a unit's copies on both
     # sides would stop boosting late, on rows it has memorised
-    split_key = key if groups is None else _mix(np.asarray(groups, np.uint64)[order]
-                                                ^ _mix(np.full(1, seed + 0x5EED, np.uint64)))
-    ctx = _Context(X, Xs, item, folds, n_items, split_key, spec, glm or {}, seed, device)
+    if groups is not None:
+        split_key = _mix(np.asarray(groups, np.uint64)[order]
+                         ^ _mix(np.full(1, seed + 0x5EED, np.uint64)))
+    else:  # covariate rows that recur across items (unit-like): their copies stay together
+        split_key = xkey if recurring_rows(xkey, key) else key
+    ctx = FoldFits(X, Xs, item, t, folds, n_items, split_key, spec, glm or {}, seed, device)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
     if logged_e is not None:
@@ -196,24 +206,47 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     also_e = [propensity_learner(learner) for learner in also]
     jobs = [("e", t, np.ones(n, bool), "logistic", [prop_learner, *also_e])] * (logged_e is None) + [
         (f"mu{a}", y, t == a, family, [out_learner, *also]) for a in (0, 1)]
+    fitted = {name: ctx.fit_one(target.astype(np.float64), arm, fam, learners, k,
+                                arm_value=None if name == "e" else int(name[-1]))
+              for k, (name, target, arm, fam, learners) in enumerate(jobs)}
+    joint = (ctx.fit_joint(y.astype(np.float64), family, out_learner, len(jobs))
+             if spec.joint_outcome and fits_joint_outcome(out_learner) else None)
     for name, target, arm, fam, learners in jobs:
-        glm_pred, fits = ctx.fit_one(target.astype(np.float64), arm, fam, learners, len(rows))
+        glm_pred, fits = fitted[name]
         scored = arm  # outcomes are observed only in their arm: score there
         loss = lambda p: row_loss(p[scored], target[scored], fam)
-        row = dict(nuisance=name, loss_glm=float(loss(glm_pred).mean()))
+        loss_glm = loss(glm_pred)
+        row = dict(nuisance=name, loss_glm=float(loss_glm.mean()))
         flexible = []
         for j, (pooled, own, learner_rounds, n_big) in enumerate(fits):
-            loss_own = np.where(np.isfinite(own[scored]), loss(np.nan_to_num(own, nan=0.5)),
-                                np.nan)
-            use_own = choose_per_item(loss(pooled), loss_own, item[scored], n_items)
-            flexible.append(np.where(use_own[item], own, pooled))
-            if j == 0:  # the main learner: its diagnostics keep their names
+            if j == 0:  # the main learner: per item, the GLM, the pooled and the own models
+                # (a per-item learner, factorised, is taken as it is: its propensity is
+                # under-smoothed on purpose, which out-of-fold loss would undo)
+                per_item_learner = not getattr(learners[0], "own_item_models", True)
+                candidates = {} if per_item_learner else {"glm": glm_pred}
+                candidates.update(pooled=pooled, own=own)
+                if joint is not None and name != "e":
+                    candidates.update(zip(JOINT, joint[int(name[-1])]))
+                losses = [np.where(np.isfinite(p[scored]), loss(np.nan_to_num(p, nan=0.5)),
+                                   np.nan) for p in candidates.values()]
+                chosen = choose_model(losses, item[scored], n_items)
+                stacked = np.stack(list(candidates.values()))
+                flexible.append(stacked[chosen[item], np.arange(n)])
+                names = np.array(list(candidates))[chosen]
                 rounds[name] = learner_rounds
-                items[f"own_{name}"] = use_own
+                items[f"model_{name}"] = names
+                items[f"own_{name}"] = np.isin(names, ("own", "joint_own"))
                 row.update(loss_pooled=float(loss(pooled).mean()),
                            loss_flexible=float(loss(flexible[0]).mean()),
-                           n_own_candidates=n_big, n_own_items=int(use_own.sum()))
+                           n_own_candidates=max(n_big, joint[3] if joint and name != "e" else 0),
+                           n_own_items=int(items[f"own_{name}"].sum()),
+                           items_by_model=", ".join(f"{m} {int((names == m).sum())}"
+                                                    for m in candidates if (names == m).any()))
             else:
+                loss_own = np.where(np.isfinite(own[scored]), loss(np.nan_to_num(own, nan=0.5)),
+                                    np.nan)
+                use_own = choose_per_item(loss(pooled), loss_own, item[scored], n_items)
+                flexible.append(np.where(use_own[item], own, pooled))
                 row[f"loss_{spec.also_names[j - 1]}"] = float(loss(flexible[j]).mean())
         if spec.auto:
             weights, final_loss = stack_weights(glm_pred[scored], [f[scored] for f in flexible],
@@ -224,6 +257,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
         row.update(weight_flexible=float(weights[0]), loss_final=final_loss)
         row.update({f"weight_{also}": float(w) for also, w in zip(spec.also_names, weights[1:])})
         rows.append(row)
+    if joint is not None:
+        rounds["joint"] = joint[2]
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))
@@ -232,97 +267,13 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                           all(ctx.glm_converged))
 
 
-def _standardised(X, device, chunk=65_536):
-    """Standardised columns for the GLM. Moments of the content-ordered rows, summed in
-    float64 over row chunks (no float64 copy of X): the design's own moments are summed in
-    the caller's row order, which would make results depend on it at float32 rounding."""
-    Xt = torch.as_tensor(np.ascontiguousarray(X))
-    n, d = Xt.shape
-    if d == 0 or n == 0:
-        return Xt.to(device)
-    chunks = [Xt[a:a + chunk].to(torch.float64) for a in range(0, n, chunk)]
-    center = sum(c.sum(0) for c in chunks) / n
-    std = (sum(((c - center) ** 2).sum(0) for c in chunks) / n).sqrt()
-    scale = torch.where(std > 0, 1.0 / std, 1.0)
-    Xt = Xt.to(device)
-    return (Xt - center.to(Xt)) * scale.to(Xt)
-
-
-class _Context:
-    """The data of one cross-fit and the fits of one nuisance over the folds."""
-
-    def __init__(self, X, Xs, item, folds, n_items, key, spec, glm, seed, device):
-        self.X, self.Xs, self.item, self.folds = X, Xs, item, folds
-        self.n_items, self.key, self.spec, self.glm = n_items, key, spec, glm
-        self.seed, self.device = seed, device
-        self.n_folds = int(folds.max()) + 1 if len(folds) else 1
-        self.Xp = (np.column_stack([X, item.astype(X.dtype)]) if spec.item_feature else X)
-        self.glm_n_iter, self.glm_converged = [], []
-
-    def glm_eta(self, target, train, family):
-        """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows."""
-        glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
-                         dtype=self.Xs.dtype, **self.glm)
-        glm.fit(self.Xs[torch.as_tensor(np.flatnonzero(train), device=self.Xs.device)],
-                target[train], self.item[train], n_segments=self.n_items)
-        self.glm_n_iter.append(glm.n_iter_)
-        self.glm_converged.append(bool(glm.converged_.all()))
-        return glm.decision_function(self.Xs, self.item).astype(np.float64)
-
-    def fit_one(self, target, arm, family, learners, index):
-        """Out-of-fold GLM predictions and, per learner, its out-of-fold pooled and own (NaN
-        where none) predictions, the boosting rounds of its pooled fits and the number of
-        items with models of their own. The GLM offset is fitted once per fold for all."""
-        n = len(target)
-        glm_pred = np.full(n, np.nan)
-        fits = [(np.full(n, np.nan), np.full(n, np.nan), [], 0) for _ in learners]
-        # items with enough training rows in every fold get models of their own
-        smallest = np.full(self.n_items, np.iinfo(np.int64).max)
-        for f in range(self.n_folds):
-            train = arm & (self.folds != f if self.n_folds > 1 else True)
-            smallest = np.minimum(smallest, np.bincount(self.item[train], minlength=self.n_items))
-        for f in range(self.n_folds):
-            test = self.folds == f if self.n_folds > 1 else np.ones(n, bool)
-            train = arm & (~test if self.n_folds > 1 else test)
-            eta = self.glm_eta(target, train, family)
-            glm_pred[test] = 1 / (1 + np.exp(-eta[test])) if family == "logistic" else eta[test]
-            for j, learner in enumerate(learners):
-                big = np.flatnonzero(smallest >= self.spec.min_item_rows)
-                if not getattr(learner, "own_item_models", True):  # per-item already
-                    big = big[:0]
-                pooled, own, rounds, _ = fits[j]
-                rounds.append(self._fit_fold(learner, target, family, train, test, eta, big,
-                                             pooled, own, self.seed * 1000 + 10 * index + f + 97 * j))
-                fits[j] = (pooled, own, rounds, len(big))
-        return glm_pred, fits
-
-    def _fit_fold(self, learner, target, family, train, test, eta, big, pooled, own, seed):
-        """One fold of one learner: fills ``pooled`` and ``own`` on the test rows, returns the
-        pooled fit's rounds."""
-        # early-stopping rows: a share of the training rows chosen by content (row-order free)
-        share = getattr(learner, "validation_share", 0.2)
-        validation = (self.key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
-        tr = np.flatnonzero(train)
-        pooled[test], r = learner.fit_predict(
-            self.Xp[tr], target[tr], eta[tr], self.Xp[test], eta[test], family=family,
-            validation=validation[tr], seed=seed, categorical=self.spec.item_feature)
-        # rows are sorted by item: each big item's rows are one slice of tr / test_idx
-        test_idx = np.flatnonzero(test)
-        starts_tr, ends_tr = (np.searchsorted(self.item[tr], big, side=s)
-                              for s in ("left", "right"))
-        starts_te, ends_te = (np.searchsorted(self.item[test_idx], big, side=s)
-                              for s in ("left", "right"))
-
-        def fit_item(j):
-            a, b = tr[starts_tr[j]:ends_tr[j]], test_idx[starts_te[j]:ends_te[j]]
-            if len(b) == 0:
-                return b, np.zeros(0), 0
-            pred, _ = learner.fit_predict(self.X[a], target[a], eta[a], self.X[b], eta[b],
-                                          family=family, validation=validation[a],
-                                          seed=seed + 7919 * int(big[j]) + 1)
-            return b, pred, 0
-
-        with ThreadPoolExecutor(max_workers=self.spec.n_jobs) as pool:
-            for b, pred, _ in pool.map(fit_item, range(len(big))):
-                own[b] = pred
-        return r
+def recurring_rows(x_key, item_key, share=0.2) -> bool:
+    """Whether the covariate rows look like units recurring across items: at most ``share``
+    of the rows have distinct covariates (each recurs in 5 items or more on average), yet
+    within an item they are nearly all distinct (a unit appears once per item; a few
+    covariate cells would repeat within items too). (The simulator's logs, users with a
+    row-level hour, have 42% distinct rows: the early-stopping rows stay as they were.)
+    Then early stopping holds out all copies of a covariate row together, as ``unit=``
+    would: a booster stopped on copies of its training rows memorises them (issue 28)."""
+    n = len(x_key)
+    return n > 0 and len(np.unique(x_key)) <= share * n and len(np.unique(item_key)) >= 0.9 * n

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["row_loss", "choose_per_item", "stack_weights", "calibration_table"]
+__all__ = ["row_loss", "choose_per_item", "choose_model", "stack_weights", "calibration_table"]
 
 STACK_GRID = np.linspace(0.0, 1.0, 21)
 _EPS = 1e-6  # keeps the log loss finite for predictions at 0 or 1 (scoring only)
@@ -26,6 +26,20 @@ def choose_per_item(loss_pooled, loss_own, item, n_items) -> np.ndarray:
     pooled = np.bincount(item, weights=np.where(np.isfinite(loss_own), loss_pooled, 0.0),
                          minlength=n_items)
     return has_own & (own < pooled)
+
+
+def choose_model(losses, item, n_items) -> np.ndarray:
+    """Per item, the index of the candidate with the smallest summed out-of-fold loss over
+    the item's scored rows (``losses``: one per-row array per candidate, NaN on the rows of
+    items the candidate has no prediction for; such a candidate is not chosen for the
+    item). Ties keep the earlier candidate; the first must be finite everywhere."""
+    totals = np.full((len(losses), n_items), np.inf)
+    for k, loss in enumerate(losses):
+        finite = np.isfinite(loss)
+        complete = np.bincount(item, weights=~finite, minlength=n_items) == 0
+        total = np.bincount(item, weights=np.where(finite, loss, 0.0), minlength=n_items)
+        totals[k] = np.where(complete, total, np.inf)
+    return np.argmin(totals, axis=0)
 
 
 def stack_weights(glm, candidates, target, family) -> tuple[np.ndarray, float]:

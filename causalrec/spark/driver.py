@@ -143,8 +143,11 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     prop_model, out_model = est._nuisance_models(propensity is None)
     block_size = _block_size(facts.arm_rows[codes], est.n_folds)
     # few rows per column: the pooled models' shared penalty is tuned, as locally
+    # (rows of a recurring unit are not independent: the gate counts units, as locally)
+    n_independent = (n_spec if unit is None or est.nuisance != "pooled"
+                     else spec_rows.select(unit).distinct().count())
     tune_columns = (len(spec.columns) if est.nuisance == "pooled"
-                    and tunes_shared_penalty(n_spec, len(spec.columns)) else None)
+                    and tunes_shared_penalty(n_independent, len(spec.columns)) else None)
     job = ShardJob(spec=spec, keys=keys, treatment=treatment, outcome=outcome,
                    propensity=propensity,
                    content=list(fold_columns or keys + confounders + categorical + text),

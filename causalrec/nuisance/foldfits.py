@@ -1,0 +1,172 @@
+"""The fold-by-fold fits behind ``cross_fit_nuisances``: the offset GLM, the pooled learner
+and the items' own learners, for one nuisance (e, mu0 or mu1) or for both outcome arms at
+once (the joint outcome model).
+
+Rows arrive sorted by item (then by a content key), so each item's rows are one slice of
+any row subset; early-stopping rows are drawn from ``key`` (whole units when the log has
+them), so neither depends on the caller's row order.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..glm import SegmentGLM
+
+__all__ = ["FoldFits", "standardised"]
+
+
+def standardised(X, device, chunk=65_536):
+    """Standardised columns for the GLM. Moments of the content-ordered rows, summed in
+    float64 over row chunks (no float64 copy of X): the design's own moments are summed in
+    the caller's row order, which would make results depend on it at float32 rounding."""
+    Xt = torch.as_tensor(np.ascontiguousarray(X))
+    n, d = Xt.shape
+    if d == 0 or n == 0:
+        return Xt.to(device)
+    chunks = [Xt[a:a + chunk].to(torch.float64) for a in range(0, n, chunk)]
+    center = sum(c.sum(0) for c in chunks) / n
+    std = (sum(((c - center) ** 2).sum(0) for c in chunks) / n).sqrt()
+    scale = torch.where(std > 0, 1.0 / std, 1.0)
+    Xt = Xt.to(device)
+    return (Xt - center.to(Xt)) * scale.to(Xt)
+
+
+def fits_joint_outcome(learner) -> bool:
+    """Whether a learner also fits the joint outcome model (both arms, the arm a feature):
+    tree learners can split on the arm; a per-item learner (factorised) is per arm already."""
+    return getattr(learner, "own_item_models", True) and getattr(learner, "joint_outcome", True)
+
+
+class FoldFits:
+    """The data of one cross-fit and the fits of one nuisance over the folds."""
+
+    def __init__(self, X, Xs, item, t, folds, n_items, key, spec, glm, seed, device):
+        self.X, self.Xs, self.item, self.t, self.folds = X, Xs, item, t, folds
+        self.n_items, self.key, self.spec, self.glm = n_items, key, spec, glm
+        self.seed, self.device = seed, device
+        self.n_folds = int(folds.max()) + 1 if len(folds) else 1
+        self.Xp = (np.column_stack([X, item.astype(X.dtype)]) if spec.item_feature else X)
+        self.glm_n_iter, self.glm_converged = [], []
+        self.etas = {}  # (arm, fold) -> the outcome GLM's linear predictor: the joint offsets
+
+    def split(self, f):
+        """(test, train) masks of fold f (one fold: every row is both)."""
+        n = len(self.item)
+        if self.n_folds == 1:
+            return np.ones(n, bool), np.ones(n, bool)
+        test = self.folds == f
+        return test, ~test
+
+    def glm_eta(self, target, train, family):
+        """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows."""
+        glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
+                         dtype=self.Xs.dtype, **self.glm)
+        glm.fit(self.Xs[torch.as_tensor(np.flatnonzero(train), device=self.Xs.device)],
+                target[train], self.item[train], n_segments=self.n_items)
+        self.glm_n_iter.append(glm.n_iter_)
+        self.glm_converged.append(bool(glm.converged_.all()))
+        return glm.decision_function(self.Xs, self.item).astype(np.float64)
+
+    def _big_items(self, rows, learner):
+        """Items with at least ``min_item_rows`` training rows among ``rows`` in every fold."""
+        smallest = np.full(self.n_items, np.iinfo(np.int64).max)
+        for f in range(self.n_folds):
+            train = rows & self.split(f)[1]
+            smallest = np.minimum(smallest, np.bincount(self.item[train], minlength=self.n_items))
+        big = np.flatnonzero(smallest >= self.spec.min_item_rows)
+        return big if getattr(learner, "own_item_models", True) else big[:0]  # per-item already
+
+    def fit_one(self, target, arm, family, learners, index, arm_value=None):
+        """Out-of-fold GLM predictions and, per learner, its out-of-fold pooled and own (NaN
+        where none) predictions, the boosting rounds of its pooled fits and the number of
+        items with models of their own. The GLM offset is fitted once per fold for all."""
+        n = len(target)
+        glm_pred = np.full(n, np.nan)
+        fits = [(np.full(n, np.nan), np.full(n, np.nan), [], 0) for _ in learners]
+        bigs = [self._big_items(arm, learner) for learner in learners]
+        for f in range(self.n_folds):
+            test, train = self.split(f)
+            train = arm & train
+            eta = self.glm_eta(target, train, family)
+            if arm_value is not None:
+                self.etas[arm_value, f] = eta
+            glm_pred[test] = 1 / (1 + np.exp(-eta[test])) if family == "logistic" else eta[test]
+            for j, learner in enumerate(learners):
+                pooled, own, rounds, _ = fits[j]
+                rounds.append(self._fit_fold(
+                    learner, self.Xp, self.X, target, family, train, test, eta, [(eta, None)],
+                    bigs[j], [(pooled, own)], self.seed * 1000 + 10 * index + f + 97 * j))
+                fits[j] = (pooled, own, rounds, len(bigs[j]))
+        return glm_pred, fits
+
+    def fit_joint(self, y, family, learner, index):
+        """The joint outcome model: one learner on both arms' rows, the arm a feature, on top
+        of each row's own arm's GLM offset (``fit_one`` of mu0 and mu1 must have run); trees
+        then share the surface both arms have and split on the arm where they differ.
+        Returns ((pooled, own) predictions at t = 0, the same at t = 1, rounds, n big)."""
+        n = len(y)
+        arms = [(np.full(n, np.nan), np.full(n, np.nan)) for _ in (0, 1)]
+        with_t = np.column_stack([self.X, self.t.astype(self.X.dtype)])
+        pooled_X = (np.column_stack([with_t, self.item.astype(self.X.dtype)])
+                    if self.spec.item_feature else with_t)
+        big = self._big_items(np.ones(n, bool), learner)
+        rounds = []
+        for f in range(self.n_folds):
+            test, train = self.split(f)
+            eta0, eta1 = self.etas[0, f], self.etas[1, f]
+            offset = np.where(self.t == 1, eta1, eta0)
+            rounds.append(self._fit_fold(learner, pooled_X, with_t, y, family, train, test,
+                                         offset, [(eta0, 0), (eta1, 1)], big, arms,
+                                         self.seed * 1000 + 10 * index + f + 53))
+        return arms[0], arms[1], rounds, len(big)
+
+    def _fit_fold(self, learner, X_pooled, X_own, target, family, train, test, offset,
+                  variants, big, outs, seed):
+        """One fold of one learner, trained on ``train`` rows with ``offset``: fills, per
+        variant (test offset, arm value to set in column d or None), its (pooled, own) arrays
+        of ``outs`` on the test rows; returns the pooled fit's rounds."""
+        d = self.X.shape[1]
+
+        def design(A, rows):  # the test rows once per variant, offsets alike
+            blocks = []
+            for _, arm in variants:
+                block = A[rows]
+                if arm is not None:
+                    block = block.copy()
+                    block[:, d] = arm
+                blocks.append(block)
+            return np.concatenate(blocks), np.concatenate([eta[rows] for eta, _ in variants])
+
+        # early-stopping rows: a share of the training rows chosen by content (row-order free)
+        share = getattr(learner, "validation_share", 0.2)
+        validation = (self.key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
+        tr, test_idx = np.flatnonzero(train), np.flatnonzero(test)
+        pred, r = learner.fit_predict(X_pooled[tr], target[tr], offset[tr],
+                                      *design(X_pooled, test_idx), family=family,
+                                      validation=validation[tr], seed=seed,
+                                      categorical=self.spec.item_feature)
+        for k, (pooled, _) in enumerate(outs):
+            pooled[test_idx] = pred[k * len(test_idx):(k + 1) * len(test_idx)]
+        # rows are sorted by item: each big item's rows are one slice of tr / test_idx
+        starts_tr, ends_tr = (np.searchsorted(self.item[tr], big, side=s)
+                              for s in ("left", "right"))
+        starts_te, ends_te = (np.searchsorted(self.item[test_idx], big, side=s)
+                              for s in ("left", "right"))
+
+        def fit_item(j):
+            a, b = tr[starts_tr[j]:ends_tr[j]], test_idx[starts_te[j]:ends_te[j]]
+            if len(b) == 0:
+                return b, np.zeros(0)
+            pred, _ = learner.fit_predict(X_own[a], target[a], offset[a], *design(X_own, b),
+                                          family=family, validation=validation[a],
+                                          seed=seed + 7919 * int(big[j]) + 1)
+            return b, pred
+
+        with ThreadPoolExecutor(max_workers=self.spec.n_jobs) as pool:
+            for b, pred in pool.map(fit_item, range(len(big))):
+                for k, (_, own) in enumerate(outs):
+                    own[b] = pred[k * len(b):(k + 1) * len(b)]
+        return r
