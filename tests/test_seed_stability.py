@@ -1,5 +1,5 @@
 """How much the seed (the cross-fitting split) moves item estimates, on a stated log: 20
-items, 20,000 rows of ``simulate_log(seed=5)`` (40-2,300 rows an item), clicks, default
+items, 20,000 rows of ``simulate_log(seed=5)`` (270-5,500 rows an item), clicks, default
 estimator (pooled GLM, 2 folds, n_repeats="auto" = 4 splits here). Seeds 0, 100 and 200:
 their splits share none (the splits of seed s are drawn with seeds s .. s + 3, so seeds 0 and
 1 share three of four and would understate the movement)."""

@@ -28,8 +28,8 @@ def combine_splits(tables: list[pd.DataFrame], alpha: float) -> pd.DataFrame:
     split's influence values measure, common to all splits: same rows) plus the split noise
     left in the average, var_between / S (var_between: the splits' estimates' variance,
     ddof 1). DoubleML's mean of var_s + (ate_s - ate)^2 charges an S-split average the noise of
-    a single split, (S - 1) / S var_between: with S = 2 the two agree; with 4 splits it covered
-    the truth in 100 of 100 IHDP replications (benchmarks/README.md, "Intervals and seeds").
+    a single split, (S - 1) / S var_between: with S = 2 the two agree; with 4 splits it made
+    IHDP intervals 4-10% wider (benchmarks/README.md, "Intervals, small items and seeds").
     Degrees of freedom: the mean of the splits'; intervals and p-values from those.
     ``split_sd`` is the standard deviation of the splits' estimates (NaN with one split): the
     split-to-split noise. The columns that depend on the data alone (naive means, outcome
