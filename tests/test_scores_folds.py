@@ -97,8 +97,8 @@ def test_influence_variance_matches_the_spread_over_replications():
     fixed = mean_var(T(mu1 - mu0) + T(t) * norm.omega_t * T(y - mu1)
                      - T(1 - t) * norm.omega_c * T(y - mu0))
     assert fixed / estimates.var() > 1.3
-    # the reported intervals cover (the SE takes the larger of this and the textbook
-    # AIPW's, which the shifts inflate, so coverage is above 0.95 here)
+    # the reported intervals cover (the normalised HC3 variance alone, as the ratio above:
+    # the shifts do not inflate it)
     covered = np.abs(estimates - 1) <= (table.ci_high - table.ate).to_numpy()
     assert covered.mean() > 0.95 - 3 * np.sqrt(0.05 * 0.95 / n_items)
 

@@ -101,3 +101,21 @@ def test_n_repeats_auto_and_bad_values(log):
     for bad in (0, "many"):
         with pytest.raises(ValueError, match="n_repeats"):
             cr.ItemEffectEstimator(n_repeats=bad).fit(log)
+
+
+def test_variance_is_that_of_an_average_of_splits():
+    """Three splits: se^2 = the splits' mean variance + var_between / 3 (the split noise left
+    in a three-split average), not DoubleML's mean of var_s + (ate_s - ate)^2, which charges
+    the average a single split's noise, 2/3 var_between."""
+    base = dict(se=[0.1], dof=[30.0], naive_ate=[0.0], mu0_mean=[0.1], e_min=[0.2], e_max=[0.6],
+                ess_treated=[10.0], ess_control=[30.0], n_clipped=[0], n_trimmed=[0],
+                share_clipped=[0.0], share_outside_support=[0.0], e_min_treated=[0.2],
+                e_max_treated=[0.6], e_min_control=[0.2], e_max_control=[0.5])
+    tables = [pd.DataFrame({**base, "ate": [a], "se": [s]})
+              for a, s in ((0.0, 0.1), (0.3, 0.2), (0.6, 0.2))]
+    out = combine_splits(tables, 0.05)
+    between = np.var([0.0, 0.3, 0.6], ddof=1)  # 0.09
+    np.testing.assert_allclose(out["ate"], [0.3])
+    np.testing.assert_allclose(out["se"], np.sqrt((0.01 + 0.04 + 0.04) / 3 + between / 3))
+    np.testing.assert_allclose(out["split_sd"], np.sqrt(between))
+    np.testing.assert_allclose(out["ci_high"], 0.3 + stats.t.ppf(0.975, 30.0) * out["se"])

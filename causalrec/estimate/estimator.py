@@ -42,8 +42,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     normalize : AIPW averages its residual correction with normalised weights,
         sum w (y - mu) / sum w per arm, instead of dividing by n (default True). Still doubly
         robust, but a few extreme weights can no longer swing an item's estimate; its standard
-        error is the larger of the normalised and the plain AIPW influence-function SEs,
-        because a dominant weight hides its own residual from the normalised one.
+        error uses HC3 residuals (a row's leverage: its share of its arm's weight), so a
+        dominant weight cannot hide its own residual.
         False gives textbook AIPW.
     nuisance : "pooled" (default): one model over all rows with item intercepts and item
         slopes shrunk toward shared slopes; "per_item": independent ridge models per item;
@@ -59,13 +59,15 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         ``unit`` role (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
         predictions and per-item estimates, averaged (``causalrec.estimate.splits``: the
-        variance is the mean of var_s + (ate_s - ate)^2, as DoubleML's; ``split_sd`` in the
-        effects table is the splits' spread); costs ``n_repeats`` times the fits. "auto"
+        variance is that of an average: mean var_s + split_sd^2 / n_repeats; ``split_sd`` in
+        the effects table is the splits' spread); costs ``n_repeats`` times the fits. "auto"
         (default): 4 for ``nuisance="per_item"``, whose own-item models make the split noise
         large (RMSE -16%, calibrated intervals; benchmarks/README.md, issue 14); 4 for
         "pooled" while the fitted rows times the repeats stay within 4M (1M rows: 4, 2M: 2,
         above 4M: 1; a 1M-row fit then takes ~3.5x as long), which takes the median
-        seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28); 1 for the
+        seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28; seeds s and s + 1
+        share all splits but one: with disjoint splits 0.27 -> 0.16 SE,
+        tests/test_seed_stability.py); 1 for the
         flexible nuisances (each repeat refits their boosters) and when ``fit(folds=...)``
         fixes the split (a number > 1 there adds seeded splits to the given one).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).

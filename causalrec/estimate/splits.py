@@ -1,8 +1,8 @@
 """Repeated cross-fitting: each split (its own folds, its own out-of-fold predictions) gives
 its own per-item effects table; the tables are combined into one (Chernozhukov et al. 2018,
-section 3.4, as DoubleML's ``n_rep``: the estimates averaged over splits, the variance the
-mean of each split's variance plus its squared distance to the average). Used by the local
-estimator and by the Spark shards, so both combine the splits the same way."""
+section 3.4, as DoubleML's ``n_rep``: the estimates averaged over splits; the variance that of
+an average of splits, see ``combine_splits``). Used by the local estimator and by the Spark
+shards, so both combine the splits the same way."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,19 +23,25 @@ _MEAN = ("mu0_mean", "ess_treated", "ess_control", "n_clipped", "n_trimmed", "sh
 def combine_splits(tables: list[pd.DataFrame], alpha: float) -> pd.DataFrame:
     """One per-item table from the per-split ``effects_table`` tables (same items, same
     order). The estimate is the mean of the splits' estimates (the mean rather than DoubleML's
-    default median: with a few splits it removes more of the split noise), its variance the
-    mean over splits of var_s + (ate_s - ate)^2 (so a split-sensitive item's interval
-    widens by its spread), its degrees of freedom the mean of theirs; intervals and p-values
-    from those. ``split_sd`` is the standard deviation of the splits' estimates (NaN with one
-    split): the split-to-split noise. The columns that depend on the data alone (naive
-    means, outcome spread) are equal across splits. A single table gets only ``split_sd``."""
+    default median: with a few splits it removes more of the split noise). Its variance is
+    that of an average of S splits: the splits' mean variance (the sampling variance each
+    split's influence values measure, common to all splits: same rows) plus the split noise
+    left in the average, var_between / S (var_between: the splits' estimates' variance,
+    ddof 1). DoubleML's mean of var_s + (ate_s - ate)^2 charges an S-split average the noise of
+    a single split, (S - 1) / S var_between: with S = 2 the two agree; with 4 splits it made
+    IHDP intervals 4-10% wider (benchmarks/README.md, "Intervals, small items and seeds").
+    Degrees of freedom: the mean of the splits'; intervals and p-values from those.
+    ``split_sd`` is the standard deviation of the splits' estimates (NaN with one split): the
+    split-to-split noise. The columns that depend on the data alone (naive means, outcome
+    spread) are equal across splits. A single table gets only ``split_sd``."""
     if len(tables) == 1:
         return tables[0].assign(split_sd=np.nan)
     stack = lambda col: np.stack([t[col].to_numpy(dtype=np.float64) for t in tables])
     out = tables[0].copy()
     splits = stack("ate")
     ate = splits.mean(axis=0)
-    se = np.sqrt((stack("se") ** 2 + (splits - ate) ** 2).mean(axis=0))
+    split_var = splits.var(axis=0, ddof=1)
+    se = np.sqrt((stack("se") ** 2).mean(axis=0) + split_var / len(tables))
     dof = stack("dof").mean(axis=0)
     ci_low, ci_high = interval(ate, se, alpha, dof)
     out["ate"], out["se"], out["dof"] = ate, se, dof
@@ -44,7 +50,7 @@ def combine_splits(tables: list[pd.DataFrame], alpha: float) -> pd.DataFrame:
         mean = stack(col).mean(axis=0)
         out[col] = np.rint(mean).astype(out[col].dtype) if out[col].dtype.kind == "i" else mean
     out["e_min"], out["e_max"] = stack("e_min").min(axis=0), stack("e_max").max(axis=0)
-    out["split_sd"] = splits.std(axis=0, ddof=1)
+    out["split_sd"] = np.sqrt(split_var)
     return out
 
 
