@@ -27,7 +27,7 @@ import pandas as pd
 from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
 from ..inference import critical_value, p_value
-from ..reporting.summary import Summary
+from ..summary import Summary
 from ..schema import InteractionLog, SchemaError, _as_list, check_key_values, check_unique_columns
 from ..utils.validation import InstanceOf, Integer, Interval, Options
 from .benefit import group_benefit, metric_frame, provider_benefit

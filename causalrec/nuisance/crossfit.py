@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..estimate.folds import _mix, row_hash
 from ..glm import SegmentGLM
+from ..utils.hashing import _mix, row_hash
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
 from .select import calibration_table, choose_per_item, row_loss, stack_weights
