@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 
 from ..exceptions import DataWarning
-# (row_hash and _mix are read from here by tests and benchmarks too)
 from ..utils.hashing import _canonical_bits, _canonical_object_hash, _column_entry, _mix, row_hash
 from .params import MAX_FOLDS
 
