@@ -20,7 +20,8 @@ def test_from_arguments_normalises_like_the_log(frame):
     assert roles.item == "item" and roles.confounders == ("x",) and roles.text == ()
     log = InteractionLog.from_roles(frame, roles)
     assert log.roles == roles  # the log hands back the roles it was built from
-    assert (log.item, log.confounders, log.categorical, log.unit) == ("item", ["x"], ["region"], "user")
+    assert (log.item, log.confounders, log.categorical, log.unit) == (
+        "item", ["x"], ["region"], "user")
 
 
 def test_by_joins_the_item_keys_and_leaves_the_confounders(frame):

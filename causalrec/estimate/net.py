@@ -182,7 +182,7 @@ class NetEffectEstimator(BaseEstimator):
     def spillover_pairs(self, top: int = 10, category: str | None = None, fdr: float = 0.1,
                         min_rows_per_arm: int | None = None) -> pd.DataFrame:
         """Which other items (or categories) the ``top`` items with the largest |spillover|
-        take from or add to; see ``spillover_pairs``."""
+        take from or add to; see the function ``causalrec.estimate.net.spillover_pairs``."""
         self._check_is_fitted("effects_")
         return pair_effects(self, top=top, category=category, fdr=fdr,
                             min_rows_per_arm=min_rows_per_arm)
@@ -343,5 +343,6 @@ def _fit_frame(df, roles_and_options) -> NetEffectEstimator:
     roles = Roles.from_arguments(**{name: options.pop(name, None) for name in (
         "item", "treatment", "outcome", "confounders", "categorical", "text", "propensity")})
     unit, additive = options.pop("unit", None), options.pop("additive", "check")
+    log = InteractionLog.from_roles(df, roles)
     return NetEffectEstimator(estimator=ItemEffectEstimator(**options),
-                              additive=additive).fit(InteractionLog.from_roles(df, roles), unit=unit)
+                              additive=additive).fit(log, unit=unit)

@@ -86,7 +86,8 @@ def pair_effects(source, top: int = 10, category: str | None = None, fdr: float 
 
 def score_table(est, seg, t, y, e, mu0, mu1, folds, n_seg) -> pd.DataFrame:
     """The item-effects scores (``effects_table``) of another outcome on the same rows, with
-    the fitted ``ItemEffectEstimator`` ``est``'s propensities and inference settings (not binary: sums of rows)."""
+    the fitted ``ItemEffectEstimator`` ``est``'s propensities and inference settings (not
+    binary: sums of rows)."""
     as_float = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64)
     table, _, _ = effects_table(torch.as_tensor(seg, dtype=torch.long), as_float(t), as_float(y),
                                 as_float(e), as_float(mu0), as_float(mu1), n_seg, est.method,
