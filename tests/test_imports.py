@@ -39,6 +39,7 @@ import causalrec
 
 ROOT = Path(causalrec.__file__).parent
 
+# a new package or top-level module must be placed here (test_every_package_has_a_layer)
 LAYERS = (
     ("exceptions", "utils"),
     ("base", "schema", "summary", "inference"),
