@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "InteractionLog": "schema",
+    "Roles": "schema",
     "SchemaError": "schema",
     "read_log": "schema",
     "estimate_item_effects": "estimate",

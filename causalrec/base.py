@@ -7,7 +7,7 @@
   so ``sklearn.base.clone`` and grid searches work; ``fit(...)`` returns self; learned
   attributes end in ``_``;
 * results asked of an unfitted estimator raise ``NotFittedError`` (scikit-learn's subclass);
-* ``summary()`` returns a ``causalrec.reporting.Summary`` (text by ``str``, HTML in notebooks).
+* ``summary()`` returns a ``causalrec.summary.Summary`` (text by ``str``, HTML in notebooks).
 """
 from __future__ import annotations
 

@@ -5,25 +5,20 @@ recommended or exposed), an outcome, and the columns that confound the two.
 """
 from __future__ import annotations
 
-import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+# the frame checks and their error live below this module (every layer raises SchemaError);
+# they are part of this module's API too
+from .utils.frames import SchemaError, check_column_labels, check_key_values, check_unique_columns
+from .utils.io import csv_safe
 from .utils.suggest import did_you_mean
 
-__all__ = ["InteractionLog", "SchemaError", "read_log", "csv_safe"]
-
-
-class SchemaError(ValueError):
-    """A column of the log is missing, mistyped or holds invalid values."""
-
-    def __init__(self, column: str | None, problem: str):
-        self.column = column
-        self.problem = problem
-        super().__init__(f"column {column!r}: {problem}" if column else problem)
+__all__ = ["InteractionLog", "Roles", "SchemaError", "read_log", "csv_safe", "split_roles"]
 
 
 # compression suffixes pandas and the standard library can undo (zst: the zstandard package)
@@ -89,42 +84,87 @@ def _read_parquet(path: Path, compression: str | None) -> pd.DataFrame:
         raise SchemaError(None, f"cannot read {path} as {compression}-compressed parquet: {exc}") from None
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy whose text cells cannot run as spreadsheet formulas: a cell starting with
-    = + - @ (or tab / CR) gets a leading single quote (OWASP's CSV-injection advice). Only
-    text cells: numbers, negative ones included (also as text, like "-3.5"), are written as
-    they are."""
-    out = frame.copy()
-    for col in out.columns:
-        values = out[col]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            continue
-        text = values.map(_is_formula)
-        if text.any():
-            out[col] = values.where(~text, "'" + values.astype(object).where(text, "").astype(str))
-    renamed = {c: "'" + c for c in out.columns if _is_formula(c)}
-    return out.rename(columns=renamed) if renamed else out
-
-
-def _is_formula(value) -> bool:
-    if not (isinstance(value, str) and value.startswith(_FORMULA_START)):
-        return False
-    try:
-        float(value)
-        return False  # a number written as text ("-3.5") is not a formula
-    except ValueError:
-        return True
-
-
 def _as_list(value) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str) or np.isscalar(value):
         return [value]
     return list(value)
+
+
+def split_roles(item, by, confounders, categorical, text):
+    """Segment key columns ([item] + by) and the confounder roles without them: a segment
+    column is constant within each segment, so it cannot confound there."""
+    by = _as_list(by)
+    return ([item] + by, *([c for c in _as_list(cols) if c not in by]
+                           for cols in (confounders, categorical, text)))
+
+
+_ROLE_NAMES = ("item", "treatment", "outcome", "confounders", "categorical", "text", "propensity",
+               "user", "group", "unit")
+
+
+@dataclass(frozen=True)
+class Roles(Mapping):
+    """Which columns of a log play which role: the one way roles travel from a public
+    function down to the estimators (``InteractionLog.from_roles``, ``log.roles``).
+
+    Attributes hold the roles as ``InteractionLog`` takes them: ``item`` one column (text) or
+    several (a tuple), ``treatment`` and ``outcome`` one column each, ``confounders``,
+    ``categorical`` and ``text`` tuples, ``propensity``, ``user``, ``group`` and ``unit`` one
+    column or None. As a read-only mapping it is role -> list of columns, for the roles that
+    are set (what ``log.roles`` always was). Build it from the public functions' keyword
+    arguments with ``Roles.from_arguments``.
+    """
+
+    item: str | tuple[str, ...]
+    treatment: str
+    outcome: str
+    confounders: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()
+    propensity: str | None = None
+    user: str | None = None
+    group: str | None = None
+    unit: str | None = None
+
+    @classmethod
+    def from_arguments(cls, *, item, treatment, outcome, confounders=None, categorical=None,
+                       text=None, propensity=None, user=None, group=None, unit=None,
+                       by=None) -> "Roles":
+        """Roles from the public functions' keyword arguments: a column name or a list of
+        them, None for none. ``by`` (extra segment columns) joins the item as a key and
+        leaves the confounder roles (see ``split_roles``)."""
+        if by is not None:
+            item, confounders, categorical, text = split_roles(item, by, confounders,
+                                                               categorical, text)
+        return cls(item=item if isinstance(item, str) else tuple(_as_list(item)),
+                   treatment=treatment, outcome=outcome,
+                   confounders=tuple(_as_list(confounders)),
+                   categorical=tuple(_as_list(categorical)), text=tuple(_as_list(text)),
+                   propensity=propensity, user=user, group=group, unit=unit)
+
+    @property
+    def item_columns(self) -> list[str]:
+        return _as_list(self.item)
+
+    def keywords(self) -> dict:
+        """The roles as ``InteractionLog``'s keyword arguments (lists for several columns)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in ((n, getattr(self, n)) for n in _ROLE_NAMES)}
+
+    def _columns(self) -> dict[str, list[str]]:
+        return {name: cols for name in _ROLE_NAMES if (cols := _as_list(getattr(self, name)))}
+
+    def __getitem__(self, role: str) -> list[str]:
+        return self._columns()[role]
+
+    def __iter__(self):
+        return iter(self._columns())
+
+    def __len__(self) -> int:
+        return len(self._columns())
+
 
 
 @dataclass
@@ -171,21 +211,18 @@ class InteractionLog:
         return _as_list(self.item)
 
     @property
-    def roles(self) -> dict[str, list[str]]:
-        """Role name -> columns, for every role that is set."""
-        roles = {
-            "item": self.item_columns,
-            "treatment": [self.treatment],
-            "outcome": [self.outcome],
-            "confounders": self.confounders,
-            "categorical": self.categorical,
-            "text": self.text,
-            "propensity": _as_list(self.propensity),
-            "user": _as_list(self.user),
-            "group": _as_list(self.group),
-            "unit": _as_list(self.unit),
-        }
-        return {role: cols for role, cols in roles.items() if cols}
+    def roles(self) -> "Roles":
+        """The log's roles (a frozen ``Roles``; as a mapping: role -> columns, set roles only)."""
+        return Roles(item=self.item if isinstance(self.item, str) else tuple(self.item_columns),
+                     treatment=self.treatment, outcome=self.outcome,
+                     confounders=tuple(self.confounders), categorical=tuple(self.categorical),
+                     text=tuple(self.text), propensity=self.propensity, user=self.user,
+                     group=self.group, unit=self.unit)
+
+    @classmethod
+    def from_roles(cls, data: pd.DataFrame, roles: "Roles") -> "InteractionLog":
+        """The validated log of ``data`` with these roles."""
+        return cls(data, **roles.keywords())
 
     @property
     def outcome_is_binary(self) -> bool:
@@ -261,62 +298,6 @@ class InteractionLog:
 def _check_no_missing(s: pd.Series, col: str) -> None:
     if s.isna().any():
         raise SchemaError(col, f"{int(s.isna().sum())} missing values")
-
-
-def check_column_labels(frame: pd.DataFrame, what: str) -> None:
-    """Column labels must be one level (a MultiIndex has no single column to name)."""
-    if isinstance(frame.columns, pd.MultiIndex):
-        raise SchemaError(None, f"{what} has MultiIndex columns ({frame.columns.nlevels} levels); "
-                          "flatten them first, e.g. df.columns = ['_'.join(map(str, c)) for c in "
-                          "df.columns]")
-
-
-def check_unique_columns(frame: pd.DataFrame, columns, what: str) -> None:
-    """Every column the caller names must be one column of the frame (``df[c]`` of a
-    duplicated label is a frame, and would fail deep inside pandas)."""
-    counts = frame.columns.value_counts()
-    for col in dict.fromkeys(columns):
-        if counts.get(col, 0) > 1:
-            raise SchemaError(col, f"appears {counts[col]} times among the columns of {what}; "
-                              "rename or drop the copies, e.g. df.loc[:, ~df.columns.duplicated()]")
-
-
-def _type_kind(value) -> str:
-    """Values of one kind compare as keys without surprise: 1 == 1.0 are one number, but
-    1 and "1" (or True and 1) would be merged or split depending on the code path."""
-    if isinstance(value, (bool, np.bool_)):
-        return "bool"
-    if isinstance(value, (numbers.Number, np.number)):
-        return "number"
-    return type(value).__name__
-
-
-def check_key_values(s: pd.Series, col: str) -> None:
-    """Ids and categories must be single values of one kind: a list (a Parquet list column)
-    is refused, and so are mixed types such as 1 and "1", which different code paths would
-    merge into one item or keep apart (the rule is: keys are compared as given, so a column
-    must hold one kind; convert it, e.g. ``df[col].astype(str)``, to merge them)."""
-    values = s.cat.categories.to_series() if isinstance(s.dtype, pd.CategoricalDtype) else s
-    if values.dtype != object:
-        return
-    wrong = values[~values.map(pd.api.types.is_hashable)]
-    if len(wrong):
-        raise SchemaError(col, f"holds {len(wrong)} values that are not single values, e.g. "
-                          f"{wrong.iloc[0]!r} ({type(wrong.iloc[0]).__name__}); "
-                          "expected one id or category per row")
-    if pd.api.types.infer_dtype(values, skipna=True) not in _MIXED:
-        return
-    examples: dict[str, object] = {}
-    for value in pd.unique(values.dropna().to_numpy()):
-        examples.setdefault(_type_kind(value), value)
-    if len(examples) > 1:
-        shown = ", ".join(f"{v!r} ({type(v).__name__})" for v in list(examples.values())[:4])
-        raise SchemaError(col, f"mixes value types: {shown}; ids and categories are compared as "
-                          "given, so make the column one type, e.g. df[col].astype(str) to merge "
-                          "1 and '1'")
-
-
-_MIXED = {"mixed", "mixed-integer", "mixed-integer-float", "unknown-array"}
 
 
 def _check_finite_numeric(s: pd.Series, col: str) -> None:

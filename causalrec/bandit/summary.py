@@ -1,7 +1,7 @@
-"""The summary of a fitted ``BanditEstimator`` (a ``causalrec.reporting.Summary``)."""
+"""The summary of a fitted ``BanditEstimator`` (a ``causalrec.summary.Summary``)."""
 from __future__ import annotations
 
-from ..reporting.summary import Summary
+from ..summary import Summary
 
 
 class BanditSummary(Summary):

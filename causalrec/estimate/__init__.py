@@ -5,7 +5,7 @@ from importlib import import_module
 _EXPORTS = {"estimate_item_effects": "api", "split_roles": "api",
             "ItemEffectEstimator": "estimator", "resolve_device": "estimator",
             "resolve_shrinkage": "estimator", "NetEffectEstimator": "net",
-            "estimate_net_effects": "net", "spillover_pairs": "net_pairs"}
+            "estimate_net_effects": "net", "spillover_pairs": "net"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..schema import InteractionLog, _as_list
+from ..schema import InteractionLog, Roles, split_roles
 from .estimator import ItemEffectEstimator
 
 __all__ = ["estimate_item_effects", "split_roles"]
-
-
-def split_roles(item, by, confounders, categorical, text):
-    """Segment key columns ([item] + by) and the confounder roles without them: a segment
-    column is constant within each segment, so it cannot confound there."""
-    by = _as_list(by)
-    return ([item] + by, *([c for c in _as_list(cols) if c not in by]
-                           for cols in (confounders, categorical, text)))
 
 
 def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
@@ -53,9 +45,9 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     if graph is not None:
         roles = graph.merge_adjustment(df, confounders, categorical, text)
         confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
-    keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
-    log = InteractionLog(df, item=keys, treatment=treatment, outcome=outcome,
-                         confounders=confounders, categorical=categorical, text=text,
-                         propensity=propensity, unit=unit)
+    # the keys are [item] + by, a list even without by (as before Roles)
+    log = InteractionLog.from_roles(df, Roles.from_arguments(
+        item=item, by=by or [], treatment=treatment, outcome=outcome, confounders=confounders,
+        categorical=categorical, text=text, propensity=propensity, unit=unit))
     return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
 

@@ -17,6 +17,7 @@ import torch
 from ..exceptions import DataWarning
 from ..glm.layout import read_only_tensor
 from ..schema import InteractionLog
+from .precision import SAMPLE, warn_float32_precision
 
 __all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "segment_ids"]
 
@@ -24,7 +25,6 @@ OTHER, MISSING = "__other__", "__missing__"
 _TAIL = 0.01  # share of rows winsorised at each end for the robust moments
 _INFLATION = 2.0  # plain std above this multiple of the winsorised one: outliers, use robust
 _ROWS = 16384  # rows per chunk while filling X: a few MB of float64, cache-sized
-SAMPLE = 20_000  # values of a column read by the checks that need only a strided sample
 
 
 @dataclass
@@ -85,7 +85,7 @@ class DesignSpec:
         (positions; None for all): moments are robust to a few extreme values and computed
         in float64; dropped columns raise a ``DataWarning`` naming them. With ``dtype``
         float32, a ``DataWarning`` also names the columns whose standardised values float32
-        cannot hold (``scaling.warn_float32_precision``)."""
+        cannot hold (``precision.warn_float32_precision``)."""
         if not (isinstance(max_levels, (int, np.integer)) and max_levels >= 2):
             raise ValueError(f"max_levels must be an integer >= 2, got {max_levels!r}")
         if not (isinstance(min_level_count, (int, np.integer)) and min_level_count >= 1):
@@ -122,7 +122,6 @@ class DesignSpec:
                 sample = values[::max(1, len(values) // SAMPLE)]
                 samples.append((name, np.ldexp(sample, k), center, inv_scale))
         if samples:
-            from .scaling import warn_float32_precision  # (scaling builds on this module)
             warn_float32_precision(samples)
         y = take(df[log.outcome].to_numpy())
         binary = bool(np.isin(y, [0, 1]).all()) if len(y) else None

@@ -28,18 +28,19 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..base import BaseEstimator
 from ..exceptions import DataWarning
-from ..schema import InteractionLog, SchemaError
+from ..schema import InteractionLog, Roles, SchemaError
+from ..summary import Summary
 from ..utils.validation import Boolean, InstanceOf, Options
 from .design import segment_ids
 from .estimator import ItemEffectEstimator
 from .folds import unit_folds
-from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table
+from .net_pairs import check_pair_settings, pair_effects, score_table
+from .scores import NO_ESTIMATE, NO_OVERLAP
 
-__all__ = ["NetEffectEstimator", "estimate_net_effects"]
+__all__ = ["NetEffectEstimator", "estimate_net_effects", "spillover_pairs"]
 
 _ESTIMATE = ("ate", "se", "ci_low", "ci_high", "p_value")
 # diagnostics carried over from the item-effects table (same rows, same propensities)
@@ -164,7 +165,6 @@ class NetEffectEstimator(BaseEstimator):
     def summary(self, top: int = 10):
         """Header facts and the items with the largest |spillover| (a ``Summary``)."""
         self._check_is_fitted("effects_")
-        from ..reporting.summary import Summary
         eff = self.effects_
         ok = eff[eff["status"] == "ok"]
         below = ok["net_ci_high"] < ok["own_ci_low"]
@@ -182,22 +182,10 @@ class NetEffectEstimator(BaseEstimator):
     def spillover_pairs(self, top: int = 10, category: str | None = None, fdr: float = 0.1,
                         min_rows_per_arm: int | None = None) -> pd.DataFrame:
         """Which other items (or categories) the ``top`` items with the largest |spillover|
-        take from or add to; see ``causalrec.estimate.net_pairs.spillover_pairs``."""
+        take from or add to; see the function ``causalrec.estimate.net.spillover_pairs``."""
         self._check_is_fitted("effects_")
-        from .net_pairs import spillover_pairs
-        return spillover_pairs(self, top=top, category=category, fdr=fdr,
-                               min_rows_per_arm=min_rows_per_arm)
-
-
-def score_table(est: ItemEffectEstimator, seg, t, y, e, mu0, mu1, folds, n_seg) -> pd.DataFrame:
-    """The item-effects scores (``effects_table``) of another outcome on the same rows, with
-    the fitted estimator's propensities and inference settings (not binary: sums of rows)."""
-    as_float = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64)
-    table, _, _ = effects_table(torch.as_tensor(seg, dtype=torch.long), as_float(t), as_float(y),
-                                as_float(e), as_float(mu0), as_float(mu1), n_seg, est.method,
-                                est.clip, est.trim, est.alpha, binary=False,
-                                normalize=est.normalize, folds=torch.as_tensor(folds))
-    return table
+        return pair_effects(self, top=top, category=category, fdr=fdr,
+                            min_rows_per_arm=min_rows_per_arm)
 
 
 def observed_arm_prediction(mu0, mu1, t, y, seg, folds, n_seg) -> np.ndarray:
@@ -300,8 +288,61 @@ def estimate_net_effects(log: pd.DataFrame, item: str, treatment: str, outcome: 
     if type(log).__module__.startswith("pyspark"):
         raise TypeError("estimate_net_effects runs on pandas frames; collect the Spark frame "
                         "(or a sample of its units) with toPandas()")
-    data = InteractionLog(log, item=item, treatment=treatment, outcome=outcome,
-                          confounders=confounders, categorical=categorical, text=text,
-                          propensity=propensity, unit=unit)
+    roles = Roles.from_arguments(item=item, treatment=treatment, outcome=outcome,
+                                 confounders=confounders, categorical=categorical, text=text,
+                                 propensity=propensity, unit=unit)
+    data = InteractionLog.from_roles(log, roles)
     estimator = ItemEffectEstimator(seed=seed, **estimator_options)
     return NetEffectEstimator(estimator=estimator, additive=additive).fit(data, unit=unit).effects_
+
+
+def spillover_pairs(source, top: int = 10, category: str | None = None, fdr: float = 0.1,
+                    min_rows_per_arm: int | None = None, **roles_and_options) -> pd.DataFrame:
+    """Effect of recommending each of the ``top`` items with the largest |spillover| on the
+    outcome of every other item that shares units with it.
+
+    Parameters
+    ----------
+    source : a fitted ``NetEffectEstimator``, or a DataFrame log, then fitted with
+        ``estimate_net_effects``'s ``roles_and_options`` (item, treatment, outcome, unit, ...).
+    top : how many items (status "ok", largest |spillover| first).
+    category : a column constant within each item (e.g. its category): the effects are then
+        on each category's total outcome over the unit's other candidates in it (grouped by
+        category), one row per (item, other category).
+    fdr : the Benjamini-Hochberg level of ``flagged`` (over all pairs tested in this call).
+    min_rows_per_arm : pairs with fewer rows in an arm of A get status "too_few_rows" (not
+        tested; default: the item estimator's ``min_rows_per_arm``).
+
+    Each pair is estimated like a spillover (``causalrec.estimate.net``): the rows of A whose
+    unit also holds B, B's outcome against A's recommendation, A's propensity, and B's own
+    out-of-fold outcome prediction at B's observed arm as the adjustment (it never reads A's
+    recommendation). The ``top`` items are chosen on the same data, so their pair estimates
+    lean towards the direction they were chosen for (the winner's curse; over all items,
+    ``top=len(effects_)``, the intervals hold their level).
+
+    Returns one row per pair: ``item``, ``other``, ``effect``, ``se``, ``ci_low``,
+    ``ci_high``, ``p_value``, ``q_value``, ``flagged``, ``n``, ``n_treated``, ``n_control``,
+    ``status`` (``other`` is the category
+    when ``category`` is given), sorted by item then effect (largest losses first).
+    """
+    check_pair_settings(top, fdr)  # before a fit
+    if isinstance(source, pd.DataFrame):
+        source = _fit_frame(source, roles_and_options)
+    elif roles_and_options:
+        raise TypeError("roles and options go with a DataFrame log, not a fitted estimator")
+    if not isinstance(source, NetEffectEstimator):
+        raise TypeError("spillover_pairs expects a fitted NetEffectEstimator or a DataFrame log")
+    return source.spillover_pairs(top=top, category=category, fdr=fdr,
+                                  min_rows_per_arm=min_rows_per_arm)
+
+
+def _fit_frame(df, roles_and_options) -> NetEffectEstimator:
+    """A ``NetEffectEstimator`` fitted on a DataFrame with ``estimate_net_effects``'s roles
+    and options."""
+    options = dict(roles_and_options)
+    roles = Roles.from_arguments(**{name: options.pop(name, None) for name in (
+        "item", "treatment", "outcome", "confounders", "categorical", "text", "propensity")})
+    unit, additive = options.pop("unit", None), options.pop("additive", "check")
+    log = InteractionLog.from_roles(df, roles)
+    return NetEffectEstimator(estimator=ItemEffectEstimator(**options),
+                              additive=additive).fit(log, unit=unit)

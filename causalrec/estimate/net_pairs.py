@@ -1,58 +1,35 @@
 """Pairwise spillover: for the items with the largest |spillover|, the effect of recommending
 item A on each other item B's outcome (or on a category's total), with intervals and
-Benjamini-Hochberg control of the false discovery rate."""
+Benjamini-Hochberg control of the false discovery rate; and ``score_table``, the item-effects
+scores of a summed outcome, which the net fit (``causalrec.estimate.net``) uses as well. This
+module reads a fitted ``NetEffectEstimator`` and sits below it (the estimator's
+``spillover_pairs`` calls ``pair_effects``)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..inference import benjamini_hochberg
 from ..schema import SchemaError
-from .scores import pre_status
+from .scores import effects_table, pre_status
 
-__all__ = ["spillover_pairs"]
+__all__ = ["check_pair_settings", "pair_effects", "score_table"]
 
 
-def spillover_pairs(source, top: int = 10, category: str | None = None, fdr: float = 0.1,
-                    min_rows_per_arm: int | None = None, **roles_and_options) -> pd.DataFrame:
-    """Effect of recommending each of the ``top`` items with the largest |spillover| on the
-    outcome of every other item that shares units with it.
-
-    Parameters
-    ----------
-    source : a fitted ``NetEffectEstimator``, or a DataFrame log, then fitted with
-        ``estimate_net_effects``'s ``roles_and_options`` (item, treatment, outcome, unit, ...).
-    top : how many items (status "ok", largest |spillover| first).
-    category : a column constant within each item (e.g. its category): the effects are then
-        on each category's total outcome over the unit's other candidates in it (grouped by
-        category), one row per (item, other category).
-    fdr : the Benjamini-Hochberg level of ``flagged`` (over all pairs tested in this call).
-    min_rows_per_arm : pairs with fewer rows in an arm of A get status "too_few_rows" (not
-        tested; default: the item estimator's ``min_rows_per_arm``).
-
-    Each pair is estimated like a spillover (``causalrec.estimate.net``): the rows of A whose
-    unit also holds B, B's outcome against A's recommendation, A's propensity, and B's own
-    out-of-fold outcome prediction at B's observed arm as the adjustment (it never reads A's
-    recommendation). The ``top`` items are chosen on the same data, so their pair estimates
-    lean towards the direction they were chosen for (the winner's curse; over all items,
-    ``top=len(effects_)``, the intervals hold their level).
-
-    Returns one row per pair: ``item``, ``other``, ``effect``, ``se``, ``ci_low``,
-    ``ci_high``, ``p_value``, ``q_value``, ``flagged``, ``n``, ``n_treated``, ``n_control``,
-    ``status`` (``other`` is the category
-    when ``category`` is given), sorted by item then effect (largest losses first).
-    """
+def check_pair_settings(top, fdr) -> None:
+    """``ValueError`` for an ``fdr`` outside (0, 1) or a ``top`` that is no positive integer."""
     if not 0 < fdr < 1:
         raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
     if int(top) != top or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
-    from .net import NetEffectEstimator, estimate_net_effects, score_table
-    if isinstance(source, pd.DataFrame):
-        source = _fit(source, roles_and_options, estimate_net_effects)
-    elif roles_and_options:
-        raise TypeError("roles and options go with a DataFrame log, not a fitted estimator")
-    if not isinstance(source, NetEffectEstimator):
-        raise TypeError("spillover_pairs expects a fitted NetEffectEstimator or a DataFrame log")
+
+
+def pair_effects(source, top: int = 10, category: str | None = None, fdr: float = 0.1,
+                 min_rows_per_arm: int | None = None) -> pd.DataFrame:
+    """The pairs of a fitted ``NetEffectEstimator`` ``source`` (see
+    ``causalrec.estimate.net.spillover_pairs`` for the parameters and the table)."""
+    check_pair_settings(top, fdr)
     source._check_is_fitted("effects_")
     est, rows = source.item_estimator_, source._rows
     log = est.log_
@@ -107,18 +84,16 @@ def spillover_pairs(source, top: int = 10, category: str | None = None, fdr: flo
     return out
 
 
-def _fit(df, roles_and_options, estimate_net_effects):
-    """Fit a ``NetEffectEstimator`` from a DataFrame and the roles of ``estimate_net_effects``."""
-    from ..schema import InteractionLog
-    from .estimator import ItemEffectEstimator
-    from .net import NetEffectEstimator
-    options = dict(roles_and_options)
-    roles = {name: options.pop(name, None) for name in
-             ("item", "treatment", "outcome", "confounders", "categorical", "text", "propensity")}
-    unit, additive = options.pop("unit", None), options.pop("additive", "check")
-    log = InteractionLog(df, **roles)
-    return NetEffectEstimator(estimator=ItemEffectEstimator(**options),
-                              additive=additive).fit(log, unit=unit)
+def score_table(est, seg, t, y, e, mu0, mu1, folds, n_seg) -> pd.DataFrame:
+    """The item-effects scores (``effects_table``) of another outcome on the same rows, with
+    the fitted ``ItemEffectEstimator`` ``est``'s propensities and inference settings (not
+    binary: sums of rows)."""
+    as_float = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64)
+    table, _, _ = effects_table(torch.as_tensor(seg, dtype=torch.long), as_float(t), as_float(y),
+                                as_float(e), as_float(mu0), as_float(mu1), n_seg, est.method,
+                                est.clip, est.trim, est.alpha, binary=False,
+                                normalize=est.normalize, folds=torch.as_tensor(folds))
+    return table
 
 
 def _category_codes(df, column, seg, n_items):

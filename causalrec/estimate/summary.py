@@ -1,9 +1,9 @@
-"""The summary of a fitted ``ItemEffectEstimator`` (a ``causalrec.reporting.Summary``)."""
+"""The summary of a fitted ``ItemEffectEstimator`` (a ``causalrec.summary.Summary``)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..reporting.summary import Summary
+from ..summary import Summary
 
 
 class EffectSummary(Summary):

@@ -27,7 +27,7 @@ import pandas as pd
 from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
 from ..inference import critical_value, p_value
-from ..reporting.summary import Summary
+from ..summary import Summary
 from ..utils.validation import InstanceOf, Integer, Interval, Options
 from .benefit import group_benefit, metric_frame, provider_benefit
 from .disparity import add_bh, disparity_max_min, disparity_vs_reference

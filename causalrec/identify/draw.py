@@ -12,7 +12,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..utils.io import atomic_path
-from .graph import ROLES
+from .terms import ROLES
 
 ROLE_COLORS = {
     "user": "#4c72b0", "item": "#dd8452", "context": "#55a868", "text": "#8172b3",

@@ -5,6 +5,7 @@ import networkx as nx
 import pandas as pd
 
 from ..utils.io import write_text
+from .terms import GraphError
 
 
 def to_dowhy(graph, df: pd.DataFrame, **kwargs):
@@ -14,8 +15,6 @@ def to_dowhy(graph, df: pd.DataFrame, **kwargs):
     DoWhy treats graph nodes without a column as unobserved, so every observed node must
     be a column and no unobserved node may be one (else :class:`GraphError`).
     """
-    from .graph import GraphError
-
     graph._validate()
     missing = [n for n in graph.observed if n not in df.columns]
     if missing:

@@ -16,27 +16,11 @@ import pandas as pd
 
 from ..schema import _as_list
 from .backdoor import _format_path, _is_d_separator, _open_path, smallest_frontdoor_set
+from .draw import draw_graph
+from .export import to_dowhy, to_gml
+from .terms import ROLES, GraphError, NotIdentifiableError
 
 __all__ = ["CausalGraph", "GraphError", "NotIdentifiableError", "ROLES"]
-
-ROLES = ("user", "item", "context", "text", "treatment", "outcome", "unobserved",
-         "mediator", "other")
-FEATURE_ROLES = ("user", "item", "context", "text")
-
-
-class GraphError(ValueError):
-    """The causal graph is malformed, or does not match the data."""
-
-
-class NotIdentifiableError(GraphError):
-    """No adjustment set of observed nodes blocks every backdoor path.
-
-    ``path`` holds one open backdoor path (a list of nodes, treatment first) when one was found.
-    """
-
-    def __init__(self, message: str, path: list[str] | None = None):
-        self.path = path
-        super().__init__(message)
 
 
 class CausalGraph:
@@ -355,23 +339,17 @@ class CausalGraph:
 
     def to_dowhy(self, df: pd.DataFrame, **kwargs):
         """A ``dowhy.CausalModel`` on ``df`` with this graph (see ``identify.export``)."""
-        from .export import to_dowhy
-
         return to_dowhy(self, df, **kwargs)
 
     # ----------------------------------------------------------------- output
     def to_gml(self, path=None) -> str | None:
         """Write GML (roles as node attributes, treatment/outcome as graph attributes); with
         ``path=None`` the GML text is returned instead."""
-        from .export import to_gml
-
         return to_gml(self, path)
 
     def draw(self, path, title: str | None = None) -> Path:
         """Save a picture (PNG, SVG or PDF, by suffix), nodes coloured by role, causes left of
         effects (see ``identify.draw``)."""
-        from .draw import draw_graph
-
         return draw_graph(self, path, title)
 
     def summary(self) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..estimate.folds import _mix, row_hash
+from ..utils.hashing import _mix, row_hash
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
 from .foldfits import FoldFits, fits_joint_outcome, standardised

@@ -9,7 +9,7 @@ from ..base import BaseEstimator
 from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
 from ..inference import benjamini_hochberg, critical_value, p_value
-from ..reporting.summary import Summary
+from ..summary import Summary
 from ..schema import InteractionLog, _as_list, check_key_values
 from ..utils.frames import check_frame
 from ..utils.validation import Callable, InstanceOf, Integer, Interval, Options

@@ -2,7 +2,7 @@
 the items whose effect varies most, with their drivers."""
 from __future__ import annotations
 
-from ..reporting.html import figure_to_img, html_page, html_table, new_figure, paragraph, section
+from ..utils.html import figure_to_img, html_page, html_table, new_figure, paragraph, section
 
 __all__ = ["policy_section", "heterogeneity_section", "uplift_report"]
 

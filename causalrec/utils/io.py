@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_files", "table_bytes",
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_files", "table_bytes", "csv_safe",
            "TABLE_SUFFIXES"]
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -80,10 +80,8 @@ def write_files(directory, files: dict) -> dict:
 
 def table_bytes(frame: pd.DataFrame, kind: str) -> bytes:
     """``frame`` serialised as "csv" (cells a spreadsheet would run as formulas escaped, see
-    ``causalrec.schema.csv_safe``) or "parquet" (values kept). A column Parquet cannot store
+    ``csv_safe``) or "parquet" (values kept). A column Parquet cannot store
     raises a ``ValueError`` naming it, before anything is written."""
-    from ..schema import csv_safe
-
     if kind == "csv":
         return csv_safe(frame).to_csv(index=False).encode("utf-8")
     if kind != "parquet":
@@ -108,3 +106,33 @@ def _unstorable(frame: pd.DataFrame) -> str | None:
             kinds = sorted({type(v).__name__ for v in frame[column].dropna()})
             return f"column {column!r} mixes {' and '.join(kinds)} values"
     return None
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot run as spreadsheet formulas: a cell starting with
+    = + - @ (or tab / CR) gets a leading single quote (OWASP's CSV-injection advice). Only
+    text cells: numbers, negative ones included (also as text, like "-3.5"), are written as
+    they are."""
+    out = frame.copy()
+    for col in out.columns:
+        values = out[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        text = values.map(_is_formula)
+        if text.any():
+            out[col] = values.where(~text, "'" + values.astype(object).where(text, "").astype(str))
+    renamed = {c: "'" + c for c in out.columns if _is_formula(c)}
+    return out.rename(columns=renamed) if renamed else out
+
+
+def _is_formula(value) -> bool:
+    if not (isinstance(value, str) and value.startswith(_FORMULA_START)):
+        return False
+    try:
+        float(value)
+        return False  # a number written as text ("-3.5") is not a formula
+    except ValueError:
+        return True
