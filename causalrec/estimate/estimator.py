@@ -11,7 +11,7 @@ from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, resolve_dtype
 from ..schema import InteractionLog, SchemaError
 from .design import DesignSpec, segment_ids
-from .folds import assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
+from .folds import FoldAssigner, check_folds, narrow_codes, unit_key, warn_unit_like
 from .nuisance import (MODEL_NAMES, cross_fit, cross_fit_tuned, pack_shards, tunes_shared_penalty,
                        warn_unconverged)
 from .params import PARAMETER_CONSTRAINTS
@@ -234,9 +234,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         unit = None if log.unit is None else df[log.unit]
         if folds is None:
             warn_unit_like(log, seg)
-        fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
-                                            item_columns=keys, warn_duplicates=seed == self.seed,
-                                            unit=unit)
+        # the rows' seed-free hashes once, for every repeat's seed
+        assigner = FoldAssigner(df, content, seg, t, y, self.n_folds, item_columns=keys, unit=unit)
+        fold_of = lambda seed: assigner(seed, warn_duplicates=seed == self.seed)
         n_repeats = self._n_repeats(n_use, folds_given=folds is not None)
         folds = narrow_codes(fold_of(self.seed) if folds is None
                              else check_folds(folds, len(df), self.n_folds), self.n_folds)

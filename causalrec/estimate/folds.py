@@ -12,118 +12,12 @@ import pandas as pd
 import torch
 
 from ..exceptions import DataWarning
+from .hashing import (_content_hash, _content_key, _mix, _seed_bits, _value_hashes,  # noqa: F401
+                      row_hash)  # (_mix, _content_key: the folds' hashing, imported from here)
 from .params import MAX_FOLDS
 
-__all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
+__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
            "unit_folds", "unit_key", "warn_unit_like"]
-
-
-
-# ---- 64-bit hashing with in-place torch int64 ops: int64 arithmetic wraps like uint64, so
-# only the right shifts need a mask to be logical. ``row_hash`` equals
-# pandas.util.hash_pandas_object(df, index=False) bit for bit (or, with ``canonical=True``,
-# hashes numbers by value whatever their dtype), computed in cache-sized row chunks.
-def _as_int64(c: int) -> int:
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of uint64 keys (a new array)."""
-    x = torch.from_numpy(np.ascontiguousarray(h, dtype=np.uint64).view(np.int64).copy())
-    return _mix_inplace(x, torch.empty_like(x)).numpy().view(np.uint64)
-
-
-def _mix_inplace(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finaliser (the mixing step pandas' hashing uses too), in place on int64."""
-    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
-        torch.bitwise_right_shift(x, shift, out=tmp)
-        tmp &= (1 << (64 - shift)) - 1
-        x ^= tmp
-        if mult is not None:
-            x *= _as_int64(mult)
-    return x
-
-
-def _is_plain_numeric(dtype) -> bool:
-    return isinstance(dtype, np.dtype) and (dtype == bool or dtype.kind in "iuf")
-
-
-def _column_bits(values: np.ndarray) -> np.ndarray:
-    """pandas' pre-mix uint64 image of a numeric numpy column, as int64."""
-    dtype = values.dtype
-    if dtype == bool:
-        return values.astype(np.int64)
-    width = f"u{dtype.itemsize}"
-    bits = values.view(width).astype(np.uint64)
-    if dtype.kind == "f":  # pandas hashes every NaN alike and -0.0 as 0.0
-        bits[np.isnan(values)] = np.array(np.nan, dtype=dtype).view(width)
-        bits[bits == np.array(-0.0, dtype=dtype).view(width)] = 0
-    return bits.view(np.int64)
-
-
-def _canonical_bits(values: np.ndarray) -> np.ndarray:
-    """A dtype-free image of numbers: integral values as their int64 (so 3, 3.0, True and
-    np.int8(3) agree), other floats as float64 bits (every NaN alike)."""
-    if values.dtype == bool or values.dtype.kind in "iu":
-        return values.astype(np.int64)
-    v = values.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        integral = np.isfinite(v) & (np.abs(v) < 2.0 ** 63) & (v == np.round(v))
-    bits = v.view(np.int64).copy()
-    bits[np.isnan(v)] = np.array(np.nan).view(np.int64)
-    bits[integral] = v[integral].astype(np.int64)
-    return bits
-
-
-def _canonical_object_hash(col: pd.Series, mixed: bool = True) -> np.ndarray:
-    """Hashes of a mixed column: numbers as in a numeric column (their canonical bits, mixed
-    unless ``mixed`` is False), anything else as pandas."""
-    hashed = pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy()
-    values = col.to_numpy()
-    numeric = np.array([isinstance(v, (int, float, np.number)) for v in values], dtype=bool)
-    if numeric.any():
-        bits = _canonical_bits(values[numeric].astype(np.float64))
-        hashed[numeric] = _mix(bits.view(np.uint64)).view(np.int64) if mixed else bits
-    return hashed
-
-
-def _column_entry(col: pd.Series, canonical: bool):
-    """(values, hashed): a numeric column's values (``hashed`` False: their bits are mixed
-    later, chunk by chunk) or an int64 hash per value (``hashed`` True)."""
-    if _is_plain_numeric(col.dtype):
-        return col.to_numpy(), False
-    if canonical and (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) \
-            and not isinstance(col.dtype, pd.CategoricalDtype):
-        return col.to_numpy(dtype=np.float64, na_value=np.nan), False
-    if canonical and col.dtype == object:
-        return _canonical_object_hash(col), True
-    # strings, categoricals, extension types: pandas' own per-column hash
-    return pd.util.hash_pandas_object(col, index=False).to_numpy().view(np.int64).copy(), True
-
-
-def row_hash(df, chunk_rows: int = 1 << 18, canonical: bool = False) -> np.ndarray:
-    """uint64 hash of each row's values; equals ``pd.util.hash_pandas_object(df, index=False)``.
-    ``canonical=True`` hashes numbers by value (see ``_canonical_bits``), so a column's dtype
-    does not matter; column order still does (``assign_folds`` uses ``_content_key``, which
-    is free of it). ``df`` is a DataFrame or a dict of its columns (``df[list]`` would copy
-    every column)."""
-    bits_of = _canonical_bits if canonical else _column_bits
-    n_rows = len(df) if isinstance(df, pd.DataFrame) else len(next(iter(df.values()), ()))
-    columns = [_column_entry(col, canonical) for _, col in df.items()]  # (values, hashed)
-    out = np.empty(n_rows, dtype=np.uint64)
-    for start in range(0, n_rows, chunk_rows):
-        stop = min(start + chunk_rows, n_rows)
-        acc = torch.full((stop - start,), 0x345678, dtype=torch.int64)
-        tmp = torch.empty_like(acc)
-        mult = 1000003
-        for i, (values, hashed) in enumerate(columns):
-            part = torch.from_numpy(values[start:stop] if hashed else bits_of(values[start:stop]))
-            acc ^= part if hashed else _mix_inplace(part, tmp)
-            acc *= _as_int64(mult)
-            mult = (mult + 82520 + 2 * (len(columns) - i)) % (1 << 64)
-        acc += 97531
-        out[start:stop] = acc.numpy().view(np.uint64)
-    return out
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
@@ -137,44 +31,6 @@ def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) ->
     if bool((values[1:] == values[:-1]).any()):
         return np.lexsort((outcome, key, stratum))
     return order.numpy()
-
-
-def _seed_bits(seed: int) -> np.ndarray:
-    return _mix(np.full(1, seed, dtype=np.uint64))
-
-
-def _value_bits(col: pd.Series) -> np.ndarray:
-    """uint64 image of each value of a column, numbers by value whatever their dtype (not
-    yet mixed for numbers: ``_value_hashes`` mixes them)."""
-    if col.dtype == object:  # its numbers as a numeric column's
-        return _canonical_object_hash(col, mixed=False).view(np.uint64)
-    values, hashed = _column_entry(col, canonical=True)
-    return (values if hashed else _canonical_bits(values)).view(np.uint64)
-
-
-def _value_hashes(col: pd.Series) -> np.ndarray:
-    """uint64 hash of each value of a column, numbers by value whatever their dtype."""
-    return _mix(_value_bits(col))
-
-
-def _content_key(df: pd.DataFrame, columns: list[str], segment: np.ndarray, seed: int) -> np.ndarray:
-    """Seeded hash of each row's values in ``columns`` that depends neither on the columns'
-    names nor on their order. A column enters through its values only: each value is salted
-    by the column's signature in the row's segment (the wrapping sum of the column's value
-    images over the segment's rows: name-free, row-order free, and local to the segment, so
-    shards agree) and mixed, and the results are summed over the columns. Two columns with
-    the same values in a segment (up to row order) are exchangeable, so rows that swap
-    values between such columns share a key (and a fold): the price of names not
-    mattering, counted exactly where duplicates are counted."""
-    segment = np.asarray(segment, dtype=np.int64)
-    n_segments = int(segment.max()) + 1 if len(segment) else 0
-    acc = np.zeros(len(segment), dtype=np.uint64)
-    for column in dict.fromkeys(columns):
-        bits = _value_bits(df[column])
-        signature = np.zeros(n_segments, dtype=np.uint64)
-        np.add.at(signature, segment, bits)  # uint64: wraps, exact, order-free
-        acc += _mix(bits ^ _mix(signature)[segment])
-    return _mix(acc ^ _seed_bits(seed))
 
 
 def unit_key(units) -> np.ndarray:
@@ -282,39 +138,74 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     swapping the treatment labels keeps every row in its fold. The offset comes from a hash
     of the ``item_columns`` values (in role order) when given (an item's folds then do not
     depend on which other items are in the log), else from the segment id. Cost: one hash
-    and one sort of the rows, whatever ``n_folds``.
+    and one sort of the rows, whatever ``n_folds``; ``FoldAssigner`` hashes once for
+    several seeds.
     """
-    n_folds = check_n_folds(n_folds)
-    if unit is not None:
-        return unit_folds(unit, n_folds, seed)
-    if n_folds == 1:
-        return np.zeros(len(df), dtype=np.int64)
-    outcome = np.asarray(outcome, dtype=np.float64)
-    key = _content_key(df, content, segment, seed)
-    stratum = np.asarray(segment, dtype=np.int64) * 2 + treatment  # narrow ids: no overflow
-    order = _stratum_order(stratum, key, outcome)
-    sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
-    new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
-    new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
-    group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
-    starts = np.flatnonzero(new_stratum)
-    rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
-    if warn_duplicates:  # equal content sorts by outcome: exact duplicates are neighbours
-        repeat = ~(new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]])
-        n_duplicates = _exact_duplicates(df, content, order, repeat, stratum, outcome)
-        if n_duplicates:
-            warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
-                          "treatment and outcome); each set of duplicates is kept in one "
-                          "cross-fitting fold", DataWarning, stacklevel=2)
-    if item_columns:
-        base = _mix(row_hash({c: df[c] for c in item_columns}, canonical=True)[order]
-                    ^ _seed_bits(seed + 1))
-    else:
-        base = segment[order].astype(np.uint64) + _seed_bits(seed + 1)
-    offset = _mix(base)
-    folds = np.empty(len(df), dtype=np.int64)
-    folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
-    return folds
+    return FoldAssigner(df, content, segment, treatment, outcome, n_folds,
+                        item_columns=item_columns, unit=unit)(seed, warn_duplicates)
+
+
+class FoldAssigner:
+    """``assign_folds`` of one log for any number of seeds (repeated cross-fitting): the
+    seed-free hashes of the rows' content, items and units are computed once, at the first
+    call; each seed then costs one mix of the rows' hashes, one sort and the deal."""
+
+    def __init__(self, df, content, segment, treatment, outcome, n_folds,
+                 item_columns=None, unit=None):
+        self.n_folds = check_n_folds(n_folds)
+        self.df, self.content, self.segment = df, content, segment
+        self.treatment, self.outcome = treatment, outcome
+        self.item_columns, self.unit = item_columns, unit
+        self._hashes = None
+
+    def _seed_free(self):
+        if self._hashes is None:
+            if self.unit is not None:
+                self._hashes = dict(unit=unit_key(self.unit))
+            else:
+                df, item_columns = self.df, self.item_columns
+                self._hashes = dict(
+                    content=_content_hash(df, self.content, self.segment),
+                    item=(row_hash({c: df[c] for c in item_columns}, canonical=True)
+                          if item_columns else None),
+                    stratum=np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment,
+                    outcome=np.asarray(self.outcome, dtype=np.float64))
+        return self._hashes
+
+    def __call__(self, seed: int, warn_duplicates: bool = True) -> np.ndarray:
+        n_folds, segment = self.n_folds, self.segment
+        if self.unit is not None:
+            key = self._seed_free()["unit"]
+            return np.zeros(len(key), dtype=np.int64) if n_folds == 1 \
+                else _fold_of_key(key, n_folds, seed)
+        if n_folds == 1:
+            return np.zeros(len(self.df), dtype=np.int64)
+        hashes = self._seed_free()
+        stratum, outcome = hashes["stratum"], hashes["outcome"]  # narrow ids: no overflow
+        key = _mix(hashes["content"] ^ _seed_bits(seed))
+        order = _stratum_order(stratum, key, outcome)
+        sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
+        new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
+        new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+        group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
+        starts = np.flatnonzero(new_stratum)
+        rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
+        if warn_duplicates:  # equal content sorts by outcome: exact duplicates are neighbours
+            repeat = ~(new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]])
+            n_duplicates = _exact_duplicates(self.df, self.content, order, repeat, stratum,
+                                             outcome)
+            if n_duplicates:
+                warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, "
+                              "confounders, treatment and outcome); each set of duplicates "
+                              "is kept in one cross-fitting fold", DataWarning, stacklevel=3)
+        if hashes["item"] is not None:
+            base = _mix(hashes["item"][order] ^ _seed_bits(seed + 1))
+        else:
+            base = segment[order].astype(np.uint64) + _seed_bits(seed + 1)
+        offset = _mix(base)
+        folds = np.empty(len(order), dtype=np.int64)
+        folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
+        return folds
 
 
 def _exact_duplicates(df, content, order, repeat, stratum, outcome) -> int:
