@@ -24,6 +24,10 @@ OTHER, MISSING = "__other__", "__missing__"
 _TAIL = 0.01  # share of rows winsorised at each end for the robust moments
 _INFLATION = 2.0  # plain std above this multiple of the winsorised one: outliers, use robust
 _ROWS = 16384  # rows per chunk while filling X: a few MB of float64, cache-sized
+# design rows kept as one matrix up to this size (``DesignRows.matrix``): 1M rows x 64
+# float32 columns take 0.26 GB; a 10M-row log stays on the frame's columns (memory, issue 15)
+MATERIALISE_BYTES = 2**30
+_PIECE = 4096  # rows gathered at a time: the (d, rows) float64 block in cache (2 MB at d=64)
 SAMPLE = 20_000  # values of a column read by the checks that need only a strided sample
 
 
@@ -157,10 +161,7 @@ class DesignSpec:
                   standardise: bool = True) -> Design:
         """Design rows of ``data`` (an InteractionLog or a frame with the spec's columns):
         each output row depends only on its input row, so shards concatenate to the whole."""
-        source = self.rows(data, extra, dtype=dtype, standardise=standardise)
-        X = np.empty(source.shape, dtype=dtype)
-        for a in range(0, len(X), _ROWS):  # row chunks: X is written in C order once
-            source.gather_into(slice(a, a + _ROWS), X[a:a + _ROWS])
+        X = self.rows(data, extra, dtype=dtype, standardise=standardise).fill()
         return Design(X, list(self.columns), list(self.dropped), self.center.copy(),
                       self.scale.copy(), standardise, self.exponent.copy())
 
@@ -201,6 +202,25 @@ class DesignRows:
         self.rescale = [(j, 2.0 ** (int(k) // 2), 2.0 ** (int(k) - int(k) // 2))
                         for j, k in enumerate(np.zeros(0) if exponent is None else exponent) if k]
         self._local = threading.local()  # reused buffers per thread (shards gather at once)
+        self._matrix, self._lock = None, threading.Lock()
+
+    def fill(self) -> np.ndarray:
+        """Every row, as a new C-order (n, d) array (written a chunk of rows at a time)."""
+        X = np.empty(self.shape, dtype=self.dtype)
+        for a in range(0, len(X), _ROWS):
+            self.gather_into(slice(a, a + _ROWS), X[a:a + _ROWS])
+        return X
+
+    def matrix(self) -> torch.Tensor | None:
+        """Every row as one C-order (n, d) tensor, formed at the first call and kept, when
+        it takes at most ``MATERIALISE_BYTES``; else None. A padding gathers rows in cell
+        order, i.e. at random: from the matrix a row is d contiguous values, from the
+        frame one value of each of d columns (~3x slower), and every padding (3 per
+        cross-fitting split) would standardise the same rows again."""
+        with self._lock:  # shards pad at once, from threads
+            if self._matrix is None and np.prod(self.shape) * self.dtype.itemsize <= MATERIALISE_BYTES:
+                self._matrix = torch.from_numpy(self.fill())
+            return self._matrix
 
     def _buffers(self, m: int):
         buffers = getattr(self._local, "buffers", None)
@@ -216,10 +236,16 @@ class DesignRows:
         self._local.__dict__.pop("buffers", None)
 
     def gather_into(self, rows, out: np.ndarray) -> None:
-        m = len(out)
-        block, f32, codes = self._buffers(m)
         if isinstance(rows, slice):
-            take = lambda v, buf: buf.copy_(v[rows])
+            rows = range(self.shape[0])[rows]
+        for a in range(0, len(out), _PIECE):  # the (d, piece) float64 block stays in cache
+            piece = slice(a, a + _PIECE)
+            self._gather_piece(rows[piece], out[piece])
+
+    def _gather_piece(self, rows, out: np.ndarray) -> None:
+        block, f32, codes = self._buffers(len(out))
+        if isinstance(rows, range):
+            take = lambda v, buf: buf.copy_(v[rows.start:rows.stop:rows.step])
         else:
             index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             take = lambda v, buf: torch.index_select(v, 0, index, out=buf)

@@ -9,11 +9,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..exceptions import DataWarning
-from .hashing import (_content_hash, _content_key, _mix, _seed_bits, _value_hashes,  # noqa: F401
-                      row_hash)  # (_mix, _content_key: the folds' hashing, imported from here)
+# (row_hash and _mix are imported from here by other modules)
+from .hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_hash
 from .params import MAX_FOLDS
 
 __all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
@@ -21,16 +20,18 @@ __all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
-    """``np.lexsort((outcome, key, stratum))``, by one torch sort of the stratum in the high
-    bits and the key's leading bits below it (several times faster); equal packed values
+    """``np.lexsort((outcome, key, stratum))``, by one sort of the stratum in the high bits
+    and the key's leading bits below it (several times faster; numpy's vectorised argsort:
+    ~4x torch's here). Distinct packed values have one order, stable or not; equal ones
     (duplicated rows, or keys that agree in their leading bits) fall back to the lexsort."""
     n_bits = max(int(stratum.max()).bit_length() if len(stratum) else 0, 1)
-    packed = torch.from_numpy(stratum.astype(np.int64)) << (63 - n_bits)
-    packed |= torch.from_numpy((key >> np.uint64(n_bits + 1)).view(np.int64))
-    values, order = torch.sort(packed)
+    packed = stratum.astype(np.int64) << np.int64(63 - n_bits)
+    packed |= (key >> np.uint64(n_bits + 1)).view(np.int64)
+    order = np.argsort(packed)
+    values = packed[order]
     if bool((values[1:] == values[:-1]).any()):
         return np.lexsort((outcome, key, stratum))
-    return order.numpy()
+    return order
 
 
 def unit_key(units) -> np.ndarray:

@@ -111,8 +111,11 @@ def make_layout(cells: np.ndarray, n_cells: int, block_size: int | None = None,
     """
     cells = np.asarray(cells, dtype=np.int64)
     n = len(cells)
-    if order is None:  # torch's stable sort: several times faster than numpy's on int64
-        order = torch.sort(read_only_tensor(cells), stable=True).indices.numpy()
+    if order is None:  # stable: rows keep their order within a cell
+        if n_cells <= 1 << 16:  # numpy's radix sort of 16-bit keys: ~5x torch's sort here
+            order = np.argsort(cells.astype(np.uint16), kind="stable")
+        else:  # torch's stable sort: several times faster than numpy's on int64
+            order = torch.sort(read_only_tensor(cells), stable=True).indices.numpy()
     counts = np.bincount(cells, minlength=n_cells)
     if block_size is None:
         block_size = block_size_for(counts)
@@ -158,6 +161,8 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
     so no (n, d) matrix exists beside the padded one; it is on the CPU, the layout's device
     receives the chunks; its ``release()`` frees its buffers once the design is padded)."""
     n_blocks, B = layout.rows.shape
+    if not torch.is_tensor(X) and layout.rows.device.type == "cpu" and X.matrix() is not None:
+        X = X.matrix()  # the source's rows formed once (standardised): gathered as a matrix
     source = not torch.is_tensor(X)
     d = X.shape[1]
     dtype = resolve_dtype(str(X.dtype)) if source else X.dtype
