@@ -4,7 +4,8 @@
 name) for the duration of a ``with`` block. Each wrapped call is bracketed by
 ``torch.cuda.synchronize()`` when CUDA is in use, so queued device work is charged to the
 phase that queued it. Times are exclusive: a phase nested in another (the layout inside the
-nuisance fits) is not counted twice; "nuisance fits (device)" is what remains of the fits.
+nuisance fits) is not counted twice; "nuisance fits (device)" is what remains of the fits
+outside the GLM solver.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ PHASES = {
                ("causalrec.glm.layout", "pad"), ("causalrec.glm.layout", "unpad")],
     "host-device transfers": [("causalrec.glm.layout", "read_only_tensor")],
     "nuisance fits (device)": [("causalrec.estimate.nuisance", "cross_fit")],
+    # the solver's passes and factorisations: the compute floor of the fits (nested in the
+    # nuisance fits, whose phase keeps the rest: predictions, blocked outcomes, bookkeeping)
+    "GLM solver": [("causalrec.glm.solver", "fit_glm")],
     "effects table": [("causalrec.estimate.scores", "effects_table")],
 }
 
