@@ -204,22 +204,29 @@ class DesignRows:
         self._local = threading.local()  # reused buffers per thread (shards gather at once)
         self._matrix, self._lock = None, threading.Lock()
 
-    def fill(self) -> np.ndarray:
-        """Every row, as a new C-order (n, d) array (written a chunk of rows at a time)."""
-        X = np.empty(self.shape, dtype=self.dtype)
-        for a in range(0, len(X), _ROWS):
-            self.gather_into(slice(a, a + _ROWS), X[a:a + _ROWS])
-        return X
+    def fill(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Every row, written a chunk of rows at a time into ``out`` (n, d) (a new C-order
+        array when None)."""
+        out = np.empty(self.shape, dtype=self.dtype) if out is None else out
+        for a in range(0, len(out), _ROWS):
+            self.gather_into(slice(a, a + _ROWS), out[a:a + _ROWS])
+        return out
 
     def matrix(self) -> torch.Tensor | None:
-        """Every row as one C-order (n, d) tensor, formed at the first call and kept, when
-        it takes at most ``MATERIALISE_BYTES``; else None. A padding gathers rows in cell
-        order, i.e. at random: from the matrix a row is d contiguous values, from the
-        frame one value of each of d columns (~3x slower), and every padding (3 per
+        """Every row as one C-order (n, 1 + d) tensor, the intercept column (ones) first as
+        in the GLM's padded design, formed at the first call and kept, when it takes at most
+        ``MATERIALISE_BYTES``; else None. A padding gathers rows in cell order, i.e. at
+        random: from the matrix a row is one contiguous run copied straight into its block,
+        from the frame one value of each of d columns (~3x slower), and every padding (3 per
         cross-fitting split) would standardise the same rows again."""
         with self._lock:  # shards pad at once, from threads
-            if self._matrix is None and np.prod(self.shape) * self.dtype.itemsize <= MATERIALISE_BYTES:
-                self._matrix = torch.from_numpy(self.fill())
+            n, d = self.shape
+            if self._matrix is None and n * (d + 1) * self.dtype.itemsize <= MATERIALISE_BYTES:
+                matrix = np.empty((n, d + 1), dtype=self.dtype)
+                matrix[:, 0] = 1.0
+                self.fill(matrix[:, 1:])
+                self.release()
+                self._matrix = torch.from_numpy(matrix)
             return self._matrix
 
     def _buffers(self, m: int):

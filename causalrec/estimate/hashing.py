@@ -166,8 +166,20 @@ def _value_bits_into(col: pd.Series, out: np.ndarray) -> np.ndarray:
         return _value_bits(col)
     values = col.to_numpy()
     for a in range(0, len(values), CHUNK):
-        out[a:a + CHUNK] = _canonical_bits(values[a:a + CHUNK]).view(np.uint64)
+        out[a:a + CHUNK] = _float_bits(values[a:a + CHUNK]).view(np.uint64)
     return out
+
+
+def _float_bits(v: np.ndarray) -> np.ndarray:
+    """``_canonical_bits`` of floats in fewer passes when no value equals its rounding (no
+    integral or infinite value: the usual continuous column); else that function."""
+    if (v == np.round(v)).any():
+        return _canonical_bits(v)
+    bits = v.astype(np.float64).view(np.int64)
+    nan = np.isnan(v)
+    if nan.any():
+        bits[nan] = np.array(np.nan).view(np.int64)
+    return bits
 
 
 def _content_hash(df: pd.DataFrame, columns: list[str], segment: np.ndarray) -> np.ndarray:

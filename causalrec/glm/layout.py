@@ -159,11 +159,13 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
     X is an (n, d) tensor or a row source (``causalrec.estimate.design.DesignRows``: its
     ``gather_into(rows, out)`` writes design rows, e.g. read straight from a frame's columns,
     so no (n, d) matrix exists beside the padded one; it is on the CPU, the layout's device
-    receives the chunks; its ``release()`` frees its buffers once the design is padded)."""
+    receives the chunks; its ``release()`` frees its buffers once the design is padded; its
+    ``matrix()``, when not None, holds its rows with the intercept, gathered as they are)."""
     n_blocks, B = layout.rows.shape
-    if not torch.is_tensor(X) and layout.rows.device.type == "cpu" and X.matrix() is not None:
-        X = X.matrix()  # the source's rows formed once (standardised): gathered as a matrix
     source = not torch.is_tensor(X)
+    # a source's rows formed once, intercept first (``DesignRows.matrix``): whole rows are
+    # gathered straight into the blocks
+    matrix = X.matrix() if source and layout.rows.device.type == "cpu" else None
     d = X.shape[1]
     dtype = resolve_dtype(str(X.dtype)) if source else X.dtype
     device = layout.rows.device if source else X.device
@@ -181,7 +183,11 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
         padding = (rows < 0).unsqueeze(-1)
         chunk = Xb[a:a + step]
         rows_of_X = rows.clamp(min=0).reshape(-1)
-        if source:
+        if matrix is not None:
+            if index is not None:
+                rows_of_X = torch.from_numpy(index[rows_of_X.numpy()])
+            torch.index_select(matrix, 0, rows_of_X, out=chunk.view(-1, d + 1))
+        elif source:
             rows_of_X = rows_of_X.cpu().numpy()
             if index is not None:
                 rows_of_X = index[rows_of_X]
@@ -197,7 +203,8 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
             if center is not None:
                 gathered.sub_(center).mul_(scale)
             chunk[..., 1:] = gathered.view(rows.shape + (d,))
-        chunk[..., 0] = 1.0
+        if matrix is None:
+            chunk[..., 0] = 1.0
         chunk.masked_fill_(padding, 0.0)
     if source:
         X.release()
