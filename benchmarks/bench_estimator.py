@@ -47,15 +47,18 @@ def generate(n_items: int, n_rows: int, d: int, seed: int = 0):
     return df, truth, [f"x{j}" for j in range(d)]
 
 
+CLOCK = [time.perf_counter]  # --clock cpu: time.process_time
+
+
 def run_ours(df, confounders, device, dtype, nuisance="pooled", n_repeats="auto"):
     import causalrec as cr
-    start = time.perf_counter()
+    start = CLOCK[0]()
     effects = cr.estimate_item_effects(df, item="item", treatment="t", outcome="y",
                                        confounders=confounders, device=device, dtype=dtype,
                                        nuisance=nuisance, n_repeats=n_repeats)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
-    return effects.set_index("item"), time.perf_counter() - start
+    return effects.set_index("item"), CLOCK[0]() - start
 
 
 def run_econml(df, confounders, items):
@@ -63,7 +66,7 @@ def run_econml(df, confounders, items):
     from sklearn.linear_model import LogisticRegression
     estimates = {}
     warnings.simplefilter("ignore")  # EconML warns about y's shape on every fit
-    start = time.perf_counter()
+    start = CLOCK[0]()
     for k in items:
         rows = df[df["item"] == k]
         learner = LinearDRLearner(model_propensity=LogisticRegression(max_iter=1000),
@@ -73,7 +76,7 @@ def run_econml(df, confounders, items):
         learner.fit(rows["y"].to_numpy(), rows["t"].to_numpy(), X=None,
                     W=rows[confounders].to_numpy())
         estimates[k] = float(np.ravel(learner.ate())[0])
-    return pd.Series(estimates), time.perf_counter() - start
+    return pd.Series(estimates), CLOCK[0]() - start
 
 
 def _status_gb(field: str, pid="self") -> float:
@@ -129,11 +132,9 @@ def time_device(df, truth, confounders, device, args):
         result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if args.profile:
         from profile_phases import phase_timer
-        clock = time.process_time if args.profile_clock == "cpu" else time.perf_counter
-        with phase_timer(clock) as phases:
-            start = clock()
-            run_ours(df, confounders, device, args.dtype, args.nuisance, args.n_repeats)
-            profiled = clock() - start
+        with phase_timer(CLOCK[0]) as phases:
+            _, profiled = run_ours(df, confounders, device, args.dtype, args.nuisance,
+                                   args.n_repeats)
         phases["other"] = profiled - sum(phases.values())
         result["profile_seconds"] = round(profiled, 2)
         result["phases"] = {name: round(value, 3) for name, value in phases.items()}
@@ -160,14 +161,17 @@ def main(argv=None):
     parser.add_argument("--nuisance", default="pooled", help="pooled or per_item")
     parser.add_argument("--n-repeats", default="auto", type=lambda v: v if v == "auto" else int(v),
                         help="cross-fitting splits (the estimator's n_repeats; default auto)")
-    parser.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
-                        help="--profile's clock: wall seconds, or CPU seconds of the process "
-                             "(steadier on a shared machine; with OMP_NUM_THREADS=1)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time both sides (and --profile's phases) in wall seconds, or in "
+                             "CPU seconds of the process: on a loaded shared machine the "
+                             "steadier number, comparable when both sides run one thread "
+                             "(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)")
     parser.add_argument("--memory", action="store_true",
                         help="only one estimator call, no warm-up: its peak RSS over the "
                              "frame's size (memory_usage(deep=True))")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
 
     df, truth, confounders = generate(args.items, args.rows, args.d)
     if args.memory:
@@ -176,7 +180,7 @@ def main(argv=None):
         return
     result = dict(machine=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
                   items=args.items, rows=args.rows, d=args.d, repeats=args.repeats,
-                  n_repeats=args.n_repeats)
+                  n_repeats=args.n_repeats, clock=args.clock)
     effects, seconds, timed = time_device(df, truth, confounders, args.device, args)
     result.update(timed)
     # the same data on other devices, in this process (e.g. CUDA against CPU)
