@@ -27,7 +27,6 @@ _ROWS = 16384  # rows per chunk while filling X: a few MB of float64, cache-size
 # design rows kept as one matrix up to this size (``DesignRows.matrix``): 1M rows x 64
 # float32 columns take 0.26 GB; a 10M-row log stays on the frame's columns (memory, issue 15)
 MATERIALISE_BYTES = 2**30
-_PIECE = 4096  # rows gathered at a time: the (d, rows) float64 block in cache (2 MB at d=64)
 SAMPLE = 20_000  # values of a column read by the checks that need only a strided sample
 
 
@@ -217,7 +216,7 @@ class DesignRows:
         in the GLM's padded design, formed at the first call and kept, when it takes at most
         ``MATERIALISE_BYTES``; else None. A padding gathers rows in cell order, i.e. at
         random: from the matrix a row is one contiguous run copied straight into its block,
-        from the frame one value of each of d columns (~3x slower), and every padding (3 per
+        from the frame one value of each of d columns (~5x slower), and every padding (3 per
         cross-fitting split) would standardise the same rows again."""
         with self._lock:  # shards pad at once, from threads
             n, d = self.shape
@@ -243,16 +242,10 @@ class DesignRows:
         self._local.__dict__.pop("buffers", None)
 
     def gather_into(self, rows, out: np.ndarray) -> None:
+        m = len(out)
+        block, f32, codes = self._buffers(m)
         if isinstance(rows, slice):
-            rows = range(self.shape[0])[rows]
-        for a in range(0, len(out), _PIECE):  # the (d, piece) float64 block stays in cache
-            piece = slice(a, a + _PIECE)
-            self._gather_piece(rows[piece], out[piece])
-
-    def _gather_piece(self, rows, out: np.ndarray) -> None:
-        block, f32, codes = self._buffers(len(out))
-        if isinstance(rows, range):
-            take = lambda v, buf: buf.copy_(v[rows.start:rows.stop:rows.step])
+            take = lambda v, buf: buf.copy_(v[rows])
         else:
             index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             take = lambda v, buf: torch.index_select(v, 0, index, out=buf)
