@@ -244,6 +244,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         # and the effects table read the same copies; the whole-log item ids are freed)
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
+        assigner = None  # its row hashes (32 bytes a row) are not kept beside the fits
         seg, t, y = in_use(seg), in_use(t), in_use(y)
         # the fits see a continuous outcome centred and scaled in float64 (float32 cannot
         # hold y + 1e8); their predictions come back in the outcome's units (scaling.py)
