@@ -11,6 +11,7 @@ import torch
 
 import causalrec as cr
 import causalrec.estimate.design as design_module
+import causalrec.estimate.design_rows as design_rows
 from causalrec.estimate.design import DesignSpec, build_design
 from causalrec.estimate.nuisance import cross_fit
 from causalrec.glm import SegmentGLM
@@ -231,7 +232,7 @@ def design_source(request, monkeypatch):
     """Design rows gathered from the frame's columns (a log above the size limit) or from
     the standardised matrix ``DesignRows.matrix`` forms once (the default below it)."""
     if request.param == "frame":
-        monkeypatch.setattr(design_module, "MATERIALISE_BYTES", 0)
+        monkeypatch.setattr(design_rows, "MATERIALISE_BYTES", 0)
     return request.param
 
 

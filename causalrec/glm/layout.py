@@ -156,7 +156,7 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
     the columns are standardised on the way, as ``(x - center) * scale``. ``index`` maps the
     layout's rows to rows of X (a subset of X's rows, without copying X).
 
-    X is an (n, d) tensor or a row source (``causalrec.estimate.design.DesignRows``: its
+    X is an (n, d) tensor or a row source (``causalrec.estimate.design_rows.DesignRows``: its
     ``gather_into(rows, out)`` writes design rows, e.g. read straight from a frame's columns,
     so no (n, d) matrix exists beside the padded one; it is on the CPU, the layout's device
     receives the chunks; its ``release()`` frees its buffers once the design is padded; its
