@@ -47,15 +47,18 @@ def generate(n_items: int, n_rows: int, d: int, seed: int = 0):
     return df, truth, [f"x{j}" for j in range(d)]
 
 
-def run_ours(df, confounders, device, dtype, nuisance="pooled"):
+CLOCK = [time.perf_counter]  # --clock cpu: time.process_time
+
+
+def run_ours(df, confounders, device, dtype, nuisance="pooled", n_repeats="auto"):
     import causalrec as cr
-    start = time.perf_counter()
+    start = CLOCK[0]()
     effects = cr.estimate_item_effects(df, item="item", treatment="t", outcome="y",
                                        confounders=confounders, device=device, dtype=dtype,
-                                       nuisance=nuisance)
+                                       nuisance=nuisance, n_repeats=n_repeats)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
-    return effects.set_index("item"), time.perf_counter() - start
+    return effects.set_index("item"), CLOCK[0]() - start
 
 
 def run_econml(df, confounders, items):
@@ -63,7 +66,7 @@ def run_econml(df, confounders, items):
     from sklearn.linear_model import LogisticRegression
     estimates = {}
     warnings.simplefilter("ignore")  # EconML warns about y's shape on every fit
-    start = time.perf_counter()
+    start = CLOCK[0]()
     for k in items:
         rows = df[df["item"] == k]
         learner = LinearDRLearner(model_propensity=LogisticRegression(max_iter=1000),
@@ -73,7 +76,7 @@ def run_econml(df, confounders, items):
         learner.fit(rows["y"].to_numpy(), rows["t"].to_numpy(), X=None,
                     W=rows[confounders].to_numpy())
         estimates[k] = float(np.ravel(learner.ate())[0])
-    return pd.Series(estimates), time.perf_counter() - start
+    return pd.Series(estimates), CLOCK[0]() - start
 
 
 def _status_gb(field: str, pid="self") -> float:
@@ -99,7 +102,7 @@ def memory(df, confounders, args) -> dict:
     """Peak RSS of one estimator call against the frame's own size (issue 15)."""
     frame_gb = df.memory_usage(deep=True).sum() / 2**30
     (effects, seconds), peak, before = peak_rss_of_call(
-        lambda: run_ours(df, confounders, args.device, args.dtype, args.nuisance))
+        lambda: run_ours(df, confounders, args.device, args.dtype, args.nuisance, args.n_repeats))
     return dict(nuisance=args.nuisance, frame_gb=round(frame_gb, 3), rss_before_gb=round(before, 3),
                 peak_rss_gb=round(peak, 3), peak_over_frame=round(peak / frame_gb, 2),
                 seconds=round(seconds, 1), items_ok=int((effects["status"] == "ok").sum()),
@@ -117,7 +120,7 @@ def time_device(df, truth, confounders, device, args):
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    runs = [run_ours(df, confounders, device, args.dtype, args.nuisance)
+    runs = [run_ours(df, confounders, device, args.dtype, args.nuisance, args.n_repeats)
             for _ in range(args.repeats)]
     effects, seconds = runs[0][0], min(r[1] for r in runs)
     ok = effects[effects["status"] == "ok"]
@@ -129,8 +132,9 @@ def time_device(df, truth, confounders, device, args):
         result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if args.profile:
         from profile_phases import phase_timer
-        with phase_timer() as phases:
-            _, profiled = run_ours(df, confounders, device, args.dtype)
+        with phase_timer(CLOCK[0]) as phases:
+            _, profiled = run_ours(df, confounders, device, args.dtype, args.nuisance,
+                                   args.n_repeats)
         phases["other"] = profiled - sum(phases.values())
         result["profile_seconds"] = round(profiled, 2)
         result["phases"] = {name: round(value, 3) for name, value in phases.items()}
@@ -155,11 +159,19 @@ def main(argv=None):
                         help="one more run, timed by phase (validation, design spec, fold "
                              "hashing, layout, transfers, device fits; see profile_phases.py)")
     parser.add_argument("--nuisance", default="pooled", help="pooled or per_item")
+    parser.add_argument("--n-repeats", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help="cross-fitting splits (the estimator's n_repeats; default auto)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time both sides (and --profile's phases) in wall seconds, or in "
+                             "CPU seconds of the process: on a loaded shared machine the "
+                             "steadier number, comparable when both sides run one thread "
+                             "(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)")
     parser.add_argument("--memory", action="store_true",
                         help="only one estimator call, no warm-up: its peak RSS over the "
                              "frame's size (memory_usage(deep=True))")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
 
     df, truth, confounders = generate(args.items, args.rows, args.d)
     if args.memory:
@@ -167,7 +179,8 @@ def main(argv=None):
         print(json.dumps(result))
         return
     result = dict(machine=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-                  items=args.items, rows=args.rows, d=args.d, repeats=args.repeats)
+                  items=args.items, rows=args.rows, d=args.d, repeats=args.repeats,
+                  n_repeats=args.n_repeats, clock=args.clock)
     effects, seconds, timed = time_device(df, truth, confounders, args.device, args)
     result.update(timed)
     # the same data on other devices, in this process (e.g. CUDA against CPU)

@@ -11,6 +11,7 @@ import torch
 
 import causalrec as cr
 import causalrec.estimate.design as design_module
+import causalrec.estimate.design_rows as design_rows
 from causalrec.estimate.design import DesignSpec, build_design
 from causalrec.estimate.nuisance import cross_fit
 from causalrec.glm import SegmentGLM
@@ -188,7 +189,7 @@ def _reference_moments(v):
 
 
 @pytest.mark.parametrize("case", ["normal32", "sorted", "reversed", "strided_tail", "ties",
-                                  "heavy", "outlier", "tiny"])
+                                  "heavy", "outlier", "tiny", "rare_flag", "spikes"])
 def test_robust_moments_equal_the_whole_column_partition(case):
     rng = np.random.default_rng(3)
     n = 50_003
@@ -201,8 +202,12 @@ def test_robust_moments_equal_the_whole_column_partition(case):
          "ties": np.round(rng.standard_normal(n)).astype(np.float32),
          "heavy": rng.standard_cauchy(n),
          "outlier": np.r_[rng.standard_normal(n - 1), 1e9],
-         "tiny": rng.standard_normal(150)}[case]
-    assert design_module._robust_moments(v) == _reference_moments(v)  # bit for bit
+         "tiny": rng.standard_normal(150),
+         # winsorised std 0 (plain moments kept), and a few spikes near the 2x inflation
+         "rare_flag": (rng.random(n) < 0.005).astype(np.float32),
+         "spikes": np.where(rng.random(n) < 0.004, 30.0, 1.0) * rng.standard_normal(n)}[case]
+    with np.errstate(invalid="ignore"):  # the reference's 0 / 0 of an all-zero winsorised flag
+        assert design_module._robust_moments(v) == _reference_moments(v)  # bit for bit
 
 
 def test_design_rows_gather_any_rows_as_the_transform_writes_them(sim_df):
@@ -222,7 +227,29 @@ def test_design_rows_gather_any_rows_as_the_transform_writes_them(sim_df):
     np.testing.assert_array_equal(out, spec.transform(log, dtype=np.float64, standardise=False).X[rows])
 
 
-def test_padded_design_from_the_frame_equals_the_padded_matrix(sim_df):
+@pytest.fixture(params=["frame", "matrix"])
+def design_source(request, monkeypatch):
+    """Design rows gathered from the frame's columns (a log above the size limit) or from
+    the standardised matrix ``DesignRows.matrix`` forms once (the default below it)."""
+    if request.param == "frame":
+        monkeypatch.setattr(design_rows, "MATERIALISE_BYTES", 0)
+    return request.param
+
+
+def test_design_rows_form_their_matrix_only_within_the_size_limit(sim_df, design_source):
+    log = cr.InteractionLog(sim_df, **ROLES)
+    spec = DesignSpec.from_log(log)
+    source = spec.rows(log, dtype=np.float32)
+    matrix = source.matrix()
+    if design_source == "frame":
+        assert matrix is None
+    else:
+        assert matrix is source.matrix()  # formed once, kept
+        np.testing.assert_array_equal(matrix[:, 1:].numpy(), spec.transform(log).X)
+        assert bool((matrix[:, 0] == 1).all())  # the intercept column, as padded designs hold it
+
+
+def test_padded_design_from_the_frame_equals_the_padded_matrix(sim_df, design_source):
     log = cr.InteractionLog(sim_df, **ROLES)
     spec = DesignSpec.from_log(log)
     rng = np.random.default_rng(5)
@@ -237,7 +264,7 @@ def test_padded_design_from_the_frame_equals_the_padded_matrix(sim_df):
 
 
 @pytest.mark.parametrize("n_folds", [1, 2, 3])
-def test_cross_fit_from_the_frame_equals_the_fit_on_the_matrix(sim_df, n_folds):
+def test_cross_fit_from_the_frame_equals_the_fit_on_the_matrix(sim_df, n_folds, design_source):
     """One fold set's padded design at a time, read from the frame: the same predictions, bit
     for bit, as the fit on the standardised design matrix."""
     log = cr.InteractionLog(sim_df, **ROLES)

@@ -6,17 +6,15 @@ rows that are fitted, and applied to the whole frame or to any shard of its rows
 """
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..exceptions import DataWarning
-from ..glm.layout import read_only_tensor
 from ..schema import InteractionLog
+from .design_rows import DesignRows
 from .precision import SAMPLE, warn_float32_precision
 
 __all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "segment_ids"]
@@ -24,7 +22,6 @@ __all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "segment_ids"]
 OTHER, MISSING = "__other__", "__missing__"
 _TAIL = 0.01  # share of rows winsorised at each end for the robust moments
 _INFLATION = 2.0  # plain std above this multiple of the winsorised one: outliers, use robust
-_ROWS = 16384  # rows per chunk while filling X: a few MB of float64, cache-sized
 
 
 @dataclass
@@ -156,10 +153,7 @@ class DesignSpec:
                   standardise: bool = True) -> Design:
         """Design rows of ``data`` (an InteractionLog or a frame with the spec's columns):
         each output row depends only on its input row, so shards concatenate to the whole."""
-        source = self.rows(data, extra, dtype=dtype, standardise=standardise)
-        X = np.empty(source.shape, dtype=dtype)
-        for a in range(0, len(X), _ROWS):  # row chunks: X is written in C order once
-            source.gather_into(slice(a, a + _ROWS), X[a:a + _ROWS])
+        X = self.rows(data, extra, dtype=dtype, standardise=standardise).fill()
         return Design(X, list(self.columns), list(self.dropped), self.center.copy(),
                       self.scale.copy(), standardise, self.exponent.copy())
 
@@ -180,60 +174,6 @@ class DesignSpec:
             source[name] = _numeric_column(extra[col])
         return DesignRows([source[name] for name in self.columns], self.center, self.scale,
                           len(df), np.dtype(dtype), standardise, self.exponent)
-
-
-class DesignRows:
-    """Design rows read from a frame's columns on demand: ``gather_into(rows, out)`` writes
-    the rows ``rows`` (positions or a slice) standardised, ``(x 2^exponent - center) * scale``
-    computed in float64 before the cast to ``dtype`` (1e12 + x keeps its x), into ``out`` (m, d).
-    Columns are gathered one at a time into a (d, m) block (torch's ``index_select`` into
-    reused buffers: ~1.5x numpy's take here), written to ``out`` in one transposing copy."""
-
-    def __init__(self, sources, center, scale, n_rows, dtype, standardise=True, exponent=None):
-        as_tensor = lambda v: read_only_tensor(v if v.dtype.kind == "f" else np.asarray(v, dtype=np.int64))
-        self.sources = [(as_tensor(v[0]), int(v[1])) if isinstance(v, tuple) else as_tensor(v)
-                        for v in sources]
-        self.center = torch.as_tensor(center, dtype=torch.float64)[:, None]
-        self.scale = torch.as_tensor(scale, dtype=torch.float64)[:, None]
-        self.shape, self.dtype, self.standardise = (n_rows, len(sources)), dtype, standardise
-        # columns rescaled by a power of two, as two exact float64 factors (2^1074 overflows)
-        self.rescale = [(j, 2.0 ** (int(k) // 2), 2.0 ** (int(k) - int(k) // 2))
-                        for j, k in enumerate(np.zeros(0) if exponent is None else exponent) if k]
-        self._local = threading.local()  # reused buffers per thread (shards gather at once)
-
-    def _buffers(self, m: int):
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None or buffers[0].shape[1] < m:
-            buffers = self._local.buffers = (
-                torch.empty((len(self.sources), m), dtype=torch.float64),
-                torch.empty(m, dtype=torch.float32), torch.empty(m, dtype=torch.int64))
-        return [b[..., :m] for b in buffers]
-
-    def release(self) -> None:
-        """Free this thread's gather buffers (a padding is done; the next gather makes new
-        ones): ~33 MB of float64 at d=64 that would otherwise stay beside the fits."""
-        self._local.__dict__.pop("buffers", None)
-
-    def gather_into(self, rows, out: np.ndarray) -> None:
-        m = len(out)
-        block, f32, codes = self._buffers(m)
-        if isinstance(rows, slice):
-            take = lambda v, buf: buf.copy_(v[rows])
-        else:
-            index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-            take = lambda v, buf: torch.index_select(v, 0, index, out=buf)
-        for j, values in enumerate(self.sources):
-            if isinstance(values, tuple):  # a level of a categorical: its codes and the level
-                block[j] = take(values[0], codes) == values[1]
-            elif values.dtype == torch.float64:
-                take(values, block[j])
-            else:
-                block[j] = take(values, f32)
-        for j, half, rest in self.rescale:
-            block[j].mul_(half).mul_(rest)
-        if self.standardise:
-            block.sub_(self.center).mul_(self.scale)
-        torch.from_numpy(out).copy_(block.T)
 
 
 def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
@@ -299,11 +239,25 @@ def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None, int]:
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
         return choose_moments(len(v), lo, hi, None, None)
     ranks = tail_ranks(len(v))
-    winsorised = None
+    plain, winsorised = _mean_std(v, max(abs(lo), abs(hi))), None
     if ranks is not None:
         low, high = _order_statistics(v, ranks)
-        winsorised = _mean_std(np.clip(v, low, high), max(abs(float(low)), abs(float(high))))
-    return choose_moments(len(v), lo, hi, _mean_std(v, max(abs(lo), abs(hi))), winsorised)
+        if _winsorising_may_matter(v, low, high, plain[1]):
+            winsorised = _mean_std(np.clip(v, low, high), max(abs(float(low)), abs(float(high))))
+    return choose_moments(len(v), lo, hi, plain, winsorised)
+
+
+def _winsorising_may_matter(v: np.ndarray, low, high, std: float) -> bool:
+    """False when the winsorised std provably stays above std / ``_INFLATION``, so that
+    ``choose_moments`` keeps the plain moments whatever its value (the same choice without
+    forming it: two float64 passes over the column saved). Winsorising moves only the tail
+    values, by D = v - clip(v), and std(clip(v)) >= std(v) - sqrt(mean(D^2)) (Minkowski's
+    inequality); the 1e-6 margin covers the rounding of both stds."""
+    below = np.asarray(v[v < low], dtype=np.float64)
+    above = np.asarray(v[v > high], dtype=np.float64)
+    excess = np.sqrt((np.sum(np.square(float(low) - below)) + np.sum(np.square(above - float(high))))
+                     / len(v))
+    return not excess <= (1 - 1 / _INFLATION) * std * (1 - 1e-6)
 
 
 def tail_ranks(n: int) -> tuple[int, int] | None:

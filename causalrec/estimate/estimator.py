@@ -11,7 +11,7 @@ from ..glm import SegmentGLM
 from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, resolve_dtype
 from ..schema import InteractionLog, SchemaError
 from .design import DesignSpec, segment_ids
-from .folds import assign_folds, check_folds, narrow_codes, unit_key, warn_unit_like
+from .folds import FoldAssigner, check_folds, narrow_codes, unit_key, warn_unit_like
 from .nuisance import (MODEL_NAMES, cross_fit, cross_fit_tuned, pack_shards, tunes_shared_penalty,
                        warn_unconverged)
 from .params import PARAMETER_CONSTRAINTS
@@ -236,9 +236,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         unit = None if log.unit is None else df[log.unit]
         if folds is None:
             warn_unit_like(log, seg)
-        fold_of = lambda seed: assign_folds(df, content, seg, t, y, self.n_folds, seed,
-                                            item_columns=keys, warn_duplicates=seed == self.seed,
-                                            unit=unit)
+        # the rows' seed-free hashes once, for every repeat's seed
+        assigner = FoldAssigner(df, content, seg, t, y, self.n_folds, item_columns=keys, unit=unit)
+        fold_of = lambda seed: assigner(seed, warn_duplicates=seed == self.seed)
         n_repeats = self._n_repeats(n_use, folds_given=folds is not None)
         folds = narrow_codes(fold_of(self.seed) if folds is None
                              else check_folds(folds, len(df), self.n_folds), self.n_folds)
@@ -246,6 +246,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         # and the effects table read the same copies; the whole-log item ids are freed)
         split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
                                          for r in range(1, n_repeats)]
+        assigner = None  # its row hashes (32 bytes a row) are not kept beside the fits
         seg, t, y = in_use(seg), in_use(t), in_use(y)
         # the fits see a continuous outcome centred and scaled in float64 (float32 cannot
         # hold y + 1e8); their predictions come back in the outcome's units (scaling.py)

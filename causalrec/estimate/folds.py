@@ -9,65 +9,29 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..exceptions import DataWarning
-from ..utils.hashing import _canonical_bits, _canonical_object_hash, _column_entry, _mix, row_hash
+# (row_hash and _mix are imported from here by other modules)
+from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_hash
 from .params import MAX_FOLDS
 
-__all__ = ["MAX_FOLDS", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
+__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
            "unit_folds", "unit_key", "warn_unit_like"]
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
-    """``np.lexsort((outcome, key, stratum))``, by one torch sort of the stratum in the high
-    bits and the key's leading bits below it (several times faster); equal packed values
+    """``np.lexsort((outcome, key, stratum))``, by one sort of the stratum in the high bits
+    and the key's leading bits below it (several times faster; numpy's vectorised argsort:
+    ~4x torch's here). Distinct packed values have one order, stable or not; equal ones
     (duplicated rows, or keys that agree in their leading bits) fall back to the lexsort."""
     n_bits = max(int(stratum.max()).bit_length() if len(stratum) else 0, 1)
-    packed = torch.from_numpy(stratum.astype(np.int64)) << (63 - n_bits)
-    packed |= torch.from_numpy((key >> np.uint64(n_bits + 1)).view(np.int64))
-    values, order = torch.sort(packed)
+    packed = stratum.astype(np.int64) << np.int64(63 - n_bits)
+    packed |= (key >> np.uint64(n_bits + 1)).view(np.int64)
+    order = np.argsort(packed)
+    values = packed[order]
     if bool((values[1:] == values[:-1]).any()):
         return np.lexsort((outcome, key, stratum))
-    return order.numpy()
-
-
-def _seed_bits(seed: int) -> np.ndarray:
-    return _mix(np.full(1, seed, dtype=np.uint64))
-
-
-def _value_bits(col: pd.Series) -> np.ndarray:
-    """uint64 image of each value of a column, numbers by value whatever their dtype (not
-    yet mixed for numbers: ``_value_hashes`` mixes them)."""
-    if col.dtype == object:  # its numbers as a numeric column's
-        return _canonical_object_hash(col, mixed=False).view(np.uint64)
-    values, hashed = _column_entry(col, canonical=True)
-    return (values if hashed else _canonical_bits(values)).view(np.uint64)
-
-
-def _value_hashes(col: pd.Series) -> np.ndarray:
-    """uint64 hash of each value of a column, numbers by value whatever their dtype."""
-    return _mix(_value_bits(col))
-
-
-def _content_key(df: pd.DataFrame, columns: list[str], segment: np.ndarray, seed: int) -> np.ndarray:
-    """Seeded hash of each row's values in ``columns`` that depends neither on the columns'
-    names nor on their order. A column enters through its values only: each value is salted
-    by the column's signature in the row's segment (the wrapping sum of the column's value
-    images over the segment's rows: name-free, row-order free, and local to the segment, so
-    shards agree) and mixed, and the results are summed over the columns. Two columns with
-    the same values in a segment (up to row order) are exchangeable, so rows that swap
-    values between such columns share a key (and a fold): the price of names not
-    mattering, counted exactly where duplicates are counted."""
-    segment = np.asarray(segment, dtype=np.int64)
-    n_segments = int(segment.max()) + 1 if len(segment) else 0
-    acc = np.zeros(len(segment), dtype=np.uint64)
-    for column in dict.fromkeys(columns):
-        bits = _value_bits(df[column])
-        signature = np.zeros(n_segments, dtype=np.uint64)
-        np.add.at(signature, segment, bits)  # uint64: wraps, exact, order-free
-        acc += _mix(bits ^ _mix(signature)[segment])
-    return _mix(acc ^ _seed_bits(seed))
+    return order
 
 
 def unit_key(units) -> np.ndarray:
@@ -175,39 +139,74 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     swapping the treatment labels keeps every row in its fold. The offset comes from a hash
     of the ``item_columns`` values (in role order) when given (an item's folds then do not
     depend on which other items are in the log), else from the segment id. Cost: one hash
-    and one sort of the rows, whatever ``n_folds``.
+    and one sort of the rows, whatever ``n_folds``; ``FoldAssigner`` hashes once for
+    several seeds.
     """
-    n_folds = check_n_folds(n_folds)
-    if unit is not None:
-        return unit_folds(unit, n_folds, seed)
-    if n_folds == 1:
-        return np.zeros(len(df), dtype=np.int64)
-    outcome = np.asarray(outcome, dtype=np.float64)
-    key = _content_key(df, content, segment, seed)
-    stratum = np.asarray(segment, dtype=np.int64) * 2 + treatment  # narrow ids: no overflow
-    order = _stratum_order(stratum, key, outcome)
-    sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
-    new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
-    new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
-    group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
-    starts = np.flatnonzero(new_stratum)
-    rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
-    if warn_duplicates:  # equal content sorts by outcome: exact duplicates are neighbours
-        repeat = ~(new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]])
-        n_duplicates = _exact_duplicates(df, content, order, repeat, stratum, outcome)
-        if n_duplicates:
-            warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, confounders, "
-                          "treatment and outcome); each set of duplicates is kept in one "
-                          "cross-fitting fold", DataWarning, stacklevel=2)
-    if item_columns:
-        base = _mix(row_hash({c: df[c] for c in item_columns}, canonical=True)[order]
-                    ^ _seed_bits(seed + 1))
-    else:
-        base = segment[order].astype(np.uint64) + _seed_bits(seed + 1)
-    offset = _mix(base)
-    folds = np.empty(len(df), dtype=np.int64)
-    folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
-    return folds
+    return FoldAssigner(df, content, segment, treatment, outcome, n_folds,
+                        item_columns=item_columns, unit=unit)(seed, warn_duplicates)
+
+
+class FoldAssigner:
+    """``assign_folds`` of one log for any number of seeds (repeated cross-fitting): the
+    seed-free hashes of the rows' content, items and units are computed once, at the first
+    call; each seed then costs one mix of the rows' hashes, one sort and the deal."""
+
+    def __init__(self, df, content, segment, treatment, outcome, n_folds,
+                 item_columns=None, unit=None):
+        self.n_folds = check_n_folds(n_folds)
+        self.df, self.content, self.segment = df, content, segment
+        self.treatment, self.outcome = treatment, outcome
+        self.item_columns, self.unit = item_columns, unit
+        self._hashes = None
+
+    def _seed_free(self):
+        if self._hashes is None:
+            if self.unit is not None:
+                self._hashes = dict(unit=unit_key(self.unit))
+            else:
+                df, item_columns = self.df, self.item_columns
+                self._hashes = dict(
+                    content=_content_hash(df, self.content, self.segment),
+                    item=(row_hash({c: df[c] for c in item_columns}, canonical=True)
+                          if item_columns else None),
+                    stratum=np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment,
+                    outcome=np.asarray(self.outcome, dtype=np.float64))
+        return self._hashes
+
+    def __call__(self, seed: int, warn_duplicates: bool = True) -> np.ndarray:
+        n_folds, segment = self.n_folds, self.segment
+        if self.unit is not None:
+            key = self._seed_free()["unit"]
+            return np.zeros(len(key), dtype=np.int64) if n_folds == 1 \
+                else _fold_of_key(key, n_folds, seed)
+        if n_folds == 1:
+            return np.zeros(len(self.df), dtype=np.int64)
+        hashes = self._seed_free()
+        stratum, outcome = hashes["stratum"], hashes["outcome"]  # narrow ids: no overflow
+        key = _mix(hashes["content"] ^ _seed_bits(seed))
+        order = _stratum_order(stratum, key, outcome)
+        sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
+        new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
+        new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+        group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
+        starts = np.flatnonzero(new_stratum)
+        rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
+        if warn_duplicates:  # equal content sorts by outcome: exact duplicates are neighbours
+            repeat = ~(new_content | np.r_[True, sorted_y[1:] != sorted_y[:-1]])
+            n_duplicates = _exact_duplicates(self.df, self.content, order, repeat, stratum,
+                                             outcome)
+            if n_duplicates:
+                warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, "
+                              "confounders, treatment and outcome); each set of duplicates "
+                              "is kept in one cross-fitting fold", DataWarning, stacklevel=3)
+        if hashes["item"] is not None:
+            base = _mix(hashes["item"][order] ^ _seed_bits(seed + 1))
+        else:
+            base = segment[order].astype(np.uint64) + _seed_bits(seed + 1)
+        offset = _mix(base)
+        folds = np.empty(len(order), dtype=np.int64)
+        folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
+        return folds
 
 
 def _exact_duplicates(df, content, order, repeat, stratum, outcome) -> int:

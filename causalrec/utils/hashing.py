@@ -1,29 +1,51 @@
-"""Row and value hashes for seeded, reproducible splits (cross-fitting folds, held-out rows).
-
-Below ``causalrec.estimate`` and ``causalrec.nuisance``, which both draw their splits from
-these hashes.
-"""
+"""Seeded 64-bit row hashes for the cross-fitting folds (``folds.py``): pandas' row hash bit
+for bit, a canonical (dtype-free) variant, and the name-free content key. The hot loops run
+over cache-sized chunks into reused buffers: a pass over a fresh multi-MB array page-faults
+and streams memory, and a fold assignment makes about ten passes per confounder column."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .tensors import read_only_tensor
+
 __all__ = ["row_hash"]
 
 
-# ---- 64-bit hashing with in-place torch int64 ops: int64 arithmetic wraps like uint64, so
-# only the right shifts need a mask to be logical. ``row_hash`` equals
-# pandas.util.hash_pandas_object(df, index=False) bit for bit (or, with ``canonical=True``,
-# hashes numbers by value whatever their dtype), computed in cache-sized row chunks.
+# ``row_hash`` equals pandas.util.hash_pandas_object(df, index=False) bit for bit (or, with
+# ``canonical=True``, hashes numbers by value whatever their dtype), computed in cache-sized
+# row chunks with in-place torch int64 ops: int64 arithmetic wraps like uint64, so only the
+# right shifts need a mask to be logical (numpy's uint64 ufuncs elsewhere need none).
 def _as_int64(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
 
+# elements per chunk of the hashing passes: 256 KB of uint64, so a column's dozen steps run
+# in cache instead of streaming (and, for fresh arrays, page-faulting) the whole column each
+CHUNK = 1 << 15
+_MULTIPLIERS = ((30, np.uint64(0xBF58476D1CE4E5B9)), (27, np.uint64(0x94D049BB133111EB)),
+                (31, None))
+
+
+def _mix_into(x: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, in place on uint64 (wrapping products, logical shifts)."""
+    for shift, mult in _MULTIPLIERS:
+        np.right_shift(x, np.uint64(shift), out=tmp)
+        x ^= tmp
+        if mult is not None:
+            np.multiply(x, mult, out=x)
+    return x
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser of uint64 keys (a new array)."""
-    x = torch.from_numpy(np.ascontiguousarray(h, dtype=np.uint64).view(np.int64).copy())
-    return _mix_inplace(x, torch.empty_like(x)).numpy().view(np.uint64)
+    out = np.ascontiguousarray(h, dtype=np.uint64).copy()
+    tmp = np.empty(min(len(out), CHUNK), dtype=np.uint64)
+    for a in range(0, len(out), CHUNK):
+        part = out[a:a + CHUNK]
+        _mix_into(part, tmp[:len(part)])
+    return out
 
 
 def _mix_inplace(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
@@ -117,3 +139,78 @@ def row_hash(df, chunk_rows: int = 1 << 18, canonical: bool = False) -> np.ndarr
         acc += 97531
         out[start:stop] = acc.numpy().view(np.uint64)
     return out
+
+
+def _seed_bits(seed: int) -> np.ndarray:
+    return _mix(np.full(1, seed, dtype=np.uint64))
+
+
+def _value_bits(col: pd.Series) -> np.ndarray:
+    """uint64 image of each value of a column, numbers by value whatever their dtype (not
+    yet mixed for numbers: ``_value_hashes`` mixes them)."""
+    if col.dtype == object:  # its numbers as a numeric column's
+        return _canonical_object_hash(col, mixed=False).view(np.uint64)
+    values, hashed = _column_entry(col, canonical=True)
+    return (values if hashed else _canonical_bits(values)).view(np.uint64)
+
+
+def _value_hashes(col: pd.Series) -> np.ndarray:
+    """uint64 hash of each value of a column, numbers by value whatever their dtype."""
+    return _mix(_value_bits(col))
+
+
+def _value_bits_into(col: pd.Series, out: np.ndarray) -> np.ndarray:
+    """``_value_bits`` of a column (uint64), a float column's written chunk by chunk into
+    ``out`` (the same values: ``_canonical_bits`` of each chunk)."""
+    if not (isinstance(col.dtype, np.dtype) and col.dtype in (np.float32, np.float64)):
+        return _value_bits(col)
+    values = col.to_numpy()
+    for a in range(0, len(values), CHUNK):
+        out[a:a + CHUNK] = _float_bits(values[a:a + CHUNK]).view(np.uint64)
+    return out
+
+
+def _float_bits(v: np.ndarray) -> np.ndarray:
+    """``_canonical_bits`` of floats in fewer passes when no value equals its rounding (no
+    integral or infinite value: the usual continuous column); else that function."""
+    if (v == np.round(v)).any():
+        return _canonical_bits(v)
+    bits = v.astype(np.float64).view(np.int64)
+    nan = np.isnan(v)
+    if nan.any():
+        bits[nan] = np.array(np.nan).view(np.int64)
+    return bits
+
+
+def _content_hash(df: pd.DataFrame, columns: list[str], segment: np.ndarray) -> np.ndarray:
+    """The seed-free part of ``_content_key``: the sum over the columns of each value's
+    image salted by its column's signature in the row's segment, mixed (see there)."""
+    segment = np.asarray(segment, dtype=np.int64)
+    n, n_segments = len(segment), int(segment.max()) + 1 if len(segment) else 0
+    seg = torch.from_numpy(segment)
+    acc, buffer = np.zeros(n, dtype=np.uint64), np.empty(n, dtype=np.uint64)
+    x, tmp = (np.empty(min(n, CHUNK), dtype=np.uint64) for _ in range(2))
+    for column in dict.fromkeys(columns):
+        bits = _value_bits_into(df[column], buffer)
+        # int64 sums wrap like uint64 ones: exact, whatever the order of the rows
+        signature = torch.zeros(n_segments, dtype=torch.int64).index_add_(
+            0, seg, read_only_tensor(bits.view(np.int64)))
+        salt = _mix(signature.numpy().view(np.uint64))
+        for a in range(0, n, CHUNK):
+            part = np.take(salt, segment[a:a + CHUNK], out=x[:len(segment[a:a + CHUNK])],
+                           mode="clip")  # (valid ids; "raise" buffers)
+            part ^= bits[a:a + CHUNK]
+            acc[a:a + CHUNK] += _mix_into(part, tmp[:len(part)])
+    return acc
+
+
+def _content_key(df: pd.DataFrame, columns: list[str], segment: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded hash of each row's values in ``columns`` that depends neither on the columns'
+    names nor on their order. A column enters through its values only: each value is salted
+    by the column's signature in the row's segment (the wrapping sum of the column's value
+    images over the segment's rows: name-free, row-order free, and local to the segment, so
+    shards agree) and mixed, and the results are summed over the columns. Two columns with
+    the same values in a segment (up to row order) are exchangeable, so rows that swap
+    values between such columns share a key (and a fold): the price of names not
+    mattering, counted exactly where duplicates are counted."""
+    return _mix(_content_hash(df, columns, segment) ^ _seed_bits(seed))
