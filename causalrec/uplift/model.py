@@ -211,7 +211,11 @@ class UpliftModel(BaseEstimator):
         T = torch.eye(p, dtype=fit.coef.dtype, device=fit.coef.device).repeat(K, 1, 1)
         T[:, 0, 1:] = fit.m
         centred = (T @ self.coef_matrix_.unsqueeze(-1)).squeeze(-1).cpu().numpy()
-        se = torch.sqrt((T @ self.cov_ @ T.mT).diagonal(dim1=-2, dim2=-1).clamp(min=0)).cpu().numpy()
+        var = (T @ self.cov_ @ T.mT).diagonal(dim1=-2, dim2=-1)
+        # a variance within rounding of the item's largest one is zero (a slope fixed at 0):
+        # its square root would turn the rounding (of any summation order) into a visible se
+        noise = 64 * torch.finfo(var.dtype).eps * var.abs().amax(1, keepdim=True)
+        se = torch.sqrt(torch.where(var > noise, var, 0.0)).cpu().numpy()
         z = critical_value(self.alpha)
         terms = ["mean"] + list(self.encoder_.columns_)
         with np.errstate(invalid="ignore", divide="ignore"):
