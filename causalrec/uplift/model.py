@@ -71,7 +71,14 @@ class UpliftModel(BaseEstimator):
         se, ci_low, ci_high, p_value of the fitted (shrunk) model.
     shrinkage_ : chosen (mean, local, shared) penalties; cv_results_ : held-out DR loss per
         row for every triple of the grid (``chosen`` marks the minimum).
-    pseudo_outcome_ : per-row pseudo-outcomes (NaN on rows not used).
+    pseudo_outcome_ : per-row pseudo-outcomes (NaN on rows not used); after a Spark fit a
+        Spark DataFrame ``row_id, pseudo_outcome`` of the stage-1 fitted rows.
+    estimator_effects_ : the stage-1 per-item table.
+
+    On a Spark DataFrame (``fit(sdf, item=..., treatment=..., outcome=..., ...)``) the same
+    steps run with every row sum aggregated on Spark (``causalrec.spark.uplift``); the row
+    keys that draw the bootstrap weights are the pandas rows' positions, the ``row_id``
+    column on Spark.
     """
 
     _parameter_constraints = {
