@@ -28,14 +28,20 @@ from ..glm.layout import chunk_bytes
 __all__ = ["wald_bootstrap"]
 
 
+# singular values below this fraction of the largest are zero: a draw whose design lacks a
+# direction (a level absent from the resampled rows) then has the same rank whatever the
+# summation order of its sums (the default, ~n * eps, lets rounding decide the rank)
+RANK_RTOL = 1e-10
+
+
 def _wald(H, b, M, centre=None):
     """Slopes of the least-squares fits pinv(H) b, their HC0 sandwich V = H^-1 M H^-1 and the
     Wald statistic of (slopes - centre); returns (slopes, wald, rank of V)."""
-    H_inv = torch.linalg.pinv(H, hermitian=True)
+    H_inv = torch.linalg.pinv(H, rtol=RANK_RTOL, hermitian=True)
     slope = (H_inv @ b.unsqueeze(-1)).squeeze(-1)[..., 1:]
     V = (H_inv @ M @ H_inv)[..., 1:, 1:]
     dev = slope if centre is None else slope - centre
-    wald = (dev.unsqueeze(-2) @ torch.linalg.pinv(V, hermitian=True) @ dev.unsqueeze(-1)).flatten(-3)
+    wald = (dev.unsqueeze(-2) @ torch.linalg.pinv(V, rtol=RANK_RTOL, hermitian=True) @ dev.unsqueeze(-1)).flatten(-3)
     return slope, wald, V
 
 
@@ -61,7 +67,7 @@ def _fit(rows, cells, n_cells, device):
     at = rows.device  # where the blocks' sums are made (no backend in the closures)
     H, b = (torch.as_tensor(v).to(device) for v in rows.reduce(
         lambda blk: _moments(blk, *cells(blk), n_cells, at)))
-    coef = (torch.linalg.pinv(H, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1)
+    coef = (torch.linalg.pinv(H, rtol=RANK_RTOL, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1)
     coef_rows = coef.to(at)
     (M,) = (torch.as_tensor(v).to(device) for v in rows.reduce(
         lambda blk: _moments(blk, *cells(blk), n_cells, at, coef_rows)))
@@ -100,7 +106,7 @@ def wald_bootstrap(rows, n_items: int, n_draws: int, seed: int, device):
     observed = lambda blk: (np.ones(len(blk.g)), blk.item)
     H, b, M = _fit(rows, observed, n_items, device)
     slope, wald, V = _wald(H, b, M)
-    df = torch.linalg.matrix_rank(V, hermitian=True).to(torch.float64)
+    df = torch.linalg.matrix_rank(V, rtol=RANK_RTOL, hermitian=True).to(torch.float64)
     total = torch.zeros(n_items, dtype=torch.float64, device=device)
     finite = torch.zeros_like(total)
     n, p = max(1, int(round(float(H[:, 0, 0].sum())))), H.shape[-1]
