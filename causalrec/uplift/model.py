@@ -222,7 +222,7 @@ class UpliftModel(BaseEstimator):
         # a variance within rounding of the item's largest one is zero (a slope fixed at 0):
         # its square root would turn the rounding (of any summation order) into a visible se
         noise = 64 * torch.finfo(var.dtype).eps * var.abs().amax(1, keepdim=True)
-        se = torch.sqrt(torch.where(var > noise, var, 0.0)).cpu().numpy()
+        se = torch.sqrt(torch.where(var <= noise, 0.0, var)).cpu().numpy()  # NaN stays NaN
         z = critical_value(self.alpha)
         terms = ["mean"] + list(self.encoder_.columns_)
         with np.errstate(invalid="ignore", divide="ignore"):
