@@ -592,7 +592,7 @@ def test_offset_continuous_outcome_on_spark_equals_local(spark, small_frame):
 
 
 UPLIFT = dict(features=["user_activity", "tenure"], categorical=["device"], n_bootstrap=19,
-              dtype="float64")
+              n_repeats=1, dtype="float64")
 
 
 def test_uplift_on_spark_equals_pandas(spark, small_frame, tmp_path):

@@ -71,7 +71,7 @@ class SparkUpliftRows:
             raise ValueError(f"UpliftModel needs one item column, got {items}")
         model.item_column_ = items[0]
         sample = validate(self.data, {k: v for k, v in self.roles.items() if v is not None})
-        model.encoder_._check(sample.data, "log")
+        model.encoder_.check(sample.data, "log")
         F = _F()
         features = model.encoder_.features
         if features:  # a bad value anywhere: its rows raise the pandas error
@@ -82,7 +82,7 @@ class SparkUpliftRows:
                 bad = cond if bad is None else bad | cond
             offending = self.data.where(bad).limit(5).toPandas()
             if len(offending):
-                model.encoder_._check(offending, "log")
+                model.encoder_.check(offending, "log")
 
     def stage1(self, model):
         F = _F()
@@ -118,11 +118,11 @@ class SparkUpliftRows:
         encoder.fit_levels(counts)
         encoder.text_ = None
         sums = sum_parts(_map_partitions(data, lambda pdf: (
-            encoder._raw(pdf)[0].sum(0), np.array([len(pdf)], dtype=np.float64))))
+            encoder.raw(pdf)[0].sum(0), np.array([len(pdf)], dtype=np.float64))))
         mean = sums[0] / sums[1][0]
         (squares,) = sum_parts(_map_partitions(data, lambda pdf: (
-            ((encoder._raw(pdf)[0] - mean) ** 2).sum(0),)))
-        names = encoder._raw(data.limit(0).toPandas())[1]
+            ((encoder.raw(pdf)[0] - mean) ** 2).sum(0),)))
+        names = encoder.raw(data.limit(0).toPandas())[1]
         encoder.fit_moments(mean, np.sqrt(squares / sums[1][0]), names)
         self.encoder = encoder
 

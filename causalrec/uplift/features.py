@@ -51,7 +51,7 @@ class UserFeatures:
         return self.features + self.categorical + self.text
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
-        self._check(frame, "log")
+        self.check(frame, "log")
         self.fit_levels({col: level_counts(frame[col]) for col in self.categorical})
         self.text_ = None
         if self.text:
@@ -60,7 +60,7 @@ class UserFeatures:
                                          n_components=self.text_components,
                                          pair_similarity=False)
             self.text_.fit(frame, self.text)
-        raw, names = self._raw(frame)
+        raw, names = self.raw(frame)
         self.fit_moments(raw.mean(0), raw.std(0), names)
         return self.encode(frame, raw)
 
@@ -80,18 +80,18 @@ class UserFeatures:
 
     def encode(self, frame: pd.DataFrame, raw: np.ndarray | None = None) -> np.ndarray:
         """The standardised matrix of rows already checked (the fit's own rows)."""
-        raw = self._raw(frame)[0] if raw is None else raw
+        raw = self.raw(frame)[0] if raw is None else raw
         return (raw[:, self.keep_] - self.center_) * self.scale_
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         if not hasattr(self, "keep_"):
             raise RuntimeError("UserFeatures is not fitted: call fit_transform first")
-        self._check(frame, "users frame")
+        self.check(frame, "users frame")
         for col in self.categorical:
             self._check_levels(frame[col], col)
         return self.encode(frame)
 
-    def _check(self, frame: pd.DataFrame, what: str) -> None:
+    def check(self, frame: pd.DataFrame, what: str) -> None:
         check_frame(frame, f"the {what}", self.input_columns)
         for col in self.features:
             _check_finite_numeric(frame[col], col)
@@ -114,7 +114,8 @@ class UserFeatures:
             f"column {col!r}: {int(unseen.sum())} rows hold level(s) not seen in training "
             f"({shown}); scored as the reference level {self.levels_[col][0]!r}"), stacklevel=4)
 
-    def _raw(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    def raw(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        """The unstandardised columns (numeric, one-hot, text components) and their names."""
         parts = [frame[self.features].to_numpy(dtype=np.float64)] if self.features else []
         names = list(self.features)
         for col in self.categorical:

@@ -66,7 +66,7 @@ class LocalUpliftRows:
         if len(self.log.item_columns) != 1:
             raise ValueError(f"UpliftModel needs one item column, got {self.log.item_columns}")
         model.item_column_ = self.log.item_columns[0]
-        model.encoder_._check(self.log.data, "log")
+        model.encoder_.check(self.log.data, "log")
 
     def stage1(self, model):
         self.df = self.log.data
