@@ -12,7 +12,7 @@ from ..exceptions import DataWarning
 from ..schema import SchemaError, _as_list, _check_finite_numeric, check_key_values
 from ..utils.frames import check_frame
 
-__all__ = ["UserFeatures"]
+__all__ = ["UserFeatures", "level_counts"]
 
 
 class UserFeatures:
@@ -51,12 +51,8 @@ class UserFeatures:
         return self.features + self.categorical + self.text
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
-        self._check(frame, "log")
-        self.levels_, self.seen_levels_ = {}, {}
-        for col in self.categorical:
-            counts = _levels(frame[col]).value_counts()
-            self.levels_[col] = sorted(counts.index[:self.max_levels])
-            self.seen_levels_[col] = pd.Index(counts.index)
+        self.check(frame, "log")
+        self.fit_levels({col: level_counts(frame[col]) for col in self.categorical})
         self.text_ = None
         if self.text:
             from ..confounders import TextConfounders
@@ -64,23 +60,38 @@ class UserFeatures:
                                          n_components=self.text_components,
                                          pair_similarity=False)
             self.text_.fit(frame, self.text)
-        raw, names = self._raw(frame)
-        mean, std = raw.mean(0), raw.std(0)
+        raw, names = self.raw(frame)
+        self.fit_moments(raw.mean(0), raw.std(0), names)
+        return self.encode(frame, raw)
+
+    def fit_levels(self, counts: dict) -> None:
+        """Levels from each categorical column's level counts (most frequent first)."""
+        self.levels_, self.seen_levels_ = {}, {}
+        for col in self.categorical:
+            self.levels_[col] = sorted(counts[col].index[:self.max_levels])
+            self.seen_levels_[col] = pd.Index(counts[col].index)
+
+    def fit_moments(self, mean: np.ndarray, std: np.ndarray, names: list[str]) -> None:
+        """Standardisation from the raw columns' mean and (population) standard deviation;
+        constant columns are dropped."""
         keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
         self.keep_, self.center_, self.scale_ = keep, mean[keep], 1.0 / std[keep]
         self.columns_ = [n for n, k in zip(names, keep) if k]
-        return (raw[:, keep] - self.center_) * self.scale_
+
+    def encode(self, frame: pd.DataFrame, raw: np.ndarray | None = None) -> np.ndarray:
+        """The standardised matrix of rows already checked (the fit's own rows)."""
+        raw = self.raw(frame)[0] if raw is None else raw
+        return (raw[:, self.keep_] - self.center_) * self.scale_
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         if not hasattr(self, "keep_"):
             raise RuntimeError("UserFeatures is not fitted: call fit_transform first")
-        self._check(frame, "users frame")
+        self.check(frame, "users frame")
         for col in self.categorical:
             self._check_levels(frame[col], col)
-        raw, _ = self._raw(frame)
-        return (raw[:, self.keep_] - self.center_) * self.scale_
+        return self.encode(frame)
 
-    def _check(self, frame: pd.DataFrame, what: str) -> None:
+    def check(self, frame: pd.DataFrame, what: str) -> None:
         check_frame(frame, f"the {what}", self.input_columns)
         for col in self.features:
             _check_finite_numeric(frame[col], col)
@@ -103,7 +114,8 @@ class UserFeatures:
             f"column {col!r}: {int(unseen.sum())} rows hold level(s) not seen in training "
             f"({shown}); scored as the reference level {self.levels_[col][0]!r}"), stacklevel=4)
 
-    def _raw(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    def raw(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        """The unstandardised columns (numeric, one-hot, text components) and their names."""
         parts = [frame[self.features].to_numpy(dtype=np.float64)] if self.features else []
         names = list(self.features)
         for col in self.categorical:
@@ -122,6 +134,11 @@ class UserFeatures:
 
 
 MISSING = "<missing>"
+
+
+def level_counts(values: pd.Series) -> pd.Series:
+    """Rows per level (``MISSING`` for missing values), most frequent first."""
+    return _levels(values).value_counts()
 
 
 def _levels(values: pd.Series) -> pd.Series:

@@ -6,7 +6,6 @@ import pandas as pd
 import torch
 
 from ..base import BaseEstimator
-from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
 from ..inference import benjamini_hochberg, critical_value, p_value
 from ..summary import Summary
@@ -16,6 +15,7 @@ from ..utils.validation import Callable, InstanceOf, Integer, Interval, Options
 from . import ridge
 from .bootstrap import wald_bootstrap
 from .features import UserFeatures
+from .rows import LocalUpliftRows
 from .score import chunked_top_k, quadratic_forms
 
 __all__ = ["UpliftModel"]
@@ -71,7 +71,14 @@ class UpliftModel(BaseEstimator):
         se, ci_low, ci_high, p_value of the fitted (shrunk) model.
     shrinkage_ : chosen (mean, local, shared) penalties; cv_results_ : held-out DR loss per
         row for every triple of the grid (``chosen`` marks the minimum).
-    pseudo_outcome_ : per-row pseudo-outcomes (NaN on rows not used).
+    pseudo_outcome_ : per-row pseudo-outcomes (NaN on rows not used); after a Spark fit a
+        Spark DataFrame ``row_id, pseudo_outcome`` of the stage-1 fitted rows.
+    estimator_effects_ : the stage-1 per-item table.
+
+    On a Spark DataFrame (``fit(sdf, item=..., treatment=..., outcome=..., ...)``) the same
+    steps run with every row sum aggregated on Spark (``causalrec.spark.uplift``); the row
+    keys that draw the bootstrap weights are the pandas rows' positions, the ``row_id``
+    column on Spark.
     """
 
     _parameter_constraints = {
@@ -119,50 +126,59 @@ class UpliftModel(BaseEstimator):
         if not (_as_list(self.features) or _as_list(self.categorical) or _as_list(self.text)):
             raise ValueError("features, categorical or text must name at least one user column")
 
-    def fit(self, log: InteractionLog) -> "UpliftModel":
+    def fit(self, log, **roles) -> "UpliftModel":
+        """Fit on an ``InteractionLog``, or on a Spark DataFrame with its roles as keywords
+        (``item, treatment, outcome, confounders, categorical, propensity, unit, row_id``;
+        see ``causalrec.spark.uplift``): the same steps, the rows' sums aggregated on Spark."""
         self._check_params()
-        if type(log).__module__.startswith("pyspark"):  # stage 2 needs every row's features
-            raise TypeError("UpliftModel does not run on a Spark DataFrame yet; fit it on an "
-                            "InteractionLog of a pandas sample (sdf.sample(...).toPandas()) "
-                            "or estimate per-item effects on Spark (estimate_item_effects)")
-        if not isinstance(log, InteractionLog):
-            raise TypeError("fit expects an InteractionLog")
-        if len(log.item_columns) != 1:
-            raise ValueError(f"UpliftModel needs one item column, got {log.item_columns}")
-        self.item_column_ = log.item_columns[0]
+        rows = self._rows_for(log, roles)
         self.encoder_ = UserFeatures(self.features, self.categorical, self.text,
                                      text_encoder=self.estimator_options.get("text_encoder"),
                                      text_components=self.estimator_options.get("text_components", 8),
                                      unknown_levels=self.unknown_levels)
-        self.encoder_._check(log.data, "log")  # before the costly stage 1
-        est = ItemEffectEstimator(**self.estimator_options).fit(log)
-        self.estimator_ = est
+        rows.check(self)  # the roles and feature columns, before the costly stage 1
+        est, effects, items = rows.stage1(self)
+        self.estimator_, self.estimator_effects_ = est, effects
         self.device_ = resolve_device(est.device)
-        df = log.data
-        item, segments = segment_ids(df, [self.item_column_])
-        self.items_ = pd.Index(segments[self.item_column_], name="item")
-        K = len(self.items_)
-        g = _pseudo_outcomes(df[log.treatment].to_numpy(float), df[log.outcome].to_numpy(float),
-                             est.propensity_.to_numpy(), est.mu0_.to_numpy(), est.mu1_.to_numpy())
-        use = np.isfinite(g)
-        self.pseudo_outcome_ = pd.Series(np.where(use, g, np.nan), index=df.index, name="pseudo_outcome")
-        Z = self.encoder_.fit_transform(df)[use]
-        g, item, fold = g[use], item[use], est.fold_.to_numpy()[use]
-        scale = float(np.var(g)) if len(g) > 1 else 1.0
-        cells = ridge.cell_moments(Z, g, item, fold, K, est.n_folds, self.device_)
+        self.items_ = pd.Index(items, name="item")
+        K, n_folds, device = len(self.items_), est.n_folds, rows.device  # no backend in closures
+        rows.fit_encoder(self.encoder_)
+        self.pseudo_outcome_ = rows.pseudo_outcomes()
+        cells = _to_device(rows.reduce(lambda blk: _cells(blk, K, n_folds, device)),
+                           self.device_)
+        cells = ridge.Moments(*cells)
+        n_used, g_sum = float(cells.H[..., 0, 0].sum()), float(cells.b[..., 0].sum())
+        scale = 1.0
+        if n_used > 1:  # the pseudo-outcomes' variance, about their mean (a second pass)
+            centre = g_sum / n_used
+            scale = float(rows.reduce(lambda blk: (np.sum((blk.g - centre) ** 2),))[0]) / n_used
         self.shrinkage_, self.cv_results_ = self._choose(cells, scale)
         mean, local, shared = (v * scale for v in self.shrinkage_)
         total = ridge.Moments(cells.H.sum(0), cells.b.sum(0), cells.q.sum(0))
         fit = ridge.fit_ridge(total, local, shared, mean)
         self.coef_matrix_ = fit.coef
-        self.cov_ = ridge.covariance(fit, ridge.meat(Z, self._residual(Z, g, item, fit.coef), item, K,
-                                                     self.device_))
+        coef = fit.coef.cpu()
+        B = _to_device(rows.reduce(lambda blk: (ridge.meat(
+            blk.Z, _residual(blk, coef), blk.item, K, device),)), self.device_)[0]
+        self.cov_ = ridge.covariance(fit, B)
         empty = fit.n == 0  # items without usable rows: no effect
         self.coef_matrix_[empty] = float("nan")
         self.cov_[empty] = float("nan")
-        self.heterogeneity_ = self._heterogeneity(Z, g, item, fit)
+        self.heterogeneity_ = self._heterogeneity(rows, fit, coef)
         self.coef_ = self._coef_table(fit)
         return self
+
+    def _rows_for(self, log, roles):
+        """The backend for ``log``'s type: Spark (imported only then) or an InteractionLog."""
+        if type(log).__module__.startswith("pyspark"):
+            from ..spark.uplift import SparkUpliftRows
+            return SparkUpliftRows(log, **roles)
+        if not isinstance(log, InteractionLog):
+            raise TypeError("fit expects an InteractionLog or a Spark DataFrame")
+        if roles:
+            raise TypeError(f"fit takes roles as keywords only with a Spark DataFrame (got "
+                            f"{sorted(roles)}); an InteractionLog carries its own")
+        return LocalUpliftRows(log)
 
     def _choose(self, cells, scale):
         if self.shrinkage != "cv":
@@ -174,31 +190,25 @@ class UpliftModel(BaseEstimator):
         table["chosen"] = table.index == best
         return tuple(float(table.at[best, c]) for c in ("mean", "local", "shared")), table
 
-    @staticmethod
-    def _residual(Z, g, item, coef):
-        rows = coef[torch.as_tensor(item, device=coef.device)].cpu().numpy()
-        return g - rows[:, 0] - (rows[:, 1:] * Z).sum(1)
-
-    def _heterogeneity(self, Z, g, item, fit) -> pd.DataFrame:
+    def _heterogeneity(self, rows, fit, coef) -> pd.DataFrame:
         """Per-item test that the effect does not vary with the features: studentised pairs
         bootstrap of the Wald statistic of an unpenalised per-item fit (``bootstrap``)."""
-        n, p = fit.n.cpu().numpy(), fit.coef.shape[1]
-        wald, df1, p_value = wald_bootstrap(Z, g, item, len(self.items_), self.n_bootstrap,
-                                            self.estimator_.seed, self.device_)
+        n, p, K = fit.n.cpu().numpy(), fit.coef.shape[1], len(self.items_)
+        wald, df1, p_value = wald_bootstrap(rows, K, self.n_bootstrap, self.estimator_.seed,
+                                            self.device_)
         ok = (df1 > 0) & (n - p > 0)
         p_value = np.where(ok, p_value, np.nan)
         q = np.full(len(p_value), np.nan)
         finite = np.isfinite(p_value)
         if finite.any():
             q[finite] = benjamini_hochberg(p_value[finite])
-        fitted = g - self._residual(Z, g, item, fit.coef)
-        spread = pd.Series(fitted).groupby(item).std(ddof=0).reindex(range(len(n)))
-        ate = self.estimator_.effects_
+        spread = _fitted_spread(rows, coef, K)
+        ate = self.estimator_effects_
         return pd.DataFrame({
             "item": self.items_, "n": n.astype(np.int64),
             "ate": np.where(n > 0, fit.coef[:, 0].cpu().numpy()
                             + (fit.m * fit.coef[:, 1:]).sum(1).cpu().numpy(), np.nan),
-            "estimator_ate": ate["ate"].to_numpy(), "effect_sd": spread.to_numpy(),
+            "estimator_ate": ate["ate"].to_numpy(), "effect_sd": spread,
             "wald": np.where(ok, wald, np.nan), "df": df1, "p_value": p_value, "q_value": q,
             "heterogeneous": q <= self.fdr})
 
@@ -208,7 +218,11 @@ class UpliftModel(BaseEstimator):
         T = torch.eye(p, dtype=fit.coef.dtype, device=fit.coef.device).repeat(K, 1, 1)
         T[:, 0, 1:] = fit.m
         centred = (T @ self.coef_matrix_.unsqueeze(-1)).squeeze(-1).cpu().numpy()
-        se = torch.sqrt((T @ self.cov_ @ T.mT).diagonal(dim1=-2, dim2=-1).clamp(min=0)).cpu().numpy()
+        var = (T @ self.cov_ @ T.mT).diagonal(dim1=-2, dim2=-1)
+        # a variance within rounding of the item's largest one is zero (a slope fixed at 0):
+        # its square root would turn the rounding (of any summation order) into a visible se
+        noise = 64 * torch.finfo(var.dtype).eps * var.abs().amax(1, keepdim=True)
+        se = torch.sqrt(torch.where(var <= noise, 0.0, var)).cpu().numpy()  # NaN stays NaN
         z = critical_value(self.alpha)
         terms = ["mean"] + list(self.encoder_.columns_)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,7 +324,31 @@ class UpliftModel(BaseEstimator):
                        title="Per-user effects of recommendation (uplift)")
 
 
-def _pseudo_outcomes(t, y, e, mu0, mu1) -> np.ndarray:
-    """Doubly robust pseudo-outcome per row (its mean over an item is the item's AIPW ATE)."""
+def _to_device(parts, device):
+    return tuple(torch.as_tensor(v).to(device) for v in parts)
+
+
+def _cells(blk, n_items, n_folds, device):
+    cells = ridge.cell_moments(blk.Z, blk.g, blk.item, blk.fold, n_items, n_folds, device)
+    return cells.H, cells.b, cells.q
+
+
+def _fitted(blk, coef) -> np.ndarray:
+    rows = coef[torch.as_tensor(blk.item)].numpy()
+    return rows[:, 0] + (rows[:, 1:] * blk.Z).sum(1)
+
+
+def _residual(blk, coef) -> np.ndarray:
+    return blk.g - _fitted(blk, coef)
+
+
+def _fitted_spread(rows, coef, n_items) -> np.ndarray:
+    """Per item population standard deviation of the fitted effects (two passes: mean, then
+    squared deviations); NaN for items without rows."""
+    count, total = rows.reduce(lambda blk: (np.bincount(blk.item, minlength=n_items),
+                                            np.bincount(blk.item, _fitted(blk, coef), n_items)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return mu1 - mu0 + t * (y - mu1) / e - (1 - t) * (y - mu0) / (1 - e)
+        centre = total / count
+        (squares,) = rows.reduce(lambda blk: (np.bincount(
+            blk.item, (_fitted(blk, coef) - centre[blk.item]) ** 2, n_items),))
+        return np.where(count > 0, np.sqrt(squares / count), np.nan)
