@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "causalrec"
-SPARK_USERS = {"fairness": "spark/audit.py", "refute": "spark/refute.py"}
+SPARK_USERS = {"fairness": "spark/audit.py", "refute": "spark/refute.py", "uplift": "spark/uplift.py"}
 
 
 def _tree(relative: str) -> ast.Module:

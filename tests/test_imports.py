@@ -64,6 +64,7 @@ ALLOWED_EDGES = {
     ("causalrec.estimate.api", "causalrec.spark"),
     ("causalrec.refute.refutations", "causalrec.spark.refute"),
     ("causalrec.fairness.audit", "causalrec.spark.audit"),
+    ("causalrec.uplift.model", "causalrec.spark.uplift"),
 }
 
 
