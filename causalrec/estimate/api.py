@@ -3,18 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..schema import InteractionLog, _as_list
-from .estimator import ItemEffectEstimator
+from .plan import split_roles  # noqa: F401 - its home was here
 
 __all__ = ["estimate_item_effects", "split_roles"]
-
-
-def split_roles(item, by, confounders, categorical, text):
-    """Segment key columns ([item] + by) and the confounder roles without them: a segment
-    column is constant within each segment, so it cannot confound there."""
-    by = _as_list(by)
-    return ([item] + by, *([c for c in _as_list(cols) if c not in by]
-                           for cols in (confounders, categorical, text)))
 
 
 def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
@@ -45,17 +36,6 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
     reason the item could not be (reliably) estimated; items without an estimate get NaN.
     """
-    if type(df).__module__.startswith("pyspark"):  # a Spark DataFrame: the distributed path
-        from ..spark import estimate_item_effects_spark
-        return estimate_item_effects_spark(df, item, treatment, outcome, confounders, categorical,
-                                           text, propensity, by, graph, folds, unit=unit,
-                                           **options).effects
-    if graph is not None:
-        roles = graph.merge_adjustment(df, confounders, categorical, text)
-        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
-    keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
-    log = InteractionLog(df, item=keys, treatment=treatment, outcome=outcome,
-                         confounders=confounders, categorical=categorical, text=text,
-                         propensity=propensity, unit=unit)
-    return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
-
+    from ..backend import backend_for
+    return backend_for(df).item_effects(df, item, treatment, outcome, confounders, categorical,
+                                        text, propensity, by, graph, folds, unit=unit, **options)
