@@ -10,7 +10,7 @@ from ..glm.layout import resolve_device
 from ..schema import InteractionLog
 from .local import LocalBackend
 from .params import PARAMETER_CONSTRAINTS
-from .plan import GLM_NUISANCES as NUISANCE, FitPlan, resolve_flexible, resolve_shrinkage
+from .plan import FitPlan, resolve_flexible, resolve_shrinkage
 from .results import EffectResults
 from .shardfit import fit_shard
 

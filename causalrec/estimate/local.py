@@ -103,8 +103,8 @@ class LocalBackend:
                                  fitted_propensity=log.propensity is None)
         return ShardData(items=np.arange(n_seg), seg=seg, t=t, y=y, y_fit=y_fit, X=X, rows=rows,
                          split_folds=self.split_folds, logged_e=logged_e, balance=balance,
-                         groups=groups,
-                         shard_of_item=_shard_of_item(p["shards"], np.bincount(seg, minlength=n_seg)))
+                         groups=groups, shard_of_item=_shard_of_item(
+                             p["shards"], np.bincount(seg, minlength=n_seg)))
 
 
 def _shard_of_item(shards, rows_per_item):

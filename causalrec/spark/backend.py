@@ -66,9 +66,13 @@ class SparkBackend:
         if not len(codes):
             return []
         spark = self.sdf.sparkSession
+        # a flexible nuisance: one task of every fitted row, items numbered as locally (the
+        # learners see the item codes); the GLMs: shards of whole items by row count
         n_shards = 1 if plan.flexible is not None else int(self.shards or default_shards(spark))
         n_shards = min(n_shards, len(codes))
         self.shard_of_item[codes] = pack_shards(facts.n_all[codes], n_shards)
+        shard_items = ([np.arange(plan.n_items)] if plan.flexible is not None else
+                       [np.flatnonzero(self.shard_of_item == s) for s in range(n_shards)])
         # the partition key of each shard: a value Spark's hash partitioner sends to partition s
         items = facts.segments.copy()
         items[CODE], items[SHARD] = np.arange(plan.n_items), self.shard_of_item
@@ -80,19 +84,20 @@ class SparkBackend:
         job = ShardJob(plan=plan, fit=fit_shard, treatment=self.treatment, outcome=self.outcome,
                        propensity=self.propensity, content=self.content, folds=self.folds,
                        extra=self.extra,
-                       shard_items=[np.flatnonzero(self.shard_of_item == s) for s in range(n_shards)],
+                       shard_items=shard_items,
                        block_size=_block_size(facts.arm_rows[codes], plan.params["n_folds"]),
                        row_outputs=self.row_outputs)
         pooled = plan.flexible is None and plan.params["nuisance"] == "pooled" and n_shards > 1
         if not pooled:  # independent tasks, one per shard
-            out = fitted.groupBy(SHARD).applyInPandas(lambda pdf: fit_shard_rows(pdf, job, Reducer()),
-                                                      OUTPUT_SCHEMA)
+            out = fitted.groupBy(SHARD).applyInPandas(
+                lambda pdf: fit_shard_rows(pdf, job, Reducer()), OUTPUT_SCHEMA)
             payloads, self.rows = _collect(out, self.row_outputs)
         else:
             in_rounds = replace(job, lockstep=True)  # a round carries every penalty's reduction
             payloads, self.rows, self.mode = run_pooled(
                 fitted, lambda rows, red: fit_shard_rows(rows, job, red), n_shards, self.barrier,
-                self.row_outputs, rounds_task=lambda rows, red: fit_shard_rows(rows, in_rounds, red))
+                self.row_outputs,
+                rounds_task=lambda rows, red: fit_shard_rows(rows, in_rounds, red))
         return [pickle.loads(payload) for payload in payloads]
 
 

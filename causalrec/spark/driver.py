@@ -11,15 +11,19 @@ import pandas as pd
 
 from ..estimate.design import DesignSpec
 from ..estimate.estimator import ItemEffectEstimator
-from ..estimate.plan import FitPlan, outcome_family, resolve_flexible as plan_flexible, split_roles
+from ..estimate.plan import (FitPlan, outcome_family, resolve_flexible as plan_flexible,
+                              split_roles)
 from ..estimate.scaling import OutcomeScale
 from ..estimate.shardfit import fit_shard
 from ..nuisance.balance import balance_column_names
-# the pooled runner and the partitioning, also used by the Spark audit
-from .backend import (PARTITION_KEY as _PARTITION_KEY, SparkBackend, default_shards as _default_shards,
-                      partition_keys as _partition_keys, run_pooled)
+from .backend import SparkBackend, run_pooled
+# the partitioning's names as the Spark audit (spark/audit.py) imports them from here
+from .backend import PARTITION_KEY as _PARTITION_KEY  # noqa: F401
+from .backend import default_shards as _default_shards  # noqa: F401
+from .backend import partition_keys as _partition_keys  # noqa: F401
 from .shard import ROW_ID
-from .stage0 import check_fold_column, design_spec, item_facts, outcome_scale, schema_frame, validate
+from .stage0 import (check_fold_column, design_spec, item_facts, outcome_scale, schema_frame,
+                     validate)
 
 __all__ = ["SparkEffects", "estimate_item_effects_spark", "run_pooled"]
 
@@ -68,6 +72,9 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         every confounder); a refutation that adds a column keeps the original folds so.
     unit : the unit column (user, session): each row's fold from its unit's value alone,
         computed by the shards with ``unit_folds``, so the folds equal the local fit's.
+    nuisance : as locally; a flexible one ("boosted", "auto", a scikit-learn learner, ...)
+        is fitted in one task holding every fitted row (on an executor, never collected to
+        the driver), with the local fit's folds, item codes and seeds: the same answers.
     """
     from pyspark.sql import functions as F
     if graph is not None:  # the adjustment set's roles need the columns' names and types only
@@ -78,8 +85,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                  categorical=categorical, text=text, propensity=propensity, unit=unit)
     est = ItemEffectEstimator(**options)
     params = FitPlan.check_params(est.get_params(deep=False))
-    if plan_flexible(params) is not None:
-        raise ValueError("the Spark path supports nuisance='pooled' or 'per_item'")
+    plan_flexible(params)  # a flexible nuisance's own checks, before any Spark job
     if folds is not None:
         check_fold_column(sdf, folds, params["n_folds"])
     sample_log = validate(sdf, roles)
