@@ -93,11 +93,12 @@ def test_overlap_diagnostics_are_averaged_over_splits():
 
 def test_n_repeats_auto_and_bad_values(log):
     # pooled: 4 repeats while repeats x fitted rows stay within 4M; per_item: always 4
-    assert [cr.ItemEffectEstimator()._n_repeats(n) for n in (3000, 10**6, 2 * 10**6, 5 * 10**6)] \
-        == [4, 4, 2, 1]
-    assert cr.ItemEffectEstimator(nuisance="per_item")._n_repeats(10**7) == 4
-    assert cr.ItemEffectEstimator(nuisance="boosted")._n_repeats(3000) == 1
-    assert cr.ItemEffectEstimator(nuisance="per_item", n_repeats=2)._n_repeats(3000) == 2
+    from causalrec.estimate.plan import n_repeats
+    repeats = lambda n, **kw: n_repeats(cr.ItemEffectEstimator(**kw).get_params(), n)
+    assert [repeats(n) for n in (3000, 10**6, 2 * 10**6, 5 * 10**6)] == [4, 4, 2, 1]
+    assert repeats(10**7, nuisance="per_item") == 4
+    assert repeats(3000, nuisance="boosted") == 1
+    assert repeats(3000, nuisance="per_item", n_repeats=2) == 2
     for bad in (0, "many"):
         with pytest.raises(ValueError, match="n_repeats"):
             cr.ItemEffectEstimator(n_repeats=bad).fit(log)

@@ -77,12 +77,14 @@ class TextConfounders:
         return [f"{col}_pc{k}" for col in self.columns_
                 for k in range(len(self.reducers_[col].components_))] + self._pair_names()
 
-    def _pairs(self) -> list[tuple[str, str]]:
+    @property
+    def pairs_(self) -> list[tuple[str, str]]:
+        """The pairs of text columns whose embeddings' cosine is a feature."""
         cols = self.columns_ if self.pair_similarity else []
         return [(a, b) for i, a in enumerate(cols) for b in cols[i + 1:]]
 
     def _pair_names(self) -> list[str]:
-        return [f"{a}~{b}_cos" for a, b in self._pairs()]
+        return [f"{a}~{b}_cos" for a, b in self.pairs_]
 
     def _scores(self, df: pd.DataFrame, fit: bool = False) -> pd.DataFrame:
         parts, report, embedded = [], [], {}
@@ -105,7 +107,7 @@ class TextConfounders:
             scores = self.reducers_[col].transform(emb)[codes]
             parts.append(pd.DataFrame(scores, index=df.index,
                                       columns=[f"{col}_pc{k}" for k in range(scores.shape[1])]))
-        for (a, b), name in zip(self._pairs(), self._pair_names()):
+        for (a, b), name in zip(self.pairs_, self._pair_names()):
             parts.append(pd.DataFrame({name: _row_cosine(*embedded[a], *embedded[b])},
                                       index=df.index))
         if fit:

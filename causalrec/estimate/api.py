@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..schema import InteractionLog, Roles, split_roles
-from .estimator import ItemEffectEstimator
+from ..schema import split_roles  # noqa: F401 - re-exported: its home was here
 
 __all__ = ["estimate_item_effects", "split_roles"]
 
@@ -37,17 +36,6 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
     reason the item could not be (reliably) estimated; items without an estimate get NaN.
     """
-    if type(df).__module__.startswith("pyspark"):  # a Spark DataFrame: the distributed path
-        from ..spark import estimate_item_effects_spark
-        return estimate_item_effects_spark(df, item, treatment, outcome, confounders, categorical,
-                                           text, propensity, by, graph, folds, unit=unit,
-                                           **options).effects
-    if graph is not None:
-        roles = graph.merge_adjustment(df, confounders, categorical, text)
-        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
-    # the keys are [item] + by, a list even without by (as before Roles)
-    log = InteractionLog.from_roles(df, Roles.from_arguments(
-        item=item, by=by or [], treatment=treatment, outcome=outcome, confounders=confounders,
-        categorical=categorical, text=text, propensity=propensity, unit=unit))
-    return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
-
+    from ..backend import backend_for
+    return backend_for(df).item_effects(df, item, treatment, outcome, confounders, categorical,
+                                        text, propensity, by, graph, folds, unit=unit, **options)

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..base import BaseEstimator
-from ..glm import SegmentGLM
-from ..glm.layout import read_only_tensor, release_free_heap, resolve_device, resolve_dtype
-from ..schema import InteractionLog, SchemaError
-from .design import DesignSpec, segment_ids
-from .folds import FoldAssigner, check_folds, narrow_codes, unit_key, warn_unit_like
-from .nuisance import (MODEL_NAMES, cross_fit, cross_fit_tuned, pack_shards, tunes_shared_penalty,
-                       warn_unconverged)
+from ..glm.layout import resolve_device
+from ..schema import InteractionLog
+from .local import LocalBackend
 from .params import PARAMETER_CONSTRAINTS
-from .scaling import outcome_for_fits
-from .splits import SplitAverage
-from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
+from .plan import FitPlan, resolve_flexible, resolve_shrinkage
 from .results import EffectResults
+from .shardfit import fit_shard
 
 __all__ = ["ItemEffectEstimator", "resolve_device", "resolve_shrinkage"]
-
-NUISANCE = ("pooled", "per_item")  # the GLM nuisances; the other choices are flexible learners
-AUTO_SHRINKAGE_PER_COLUMN = 1.0
-AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (pooled): repeats x fitted rows within this
-
-
-def resolve_shrinkage(shrinkage, n_columns: int) -> float:
-    """The pooled models' penalty on item deviations; "auto" grows with the dimension."""
-    return float(AUTO_SHRINKAGE_PER_COLUMN * max(1, n_columns) if shrinkage == "auto" else shrinkage)
 
 
 class ItemEffectEstimator(EffectResults, BaseEstimator):
@@ -188,198 +173,74 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         are drawn from a seeded hash of each row's content (see ``assign_folds``), or of its
         unit when the log has a ``unit`` role (``unit_folds``: a unit's rows share one fold
         in every split, and the flexible nuisances' early-stopping rows are whole units too).
+
+        The fit is the plan / shards / finish skeleton (``causalrec.estimate.plan``) that the
+        Spark path runs too: ``FitPlan.from_log``, then ``fit_shard`` on the local backend
+        (``causalrec.estimate.local``), then ``FitPlan.finish``.
         """
         self._validate_params()
-        self._flexible = None
+        resolve_flexible(self.get_params(deep=False))  # its own checks name what is wrong
         self.unit_ = getattr(log, "unit", None)
-        if self.nuisance not in NUISANCE:  # its own checks name what is wrong (predict_proba, ...)
-            from ..nuisance import resolve_nuisance
-            self._flexible = resolve_nuisance(self.nuisance)
-            self._flexible.learners()
-            if not (isinstance(self.shards, (int, np.integer)) and self.shards == 1):
-                raise ValueError("shards needs nuisance='pooled' or 'per_item'")
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog; use estimate_item_effects for a DataFrame")
-        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
-        df = log.data
-        keys = log.item_columns
-        seg, self.segments_ = segment_ids(df, keys)
-        n_seg = len(self.segments_)
-        seg = narrow_codes(seg, n_seg)  # per-row arrays in the narrowest exact dtype (memory)
-        # the frame's own columns when they are plain numbers (no row copies), else converted
-        t = _native(df[log.treatment], "iu", np.int64)
-        y = _native(df[log.outcome], "iuf", np.float64)
-        n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
-        n_all = np.bincount(seg, minlength=n_seg)
-        status = pre_status(n_t, n_all - n_t, self.min_rows_per_arm)
-        use = (status == "ok")[seg]
-        if use.any() and np.ptp(y[use]) == 0:  # nothing to model: no fit (it cannot converge)
-            status[status == "ok"] = "constant_outcome"
-            use[:] = False
-
-        n_use = int(use.sum())
-        # the rows in use: a mask (1 byte a row), or a slice when all are (views, no copies)
-        rows = slice(None) if n_use == len(df) else use
-        in_use = lambda a: a[rows]
         text_features = self._text_features(log)
-        # moments, levels and the 0/1 check from the rows that are fitted (all rows if none)
-        # (all rows in use: no gathered copies of the columns)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        spec = DesignSpec.from_log(log, text_features,
-                                   rows=rows if 0 < n_use < len(df) else None, dtype=np_dtype)
-        self.design_spec_ = spec
+        plan = FitPlan.from_log(self.get_params(deep=False), log, text_features,
+                                folds_given=folds is not None)
+        backend = LocalBackend(log, text_features, folds)
+        parts = backend.run(plan, fit_shard)
+        self.record_fit(plan, *plan.finish(parts), text_confounders=self.text_confounders_)
+        self._keep_rows(log, backend, parts)
+        return self
+
+    def record_fit(self, plan: FitPlan, effects: pd.DataFrame, converged: bool, *,
+                   text_confounders=None) -> "ItemEffectEstimator":
+        """Record a fit run through the skeleton (e.g. on Spark, where the rows stay on the
+        cluster): the ``plan``'s decisions and the finished ``effects`` table become the
+        fitted attributes (``effects_``, ``converged_``, ``design_spec_``, ...); per-row
+        outputs are the backend's. Returns self."""
+        self.effects_, self.converged_ = effects, converged
+        self.text_confounders_ = text_confounders
+        self.unit_ = plan.unit
+        self.plan_ = plan
+        self.segments_ = plan.facts.segments
+        self.design_spec_ = spec = plan.spec
         self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
-        self.shrinkage_ = resolve_shrinkage(self.shrinkage, len(spec.columns))
-        binary = log.outcome_is_binary  # one scan of the outcome column
-        self.outcome_family_ = self._outcome_family(log, binary)
-        content = keys + log.confounders + log.categorical + log.text
-        unit = None if log.unit is None else df[log.unit]
-        if folds is None:
-            warn_unit_like(log, seg)
-        # the rows' seed-free hashes once, for every repeat's seed
-        assigner = FoldAssigner(df, content, seg, t, y, self.n_folds, item_columns=keys, unit=unit)
-        fold_of = lambda seed: assigner(seed, warn_duplicates=seed == self.seed)
-        n_repeats = self._n_repeats(n_use, folds_given=folds is not None)
-        folds = narrow_codes(fold_of(self.seed) if folds is None
-                             else check_folds(folds, len(df), self.n_folds), self.n_folds)
-        # every repeat's split, then the rows in use of each row array, formed once (the fits
-        # and the effects table read the same copies; the whole-log item ids are freed)
-        split_folds = [in_use(folds)] + [in_use(narrow_codes(fold_of(self.seed + r), self.n_folds))
-                                         for r in range(1, n_repeats)]
-        assigner = None  # its row hashes (32 bytes a row) are not kept beside the fits
-        seg, t, y = in_use(seg), in_use(t), in_use(y)
-        # the fits see a continuous outcome centred and scaled in float64 (float32 cannot
-        # hold y + 1e8); their predictions come back in the outcome's units (scaling.py)
-        self.outcome_scale_, y_fit = outcome_for_fits(y, self.outcome_family_, np_dtype,
-                                                      log.outcome)
-        groups = None if unit is None or self._flexible is None else in_use(unit_key(unit))
-        # the GLM fits pad the design rows straight from the frame's columns (standardised in
-        # float64, then cast): no (n, d) design matrix beside the padded one; flexible
-        # learners take the matrix of the rows in use
-        X = (spec.rows(log, text_features, dtype=np_dtype) if self._flexible is None
-             else spec.transform(log, text_features, dtype=np_dtype).X)
-        standardise = (None, None)
-        logged_e = (None if log.propensity is None
-                    else in_use(df[log.propensity].to_numpy(dtype=np.float64)))
-        shard_of_item = self._shard_of_item(np.bincount(seg, minlength=n_seg), n_seg)
-        from ..nuisance.balance import balancing_step
-        balance = balancing_step(spec, df, text_features, rows, penalty=self._balance_penalty(),
-                                 columns=self.balance_columns, method=self.method,
-                                 fitted_propensity=log.propensity is None)
-        shift = np.zeros(n_seg)
-        # Each repeat (split) has its own folds, out-of-fold predictions and effects table;
-        # the tables are combined (splits.py): averaging the estimates removes the noise of
-        # one particular split.
-        fits = None
-        self.nuisance_fits_, converged = [], {}
-        propensity, outcome = self._nuisance_models(log.propensity is None)
-        # rows of a recurring unit are not independent: the shared slopes' ridge is gated
-        # on the units in use, else 100 copies of 747 units pass as 74,700 rows (issue 28)
-        self._n_independent = n_use if unit is None else len(np.unique(in_use(unit_key(unit))))
-        tune = (isinstance(self.nuisance, str) and self.nuisance == "pooled"
-                and tunes_shared_penalty(self._n_independent, len(spec.columns)))
-        on_device = lambda a, kind: read_only_tensor(a, kind, device)
-        splits = SplitAverage(self.alpha)
-        for repeat, split in enumerate(split_folds if n_use else split_folds[:1]):
-            if not n_use:  # no item is estimable: statuses only, no fit
-                self.n_iter_ = 0
-                preds = [torch.zeros(0, dtype=torch.float64, device=device)] * 3
-            elif self._flexible is not None:
-                preds = self._fit_flexible(X, rows, seg.astype(np.int64), t.astype(np.int64),
-                                           y_fit.astype(np.float64), split.astype(np.int64),
-                                           n_seg, logged_e, device, converged, groups)
-            else:
-                job = dict(n_folds=self.n_folds, logged_e=logged_e, shard_of_item=shard_of_item,
-                           device=device, dtype=dtype, warm=fits.shard_fits if fits else None)
-                if tune:  # few rows per column: shared slopes' ridge by CV, in each split
-                    fits, *self._tuned = cross_fit_tuned(
-                        X, *standardise, rows, seg, t, y_fit, split, n_seg, propensity=propensity,
-                        outcome=outcome, family=self.outcome_family_,
-                        n_columns=len(spec.columns), **job)
-                else:
-                    fits = cross_fit(X, *standardise, rows, seg, t, y_fit, split, n_seg,
-                                     propensity=propensity, outcome=outcome, **job)
-                self.nuisance_fits_ += fits.shard_fits[0] if len(fits.shard_fits) == 1 else []
-                for name, ok in fits.converged.items():
-                    converged[name] = converged.get(name, True) & ok
-                self.n_iter_ = max(getattr(self, "n_iter_", 0) if repeat else 0, fits.n_iter)
-                preds = (fits.e, fits.mu0, fits.mu1)
-                fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
-            e, mu0, mu1 = [torch.as_tensor(p, device=device).to(torch.float64) for p in preds]
-            mu0, mu1 = self.outcome_scale_.restore(mu0), self.outcome_scale_.restore(mu1)
-            if balance is not None and n_use:
-                e, item_shift = balance(e, t, seg, n_items=n_seg)
-                shift += item_shift / len(split_folds)
-            release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
-            splits.add(*effects_table(on_device(seg, torch.long), on_device(t, None),
-                                      on_device(y, torch.float64), e, mu0, mu1, n_seg,
-                                      self.method, self.clip, self.trim, self.alpha,
-                                      binary=binary, normalize=self.normalize,
-                                      folds=on_device(split, None)), e, mu0, mu1)
-            preds = e = mu0 = mu1 = None  # not alive beside the next split's fits
-        table, psi, e_clipped, e, mu0, mu1 = splits.result()
-        chosen = self._tuned if tune and n_use else (propensity, outcome)  # the last split's
-        self.shared_penalty_ = {name: model.shared_penalty for name, model in
-                                zip(("propensity", "outcome"), chosen) if model is not None}
-        mu0, mu1 = mu0.cpu().numpy(), mu1.cpu().numpy()
-        self._finish(table, status, n_all, n_t, converged, keys, device)
-        index = df.index
-        self.propensity_ = _row_series(index, rows, e_clipped, "propensity")
-        self.mu0_ = _row_series(index, rows, mu0, "mu0")
-        self.mu1_ = _row_series(index, rows, mu1, "mu1")
-        self.psi_ = _row_series(index, rows, psi, "psi")
-        self.fold_ = pd.Series(folds.astype(np.int64), index=index, name="fold")
-        self.split_folds_ = split_folds
+        self.shrinkage_ = plan.shrinkage
+        self.outcome_family_ = plan.outcome_family
+        self.outcome_scale_ = plan.outcome_scale
+
+    def _keep_rows(self, log: InteractionLog, backend, parts) -> None:
+        """The per-row outputs, fitted models and per-item extras of the one local part."""
+        part = parts[0] if parts else None
+        index, rows = log.data.index, backend.rows
+        n_seg = len(self.segments_)
+        if part is None:  # no item is estimable: statuses only, no fit
+            empty = np.zeros(0)
+            outputs = dict(psi=empty, e_clipped=empty, e=empty, mu0=empty, mu1=empty)
+            self.nuisance_fits_, self.n_iter_ = [], 0
+            plan = self.plan_
+            chosen = {name: model.shared_penalty for name, model in
+                      zip(("propensity", "outcome"), (plan.propensity, plan.outcome))
+                      if model is not None}
+            shift = np.zeros(n_seg)
+        else:
+            outputs, self.nuisance_fits_, self.n_iter_ = part.rows, part.nuisance_fits, part.n_iter
+            chosen, shift = part.shared_penalty, part.balance_shift
+            if part.nuisance_models is not None:
+                self.nuisance_models_ = part.nuisance_models
+        self.shared_penalty_ = chosen
+        self.propensity_ = _row_series(index, rows, outputs["e_clipped"], "propensity")
+        self.mu0_ = _row_series(index, rows, outputs["mu0"], "mu0")
+        self.mu1_ = _row_series(index, rows, outputs["mu1"], "mu1")
+        self.psi_ = _row_series(index, rows, outputs["psi"], "psi")
+        self.fold_ = pd.Series(backend.folds.astype(np.int64), index=index, name="fold")
+        self.split_folds_ = backend.split_folds
         self.balance_shift_ = pd.Series(shift, index=self.effects_.set_index(self._keys()).index,
                                         name="balance_shift")
         from ..nuisance import calibration_table
-        self.propensity_calibration_ = calibration_table(e.cpu().numpy(), t)
+        t = log.data[log.treatment].to_numpy()[rows]
+        self.propensity_calibration_ = calibration_table(outputs["e"], t)
         self.log_ = log
-        return self
-
-    def _per_item(self) -> bool:  # the "auto" rules of n_repeats and balance_penalty
-        return isinstance(self.nuisance, str) and self.nuisance == "per_item"
-
-    def _n_repeats(self, n_rows: int, folds_given: bool = False) -> int:
-        """The repeats of a fit of ``n_rows`` fitted rows (see ``n_repeats``)."""
-        if self.n_repeats != "auto":
-            return self.n_repeats
-        if folds_given:  # the caller's split is the split
-            return 1
-        if self._per_item():
-            return 4
-        if not (isinstance(self.nuisance, str) and self.nuisance == "pooled"):
-            return 1  # the flexible nuisances
-        return int(np.clip(AUTO_REPEAT_ROWS // max(n_rows, 1), 1, 4))
-
-    def _balance_penalty(self):
-        if self.balance_penalty == "auto":
-            return None if self._per_item() else 10.0
-        return self.balance_penalty
-
-    def _finish(self, table, status, n_all, n_t, converged, keys, device) -> None:
-        """``effects_`` and ``converged_`` from the per-item ``effects_table`` of all items
-        (in ``segments_`` order), their pre-fit statuses and counts, and the per-model
-        convergence of each item (the one ending of every backend's fit)."""
-        item_names = self.segments_[keys[0]].to_numpy()
-        for name, ok in converged.items():  # items without rows in use have nothing to fit
-            warn_unconverged(ok | (status != "ok"), item_names, MODEL_NAMES[name] + " model")
-        item_converged = np.logical_and.reduce(list(converged.values())) if converged \
-            else np.ones(len(status), dtype=bool)
-        self.converged_ = bool(item_converged[status == "ok"].all())
-        table["status"] = post_status(status, table, self.min_ess, self.max_clipped)
-        no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
-        table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value", "split_sd"]] = np.nan
-        table.loc[table["status"] == "constant_outcome", ["se", "ci_low", "ci_high", "p_value"]] = np.nan
-        table["n"], table["n_treated"], table["n_control"] = n_all, n_t, n_all - n_t
-        table["converged"] = item_converged | np.isin(table["status"], NO_ESTIMATE)
-        item_frame = self.segments_.rename(columns={keys[0]: "item"})
-        self.effects_ = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
-        self.effects_.attrs.update(method=self.method, normalize=self.normalize,
-                                   nuisance=self.nuisance,
-                                   n_folds=self.n_folds, seed=self.seed, device=str(device),
-                                   unit=getattr(self, "unit_", None),
-                                   outcome_model=self.outcome_family_)
 
     def _text_features(self, log: InteractionLog) -> pd.DataFrame | None:
         if not log.text:
@@ -389,65 +250,6 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.text_confounders_ = TextConfounders(encoder=self.text_encoder,
                                                  n_components=self.text_components)
         return self.text_confounders_.fit_transform(log.data, log.text)
-
-    def _outcome_family(self, log: InteractionLog, binary: bool) -> str:
-        if self.outcome_model == "logistic":
-            if not binary:
-                raise SchemaError(log.outcome, "outcome_model='logistic' needs a 0/1 outcome")
-            return "logistic"
-        if self.outcome_model == "linear":
-            return "gaussian"
-        return "logistic" if binary else "gaussian"
-
-    def _nuisance_models(self, fit_propensity: bool):
-        """Unfitted propensity (None for a logged one) and outcome models."""
-        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
-        common = dict(pooled=self.nuisance == "pooled", penalty=self.penalty,
-                      shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
-                      max_iter=self.max_iter, tol=1e-6, device=device, dtype=dtype)
-        propensity = SegmentGLM(family="logistic", **common) if fit_propensity else None
-        return propensity, SegmentGLM(family=self.outcome_family_, **common)
-
-    def _fit_flexible(self, X, rows, seg, t, y, folds, n_seg, logged_e, device, converged, groups):
-        """Cross-fitted predictions of flexible learners (see ``causalrec.nuisance``); the
-        offset GLMs' convergence joins ``converged`` under the name "e" (all items); ``groups``
-        (unit hashes or None) keep each unit's rows on one side of early stopping's split."""
-        from ..nuisance import cross_fit_nuisances
-        glm = dict(shrinkage=self.shrinkage_, intercept_penalty=self.intercept_penalty,
-                   max_iter=self.max_iter)
-        if tunes_shared_penalty(self._n_independent, X.shape[1]):  # few rows (units) per
-            glm["shared_penalty"] = self.shrinkage_  # column: the offset GLM's shared slopes
-            # get the deviations' prior
-        fit = cross_fit_nuisances(X[rows], seg, t, y, folds, n_items=n_seg,
-                                  family=self.outcome_family_, spec=self._flexible,
-                                  glm=glm, logged_e=logged_e, device=device, groups=groups,
-                                  seed=self.seed + len(self.nuisance_fits_))
-        self.nuisance_fits_.append(fit)
-        self.nuisance_models_ = fit.models  # last repeat's choice per nuisance
-        self.n_iter_ = max(r.glm_n_iter for r in self.nuisance_fits_)  # the offset GLMs'
-        converged["e"] = converged.get("e", True) & np.full(n_seg, bool(fit.glm_converged))
-        return fit.e, fit.mu0, fit.mu1
-
-    def _shard_of_item(self, rows_per_item, n_items):
-        if isinstance(self.shards, (int, np.integer)):
-            return None if self.shards == 1 else pack_shards(rows_per_item, int(self.shards))
-        shards = np.asarray(self.shards, dtype=np.int64)
-        if len(shards) != n_items:
-            raise ValueError(f"shards must hold one shard id per item ({n_items}), got {len(shards)}")
-        return np.unique(shards, return_inverse=True)[1]  # ids 0..S-1, every shard non-empty
-
-
-def _column_order(item_frame, table):
-    head = ["ate", "se", "ci_low", "ci_high", "p_value", "n", "n_treated", "n_control", "status"]
-    rest = [c for c in table.columns if c not in head]
-    return list(item_frame.columns) + head + rest
-
-
-def _native(values: pd.Series, kinds: str, dtype) -> np.ndarray:
-    """A column as its own numpy array when its dtype is of these kinds, else as ``dtype``."""
-    if isinstance(values.dtype, np.dtype) and values.dtype.kind in kinds:
-        return values.to_numpy()
-    return values.to_numpy(dtype=dtype)
 
 
 def _row_series(index, rows, values, name):

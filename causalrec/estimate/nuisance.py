@@ -55,8 +55,8 @@ def pack_shards(rows_per_item: np.ndarray, n_shards: int) -> np.ndarray:
 
 def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
               propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
-              shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None
-              ) -> CrossFit:
+              shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None,
+              reducer: Reducer | None = None, block_size: int | None = None) -> CrossFit:
     """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, a boolean mask, or
     ``slice(None)`` for all; seg, t, y, folds already subset to them).
 
@@ -64,10 +64,16 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     read straight from the frame's columns). ``propensity`` / ``outcome`` are unfitted
     ``SegmentGLM`` prototypes (their parameters are copied for every fit);
     ``propensity=None`` uses ``logged_e``. ``warm`` holds an earlier cross-fit's models to
-    start from (e.g. another repeat's first fold).
+    start from (e.g. another repeat's first fold). ``reducer`` couples these items' pooled
+    fits with other processes' (a Spark task's shard; default: these are all the items);
+    ``shard_of_item`` instead splits them into shards fitted by threads of this process.
+    ``block_size``: the layout's (default: from these rows' cells).
     """
-    block_size = block_size_for(np.bincount((folds.astype(np.int64) * 2 + t) * n_seg + seg,
-                                            minlength=n_seg * n_folds * 2))
+    if reducer is not None and shard_of_item is not None:
+        raise ValueError("cross_fit takes a reducer or shard_of_item, not both")
+    if block_size is None:
+        block_size = block_size_for(np.bincount((folds.astype(np.int64) * 2 + t) * n_seg + seg,
+                                                minlength=n_seg * n_folds * 2))
     if not hasattr(X, "gather_into"):
         X = read_only_tensor(X, dtype, device).contiguous()  # GPUs reorder X themselves
     out = {}
@@ -78,7 +84,7 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
                block_size=block_size, device=device)
     if shard_of_item is None or int(np.max(shard_of_item, initial=0)) == 0:
         shards = [np.arange(n_seg)]
-        results = [_fit_shard(shards[0], Reducer(), warm[0] if warm else None, **job)]
+        results = [_fit_shard(shards[0], reducer or Reducer(), warm[0] if warm else None, **job)]
     else:
         n_shards = int(np.max(shard_of_item)) + 1
         shards = [np.flatnonzero(shard_of_item == s) for s in range(n_shards)]
@@ -120,18 +126,32 @@ def tunes_shared_penalty(n_rows: int, n_columns: int) -> bool:
 
 
 def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensity, outcome,
-                    family: str, n_columns: int, **options):
+                    family: str, n_columns: int, reducer: Reducer | None = None,
+                    lockstep: bool = False, **options):
     """``cross_fit`` once per shared-slope penalty of ``SHARED_PENALTY_GRID`` (x d); the
     propensity keeps the penalty with the lowest out-of-fold log loss, the outcome models the
     one with the lowest out-of-fold loss of mu0 on control rows plus mu1 on treated rows.
+    The one penalty-tuning loop: ``reducer`` adds the loss sums of every process's items
+    (a Spark task's shard; identity in one process), so every shard makes the same choice;
+    ``lockstep`` fits the grid side by side with their reductions sent together
+    (``lockstep.run_in_lockstep``: fewer rounds on Spark without barrier mode, same numbers).
     Returns the combined ``CrossFit`` and the two prototypes with the chosen penalties (for
     later repeats)."""
+    reducer = reducer or Reducer()
     grid = penalty_grid(n_columns)
-    fits = [cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
-                      propensity=with_penalty(propensity, lam), outcome=with_penalty(outcome, lam),
-                      **options) for lam in grid]
-    best_e, best_mu = choose_penalties(np.stack([tuning_losses(f.e, f.mu0, f.mu1, t, y, family)
-                                                 for f in fits]), propensity is not None)
+    coupled = options.get("shard_of_item") is None  # else the shards' threads couple the fits
+    fit = lambda lam, red: cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
+                                     propensity=with_penalty(propensity, lam),
+                                     outcome=with_penalty(outcome, lam),
+                                     reducer=red if coupled else None, **options)
+    if lockstep:
+        from .lockstep import run_in_lockstep
+        fits = run_in_lockstep([lambda red, lam=lam: fit(lam, red) for lam in grid], reducer)
+    else:
+        fits = [fit(lam, reducer) for lam in grid]
+    sums = np.stack([tuning_losses(f.e, f.mu0, f.mu1, t, y, family) for f in fits])
+    total = reducer.sum(torch.as_tensor(sums, dtype=torch.float64)).cpu().numpy()
+    best_e, best_mu = choose_penalties(total, propensity is not None)
     e, mu = fits[best_e], fits[best_mu]
     shard_fits = [merge_models(e_shard, mu_shard)
                   for e_shard, mu_shard in zip(e.shard_fits, mu.shard_fits)]

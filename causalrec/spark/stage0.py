@@ -4,18 +4,17 @@ from the whole log (per-item counts and statuses, float64 moments of the fitted 
 categorical levels, the 0/1 outcome checks)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_moments,
                                levels_from_counts, segment_ids, tail_ranks)
+from ..estimate.plan import ItemFacts
 from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import pre_status
 from ..schema import InteractionLog, SchemaError
 
-__all__ = ["Facts", "validate", "item_facts", "design_spec", "outcome_scale", "schema_frame",
+__all__ = ["validate", "item_facts", "design_spec", "outcome_scale", "schema_frame",
            "check_fold_column"]
 
 SAMPLE_ROWS = 1000  # rows validated with InteractionLog (column presence, roles, dtypes)
@@ -25,20 +24,6 @@ WITNESS_ROWS = 1000  # offending rows shown to InteractionLog so it raises its o
 def _F():
     from pyspark.sql import functions as F
     return F
-
-
-@dataclass
-class Facts:
-    """Per-item facts on the driver, items in the local estimator's (sorted) order."""
-
-    segments: pd.DataFrame    # key columns, one row per item
-    n_all: np.ndarray
-    n_t: np.ndarray
-    status: np.ndarray        # pre-fit status per item ("constant_outcome" applied)
-    use: np.ndarray           # item is fitted
-    binary: bool              # outcome is 0/1 on every row (log.outcome_is_binary)
-    fitted_binary: bool | None  # ... on the fitted rows (all rows when none is fitted)
-    arm_rows: np.ndarray      # (n_items, 2) rows per arm
 
 
 def validate(sdf, roles: dict) -> InteractionLog:
@@ -114,7 +99,7 @@ def check_fold_column(sdf, column, n_folds: int) -> None:
                          f"in column {column!r}")
 
 
-def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> Facts:
+def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> ItemFacts:
     """One aggregation per item: rows per arm, the outcome's range and 0/1 count."""
     F = _F()
     keys, y = log.item_columns, F.col(log.outcome).cast("double")
@@ -137,9 +122,8 @@ def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> Facts:
         use[:] = False
     nonbinary = per_item["_nonbinary"].to_numpy(np.int64)
     fitted = use if use.any() else np.ones(len(use), dtype=bool)
-    return Facts(segments, n_all, n_t, status, use, bool(nonbinary.sum() == 0),
-                 bool(nonbinary[fitted].sum() == 0),
-                 np.stack([n_all - n_t, n_t], axis=1))
+    return ItemFacts(segments, n_all, n_t, status, use, bool(nonbinary.sum() == 0),
+                     bool(nonbinary[fitted].sum() == 0))
 
 
 def _exact_fraction(rank: int, n: int) -> float:

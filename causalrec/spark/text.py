@@ -158,7 +158,7 @@ def text_features(sdf, text, *, encoder=None, n_components: int = 8,
             _scores_task(reducer, safe), schema), keep)
         out = _join_by(out, scores, [(col, _KEY)])
         n_columns += len(safe)
-    for a, b in fitted._pairs():
+    for a, b in fitted.pairs_:
         name = f"__causalrec_x{n_columns}"
         pairs = (sdf.select(F.col(a).alias("__causalrec_a"), F.col(b).alias("__causalrec_b"))
                  .distinct())

@@ -1,0 +1,143 @@
+"""The fit of one shard of whole items: the one repeated-split loop of every backend.
+
+``fit_shard(plan, data, reducer)`` runs, for each cross-fitting split of the plan, the
+nuisance fits (the GLMs, their shared-slope penalty tuned where the plan says so, or the
+flexible learners), the balancing step and the per-item scores, and combines the splits
+(``splits.py``). The local backend calls it once with every item (the GLM fits themselves
+may be sharded over threads inside ``cross_fit``); a Spark task calls it with its shard's
+rows and a reducer that couples the shards (gloo, or the rounds of ``spark/replay.py``).
+Items are never split between shards, so each shard's per-item tables are final.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..glm.layout import read_only_tensor, release_free_heap
+from ..glm.reducer import Reducer
+from .nuisance import cross_fit, cross_fit_tuned, tunes_shared_penalty
+from .plan import FitPlan, ShardPart
+from .splits import SplitAverage
+
+__all__ = ["ShardData", "fit_shard"]
+
+
+@dataclass
+class ShardData:
+    """One shard's rows as a backend hands them to ``fit_shard`` (the rows fitted, in order).
+
+    items : codes (into the plan's items) of the shard's items, ascending; ``seg`` numbers
+        the rows' items within them (0..len(items)-1).
+    X : the design rows (``DesignSpec.rows``: padded straight from the columns) for GLM
+        nuisances, the (n, d) design matrix for flexible ones; ``rows``: the rows of X fitted
+        (a boolean mask, positions, or ``slice(None)`` for all).
+    split_folds : the fold of each row in every split (the first may be given by the caller).
+    block_sizes : per split, the GLM layout's block size (None: from that split's folds).
+    balance : the balancing step (``nuisance.balance.balancing_step``) or None.
+    groups : unit hashes of the rows (flexible nuisances' early stopping), or None.
+    shard_of_item : the GLM fits' own shards (threads of ``cross_fit``), or None.
+    """
+
+    items: np.ndarray
+    seg: np.ndarray
+    t: np.ndarray
+    y: np.ndarray
+    y_fit: np.ndarray
+    X: object
+    rows: object
+    split_folds: list
+    logged_e: np.ndarray | None = None
+    balance: object = None
+    groups: np.ndarray | None = None
+    block_sizes: list | None = None
+    shard_of_item: np.ndarray | None = None
+
+
+def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool = True,
+              keep_fits: bool = True, lockstep: bool = False) -> ShardPart:
+    """Fit ``data`` (one shard of whole items) as the plan says -> its ``ShardPart``.
+
+    ``reducer`` couples this shard's pooled fits with the other shards' (None: this shard
+    holds every item); ``lockstep`` runs the penalty grid's fits side by side, so that their
+    reductions travel together (one round per step instead of one per fit and step, for the
+    rounds of Spark without barrier mode; the same numbers). ``keep_rows``: the per-row
+    outputs; ``keep_fits``: the fitted nuisance models (``nuisance_fits_``)."""
+    reducer = reducer or Reducer()
+    p, device = plan.params, plan.device
+    n_seg, n_splits = len(data.items), len(data.split_folds)
+    seg, t, y = data.seg, data.t, data.y
+    on_device = lambda a, kind: read_only_tensor(a, kind, device)
+    splits = SplitAverage(p["alpha"])
+    converged, n_iter, nuisance_fits, models = {}, 0, [], None
+    shift = np.zeros(n_seg)
+    propensity, outcome, fits = plan.propensity, plan.outcome, None
+    chosen = (propensity, outcome)
+    for repeat, split in enumerate(data.split_folds):
+        if plan.flexible is not None:
+            fit = _fit_flexible(plan, data, split, seed=p["seed"] + repeat)
+            nuisance_fits.append(fit)
+            models = fit.models  # the last repeat's choice per nuisance
+            n_iter = max(n_iter, fit.glm_n_iter)  # the offset GLMs'
+            converged["e"] = converged.get("e", True) & np.full(n_seg, bool(fit.glm_converged))
+            preds = (fit.e, fit.mu0, fit.mu1)
+        else:
+            job = dict(n_folds=p["n_folds"], logged_e=data.logged_e,
+                       shard_of_item=data.shard_of_item, device=device, dtype=plan.dtype,
+                       warm=fits.shard_fits if fits else None,
+                       block_size=data.block_sizes[repeat] if data.block_sizes else None)
+            args = (data.X, None, None, data.rows, seg, t, data.y_fit, split, n_seg)
+            if plan.tune_columns is not None:  # few rows per column: the shared slopes' ridge by CV
+                fits, *chosen = cross_fit_tuned(
+                    *args, propensity=propensity, outcome=outcome, family=plan.outcome_family,
+                    n_columns=plan.tune_columns, reducer=reducer, lockstep=lockstep, **job)
+            else:  # (threads of this process couple the GLM fits' own shards, if any)
+                fits = cross_fit(*args, propensity=propensity, outcome=outcome, **job,
+                                 reducer=reducer if data.shard_of_item is None else None)
+            if keep_fits and len(fits.shard_fits) == 1:
+                nuisance_fits += fits.shard_fits[0]
+            for name, ok in fits.converged.items():
+                converged[name] = converged.get(name, True) & ok
+            n_iter = max(n_iter, fits.n_iter)
+            preds = (fits.e, fits.mu0, fits.mu1)
+            fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
+        e, mu0, mu1 = [torch.as_tensor(a, device=device).to(torch.float64) for a in preds]
+        mu0, mu1 = plan.outcome_scale.restore(mu0), plan.outcome_scale.restore(mu1)
+        if data.balance is not None:  # per item (items are never split between shards)
+            e, item_shift = data.balance(e, t, seg, n_items=n_seg)
+            shift += item_shift / n_splits
+        release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
+        splits.add(*plan.scores(on_device(seg, torch.long), on_device(t, None),
+                                on_device(y, torch.float64), e, mu0, mu1, n_seg,
+                                folds=on_device(split, None)), e, mu0, mu1)
+        preds = e = mu0 = mu1 = None  # not alive beside the next split's fits
+    table, psi, e_clipped, e, mu0, mu1 = splits.result()
+    rows = None
+    if keep_rows:
+        rows = dict(psi=psi, e_clipped=e_clipped, e=e.cpu().numpy(), mu0=mu0.cpu().numpy(),
+                    mu1=mu1.cpu().numpy())
+    return ShardPart(
+        items=np.asarray(data.items), table=table, converged=converged, n_iter=n_iter,
+        reductions=(getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0)),
+        shared_penalty={name: model.shared_penalty for name, model in
+                        zip(("propensity", "outcome"), chosen) if model is not None},
+        balance_shift=shift, rows=rows, nuisance_fits=nuisance_fits, nuisance_models=models)
+
+
+def _fit_flexible(plan: FitPlan, data: ShardData, split, seed: int):
+    """Cross-fitted predictions of flexible learners (``causalrec.nuisance``) for one split;
+    ``data.groups`` (unit hashes or None) keep each unit's rows on one side of early
+    stopping's split. -> ``NuisanceResult``."""
+    from ..nuisance import cross_fit_nuisances
+    p = plan.params
+    glm = dict(shrinkage=plan.shrinkage, intercept_penalty=p["intercept_penalty"],
+               max_iter=p["max_iter"])
+    X = data.X[data.rows]
+    if tunes_shared_penalty(plan.n_independent, X.shape[1]):  # few rows (units) per column:
+        glm["shared_penalty"] = plan.shrinkage  # the offset GLM's shared slopes get the deviations' prior
+    return cross_fit_nuisances(X, data.seg.astype(np.int64), data.t.astype(np.int64),
+                               data.y_fit.astype(np.float64), split.astype(np.int64),
+                               n_items=len(data.items), family=plan.outcome_family,
+                               spec=plan.flexible, glm=glm, logged_e=data.logged_e,
+                               device=plan.device, groups=data.groups, seed=seed)
