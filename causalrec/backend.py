@@ -2,14 +2,21 @@
 
 A fit is one skeleton (``causalrec.estimate.plan``): a plan built once, the same shard
 function run by a backend, the shards' parts finished by the plan. A backend is the only
-piece that knows where the rows are: ``causalrec.estimate.local.LocalBackend`` (a pandas
-frame in this process) or ``causalrec.spark.backend.SparkBackend`` (a Spark DataFrame; its
-tasks run the shard function on the executors). ``backend_for`` picks one from the data's
-type; pyspark is imported only when the data is a Spark frame.
+piece that knows where the rows are: the local one (a pandas frame in this process:
+``causalrec.estimate.local.LocalBackend``, ``fairness.rows.LocalAuditRows``, ...) or the
+Spark one (``causalrec.spark``: its tasks run the same functions on the executors).
+
+``backend_for(data, local, spark=...)`` is the one question "is this a Spark frame?": each
+public entry point passes its local implementation and names its Spark counterpart, which
+is imported only when the data is a Spark frame (pyspark stays an optional extra). This
+module is the one door from the lower layers up to ``causalrec.spark``
+(tests/test_imports.py allows those lazy imports here and nowhere else).
 """
 from __future__ import annotations
 
-__all__ = ["backend_for", "is_distributed"]
+__all__ = ["backend_for", "is_distributed", "SPARK_PARTS"]
+
+SPARK_PARTS = ("item_effects", "audit_rows", "refutations", "uplift_rows")
 
 
 def is_distributed(data) -> bool:
@@ -18,11 +25,22 @@ def is_distributed(data) -> bool:
     return type(data).__module__.startswith("pyspark")
 
 
-def backend_for(data):
-    """The backend class for ``data``: ``SparkBackend`` for a Spark DataFrame, else
-    ``LocalBackend``. Its ``item_effects(data, ...)`` runs ``estimate_item_effects``."""
-    if is_distributed(data):
-        from .spark.backend import SparkBackend
-        return SparkBackend
-    from .estimate.local import LocalBackend
-    return LocalBackend
+def backend_for(data, local, *, spark: str):
+    """``local`` for in-process data; for a Spark DataFrame the Spark counterpart named by
+    ``spark`` (one of ``SPARK_PARTS``): the item-effects call, the audit's rows, the
+    refutation call, the uplift model's rows."""
+    if spark not in SPARK_PARTS:
+        raise ValueError(f"spark must be one of {SPARK_PARTS}, got {spark!r}")
+    if not is_distributed(data):
+        return local
+    if spark == "item_effects":
+        from .spark.driver import item_effects
+        return item_effects
+    if spark == "audit_rows":
+        from .spark.audit import SparkAuditRows
+        return SparkAuditRows
+    if spark == "refutations":
+        from .spark.refute import refute_item_effects_spark
+        return refute_item_effects_spark
+    from .spark.uplift import SparkUpliftRows
+    return SparkUpliftRows

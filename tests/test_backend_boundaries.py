@@ -40,9 +40,9 @@ def test_spark_module_uses_no_private_member_of_the_local_package(local, spark_m
 
 
 @pytest.mark.parametrize("local", SPARK_USERS)
-def test_local_package_reaches_spark_only_through_one_lazy_choice(local):
-    """No module-level import of causalrec.spark (no import circle); exactly one import of
-    it inside a function: where the backend is chosen from the input's type."""
+def test_local_package_reaches_spark_only_through_backend_for(local):
+    """No import of causalrec.spark at all, lazy or not (no import circle): the backend is
+    chosen from the input's type in one place, ``causalrec.backend.backend_for``."""
     at_module_level, in_functions = [], []
     for path in sorted((PACKAGE / local).glob("*.py")):
         relative = str(path.relative_to(PACKAGE))
@@ -52,5 +52,5 @@ def test_local_package_reaches_spark_only_through_one_lazy_choice(local):
             if isinstance(node, ast.ImportFrom) and _imported_module(node, relative).startswith(
                     "causalrec.spark"):
                 (at_module_level if id(node) in top else in_functions).append(relative)
-    assert at_module_level == []
-    assert len(in_functions) == 1, in_functions
+    assert at_module_level == [] and in_functions == [], at_module_level + in_functions
+    assert "backend_for" in "".join(p.read_text() for p in (PACKAGE / local).glob("*.py"))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..schema import split_roles  # noqa: F401 - re-exported: its home was here
+from ..backend import backend_for
+from ..schema import InteractionLog, Roles, split_roles  # noqa: F401 (split_roles re-exported)
+from .estimator import ItemEffectEstimator
 
 __all__ = ["estimate_item_effects", "split_roles"]
 
@@ -36,6 +38,20 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
     reason the item could not be (reliably) estimated; items without an estimate get NaN.
     """
-    from ..backend import backend_for
-    return backend_for(df).item_effects(df, item, treatment, outcome, confounders, categorical,
-                                        text, propensity, by, graph, folds, unit=unit, **options)
+    fit = backend_for(df, _item_effects, spark="item_effects")
+    return fit(df, item, treatment, outcome, confounders, categorical, text, propensity, by,
+               graph, folds, unit=unit, **options)
+
+
+def _item_effects(df: pd.DataFrame, item, treatment, outcome, confounders=None,
+                  categorical=None, text=None, propensity=None, by=None, graph=None,
+                  folds=None, unit=None, **options) -> pd.DataFrame:
+    """``estimate_item_effects`` of a pandas frame."""
+    if graph is not None:
+        roles = graph.merge_adjustment(df, confounders, categorical, text)
+        confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
+    # the keys are [item] + by, a list even without by
+    log = InteractionLog.from_roles(df, Roles.from_arguments(
+        item=item, by=by or [], treatment=treatment, outcome=outcome, confounders=confounders,
+        categorical=categorical, text=text, propensity=propensity, unit=unit))
+    return ItemEffectEstimator(**options).fit(log, folds=folds).effects_

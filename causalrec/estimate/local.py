@@ -32,21 +32,6 @@ class LocalBackend:
     def __init__(self, log: InteractionLog, extra: pd.DataFrame | None = None, folds=None):
         self.log, self.extra, self.given_folds = log, extra, folds
 
-    @staticmethod
-    def item_effects(df: pd.DataFrame, item, treatment, outcome, confounders=None,
-                     categorical=None, text=None, propensity=None, by=None, graph=None,
-                     folds=None, unit=None, **options) -> pd.DataFrame:
-        """``estimate_item_effects`` of a pandas frame (``causalrec.backend.backend_for``)."""
-        from .estimator import ItemEffectEstimator
-        if graph is not None:
-            roles = graph.merge_adjustment(df, confounders, categorical, text)
-            confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
-        # the keys are [item] + by, a list even without by
-        log = InteractionLog.from_roles(df, Roles.from_arguments(
-            item=item, by=by or [], treatment=treatment, outcome=outcome, confounders=confounders,
-            categorical=categorical, text=text, propensity=propensity, unit=unit))
-        return ItemEffectEstimator(**options).fit(log, folds=folds).effects_
-
     def run(self, plan: FitPlan, fit_shard) -> list[ShardPart]:
         """``[fit_shard(plan, data)]`` for one shard of every item (none if no item is
         fitted)."""

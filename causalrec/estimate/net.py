@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..base import BaseEstimator
 from ..exceptions import DataWarning
+from ..backend import is_distributed
 from ..schema import InteractionLog, Roles, SchemaError
 from ..summary import Summary
 from ..utils.validation import Boolean, InstanceOf, Options
@@ -285,7 +286,7 @@ def estimate_net_effects(log: pd.DataFrame, item: str, treatment: str, outcome: 
     confounders (see ``causalrec.estimate.net``). A log of fixed-size slates gets a
     ``DataWarning``: there an item displaces another, which this estimand cannot separate.
     """
-    if type(log).__module__.startswith("pyspark"):
+    if is_distributed(log):
         raise TypeError("estimate_net_effects runs on pandas frames; collect the Spark frame "
                         "(or a sample of its units) with toPandas()")
     roles = Roles.from_arguments(item=item, treatment=treatment, outcome=outcome,

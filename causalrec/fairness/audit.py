@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..backend import backend_for
 from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
 from ..inference import critical_value, p_value
@@ -160,10 +161,7 @@ class FairnessAudit(BaseEstimator):
     @staticmethod
     def _rows_of(df):
         """The backend for ``df``'s type: Spark (imported only then) or pandas."""
-        if type(df).__module__.startswith("pyspark"):
-            from ..spark.audit import SparkAuditRows
-            return SparkAuditRows(df)
-        return LocalAuditRows(df)
+        return backend_for(df, LocalAuditRows, spark="audit_rows")(df)
 
     def _start(self, data) -> None:
         """The fitted estimator's copy and the interval level, before any model is fitted."""

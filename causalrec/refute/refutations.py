@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..backend import backend_for
 from ..schema import InteractionLog, _as_list
 from .checks import CHECKS, choose_refuters
 from .local import LocalRefutationRows
@@ -53,14 +54,13 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     (``passed`` is NA where the item has no "ok" estimate in either run), and the run's
     settings ``alpha, subset_fraction, rcc_tolerance`` as columns (they survive merges).
     """
-    if type(df).__module__.startswith("pyspark"):
-        from ..spark.refute import SPARK_CHECKS, refute_item_effects_spark
-        return refute_item_effects_spark(
-            df, item, treatment, outcome, confounders, categorical, text, propensity, by, graph,
-            checks=SPARK_CHECKS if checks is None else checks, rcc_tolerance=rcc_tolerance,
-            seed=seed, text_encoder=text_encoder, text_components=text_components, **options)
+    on_spark = backend_for(df, None, spark="refutations")
+    if on_spark is not None:
+        return on_spark(df, item, treatment, outcome, confounders, categorical, text, propensity,
+                        by, graph, checks=checks, rcc_tolerance=rcc_tolerance, seed=seed,
+                        text_encoder=text_encoder, text_components=text_components, **options)
     from ..estimate import estimate_item_effects
-    from ..estimate.api import split_roles
+    from ..schema import split_roles
     from ..estimate.folds import assign_folds
 
     refuters = choose_refuters(checks, rcc_tolerance=rcc_tolerance, n_subsets=n_subsets,

@@ -51,12 +51,6 @@ class SparkBackend:
         self.shards, self.barrier, self.row_outputs = shards, barrier, row_outputs
         self.shard_of_item, self.mode, self.rows = None, None, None
 
-    @staticmethod
-    def item_effects(sdf, *args, **kwargs):
-        """``estimate_item_effects`` of a Spark frame (``causalrec.backend.backend_for``)."""
-        from .driver import estimate_item_effects_spark
-        return estimate_item_effects_spark(sdf, *args, **kwargs).effects
-
     def run(self, plan, fit_shard) -> list:
         """``fit_shard(plan, shard data, reducer)`` on every shard of the plan's fitted items,
         in Spark tasks -> their ``ShardPart``s (row arrays left on the executors)."""

@@ -132,3 +132,9 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     reductions = {int(backend.shard_of_item[part.items[0]]): part.reductions for part in parts}
     return SparkEffects(effects, backend.rows, spec, backend.shard_of_item, backend.mode, est,
                         reductions)
+
+
+def item_effects(sdf, *args, **kwargs) -> pd.DataFrame:
+    """``estimate_item_effects`` of a Spark frame: the effects table of
+    ``estimate_item_effects_spark`` (``causalrec.backend.backend_for``)."""
+    return estimate_item_effects_spark(sdf, *args, **kwargs).effects

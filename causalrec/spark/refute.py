@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..estimate.api import split_roles
 from ..refute.checks import choose_refuters
 from ..refute.loop import run_refutations
 from ..refute.refutations import adjustment_roles
-from ..schema import _as_list
+from ..schema import _as_list, split_roles
 from .driver import estimate_item_effects_spark
 from .shard import ROW_ID
 from .stage0 import schema_frame
@@ -53,13 +52,14 @@ def permute_within(sdf, keys, column: str, seed: int):
 
 def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                               categorical=None, text=None, propensity=None, by=None,
-                              graph=None, *, checks=SPARK_CHECKS, rcc_tolerance: float = 1.0,
+                              graph=None, *, checks=None, rcc_tolerance: float = 1.0,
                               seed: int = 0, text_encoder=None, text_components: int = 8,
                               **options) -> pd.DataFrame:
     """The Spark checks (``SPARK_CHECKS``) of ``refute_item_effects``; same table, through
     the same loop (``run_refutations``)."""
     F = _F()
-    refuters = choose_refuters(checks, rcc_tolerance=rcc_tolerance)
+    refuters = choose_refuters(SPARK_CHECKS if checks is None else checks,
+                               rcc_tolerance=rcc_tolerance)
     if "subset" in {refuter.name for refuter in refuters}:  # before any Spark job
         raise ValueError(_NO_SUBSET)
     alpha = options.get("alpha", 0.05)

@@ -9,6 +9,7 @@ from ..base import BaseEstimator
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
 from ..inference import benjamini_hochberg, critical_value, p_value
 from ..summary import Summary
+from ..backend import backend_for
 from ..schema import InteractionLog, _as_list, check_key_values
 from ..utils.frames import check_frame
 from ..utils.validation import Callable, InstanceOf, Integer, Interval, Options
@@ -170,9 +171,9 @@ class UpliftModel(BaseEstimator):
 
     def _rows_for(self, log, roles):
         """The backend for ``log``'s type: Spark (imported only then) or an InteractionLog."""
-        if type(log).__module__.startswith("pyspark"):
-            from ..spark.uplift import SparkUpliftRows
-            return SparkUpliftRows(log, **roles)
+        spark_rows = backend_for(log, None, spark="uplift_rows")
+        if spark_rows is not None:
+            return spark_rows(log, **roles)
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog or a Spark DataFrame")
         if roles:
