@@ -14,8 +14,8 @@ from ..estimate.nuisance import pack_shards
 from ..fairness.exposure import exposure_sums, shifted_groups
 from ..fairness.rows import TEXT_PREFIX, AuditRows
 from ..schema import InteractionLog
-from .driver import (_PARTITION_KEY, _default_shards, _partition_keys, estimate_item_effects_spark,
-                     run_pooled)
+from .backend import PARTITION_KEY, default_shards, partition_keys, run_pooled
+from .driver import estimate_item_effects_spark
 from .shard import CODE, ROW_ID, SHARD, payload_row
 from .stage0 import SAMPLE_ROWS, design_spec, validate
 
@@ -110,11 +110,11 @@ def _exposure_sums(audit, sdf, numeric, categorical, items, barrier) -> dict:
     spec = design_spec(sdf, sample, n_rows, None)
     n_item = (audit.group_effects_.groupby("item", sort=True)["n"].sum()
               .reindex(items).to_numpy(np.int64))
-    n_shards = min(_default_shards(spark), len(items))
+    n_shards = min(default_shards(spark), len(items))
     shard_of_item = pack_shards(n_item, n_shards)
-    key_of = _partition_keys(spark, n_shards)
+    key_of = partition_keys(spark, n_shards)
     table = pd.DataFrame({audit.item: items, CODE: np.arange(len(items)), SHARD: shard_of_item,
-                          _PARTITION_KEY: key_of[shard_of_item]})
+                          PARTITION_KEY: key_of[shard_of_item]})
     columns = list(dict.fromkeys([audit.item, audit.treatment, audit.group, *numeric,
                                   *categorical, ROW_ID]))
     rows = sdf.select(*columns).join(F.broadcast(spark.createDataFrame(table)), on=audit.item)

@@ -16,16 +16,12 @@ from ..estimate.plan import (FitPlan, outcome_family, resolve_flexible as plan_f
 from ..estimate.scaling import OutcomeScale
 from ..estimate.shardfit import fit_shard
 from ..nuisance.balance import balance_column_names
-from .backend import SparkBackend, run_pooled
-# the partitioning's names as the Spark audit (spark/audit.py) imports them from here
-from .backend import PARTITION_KEY as _PARTITION_KEY  # noqa: F401
-from .backend import default_shards as _default_shards  # noqa: F401
-from .backend import partition_keys as _partition_keys  # noqa: F401
+from .backend import SparkBackend
 from .shard import ROW_ID
 from .stage0 import (check_fold_column, design_spec, item_facts, outcome_scale, schema_frame,
                      validate)
 
-__all__ = ["SparkEffects", "estimate_item_effects_spark", "run_pooled"]
+__all__ = ["SparkEffects", "estimate_item_effects_spark", "item_effects"]
 
 
 @dataclass
