@@ -226,8 +226,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         else:
             outputs, self.nuisance_fits_, self.n_iter_ = part.rows, part.nuisance_fits, part.n_iter
             chosen, shift = part.shared_penalty, part.balance_shift
-            if part.nuisance_models is not None:
-                self.nuisance_models_ = part.nuisance_models
+        # flexible nuisances: per nuisance, the models' out-of-fold losses and weights; None
+        # for the GLMs (a refit does not keep an earlier fit's)
+        self.nuisance_models_ = None if part is None else part.nuisance_models
         self.shared_penalty_ = chosen
         self.propensity_ = _row_series(index, rows, outputs["e_clipped"], "propensity")
         self.mu0_ = _row_series(index, rows, outputs["mu0"], "mu0")

@@ -36,7 +36,7 @@ class EffectSummary(Summary):
             "Overall effect (row-weighted)": f"{self.overall:.5g} (se {self.overall_se:.3g})",
         }
         models = getattr(estimator, "nuisance_models_", None)
-        if getattr(estimator, "_flexible", None) is not None and models is not None:
+        if models is not None:  # flexible nuisances only (None after a GLM fit)
             info["Weight on the flexible model"] = ", ".join(
                 f"{m} {w:.2f}" for m, w in zip(models["nuisance"], models["weight_flexible"]))
             if "items_by_model" in models:  # the per-item choice by out-of-fold loss

@@ -76,7 +76,8 @@ class SklearnLearner:
             pred = model.predict_proba(Z)[:, list(model.classes_).index(1)]
         else:
             pred = model.predict(Z)
-        return np.asarray(pred, dtype=np.float64), int(np.max(getattr(model, "n_iter_", 0)))
+        n_iter = getattr(model, "n_iter_", None)  # None for closed-form solvers (Ridge)
+        return np.asarray(pred, dtype=np.float64), 0 if n_iter is None else int(np.max(n_iter))
 
 
 def _stops_on_given_rows(model) -> bool:
