@@ -25,8 +25,8 @@ mkdir -p "$OUT_DIR"
 say() { echo "gpu_check: $*" >&2; }
 
 say "CUDA tests (marked cuda, or named cuda: they skip without CUDA)"
-"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests/test_estimate.py tests/test_glm.py \
-    tests/test_sharding.py > "$OUT_DIR/tests.txt" 2>&1 || { cat "$OUT_DIR/tests.txt" >&2; exit 1; }
+"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests/estimate/test_estimate.py tests/glm/test_glm.py \
+    tests/estimate/test_sharding.py > "$OUT_DIR/tests.txt" 2>&1 || { cat "$OUT_DIR/tests.txt" >&2; exit 1; }
 tail -n 1 "$OUT_DIR/tests.txt" >&2
 
 also=${ALSO:-}  # devices timed after DEVICE on the same data (default: cpu after cuda)

@@ -10,7 +10,7 @@ Spark one (``causalrec.spark``: its tasks run the same functions on the executor
 public entry point passes its local implementation and names its Spark counterpart, which
 is imported only when the data is a Spark frame (pyspark stays an optional extra). This
 module is the one door from the lower layers up to ``causalrec.spark``
-(tests/test_imports.py allows those lazy imports here and nowhere else).
+(tests/project/test_imports.py allows those lazy imports here and nowhere else).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         above 4M: 1; a 1M-row fit then takes ~3.5x as long), which takes the median
         seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28; seeds s and s + 1
         share all splits but one: with disjoint splits 0.27 -> 0.16 SE,
-        tests/test_seed_stability.py); 1 for the
+        tests/estimate/test_seed_stability.py); 1 for the
         flexible nuisances (each repeat refits their boosters) and when ``fit(folds=...)``
         fixes the split (a number > 1 there adds seeded splits to the given one).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).

@@ -112,7 +112,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     # (a continuous normalised AIPW's variance is its own: taking the larger of it and the
     # textbook AIPW's made IHDP intervals 1.1-1.5x wider, covering 100% (issue 28); the
     # per-fold normalisation already removes the outcome models' fold-level misfit,
-    # tests/test_scores_folds.py)
+    # tests/estimate/test_scores_folds.py)
     ess_t, ess_c = s1 ** 2 / S(wt ** 2), s0 ** 2 / S(wc ** 2)
     dof_welch = _welch_dof(psi_var, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
     n_t, n_c = t_sum(t), t_sum(1 - t)

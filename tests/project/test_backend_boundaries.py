@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "causalrec"
+PACKAGE = Path(__file__).resolve().parents[2] / "causalrec"
 SPARK_USERS = {"fairness": "spark/audit.py", "refute": "spark/refute.py", "uplift": "spark/uplift.py"}
 
 

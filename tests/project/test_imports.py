@@ -150,7 +150,7 @@ def test_the_reader_sees_relative_lazy_and_dynamic_imports():
 
 def test_every_package_has_a_layer(graph):
     unplaced = sorted({_package(m) for m in graph} - set(LAYER_OF))
-    assert not unplaced, f"place these packages in LAYERS (tests/test_imports.py): {unplaced}"
+    assert not unplaced, f"place these packages in LAYERS (tests/project/test_imports.py): {unplaced}"
 
 
 def test_no_import_from_a_lower_layer_to_a_higher_one(checked):

@@ -6,7 +6,7 @@ frame is never modified.
 
 CI runs a fixed, derandomised budget (well under a minute). For a longer search set
 ``CAUSALREC_HYPOTHESIS=thorough`` (400 examples per test), e.g.
-``CAUSALREC_HYPOTHESIS=thorough pytest tests/test_bad_input_property.py``.
+``CAUSALREC_HYPOTHESIS=thorough pytest tests/schema/test_bad_input_property.py``.
 """
 import functools
 import os

@@ -1,7 +1,7 @@
 """Bandit-log estimators: algebraic identities on the uniform log, agreement between the two
 Open Bandit Dataset logs, off-policy evaluation of BTS from random data, a simulated
 confounded log with known values, and bad inputs. (notebooks/03_bandit_logs.ipynb runs in
-tests/test_notebooks.py with the other notebooks.)"""
+tests/project/test_notebooks.py with the other notebooks.)"""
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import causalrec as cr
 from causalrec.bandit import BanditEstimator, estimate_logging_policy
 from causalrec.schema import SchemaError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OBD = ROOT / "data" / "obd"
 USER = [f"user_feature_{k}" for k in range(4)]
 ROLES = dict(item="item_id", outcome="click", propensity="propensity_score", position="position")

@@ -162,7 +162,7 @@ def test_spark_with_unit_equals_local(sim_df):
     from causalrec.spark import estimate_item_effects_spark
     spark = (SparkSession.builder.master("local[2,2]").appName("causalrec-tests")
              .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
-             .getOrCreate())  # the session of tests/test_spark.py when it runs in this process
+             .getOrCreate())  # the session of tests/spark/test_spark.py when it runs in this process
     df = sim_df.drop(columns=["user_text", "item_text"]).assign(
         row=np.arange(len(sim_df)), user=lambda d: "u" + d["user_id"].astype(str))
     local = _fit(df, dict(ROLES, item=["item_id"], unit="user"), dtype="float64")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("econml")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_external.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_external.py"
 
 
 def load_bench():
