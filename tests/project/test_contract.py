@@ -27,6 +27,11 @@ def _glm_data(sim):
     return (X, df["clicked"].to_numpy(float), segment), (X, segment)
 
 
+def _net_log():
+    net = cr.datasets.simulate_net_log(1500, n_categories=4, items_per_category=4, seed=0)
+    return cr.InteractionLog(net.data, **net.roles)
+
+
 # name: (make(**params), fit(estimator, sim), a bad parameter value, a result before fit)
 CASES = {
     "ItemEffectEstimator": (
@@ -45,6 +50,9 @@ CASES = {
     "UpliftModel": (
         lambda **p: cr.UpliftModel(features=["user_activity", "tenure"], **p),
         lambda est, sim: est.fit(_log(sim)), ("fdr", 2.0), lambda est, sim: est.summary()),
+    "NetEffectEstimator": (
+        lambda **p: cr.NetEffectEstimator(**p), lambda est, sim: est.fit(_net_log()),
+        ("additive", "bogus"), lambda est, sim: est.summary()),
     "SegmentGLM": (
         lambda **p: cr.SegmentGLM(**p), lambda est, sim: est.fit(*_glm_data(sim)[0]),
         ("family", "bogus"), lambda est, sim: est.predict(*_glm_data(sim)[1])),

@@ -193,14 +193,15 @@ def test_repeated_splits_on_spark_equal_local(small_parquet, small_frame, local_
 def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     """cr.estimate_item_effects dispatches on a Spark frame; a logged propensity; the pooled
     fit forced off barrier mode (barrier=False: rounds of plain tasks, one Spark job per
-    reduction) gives the same table and says so in a log line. max_iter=2 keeps the rounds
-    few (each round is a Spark job; the shared-slope penalty grid's fits send their
-    reductions together, so 4 splits x 4 penalties cost about 4 fits' rounds)."""
-    local = local_fit("small", nuisance="pooled", propensity="propensity", max_iter=2).effects_
+    reduction) gives the same table and says so in a log line. max_iter=2 and one split keep
+    the rounds few (each round is a Spark job; the shared-slope penalty grid's fits send
+    their reductions together; repeated splits on Spark: test_repeated_splits_on_spark_equal_local)."""
+    local = local_fit("small", nuisance="pooled", propensity="propensity", max_iter=2,
+                      n_repeats=1).effects_
     with caplog.at_level(logging.INFO, logger="causalrec.spark"):
         table = cr.estimate_item_effects(small_parquet, **ROLES, propensity="propensity",
                                          nuisance="pooled", dtype="float64", shards=2,
-                                         barrier=False, max_iter=2)
+                                         barrier=False, max_iter=2, n_repeats=1)
     _assert_same(local, table)
     assert (~table["converged"]).any()  # two steps: some fits stopped early, equally
     assert "barrier=False; running the pooled fit as rounds of plain tasks" in caplog.text
@@ -226,7 +227,8 @@ def test_pooled_rounds_when_the_cluster_refuses_barrier_mode(spark, small_frame,
     monkeypatch.setattr(backend, "_barrier_stage", refused)
     marker, env = tmp_path / "killed", spark.sparkContext.environment
     env[FAULT_ENV] = f"1:20:{marker}"
-    options = dict(nuisance="pooled", method="or", propensity="propensity", max_iter=2)
+    options = dict(nuisance="pooled", method="or", propensity="propensity", max_iter=2,
+                   n_repeats=1)  # one split: each reduction is a Spark job
     try:
         with caplog.at_level(logging.INFO, logger="causalrec.spark"):
             res = estimate_item_effects_spark(small_parquet, **ROLES, dtype="float64", shards=2,
