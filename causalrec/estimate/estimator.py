@@ -184,21 +184,20 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         if not isinstance(log, InteractionLog):
             raise TypeError("fit expects an InteractionLog; use estimate_item_effects for a DataFrame")
         text_features = self._text_features(log)
-        plan = FitPlan.from_log(self.get_params(deep=False), log, text_features,
-                                folds_given=folds is not None)
+        plan = FitPlan.from_log(log, self, text_features, folds_given=folds is not None)
         backend = LocalBackend(log, text_features, folds)
         parts = backend.run(plan, fit_shard)
-        self.record_fit(plan, *plan.finish(parts), text_confounders=self.text_confounders_)
+        self.record_fit(plan, plan.finish(parts), text_confounders=self.text_confounders_)
         self._keep_rows(log, backend, parts)
         return self
 
-    def record_fit(self, plan: FitPlan, effects: pd.DataFrame, converged: bool, *,
+    def record_fit(self, plan: FitPlan, effects: pd.DataFrame, *,
                    text_confounders=None) -> "ItemEffectEstimator":
         """Record a fit run through the skeleton (e.g. on Spark, where the rows stay on the
         cluster): the ``plan``'s decisions and the finished ``effects`` table become the
         fitted attributes (``effects_``, ``converged_``, ``design_spec_``, ...); per-row
         outputs are the backend's. Returns self."""
-        self.effects_, self.converged_ = effects, converged
+        self.effects_, self.converged_ = effects, plan.all_converged(effects)
         self.text_confounders_ = text_confounders
         self.unit_ = plan.unit
         self.plan_ = plan

@@ -2,9 +2,9 @@
 
 A fit runs in three steps, whatever holds the rows (``causalrec.backend``)::
 
-    plan  = FitPlan.from_log(params, log)          # or .from_facts on Spark (stage 0)
+    plan  = FitPlan.from_log(log, options)         # or .from_facts on Spark (stage 0)
     parts = backend.run(plan, fit_shard)           # one process, or one Spark task per shard
-    table = plan.finish(parts)                     # effects table, statuses, convergence
+    table = plan.finish(parts)                     # effects table: statuses, convergence
 
 The plan holds the validated parameters, the per-item counts and statuses, the outcome family
 and scale, the design spec, the nuisance prototypes and the rules derived from them (repeats,
@@ -119,11 +119,14 @@ class FitPlan:
         return dict(params)
 
     @classmethod
-    def from_log(cls, params: dict, log: InteractionLog, extra: pd.DataFrame | None,
+    def from_log(cls, log: InteractionLog, options, extra: pd.DataFrame | None = None,
                  folds_given: bool = False) -> "FitPlan":
-        """The plan of a fit of the pandas ``log`` (``extra``: its text components, aligned
-        with its rows, or None); ``folds_given``: the caller fixes the first split."""
-        params = cls.check_params(params)
+        """The plan of a fit of the pandas ``log`` with ``options``: an
+        ``ItemEffectEstimator`` or its ``get_params()`` (``extra``: the log's text
+        components, aligned with its rows, or None; ``folds_given``: the caller fixes the
+        first split)."""
+        params = cls.check_params(options.get_params(deep=False)
+                                  if hasattr(options, "get_params") else options)
         df = log.data
         seg, segments = segment_ids(df, log.item_columns)
         n_seg = len(segments)
@@ -216,9 +219,9 @@ class FitPlan:
                              folds=folds)
 
     # ------------------------------------------------------------------ finishing
-    def finish(self, parts: list) -> tuple[pd.DataFrame, bool]:
-        """The effects table of all items (one row per item, in ``facts.segments`` order)
-        and whether every fitted item's models converged, from the shards' ``ShardPart``s:
+    def finish(self, parts: list) -> pd.DataFrame:
+        """The effects table of all items (one row per item, in ``facts.segments`` order;
+        ``all_converged`` reads its ``converged`` column) from the shards' ``ShardPart``s:
         their tables concatenated (items without fitted rows get ``effects_table`` of no
         rows), post-fit statuses, counts, NaN where an item has no number; a
         ``ConvergenceWarning`` per model names the items that stopped at max_iter."""
@@ -258,7 +261,12 @@ class FitPlan:
         effects.attrs.update(method=p["method"], normalize=p["normalize"], nuisance=p["nuisance"],
                              n_folds=p["n_folds"], seed=p["seed"], device=str(self.device),
                              unit=self.unit, outcome_model=self.outcome_family)
-        return effects, bool(item_converged[status == "ok"].all())
+        return effects
+
+    def all_converged(self, effects: pd.DataFrame) -> bool:
+        """Whether every fitted item's models converged (``finish``'s ``converged`` column
+        of the items that were fitted)."""
+        return bool(effects["converged"].to_numpy()[self.facts.use].all())
 
 
 # ---------------------------------------------------------------------- the rules

@@ -123,8 +123,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                            extra=[col for col, _ in extra], shards=shards, barrier=barrier,
                            row_outputs=row_outputs)
     parts = backend.run(plan, fit_shard)
-    effects, converged = plan.finish(parts)
-    est.record_fit(plan, effects, converged, text_confounders=text_confounders)
+    effects = plan.finish(parts)
+    est.record_fit(plan, effects, text_confounders=text_confounders)
     reductions = {int(backend.shard_of_item[part.items[0]]): part.reductions for part in parts}
     return SparkEffects(effects, backend.rows, spec, backend.shard_of_item, backend.mode, est,
                         reductions)

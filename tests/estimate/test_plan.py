@@ -89,8 +89,8 @@ def test_shards_in_threads_equal_the_local_fit(log, nuisance):
     repeats = 2 if nuisance == "per_item" else 1
     plan, local = _plan_and_local(log, nuisance=nuisance, n_repeats=repeats)
     assert (plan.tune_columns is not None) == (nuisance == "pooled")
-    effects, converged = plan.finish(_run_shards(log, plan, 2, lockstep=False))
-    assert converged == local.converged_
+    effects = plan.finish(_run_shards(log, plan, 2, lockstep=False))
+    assert plan.all_converged(effects) == local.converged_
     pd.testing.assert_frame_equal(effects, local.effects_, check_exact=False, rtol=1e-8)
 
 
@@ -129,3 +129,20 @@ def test_pooled_shards_with_lockstep_equal_without(log):
     for a, b in zip(plain, stepped):
         pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
         assert a.shared_penalty == b.shared_penalty
+
+
+def test_the_three_steps_of_a_fit_give_the_estimators_table(log):
+    """plan = FitPlan.from_log(log, options); parts = backend.run(plan, fit_shard);
+    table = plan.finish(parts): the estimator's own table (it runs the same steps)."""
+    from causalrec.estimate.local import LocalBackend
+    from causalrec.estimate.plan import FitPlan
+    est = cr.ItemEffectEstimator(dtype="float64", n_repeats=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(log)
+        plan = FitPlan.from_log(log, est.get_params())
+        table = plan.finish(LocalBackend(log).run(plan, fit_shard))
+    pd.testing.assert_frame_equal(table, est.effects_)
+    assert plan.all_converged(table) == est.converged_
+    with pytest.raises(ValueError, match="method"):
+        FitPlan.from_log(log, {**est.get_params(), "method": "bogus"})
