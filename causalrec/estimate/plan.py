@@ -30,7 +30,7 @@ from .scaling import OutcomeScale, outcome_for_fits
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 
 __all__ = ["FitPlan", "ItemFacts", "ShardPart", "resolve_shrinkage", "resolve_flexible",
-           "GLM_NUISANCES", "split_roles", "outcome_family", "n_repeats"]
+           "GLM_NUISANCES", "split_roles", "outcome_family", "n_repeats", "counts_units"]
 
 GLM_NUISANCES = ("pooled", "per_item")  # the other nuisance choices are flexible learners
 AUTO_SHRINKAGE_PER_COLUMN = 1.0
@@ -150,7 +150,7 @@ class FitPlan:
         # a continuous outcome is fitted centred and scaled in float64 (scaling.py)
         scale = (outcome_for_fits(y[use_rows], family, np_dtype, log.outcome)[0]
                  if family == "gaussian" else OutcomeScale())
-        n_units = (None if log.unit is None
+        n_units = (None if log.unit is None or not counts_units(params)
                    else len(np.unique(unit_key(df[log.unit])[use_rows])))
         return cls.from_facts(params, facts, spec, scale, keys=log.item_columns,
                               fit_propensity=log.propensity is None, unit=log.unit,
@@ -299,6 +299,12 @@ def outcome_family(outcome_model: str, binary: bool, outcome: str) -> str:
 
 def _is_pooled(params) -> bool:
     return isinstance(params["nuisance"], str) and params["nuisance"] == "pooled"
+
+
+def counts_units(params) -> bool:
+    """Whether the fit reads the number of units (the shared-slope gates of the pooled and
+    the flexible nuisances); per_item has no shared slopes, so no count is made."""
+    return not _per_item(params)
 
 
 def _per_item(params) -> bool:  # the "auto" rules of n_repeats and balance_penalty

@@ -11,8 +11,8 @@ import pandas as pd
 
 from ..estimate.design import DesignSpec
 from ..estimate.estimator import ItemEffectEstimator
-from ..estimate.plan import (FitPlan, outcome_family, resolve_flexible as plan_flexible,
-                              split_roles)
+from ..estimate.plan import (FitPlan, counts_units, outcome_family,
+                              resolve_flexible as plan_flexible, split_roles)
 from ..estimate.scaling import OutcomeScale
 from ..estimate.shardfit import fit_shard
 from ..nuisance.balance import balance_column_names
@@ -110,7 +110,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
              if outcome_family(params["outcome_model"], facts.binary, outcome) == "gaussian"
              else OutcomeScale())
     # rows of a recurring unit are not independent: the tuning gate counts units, as locally
-    n_units = None if unit is None else fitted.select(unit).distinct().count()
+    n_units = (None if unit is None or not counts_units(params)  # one Spark job: only if read
+               else fitted.select(unit).distinct().count())
     plan = FitPlan.from_facts(params, facts, spec, scale, keys=keys,
                               fit_propensity=propensity is None, unit=unit, n_independent=n_units,
                               folds_given=folds is not None, outcome_name=outcome, checked=True)
