@@ -209,9 +209,11 @@ def _mean_std(v: np.ndarray, m: float) -> tuple[float, float]:
 
 
 def _order_statistics(v: np.ndarray, ranks: tuple[int, int]) -> tuple:
-    """The values of ``ranks`` (ascending, 0-based) in v, exactly: a partition of only the
-    values beyond thresholds taken from a strided sample (each tail holds ~1%), checked by
-    counting; the whole column is partitioned when a threshold misses its rank."""
+    """The values of ``ranks`` (ascending, 0-based) in v, exactly, and the two tails that
+    hold them (v's values up to / from a threshold, in v's order; None when the whole
+    column was partitioned): a partition of only the values beyond thresholds taken from a
+    strided sample (each tail holds ~1%), checked by counting; the whole column is
+    partitioned when a threshold misses its rank."""
     n, (k_low, k_high) = len(v), ranks
     sample = v[::max(1, n // SAMPLE)]
     s, p = len(sample), (k_low + 1) / n
@@ -223,9 +225,9 @@ def _order_statistics(v: np.ndarray, ranks: tuple[int, int]) -> tuple:
         if len(below) > k_low and len(above) > n - 1 - k_high:
             low = np.partition(below, k_low)[k_low]
             r = len(above) - (n - k_high)  # rank of the same value among the values above
-            return low, np.partition(above, r)[r]
+            return low, np.partition(above, r)[r], (below, above)
     low, high = np.partition(v, ranks)[list(ranks)]
-    return low, high
+    return low, high, None
 
 
 def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None, int]:
@@ -241,20 +243,24 @@ def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None, int]:
     ranks = tail_ranks(len(v))
     plain, winsorised = _mean_std(v, max(abs(lo), abs(hi))), None
     if ranks is not None:
-        low, high = _order_statistics(v, ranks)
-        if _winsorising_may_matter(v, low, high, plain[1]):
+        low, high, tails = _order_statistics(v, ranks)
+        if _winsorising_may_matter(v, low, high, plain[1], tails):
             winsorised = _mean_std(np.clip(v, low, high), max(abs(float(low)), abs(float(high))))
     return choose_moments(len(v), lo, hi, plain, winsorised)
 
 
-def _winsorising_may_matter(v: np.ndarray, low, high, std: float) -> bool:
+def _winsorising_may_matter(v: np.ndarray, low, high, std: float, tails=None) -> bool:
     """False when the winsorised std provably stays above std / ``_INFLATION``, so that
     ``choose_moments`` keeps the plain moments whatever its value (the same choice without
     forming it: two float64 passes over the column saved). Winsorising moves only the tail
     values, by D = v - clip(v), and std(clip(v)) >= std(v) - sqrt(mean(D^2)) (Minkowski's
-    inequality); the 1e-6 margin covers the rounding of both stds."""
-    below = np.asarray(v[v < low], dtype=np.float64)
-    above = np.asarray(v[v > high], dtype=np.float64)
+    inequality); the 1e-6 margin covers the rounding of both stds. ``tails``: the values
+    up to / from thresholds beyond ``low`` / ``high`` (``_order_statistics``), in v's order,
+    which hold every value outside [low, high]: read instead of the whole column (the same
+    values in the same order, so the same sums)."""
+    lower, upper = (v, v) if tails is None else tails
+    below = np.asarray(lower[lower < low], dtype=np.float64)
+    above = np.asarray(upper[upper > high], dtype=np.float64)
     excess = np.sqrt((np.sum(np.square(float(low) - below)) + np.sum(np.square(above - float(high))))
                      / len(v))
     return not excess <= (1 - 1 / _INFLATION) * std * (1 - 1e-6)

@@ -46,18 +46,20 @@ class DesignRows:
         return out
 
     def matrix(self) -> torch.Tensor | None:
-        """Every row as one C-order (n, 1 + d) tensor, the intercept column (ones) first as
-        in the GLM's padded design, formed at the first call and kept, when it takes at most
-        ``MATERIALISE_BYTES``; else None. A padding gathers rows in cell order, i.e. at
-        random: from the matrix a row is one contiguous run copied straight into its block,
-        from the frame one value of each of d columns (~5x slower), and every padding (3 per
-        cross-fitting split) would standardise the same rows again."""
+        """Every row as one C-order (n + 1, 1 + d) tensor, the intercept column (ones) first
+        as in the GLM's padded design, and a last row of zeros (row n) that a padding slot
+        gathers (so the padded design needs no masking pass); formed at the first call and
+        kept, when it takes at most ``MATERIALISE_BYTES``; else None. A padding gathers rows
+        in cell order, i.e. at random: from the matrix a row is one contiguous run copied
+        straight into its block, from the frame one value of each of d columns (~5x slower),
+        and every padding (3 per cross-fitting split) would standardise the same rows again."""
         with self._lock:  # shards pad at once, from threads
             n, d = self.shape
             if self._matrix is None and n * (d + 1) * self.dtype.itemsize <= MATERIALISE_BYTES:
-                matrix = np.empty((n, d + 1), dtype=self.dtype)
-                matrix[:, 0] = 1.0
-                self.fill(matrix[:, 1:])
+                matrix = np.empty((n + 1, d + 1), dtype=self.dtype)
+                matrix[:n, 0] = 1.0
+                matrix[n] = 0.0
+                self.fill(matrix[:n, 1:])
                 self.release()
                 self._matrix = torch.from_numpy(matrix)
             return self._matrix

@@ -253,7 +253,7 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                 X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
                 center=center, scale=scale, block_size=block_size, device=device,
                 index=rows_of_X(sub))
-            held.update(folds=fold_set, design=design, tb=blocked_arm(design, n_seg, dtype),
+            held.update(folds=fold_set, design=design, sub=sub, tb=blocked_arm(design, n_seg, dtype),
                         yb=pad(design.layout, torch.as_tensor(y_mine[sub], device=device,
                                                               dtype=_blocked_dtype(y_mine, dtype))))
             release_free_heap()  # the padding's freed temporaries: not resident beside the fits
@@ -281,32 +281,24 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         fits.append(models)
         scales.append(y_back)
     # the held-out folds' predictions after every fit (none is alive beside a solver's
-    # buffers), each in its own rows' order; with two folds the last training design is the
-    # first test design. The row arrays are assembled after the last prediction.
-    fold_preds = []
+    # buffers); with two folds the last training design is the first test design. Each
+    # prediction goes straight to its rows' places in the row arrays (the padded slots'
+    # positions among the shard's rows, found once per test design).
+    preds = {name: torch.empty((n_mine,), dtype=dtype, device=device) for name in fits[0]}
     for f, (models, y_back) in enumerate(zip(fits, scales)):
-        design = design_of(frozenset({f}))["design"]
-        test = design.blocks()
-        fold_preds.append({})
+        part = design_of(frozenset({f}))
+        design, test = part["design"], part["design"].blocks()
+        slots = torch.nonzero(design.layout.valid.reshape(-1)).squeeze(1)
+        at = torch.as_tensor(part["sub"], device=device)[design.layout.rows.reshape(-1)[slots].long()]
         for name, model in models.items():
             pred = model.predict_blocks(design, test)
             if name != "e" and y_back is not None:
                 pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
                     + y_back[1][design.block_seg].unsqueeze(1)
-            fold_preds[-1][name] = design.unpad(pred)
+            preds[name][at] = pred.reshape(-1)[slots]
             del pred
-        del design
+        del design, part
     held.clear()
-    in_fold = [torch.as_tensor(f_mine == f, device=device) for f in range(n_folds)] \
-        if n_folds > 1 else [None]
-    preds = {}
-    for name in list(fold_preds[0]):
-        preds[name] = torch.empty((n_mine,), dtype=dtype, device=device)
-        for f, values in enumerate(fold_preds):
-            if in_fold[f] is None:
-                preds[name].copy_(values.pop(name))
-            else:
-                preds[name][in_fold[f]] = values.pop(name)
     return mine, preds, fits
 
 

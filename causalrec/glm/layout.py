@@ -154,7 +154,8 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
     ``gather_into(rows, out)`` writes design rows, e.g. read straight from a frame's columns,
     so no (n, d) matrix exists beside the padded one; it is on the CPU, the layout's device
     receives the chunks; its ``release()`` frees its buffers once the design is padded; its
-    ``matrix()``, when not None, holds its rows with the intercept, gathered as they are)."""
+    ``matrix()``, when not None, holds its rows with the intercept, gathered as they are, and
+    a zero row last, which padding slots gather)."""
     n_blocks, B = layout.rows.shape
     source = not torch.is_tensor(X)
     # a source's rows formed once, intercept first (``DesignRows.matrix``): whole rows are
@@ -168,20 +169,24 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
     if source:
         host = None if device.type == "cpu" else np.empty((min(step, n_blocks) * B, d), X.dtype)
         index = None if index is None else np.asarray(torch.as_tensor(index).cpu())
+        if matrix is not None:  # padding slots (-1) gather the matrix's last row, zeros
+            zero_row = matrix.shape[0] - 1
+            index = None if index is None else np.append(index, zero_row)
     else:
         buf = X.new_empty((min(step, n_blocks) * B, d))
         if center is not None:
             center, scale = (torch.as_tensor(v, dtype=X.dtype, device=X.device) for v in (center, scale))
     for a in range(0, n_blocks, step):
         rows = layout.rows[a:a + step]
-        padding = (rows < 0).unsqueeze(-1)
         chunk = Xb[a:a + step]
-        rows_of_X = rows.clamp(min=0).reshape(-1)
         if matrix is not None:
-            if index is not None:
-                rows_of_X = torch.from_numpy(index[rows_of_X.numpy()])
-            torch.index_select(matrix, 0, rows_of_X, out=chunk.view(-1, d + 1))
-        elif source:
+            at = rows.reshape(-1).numpy()
+            at = index[at] if index is not None else np.where(at < 0, zero_row, at)
+            torch.index_select(matrix, 0, torch.from_numpy(at), out=chunk.view(-1, d + 1))
+            continue
+        padding = (rows < 0).unsqueeze(-1)
+        rows_of_X = rows.clamp(min=0).reshape(-1)
+        if source:
             rows_of_X = rows_of_X.cpu().numpy()
             if index is not None:
                 rows_of_X = index[rows_of_X]
@@ -197,8 +202,7 @@ def pad_design(layout: Layout, X, center=None, scale=None, index=None) -> torch.
             if center is not None:
                 gathered.sub_(center).mul_(scale)
             chunk[..., 1:] = gathered.view(rows.shape + (d,))
-        if matrix is None:
-            chunk[..., 0] = 1.0
+        chunk[..., 0] = 1.0
         chunk.masked_fill_(padding, 0.0)
     if source:
         X.release()
