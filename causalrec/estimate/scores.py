@@ -10,6 +10,7 @@ import torch
 
 from ..glm.layout import segment_sum
 from ..inference import interval, p_value
+from ..utils.tensors import at_rows
 
 __all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSES",
            "PRIOR_DOF"]
@@ -97,7 +98,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         psi, m1, m0 = hajek.psi, hajek.r_t, hajek.r_c
     else:  # outcome regression; spread by the AIPW influence function, centred on OR
         c = correction()
-        psi = mu1 - mu0 + c - (S(k * c) / n_keep)[seg]
+        psi = mu1 - mu0 + c - at_rows(S(k * c) / n_keep, seg)
         arm_weights = (wt, wc)
         del c
     if trim is not None:  # (every row kept otherwise: no masked copies)
@@ -123,11 +124,12 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         events_t, events_c = S(t * y), S((1 - t) * y)
         degenerate = ((events_t == 0) | (events_t == n_t) | (events_c == 0) | (events_c == n_c))
         if method == "ipw":
-            r1, r0 = mu1 * (1 - mu1) + (mu1 - m1[seg]) ** 2, mu0 * (1 - mu0) + (mu0 - m0[seg]) ** 2
+            r1 = mu1 * (1 - mu1) + (mu1 - at_rows(m1, seg)) ** 2
+            r0 = mu0 * (1 - mu0) + (mu0 - at_rows(m0, seg)) ** 2
             model = S(wt ** 2 * r1) / s1 ** 2 + S(wc ** 2 * r0) / s0 ** 2
         else:
             omega_t, omega_c = arm_weights  # each row's weight in its arm's mean, times n
-            spread = (k * (mu1 - mu0 - ate[seg]) ** 2 + omega_t ** 2 * mu1 * (1 - mu1)
+            spread = (k * (mu1 - mu0 - at_rows(ate, seg)) ** 2 + omega_t ** 2 * mu1 * (1 - mu1)
                       + omega_c ** 2 * mu0 * (1 - mu0))
             model = S(spread) / n_keep ** 2
         if normalised:
@@ -155,7 +157,8 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             # Floor: both arms' Bernoulli variance at the rate without an effect,
             # e mu1 + (1 - e) mu0, with the weights each arm's mean uses.
             rate = e_clip * mu1 + (1 - e_clip) * mu0
-            null = ((omega_t / n_keep[seg]) ** 2 + (omega_c / n_keep[seg]) ** 2) * rate * (1 - rate)
+            n_row = at_rows(n_keep, seg)
+            null = ((omega_t / n_row) ** 2 + (omega_c / n_row) ** 2) * rate * (1 - rate)
             model = torch.fmax(model, S(null))
         var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
     n_all = n_t + n_c
@@ -210,9 +213,9 @@ def _outcome_spread(y, seg, n_seg, n, S):
     high = amax(y)
     usable = lambda m: torch.where((m > 0) & torch.isfinite(m), m, 1.0)
     m = usable(torch.fmax(low.abs(), high.abs()))
-    dev = y - (m * S(y / m[seg]) / n)[seg]
+    dev = y - at_rows(m * S(y / at_rows(m, seg)) / n, seg)
     md = usable(amax(dev.abs()))
-    dev = dev / md[seg]
+    dev = dev / at_rows(md, seg)
     var = (S(dev * dev) / n - (S(dev) / n) ** 2).clamp(min=0)
     constant = (n > 0) & ((high - low) <= CONSTANT_ULPS * torch.finfo(torch.float64).eps * m)
     return md * var.sqrt(), constant
@@ -231,8 +234,8 @@ def _support(seg, t, e, n_seg, S):
     amax = lambda mask: e.new_full((n_seg,), -inf).scatter_reduce_(0, seg, torch.where(mask, e, -inf), "amax")
     out = {"e_min_treated": amin(treated), "e_max_treated": amax(treated),
            "e_min_control": amin(~treated), "e_max_control": amax(~treated)}
-    low = torch.fmax(out["e_min_treated"], out["e_min_control"])[seg]
-    high = torch.fmin(out["e_max_treated"], out["e_max_control"])[seg]
+    low = at_rows(torch.fmax(out["e_min_treated"], out["e_min_control"]), seg)
+    high = at_rows(torch.fmin(out["e_max_treated"], out["e_max_control"]), seg)
     n = S(torch.ones_like(e)).clamp(min=1)
     out["share_outside_support"] = S(((e < low) | (e > high)).to(e.dtype)) / n
     return out
@@ -259,22 +262,22 @@ def _normalised_scores(seg, folds, k, wt, wc, y, mu0, mu1, n_seg):
         G = lambda values: segment_sum(values, group, n_groups)
         s, n_g = G(w), G(k)
         r = G(w * (y - mu)) / s
-        omega = n_g[group] * w / s[group]
+        omega = at_rows(n_g, group) * w / at_rows(s, group)
         # in place, the same operations in the same order as psi + sign * (r_g + omega * resid),
         # each row array freed once read (psi starts as a fresh mu1 - mu0, or the number 0.0)
-        r_g = r[group]
+        r_g = at_rows(r, group)
         weighted = omega * torch.where(w > 0, y - mu - r_g, 0.0)  # omega * resid
         omegas.append(torch.where(w > 0, omega, 0.0))
         del omega
         term = torch.add(weighted, r_g).mul_(sign)
         psi = psi.add_(term) if torch.is_tensor(psi) else psi + term
         del term
-        h = (w / s[group]).nan_to_num(0.0)  # leverage: the row's share of its group's weight
+        h = (w / at_rows(s, group)).nan_to_num(0.0)  # leverage: the row's share of its group's weight
         term = weighted.div_((1 - h).clamp(min=1e-12)).add_(r_g).mul_(sign)
         del h, r_g
         psi_hc3 = psi_hc3.add_(term) if torch.is_tensor(psi_hc3) else psi_hc3 + term
         del weighted, term
-        means.append(segment_sum(k * r[group], seg, n_seg) / n)
+        means.append(segment_sum(k * at_rows(r, group), seg, n_seg) / n)
     return _Normalised(psi, psi_hc3, *omegas, *means)
 
 
@@ -292,7 +295,7 @@ def _arm_groups(seg, folds, k, w, n_seg):
     short = ((rows_sub > 0) & (arm_sub < 2)).to(w.dtype)
     item_of_sub = torch.arange(n_sub, device=seg.device) // n_folds
     whole_item = segment_sum(short, item_of_sub, n_seg) > 0
-    return torch.where(whole_item[seg], n_sub + seg, sub), n_sub + n_seg
+    return torch.where(at_rows(whole_item, seg), n_sub + seg, sub), n_sub + n_seg
 
 
 def _welch_dof(psi, seg, in_t, in_c, ess_t, ess_c, n_seg, n):
@@ -300,7 +303,7 @@ def _welch_dof(psi, seg, in_t, in_c, ess_t, ess_c, n_seg, n):
     squared deviations summed per arm, each arm's sum with (its Kish effective size - 1)
     degrees of freedom (a few dominant weights leave few)."""
     mean = segment_sum(psi, seg, n_seg) / n
-    dev = (psi - mean[seg]) ** 2
+    dev = (psi - at_rows(mean, seg)) ** 2
     v1, v0 = segment_sum(in_t * dev, seg, n_seg), segment_sum(in_c * dev, seg, n_seg)
     nu1, nu0 = (ess_t - 1).clamp(min=1), (ess_c - 1).clamp(min=1)
     return (v1 + v0) ** 2 / (v1 ** 2 / nu1 + v0 ** 2 / nu0)
