@@ -19,6 +19,7 @@ from ..glm import BlockedDesign, SegmentGLM, ThreadReducer
 from ..glm.layout import (block_size_for, pad, read_only_tensor, release_free_heap,
                           resolve_dtype, segment_sum)
 from ..glm.reducer import Reducer
+from ..utils.tensors import at_rows
 
 __all__ = ["CrossFit", "cross_fit", "cross_fit_tuned", "pack_shards", "blocked_arm",
            "tunes_shared_penalty"]
@@ -245,8 +246,9 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         """Padded design of the rows in ``fold_set`` (kept until another set is asked for)."""
         if held.get("folds") != fold_set:
             held.clear()  # the old design is freed before the new one is padded
-            sub = np.flatnonzero(np.isin(f_mine, list(fold_set))) if len(fold_set) < n_folds \
-                else np.arange(n_mine)
+            member = np.zeros(n_folds, dtype=bool)  # (a lookup: np.isin sorts the rows)
+            member[list(fold_set)] = True
+            sub = np.flatnonzero(member[f_mine]) if len(fold_set) < n_folds else np.arange(n_mine)
             # (fold, arm, item); folds may come narrow (int8): the cell number needs int64
             cells = (f_mine[sub].astype(np.int64) * 2 + t_mine[sub]) * n_seg + local_seg[sub]
             design = BlockedDesign(
@@ -289,13 +291,14 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         part = design_of(frozenset({f}))
         design, test = part["design"], part["design"].blocks()
         slots = torch.nonzero(design.layout.valid.reshape(-1)).squeeze(1)
-        at = torch.as_tensor(part["sub"], device=device)[design.layout.rows.reshape(-1)[slots].long()]
+        at = at_rows(torch.as_tensor(part["sub"], device=device),
+                     at_rows(design.layout.rows.reshape(-1), slots).long())
         for name, model in models.items():
             pred = model.predict_blocks(design, test)
             if name != "e" and y_back is not None:
                 pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
                     + y_back[1][design.block_seg].unsqueeze(1)
-            preds[name][at] = pred.reshape(-1)[slots]
+            preds[name].index_copy_(0, at, at_rows(pred.reshape(-1), slots))
             del pred
         del design, part
     held.clear()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..utils.tensors import read_only_tensor  # re-exported: the engine's callers import it here
+from ..utils.tensors import at_rows, read_only_tensor  # re-exported: the engine's callers import it here
 
 __all__ = ["Layout", "make_layout", "read_only_tensor", "pad", "pad_design", "unpad",
            "segment_sum", "block_size_for", "resolve_device", "resolve_dtype", "chunk_bytes", "empty", "release_free_heap", "CHUNK_BYTES", "GPU_CHUNK_BYTES"]
@@ -137,8 +137,8 @@ def make_layout(cells: np.ndarray, n_cells: int, block_size: int | None = None,
 
 def pad(layout: Layout, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """Row-indexed values (n, ...) -> blocked (n_blocks, block_size, ...)."""
-    idx = layout.rows.clamp(min=0)
-    out = values[idx]
+    idx = layout.rows.clamp(min=0).long()
+    out = at_rows(values, idx.reshape(-1)).view(idx.shape + values.shape[1:])
     mask = layout.valid.reshape(layout.valid.shape + (1,) * (values.dim() - 1))
     return torch.where(mask, out, torch.as_tensor(fill, dtype=values.dtype, device=values.device))
 
