@@ -18,6 +18,7 @@ from ..exceptions import ConvergenceWarning
 from ..glm import BlockedDesign, SegmentGLM, ThreadReducer
 from ..glm.layout import (block_size_for, pad, read_only_tensor, release_free_heap,
                           resolve_dtype, segment_sum)
+from ..glm.passes import block_grams
 from ..glm.reducer import Reducer
 from ..utils.tensors import at_rows
 
@@ -267,19 +268,27 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         design, tb, yb = part["design"], part["tb"], part["yb"]
         train = design.blocks()
         block_arm = (design.block_cell // n_seg) % 2
-        # later folds (and repeats) start Newton from the first fold's fits: same model, half
-        # the data shared, so they begin close to their optimum and need fewer Gram passes
-        start = warm[0] if warm else (fits[0] if fits else {})
+        # Later folds of three or more (and later repeats) start Newton from the first fold's
+        # fits: the same model on many shared rows, close to their optimum. With two folds
+        # the other fold's fits share no training row and start as far away as a cold start
+        # (an item's deviations fit the other half's noise); a cold start's first Hessian
+        # needs no pass: the arms' X'X (one pass for the three models) times the start's
+        # variance. (The same rule in every shard: starts must agree across the reducer.)
+        cold = not warm and (n_folds == 2 or not fits)
+        start = {} if cold else (warm[0] if warm else fits[0])
+        grams = _arm_grams(design, block_arm, n_seg) if cold else None
         models = {}
         if propensity is not None:
             models["e"] = propensity.clone().fit_blocks(
-                design, tb, train, n_segments=n_seg, init=start.get("e"), reducer=reducer)
+                design, tb, train, n_segments=n_seg, init=start.get("e"), reducer=reducer,
+                first_gram=None if grams is None else grams[0] + grams[1])
         y_fit, y_back = _outcome_scale(design, yb, train, n_seg, outcome)
         for arm in (0, 1):
             models[f"mu{arm}"] = outcome.clone().fit_blocks(
                 design, y_fit, design.blocks(block_arm == arm), n_segments=n_seg,
-                init=start.get(f"mu{arm}"), reducer=reducer)
-        del design, tb, yb, y_fit, part
+                init=start.get(f"mu{arm}"), reducer=reducer,
+                first_gram=None if grams is None else grams[arm])
+        del design, tb, yb, y_fit, part, grams
         fits.append(models)
         scales.append(y_back)
     # the held-out folds' predictions after every fit (none is alive beside a solver's
@@ -303,6 +312,18 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         del design, part
     held.clear()
     return mine, preds, fits
+
+
+def _arm_grams(design: BlockedDesign, block_arm: torch.Tensor, n_seg: int):
+    """(2, n_seg, p, p): each arm's X'X per item over the design's blocks (the first Hessian
+    of cold fits, ``fit_glm``'s ``first_gram``), or None when they and the propensity's sum
+    of them would take more than half the padded design's memory (many items with few rows
+    each: the fits' own Gram passes are then cheap)."""
+    p = design.X.shape[-1]
+    if 3 * n_seg * p * p > design.X.numel() // 2:
+        return None
+    group = block_arm * n_seg + design.block_seg
+    return block_grams(design.X, design.blocks(), group, 2 * n_seg).view(2, n_seg, p, p)
 
 
 def _blocked_dtype(y: np.ndarray, dtype):

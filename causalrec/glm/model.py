@@ -160,8 +160,9 @@ class SegmentGLM(BaseEstimator):
     # ------------------------------------------------------------------ blocked interface
     def fit_blocks(self, design: BlockedDesign, y_blocked, blocks, *, n_segments: int,
                    weight_blocked=None, offset_blocked=None, init: "SegmentGLM | None" = None,
-                   reducer=None) -> "SegmentGLM":
-        """Fit on ``blocks`` of a padded design (``y_blocked`` etc. as ``design.pad`` gives)."""
+                   reducer=None, first_gram=None) -> "SegmentGLM":
+        """Fit on ``blocks`` of a padded design (``y_blocked`` etc. as ``design.pad`` gives);
+        ``first_gram``: the segments' X' W X over ``blocks`` (``fit_glm``), or None."""
         self._validate_params()
         Xb = design.X
         local_pen, shared_pen = self._penalties(Xb.shape[-1], Xb.dtype, Xb.device)
@@ -170,7 +171,8 @@ class SegmentGLM(BaseEstimator):
             Xb, y_blocked, weight, blocks, design.block_seg, n_segments, family=self.family,
             pooled=self.pooled, local_penalty=local_pen, shared_penalty=shared_pen,
             max_iter=self.max_iter, tol=self.tol, init=None if init is None else init.fit_,
-            offset=offset_blocked, reducer=reducer)
+            offset=offset_blocked, reducer=reducer,
+            first_gram=None if weight_blocked is not None else first_gram)
         self._penalty_vectors = (local_pen, shared_pen)
         self.coef_ = self.fit_.coef.cpu().numpy()
         self.shared_coef_ = self.fit_.shared.cpu().numpy()

@@ -8,7 +8,7 @@ import torch
 
 from .layout import chunk_bytes
 
-__all__ = ["GLMFit", "predict_glm"]
+__all__ = ["GLMFit", "predict_glm", "block_grams"]
 
 
 @dataclass
@@ -44,11 +44,12 @@ class _Blocks:
     family: str
 
 
-def _mean_var_loss(eta, y, family):
+def _mean_var_loss(eta, y, family, need_var=True):
+    """Mean, variance (None unless ``need_var``: only Hessians read it) and loss per row."""
     if family == "logistic":
         mu = torch.sigmoid(eta)
-        return mu, mu * (1 - mu), torch.nn.functional.softplus(eta) - y * eta
-    return eta, torch.ones_like(eta), 0.5 * (y - eta) ** 2
+        return mu, mu * (1 - mu) if need_var else None, torch.nn.functional.softplus(eta) - y * eta
+    return eta, torch.ones_like(eta) if need_var else None, 0.5 * (y - eta) ** 2
 
 
 def _chunks(blocks: torch.Tensor, block_size: int, p: int):
@@ -111,7 +112,7 @@ def _pass(data: _Blocks, blocks, coef, *, need_hessian, out=None):
         seg = data.block_seg[chunk]
         offset = None if data.offset is None else data.offset[chunk]
         eta = _linear_predictor(X, coef[seg], offset)
-        mu, var, row_loss = _mean_var_loss(eta, y, data.family)
+        mu, var, row_loss = _mean_var_loss(eta, y, data.family, need_hessian)
         loss.index_add_(0, seg, (w * row_loss).sum(1))
         residual = w * (mu - y)
         if not need_hessian:
@@ -136,3 +137,20 @@ def predict_glm(fit: GLMFit, Xb, blocks, block_seg, offset=None) -> torch.Tensor
                                 None if offset is None else offset[chunk])
         out.append(torch.sigmoid(eta) if fit.family == "logistic" else eta)
     return torch.cat(out) if out else Xb.new_zeros((0, Xb.shape[1]))
+
+
+def block_grams(Xb, blocks, group, n_groups: int) -> torch.Tensor:
+    """Per group, the sum over ``blocks`` of X_b' X_b ((n_groups, p, p); ``group``: the
+    group of every block of Xb, as ``block_seg``). For a design whose row weight is its intercept column (1 on rows, 0 on
+    padding, whose rows are zero) this is each group's weighted Gram matrix X' W X, the
+    Hessian of a fit at a linear predictor constant in the group, divided by its variance."""
+    p = Xb.shape[-1]
+    out = torch.zeros(n_groups, p, p, dtype=Xb.dtype, device=Xb.device)
+    chunks = list(_chunks(blocks, Xb.shape[1], p))
+    if chunks:
+        buf = torch.empty(max(c.stop - c.start for c in chunks), p, p, dtype=Xb.dtype,
+                          device=Xb.device)
+        for chunk in chunks:
+            X = Xb[chunk]
+            out.index_add_(0, group[chunk], torch.bmm(X.mT, X, out=buf[:len(X)]))
+    return out

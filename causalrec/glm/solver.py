@@ -125,7 +125,7 @@ def _objective(cfg: _Settings, obj, shared):  # all segments, through the reduce
 
 
 # ---------------------------------------------------------------------- 1. set up
-def _set_up(data: _Blocks, blocks, cfg: _Settings, init) -> _State:
+def _set_up(data: _Blocks, blocks, cfg: _Settings, init, first_gram=None) -> _State:
     Xb = data.X
     p, n_seg = Xb.shape[-1], data.n_seg
     opts = dict(dtype=Xb.dtype, device=Xb.device)
@@ -172,8 +172,19 @@ def _set_up(data: _Blocks, blocks, cfg: _Settings, init) -> _State:
             state.local = torch.where(better.unsqueeze(1), warm, state.local)
     state.acc = empty((n_seg, p, p + 1), **opts)
     state.inv = empty((n_seg, p, p), **opts)
-    loss, state.grad, state.gram = _pass(data, blocks, state.local + state.shared,
-                                         need_hessian=True, out=state.acc)
+    if first_gram is not None and init is None and data.offset is None:
+        # the start's linear predictor is constant in each segment, and so is its variance:
+        # the first Hessian is the weighted Gram matrix times it, no pass over the rows
+        loss, state.grad, _ = _pass(data, blocks, state.local + state.shared, need_hessian=False)
+        if data.family == "logistic":
+            mu = torch.sigmoid(state.local[:, 0] + state.shared[0])
+            var = mu * (1 - mu)
+        else:
+            var = torch.ones(n_seg, **opts)
+        state.gram = torch.mul(first_gram, var[:, None, None], out=state.acc[..., :p])
+    else:
+        loss, state.grad, state.gram = _pass(data, blocks, state.local + state.shared,
+                                             need_hessian=True, out=state.acc)
     state.obj = _penalised(cfg, loss, state.local)
     state.joint = cfg.pooled
     flags = lambda value: torch.full((n_seg,), value, dtype=torch.bool, device=Xb.device)
@@ -347,7 +358,8 @@ def _advance(state: _State, cfg: _Settings, d: _Direction, decision: _Decision, 
 
 def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=True,
             local_penalty, shared_penalty=None, max_iter=50, tol=1e-6,
-            init: GLMFit | None = None, offset=None, reducer: Reducer | None = None) -> GLMFit:
+            init: GLMFit | None = None, offset=None, reducer: Reducer | None = None,
+            first_gram=None) -> GLMFit:
     """Penalised GLM for all segments at once (see the module docstring for the phases).
 
     Xb (n_blocks, B, p) holds an intercept column first; wb is a row weight (0 on padding);
@@ -355,7 +367,10 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
     ``block_seg`` maps every block to its segment. ``local_penalty`` / ``shared_penalty`` are
     (p,) ridge penalties on theta_k / gamma. ``init`` starts Newton from an earlier fit of the
     same model (e.g. on another fold). ``reducer`` sums what couples segments across solvers
-    that each hold some of them (default: this solver holds all).
+    that each hold some of them (default: this solver holds all). ``first_gram``: per
+    segment, X' W X over ``blocks`` (``passes.block_grams``); a cold start (no ``init``, no
+    offset) has a linear predictor constant in each segment, so its Hessian is this times
+    the start's variance, and the set-up makes a gradient pass instead of a Gram pass.
     """
     p = Xb.shape[-1]
     opts = dict(dtype=Xb.dtype, device=Xb.device)
@@ -369,7 +384,7 @@ def fit_glm(Xb, yb, wb, blocks, block_seg, n_seg, *, family="logistic", pooled=T
         tol=max(tol, 100 * eps), rel_slack=100 * eps, decrement_tol=decrement_tol,
         chord_tol=CHORD_TOL * decrement_tol ** 2, reducer=reducer or Reducer())
     data = _Blocks(Xb, yb, wb, offset, block_seg, n_seg, family)
-    state = _set_up(data, blocks, cfg, init)
+    state = _set_up(data, blocks, cfg, init, first_gram)
     for it in range(1, max_iter + 1):
         d = _direction(state, cfg)
         decision = _check(state, cfg, d, family)

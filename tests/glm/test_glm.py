@@ -213,6 +213,51 @@ def test_chord_steps_end_at_the_newton_optimum(monkeypatch, dtype, tol):
     assert float((chord - newton).abs().max()) < tol * max(1.0, float(newton.abs().max()))
 
 
+@pytest.mark.parametrize("family,pooled", [("logistic", True), ("logistic", False),
+                                           ("gaussian", True)])
+def test_cold_start_hessian_from_block_grams(monkeypatch, segments_data, family, pooled):
+    """A cold start's linear predictor is constant in each segment, so its Hessian is the
+    segment's X'X times the start's variance: with ``first_gram`` the set-up makes a
+    gradient pass instead of a Gram pass and the fit ends at the same optimum (float64:
+    the Hessians agree to rounding, so the fits to far below the tolerance)."""
+    from causalrec.glm import BlockedDesign
+    from causalrec.glm.passes import block_grams
+    X, seg, K, y_bin, y_cont = segments_data
+    y = y_bin if family == "logistic" else y_cont
+    design = BlockedDesign(torch.as_tensor(X), seg, K, block_size=16)
+    yb = design.pad(torch.as_tensor(y))
+    blocks = design.blocks(design.block_seg % 3 != 0)  # a subset of the blocks, as an arm's
+    grams = block_grams(design.X, blocks, design.block_seg, K)
+    explicit = torch.zeros_like(grams)
+    Xb, w = design.X[blocks], design.weight[blocks]
+    explicit.index_add_(0, design.block_seg[blocks], torch.einsum("bri,br,brj->bij", Xb, w, Xb))
+    torch.testing.assert_close(grams, explicit)
+    passes = []
+    real_pass = solver._pass
+
+    def counting_pass(*args, **kwargs):
+        passes.append(kwargs["need_hessian"])
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "_pass", counting_pass)
+    fits = {}
+    for first_gram in (None, grams):
+        passes.clear()
+        model = SegmentGLM(family=family, pooled=pooled, shrinkage=2.0, dtype="float64")
+        fits[first_gram is None] = model.fit_blocks(design, yb, blocks, n_segments=K,
+                                                    first_gram=first_gram).fit_
+        counts = passes.count(True), len(passes)
+        if first_gram is None:
+            plain = counts
+    with_grams = counts
+    assert with_grams[0] == plain[0] - 1  # the set-up's Gram pass is gone
+    if family == "logistic":
+        assert with_grams[1] == plain[1]  # ... replaced by a gradient pass
+    reference, ours = (torch.cat([f.coef, f.shared[None]]) for f in (fits[True], fits[False]))
+    assert all(f.converged for f in fits.values())
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-9)
+
+
 def test_pad_design_standardises_and_gathers_a_row_subset_without_copying():
     rng = np.random.default_rng(2)
     X = torch.tensor(rng.normal(3.0, 2.0, size=(500, 4)))
