@@ -28,8 +28,9 @@ PHASES = {
     "host-device transfers": [("causalrec.glm.layout", "read_only_tensor")],
     "nuisance fits (device)": [("causalrec.estimate.nuisance", "cross_fit")],
     # the solver's passes and factorisations: the compute floor of the fits (nested in the
-    # nuisance fits, whose phase keeps the rest: predictions, blocked outcomes, bookkeeping)
-    "GLM solver": [("causalrec.glm.solver", "fit_glm")],
+    # nuisance fits, whose phase keeps the rest: predictions, blocked outcomes, bookkeeping);
+    # with the arms' X'X that give cold starts their first Hessian (``block_grams``)
+    "GLM solver": [("causalrec.glm.solver", "fit_glm"), ("causalrec.glm.passes", "block_grams")],
     "effects table": [("causalrec.estimate.scores", "effects_table")],
 }
 
