@@ -70,7 +70,7 @@ class FoldFits:
         self.glm_converged.append(bool(glm.converged_.all()))
         return glm.decision_function(self.Xs, self.item).astype(np.float64)
 
-    def _big_items(self, rows, learner):
+    def big_items(self, rows, learner):
         """Items with at least ``min_item_rows`` training rows among ``rows`` in every fold."""
         smallest = np.full(self.n_items, np.iinfo(np.int64).max)
         for f in range(self.n_folds):
@@ -87,7 +87,7 @@ class FoldFits:
         n = len(target)
         glm_pred = np.full(n, np.nan)
         fits = [(np.full(n, np.nan), np.full(n, np.nan), [], 0) for _ in learners]
-        bigs = [None if learner is None else self._big_items(arm, learner)
+        bigs = [None if learner is None else self.big_items(arm, learner)
                 for learner in learners]
         for f in range(self.n_folds):
             test, train = self.split(f)
@@ -116,7 +116,7 @@ class FoldFits:
         with_t = np.column_stack([self.X, self.t.astype(self.X.dtype)])
         pooled_X = (np.column_stack([with_t, self.item.astype(self.X.dtype)])
                     if self.spec.item_feature else with_t)
-        big = self._big_items(np.ones(n, bool), learner)
+        big = self.big_items(np.ones(n, bool), learner)
         rounds = []
         for f in range(self.n_folds):
             test, train = self.split(f)
