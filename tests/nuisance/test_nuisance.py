@@ -352,8 +352,8 @@ def _two_large_items_and_a_tail(n_tail):
 
 def test_only_candidates_that_can_win_are_fitted():
     """Every item large: no pooled booster (it would only compete with the items' own), no
-    per-arm outcome boosters beside the joint one, no tail learner in auto's stack; with a
-    tail, the pooled booster and the tail learner are back."""
+    per-arm outcome boosters beside the joint one (``per_arm_outcome="auto"``), no tail
+    learner in auto's stack; with a tail of small items all three are back."""
     spec = FlexibleNuisance(min_item_rows=500, auto=True, also=("factorised",))
     X, item, t, y, folds, n_items = _two_large_items_and_a_tail(0)
     fit = cross_fit_nuisances(X, item, t, y, folds, n_items=n_items, family="gaussian",
@@ -377,5 +377,5 @@ def test_only_candidates_that_can_win_are_fitted():
     X, item, t, y, folds, n_items = _two_large_items_and_a_tail(12)
     fit = cross_fit_nuisances(X, item, t, y, folds, n_items=n_items, family="gaussian",
                               spec=spec, glm=dict(shrinkage=3.0))
-    assert min(fit.rounds["e"] + fit.rounds["joint"]) > 0
+    assert min(fit.rounds["e"] + fit.rounds["joint"] + fit.rounds["mu0"] + fit.rounds["mu1"]) > 0
     assert fit.models["loss_factorised"].notna().all()
