@@ -278,7 +278,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="3 ACIC files, 20 IHDP replications, no causal forest")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated subset of method names (substring match)")
+                        help="comma-separated subset of method names (substring match; "
+                             "separate by '|' instead where a name holds a comma, e.g. "
+                             "'LinearDRLearner, HistGB|causalrec boosted')")
     parser.add_argument("--layouts", default=None,
                         help="comma-separated subset of causalrec's layouts (substring match: "
                              "'row', 'unit', 'per call')")
@@ -292,7 +294,8 @@ def main(argv=None):
         else:
             bench = load_ihdp(name[-1], args.reps or (20 if args.quick else 100))
         reps = list(range(len(bench.t)))
-        wanted = lambda m: args.methods is None or any(s in m for s in args.methods.split(","))
+        wanted = lambda m: args.methods is None or any(
+            s in m for s in args.methods.split("|" if "|" in args.methods else ","))
         rows = []
         for method, fn in PER_REPLICATION.items():
             if (args.quick and "Forest" in method) or not wanted(method):
