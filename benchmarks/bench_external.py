@@ -19,9 +19,10 @@ causalrec is called once, with row-hashed folds and with the ``unit=`` role) and
 **per call** (one replication, one item, per call). The per-item competitors see one
 replication per call in both layouts. Metrics over replications: RMSE of the ATE (eps_ATE),
 coverage of the 95% interval, mean interval width, items whose status is not ``ok``, wall and
-CPU seconds (one thread each side; each method warmed up on one replication first, so
-imports are not timed on either side; ``--cold`` times them). The oracle is AIPW with the true outcome surfaces and a
-logistic propensity: its intervals are the narrowest an AIPW with perfect outcome models gets.
+CPU seconds (one thread each side; each method is warmed up on one replication first,
+so imports are not timed on either side; ``--cold`` times them). The oracle is AIPW with
+the true outcome surfaces and a logistic propensity: its intervals are the narrowest an AIPW
+with perfect outcome models gets.
 """
 from __future__ import annotations
 

@@ -226,7 +226,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     per_arm = not fits_joint or spec.per_arm_outcome is True or (
         spec.per_arm_outcome == "auto" and tail(everyone, out_learner))
     arm_learner = out_learner if per_arm else None
-    also_if = lambda learners, rows, learner: learners if tail(rows, learner) else [None] * len(learners)
+    also_if = lambda learners, rows, learner: (learners if tail(rows, learner)
+                                               else [None] * len(learners))
     jobs = [("e", t, everyone, "logistic", [prop_learner, *also_if(also_e, everyone, prop_learner)])
             ] * (logged_e is None) + [
         (f"mu{a}", y, t == a, family,

@@ -154,7 +154,7 @@ class FoldFits:
         validation = (self.key % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
         tr, test_idx = np.flatnonzero(train), np.flatnonzero(test)
         r = 0
-        if len(big) < self.n_items or getattr(self.spec, "pool_always", False):
+        if len(big) < self.n_items:
             pred, r = learner.fit_predict(X_pooled[tr], target[tr], offset[tr],
                                           *design(X_pooled, test_idx), family=family,
                                           validation=validation[tr], seed=seed,
