@@ -19,8 +19,10 @@ causalrec is called once, with row-hashed folds and with the ``unit=`` role) and
 **per call** (one replication, one item, per call). The per-item competitors see one
 replication per call in both layouts. Metrics over replications: RMSE of the ATE (eps_ATE),
 coverage of the 95% interval, mean interval width, items whose status is not ``ok``, wall and
-CPU seconds (one thread each side). The oracle is AIPW with the true outcome surfaces and a
-logistic propensity: its intervals are the narrowest an AIPW with perfect outcome models gets.
+CPU seconds (one thread each side; each method is warmed up on one replication first,
+so imports are not timed on either side; ``--cold`` times them). The oracle is AIPW with
+the true outcome surfaces and a logistic propensity: its intervals are the narrowest an AIPW
+with perfect outcome models gets.
 """
 from __future__ import annotations
 
@@ -278,10 +280,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="3 ACIC files, 20 IHDP replications, no causal forest")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated subset of method names (substring match)")
+                        help="comma-separated subset of method names (substring match; "
+                             "separate by '|' instead where a name holds a comma, e.g. "
+                             "'LinearDRLearner, HistGB|causalrec boosted')")
     parser.add_argument("--layouts", default=None,
                         help="comma-separated subset of causalrec's layouts (substring match: "
                              "'row', 'unit', 'per call')")
+    parser.add_argument("--cold", action="store_true",
+                        help="time each method's first call too (imports, e.g. XGBoost's "
+                             "~0.1-0.7 s; by default each method runs once on one "
+                             "replication, untimed, before it is timed)")
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -292,11 +300,14 @@ def main(argv=None):
         else:
             bench = load_ihdp(name[-1], args.reps or (20 if args.quick else 100))
         reps = list(range(len(bench.t)))
-        wanted = lambda m: args.methods is None or any(s in m for s in args.methods.split(","))
+        wanted = lambda m: args.methods is None or any(
+            s in m for s in args.methods.split("|" if "|" in args.methods else ","))
         rows = []
         for method, fn in PER_REPLICATION.items():
             if (args.quick and "Forest" in method) or not wanted(method):
                 continue
+            if not args.cold:  # imports and first-call set-up outside the clock
+                run_per_replication(bench, fn, reps[:1])
             res, sec = run_per_replication(bench, fn, reps)
             rows.append(dict(layout="per replication", method=method, **summarise(bench, reps, res, sec)))
         for nuisance in CAUSALREC:
@@ -309,6 +320,8 @@ def main(argv=None):
                 if args.layouts and not any(k in layout for k in args.layouts.split(",")):
                     continue
                 try:
+                    if not args.cold:  # e.g. XGBoost's import, on one replication
+                        run_causalrec_per_call(bench, nuisance, reps[:1])
                     rows.append(dict(layout=layout, method=f"causalrec {nuisance}",
                                      **summarise(bench, reps, *run())))
                 except Exception as exc:  # a crash is a result too (e.g. factorised, few items)

@@ -32,8 +32,11 @@ class BoostedLearner:
     ----------
     learning_rate, max_depth, min_child_weight, reg_lambda : XGBoost tree settings.
     max_bin : histogram bins per feature.
+    colsample_bytree : share of the columns each tree may split on.
     max_rounds : most boosting rounds; early_stopping_rounds : rounds without improvement
-        of the validation loss before stopping.
+        of the validation loss before stopping (10: with 20 the ACIC benchmark took 1.2x the
+        CPU for RMSE 0.111 instead of 0.113; the propensity boosters stop after ~8 rounds,
+        so the patience was most of their rounds).
     validation_share : share of the training rows held out for early stopping.
     n_threads : threads per booster (fixed, so results do not depend on the machine).
     device : "cpu" or "cuda" (XGBoost's own device setting).
@@ -44,8 +47,9 @@ class BoostedLearner:
     min_child_weight: float = 10.0
     reg_lambda: float = 5.0
     max_bin: int = 64
+    colsample_bytree: float = 1.0
     max_rounds: int = 300
-    early_stopping_rounds: int = 20
+    early_stopping_rounds: int = 10
     validation_share: float = 0.2
     n_threads: int = 1
     device: str = "cpu"
@@ -57,6 +61,8 @@ class BoostedLearner:
             value = getattr(self, name)
             if not (isinstance(value, (int, np.integer)) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.colsample_bytree <= 1:
+            raise ValueError(f"colsample_bytree must be in (0, 1], got {self.colsample_bytree!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
@@ -77,6 +83,7 @@ class BoostedLearner:
                       learning_rate=self.learning_rate, max_depth=self.max_depth,
                       min_child_weight=self.min_child_weight, reg_lambda=self.reg_lambda,
                       tree_method="hist", max_bin=self.max_bin, nthread=self.n_threads, seed=seed,
+                      colsample_bytree=self.colsample_bytree,
                       device=self.device, base_score=0.5 if family == "logistic" else 0.0)
         fit, val = ~validation, validation
         if not val.any() or not fit.any():  # too few rows to hold any out: the offset alone
@@ -86,7 +93,11 @@ class BoostedLearner:
         booster = xgb.train(params, train, self.max_rounds, evals=[(valid, "valid")],
                             early_stopping_rounds=self.early_stopping_rounds, verbose_eval=False)
         rounds = booster.best_iteration + 1
-        pred = booster.predict(dm(X_test, margin=offset_test), iteration_range=(0, rounds))
+        if categorical:  # the item code is a category only through a DMatrix
+            pred = booster.predict(dm(X_test, margin=offset_test), iteration_range=(0, rounds))
+        else:  # no DMatrix to build for the test rows (a few ms per fit)
+            pred = booster.inplace_predict(X_test, iteration_range=(0, rounds),
+                                           base_margin=offset_test)
         return pred.astype(np.float64), rounds
 
 

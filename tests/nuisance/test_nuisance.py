@@ -336,3 +336,46 @@ def test_recurring_covariate_rows_without_a_unit_role_keep_overlap():
     cells = np.arange(1000) % 10
     assert not recurring_rows(cells, cells)
     assert recurring_rows(np.tile(np.arange(100), 10), np.arange(1000))
+
+
+def _two_large_items_and_a_tail(n_tail):
+    """Two items of 1,500 rows with a non-linear surface shared by the arms, and ``n_tail``
+    items of 80 rows."""
+    rng = np.random.default_rng(7)
+    sizes = np.r_[1500, 1500, np.full(n_tail, 80)]
+    item = np.repeat(np.arange(len(sizes)), sizes)
+    X = rng.normal(size=(len(item), 4))
+    t = (rng.random(len(item)) < 1 / (1 + np.exp(-X[:, 1]))).astype(np.int64)
+    y = 2 * np.sin(2 * X[:, 0]) + X[:, 2] + 0.5 * t + rng.normal(size=len(item))
+    return X, item, t, y, rng.integers(2, size=len(item)), len(sizes)
+
+
+def test_only_candidates_that_can_win_are_fitted():
+    """Every item large: no pooled booster (it would only compete with the items' own), no
+    per-arm outcome boosters beside the joint one (``per_arm_outcome="auto"``), no tail
+    learner in auto's stack; with a tail of small items all three are back."""
+    spec = FlexibleNuisance(min_item_rows=500, auto=True, also=("factorised",))
+    X, item, t, y, folds, n_items = _two_large_items_and_a_tail(0)
+    fit = cross_fit_nuisances(X, item, t, y, folds, n_items=n_items, family="gaussian",
+                              spec=spec, glm=dict(shrinkage=3.0))
+    assert fit.rounds["e"] == [0, 0] and fit.rounds["joint"] == [0, 0]
+    assert fit.rounds["mu0"] == fit.rounds["mu1"] == []
+    models = fit.models.set_index("nuisance")
+    assert models["loss_pooled"].isna().all() and models["loss_factorised"].isna().all()
+    assert (models["weight_factorised"] == 0).all()
+    assert set(fit.items[["model_e", "model_mu0", "model_mu1"]].to_numpy().ravel()) <= {
+        "glm", "own", "joint_own"}
+    assert np.isfinite(np.c_[fit.e, fit.mu0, fit.mu1]).all()
+    # per-arm outcome boosters on request (an arm's ~375 training rows per item make both
+    # items tail items there: the per-arm pooled booster is fitted, one per fold)
+    per_arm = cross_fit_nuisances(X, item, t, y, folds, n_items=n_items, family="gaussian",
+                                  spec=FlexibleNuisance(min_item_rows=500, per_arm_outcome=True),
+                                  glm=dict(shrinkage=3.0))
+    assert all(len(r) == 2 and min(r) > 0 for r in (per_arm.rounds["mu0"], per_arm.rounds["mu1"]))
+    assert per_arm.models.set_index("nuisance").loc[["mu0", "mu1"], "loss_pooled"].notna().all()
+    # with a tail of small items the pooled booster and the factorised learner are fitted
+    X, item, t, y, folds, n_items = _two_large_items_and_a_tail(12)
+    fit = cross_fit_nuisances(X, item, t, y, folds, n_items=n_items, family="gaussian",
+                              spec=spec, glm=dict(shrinkage=3.0))
+    assert min(fit.rounds["e"] + fit.rounds["joint"] + fit.rounds["mu0"] + fit.rounds["mu1"]) > 0
+    assert fit.models["loss_factorised"].notna().all()
