@@ -205,6 +205,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.design_spec_ = spec = plan.spec
         self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
         self.shrinkage_ = plan.shrinkage
+        self.n_repeats_ = effects.attrs.get("n_repeats", plan.n_repeats)
         self.outcome_family_ = plan.outcome_family
         self.outcome_scale_ = plan.outcome_scale
 
