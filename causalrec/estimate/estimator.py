@@ -40,21 +40,25 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         stack of the GLM, the boosted and the factorised models; a scikit-learn estimator or a pair
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
-    n_folds : cross-fitting folds, stratified by item and arm, or by unit when the log has a
-        ``unit`` role (1 disables cross-fitting).
+    n_folds : cross-fitting folds, stratified by item, arm and (0/1 outcomes) click, or by
+        unit when the log has a ``unit`` role (1 disables cross-fitting).
     n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
         predictions and per-item estimates, averaged (``causalrec.estimate.splits``: the
         variance is that of an average: mean var_s + split_sd^2 / n_repeats; ``split_sd`` in
-        the effects table is the splits' spread); costs ``n_repeats`` times the fits. "auto"
-        (default): 4 for ``nuisance="per_item"``, whose own-item models make the split noise
-        large (RMSE -16%, calibrated intervals; benchmarks/README.md, issue 14); 4 for
-        "pooled" while the fitted rows times the repeats stay within 4M (1M rows: 4, 2M: 2,
-        above 4M: 1; a 1M-row fit then takes ~3.5x as long), which takes the median
-        seed-to-seed move of an estimate from 0.36 to 0.09 SE (issue 28; seeds s and s + 1
-        share all splits but one: with disjoint splits 0.27 -> 0.16 SE,
-        tests/estimate/test_seed_stability.py); 1 for the
-        flexible nuisances (each repeat refits their boosters) and when ``fit(folds=...)``
-        fixes the split (a number > 1 there adds seeded splits to the given one).
+        the effects table is the splits' spread); costs ``n_repeats`` times the fits. Split r
+        of seed s draws its folds with ``folds.split_seed(s, r)``, so nearby seeds share no
+        split. "auto" (default): for "pooled", 4 while the fitted rows times the repeats stay
+        within 4M (1M rows: 4, 2M: 2, above 4M: 1), then grown by the split noise those
+        splits show (the items' mean split_var / se^2, pooled over items) until the
+        predicted seed-to-seed gap of an estimate is <= 0.07 SE, within 16 splits and 4M
+        row-splits (``plan.repeats_for_split_noise``; the count used: ``n_repeats_``). The
+        split noise comes from the item terms of the nuisance models fit on half an item's
+        rows (~0.3 SE a 2-fold split; benchmarks/README.md, session 32). 4 for
+        ``nuisance="per_item"`` (RMSE -16%, calibrated intervals; issue 14), not grown: its
+        own-item slopes' split noise would always take the most; not grown either when the
+        shared penalty is tuned (a grid of fits per split). 1 for the flexible nuisances
+        (each repeat refits their boosters) and when ``fit(folds=...)`` fixes the split (a
+        number > 1 there adds seeded splits to the given one).
     penalty : per_item ridge penalty on slopes (scikit-learn's ``C = 1 / penalty``).
     shrinkage : pooled ridge penalty on an item's deviation from the shared slopes. "auto"
         (default) uses ``d`` for d confounder columns: with standardised columns the
@@ -109,8 +113,9 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     propensity_, mu0_, mu1_, psi_, fold_ : Series aligned with the log's rows (NaN / -1 for
         items that could not be estimated): fitted propensity (clipped), outcome predictions
         under control / treatment, influence values, cross-fitting fold.
-    split_folds_ : per cross-fitting split (``n_repeats``), the fold of each fitted row
+    split_folds_ : per cross-fitting split (``n_repeats_``), the fold of each fitted row
         (the rows where ``propensity_`` is not NaN, in order); the first is ``fold_``'s.
+    n_repeats_ : the cross-fitting splits averaged (``n_repeats="auto"``: as grown).
     design_columns_ : names of the confounder columns the models used.
     shared_penalty_ : ridge on the pooled models' shared slopes, per model ("propensity",
         "outcome"): chosen by out-of-fold loss where rows are few per column
@@ -205,6 +210,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.design_spec_ = spec = plan.spec
         self.design_columns_, self.dropped_columns_ = list(spec.columns), list(spec.dropped)
         self.shrinkage_ = plan.shrinkage
+        self.n_repeats_ = effects.attrs.get("n_repeats", plan.n_repeats)
         self.outcome_family_ = plan.outcome_family
         self.outcome_scale_ = plan.outcome_scale
 

@@ -16,7 +16,7 @@ from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_
 from .params import MAX_FOLDS
 
 __all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
-           "unit_folds", "unit_key", "warn_unit_like"]
+           "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
@@ -43,6 +43,17 @@ def unit_key(units) -> np.ndarray:
     if n_missing:
         raise ValueError(f"unit has {n_missing} missing values: every row needs its unit")
     return _value_hashes(units)
+
+
+def split_seed(seed: int, repeat: int) -> int:
+    """The fold seed of cross-fitting split ``repeat`` of a fit seeded ``seed``: the seed
+    itself for the first split (``fold_``), a hash of (seed, repeat) for the others, so that
+    the splits of seeds 0, 1, 2 share none (with seed + repeat they shared all but one)."""
+    if repeat == 0:
+        return int(seed)
+    mixed = _mix(np.array([(int(seed) * 0x9E3779B97F4A7C15 + int(repeat)) % 2 ** 64],
+                          dtype=np.uint64))
+    return int(mixed[0] >> np.uint64(2))
 
 
 def _fold_of_key(key: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -131,10 +142,12 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     Within each (segment, arm) stratum the distinct row contents (the values of the
     ``content`` columns, whatever their names, order or dtypes: ``_content_key``) are
     ordered by a seeded hash and dealt round-robin into folds from a per-segment offset;
-    rows with the same content share a fold, so duplicated rows never straddle folds (a
-    ``DataWarning`` counts the exact duplicates, outcome included, unless
+    where the segment's outcomes are all 0 or 1, its non-clicks are dealt first, then its
+    clicks (``_click_level``), so each fold holds its share of the stratum's clicks.
+    Rows with the same content (and click) share a fold, so duplicated rows never straddle
+    folds (a ``DataWarning`` counts the exact duplicates, outcome included, unless
     ``warn_duplicates`` is False: later splits of the same rows have the same duplicates).
-    The outcome plays no part, so shifting or scaling it keeps every fold. The assignment
+    A continuous outcome plays no part, so shifting or scaling it keeps every fold. The assignment
     therefore depends neither on row order nor on column names, order or dtypes, and
     swapping the treatment labels keeps every row in its fold. The offset comes from a hash
     of the ``item_columns`` values (in role order) when given (an item's folds then do not
@@ -159,6 +172,11 @@ class FoldAssigner:
         self.item_columns, self.unit = item_columns, unit
         self._hashes = None
 
+    def release(self) -> None:
+        """Drop the cached seed-free hashes (32 bytes a row) while other work needs the
+        memory; a later call hashes the rows again."""
+        self._hashes = None
+
     def _seed_free(self):
         if self._hashes is None:
             if self.unit is not None:
@@ -171,6 +189,7 @@ class FoldAssigner:
                           if item_columns else None),
                     stratum=np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment,
                     outcome=np.asarray(self.outcome, dtype=np.float64))
+                self._hashes["level"] = _click_level(self._hashes["outcome"], self.segment)
         return self._hashes
 
     def __call__(self, seed: int, warn_duplicates: bool = True) -> np.ndarray:
@@ -184,10 +203,15 @@ class FoldAssigner:
         hashes = self._seed_free()
         stratum, outcome = hashes["stratum"], hashes["outcome"]  # narrow ids: no overflow
         key = _mix(hashes["content"] ^ _seed_bits(seed))
-        order = _stratum_order(stratum, key, outcome)
+        # an item-arm's non-clicks, then its clicks, each in hash order: the deal below then
+        # gives every fold its share of both (fewer clicks in one fold's training rows moved
+        # the fits, hence the estimate, from split to split: benchmarks/README.md, session 32)
+        order = _stratum_order(stratum * 2 + hashes["level"], key, outcome)
         sorted_stratum, sorted_key, sorted_y = stratum[order], key[order], outcome[order]
+        sorted_level = hashes["level"][order]
         new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
-        new_content = new_stratum | np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+        new_content = new_stratum | np.r_[True, (sorted_key[1:] != sorted_key[:-1])
+                                          | (sorted_level[1:] != sorted_level[:-1])]
         group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
         starts = np.flatnonzero(new_stratum)
         rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
@@ -207,6 +231,18 @@ class FoldAssigner:
         folds = np.empty(len(order), dtype=np.int64)
         folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
         return folds
+
+
+def _click_level(outcome: np.ndarray, segment) -> np.ndarray:
+    """Each row's outcome (0 / 1) where its item's outcomes are all 0 or 1, else 0: the
+    folds are dealt within (item, arm, level), so they balance an item's clicks; a
+    continuous outcome's items keep one level (shifting or scaling y keeps their folds). Per
+    item, so a shard of whole items finds its items' levels alone (Spark: the same folds)."""
+    segment = np.asarray(segment, dtype=np.int64)
+    binary = (outcome == 0) | (outcome == 1)
+    n_items = int(segment.max()) + 1 if len(segment) else 0
+    other = np.bincount(segment, weights=~binary, minlength=n_items) > 0
+    return np.where(other[segment], 0, outcome).astype(np.int64)
 
 
 def _exact_duplicates(df, content, order, repeat, stratum, outcome) -> int:

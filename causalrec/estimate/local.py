@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..schema import InteractionLog, Roles
 from .design import segment_ids
-from .folds import FoldAssigner, check_folds, narrow_codes, unit_key, warn_unit_like
+from .folds import FoldAssigner, check_folds, narrow_codes, split_seed, unit_key, warn_unit_like
 from .nuisance import pack_shards
 from .plan import FitPlan, ShardPart, native_column
 from .shardfit import ShardData
@@ -69,8 +69,11 @@ class LocalBackend:
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
         self.split_folds = [in_use(self.folds)] + [
-            in_use(narrow_codes(fold_of(seed + r), n_folds)) for r in range(1, plan.n_repeats)]
-        assigner = fold_of = None  # its row hashes (32 bytes a row) are not kept beside the fits
+            in_use(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
+            for r in range(1, plan.n_repeats)]
+        assigner.release()  # its row hashes (32 bytes a row) are not kept beside the fits
+        # (n_repeats="auto" may add splits: hashed again then, only for those)
+        later_folds = lambda r: in_use(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
         if not n_use:
             return None
         seg, t, y = in_use(seg), in_use(t), in_use(y)
@@ -89,7 +92,7 @@ class LocalBackend:
                                  fitted_propensity=log.propensity is None)
         return ShardData(items=np.arange(n_seg), seg=seg, t=t, y=y, y_fit=y_fit, X=X, rows=rows,
                          split_folds=self.split_folds, logged_e=logged_e, balance=balance,
-                         groups=groups, shard_of_item=_shard_of_item(
+                         groups=groups, fold_of=later_folds, shard_of_item=_shard_of_item(
                              p["shards"], np.bincount(seg, minlength=n_seg)))
 
 

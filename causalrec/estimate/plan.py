@@ -30,11 +30,18 @@ from .scaling import OutcomeScale, outcome_for_fits
 from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
 
 __all__ = ["FitPlan", "ItemFacts", "ShardPart", "resolve_shrinkage", "resolve_flexible",
-           "GLM_NUISANCES", "split_roles", "outcome_family", "n_repeats", "counts_units"]
+           "GLM_NUISANCES", "split_roles", "outcome_family", "n_repeats", "max_repeats",
+           "repeats_for_split_noise", "counts_units"]
 
 GLM_NUISANCES = ("pooled", "per_item")  # the other nuisance choices are flexible learners
 AUTO_SHRINKAGE_PER_COLUMN = 1.0
-AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (pooled): repeats x fitted rows within this
+AUTO_REPEAT_ROWS = 4_000_000  # n_repeats="auto" (GLMs): repeats x fitted rows within this
+AUTO_MAX_REPEATS = 16  # ... and at most this many splits: at most 4x the cost of the first 4
+# n_repeats="auto" adds splits until the seed-to-seed gap of an estimate it predicts has a
+# standard deviation of at most this many SEs: 3 seeds' estimates of 20 items then stay
+# within ~0.25 SE of each other (the largest range of 3 normal draws over 20 items is about
+# 3.5 sd; benchmarks/README.md, session 32)
+SEED_GAP_TARGET = 0.07
 
 
 def resolve_shrinkage(shrinkage, n_columns: int) -> float:
@@ -83,11 +90,12 @@ class ShardPart:
     rows: dict | None = None        # psi, e_clipped, e, mu0, mu1
     nuisance_fits: list = field(default_factory=list)
     nuisance_models: object = None  # flexible nuisances: the last repeat's choice per model
+    n_repeats: int = 1              # the cross-fitting splits fitted (n_repeats="auto": grown)
 
     def without_rows(self) -> "ShardPart":
         """The part without its row arrays and fitted models (what a Spark task sends back)."""
         return ShardPart(self.items, self.table, self.converged, self.n_iter, self.reductions,
-                         self.shared_penalty, self.balance_shift)
+                         self.shared_penalty, self.balance_shift, n_repeats=self.n_repeats)
 
 
 @dataclass
@@ -110,6 +118,7 @@ class FitPlan:
     unit: str | None
     flexible: object = None   # the resolved FlexibleNuisance (flexible nuisances), else None
     n_independent: int = 0    # fitted rows, or the units among them when the log has a unit role
+    max_repeats: int = 1      # n_repeats="auto": the most splits the split noise may add
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -184,6 +193,7 @@ class FitPlan:
                    outcome_scale=outcome_scale, shrinkage=shrinkage, propensity=propensity,
                    outcome=outcome,
                    n_repeats=n_repeats(params, n_fitted, folds_given),
+                   max_repeats=max_repeats(params, n_fitted, folds_given, tuned=tune),
                    tune_columns=len(spec.columns) if tune else None,
                    balance_penalty=balance_penalty(params), unit=unit, flexible=flexible,
                    n_independent=n_independent)
@@ -260,7 +270,8 @@ class FitPlan:
         effects = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
         effects.attrs.update(method=p["method"], normalize=p["normalize"], nuisance=p["nuisance"],
                              n_folds=p["n_folds"], seed=p["seed"], device=str(self.device),
-                             unit=self.unit, outcome_model=self.outcome_family)
+                             unit=self.unit, outcome_model=self.outcome_family,
+                             n_repeats=max([part.n_repeats for part in parts], default=0))
         return effects
 
     def all_converged(self, effects: pd.DataFrame) -> bool:
@@ -322,6 +333,31 @@ def n_repeats(params: dict, n_rows: int, folds_given: bool = False) -> int:
     if not _is_pooled(params):
         return 1  # the flexible nuisances
     return int(np.clip(AUTO_REPEAT_ROWS // max(n_rows, 1), 1, 4))
+
+
+def max_repeats(params: dict, n_rows: int, folds_given: bool = False,
+                tuned: bool = False) -> int:
+    """The most splits ``n_repeats="auto"`` may grow to (``repeats_for_split_noise``): for
+    the pooled GLM, as many as keep repeats x fitted rows within ``AUTO_REPEAT_ROWS``, at
+    most ``AUTO_MAX_REPEATS``, never fewer than the first ones; else the first count. Not
+    grown: per_item (its own-item slopes' split noise, ~0.4 SE^2 a split, would always take
+    the most), a tuned shared penalty (each split is a grid of fits) and the flexible
+    nuisances (each split refits their boosters)."""
+    start = n_repeats(params, n_rows, folds_given)
+    if params["n_repeats"] != "auto" or folds_given or tuned or not _is_pooled(params):
+        return start
+    return max(start, min(AUTO_MAX_REPEATS, AUTO_REPEAT_ROWS // max(n_rows, 1)))
+
+
+def repeats_for_split_noise(share: float, start: int, most: int) -> int:
+    """Splits for ``n_repeats="auto"`` after the first ``start``: ``share`` is the split
+    noise's variance in units of the items' squared SE (``split_noise_share``), so the
+    estimates of two seeds' S-split averages differ by sd sqrt(2 share / S) SE; the fewest S
+    that bring it to ``SEED_GAP_TARGET``, within [start, most]."""
+    if not np.isfinite(share):
+        return start
+    needed = int(np.ceil(2.0 * share / SEED_GAP_TARGET ** 2))
+    return int(np.clip(needed, start, max(start, most)))
 
 
 def balance_penalty(params: dict):

@@ -18,8 +18,8 @@ import torch
 from ..glm.layout import read_only_tensor, release_free_heap
 from ..glm.reducer import Reducer
 from .nuisance import cross_fit, cross_fit_tuned, tunes_shared_penalty
-from .plan import FitPlan, ShardPart
-from .splits import SplitAverage
+from .plan import FitPlan, ShardPart, repeats_for_split_noise
+from .splits import SplitAverage, split_noise_sums
 
 __all__ = ["ShardData", "fit_shard"]
 
@@ -33,8 +33,12 @@ class ShardData:
     X : the design rows (``DesignSpec.rows``: padded straight from the columns) for GLM
         nuisances, the (n, d) design matrix for flexible ones; ``rows``: the rows of X fitted
         (a boolean mask, positions, or ``slice(None)`` for all).
-    split_folds : the fold of each row in every split (the first may be given by the caller).
-    block_sizes : per split, the GLM layout's block size (None: from that split's folds).
+    split_folds : the fold of each row in the plan's first ``n_repeats`` splits (the first
+        may be given by the caller); ``fit_shard`` appends the splits ``n_repeats="auto"``
+        adds, drawn with ``fold_of(repeat)`` (split ``repeat``'s folds of the rows fitted,
+        as the backend draws its first splits: ``folds.split_seed``).
+    block_sizes : per split, the GLM layout's block size (None: from that split's folds; an
+        added split takes the last one's).
     balance : the balancing step (``nuisance.balance.balancing_step``) or None.
     groups : unit hashes of the rows (flexible nuisances' early stopping), or None.
     shard_of_item : the GLM fits' own shards (threads of ``cross_fit``), or None.
@@ -53,6 +57,7 @@ class ShardData:
     groups: np.ndarray | None = None
     block_sizes: list | None = None
     shard_of_item: np.ndarray | None = None
+    fold_of: object = None
 
 
 def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool = True,
@@ -66,7 +71,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     outputs; ``keep_fits``: the fitted nuisance models (``nuisance_fits_``)."""
     reducer = reducer or Reducer()
     p, device = plan.params, plan.device
-    n_seg, n_splits = len(data.items), len(data.split_folds)
+    n_seg, n_start = len(data.items), len(data.split_folds)
     seg, t, y = data.seg, data.t, data.y
     on_device = lambda a, kind: read_only_tensor(a, kind, device)
     splits = SplitAverage(p["alpha"])
@@ -74,7 +79,11 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     shift = np.zeros(n_seg)
     propensity, outcome, fits = plan.propensity, plan.outcome, None
     chosen = (propensity, outcome)
-    for repeat, split in enumerate(data.split_folds):
+    n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
+    while repeat < n_splits:
+        if repeat == len(data.split_folds):
+            data.split_folds.append(data.fold_of(repeat))
+        split = data.split_folds[repeat]
         if plan.flexible is not None:
             fit = _fit_flexible(plan, data, split, seed=p["seed"] + repeat)
             nuisance_fits.append(fit)
@@ -86,7 +95,8 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
             job = dict(n_folds=p["n_folds"], logged_e=data.logged_e,
                        shard_of_item=data.shard_of_item, device=device, dtype=plan.dtype,
                        warm=fits.shard_fits if fits else None,
-                       block_size=data.block_sizes[repeat] if data.block_sizes else None)
+                       block_size=data.block_sizes[min(repeat, len(data.block_sizes) - 1)]
+                       if data.block_sizes else None)
             args = (data.X, None, None, data.rows, seg, t, data.y_fit, split, n_seg)
             if plan.tune_columns is not None:  # few rows per column: the shared slopes' ridge by CV
                 fits, *chosen = cross_fit_tuned(
@@ -106,12 +116,16 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
         mu0, mu1 = plan.outcome_scale.restore(mu0), plan.outcome_scale.restore(mu1)
         if data.balance is not None:  # per item (items are never split between shards)
             e, item_shift = data.balance(e, t, seg, n_items=n_seg)
-            shift += item_shift / n_splits
+            shift += item_shift
         release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
         splits.add(*plan.scores(on_device(seg, torch.long), on_device(t, None),
                                 on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                 folds=on_device(split, None)), e, mu0, mu1)
         preds = e = mu0 = mu1 = None  # not alive beside the next split's fits
+        repeat += 1
+        if repeat == n_start and plan.max_repeats > n_start:  # the same on every shard
+            n_splits = _splits_for_noise(plan, splits.tables, reducer, n_start)
+    shift /= n_splits
     table, psi, e_clipped, e, mu0, mu1 = splits.result()
     rows = None
     if keep_rows:
@@ -122,7 +136,18 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
         reductions=(getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0)),
         shared_penalty={name: model.shared_penalty for name, model in
                         zip(("propensity", "outcome"), chosen) if model is not None},
-        balance_shift=shift, rows=rows, nuisance_fits=nuisance_fits, nuisance_models=models)
+        balance_shift=shift, rows=rows, nuisance_fits=nuisance_fits, nuisance_models=models,
+        n_repeats=n_splits)
+
+
+def _splits_for_noise(plan: FitPlan, tables, reducer, n_start: int) -> int:
+    """``n_repeats="auto"``'s split count from the first ``n_start`` splits' tables: the
+    split-noise share pooled over the items of every shard (one reduction), so that every
+    shard (and the local fit) draws the same number of splits."""
+    sums = reducer.sum(torch.as_tensor(split_noise_sums(tables), dtype=torch.float64))
+    total, count = (float(v) for v in sums.cpu())
+    share = total / count if count > 0 else float("nan")
+    return repeats_for_split_noise(share, n_start, plan.max_repeats)
 
 
 def _fit_flexible(plan: FitPlan, data: ShardData, split, seed: int):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..inference import interval, p_value
 
-__all__ = ["combine_splits", "SplitAverage"]
+__all__ = ["combine_splits", "split_noise_sums", "SplitAverage"]
 
 # How each column is combined: the estimate and its variance as below; the overlap
 # diagnostics as their mean over the splits (``post_status`` then judges the average split:
@@ -52,6 +52,21 @@ def combine_splits(tables: list[pd.DataFrame], alpha: float) -> pd.DataFrame:
     out["e_min"], out["e_max"] = stack("e_min").min(axis=0), stack("e_max").max(axis=0)
     out["split_sd"] = np.sqrt(split_var)
     return out
+
+
+def split_noise_sums(tables: list[pd.DataFrame]) -> np.ndarray:
+    """[sum over items of min(1, split variance / mean squared SE), items counted] of the
+    items with a finite estimate and a positive SE in every split (two or more splits): the
+    pieces of the split-noise share (their ratio) that ``n_repeats="auto"`` reads, summed
+    over shards by the reducer first. Each item's ratio is capped at 1 (split noise as large
+    as the SE itself) so that one item without overlap cannot buy every split."""
+    ate = np.stack([t["ate"].to_numpy(dtype=np.float64) for t in tables])
+    se2 = np.stack([t["se"].to_numpy(dtype=np.float64) for t in tables]) ** 2
+    usable = np.isfinite(ate).all(axis=0) & np.isfinite(se2).all(axis=0) & (se2 > 0).all(axis=0)
+    if len(tables) < 2 or not usable.any():
+        return np.zeros(2)
+    ratio = ate[:, usable].var(axis=0, ddof=1) / se2[:, usable].mean(axis=0)
+    return np.array([np.minimum(ratio, 1.0).sum(), float(usable.sum())])
 
 
 class SplitAverage:

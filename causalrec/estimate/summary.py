@@ -25,6 +25,7 @@ class EffectSummary(Summary):
                                                   and estimator.normalize else ""),
             "Nuisance models": nuisance,
             "Cross-fitting folds": estimator.n_folds,
+            "Cross-fitting splits": _splits_line(estimator.n_repeats_, ok),
             "Rows": int(eff["n"].sum()),
             "Items": len(eff),
             "Items estimated (ok)": len(ok),
@@ -48,3 +49,11 @@ class EffectSummary(Summary):
         super().__init__(info, eff["status"].value_counts(),
                          strongest.set_index(estimator._keys())[cols],
                          "Strongest evidence, by |ate / se|")
+
+
+def _splits_line(n_repeats: int, ok) -> str:
+    """The splits averaged and, with several, how far one split's estimate strays: the
+    items' median split_sd in units of their SE."""
+    if n_repeats < 2 or not len(ok):
+        return str(n_repeats)
+    return f"{n_repeats} (split-to-split sd: median {float((ok['split_sd'] / ok['se']).median()):.2f} SE)"

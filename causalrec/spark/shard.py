@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..estimate.folds import FoldAssigner, unit_key
+from ..estimate.folds import FoldAssigner, split_seed, unit_key
 from ..estimate.plan import FitPlan
 from ..estimate.shardfit import ShardData
 from ..nuisance.balance import balancing_step
@@ -68,12 +68,13 @@ def fit_shard_rows(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
          else plan.spec.transform(pdf, extra, dtype=plan.np_dtype).X)
     data = ShardData(
         items=items, seg=seg, t=t, y=y, y_fit=plan.fit_outcome(y), X=X, rows=slice(None),
-        split_folds=[folds] + [fold_of(p["seed"] + r) for r in range(1, plan.n_repeats)],
+        split_folds=[folds] + [fold_of(split_seed(p["seed"], r)) for r in range(1, plan.n_repeats)],
         logged_e=logged_e, groups=None if unit is None or plan.flexible is None else unit_key(unit),
         balance=balancing_step(plan.spec, pdf, extra, penalty=plan.balance_penalty,
                                columns=p["balance_columns"], method=p["method"],
                                fitted_propensity=logged_e is None),
-        block_sizes=[job.block_size] * plan.n_repeats)
+        block_sizes=[job.block_size] * plan.n_repeats,
+        fold_of=lambda r: fold_of(split_seed(p["seed"], r)))
     part = job.fit(plan, data, reducer, keep_rows=job.row_outputs, keep_fits=False,
                    lockstep=job.lockstep)
     out = payload_row(pickle.dumps(part.without_rows()))

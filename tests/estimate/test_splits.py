@@ -6,6 +6,7 @@ import torch
 from scipy import stats
 
 import causalrec as cr
+from causalrec.estimate.folds import split_seed
 from causalrec.estimate.scores import effects_table
 from causalrec.estimate.splits import combine_splits
 
@@ -33,10 +34,11 @@ def _split_table(fit, log):
 
 def test_repeats_average_the_splits_estimates_and_variances(log):
     """n_repeats=2: ate = the mean of the two splits' estimates (each split: its own folds,
-    as a seed-0 and a seed-1 single fit draw them), se^2 = the mean of var_s + (ate_s -
+    as single fits seeded split_seed(0, 0) = 0 and split_seed(0, 1) draw them), se^2 = the mean of var_s + (ate_s -
     ate)^2 (DoubleML's aggregation), split_sd their standard deviation, dof the mean of
     theirs, Student t intervals; psi's item means are the estimates."""
-    fits = [cr.ItemEffectEstimator(dtype="float64", seed=s, n_repeats=1).fit(log) for s in (0, 1)]
+    fits = [cr.ItemEffectEstimator(dtype="float64", seed=split_seed(0, r), n_repeats=1).fit(log)
+            for r in (0, 1)]
     both = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=2).fit(log)
     assert all(f.effects_["status"].eq("ok").all() for f in fits + [both])
     tables = [_split_table(f, log) for f in fits]
