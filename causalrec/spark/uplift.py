@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..estimate.estimator import ItemEffectEstimator
 from ..uplift.features import level_counts
-from ..uplift.rows import Block, dr_outcomes, pseudo_outcomes, sum_parts
+from ..uplift.rows import Block, dr_outcomes, pseudo_outcomes, stage1_options, sum_parts
 from .driver import estimate_item_effects_spark
 from .shard import ROW_ID
 from .stage0 import validate
@@ -89,7 +89,7 @@ class SparkUpliftRows:
         key = (F.monotonically_increasing_id() if self.row_id is None
                else F.col(self.row_id).cast("long"))
         self.keyed = self.data.withColumn(ROW_ID, key)
-        params = ItemEffectEstimator(**model.estimator_options).get_params(deep=False)
+        params = ItemEffectEstimator(**stage1_options(model.estimator_options)).get_params(deep=False)
         if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
             params["shards"] = None
         res = estimate_item_effects_spark(self.keyed, row_id=ROW_ID, row_outputs=True,

@@ -26,7 +26,7 @@ from ..estimate.estimator import ItemEffectEstimator
 from ..inference import critical_value, p_value
 from ..schema import InteractionLog
 from ..utils.validation import Integer
-from .rows import dr_outcomes
+from .rows import dr_outcomes, stage1_options
 
 __all__ = ["evaluate_policy", "PolicyEvaluation", "BASELINES"]
 
@@ -87,7 +87,7 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
     if user is None or user not in log.data.columns:
         raise ValueError("evaluate_policy needs a user column: pass user= or set the log's user role")
     df = log.data
-    options = dict(getattr(policy, "estimator_options", {}))
+    options = stage1_options(dict(getattr(policy, "estimator_options", {})))
     options.update(min_rows_per_arm=1)
     options.update(estimator_options or {})
     est = ItemEffectEstimator(**options).fit(log)

@@ -30,7 +30,8 @@ import torch
 from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
 
-__all__ = ["Block", "LocalUpliftRows", "dr_outcomes", "pseudo_outcomes", "sum_parts"]
+__all__ = ["Block", "LocalUpliftRows", "dr_outcomes", "pseudo_outcomes", "stage1_options",
+           "sum_parts"]
 
 
 @dataclass
@@ -57,6 +58,13 @@ def pseudo_outcomes(t, y, e, mu0, mu1) -> np.ndarray:
     return g1 - g0
 
 
+def stage1_options(options: dict) -> dict:
+    """The stage-1 estimator's options: every nuisance prediction out of fold unless the caller
+    says otherwise (a small log's all-rows refit would let a row's pseudo-outcome, and the
+    policy values, use models that saw its outcome)."""
+    return {"refit_small_logs": False, **options}
+
+
 def sum_parts(parts):
     """Elementwise sum of tuples of arrays / tensors (one tuple per block)."""
     parts = list(parts)
@@ -80,7 +88,7 @@ class LocalUpliftRows:
 
     def stage1(self, model):
         self.df = self.log.data
-        est = ItemEffectEstimator(**model.estimator_options).fit(self.log)
+        est = ItemEffectEstimator(**stage1_options(model.estimator_options)).fit(self.log)
         self.device = resolve_device(est.device)  # the blocks' sums stay on the model's device
         self.item_codes, segments = segment_ids(self.df, [model.item_column_])
         self.g1, g0 = dr_outcomes(
