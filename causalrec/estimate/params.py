@@ -67,6 +67,7 @@ PARAMETER_CONSTRAINTS = {
     "seed": [Integer(0, 2**63 - 1)],
     "max_iter": [Integer(1, None)],
     "shards": [Callable(_shards_ok, "a positive integer or one shard id (>= 0) per item")],
+    "refit_small_logs": [Boolean()],
 }
 
 

@@ -62,7 +62,7 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, folds=None):
+                   normalize=True, folds=None, held_out=None):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -72,7 +72,14 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     nuisances come from their own fit, so each fold's mean residual is removed with its own
     weights. Intervals use Student t with Welch-Satterthwaite degrees of freedom over the
     arms (see benchmarks/README.md, issue 14 part 3, for the rules measured); a binary
-    normalised AIPW moderates HC3 with the fitted-probability variance (``PRIOR_DOF``)."""
+    normalised AIPW moderates HC3 with the fitted-probability variance (``PRIOR_DOF``).
+
+    ``held_out`` = (e, mu0, mu1): out-of-fold nuisances of the same rows (``folds``) when
+    (e, mu0, mu1) were fitted on every row (small logs: ``refit_small_logs``). The estimate
+    is then the all-rows fit's and its variance (se, dof, interval, p-value) the out-of-fold
+    fits': in-sample residuals understate the noise (IHDP-A: coverage 0.86), while the
+    all-rows estimate varies less than the out-of-fold one, so this variance is on the safe
+    side of the estimate's own (benchmarks/README.md, session 32)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
@@ -197,6 +204,14 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
         "share_clipped": v["n_clipped"] / np.maximum(v["n_t"] + v["n_c"], 1),
         **{name: np.where(empty, np.nan, v[name]) for name in _SUPPORT},
     })
+    if held_out is not None:
+        honest = effects_table(seg, t, y, *held_out, n_seg, method, clip, trim, alpha, binary,
+                               normalize, folds)[0]
+        table["se"], table["dof"] = honest["se"].to_numpy(), honest["dof"].to_numpy()
+        table["ci_low"], table["ci_high"] = interval(table["ate"].to_numpy(), table["se"].to_numpy(),
+                                                     alpha, table["dof"].to_numpy())
+        table["p_value"] = p_value(table["ate"].to_numpy(), table["se"].to_numpy(),
+                                   table["dof"].to_numpy())
     return table, psi.cpu().numpy(), e_clip.cpu().numpy()
 
 

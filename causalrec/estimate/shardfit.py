@@ -78,6 +78,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     converged, n_iter, nuisance_fits, models = {}, 0, [], None
     shift = np.zeros(n_seg)
     propensity, outcome, fits = plan.propensity, plan.outcome, None
+    held_out = None  # out-of-fold fits whose variance a small log's all-rows estimate takes
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
     while repeat < n_splits:
@@ -102,6 +103,13 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
                 fits, *chosen = cross_fit_tuned(
                     *args, propensity=propensity, outcome=outcome, family=plan.outcome_family,
                     n_columns=plan.tune_columns, reducer=reducer, lockstep=lockstep, **job)
+                if p["refit_small_logs"]:  # the estimate from the chosen models on every row
+                    held_out = fits
+                    every_row = (*args[:7], np.zeros(len(t), dtype=np.int64), n_seg)
+                    fits = cross_fit(*every_row, propensity=chosen[0], outcome=chosen[1],
+                                     **dict(job, n_folds=1, warm=held_out.shard_fits,
+                                            block_size=None),
+                                     reducer=reducer if data.shard_of_item is None else None)
             else:  # (threads of this process couple the GLM fits' own shards, if any)
                 fits = cross_fit(*args, propensity=propensity, outcome=outcome, **job,
                                  reducer=reducer if data.shard_of_item is None else None)
@@ -112,16 +120,19 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
             n_iter = max(n_iter, fits.n_iter)
             preds = (fits.e, fits.mu0, fits.mu1)
             fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
-        e, mu0, mu1 = [torch.as_tensor(a, device=device).to(torch.float64) for a in preds]
-        mu0, mu1 = plan.outcome_scale.restore(mu0), plan.outcome_scale.restore(mu1)
+        e, mu0, mu1 = _restored(plan, preds, device)
+        if held_out is not None:
+            held_out = _restored(plan, (held_out.e, held_out.mu0, held_out.mu1), device)
         if data.balance is not None:  # per item (items are never split between shards)
             e, item_shift = data.balance(e, t, seg, n_items=n_seg)
             shift += item_shift
+            if held_out is not None:
+                held_out = (data.balance(held_out[0], t, seg, n_items=n_seg)[0], *held_out[1:])
         release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
         splits.add(*plan.scores(on_device(seg, torch.long), on_device(t, None),
                                 on_device(y, torch.float64), e, mu0, mu1, n_seg,
-                                folds=on_device(split, None)), e, mu0, mu1)
-        preds = e = mu0 = mu1 = None  # not alive beside the next split's fits
+                                folds=on_device(split, None), held_out=held_out), e, mu0, mu1)
+        preds = e = mu0 = mu1 = held_out = None  # not alive beside the next split's fits
         repeat += 1
         if repeat == n_start and plan.max_repeats > n_start:  # the same on every shard
             n_splits = _splits_for_noise(plan, splits.tables, reducer, n_start)
@@ -148,6 +159,12 @@ def _splits_for_noise(plan: FitPlan, tables, reducer, n_start: int) -> int:
     total, count = (float(v) for v in sums.cpu())
     share = total / count if count > 0 else float("nan")
     return repeats_for_split_noise(share, n_start, plan.max_repeats)
+
+
+def _restored(plan: FitPlan, preds, device):
+    """(e, mu0, mu1) in float64 on ``device``, the outcome predictions on y's own scale."""
+    e, mu0, mu1 = [torch.as_tensor(a, device=device).to(torch.float64) for a in preds]
+    return e, plan.outcome_scale.restore(mu0), plan.outcome_scale.restore(mu1)
 
 
 def _fit_flexible(plan: FitPlan, data: ShardData, split, seed: int):

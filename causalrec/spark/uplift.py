@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..estimate.estimator import ItemEffectEstimator
 from ..uplift.features import level_counts
-from ..uplift.rows import Block, pseudo_outcomes, sum_parts
+from ..uplift.rows import Block, dr_outcomes, pseudo_outcomes, stage1_options, sum_parts
 from .driver import estimate_item_effects_spark
 from .shard import ROW_ID
 from .stage0 import validate
@@ -89,7 +89,7 @@ class SparkUpliftRows:
         key = (F.monotonically_increasing_id() if self.row_id is None
                else F.col(self.row_id).cast("long"))
         self.keyed = self.data.withColumn(ROW_ID, key)
-        params = ItemEffectEstimator(**model.estimator_options).get_params(deep=False)
+        params = ItemEffectEstimator(**stage1_options(model.estimator_options)).get_params(deep=False)
         if params["shards"] == 1:  # the local default (one solver): on Spark, the cluster's
             params["shards"] = None
         res = estimate_item_effects_spark(self.keyed, row_id=ROW_ID, row_outputs=True,
@@ -131,13 +131,14 @@ class SparkUpliftRows:
         t, y = self.roles["treatment"], self.roles["outcome"]
 
         def block(pdf) -> Block:
-            g = pseudo_outcomes(pdf[t].to_numpy(float), pdf[y].to_numpy(float),
-                                pdf["propensity"].to_numpy(float), pdf["mu0"].to_numpy(float),
-                                pdf["mu1"].to_numpy(float))
+            g1, g0 = dr_outcomes(pdf[t].to_numpy(float), pdf[y].to_numpy(float),
+                                 pdf["propensity"].to_numpy(float), pdf["mu0"].to_numpy(float),
+                                 pdf["mu1"].to_numpy(float))
+            g = g1 - g0
             use = np.isfinite(g)
             pdf = pdf[use]
             return Block(encoder.encode(pdf), g[use], items.get_indexer(pdf[item]),
-                         pdf["fold"].to_numpy(np.int64), pdf[ROW_ID].to_numpy(np.int64))
+                         pdf["fold"].to_numpy(np.int64), pdf[ROW_ID].to_numpy(np.int64), g1[use])
         return block
 
     def reduce(self, fn):

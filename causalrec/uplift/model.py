@@ -72,6 +72,9 @@ class UpliftModel(BaseEstimator):
         se, ci_low, ci_high, p_value of the fitted (shrunk) model.
     shrinkage_ : chosen (mean, local, shared) penalties; cv_results_ : held-out DR loss per
         row for every triple of the grid (``chosen`` marks the minimum).
+    response_coef_matrix_, response_shrinkage_, response_cv_results_ : the same for the
+        model of the outcome under recommendation (``response``), always chosen by held-out
+        loss.
     pseudo_outcome_ : per-row pseudo-outcomes (NaN on rows not used); after a Spark fit a
         Spark DataFrame ``row_id, pseudo_outcome`` of the stage-1 fitted rows.
     estimator_effects_ : the stage-1 per-item table.
@@ -145,18 +148,19 @@ class UpliftModel(BaseEstimator):
         K, n_folds, device = len(self.items_), est.n_folds, rows.device  # no backend in closures
         rows.fit_encoder(self.encoder_)
         self.pseudo_outcome_ = rows.pseudo_outcomes()
-        cells = _to_device(rows.reduce(lambda blk: _cells(blk, K, n_folds, device)),
-                           self.device_)
-        cells = ridge.Moments(*cells)
-        n_used, g_sum = float(cells.H[..., 0, 0].sum()), float(cells.b[..., 0].sum())
-        scale = 1.0
-        if n_used > 1:  # the pseudo-outcomes' variance, about their mean (a second pass)
-            centre = g_sum / n_used
-            scale = float(rows.reduce(lambda blk: (np.sum((blk.g - centre) ** 2),))[0]) / n_used
-        self.shrinkage_, self.cv_results_ = self._choose(cells, scale)
-        mean, local, shared = (v * scale for v in self.shrinkage_)
-        total = ridge.Moments(cells.H.sum(0), cells.b.sum(0), cells.q.sum(0))
-        fit = ridge.fit_ridge(total, local, shared, mean)
+        moments = _to_device(rows.reduce(lambda blk: _cells(blk, K, n_folds, device)),
+                             self.device_)
+        H = moments[0]
+        cells, response_cells = ridge.Moments(H, *moments[1:3]), ridge.Moments(H, *moments[3:])
+        n_used = float(H[..., 0, 0].sum())
+        scale, response_scale = 1.0, 1.0
+        if n_used > 1:  # the variances of g and g1 about their means (a second pass)
+            centre, response_centre = (float(c.b[..., 0].sum()) / n_used
+                                       for c in (cells, response_cells))
+            squares = rows.reduce(lambda blk: (np.sum((blk.g - centre) ** 2),
+                                               np.sum((blk.g1 - response_centre) ** 2)))
+            scale, response_scale = (float(v) / n_used for v in squares)
+        self.shrinkage_, self.cv_results_, fit = self._ridge(cells, scale, self.shrinkage)
         self.coef_matrix_ = fit.coef
         coef = fit.coef.cpu()
         B = _to_device(rows.reduce(lambda blk: (ridge.meat(
@@ -165,6 +169,12 @@ class UpliftModel(BaseEstimator):
         empty = fit.n == 0  # items without usable rows: no effect
         self.coef_matrix_[empty] = float("nan")
         self.cov_[empty] = float("nan")
+        # the outcome under recommendation, learned from the training rows alone (a policy
+        # that ranks by it could have been run): a DR-learner of mu1 on the same features
+        self.response_shrinkage_, self.response_cv_results_, response = self._ridge(
+            response_cells, response_scale, "cv")
+        self.response_coef_matrix_ = response.coef
+        self.response_coef_matrix_[empty] = float("nan")
         self.heterogeneity_ = self._heterogeneity(rows, fit, coef)
         self.coef_ = self._coef_table(fit)
         return self
@@ -181,15 +191,23 @@ class UpliftModel(BaseEstimator):
                             f"{sorted(roles)}); an InteractionLog carries its own")
         return LocalUpliftRows(log)
 
-    def _choose(self, cells, scale):
-        if self.shrinkage != "cv":
-            return tuple(float(v) for v in self.shrinkage), None
-        grid = ridge.select_penalties(cells, scale)
-        table = pd.DataFrame(grid, columns=["mean", "local", "shared", "heldout_loss"])
-        table["heldout_loss"] /= float(cells.H[..., 0, 0].sum())  # per row
-        best = table["heldout_loss"].idxmin()
-        table["chosen"] = table.index == best
-        return tuple(float(table.at[best, c]) for c in ("mean", "local", "shared")), table
+    @staticmethod
+    def _ridge(cells, scale, shrinkage):
+        """The ridge fit of all items at the penalties ``shrinkage`` (a triple, in units of
+        ``scale``, the pseudo-outcomes' variance) or, for "cv", at the triple with the least
+        held-out loss; returns (penalties, the grid's losses or None, fit)."""
+        table = None
+        if shrinkage == "cv":
+            grid = ridge.select_penalties(cells, scale)
+            table = pd.DataFrame(grid, columns=["mean", "local", "shared", "heldout_loss"])
+            table["heldout_loss"] /= float(cells.H[..., 0, 0].sum())  # per row
+            best = table["heldout_loss"].idxmin()
+            table["chosen"] = table.index == best
+            shrinkage = tuple(table.loc[best, ["mean", "local", "shared"]])
+        shrinkage = tuple(float(v) for v in shrinkage)
+        total = ridge.Moments(cells.H.sum(0), cells.b.sum(0), cells.q.sum(0))
+        mean, local, shared = (v * scale for v in shrinkage)
+        return shrinkage, table, ridge.fit_ridge(total, local, shared, mean)
 
     def _heterogeneity(self, rows, fit, coef) -> pd.DataFrame:
         """Per-item test that the effect does not vary with the features: studentised pairs
@@ -264,6 +282,15 @@ class UpliftModel(BaseEstimator):
         tau = (X * self.coef_matrix_[codes]).sum(1)
         return pd.Series(tau.cpu().numpy(), index=df.index, name="uplift")
 
+    def response(self, df: pd.DataFrame) -> pd.Series:
+        """Expected outcome if the item in ``df``'s item column is recommended (a click
+        model), per row: the same second stage fitted to the training rows' doubly robust
+        outcomes under recommendation ``mu1 + t (y - mu1) / e`` instead of the pseudo-outcomes,
+        penalties chosen by held-out loss. ``evaluate_policy``'s "click" baseline ranks by it."""
+        X, codes = self._rows(df)
+        mu1 = (X * self.response_coef_matrix_[codes]).sum(1)
+        return pd.Series(mu1.cpu().numpy(), index=df.index, name="response")
+
     def effect_interval(self, df: pd.DataFrame, alpha: float | None = None) -> pd.DataFrame:
         """Normal interval per row (ci_low, ci_high) from the second stage's covariance."""
         X, codes = self._rows(df)
@@ -330,8 +357,11 @@ def _to_device(parts, device):
 
 
 def _cells(blk, n_items, n_folds, device):
+    """Per (fold, item) moments of the pseudo-outcomes (H, b, q), then b, q of the DR
+    outcomes under recommendation (same rows, same H)."""
     cells = ridge.cell_moments(blk.Z, blk.g, blk.item, blk.fold, n_items, n_folds, device)
-    return cells.H, cells.b, cells.q
+    response = ridge.cell_moments(blk.Z, blk.g1, blk.item, blk.fold, n_items, n_folds, device)
+    return cells.H, cells.b, cells.q, response.b, response.q
 
 
 def _fitted(blk, coef) -> np.ndarray:

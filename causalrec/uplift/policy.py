@@ -9,6 +9,11 @@ propensities e and outcome models mu0, mu1 of the held-out log itself,
 
 with a normal interval from the rows' spread (the policy is fixed: it was fitted on other
 rows). Its *incremental* value over recommending nothing is mean_i pi_i (G1_i - G0_i).
+
+Every compared policy ranks by what its training stage learned, never by the held-out fit:
+its nuisances have seen the evaluated rows' outcomes, so a policy ranking by them (the click
+baseline once ranked by the held-out mu1) could not have been run and gains from every
+improvement of the evaluation fit.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from ..estimate.estimator import ItemEffectEstimator
 from ..inference import critical_value, p_value
 from ..schema import InteractionLog
 from ..utils.validation import Integer
+from .rows import dr_outcomes, stage1_options
 
 __all__ = ["evaluate_policy", "PolicyEvaluation", "BASELINES"]
 
@@ -58,10 +64,10 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
                     user: str | None = None, truth=None, alpha: float = 0.05,
                     n_points: int = 21, estimator_options: dict | None = None) -> PolicyEvaluation:
     """Compare "top-k per user by uplift" (``policy``, a fitted ``UpliftModel``) with
-    baselines on a held-out ``log``: "click" (top-k by predicted click probability under
-    recommendation, mu1), "ate" (top-k by the item's average effect, as the
-    policy's stage-1 estimator estimated it), "logging" (the logged
-    recommendations).
+    baselines on a held-out ``log``: "click" (top-k by the expected outcome under
+    recommendation, the policy's ``response``: a click model fitted on its training rows),
+    "ate" (top-k by the item's average effect, as the policy's stage-1 estimator estimated
+    it), "logging" (the logged recommendations).
 
     user : the user column (default: the log's ``user`` role). truth : optional per-row true
         expected outcomes (columns ``mu0``, ``mu1``, aligned with ``log.data``) for the
@@ -81,7 +87,7 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
     if user is None or user not in log.data.columns:
         raise ValueError("evaluate_policy needs a user column: pass user= or set the log's user role")
     df = log.data
-    options = dict(getattr(policy, "estimator_options", {}))
+    options = stage1_options(dict(getattr(policy, "estimator_options", {})))
     options.update(min_rows_per_arm=1)
     options.update(estimator_options or {})
     est = ItemEffectEstimator(**options).fit(log)
@@ -91,14 +97,16 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
     rows = df[keep]
     t, y = rows[log.treatment].to_numpy(float), rows[log.outcome].to_numpy(float)
     e, mu0, mu1 = e[keep], mu0[keep], mu1[keep]
-    g1, g0 = mu1 + t * (y - mu1) / e, mu0 + (1 - t) * (y - mu0) / (1 - e)
+    g1, g0 = dr_outcomes(t, y, e, mu0, mu1)
     users = pd.factorize(rows[user])[0]
 
     uplift = policy.effect(rows).to_numpy()
     ate = policy.heterogeneity_.set_index("item")["estimator_ate"]
-    scores = {"uplift": uplift, "click": mu1,
-              "ate": ate.reindex(rows[policy.item_column_]).to_numpy()}
-    scores = {name: s for name, s in scores.items() if name == "uplift" or name in baselines}
+    scores = {"uplift": uplift}
+    if "click" in baselines:
+        scores["click"] = policy.response(rows).to_numpy()
+    if "ate" in baselines:
+        scores["ate"] = ate.reindex(rows[policy.item_column_]).to_numpy()
     chosen = {name: _top_k_per_user(users, s, k) for name, s in scores.items()}
     if "logging" in baselines:
         chosen["logging"] = t.astype(bool)

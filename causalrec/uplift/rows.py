@@ -11,7 +11,8 @@ has, called in this order:
 * ``fit_encoder(encoder)``: fits the ``UserFeatures`` encoder on every row of the log;
 * ``reduce(fn)``: ``fn(block)`` summed over blocks of the used rows (a tuple of arrays or
   tensors, summed elementwise); a ``Block`` holds the rows' encoded features ``Z``,
-  pseudo-outcome ``g``, item code, fold and ``key`` (an integer naming the row: its position
+  pseudo-outcome ``g``, doubly robust outcome under recommendation ``g1``, item code, fold
+  and ``key`` (an integer naming the row: its position
   in the pandas log, the ``row_id`` column on Spark; the bootstrap's weights are drawn from it);
 * ``pseudo_outcomes()``: the per-row pseudo-outcomes (NaN on rows not used).
 
@@ -29,7 +30,8 @@ import torch
 from ..estimate.design import segment_ids
 from ..estimate.estimator import ItemEffectEstimator, resolve_device
 
-__all__ = ["Block", "LocalUpliftRows", "pseudo_outcomes", "sum_parts"]
+__all__ = ["Block", "LocalUpliftRows", "dr_outcomes", "pseudo_outcomes", "stage1_options",
+           "sum_parts"]
 
 
 @dataclass
@@ -39,12 +41,28 @@ class Block:
     item: np.ndarray   # (n,) item codes (positions in the model's items_)
     fold: np.ndarray   # (n,) cross-fitting fold of stage 1
     key: np.ndarray    # (n,) row keys (int64)
+    g1: np.ndarray     # (n,) doubly robust outcomes under recommendation (the response model's)
+
+
+def dr_outcomes(t, y, e, mu0, mu1):
+    """Doubly robust outcomes per row with the item recommended (G1) and without (G0): their
+    means over rows are AIPW estimates of the mean outcome under either arm."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return mu1 + t * (y - mu1) / e, mu0 + (1 - t) * (y - mu0) / (1 - e)
 
 
 def pseudo_outcomes(t, y, e, mu0, mu1) -> np.ndarray:
-    """Doubly robust pseudo-outcome per row (its mean over an item is the item's AIPW ATE)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return mu1 - mu0 + t * (y - mu1) / e - (1 - t) * (y - mu0) / (1 - e)
+    """Doubly robust pseudo-outcome G1 - G0 per row (its mean over an item is the item's
+    AIPW ATE)."""
+    g1, g0 = dr_outcomes(t, y, e, mu0, mu1)
+    return g1 - g0
+
+
+def stage1_options(options: dict) -> dict:
+    """The stage-1 estimator's options: every nuisance prediction out of fold unless the caller
+    says otherwise (a small log's all-rows refit would let a row's pseudo-outcome, and the
+    policy values, use models that saw its outcome)."""
+    return {"refit_small_logs": False, **options}
 
 
 def sum_parts(parts):
@@ -70,12 +88,13 @@ class LocalUpliftRows:
 
     def stage1(self, model):
         self.df = self.log.data
-        est = ItemEffectEstimator(**model.estimator_options).fit(self.log)
+        est = ItemEffectEstimator(**stage1_options(model.estimator_options)).fit(self.log)
         self.device = resolve_device(est.device)  # the blocks' sums stay on the model's device
         self.item_codes, segments = segment_ids(self.df, [model.item_column_])
-        self.g = pseudo_outcomes(
+        self.g1, g0 = dr_outcomes(
             self.df[self.log.treatment].to_numpy(float), self.df[self.log.outcome].to_numpy(float),
             est.propensity_.to_numpy(), est.mu0_.to_numpy(), est.mu1_.to_numpy())
+        self.g = self.g1 - g0
         self.fold = est.fold_.to_numpy()
         return est, est.effects_, segments[model.item_column_]
 
@@ -83,7 +102,7 @@ class LocalUpliftRows:
         use = np.isfinite(self.g)
         Z = encoder.fit_transform(self.df)[use]
         self.block = Block(Z, self.g[use], self.item_codes[use], self.fold[use],
-                           np.flatnonzero(use).astype(np.int64))
+                           np.flatnonzero(use).astype(np.int64), self.g1[use])
 
     def reduce(self, fn):
         return tuple(fn(self.block))

@@ -612,13 +612,15 @@ def test_uplift_on_spark_equals_pandas(spark, small_frame, tmp_path):
                                           **roles, row_id="row")
     assert list(remote.items_) == list(local.items_)
     assert remote.shrinkage_ == local.shrinkage_
+    assert remote.response_shrinkage_ == local.response_shrinkage_
     assert remote.encoder_.columns_ == local.encoder_.columns_
-    for name in ("coef_", "heterogeneity_", "cv_results_"):
+    for name in ("coef_", "heterogeneity_", "cv_results_", "response_cv_results_"):
         pd.testing.assert_frame_equal(getattr(local, name), getattr(remote, name),
                                       check_exact=False, rtol=1e-8, atol=1e-12, obj=name)
     np.testing.assert_allclose(remote.cov_.numpy(), local.cov_.numpy(), rtol=1e-8, atol=1e-14)
     users = frame.head(200)
     np.testing.assert_allclose(remote.effect(users), local.effect(users), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(remote.response(users), local.response(users), rtol=1e-8, atol=1e-12)
     g = remote.pseudo_outcome_.toPandas().set_index("row_id").sort_index()["pseudo_outcome"]
     np.testing.assert_allclose(g.to_numpy(), local.pseudo_outcome_.dropna().to_numpy(),
                                rtol=1e-8, atol=1e-12)
