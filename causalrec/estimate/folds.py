@@ -234,15 +234,21 @@ class FoldAssigner:
 
 
 def _click_level(outcome: np.ndarray, segment) -> np.ndarray:
-    """Each row's outcome (0 / 1) where its item's outcomes are all 0 or 1, else 0: the
-    folds are dealt within (item, arm, level), so they balance an item's clicks; a
-    continuous outcome's items keep one level (shifting or scaling y keeps their folds). Per
-    item, so a shard of whole items finds its items' levels alone (Spark: the same folds)."""
+    """1 where a row has its item's larger outcome and the item's outcomes take two values
+    (clicks: 0 / 1), else 0: the folds are dealt within (item, arm, level), so they balance
+    an item's clicks. Any two values count, so a positive rescaling or a shift of one item's
+    outcomes keeps its folds, and so the pooled fits of every other item; a continuous
+    outcome's items keep one level. Per item, so a shard of whole items finds its items'
+    levels alone (Spark: the same folds)."""
     segment = np.asarray(segment, dtype=np.int64)
-    binary = (outcome == 0) | (outcome == 1)
-    n_items = int(segment.max()) + 1 if len(segment) else 0
-    other = np.bincount(segment, weights=~binary, minlength=n_items) > 0
-    return np.where(other[segment], 0, outcome).astype(np.int64)
+    if not len(segment):
+        return np.zeros(0, dtype=np.int64)
+    by_item = pd.Series(outcome).groupby(segment)
+    low, high = by_item.transform("min").to_numpy(), by_item.transform("max").to_numpy()
+    at_high, at_low = outcome == high, outcome == low
+    n_items = int(segment.max()) + 1
+    other = np.bincount(segment, weights=~(at_high | at_low), minlength=n_items) > 0
+    return np.where(other[segment] | (high == low), 0, at_high).astype(np.int64)
 
 
 def _exact_duplicates(df, content, order, repeat, stratum, outcome) -> int:

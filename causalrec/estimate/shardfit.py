@@ -17,6 +17,7 @@ import torch
 
 from ..glm.layout import read_only_tensor, release_free_heap
 from ..glm.reducer import Reducer
+from .folds import split_seed
 from .nuisance import cross_fit, cross_fit_tuned, tunes_shared_penalty
 from .plan import FitPlan, ShardPart, repeats_for_split_noise
 from .splits import SplitAverage, split_noise_sums
@@ -86,7 +87,9 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
             data.split_folds.append(data.fold_of(repeat))
         split = data.split_folds[repeat]
         if plan.flexible is not None:
-            fit = _fit_flexible(plan, data, split, seed=p["seed"] + repeat)
+            # the learners of split r seeded as a single fit seeded split_seed(seed, r) seeds them;
+            # 31 bits: XGBoost takes a long, and each fit offsets this seed
+            fit = _fit_flexible(plan, data, split, seed=split_seed(p["seed"], repeat) % 2 ** 31)
             nuisance_fits.append(fit)
             models = fit.models  # the last repeat's choice per nuisance
             n_iter = max(n_iter, fit.glm_n_iter)  # the offset GLMs'

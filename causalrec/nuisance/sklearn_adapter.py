@@ -51,7 +51,7 @@ class SklearnLearner:
         model = clone(self.estimator)
         params = model.get_params()
         if "random_state" in params:
-            model.set_params(random_state=seed)
+            model.set_params(random_state=seed % 2 ** 32)  # scikit-learn takes 32 bits
         if categorical:  # the item code (last column): a category where the learner takes one
             items = np.concatenate([X[:, -1], X_test[:, -1]])
             if params.get("categorical_features", None) in ("from_dtype", None) and \

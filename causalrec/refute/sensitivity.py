@@ -89,6 +89,11 @@ def sensitivity(effects: pd.DataFrame, q: float = 1.0, alpha: float = 0.05, dof=
     out["partial_r2"] = t ** 2 / (t ** 2 + out["dof"].to_numpy())
     out["rv"] = robustness_value(t, out["dof"], q=q)
     out["rv_ci"] = robustness_value(t, out["dof"], q=q, alpha=alpha)
+    if {"ci_low", "ci_high"} <= set(effects.columns):  # the table's own interval decides
+        # (its dof may be Welch's, not n - 2: both rules must agree on "already covered")
+        null = (1 - q) * ate
+        covered = (effects["ci_low"].to_numpy() <= null) & (null <= effects["ci_high"].to_numpy())
+        out["rv_ci"] = np.where(covered, 0.0, out["rv_ci"].to_numpy())
 
     kind = _outcome_kind(out) if outcome == "auto" else outcome
     if kind == "binary":

@@ -39,6 +39,23 @@ def test_a_continuous_outcomes_folds_ignore_its_shift_and_scale(sim):
     np.testing.assert_array_equal(_folds(sim, y), _folds(sim, np.zeros(len(y)) + 2.5))
 
 
+def test_a_two_valued_outcomes_folds_ignore_its_shift_and_scale(sim):
+    """Clicks coded 0 / 1e6 or 5 / 7 in one item are still dealt by click, so that item's
+    folds (and hence the pooled fits of the others) stay as with 0 / 1; a third value
+    anywhere in the item makes it continuous (one level)."""
+    y = sim["clicked"].to_numpy().astype(float)
+    item = (sim["item_id"] == sim["item_id"].iloc[0]).to_numpy()
+    base = _folds(sim, y)
+    for coded in (np.where(item, y * 1e6, y), np.where(item, 5 + 2 * y, y)):
+        np.testing.assert_array_equal(_folds(sim, coded), base)
+    third = y.copy()
+    third[np.flatnonzero(item)[0]] = 0.5
+    changed = _folds(sim, third)
+    np.testing.assert_array_equal(changed[~item], base[~item])  # other items keep theirs
+    flat = _folds(sim, np.where(item, sim["user_activity"].to_numpy(), 0.0))
+    np.testing.assert_array_equal(changed[item], flat[item])  # one level, as a continuous y
+
+
 def test_split_seeds_of_nearby_seeds_are_distinct():
     """Split 0 is the seed itself (``fold_``); later splits of seeds 0, 1, 2 share none."""
     assert [split_seed(s, 0) for s in (0, 5)] == [0, 5]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 import causalrec as cr
+from causalrec.estimate.folds import split_seed
 from causalrec.estimate.nuisance import SHARED_PENALTY_GRID, tunes_shared_penalty
 
 N_ROWS, N_COLUMNS, EFFECT = 500, 25, 1.0
@@ -105,10 +106,12 @@ def test_shared_penalty_chosen_only_where_rows_are_few_per_column():
 
 def test_each_split_chooses_its_own_penalty():
     """Repeats average single fits (each split's choice is its own): n_repeats=2 equals the
-    mean of the seed-0 and seed-1 fits' outcome predictions."""
+    mean of the outcome predictions of single fits seeded split_seed(0, 0) and split_seed(0, 1)
+    (every split cross-fitted: the all-rows refit is one fit per split, not a mean of folds)."""
     df = small_log(1)
     log = cr.InteractionLog(df, item="item", treatment="t", outcome="y",
                             confounders=[c for c in df if c.startswith("x")])
-    fits = [cr.ItemEffectEstimator(dtype="float64", seed=s, n_repeats=1).fit(log) for s in (0, 1)]
-    both = cr.ItemEffectEstimator(dtype="float64", seed=0, n_repeats=2).fit(log)
+    fit = lambda **kw: cr.ItemEffectEstimator(dtype="float64", refit_small_logs=False, **kw).fit(log)
+    fits = [fit(seed=split_seed(0, r), n_repeats=1) for r in (0, 1)]
+    both = fit(seed=0, n_repeats=2)
     pd.testing.assert_series_equal(both.mu1_, (fits[0].mu1_ + fits[1].mu1_) / 2, rtol=1e-10)

@@ -7,6 +7,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 import causalrec as cr
+from causalrec.estimate.folds import split_seed
 from causalrec.nuisance import (BoostedLearner, FlexibleNuisance, calibration_table,
                                 cross_fit_nuisances)
 from causalrec.nuisance.select import stack_weights
@@ -216,10 +217,10 @@ def test_nonlinear_mode_keeps_the_linear_draws():
 
 def test_repeated_splits_average_the_flexible_predictions(small_sim):
     """n_repeats=2 averages the out-of-fold predictions of the seed-0 split and of the split
-    a seed-1 fit draws (same learners' seeds too)."""
+    a fit seeded split_seed(0, 1) draws (same learners' seeds too)."""
     log = cr.InteractionLog(small_sim.data, **numeric_roles(small_sim))
     fit = lambda **kw: cr.ItemEffectEstimator(nuisance="boosted", **kw).fit(log)
-    both, first, second = fit(n_repeats=2), fit(seed=0), fit(seed=1)
+    both, first, second = fit(n_repeats=2), fit(seed=0), fit(seed=split_seed(0, 1))
     np.testing.assert_allclose(both.mu1_, (first.mu1_ + second.mu1_) / 2, rtol=1e-12)
     assert len(both.nuisance_fits_) == 2
     assert both.converged_ and both.n_iter_ >= 1  # the offset GLMs' convergence is reported

@@ -118,8 +118,14 @@ def _assert_same(local, spark_table):
         a, b = local[col].to_numpy(), spark_table[col].to_numpy()
         assert (np.isnan(a) == np.isnan(b)).all()
         np.testing.assert_allclose(b[~np.isnan(a)], a[~np.isnan(a)], rtol=1e-8, atol=0)
-    pd.testing.assert_frame_equal(local, spark_table, check_exact=False, rtol=1e-8,
+    # the smallest propensities lie below the clip, where the estimate does not read them:
+    # the GLMs' stopping rule (gradient tolerance 1e-6) leaves their logits free to ~1e-5
+    # (shards=2 against one solver, locally: 3e-5 on e_min_control, 3e-13 on ate)
+    tail = [c for c in local.columns if c.startswith("e_min")]
+    pd.testing.assert_frame_equal(local[tail], spark_table[tail], check_exact=False, rtol=1e-4,
                                   check_dtype=False)
+    pd.testing.assert_frame_equal(local.drop(columns=tail), spark_table.drop(columns=tail),
+                                  check_exact=False, rtol=1e-8, check_dtype=False)
 
 
 @pytest.mark.parametrize("nuisance, method, frame", [
