@@ -18,7 +18,7 @@ import torch
 from ..glm.layout import read_only_tensor, release_free_heap
 from ..glm.reducer import Reducer
 from .folds import split_seed
-from .nuisance import cross_fit, cross_fit_tuned, tunes_shared_penalty
+from .nuisance import cross_fit, cross_fit_tuned, penalty_grid, tunes_shared_penalty
 from .plan import FitPlan, ShardPart, repeats_for_split_noise
 from .splits import SplitAverage, split_noise_sums
 
@@ -180,7 +180,8 @@ def _fit_flexible(plan: FitPlan, data: ShardData, split, seed: int):
                max_iter=p["max_iter"])
     X = data.X[data.rows]
     if tunes_shared_penalty(plan.n_independent, X.shape[1]):  # few rows (units) per column:
-        glm["shared_penalty"] = plan.shrinkage  # the offset GLM's shared slopes get the deviations' prior
+        # the offset GLM's shared-slope penalty chosen from the GLM path's grid per nuisance
+        glm["shared_penalty"] = penalty_grid(X.shape[1])
     return cross_fit_nuisances(X, data.seg.astype(np.int64), data.t.astype(np.int64),
                                data.y_fit.astype(np.float64), split.astype(np.int64),
                                n_items=len(data.items), family=plan.outcome_family,

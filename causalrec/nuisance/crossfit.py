@@ -160,7 +160,9 @@ class NuisanceResult:
 
     models : per nuisance, out-of-fold losses of the GLM, the pooled learner and the flexible
         prediction (pooled + own where chosen), the stacking weight on the flexible one
-        (1 without ``auto``), the final loss and the number of items with a model of their own.
+        (1 without ``auto``), the final loss, the number of items with a model of their own and
+        ``offset_shared_penalty`` (the offset GLM's shared-slope penalty where it was chosen by
+        out-of-fold loss: the propensity of a log with few rows or units per column; else NaN).
     items : per item, whether it kept a model of its own for e / mu0 / mu1.
     calibration : ``calibration_table`` of the final propensities.
     rounds : per nuisance, the boosting rounds of the pooled learner in each fold.
@@ -291,7 +293,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
             weights[0], final_loss = 1.0, float(loss(flexible[0]).mean())
         preds[name] = (1 - weights.sum()) * glm_pred + sum(weights[j] * flexible[j]
                                                            for j in stacked_j)
-        row.update(weight_flexible=float(weights[0]), loss_final=final_loss)
+        row.update(weight_flexible=float(weights[0]), loss_final=final_loss,
+                   offset_shared_penalty=ctx.shared_penalties.get(name, np.nan))
         row.update({f"weight_{also}": float(w) for also, w in zip(spec.also_names, weights[1:])})
         rows.append(row)
     if joint is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..glm import SegmentGLM
+from .select import row_loss
 
 __all__ = ["FoldFits", "standardised"]
 
@@ -51,6 +52,7 @@ class FoldFits:
         self.Xp = (np.column_stack([X, item.astype(X.dtype)]) if spec.item_feature else X)
         self.glm_n_iter, self.glm_converged = [], []
         self.etas = {}  # (arm, fold) -> the outcome GLM's linear predictor: the joint offsets
+        self.shared_penalties = {}  # nuisance -> the offset GLM's tuned shared-slope penalty
 
     def split(self, f):
         """(test, train) masks of fold f (one fold: every row is both)."""
@@ -60,15 +62,46 @@ class FoldFits:
         test = self.folds == f
         return test, ~test
 
-    def glm_eta(self, target, train, family):
+    def glm_eta(self, target, train, family, shared_penalty=None):
         """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows."""
+        settings = dict(self.glm, shared_penalty=shared_penalty) \
+            if shared_penalty is not None else self.glm
         glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
-                         dtype=self.Xs.dtype, **self.glm)
+                         dtype=self.Xs.dtype, **settings)
         glm.fit(self.Xs[torch.as_tensor(np.flatnonzero(train), device=self.Xs.device)],
                 target[train], self.item[train], n_segments=self.n_items)
         self.glm_n_iter.append(glm.n_iter_)
         self.glm_converged.append(bool(glm.converged_.all()))
         return glm.decision_function(self.Xs, self.item).astype(np.float64)
+
+    def glm_etas(self, target, arm, family, name, tune=True):
+        """Per fold, the offset GLM's linear predictor for all rows. Where the shared slopes'
+        penalty is a list (few rows or units per column: the GLM path's grid) and ``tune``,
+        each penalty is cross-fitted and the one with the lowest out-of-fold loss on ``arm``'s
+        rows kept, as the pooled GLM chooses its own (IHDP's 747 units: the propensity wants
+        16-64d; with the deviations' prior d it overfitted, and the boosted ATE's RMSE was
+        0.256 instead of 0.182 on 100 stacked items); ``shared_penalties[name]`` reports it.
+        Otherwise (the outcome offsets, where tuning gained nothing for 3x the GLM fits, and
+        factorised, whose propensity is under-smoothed on purpose) the shared slopes get the
+        deviations' prior."""
+        grid = self.glm.get("shared_penalty")
+        if isinstance(grid, (list, tuple)) and not tune:
+            grid = self.glm["shrinkage"]
+        if not isinstance(grid, (list, tuple)):
+            return [self.glm_eta(target, arm & self.split(f)[1], family, grid)
+                    for f in range(self.n_folds)]
+        best, best_loss = None, np.inf
+        for penalty in grid:
+            etas = [self.glm_eta(target, arm & self.split(f)[1], family, penalty)
+                    for f in range(self.n_folds)]
+            held_out = np.zeros(len(target))
+            for f, eta in enumerate(etas):
+                held_out = np.where(self.split(f)[0], eta, held_out)
+            pred = 1 / (1 + np.exp(-held_out)) if family == "logistic" else held_out
+            loss = float(row_loss(pred[arm], target[arm], family).mean())
+            if loss < best_loss:  # ties keep the smaller penalty
+                best, best_loss, self.shared_penalties[name] = etas, loss, penalty
+        return best
 
     def big_items(self, rows, learner):
         """Items with at least ``min_item_rows`` training rows among ``rows`` in every fold."""
@@ -89,10 +122,13 @@ class FoldFits:
         fits = [(np.full(n, np.nan), np.full(n, np.nan), [], 0) for _ in learners]
         bigs = [None if learner is None else self.big_items(arm, learner)
                 for learner in learners]
+        per_item = learners and not getattr(learners[0], "own_item_models", True)
+        etas = self.glm_etas(target, arm, family, "e" if arm_value is None else f"mu{arm_value}",
+                             tune=arm_value is None and not per_item)
         for f in range(self.n_folds):
             test, train = self.split(f)
             train = arm & train
-            eta = self.glm_eta(target, train, family)
+            eta = etas[f]
             if arm_value is not None:
                 self.etas[arm_value, f] = eta
             glm_pred[test] = 1 / (1 + np.exp(-eta[test])) if family == "logistic" else eta[test]
