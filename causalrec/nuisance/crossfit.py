@@ -162,7 +162,7 @@ class NuisanceResult:
         prediction (pooled + own where chosen), the stacking weight on the flexible one
         (1 without ``auto``), the final loss, the number of items with a model of their own and
         ``offset_shared_penalty`` (the offset GLM's shared-slope penalty where it was chosen by
-        out-of-fold loss: the propensity of a log with few rows or units per column; else NaN).
+        out-of-fold loss: logs with few rows or units per column; else NaN).
     items : per item, whether it kept a model of its own for e / mu0 / mu1.
     calibration : ``calibration_table`` of the final propensities.
     rounds : per nuisance, the boosting rounds of the pooled learner in each fold.
