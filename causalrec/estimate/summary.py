@@ -26,7 +26,7 @@ class EffectSummary(Summary):
             "Nuisance models": nuisance,
             "Cross-fitting folds": estimator.n_folds,
             "Cross-fitting splits": _splits_line(estimator.n_repeats_, ok),
-            "Estimate from": _estimate_from(estimator),
+            "Estimate from": _estimate_from(estimator) if len(ok) else "no item estimated",
             "Rows": int(eff["n"].sum()),
             "Items": len(eff),
             "Items estimated (ok)": len(ok),

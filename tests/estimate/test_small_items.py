@@ -129,3 +129,10 @@ def test_summary_states_where_the_estimate_comes_from():
                             .fit(log).summary()) for refit in (True, False)}
     assert "all-rows fits (small log refit); variance from the out-of-fold fits" in lines[True]
     assert "all-rows fits" not in lines[False] and "out-of-fold fits (cross-fitted)" in lines[False]
+    no_control = log.data.assign(t=1)  # no item estimable: no fit to describe
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        none = cr.ItemEffectEstimator(n_repeats=1).fit(
+            cr.InteractionLog(no_control, item="item", treatment="t", outcome="y",
+                              confounders=[c for c in df if c.startswith("x")]))
+    assert none.summary().info["Estimate from"] == "no item estimated"
