@@ -26,6 +26,7 @@ class EffectSummary(Summary):
             "Nuisance models": nuisance,
             "Cross-fitting folds": estimator.n_folds,
             "Cross-fitting splits": _splits_line(estimator.n_repeats_, ok),
+            "Estimate from": _estimate_from(estimator) if len(ok) else "no item estimated",
             "Rows": int(eff["n"].sum()),
             "Items": len(eff),
             "Items estimated (ok)": len(ok),
@@ -57,3 +58,12 @@ def _splits_line(n_repeats: int, ok) -> str:
     if n_repeats < 2 or not len(ok):
         return str(n_repeats)
     return f"{n_repeats} (split-to-split sd: median {float((ok['split_sd'] / ok['se']).median()):.2f} SE)"
+
+
+def _estimate_from(estimator) -> str:
+    """Where the small-log refit applies (``refit_small_logs``), the estimate and the per-row
+    outputs are all-rows fits' while the variance is the out-of-fold fits': said where read."""
+    plan = estimator.plan_
+    if estimator.refit_small_logs and plan.flexible is None and plan.tune_columns is not None:
+        return "all-rows fits (small log refit); variance from the out-of-fold fits"
+    return "out-of-fold fits (cross-fitted)"

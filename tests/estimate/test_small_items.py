@@ -115,3 +115,24 @@ def test_each_split_chooses_its_own_penalty():
     fits = [fit(seed=split_seed(0, r), n_repeats=1) for r in (0, 1)]
     both = fit(seed=0, n_repeats=2)
     pd.testing.assert_series_equal(both.mu1_, (fits[0].mu1_ + fits[1].mu1_) / 2, rtol=1e-10)
+
+
+def test_summary_states_where_the_estimate_comes_from():
+    """The refit changes what the estimate and per-row outputs are (all-rows fits, variance
+    out of fold): the summary says so where an analyst reads it, and only where it applies."""
+    df = small_log(0)
+    log = cr.InteractionLog(df, item="item", treatment="t", outcome="y",
+                            confounders=[c for c in df if c.startswith("x")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lines = {refit: str(cr.ItemEffectEstimator(n_repeats=1, refit_small_logs=refit)
+                            .fit(log).summary()) for refit in (True, False)}
+    assert "all-rows fits (small log refit); variance from the out-of-fold fits" in lines[True]
+    assert "all-rows fits" not in lines[False] and "out-of-fold fits (cross-fitted)" in lines[False]
+    no_control = log.data.assign(t=1)  # no item estimable: no fit to describe
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        none = cr.ItemEffectEstimator(n_repeats=1).fit(
+            cr.InteractionLog(no_control, item="item", treatment="t", outcome="y",
+                              confounders=[c for c in df if c.startswith("x")]))
+    assert none.summary().info["Estimate from"] == "no item estimated"
