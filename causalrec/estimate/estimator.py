@@ -121,7 +121,10 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
     effects_ : DataFrame, one row per item (see ``estimate_item_effects``).
     propensity_, mu0_, mu1_, psi_, fold_ : Series aligned with the log's rows (NaN / -1 for
         items that could not be estimated): fitted propensity (clipped), outcome predictions
-        under control / treatment, influence values, cross-fitting fold.
+        under control / treatment, influence values, cross-fitting fold. Where the small-log
+        refit applies (``refit_small_logs``; the summary's "Estimate from" line says so)
+        these are the all-rows fits' values: ``psi_``'s item means are the estimates, but
+        the SEs come from the out-of-fold fits, not from ``psi_``.
     split_folds_ : per cross-fitting split (``n_repeats_``), the fold of each fitted row
         (the rows where ``propensity_`` is not NaN, in order); the first is ``fold_``'s.
     n_repeats_ : the cross-fitting splits averaged (``n_repeats="auto"``: as grown).
