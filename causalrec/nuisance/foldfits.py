@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..glm import SegmentGLM
+from ..glm import BlockedDesign, SegmentGLM
+from ..glm.passes import block_grams
 from .select import row_loss
 
 __all__ = ["FoldFits", "standardised"]
@@ -62,18 +63,6 @@ class FoldFits:
         test = self.folds == f
         return test, ~test
 
-    def glm_eta(self, target, train, family, shared_penalty=None):
-        """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows."""
-        settings = dict(self.glm, shared_penalty=shared_penalty) \
-            if shared_penalty is not None else self.glm
-        glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
-                         dtype=self.Xs.dtype, **settings)
-        glm.fit(self.Xs[torch.as_tensor(np.flatnonzero(train), device=self.Xs.device)],
-                target[train], self.item[train], n_segments=self.n_items)
-        self.glm_n_iter.append(glm.n_iter_)
-        self.glm_converged.append(bool(glm.converged_.all()))
-        return glm.decision_function(self.Xs, self.item).astype(np.float64)
-
     def glm_etas(self, target, arm, family, name, tune=True):
         """Per fold, the offset GLM's linear predictor for all rows. Where the shared slopes'
         penalty is a list (few rows or units per column: the GLM path's grid) and ``tune``,
@@ -87,21 +76,51 @@ class FoldFits:
         grid = self.glm.get("shared_penalty")
         if isinstance(grid, (list, tuple)) and not tune:
             grid = self.glm["shrinkage"]
-        if not isinstance(grid, (list, tuple)):
-            return [self.glm_eta(target, arm & self.split(f)[1], family, grid)
-                    for f in range(self.n_folds)]
-        best, best_loss = None, np.inf
-        for penalty in grid:
-            etas = [self.glm_eta(target, arm & self.split(f)[1], family, penalty)
-                    for f in range(self.n_folds)]
-            held_out = np.zeros(len(target))
-            for f, eta in enumerate(etas):
-                held_out = np.where(self.split(f)[0], eta, held_out)
-            pred = 1 / (1 + np.exp(-held_out)) if family == "logistic" else held_out
-            loss = float(row_loss(pred[arm], target[arm], family).mean())
-            if loss < best_loss:  # ties keep the smaller penalty
-                best, best_loss, self.shared_penalties[name] = etas, loss, penalty
-        return best
+        grid = list(grid) if isinstance(grid, (list, tuple)) else [grid]
+        fits = [self._fit_grid(target, arm & self.split(f)[1], family, grid)
+                for f in range(self.n_folds)]
+        best = 0
+        if len(grid) > 1:
+            losses = []
+            for k in range(len(grid)):
+                held_out = np.zeros(len(target))
+                for f, per_penalty in enumerate(fits):
+                    test = np.flatnonzero(self.split(f)[0] & arm)
+                    held_out[test] = per_penalty[k].decision_function(
+                        self.Xs[torch.as_tensor(test, device=self.Xs.device)], self.item[test])
+                pred = 1 / (1 + np.exp(-held_out)) if family == "logistic" else held_out
+                losses.append(float(row_loss(pred[arm], target[arm], family).mean()))
+            best = int(np.argmin(losses))  # ties keep the smaller penalty (the grid ascends)
+            self.shared_penalties[name] = grid[best]
+        return [per_penalty[best].decision_function(self.Xs, self.item).astype(np.float64)
+                for per_penalty in fits]
+
+    def _fit_grid(self, target, train, family, grid):
+        """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
+        (None: the settings' own), on one padded design. Logistic fits run from the largest
+        penalty down, each starting Newton from the last (a neighbour's optimum: 3-5 steps
+        instead of 8-11 cold); a Gaussian fit is one exact step from anywhere, so each
+        starts cold from the design's X'X, computed once. -> the fits, in ``grid``'s order."""
+        rows = np.flatnonzero(train)
+        design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
+                               index=torch.as_tensor(rows, device=self.Xs.device))
+        y, blocks = design.pad(target[rows]), design.blocks()
+        p = design.X.shape[-1]
+        gram = (block_grams(design.X, blocks, design.block_seg, self.n_items)
+                if self.n_items * p * p <= design.X.numel() // 2 else None)  # else cheap anyway
+        fits, last = {}, None
+        for k in sorted(range(len(grid)), key=lambda k: -np.inf if grid[k] is None else grid[k],
+                        reverse=True):
+            settings = self.glm if grid[k] is None else dict(self.glm, shared_penalty=grid[k])
+            glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
+                             dtype=self.Xs.dtype, **settings)
+            warm = last if family == "logistic" else None
+            glm.fit_blocks(design, y, blocks, n_segments=self.n_items, init=warm,
+                           first_gram=gram if warm is None else None)
+            self.glm_n_iter.append(glm.n_iter_)
+            self.glm_converged.append(bool(glm.converged_.all()))
+            fits[k] = last = glm
+        return [fits[k] for k in range(len(grid))]
 
     def big_items(self, rows, learner):
         """Items with at least ``min_item_rows`` training rows among ``rows`` in every fold."""
