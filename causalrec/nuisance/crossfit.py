@@ -167,6 +167,8 @@ class NuisanceResult:
     calibration : ``calibration_table`` of the final propensities.
     rounds : per nuisance, the boosting rounds of the pooled learner in each fold.
     glm_n_iter, glm_converged : most Newton steps of the offset GLMs, and whether all converged.
+    held_out : with ``refit``, the out-of-fold (e, mu0, mu1) (e, mu0, mu1 then hold the
+        small items' all-rows offset GLMs plus the out-of-fold flexible parts); else None.
     """
 
     e: np.ndarray
@@ -191,6 +193,11 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     the pooled segment GLM (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces
     the propensity model; ``groups`` (uint64 unit hashes, ``causalrec.estimate.folds.unit_key``)
     keep each unit's rows on one side of the early-stopping split (else rows are split alone).
+    ``refit`` (small logs, ``refit_small_logs``): on the rows of items too small for models of
+    their own, each nuisance's offset GLM is refitted on every row and the final predictions
+    moved by (all-rows minus out-of-fold linear predictor) on the link scale: the flexible
+    part stays out of fold, the GLM part is the all-rows fit, as the pooled GLM's refit;
+    ``held_out`` then keeps the out-of-fold predictions (the variance's).
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
     """

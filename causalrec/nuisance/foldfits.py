@@ -115,7 +115,10 @@ class FoldFits:
     def _with_refit(self, etas, target, arm, family, name, penalty):
         """With ``refit``: ``eta_gap[name]``, the GLM refitted on every ``arm`` row minus its
         out-of-fold linear predictor, on the rows of items too small for models of their own
-        (``large_items`` of all rows: 0 on large items' rows). Returns ``etas``."""
+        (``large_items`` of all rows: 0 on large items' rows). Cross-fitting costs a small
+        item half its few rows; a large item little, and there the boosters' corrections are
+        large (ACIC, 10 items of 4,802 rows, refitted too: RMSE 0.122 -> 0.140). Returns
+        ``etas``."""
         if self.refit:
             small = ~np.isin(np.arange(self.n_items),
                              self.large_items(np.ones(len(self.item), bool)))
