@@ -11,6 +11,7 @@ Items are never split between shards, so each shard's per-item tables are final.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -90,6 +91,9 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
             # the learners of split r seeded as a single fit seeded split_seed(seed, r) seeds them;
             # 31 bits: XGBoost takes a long, and each fit offsets this seed
             fit = _fit_flexible(plan, data, split, seed=split_seed(p["seed"], repeat) % 2 ** 31)
+            if fit.held_out is not None:
+                held_out = SimpleNamespace(e=fit.held_out[0], mu0=fit.held_out[1],
+                                           mu1=fit.held_out[2])
             nuisance_fits.append(fit)
             models = fit.models  # the last repeat's choice per nuisance
             n_iter = max(n_iter, fit.glm_n_iter)  # the offset GLMs'
@@ -179,11 +183,13 @@ def _fit_flexible(plan: FitPlan, data: ShardData, split, seed: int):
     glm = dict(shrinkage=plan.shrinkage, intercept_penalty=p["intercept_penalty"],
                max_iter=p["max_iter"])
     X = data.X[data.rows]
-    if tunes_shared_penalty(plan.n_independent, X.shape[1]):  # few rows (units) per column:
+    small = tunes_shared_penalty(plan.n_independent, X.shape[1])
+    if small:  # few rows (units) per column:
         # the offset GLM's shared-slope penalty chosen from the GLM path's grid per nuisance
         glm["shared_penalty"] = penalty_grid(X.shape[1])
     return cross_fit_nuisances(X, data.seg.astype(np.int64), data.t.astype(np.int64),
                                data.y_fit.astype(np.float64), split.astype(np.int64),
                                n_items=len(data.items), family=plan.outcome_family,
                                spec=plan.flexible, glm=glm, logged_e=data.logged_e,
-                               device=plan.device, groups=data.groups, seed=seed)
+                               device=plan.device, groups=data.groups, seed=seed,
+                               refit=small and p["refit_small_logs"])

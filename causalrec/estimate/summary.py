@@ -66,4 +66,8 @@ def _estimate_from(estimator) -> str:
     plan = estimator.plan_
     if estimator.refit_small_logs and plan.flexible is None and plan.tune_columns is not None:
         return "all-rows fits (small log refit); variance from the out-of-fold fits"
+    if plan.flexible is not None and any(getattr(fit, "held_out", None) is not None
+                                         for fit in estimator.nuisance_fits_):
+        return ("small items: all-rows offset GLMs plus out-of-fold flexible models (small "
+                "log refit); variance from the out-of-fold fits")
     return "out-of-fold fits (cross-fitted)"

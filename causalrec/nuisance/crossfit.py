@@ -167,6 +167,8 @@ class NuisanceResult:
     calibration : ``calibration_table`` of the final propensities.
     rounds : per nuisance, the boosting rounds of the pooled learner in each fold.
     glm_n_iter, glm_converged : most Newton steps of the offset GLMs, and whether all converged.
+    held_out : with ``refit``, the out-of-fold (e, mu0, mu1) (e, mu0, mu1 then hold the
+        small items' all-rows offset GLMs plus the out-of-fold flexible parts); else None.
     """
 
     e: np.ndarray
@@ -178,10 +180,12 @@ class NuisanceResult:
     rounds: dict = field(default_factory=dict)
     glm_n_iter: int = 0
     glm_converged: bool = True
+    held_out: tuple | None = None
 
 
 def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: FlexibleNuisance,
-                        glm=None, logged_e=None, seed=0, device="cpu", groups=None) -> NuisanceResult:
+                        glm=None, logged_e=None, seed=0, device="cpu", groups=None,
+                        refit=False) -> NuisanceResult:
     """Cross-fitted (e, mu0, mu1) from flexible learners, for rows X (numpy, raw values) with
     item codes in [0, n_items), 0/1 treatment t, outcome y and folds (-> ``NuisanceResult``).
 
@@ -189,6 +193,11 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     the pooled segment GLM (shrinkage, intercept_penalty, max_iter); ``logged_e`` replaces
     the propensity model; ``groups`` (uint64 unit hashes, ``causalrec.estimate.folds.unit_key``)
     keep each unit's rows on one side of the early-stopping split (else rows are split alone).
+    ``refit`` (small logs, ``refit_small_logs``): on the rows of items too small for models of
+    their own, each nuisance's offset GLM is refitted on every row and the final predictions
+    moved by (all-rows minus out-of-fold linear predictor) on the link scale: the flexible
+    part stays out of fold, the GLM part is the all-rows fit, as the pooled GLM's refit;
+    ``held_out`` then keeps the out-of-fold predictions (the variance's).
     Rows are processed in an order fixed by their content, so results do not depend on the
     callers' row order.
     """
@@ -211,7 +220,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                          ^ _mix(np.full(1, seed + 0x5EED, np.uint64)))
     else:  # covariate rows that recur across items (unit-like): their copies stay together
         split_key = xkey if recurring_rows(xkey, key) else key
-    ctx = FoldFits(X, Xs, item, t, folds, n_items, split_key, spec, glm or {}, seed, device)
+    ctx = FoldFits(X, Xs, item, t, folds, n_items, split_key, spec, glm or {}, seed, device,
+                   refit=refit)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
     if logged_e is not None:
@@ -301,10 +311,23 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
         rounds["joint"] = joint[2]
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
+    held_out = None
+    if ctx.eta_gap:
+        held_out = tuple(preds[name][back] for name in ("e", "mu0", "mu1"))
+        for name, gap in ctx.eta_gap.items():
+            preds[name] = shifted(preds[name], gap, "logistic" if name == "e" else family)
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))
     return NuisanceResult(e, mu0, mu1, pd.DataFrame(rows), pd.DataFrame(items),
                           calibration_table(e, t[back]), rounds, max(ctx.glm_n_iter, default=0),
-                          all(ctx.glm_converged))
+                          all(ctx.glm_converged), held_out)
+
+
+def shifted(pred, gap, family):
+    """Predictions moved by ``gap`` on the link scale (logit for "logistic")."""
+    if family != "logistic":
+        return pred + gap
+    p = np.clip(pred, 1e-9, 1 - 1e-9)
+    return 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p) + gap)))
 
 
 def recurring_rows(x_key, item_key, share=0.2) -> bool:

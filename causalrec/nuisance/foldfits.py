@@ -45,7 +45,8 @@ def fits_joint_outcome(learner) -> bool:
 class FoldFits:
     """The data of one cross-fit and the fits of one nuisance over the folds."""
 
-    def __init__(self, X, Xs, item, t, folds, n_items, key, spec, glm, seed, device):
+    def __init__(self, X, Xs, item, t, folds, n_items, key, spec, glm, seed, device,
+                 refit=False):
         self.X, self.Xs, self.item, self.t, self.folds = X, Xs, item, t, folds
         self.n_items, self.key, self.spec, self.glm = n_items, key, spec, glm
         self.seed, self.device = seed, device
@@ -54,6 +55,8 @@ class FoldFits:
         self.glm_n_iter, self.glm_converged = [], []
         self.etas = {}  # (arm, fold) -> the outcome GLM's linear predictor: the joint offsets
         self.shared_penalties = {}  # nuisance -> the offset GLM's tuned shared-slope penalty
+        self.refit = refit and self.n_folds > 1
+        self.eta_gap = {}  # nuisance -> all-rows GLM eta minus the out-of-fold one (refit)
 
     def split(self, f):
         """(test, train) masks of fold f (one fold: every row is both)."""
@@ -92,8 +95,14 @@ class FoldFits:
                 losses.append(float(row_loss(pred[arm], target[arm], family).mean()))
             best = int(np.argmin(losses))  # ties keep the smaller penalty (the grid ascends)
             self.shared_penalties[name] = grid[best]
-        return [per_penalty[best].decision_function(self.Xs, self.item).astype(np.float64)
+        etas = [per_penalty[best].decision_function(self.Xs, self.item).astype(np.float64)
                 for per_penalty in fits]
+        return self._with_refit(etas, target, arm, family, name, grid[best])
+
+    def glm_eta(self, target, train, family, shared_penalty=None):
+        """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows."""
+        glm = self._fit_grid(target, train, family, [shared_penalty])[0]
+        return glm.decision_function(self.Xs, self.item).astype(np.float64)
 
     def _fit_grid(self, target, train, family, grid):
         """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
@@ -122,13 +131,40 @@ class FoldFits:
             fits[k] = last = glm
         return [fits[k] for k in range(len(grid))]
 
-    def big_items(self, rows, learner):
+
+    def held_out(self, etas):
+        """Each row's value from the fold that held it out (``etas``: one array per fold)."""
+        out = np.zeros(len(self.item))
+        for f, eta in enumerate(etas):
+            out = np.where(self.split(f)[0], eta, out)
+        return out
+
+    def _with_refit(self, etas, target, arm, family, name, penalty):
+        """With ``refit``: ``eta_gap[name]``, the GLM refitted on every ``arm`` row minus its
+        out-of-fold linear predictor, on the rows of items too small for models of their own
+        (``large_items`` of all rows: 0 on large items' rows). Cross-fitting costs a small
+        item half its few rows; a large item little, and there the boosters' corrections are
+        large (ACIC, 10 items of 4,802 rows, refitted too: RMSE 0.122 -> 0.140). Returns
+        ``etas``."""
+        if self.refit:
+            small = ~np.isin(np.arange(self.n_items),
+                             self.large_items(np.ones(len(self.item), bool)))
+            if small.any():
+                gap = self.glm_eta(target, arm, family, penalty) - self.held_out(etas)
+                self.eta_gap[name] = np.where(small[self.item], gap, 0.0)
+        return etas
+
+    def large_items(self, rows):
         """Items with at least ``min_item_rows`` training rows among ``rows`` in every fold."""
         smallest = np.full(self.n_items, np.iinfo(np.int64).max)
         for f in range(self.n_folds):
             train = rows & self.split(f)[1]
             smallest = np.minimum(smallest, np.bincount(self.item[train], minlength=self.n_items))
-        big = np.flatnonzero(smallest >= self.spec.min_item_rows)
+        return np.flatnonzero(smallest >= self.spec.min_item_rows)
+
+    def big_items(self, rows, learner):
+        """The large items (``large_items``) that get models of their own from ``learner``."""
+        big = self.large_items(rows)
         return big if getattr(learner, "own_item_models", True) else big[:0]  # per-item already
 
     def fit_one(self, target, arm, family, learners, index, arm_value=None):
