@@ -79,9 +79,9 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     leave-one-out predictions on the rows it was fitted on, ``SegmentGLM.loo_predict_blocks``).
     The estimate is then the all-rows fit's and its variance (se, dof, interval, p-value)
     that of the same table formed from ``held_out``, normalised per item (one fit: no folds).
-    In-sample residuals are shrunk by the fit (IHDP-A: coverage 0.86-0.91); the out-of-fold
-    fits' residuals, which session 32 used, are those of models fitted on half the rows and
-    made intervals 1.8x the oracle's (coverage 0.98-1.00; benchmarks/README.md, session 33)."""
+    In-sample residuals are shrunk by the fit (IHDP-A stacked: coverage 0.91); the
+    out-of-fold fits' residuals (session 32) are those of models fitted on half the rows:
+    intervals 1.8x the oracle's, coverage 0.99 (benchmarks/README.md, session 33)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone

@@ -62,8 +62,9 @@ def _splits_line(n_repeats: int, ok) -> str:
 
 def _estimate_from(estimator) -> str:
     """Where the small-log refit applies (``refit_small_logs``), the estimate and the per-row
-    outputs are all-rows fits' while the variance is the out-of-fold fits': said where read."""
+    outputs are all-rows fits' while the variance is their leave-one-out predictions': said
+    where read."""
     plan = estimator.plan_
     if estimator.refit_small_logs and plan.flexible is None and plan.tune_columns is not None:
-        return "all-rows fits (small log refit); variance from the out-of-fold fits"
+        return "all-rows fits (small log refit); variance from their leave-one-out predictions"
     return "out-of-fold fits (cross-fitted)"
