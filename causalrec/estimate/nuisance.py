@@ -107,8 +107,8 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
                 if isinstance(mine, slice):  # the whole run: its predictions are the output
                     target[name] = values
                 else:
-                    target.setdefault(name, torch.full((len(seg),), float("nan"),
-                                                       dtype=values.dtype, device=device))[mine] = values
+                    empty = torch.full((len(seg),), float("nan"), dtype=values.dtype, device=device)
+                    target.setdefault(name, empty)[mine] = values
         for name in preds:
             ok = converged.setdefault(name, np.ones(n_seg, dtype=bool))
             for models in fits:
@@ -328,7 +328,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
                 if name != "e" and y_back is not None:
                     pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
                         + y_back[1][design.block_seg].unsqueeze(1)
-                target[name].index_copy_(0, at, at_rows(pred.reshape(-1), slots).to(target[name].dtype))
+                values = at_rows(pred.reshape(-1), slots).to(target[name].dtype)
+                target[name].index_copy_(0, at, values)
             del pred
         del design, part
     held.clear()

@@ -79,7 +79,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     converged, n_iter, nuisance_fits, models = {}, 0, [], None
     shift = np.zeros(n_seg)
     propensity, outcome, fits = plan.propensity, plan.outcome, None
-    held_out = None  # leave-one-out predictions whose variance a small log's all-rows estimate takes
+    held_out = None  # leave-one-out predictions: the variance of a small log's all-rows estimate
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
     while repeat < n_splits:

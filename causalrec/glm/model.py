@@ -261,7 +261,9 @@ class SegmentGLM(BaseEstimator):
             h = (wq * var).clamp(0, MAX_LEVERAGE)
             eta = eta - wq / (1 - h) * (at(y_blocked) - mu)  # h / var: no division by var
             out.append(torch.sigmoid(eta) if self.family == "logistic" else eta)
-        return torch.cat(out) if out else design.X.new_zeros((0, design.X.shape[1]), dtype=torch.float64)
+        if not out:
+            return design.X.new_zeros((0, design.X.shape[1]), dtype=torch.float64)
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ row interface
     def fit(self, X, y, segment, weight=None, offset=None, *, n_segments: int | None = None,

@@ -129,7 +129,8 @@ def test_summary_states_where_the_estimate_comes_from():
         warnings.simplefilter("ignore")
         lines = {refit: str(cr.ItemEffectEstimator(n_repeats=1, refit_small_logs=refit)
                             .fit(log).summary()) for refit in (True, False)}
-    assert "all-rows fits (small log refit); variance from their leave-one-out predictions" in lines[True]
+    assert ("all-rows fits (small log refit); variance from their leave-one-out predictions"
+            in lines[True])
     assert "all-rows fits" not in lines[False] and "out-of-fold fits (cross-fitted)" in lines[False]
     no_control = log.data.assign(t=1)  # no item estimable: no fit to describe
     with warnings.catch_warnings():
