@@ -41,6 +41,7 @@ class CrossFit:
     shard_fits: list       # per shard: per fold {name: SegmentGLM}
     converged: dict        # model name -> (n_items,) bool
     n_iter: int
+    loo: dict | None = None  # ``cross_fit(loo=True)``: leave-one-out predictions by name
 
 
 def pack_shards(rows_per_item: np.ndarray, n_shards: int) -> np.ndarray:
@@ -58,7 +59,8 @@ def pack_shards(rows_per_item: np.ndarray, n_shards: int) -> np.ndarray:
 def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
               propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
               shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None,
-              reducer: Reducer | None = None, block_size: int | None = None) -> CrossFit:
+              reducer: Reducer | None = None, block_size: int | None = None,
+              loo: bool = False) -> CrossFit:
     """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, a boolean mask, or
     ``slice(None)`` for all; seg, t, y, folds already subset to them).
 
@@ -69,8 +71,13 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     start from (e.g. another repeat's first fold). ``reducer`` couples these items' pooled
     fits with other processes' (a Spark task's shard; default: these are all the items);
     ``shard_of_item`` instead splits them into shards fitted by threads of this process.
-    ``block_size``: the layout's (default: from these rows' cells).
+    ``block_size``: the layout's (default: from these rows' cells). ``loo`` (one fold, the
+    models fitted on every row): also each model's approximate leave-one-out predictions
+    (``SegmentGLM.loo_predict_blocks``) on the rows it was fitted on, its plain predictions
+    on the others (an outcome model's other arm), as ``CrossFit.loo``.
     """
+    if loo and n_folds != 1:
+        raise ValueError("loo=True needs n_folds=1 (the models fitted on every row)")
     if reducer is not None and shard_of_item is not None:
         raise ValueError("cross_fit takes a reducer or shard_of_item, not both")
     if block_size is None:
@@ -83,7 +90,7 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
         out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
     job = dict(X=X, center=center, scale=scale, rows=rows, seg=seg, t=t, y=y, folds=folds,
                n_folds=n_folds, n_items=n_seg, propensity=propensity, outcome=outcome,
-               block_size=block_size, device=device)
+               block_size=block_size, device=device, loo=loo)
     if shard_of_item is None or int(np.max(shard_of_item, initial=0)) == 0:
         shards = [np.arange(n_seg)]
         results = [_fit_shard(shards[0], reducer or Reducer(), warm[0] if warm else None, **job)]
@@ -93,21 +100,23 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
         starts = warm or [None] * n_shards
         results = ThreadReducer(n_shards).run(
             lambda shard, red: _fit_shard(shard[0], red, shard[1], **job), list(zip(shards, starts)))
-    converged = {}
-    for items, (mine, preds, fits) in zip(shards, results):
-        for name, values in preds.items():
-            if isinstance(mine, slice):  # the whole run: its predictions are the output
-                out[name] = values
-            else:
-                out.setdefault(name, torch.full((len(seg),), float("nan"), dtype=dtype,
-                                                device=device))[mine] = values
+    converged, out_loo = {}, {}
+    for items, (mine, preds, fits, loo_preds) in zip(shards, results):
+        for target, values_of in ((out, preds), (out_loo, loo_preds or {})):
+            for name, values in values_of.items():
+                if isinstance(mine, slice):  # the whole run: its predictions are the output
+                    target[name] = values
+                else:
+                    empty = torch.full((len(seg),), float("nan"), dtype=values.dtype, device=device)
+                    target.setdefault(name, empty)[mine] = values
+        for name in preds:
             ok = converged.setdefault(name, np.ones(n_seg, dtype=bool))
             for models in fits:
                 ok[items] &= models[name].converged_
-    n_iter = max((m.n_iter_ for _, _, fits in results for models in fits for m in models.values()),
+    n_iter = max((m.n_iter_ for r in results for models in r[2] for m in models.values()),
                  default=0)
     return CrossFit(out["e"], out["mu0"], out["mu1"], shards, [r[2] for r in results],
-                    converged, n_iter)
+                    converged, n_iter, loo=out_loo if loo else None)
 
 
 # The pooled models' shared slopes are nearly unpenalised, which is right when rows are many
@@ -211,7 +220,7 @@ def _loss_sum(pred: np.ndarray, y: np.ndarray, family: str) -> float:
 
 
 def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds, n_folds,
-               n_items, propensity, outcome, block_size, device=None):
+               n_items, propensity, outcome, block_size, device=None, loo=False):
     """One solver's share: the rows of ``items``, renumbered 0..len(items)-1; ``warm`` is an
     earlier cross-fit of the same shard (its first fold's models start every fold).
 
@@ -219,7 +228,9 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     the last fit each fold's models predict on one of its held-out rows. One design is alive
     at a time (with two folds: half the rows; the second fold's training design is the first
     one's test design).
-    Blocks keep their order and runs, so the fits equal those on one design of all rows."""
+    Blocks keep their order and runs, so the fits equal those on one design of all rows.
+    ``loo`` (one fold): also the models' leave-one-out predictions (``cross_fit``), blocked
+    while the fold's design and outcome are at hand."""
     if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
         mine, local_seg = slice(None), seg
     else:
@@ -277,18 +288,23 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         cold = not warm and (n_folds == 2 or not fits)
         start = {} if cold else (warm[0] if warm else fits[0])
         grams = _arm_grams(design, block_arm, n_seg) if cold else None
-        models = {}
+        models, fitted_on = {}, {}
         if propensity is not None:
+            fitted_on["e"] = (tb, train)
             models["e"] = propensity.clone().fit_blocks(
                 design, tb, train, n_segments=n_seg, init=start.get("e"), reducer=reducer,
                 first_gram=None if grams is None else grams[0] + grams[1])
         y_fit, y_back = _outcome_scale(design, yb, train, n_seg, outcome)
         for arm in (0, 1):
+            fitted_on[f"mu{arm}"] = (y_fit, design.blocks(block_arm == arm))
             models[f"mu{arm}"] = outcome.clone().fit_blocks(
                 design, y_fit, design.blocks(block_arm == arm), n_segments=n_seg,
                 init=start.get(f"mu{arm}"), reducer=reducer,
                 first_gram=None if grams is None else grams[arm])
-        del design, tb, yb, y_fit, part, grams
+        if loo:  # one fold: this design holds every row, in the test design's blocks
+            loo_blocked = {name: _loo_blocked(model, design, *fitted_on[name], reducer)
+                           for name, model in models.items()}
+        del design, tb, yb, y_fit, part, grams, fitted_on
         fits.append(models)
         scales.append(y_back)
     # the held-out folds' predictions after every fit (none is alive beside a solver's
@@ -296,6 +312,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     # prediction goes straight to its rows' places in the row arrays (the padded slots'
     # positions among the shard's rows, found once per test design).
     preds = {name: torch.empty((n_mine,), dtype=dtype, device=device) for name in fits[0]}
+    loo_preds = {name: torch.empty((n_mine,), dtype=torch.float64, device=device)
+                 for name in fits[0]} if loo else None
     for f, (models, y_back) in enumerate(zip(fits, scales)):
         part = design_of(frozenset({f}))
         design, test = part["design"], part["design"].blocks()
@@ -303,15 +321,27 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         at = at_rows(torch.as_tensor(part["sub"], device=device),
                      at_rows(design.layout.rows.reshape(-1), slots).long())
         for name, model in models.items():
-            pred = model.predict_blocks(design, test)
-            if name != "e" and y_back is not None:
-                pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
-                    + y_back[1][design.block_seg].unsqueeze(1)
-            preds[name].index_copy_(0, at, at_rows(pred.reshape(-1), slots))
+            for target, pred in ((preds, model.predict_blocks(design, test)),
+                                 (loo_preds, loo_blocked[name] if loo else None)):
+                if pred is None:
+                    continue
+                if name != "e" and y_back is not None:
+                    pred = pred * y_back[0][design.block_seg].unsqueeze(1) \
+                        + y_back[1][design.block_seg].unsqueeze(1)
+                values = at_rows(pred.reshape(-1), slots).to(target[name].dtype)
+                target[name].index_copy_(0, at, values)
             del pred
         del design, part
     held.clear()
-    return mine, preds, fits
+    return mine, preds, fits, loo_preds
+
+
+def _loo_blocked(model: SegmentGLM, design: BlockedDesign, y_blocked, blocks, reducer):
+    """A model's predictions on every block of ``design`` (float64), leave-one-out on the
+    ``blocks`` it was fitted on (``y_blocked``: the outcome it saw)."""
+    pred = model.predict_blocks(design, design.blocks()).to(torch.float64)
+    pred[blocks] = model.loo_predict_blocks(design, y_blocked, blocks, reducer=reducer)
+    return pred
 
 
 def _arm_grams(design: BlockedDesign, block_arm: torch.Tensor, n_seg: int):

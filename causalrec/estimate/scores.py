@@ -74,12 +74,14 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     arms (see benchmarks/README.md, issue 14 part 3, for the rules measured); a binary
     normalised AIPW moderates HC3 with the fitted-probability variance (``PRIOR_DOF``).
 
-    ``held_out`` = (e, mu0, mu1): out-of-fold nuisances of the same rows (``folds``) when
-    (e, mu0, mu1) were fitted on every row (small logs: ``refit_small_logs``). The estimate
-    is then the all-rows fit's and its variance (se, dof, interval, p-value) the out-of-fold
-    fits': in-sample residuals understate the noise (IHDP-A: coverage 0.86), while the
-    all-rows estimate varies less than the out-of-fold one, so this variance is on the safe
-    side of the estimate's own (benchmarks/README.md, session 32)."""
+    ``held_out`` = (e, mu0, mu1): leave-one-out nuisances of the same rows when (e, mu0,
+    mu1) were fitted on every row (small logs: ``refit_small_logs``; each model's approximate
+    leave-one-out predictions on the rows it was fitted on, ``SegmentGLM.loo_predict_blocks``).
+    The estimate is then the all-rows fit's and its variance (se, dof, interval, p-value)
+    that of the same table formed from ``held_out``, normalised per item (one fit: no folds).
+    In-sample residuals are shrunk by the fit (IHDP-A stacked: coverage 0.91); the
+    out-of-fold fits' residuals (session 32) are those of models fitted on half the rows:
+    intervals 1.8x the oracle's, coverage 0.99 (benchmarks/README.md, session 33)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
@@ -206,7 +208,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     })
     if held_out is not None:
         honest = effects_table(seg, t, y, *held_out, n_seg, method, clip, trim, alpha, binary,
-                               normalize, folds)[0]
+                               normalize)[0]
         table["se"], table["dof"] = honest["se"].to_numpy(), honest["dof"].to_numpy()
         table["ci_low"], table["ci_high"] = interval(table["ate"].to_numpy(), table["se"].to_numpy(),
                                                      alpha, table["dof"].to_numpy())

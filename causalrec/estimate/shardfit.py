@@ -80,7 +80,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     converged, n_iter, nuisance_fits, models = {}, 0, [], None
     shift = np.zeros(n_seg)
     propensity, outcome, fits = plan.propensity, plan.outcome, None
-    held_out = None  # out-of-fold fits whose variance a small log's all-rows estimate takes
+    held_out = None  # leave-one-out predictions: the variance of a small log's all-rows estimate
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
     while repeat < n_splits:
@@ -110,13 +110,14 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
                 fits, *chosen = cross_fit_tuned(
                     *args, propensity=propensity, outcome=outcome, family=plan.outcome_family,
                     n_columns=plan.tune_columns, reducer=reducer, lockstep=lockstep, **job)
-                if p["refit_small_logs"]:  # the estimate from the chosen models on every row
-                    held_out = fits
+                if p["refit_small_logs"]:  # the estimate from the chosen models on every row,
+                    # its variance from their approximate leave-one-out predictions
                     every_row = (*args[:7], np.zeros(len(t), dtype=np.int64), n_seg)
                     fits = cross_fit(*every_row, propensity=chosen[0], outcome=chosen[1],
-                                     **dict(job, n_folds=1, warm=held_out.shard_fits,
-                                            block_size=None),
+                                     **dict(job, n_folds=1, warm=fits.shard_fits,
+                                            block_size=None), loo=True,
                                      reducer=reducer if data.shard_of_item is None else None)
+                    held_out = (fits.loo.get("e", fits.e), fits.loo["mu0"], fits.loo["mu1"])
             else:  # (threads of this process couple the GLM fits' own shards, if any)
                 fits = cross_fit(*args, propensity=propensity, outcome=outcome, **job,
                                  reducer=reducer if data.shard_of_item is None else None)
@@ -126,10 +127,10 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
                 converged[name] = converged.get(name, True) & ok
             n_iter = max(n_iter, fits.n_iter)
             preds = (fits.e, fits.mu0, fits.mu1)
-            fits.e = fits.mu0 = fits.mu1 = None  # only the float64 copies below stay
+            fits.e = fits.mu0 = fits.mu1 = fits.loo = None  # only the float64 copies below stay
         e, mu0, mu1 = _restored(plan, preds, device)
         if held_out is not None:
-            held_out = _restored(plan, (held_out.e, held_out.mu0, held_out.mu1), device)
+            held_out = _restored(plan, held_out, device)
         if data.balance is not None:  # per item (items are never split between shards)
             e, item_shift = data.balance(e, t, seg, n_items=n_seg)
             shift += item_shift

@@ -62,10 +62,11 @@ def _splits_line(n_repeats: int, ok) -> str:
 
 def _estimate_from(estimator) -> str:
     """Where the small-log refit applies (``refit_small_logs``), the estimate and the per-row
-    outputs are all-rows fits' while the variance is the out-of-fold fits': said where read."""
+    outputs are all-rows fits' while the variance is their leave-one-out predictions': said
+    where read."""
     plan = estimator.plan_
     if estimator.refit_small_logs and plan.flexible is None and plan.tune_columns is not None:
-        return "all-rows fits (small log refit); variance from the out-of-fold fits"
+        return "all-rows fits (small log refit); variance from their leave-one-out predictions"
     if plan.flexible is not None and any(getattr(fit, "held_out", None) is not None
                                          for fit in estimator.nuisance_fits_):
         return ("small items: all-rows offset GLMs plus out-of-fold flexible models (small "

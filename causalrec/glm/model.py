@@ -16,13 +16,16 @@ from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
 from .layout import (Layout, chunk_bytes, make_layout, pad, pad_design, read_only_tensor,
                      resolve_device, resolve_dtype, unpad)
 from .linalg import robust_spd_inverse, segment_inverses, shared_hessian
-from .passes import GLMFit, _Blocks, _pass, predict_glm
+from .passes import GLMFit, _Blocks, _chunks, _linear_predictor, _mean_var_loss, _pass, predict_glm
 from .solver import fit_glm
 
 __all__ = ["SegmentGLM", "BlockedDesign", "segment_moments"]
 
 # local penalty of columns whose coefficient is shared by every segment (no deviations)
 SHARED_ONLY = 1e8
+# largest leverage a leave-one-out prediction uses (``loo_predict_blocks``): residuals are
+# inflated at most 1 / (1 - 0.99) = 100-fold
+MAX_LEVERAGE = 0.99
 
 
 class BlockedDesign:
@@ -194,18 +197,73 @@ class SegmentGLM(BaseEstimator):
         if coef is None:
             self._check_is_fitted("fit_")
             coef = (self.fit_.shared, self.fit_.local)
-        Xb = design.X
+        data = _Blocks(design.X, y_blocked, design.weight, None, design.block_seg,
+                       len(coef[1]), self.family)
+        return self._hessian_inverses(data, blocks, coef, reducer)[1].cpu().numpy()
+
+    def _hessian_inverses(self, data: _Blocks, blocks, coef, reducer=None):
+        """At ``coef = (shared, local)``: the segments' A_k^-1 = (G_k + L)^-1 (float64) and,
+        pooled, the shared coefficients' covariance S^-1 (the inverse Schur complement, its
+        segment sums reduced over solvers), else None."""
         shared, local = coef
-        local_pen, shared_pen = self._penalties(Xb.shape[-1], Xb.dtype, Xb.device)
-        data = _Blocks(Xb, y_blocked, design.weight, None, design.block_seg, len(local), self.family)
-        _, _, gram = _pass(data, blocks, local + shared, need_hessian=True)
-        _, inv_sum = segment_inverses(gram, local_pen)
+        Xb = data.X
+        local_pen, shared_pen = self._penalties(Xb.shape[-1], torch.float64, Xb.device)
+        gram = _pass(data, blocks, local + shared, need_hessian=True)[2].to(torch.float64)
+        inv, inv_sum = segment_inverses(gram, local_pen)
+        if not self.pooled:
+            return inv, None
         n_seg = len(gram)
         if reducer is not None:
             inv_sum = reducer.sum(inv_sum)
             n_seg = int(reducer.sum(torch.tensor([float(n_seg)], dtype=torch.float64))[0])
         S = shared_hessian(inv_sum, n_seg, local_pen, shared_pen)
-        return robust_spd_inverse(S.unsqueeze(0))[0].cpu().numpy()
+        return inv, robust_spd_inverse(S.unsqueeze(0))[0]
+
+    def coef_covariance(self, inv, shared_cov) -> torch.Tensor:
+        """Covariance of each segment's coefficients shared + local_k under the penalised
+        Hessian (float64, (K, p, p)), from ``_hessian_inverses``. Block elimination of the
+        deviations gives Var(local_k) = A^-1 + A^-1 G S^-1 G A^-1, Cov(local_k, shared) =
+        -A^-1 G S^-1, and with G = A - L: C_k = A_k^-1 + A_k^-1 L S^-1 L A_k^-1."""
+        if shared_cov is None:
+            return inv
+        lam = self._penalties(inv.shape[-1], torch.float64, inv.device)[0]
+        M = inv * lam  # A_k^-1 L (columns scaled)
+        return inv + M @ shared_cov @ M.mT
+
+    def loo_predict_blocks(self, design: BlockedDesign, y_blocked, blocks, *,
+                           weight_blocked=None, offset_blocked=None, reducer=None) -> torch.Tensor:
+        """Approximate leave-one-out means on ``blocks`` (the blocks the model was fitted on,
+        with the same outcome, weight and offset): (len(blocks), B), float64.
+
+        One Newton step from the fit without row i, by Sherman-Morrison:
+        eta_-i = eta_i - h_i / (1 - h_i) (y_i - mu_i) / var_i with the leverage
+        h_i = w_i var_i x_i' C_k x_i (``coef_covariance``); exact for a Gaussian model with
+        fixed penalties. ``reducer`` as in ``fit_blocks`` (pooled: the Schur complement is the
+        whole model's)."""
+        self._check_is_fitted("fit_")
+        fit = self.fit_
+        weight = design.weight if weight_blocked is None else design.weight * weight_blocked
+        data = _Blocks(design.X, y_blocked, weight, offset_blocked, design.block_seg,
+                       len(fit.local), self.family)
+        C = self.coef_covariance(*self._hessian_inverses(data, blocks, (fit.shared, fit.local),
+                                                         reducer))
+        coef = fit.coef.to(torch.float64)
+        out = []
+        for chunk in _chunks(blocks, design.X.shape[1], design.X.shape[-1]):
+            X, seg = design.X[chunk].to(torch.float64), design.block_seg[chunk]
+            at = lambda v: None if v is None else v[chunk].to(torch.float64)
+            eta = _linear_predictor(X, coef[seg], at(offset_blocked))
+            mu, var, _ = _mean_var_loss(eta, at(y_blocked), self.family)
+            wq = (torch.bmm(X, C[seg]) * X).sum(-1) * at(weight)  # w_i x_i' C_k x_i
+            # a leverage near 1: the row alone pins its coefficients (an item with about as
+            # many rows as weakly penalised columns), where one Newton step is no guide and
+            # h / (1 - h) unbounded; capped (and rounding can push h past 1)
+            h = (wq * var).clamp(0, MAX_LEVERAGE)
+            eta = eta - wq / (1 - h) * (at(y_blocked) - mu)  # h / var: no division by var
+            out.append(torch.sigmoid(eta) if self.family == "logistic" else eta)
+        if not out:
+            return design.X.new_zeros((0, design.X.shape[1]), dtype=torch.float64)
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ row interface
     def fit(self, X, y, segment, weight=None, offset=None, *, n_segments: int | None = None,
@@ -226,6 +284,19 @@ class SegmentGLM(BaseEstimator):
         return self.fit_blocks(design, pad_rows(y), design.blocks(), n_segments=n_segments,
                                weight_blocked=pad_rows(weight), offset_blocked=pad_rows(offset),
                                reducer=reducer)
+
+    def loo_predict(self, X, y, segment, weight=None, offset=None, *, reducer=None) -> np.ndarray:
+        """Approximate leave-one-out mean of each row of the fit's own data (the arguments
+        ``fit`` was given): ``loo_predict_blocks`` for row arrays."""
+        self._check_is_fitted("fit_")
+        X = self._as_tensor(X)
+        design = BlockedDesign(X, np.asarray(segment, dtype=np.int64), len(self.fit_.local))
+        pad_rows = lambda v: None if v is None else design.pad(self._as_tensor(v))
+        blocks = design.blocks()
+        blocked = self.loo_predict_blocks(design, pad_rows(y), blocks, reducer=reducer,
+                                          weight_blocked=pad_rows(weight),
+                                          offset_blocked=pad_rows(offset))
+        return design.unpad(blocked, blocks).cpu().numpy()
 
     def decision_function(self, X, segment, offset=None) -> np.ndarray:
         """Linear predictor of each row under its segment's coefficients."""

@@ -63,11 +63,13 @@ def test_one_small_item_close_to_ols_with_interactions_and_far_better_than_naive
     assert rmse["ours"] <= rmse["cross_fitted"]
 
 
-def test_small_log_estimate_from_all_rows_variance_from_out_of_fold_fits():
+def test_small_log_estimate_from_all_rows_variance_from_leave_one_out_predictions():
     """With refit_small_logs the chosen models are refitted on every row: the estimate moves,
-    the variance is the out-of-fold fits' (the same split and penalties as the cross-fitted
-    fit, so the same SE), and the treated rows' residuals of the all-rows outcome model sum to
-    ~0 (a least-squares fit with a nearly free intercept on those very rows)."""
+    the variance is that of the all-rows fits' leave-one-out predictions: larger than the
+    in-sample influence values' (the fit shrinks its own residuals) and not above the
+    cross-fitted fit's (models of half the rows; measured 0.126 / 0.129 here, in-sample
+    0.101), and the treated rows' residuals of the all-rows outcome model sum to ~0 (a
+    least-squares fit with a nearly free intercept on those very rows)."""
     df = small_log(2)
     log = cr.InteractionLog(df, item="item", treatment="t", outcome="y",
                             confounders=[c for c in df if c.startswith("x")])
@@ -78,8 +80,8 @@ def test_small_log_estimate_from_all_rows_variance_from_out_of_fold_fits():
                 for refit in (True, False)}
     refit, crossed = fits[True], fits[False]
     assert refit.shared_penalty_ == crossed.shared_penalty_
-    np.testing.assert_allclose(refit.effects_["se"], crossed.effects_["se"], rtol=1e-10)
-    np.testing.assert_allclose(refit.effects_["dof"], crossed.effects_["dof"], rtol=1e-10)
+    se, psi = refit.effects_["se"].iloc[0], refit.psi_.to_numpy()
+    assert 1.1 * psi.std(ddof=1) / np.sqrt(len(psi)) < se <= 1.0 * crossed.effects_["se"].iloc[0]
     assert refit.effects_["ate"].iloc[0] != crossed.effects_["ate"].iloc[0]
     treated = df["t"].to_numpy() == 1
     residual = {k: (df["y"] - f.mu1_).to_numpy()[treated].mean() for k, f in fits.items()}
@@ -128,7 +130,8 @@ def test_summary_states_where_the_estimate_comes_from():
         warnings.simplefilter("ignore")
         lines = {refit: str(cr.ItemEffectEstimator(n_repeats=1, refit_small_logs=refit)
                             .fit(log).summary()) for refit in (True, False)}
-    assert "all-rows fits (small log refit); variance from the out-of-fold fits" in lines[True]
+    assert ("all-rows fits (small log refit); variance from their leave-one-out predictions"
+            in lines[True])
     assert "all-rows fits" not in lines[False] and "out-of-fold fits (cross-fitted)" in lines[False]
     no_control = log.data.assign(t=1)  # no item estimable: no fit to describe
     with warnings.catch_warnings():
