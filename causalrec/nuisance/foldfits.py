@@ -131,7 +131,6 @@ class FoldFits:
             fits[k] = last = glm
         return [fits[k] for k in range(len(grid))]
 
-
     def held_out(self, etas):
         """Each row's value from the fold that held it out (``etas``: one array per fold)."""
         out = np.zeros(len(self.item))
