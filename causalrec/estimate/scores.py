@@ -62,7 +62,7 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, folds=None, held_out=None):
+                   normalize=True, folds=None, held_out=None, held_out_folds=None):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -78,7 +78,8 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     mu1) were fitted on every row (small logs: ``refit_small_logs``; each model's approximate
     leave-one-out predictions on the rows it was fitted on, ``SegmentGLM.loo_predict_blocks``).
     The estimate is then the all-rows fit's and its variance (se, dof, interval, p-value)
-    that of the same table formed from ``held_out``, normalised per item (one fit: no folds).
+    that of the same table formed from ``held_out``, normalised per item (one fit: no folds), or per
+    (item, fold) of ``held_out_folds`` where ``held_out`` is out of fold (flexible nuisances).
     In-sample residuals are shrunk by the fit (IHDP-A stacked: coverage 0.91); the
     out-of-fold fits' residuals (session 32) are those of models fitted on half the rows:
     intervals 1.8x the oracle's, coverage 0.99 (benchmarks/README.md, session 33)."""
@@ -208,7 +209,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     })
     if held_out is not None:
         honest = effects_table(seg, t, y, *held_out, n_seg, method, clip, trim, alpha, binary,
-                               normalize)[0]
+                               normalize, held_out_folds)[0]
         table["se"], table["dof"] = honest["se"].to_numpy(), honest["dof"].to_numpy()
         table["ci_low"], table["ci_high"] = interval(table["ate"].to_numpy(), table["se"].to_numpy(),
                                                      alpha, table["dof"].to_numpy())

@@ -11,7 +11,6 @@ Items are never split between shards, so each shard's per-item tables are final.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -80,6 +79,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     converged, n_iter, nuisance_fits, models = {}, 0, [], None
     shift = np.zeros(n_seg)
     propensity, outcome, fits = plan.propensity, plan.outcome, None
+    held_out_folds = None  # the folds of an out-of-fold ``held_out`` (flexible nuisances)
     held_out = None  # leave-one-out predictions: the variance of a small log's all-rows estimate
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
@@ -91,9 +91,8 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
             # the learners of split r seeded as a single fit seeded split_seed(seed, r) seeds them;
             # 31 bits: XGBoost takes a long, and each fit offsets this seed
             fit = _fit_flexible(plan, data, split, seed=split_seed(p["seed"], repeat) % 2 ** 31)
-            if fit.held_out is not None:
-                held_out = SimpleNamespace(e=fit.held_out[0], mu0=fit.held_out[1],
-                                           mu1=fit.held_out[2])
+            if fit.held_out is not None:  # out of fold: normalised per (item, fold)
+                held_out, held_out_folds = fit.held_out, split
             nuisance_fits.append(fit)
             models = fit.models  # the last repeat's choice per nuisance
             n_iter = max(n_iter, fit.glm_n_iter)  # the offset GLMs'
@@ -139,7 +138,9 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
         release_free_heap()  # the fits' freed arrays: not resident beside the score arrays
         splits.add(*plan.scores(on_device(seg, torch.long), on_device(t, None),
                                 on_device(y, torch.float64), e, mu0, mu1, n_seg,
-                                folds=on_device(split, None), held_out=held_out), e, mu0, mu1)
+                                folds=on_device(split, None), held_out=held_out,
+                                held_out_folds=None if held_out_folds is None
+                                else on_device(held_out_folds, None)), e, mu0, mu1)
         preds = e = mu0 = mu1 = held_out = None  # not alive beside the next split's fits
         repeat += 1
         if repeat == n_start and plan.max_repeats > n_start:  # the same on every shard
