@@ -23,7 +23,7 @@ from ..glm.reducer import Reducer
 from ..utils.tensors import at_rows
 
 __all__ = ["CrossFit", "cross_fit", "cross_fit_tuned", "pack_shards", "blocked_arm",
-           "tunes_shared_penalty"]
+           "tunes_shared_penalty", "tuned_penalty"]
 
 MODEL_NAMES = {"e": "propensity", "mu0": "outcome (control)", "mu1": "outcome (treated)"}
 
@@ -149,7 +149,7 @@ def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensi
     Returns the combined ``CrossFit`` and the two prototypes with the chosen penalties (for
     later repeats)."""
     reducer = reducer or Reducer()
-    grid = penalty_grid(n_columns)
+    grid = tuned_grid(outcome, n_columns)
     coupled = options.get("shard_of_item") is None  # else the shards' threads couple the fits
     fit = lambda lam, red: cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
                                      propensity=with_penalty(propensity, lam),
@@ -172,14 +172,29 @@ def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensi
     return combined, with_penalty(propensity, grid[best_e]), with_penalty(outcome, grid[best_mu])
 
 
-def penalty_grid(n_columns: int) -> list:
-    """The shared-slope penalties tried, in order (``SHARED_PENALTY_GRID`` x d)."""
-    return [max(c * n_columns, 1e-4) for c in SHARED_PENALTY_GRID]
+def penalty_grid(n_columns: int, smallest: float = 1e-4) -> list:
+    """The penalties tried, in order (``SHARED_PENALTY_GRID`` x d, at least ``smallest``:
+    a per-item model's own ``penalty``, where the shared slopes' is near zero)."""
+    return list(dict.fromkeys(max(c * n_columns, smallest) for c in SHARED_PENALTY_GRID))
+
+
+def tuned_grid(model, n_columns: int) -> list:
+    """``penalty_grid`` for a GLM prototype: a pooled model's shared slopes from near zero,
+    a per-item model's slopes from its own ``penalty`` (its untuned value) up."""
+    return penalty_grid(n_columns) if model.pooled else penalty_grid(n_columns, model.penalty)
 
 
 def with_penalty(model, penalty):
-    """A copy of the GLM prototype with this shared-slope penalty (None stays None)."""
-    return None if model is None else model.clone().set_params(shared_penalty=penalty)
+    """A copy of the GLM prototype with this tuned penalty (None stays None): a pooled
+    model's ridge on its shared slopes, a per-item model's on each item's slopes."""
+    if model is None:
+        return None
+    return model.clone().set_params(**{"shared_penalty" if model.pooled else "penalty": penalty})
+
+
+def tuned_penalty(model):
+    """The penalty ``with_penalty`` sets, read back."""
+    return model.shared_penalty if model.pooled else model.penalty
 
 
 def merge_models(e_fits: list, mu_fits: list) -> list:

@@ -113,7 +113,7 @@ class FitPlan:
     propensity: SegmentGLM | None  # unfitted prototypes (GLM nuisances); None: logged propensity
     outcome: SegmentGLM | None
     n_repeats: int
-    tune_columns: int | None  # design columns when the shared-slope penalty is tuned, else None
+    tune_columns: int | None  # design columns when the GLMs' penalty is tuned, else None
     balance_penalty: float | None
     unit: str | None
     flexible: object = None   # the resolved FlexibleNuisance (flexible nuisances), else None
@@ -188,7 +188,12 @@ class FitPlan:
         # rows of a recurring unit are not independent: the shared slopes' ridge is gated on
         # the units in use, else 100 copies of 747 units pass as 74,700 rows (issue 28)
         n_independent = n_fitted if n_independent is None else n_independent
-        tune = _is_pooled(params) and tunes_shared_penalty(n_independent, len(spec.columns))
+        # per_item: every item's own slopes, so the rows that count are the largest item's
+        # (IHDP, one item of 747 rows and 25 columns: penalty 1 overfits, as the shared
+        # slopes did)
+        tune = (tunes_shared_penalty(n_independent, len(spec.columns)) if _is_pooled(params)
+                else _per_item(params) and tunes_shared_penalty(
+                    int(facts.n_all[facts.use].max(initial=0)), len(spec.columns)))
         return cls(params=params, keys=list(keys), facts=facts, spec=spec, outcome_family=family,
                    outcome_scale=outcome_scale, shrinkage=shrinkage, propensity=propensity,
                    outcome=outcome,

@@ -18,7 +18,8 @@ import torch
 from ..glm.layout import read_only_tensor, release_free_heap
 from ..glm.reducer import Reducer
 from .folds import split_seed
-from .nuisance import cross_fit, cross_fit_tuned, penalty_grid, tunes_shared_penalty
+from .nuisance import (cross_fit, cross_fit_tuned, penalty_grid, tuned_penalty,
+                       tunes_shared_penalty)
 from .plan import FitPlan, ShardPart, repeats_for_split_noise
 from .splits import SplitAverage, split_noise_sums
 
@@ -105,7 +106,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
                        block_size=data.block_sizes[min(repeat, len(data.block_sizes) - 1)]
                        if data.block_sizes else None)
             args = (data.X, None, None, data.rows, seg, t, data.y_fit, split, n_seg)
-            if plan.tune_columns is not None:  # few rows per column: the shared slopes' ridge by CV
+            if plan.tune_columns is not None:  # few rows per column: the slopes' ridge by CV
                 fits, *chosen = cross_fit_tuned(
                     *args, propensity=propensity, outcome=outcome, family=plan.outcome_family,
                     n_columns=plan.tune_columns, reducer=reducer, lockstep=lockstep, **job)
@@ -154,7 +155,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     return ShardPart(
         items=np.asarray(data.items), table=table, converged=converged, n_iter=n_iter,
         reductions=(getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0)),
-        shared_penalty={name: model.shared_penalty for name, model in
+        shared_penalty={name: tuned_penalty(model) for name, model in
                         zip(("propensity", "outcome"), chosen) if model is not None},
         balance_shift=shift, rows=rows, nuisance_fits=nuisance_fits, nuisance_models=models,
         n_repeats=n_splits)
