@@ -1,7 +1,8 @@
 """The Spark backend: the rows stay in a Spark DataFrame; shards of whole items are fitted by
-tasks running the same ``fit_shard`` as the local fit (per_item: independent tasks; pooled:
-one barrier stage coupled by gloo, or without barrier mode rounds of plain tasks,
-``replay.py``). Only the shards' small ``ShardPart``s reach the driver, never the rows."""
+tasks running the same ``fit_shard`` as the local fit (per_item: independent tasks, unless
+its ridge is tuned on a small log; pooled: one barrier stage coupled by gloo, or without
+barrier mode rounds of plain tasks, ``replay.py``). Only the shards' small ``ShardPart``s
+reach the driver, never the rows."""
 from __future__ import annotations
 
 import logging
@@ -81,7 +82,10 @@ class SparkBackend:
                        shard_items=shard_items,
                        block_size=_block_size(facts.arm_rows[codes], plan.params["n_folds"]),
                        row_outputs=self.row_outputs)
-        pooled = plan.flexible is None and plan.params["nuisance"] == "pooled" and n_shards > 1
+        # per_item couples its shards only where its ridge is tuned (the loss sums of every
+        # shard choose it, as in one process)
+        pooled = plan.flexible is None and n_shards > 1 and (
+            plan.params["nuisance"] == "pooled" or plan.tune_columns is not None)
         if not pooled:  # independent tasks, one per shard
             out = fitted.groupBy(SHARD).applyInPandas(
                 lambda pdf: fit_shard_rows(pdf, job, Reducer()), OUTPUT_SCHEMA)
