@@ -28,3 +28,21 @@ def test_results_alpha_outside_zero_one_is_a_value_error(fitted, alpha):
     low, high = fitted.effect_interval(alpha=0.1)
     assert (low < high).all()
 
+
+@pytest.mark.parametrize("nuisance", ["per_item", "pooled", "boosted"])
+def test_fitted_rows_in_one_fold_are_an_error_not_the_naive_difference(nuisance):
+    # was: the models for that fold were fitted on no rows (every propensity and outcome
+    # prediction 0.5) and each item reported its unadjusted difference as "ok"
+    df = small_log(0).assign(u=7)
+    with pytest.raises(ValueError, match="unit column 'u' puts every fitted row in fold"):
+        cr.estimate_item_effects(df, **ROLES, unit="u", nuisance=nuisance,
+                                 refit_small_logs=False)
+    log = cr.InteractionLog(df, **ROLES)
+    with pytest.raises(ValueError, match="the given folds put every fitted row in fold 0"):
+        cr.ItemEffectEstimator(nuisance=nuisance).fit(log, folds=np.zeros(len(df), int))
+    # one fold of rows is what n_folds=1 asks for; three units may fill 2 of 5 folds
+    assert (cr.estimate_item_effects(df, **ROLES, unit="u", nuisance=nuisance,
+                                     n_folds=1)["status"] == "ok").all()
+    few = df.assign(u=np.arange(len(df)) % 3)
+    assert (cr.estimate_item_effects(few, **ROLES, unit="u", nuisance=nuisance, n_folds=5,
+                                     n_repeats=1)["status"] == "ok").all()
