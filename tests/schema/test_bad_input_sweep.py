@@ -46,3 +46,13 @@ def test_fitted_rows_in_one_fold_are_an_error_not_the_naive_difference(nuisance)
     few = df.assign(u=np.arange(len(df)) % 3)
     assert (cr.estimate_item_effects(few, **ROLES, unit="u", nuisance=nuisance, n_folds=5,
                                      n_repeats=1)["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("column", ["t", "y", "x1", "p"])
+def test_complex_numbers_are_a_schema_error_naming_the_column(column):
+    # was: pandas counts complex dtypes numeric, and the fit cast them to float, silently
+    # dropping the imaginary parts (x1 + 5j gave x1's estimates)
+    df = small_log(1).assign(p=0.5)
+    df[column] = df[column] + 1j
+    with pytest.raises(cr.SchemaError, match=f"column '{column}': .*got dtype complex128"):
+        cr.InteractionLog(df, **ROLES, propensity="p")
