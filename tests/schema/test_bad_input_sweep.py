@@ -56,3 +56,11 @@ def test_complex_numbers_are_a_schema_error_naming_the_column(column):
     df[column] = df[column] + 1j
     with pytest.raises(cr.SchemaError, match=f"column '{column}': .*got dtype complex128"):
         cr.InteractionLog(df, **ROLES, propensity="p")
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu", "cuda:99"])
+def test_device_torch_parses_but_the_fit_cannot_use_is_a_value_error(device):
+    # was: torch's RuntimeError ("not linked with support for mps devices") deep in the fit
+    log = cr.InteractionLog(small_log(0), **ROLES)
+    with pytest.raises(ValueError, match="device"):
+        cr.ItemEffectEstimator(device=device).fit(log)
