@@ -64,3 +64,10 @@ def test_device_torch_parses_but_the_fit_cannot_use_is_a_value_error(device):
     log = cr.InteractionLog(small_log(0), **ROLES)
     with pytest.raises(ValueError, match="device"):
         cr.ItemEffectEstimator(device=device).fit(log)
+
+
+def test_n_repeats_beyond_its_bound_is_a_value_error_not_a_million_fits():
+    # was: n_repeats=10**6 ran a million cross-fits (a hang); n_folds had its bound already
+    log = cr.InteractionLog(small_log(0), **ROLES)
+    with pytest.raises(ValueError, match=r"n_repeats must be an integer in \[1, 100\] or 'auto', got 1000000"):
+        cr.ItemEffectEstimator(n_repeats=10**6).fit(log)
