@@ -46,6 +46,8 @@ def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
                           "encoding='latin-1' (--encoding on the command line)") from None
     except LookupError:
         raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
+    except pd.errors.EmptyDataError:  # pandas' own words name neither the file nor the fix
+        raise SchemaError(None, f"cannot read {path}: the file is empty (no header row)") from None
     except (OSError, EOFError) as exc:  # bad gzip / zstd stream: a wrong suffix or a cut file
         raise SchemaError(None, f"cannot read {path} as {compression or 'uncompressed'} "
                           f"{fmt[1:]}: {exc}") from None
