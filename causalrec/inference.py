@@ -9,12 +9,20 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from .utils.validation import Interval
+
 __all__ = ["critical_value", "interval", "p_value", "benjamini_hochberg", "mean_and_se"]
+
+
+_ALPHA = Interval(0, 1, "neither")
 
 
 def critical_value(alpha: float, dof=None):
     """Two-sided critical value at level 1 - alpha: t with ``dof`` degrees of freedom (an
     array broadcasts; NaN or None dof means normal), else the normal quantile."""
+    # every interval's alpha passes here: 1.5 would swap the limits, 0 make them infinite
+    if not _ALPHA.is_satisfied_by(alpha):
+        raise ValueError(f"alpha must be {_ALPHA}, got {alpha!r}")
     if dof is None:
         return float(stats.norm.ppf(1 - alpha / 2))
     dof = np.asarray(dof, dtype=float)

@@ -46,6 +46,8 @@ def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
                           "encoding='latin-1' (--encoding on the command line)") from None
     except LookupError:
         raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
+    except pd.errors.EmptyDataError:  # pandas' own words name neither the file nor the fix
+        raise SchemaError(None, f"cannot read {path}: the file is empty (no header row)") from None
     except (OSError, EOFError) as exc:  # bad gzip / zstd stream: a wrong suffix or a cut file
         raise SchemaError(None, f"cannot read {path} as {compression or 'uncompressed'} "
                           f"{fmt[1:]}: {exc}") from None
@@ -287,7 +289,7 @@ class InteractionLog:
     def _check_treatment(self, t: pd.Series) -> None:
         if t.isna().any():
             raise SchemaError(self.treatment, f"{int(t.isna().sum())} missing treatment values")
-        if not (pd.api.types.is_bool_dtype(t) or pd.api.types.is_numeric_dtype(t)):
+        if not (pd.api.types.is_bool_dtype(t) or _is_real_numeric(t)):
             raise SchemaError(self.treatment, f"treatment must be binary 0/1, got dtype {t.dtype}")
         values = np.unique(t.to_numpy(dtype=float))
         if not np.isin(values, [0.0, 1.0]).all():
@@ -300,9 +302,15 @@ def _check_no_missing(s: pd.Series, col: str) -> None:
         raise SchemaError(col, f"{int(s.isna().sum())} missing values")
 
 
+def _is_real_numeric(s: pd.Series) -> bool:
+    """Numbers on the real line: pandas counts complex ones numeric too, and casting them to
+    float silently drops their imaginary parts."""
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_complex_dtype(s)
+
+
 def _check_finite_numeric(s: pd.Series, col: str) -> None:
-    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
-        raise SchemaError(col, f"must be numeric, got dtype {s.dtype}")
+    if not (_is_real_numeric(s) or pd.api.types.is_bool_dtype(s)):
+        raise SchemaError(col, f"must be numeric (real numbers), got dtype {s.dtype}")
     values = s.to_numpy()
     if values.dtype.kind in "iub":  # plain integers and booleans are finite
         return

@@ -43,7 +43,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item, arm and (0/1 outcomes) click, or by
         unit when the log has a ``unit`` role (1 disables cross-fitting).
-    n_repeats : independent cross-fitting splits, each with its own folds, out-of-fold
+    n_repeats : independent cross-fitting splits (1 to 100), each with its own folds, out-of-fold
         predictions and per-item estimates, averaged (``causalrec.estimate.splits``: the
         variance is that of an average: mean var_s + split_sd^2 / n_repeats; ``split_sd`` in
         the effects table is the splits' spread); costs ``n_repeats`` times the fits. Split r

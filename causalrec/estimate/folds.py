@@ -15,7 +15,7 @@ from ..exceptions import DataWarning
 from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_hash
 from .params import MAX_FOLDS
 
-__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "narrow_codes", "row_hash",
+__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "check_split", "narrow_codes", "row_hash",
            "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
 
 
@@ -273,6 +273,20 @@ def check_folds(folds, n_rows, n_folds) -> np.ndarray:
     if len(folds) and (folds.min() < 0 or folds.max() >= n_folds):
         raise ValueError(f"folds must lie in [0, {n_folds}), found {folds.min()}..{folds.max()}")
     return folds.astype(np.int64)
+
+
+def check_split(folds, n_folds: int, unit=None) -> None:
+    """The fitted rows of a split fill at least two folds: with one, the models that predict
+    its rows are fitted on no rows (they predict 0.5 everywhere, and the "effect" is the
+    unadjusted difference). Given folds can do that, and so can unit folds (a unit's rows
+    share one fold: one unit, or a few that hash alike)."""
+    filled = np.flatnonzero(np.bincount(folds, minlength=n_folds))  # no sort of every row
+    if n_folds == 1 or len(filled) != 1:
+        return
+    what = "the given folds put" if unit is None else f"unit column {unit!r} puts"
+    raise ValueError(f"{what} every fitted row in fold {filled[0]} of n_folds={n_folds}: "
+                     "cross-fitting needs fitted rows in two folds at least; use n_folds=1 "
+                     "(fits on all rows)" + ("" if unit is None else " or more units"))
 
 
 def narrow_codes(codes: np.ndarray, n_codes: int) -> np.ndarray:

@@ -12,7 +12,8 @@ import pandas as pd
 
 from ..schema import InteractionLog, Roles
 from .design import segment_ids
-from .folds import FoldAssigner, check_folds, narrow_codes, split_seed, unit_key, warn_unit_like
+from .folds import (FoldAssigner, check_folds, check_split, narrow_codes, split_seed, unit_key,
+                    warn_unit_like)
 from .nuisance import pack_shards
 from .plan import FitPlan, ShardPart, native_column
 from .shardfit import ShardData
@@ -68,12 +69,18 @@ class LocalBackend:
         self.folds = narrow_codes(folds, n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
-        self.split_folds = [in_use(self.folds)] + [
-            in_use(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
+        def fitted_split(folds, unit=log.unit):  # the rows in use of a split, two folds filled
+            folds = in_use(folds)
+            check_split(folds, n_folds, unit)
+            return folds
+
+        given = self.given_folds is not None
+        self.split_folds = [fitted_split(self.folds, None if given else log.unit)] + [
+            fitted_split(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
             for r in range(1, plan.n_repeats)]
         assigner.release()  # its row hashes (32 bytes a row) are not kept beside the fits
         # (n_repeats="auto" may add splits: hashed again then, only for those)
-        later_folds = lambda r: in_use(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
+        later_folds = lambda r: fitted_split(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
         if not n_use:
             return None
         seg, t, y = in_use(seg), in_use(t), in_use(y)

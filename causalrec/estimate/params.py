@@ -10,9 +10,12 @@ import numpy as np
 
 from ..utils.validation import Boolean, Callable, InstanceOf, Integer, Interval, Options
 
-__all__ = ["PARAMETER_CONSTRAINTS", "MAX_FOLDS", "string_choices"]
+__all__ = ["PARAMETER_CONSTRAINTS", "MAX_FOLDS", "MAX_REPEATS", "string_choices"]
 
 MAX_FOLDS = 50  # more folds only add fits: each holds out under 2% of an item's rows
+# more splits only add fits (each one a full cross-fit): the split noise left in the
+# variance is split_sd^2 / n_repeats, 1% of one split's at 100 ("auto" grows to 16)
+MAX_REPEATS = 100
 
 
 def _flexible_ok(value) -> bool:
@@ -45,7 +48,7 @@ PARAMETER_CONSTRAINTS = {
                  Callable(_flexible_ok, "a scikit-learn estimator, a (propensity, outcome) "
                                         "pair of them or a FlexibleNuisance")],
     "n_folds": [Integer(1, MAX_FOLDS)],
-    "n_repeats": [Integer(1, None), Options("auto")],
+    "n_repeats": [Integer(1, MAX_REPEATS), Options("auto")],
     "penalty": [Interval(0, None, "left")],
     "shrinkage": [Options("auto"), Interval(0, None, "neither")],
     "intercept_penalty": [Interval(0, None, "left")],

@@ -34,9 +34,14 @@ def resolve_device(device="auto") -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch device, got {device!r}") from error
+    if device.type not in ("cpu", "cuda"):  # torch parses "mps", "meta", ...: fits need these
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA device "
                          "(use device='auto' or 'cpu')")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} was asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -115,6 +115,15 @@ def test_console_script_error_is_one_line(tmp_path):
     assert module.returncode == 0 and module.stdout.startswith("causalrec ")
 
 
+def test_python_m_causalrec_is_the_command_line(tmp_path):
+    # was: "No module named causalrec.__main__; 'causalrec' is a package ..."
+    result = subprocess.run([sys.executable, "-m", "causalrec", "effects",
+                             str(tmp_path / "missing.csv"), *FLAGS, "--out", str(tmp_path / "e.csv")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and one_error_line(result.stderr) == (
+        f"causalrec: error: no such log file: {tmp_path / 'missing.csv'}")
+
+
 @pytest.mark.parametrize("change,code,message", [
     ({"log": "missing.csv"}, 2, "no such log file"),
     ({"log": "log.txt"}, 2, "expected a .csv or .parquet file"),

@@ -39,3 +39,12 @@ def test_mean_and_se():
     mean, se = mean_and_se([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
     assert np.isnan(mean_and_se([1.0])[1]) and np.isnan(mean_and_se([])[0])
+
+
+@pytest.mark.parametrize("alpha", [1.5, 0, 1, -0.1, np.nan, "0.05", None, True])
+def test_alpha_outside_zero_one_is_a_value_error_naming_it(alpha):
+    # was: 1.5 swapped the limits, 0 gave infinite ones, -1 NaN, "x" a TypeError from "/"
+    with pytest.raises(ValueError, match=r"alpha must be a number in \(0, 1\), got"):
+        interval(0.1, 0.02, alpha)
+    with pytest.raises(ValueError, match="alpha must be"):
+        critical_value(alpha, [3.0])

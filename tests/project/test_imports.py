@@ -23,6 +23,7 @@ layer packages                                    what lives there
 8     spark                                       the distributed path of all of the above
 9     causalrec (the package's root)              ``__version__``, the lazy public names
 10    cli                                         the command line
+11    __main__                                    ``python -m causalrec`` (runs the cli)
 ====  ==========================================  ============================================
 
 Packages in one layer do not import each other. One exception, by design: ``causalrec.backend``
@@ -54,6 +55,7 @@ LAYERS = (
     ("spark",),
     ("causalrec",),
     ("cli",),
+    ("__main__",),
 )
 LAYER_OF = {package: level for level, packages in enumerate(LAYERS) for package in packages}
 

@@ -102,3 +102,15 @@ def test_refutation_with_a_repeated_treatment_column_names_it():
         cr.refute_item_effects(pd.concat([df, df[["t"]]], axis=1), **ROLES, checks=["placebo"])
     assert np.isfinite(cr.refute_item_effects(df.assign(t=df["t"].astype("Int64")), **ROLES,
                                               checks=["placebo"])["estimate"]).any()
+
+
+def test_an_empty_csv_names_the_file(tmp_path, capsys):
+    # was: pandas' "No columns to parse from file", naming neither the file nor the problem
+    (tmp_path / "log.csv").write_bytes(b"")
+    with pytest.raises(SchemaError, match=r"cannot read .*log.csv: the file is empty"):
+        read_log(tmp_path / "log.csv")
+    argv = ["effects", str(tmp_path / "log.csv"), "--item", "item", "--treatment", "t",
+            "--outcome", "y", "--out", str(tmp_path / "e.csv"), "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the file is empty" in err[0]
