@@ -15,8 +15,9 @@ from ..exceptions import DataWarning
 from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_hash
 from .params import MAX_FOLDS
 
-__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds", "check_split", "narrow_codes", "row_hash",
-           "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
+__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds",
+           "check_split", "narrow_codes", "row_hash", "split_seed", "unit_folds", "unit_key",
+           "warn_unit_like"]
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:

@@ -8,12 +8,22 @@ from ..inference import benjamini_hochberg, critical_value, p_value
 from .covariates import INTERVALS, CovariatePrior, covariate_matrix
 from .prior import _POSTERIOR_COLUMNS, EmpiricalBayesPrior, prior_row_status
 from ..schema import SchemaError
+from ..utils.validation import Integer, Interval, Options, validate_params
 from .table import check_effects_table
 
 __all__ = ["rank_items", "compare_policies"]
 
 _RANK_KEYS = {"posterior_mean": "posterior_mean", "lower_bound": "posterior_low", "ate": "ate",
               "net": "posterior_mean"}
+# rank_items' parameters, declared once (a bad seed or n_draws=0 failed in numpy, or gave NaN)
+_RANK_CONSTRAINTS = {
+    "by": [Options(*_RANK_KEYS)],
+    "k": [Options(None), Integer(1, None)],
+    "alpha": [Interval(0, 1, "neither")],
+    "fdr": [Interval(0, 1, "neither")],
+    "n_draws": [Integer(1, None)],
+    "seed": [Integer(0, 2 ** 32 - 1)],
+}
 
 
 class _Shrunk:
@@ -157,12 +167,8 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
     support point, so intervals of the very top items are too narrow (coverage across all
     items is near nominal); rank on posterior means, and read top items' intervals with care.
     """
-    if by not in _RANK_KEYS:
-        raise ValueError(f"by must be one of {sorted(_RANK_KEYS)}, got {by!r}")
-    if not 0 < fdr < 1:
-        raise ValueError(f"fdr must lie in (0, 1), got {fdr}")
-    if k is not None and (int(k) != k or k < 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    validate_params(dict(by=by, k=k, alpha=alpha, fdr=fdr, n_draws=n_draws, seed=seed),
+                    _RANK_CONSTRAINTS, "rank_items")
     if by == "net":
         if not {"net_ate", "net_se"} <= set(effects.columns):
             raise ValueError("by='net' needs the table of estimate_net_effects (net_ate, net_se)")

@@ -214,9 +214,13 @@ def test_bh_controls_directional_fdr():
 @pytest.mark.parametrize("bad, match", [
     (dict(by="median"), "by must be one of"),
     (dict(prior="horseshoe"), "prior must be"),
-    (dict(fdr=1.5), "fdr must lie"),
-    (dict(alpha=0.0), "alpha must lie"),
-    (dict(k=0), "k must be a positive integer"),
+    (dict(fdr=1.5), r"fdr must be a number in \(0, 1\), got 1.5"),
+    (dict(alpha=0.0), "alpha must be a number in"),
+    (dict(k=0), "k must be None or a positive integer, got 0"),
+    (dict(k="x"), "k must be None or a positive integer"),
+    (dict(n_draws=0), "n_draws must be a positive integer"),  # prob_top_k was NaN
+    (dict(seed="x"), "seed must be an integer"),
+    (dict(seed=-1), "seed must be an integer"),
 ])
 def test_bad_arguments_raise(bad, match):
     _, eff = simulate(12, n=50)
