@@ -139,7 +139,8 @@ def tunes_shared_penalty(n_rows: int, n_columns: int) -> bool:
 def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensity, outcome,
                     family: str, n_columns: int, reducer: Reducer | None = None,
                     lockstep: bool = False, **options):
-    """``cross_fit`` once per shared-slope penalty of ``SHARED_PENALTY_GRID`` (x d); the
+    """``cross_fit`` once per penalty of ``tuned_grid`` (``SHARED_PENALTY_GRID`` x d: the
+    pooled models' shared slopes, or per_item's own slopes from its ``penalty`` up); the
     propensity keeps the penalty with the lowest out-of-fold log loss, the outcome models the
     one with the lowest out-of-fold loss of mu0 on control rows plus mu1 on treated rows.
     The one penalty-tuning loop: ``reducer`` adds the loss sums of every process's items
