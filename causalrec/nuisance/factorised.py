@@ -72,8 +72,9 @@ class FactorisedLearner:
         columns and of items with training rows, so any number of items >= 1 works).
     factor_penalty : ridge on each item's own factors ``u_k`` in the outcome models (and,
         with ``base="offset"``, on the shared ``g`` and ``A``) (whitened ``z``, so a
-        N(0, 1 / factor_penalty) prior per direction on the linear-predictor scale), or "auto" (default): empirical Bayes, 1 / (the factors'
-        variance across items, by the method of moments from the larger items), or
+        N(0, 1 / factor_penalty) prior per direction on the linear-predictor scale), or
+        "auto" (default): empirical Bayes, 1 / (the factors' variance across items, by
+        the method of moments from the larger items), or
         "remainder" (see ``propensity_penalty``). With the atoms prior it sets which items
         are atoms (noise variance at most 1 / factor_penalty). It is not chosen by held-out
         loss: the offset GLM has seen held-out training rows, and the out-of-fold loss of
@@ -250,14 +251,12 @@ class _Factorised:
 
     def _factor_glm(self, penalty):
         shared = tuple(range(self.rank, self.rank * (1 + self.C.shape[1])))  # A: no deviations
-        if self.own:
-            return self.glm(True, penalty, shared_columns=shared)
         # on top of the offset GLM, whose shared slopes already carry the mean direction, g
         # and A get the factors' prior too: nearly unpenalised, g undid the offset's tuned
         # shared-slope ridge on small logs (IHDP, one item of 747 rows per call: RMSE 0.192
         # -> 0.130; the simulator's text logs: bias removed 0.947 / 0.948, unchanged)
-        return self.glm(True, penalty, shared_columns=shared,
-                        shared_penalty=penalty * self.unit)
+        prior = {} if self.own else dict(shared_penalty=penalty * self.unit)
+        return self.glm(True, penalty, shared_columns=shared, **prior)
 
     def _initial_projection(self):
         """Leading right singular vectors of the per-item slope deviations, rows weighted by

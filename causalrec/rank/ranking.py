@@ -15,11 +15,16 @@ __all__ = ["rank_items", "compare_policies"]
 
 _RANK_KEYS = {"posterior_mean": "posterior_mean", "lower_bound": "posterior_low", "ate": "ate",
               "net": "posterior_mean"}
-# rank_items' parameters, declared once (a bad seed or n_draws=0 failed in numpy, or gave NaN)
+# the parameters of the prior fit (rank_items and compare_policies), then rank_items' own,
+# declared once (a bad seed or n_draws=0 failed in numpy, or gave NaN)
+_SHRINK_CONSTRAINTS = {
+    "prior": [Options("npmle", "normal")],
+    "alpha": [Interval(0, 1, "neither")],
+    "interval": [Options(*INTERVALS)],
+}
 _RANK_CONSTRAINTS = {
     "by": [Options(*_RANK_KEYS)],
     "k": [Options(None), Integer(1, None)],
-    "alpha": [Interval(0, 1, "neither")],
     "fdr": [Interval(0, 1, "neither")],
     "n_draws": [Integer(1, None)],
     "seed": [Integer(0, 2 ** 32 - 1)],
@@ -79,12 +84,8 @@ def _shrink(effects: pd.DataFrame, prior: str, alpha: float, required=(), covari
     posterior columns and ``rank_status`` (why a row is not ranked; "ok" when it is).
 
     Returns (copy of effects with the added columns, mask of usable rows, ``_Shrunk``)."""
-    if prior not in {"npmle", "normal"}:
-        raise ValueError(f"prior must be 'npmle' or 'normal', got {prior!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    if interval not in INTERVALS:
-        raise ValueError(f"interval must be one of {list(INTERVALS)}, got {interval!r}")
+    validate_params(dict(prior=prior, alpha=alpha, interval=interval), _SHRINK_CONSTRAINTS,
+                    owner)
     table = check_effects_table(effects, required, owner=owner)
     ate, se = table.values["ate"], table.values["se"]
     status = table.row_status.copy()
@@ -167,8 +168,8 @@ def rank_items(effects: pd.DataFrame, by: str = "posterior_mean", k: int | None 
     support point, so intervals of the very top items are too narrow (coverage across all
     items is near nominal); rank on posterior means, and read top items' intervals with care.
     """
-    validate_params(dict(by=by, k=k, alpha=alpha, fdr=fdr, n_draws=n_draws, seed=seed),
-                    _RANK_CONSTRAINTS, "rank_items")
+    validate_params(dict(by=by, k=k, fdr=fdr, n_draws=n_draws, seed=seed), _RANK_CONSTRAINTS,
+                    "rank_items")
     if by == "net":
         if not {"net_ate", "net_se"} <= set(effects.columns):
             raise ValueError("by='net' needs the table of estimate_net_effects (net_ate, net_se)")
