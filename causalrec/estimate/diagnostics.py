@@ -1,4 +1,5 @@
-"""How well the cross-fitted nuisance models fit, next to what the item alone predicts.
+"""How well the cross-fitted nuisance models fit, next to what the item alone predicts, and
+how well the fitted propensities balance the confounders.
 
 AIPW is only as good as its nuisances: an outcome model that learns nothing beyond the item's
 own click rate leaves the propensity weights to do all the adjusting (large variance), and a
@@ -11,10 +12,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scipy import stats
+
 from ..nuisance.select import row_loss
 from .design import segment_ids
 
-__all__ = ["nuisance_quality"]
+__all__ = ["nuisance_quality", "covariate_balance", "balance_overview"]
+
+# |standardised mean difference| below which a confounder counts as balanced (Austin 2009)
+SMD_BALANCED = 0.1
 
 
 def nuisance_quality(estimator) -> pd.DataFrame:
@@ -76,3 +82,101 @@ def _out_of_fold_item_mean(target, item, folds):
             mean = np.where(c > 0, s / c, overall)
         out[test] = mean[item[test]]
     return out
+
+
+def covariate_balance(estimator) -> pd.DataFrame:
+    """Standardised mean differences (SMD) of the confounders between the arms of every item,
+    before and after inverse-propensity weighting with the fitted propensities.
+
+    One row per item (with its ``status``) and column: each numeric confounder, and each
+    level of each categorical one as a 0/1 column ``"name=level"`` (text components are
+    balanced by the balancing step, ``balance_penalty``, and not listed). ``smd_unweighted`` is (treated mean - control mean)
+    over the pooled within-arm SD; ``smd_weighted`` the same difference with each arm weighted
+    to the item's population (1 / e on treated rows, 1 / (1 - e) on control rows, the clipped
+    propensities of ``propensity_``, trimmed rows left out), over the same SD, so the two are
+    comparable. ``smd_noise`` = sqrt(1 / ess_treated + 1 / ess_control) (Kish effective sizes
+    of the weights) is the SD the weighted SMD would have by chance with balanced arms: on
+    small items an SMD of 0.1 is noise. NaN where an arm is empty; inf where a column
+    separates the arms exactly (no within-arm spread, different means). A well-fitted
+    propensity leaves ``smd_weighted`` near 0 for every column; weighting balances only what
+    the propensity model saw, so the AIPW outcome models must do the rest.
+    """
+    estimator._check_fitted()
+    log, df = estimator.log_, estimator.log_.data
+    keys = list(estimator.segments_.columns)
+    item, segments = segment_ids(df, keys)
+    n_items = len(segments)
+    e = estimator.propensity_.to_numpy(dtype=np.float64)
+    used = np.isfinite(e)
+    t = df[log.treatment].to_numpy(dtype=np.float64)
+    trim = getattr(estimator, "trim", None)
+    kept = used if trim is None else used & (e >= trim) & (e <= 1 - trim)
+    e = np.where(used, e, 0.5)
+    arms = [(used & (t == a), (kept & (t == a)) / (e if a == 1 else 1 - e)) for a in (1, 0)]
+    count = lambda w: np.bincount(item, weights=w.astype(np.float64), minlength=n_items)
+    sizes = [(count(m), count(w), count(w ** 2)) for m, w in arms]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        noise = np.sqrt(sum(w2 / w ** 2 for _, w, w2 in sizes))
+    parts = []
+    for name in log.confounders:  # per arm: the plain and the weighted mean, the plain spread
+        x = df[name].to_numpy(dtype=np.float64)
+        x = x - x[used].mean() if used.any() else x  # centred: sums of squares lose less
+        stats_ = []
+        for (member, weight), (n, w, _) in zip(arms, sizes):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                plain = count(member * x) / n
+                stats_.append((plain, count(weight * x) / w,
+                               count(member * (x - plain[item]) ** 2) / n))
+        scale = float(np.abs(x[used]).max(initial=0.0))
+        parts.append(([name], scale, *(np.stack(v)[:, :, None] for v in zip(*stats_))))
+    for name in log.categorical:  # each level a 0/1 column: one count per (item, level)
+        codes, levels = pd.factorize(df[name], sort=True, use_na_sentinel=False)
+        cell = item * len(levels) + codes
+        by_cell = lambda w: np.bincount(cell, weights=w.astype(np.float64),
+                                        minlength=n_items * len(levels)).reshape(n_items, -1)
+        stats_ = []
+        for (member, weight), (n, w, _) in zip(arms, sizes):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = by_cell(member) / n[:, None]
+                stats_.append((share, by_cell(weight) / w[:, None], share * (1 - share)))
+        parts.append(([f"{name}={level}" for level in levels], 1.0,
+                      *(np.stack(v) for v in zip(*stats_))))
+    rows = []
+    for names, scale, plain, weighted, spread in parts:  # (arm, item, column) arrays
+        sd = np.sqrt(spread.mean(axis=0))
+        before, after = (_standardised(m[0] - m[1], sd, 1e-12 * scale) for m in (plain, weighted))
+        for j, name in enumerate(names):
+            rows.append(pd.DataFrame({"column": name, "smd_unweighted": before[:, j],
+                                      "smd_weighted": after[:, j], "smd_noise": noise}))
+    if not rows:
+        return pd.DataFrame(columns=["item", *keys[1:], "status", "column", "smd_unweighted",
+                                     "smd_weighted", "smd_noise"])
+    key_table = estimator.effects_[estimator._keys() + ["status"]].reset_index(drop=True)
+    out = pd.concat([pd.concat([key_table, part], axis=1) for part in rows], ignore_index=True)
+    return out
+
+
+def _standardised(gap, sd, rounding):
+    """gap / sd; where the column has no spread within the arms (up to ``rounding``, the
+    column's rounding level): 0 if the arms agree, else +-inf (the column separates them)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd > rounding, gap / sd,
+                        np.where(np.abs(gap) > rounding, np.sign(gap) * np.inf, 0.0))
+
+
+def balance_overview(balance: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per column of ``covariate_balance``: items measured, median and largest |SMD| before
+    and after weighting, and ``items_imbalanced``: items whose weighted |SMD| is above
+    ``SMD_BALANCED`` (0.1) and beyond chance, |SMD| / smd_noise above the normal quantile
+    with a Bonferroni correction over every (item, column) pair at ``alpha``."""
+    b = balance[np.isfinite(balance["smd_noise"])]
+    z = stats.norm.ppf(1 - alpha / (2 * max(len(b), 1)))
+    weighted = b["smd_weighted"].abs()
+    off = (weighted > SMD_BALANCED) & (weighted > z * b["smd_noise"])
+    grouped = b.assign(abs_before=b["smd_unweighted"].abs(), abs_after=weighted,
+                       off=off).groupby("column", sort=False)
+    return pd.DataFrame({"items": grouped.size(),
+                         "median_abs_smd_unweighted": grouped["abs_before"].median(),
+                         "median_abs_smd_weighted": grouped["abs_after"].median(),
+                         "max_abs_smd_weighted": grouped["abs_after"].max(),
+                         "items_imbalanced": grouped["off"].sum()}).reset_index()

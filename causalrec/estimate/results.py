@@ -85,5 +85,12 @@ class EffectResults:
         from .diagnostics import nuisance_quality
         return nuisance_quality(self)
 
+    def covariate_balance(self) -> pd.DataFrame:
+        """Per item and confounder, the standardised mean difference between the arms before
+        and after weighting by the fitted propensities (see
+        ``causalrec.estimate.diagnostics.covariate_balance``)."""
+        from .diagnostics import covariate_balance
+        return covariate_balance(self)
+
     def _keys(self):
         return ["item"] + list(self.effects_.columns[1:len(self.segments_.columns)])

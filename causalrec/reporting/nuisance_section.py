@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from ..estimate.diagnostics import SMD_BALANCED, balance_overview
 from .html import format_number, html_table, paragraph
 
 __all__ = ["nuisance_html", "calibration_verdict"]
@@ -62,8 +63,31 @@ def nuisance_html(estimator) -> str:
         else:
             out += paragraph("The fitted propensities are calibrated within their binomial "
                              "error: " + summary)
+    out += _balance_html(estimator)
     models = getattr(estimator, "nuisance_models_", None)
     if models is not None:
         out += html_table(models, caption="Flexible nuisances: out-of-fold losses and the "
                                           "weight on the flexible model")
     return out
+
+
+def _balance_html(estimator, top: int = 15) -> str:
+    """The confounders' balance after weighting, over the items estimated ("ok")."""
+    balance = estimator.covariate_balance()
+    balance = balance[balance["status"] == "ok"]
+    if not len(balance):
+        return ""
+    overview = balance_overview(balance, getattr(estimator, "alpha", 0.05))
+    overview = overview.sort_values("max_abs_smd_weighted", ascending=False, kind="stable")
+    off, pairs = int(overview["items_imbalanced"].sum()), len(balance)
+    caption = (f"Confounder balance: standardised mean differences between the arms before and "
+               f"after weighting by the fitted propensities ({min(top, len(overview))} of "
+               f"{len(overview)} columns, the least balanced first)")
+    out = html_table(overview.head(top), caption=caption)
+    what = (f"{off} of {pairs} (item, column) pairs stay imbalanced after weighting (|SMD| "
+            f"above {SMD_BALANCED} and beyond chance for the item's effective sizes).")
+    if off:
+        return out + paragraph(
+            "The weights leave some confounders imbalanced: " + what + " There the estimate "
+            "leans on the outcome models; covariate_balance() lists the items.", "warn")
+    return out + paragraph("The weights balance the confounders: " + what)
