@@ -37,6 +37,9 @@ class EffectSummary(Summary):
             "Dropped columns": ", ".join(estimator.dropped_columns_) or "none",
             "Overall effect (row-weighted)": f"{self.overall:.5g} (se {self.overall_se:.3g})",
         }
+        balance = _balance_line(estimator)
+        if balance:
+            info["Weighted balance (ok items)"] = balance
         models = getattr(estimator, "nuisance_models_", None)
         if models is not None:  # flexible nuisances only (None after a GLM fit)
             info["Weight on the flexible model"] = ", ".join(
@@ -72,3 +75,18 @@ def _estimate_from(estimator) -> str:
         return ("small items: all-rows offset GLMs plus out-of-fold flexible models (small "
                 "log refit); variance from the out-of-fold fits")
     return "out-of-fold fits (cross-fitted)"
+
+
+def _balance_line(estimator) -> str:
+    """The weighted confounder balance in one line: the pairs off balance beyond chance and
+    the largest weighted |SMD| over the ok items ("" where none was measured)."""
+    from .diagnostics import balance_overview
+    balance = estimator.covariate_balance()
+    balance = balance[(balance["status"] == "ok") & np.isfinite(balance["smd_noise"])]
+    if not len(balance):
+        return ""
+    overview = balance_overview(balance, estimator.alpha)
+    worst = overview.loc[overview["max_abs_smd_weighted"].idxmax()]
+    return (f"{int(overview['items_imbalanced'].sum())} of {len(balance)} item-column pairs "
+            f"off; |SMD| max {worst['max_abs_smd_weighted']:.2f} ({worst['column']}), "
+            f"median {balance['smd_weighted'].abs().median():.2f}")

@@ -81,6 +81,8 @@ def test_the_true_propensity_balances_and_a_flat_one_does_not(sim):
     assert (activity["smd_unweighted"].abs() > 3 * activity["smd_noise"]).all()
     assert balance_overview(balance)["items_imbalanced"].sum() == 0
     assert "The weights balance the confounders" in nuisance_html(est)
+    assert "Weighted balance (ok items):" in str(est.summary())
+    assert f"0 of {len(balance)} item-column pairs off" in str(est.summary())
 
     est, flat = _with_propensity(sim, 0.5)
     np.testing.assert_allclose(flat["smd_weighted"], flat["smd_unweighted"], rtol=1e-9)
@@ -88,6 +90,8 @@ def test_the_true_propensity_balances_and_a_flat_one_does_not(sim):
     assert overview.loc["user_activity", "items_imbalanced"] == 12
     assert overview.loc["user_activity", "median_abs_smd_weighted"] > SMD_BALANCED
     assert "The weights leave some confounders imbalanced" in nuisance_html(est)
+    off = int(balance_overview(flat)["items_imbalanced"].sum())
+    assert f"{off} of {len(flat)} item-column pairs off" in str(est.summary())
 
 
 def test_a_column_that_separates_the_arms_is_infinitely_off():
