@@ -6,6 +6,8 @@ the training rows; its linear predictor is the offset of every flexible model, s
 learner keeps the GLM's shrunk item-level structure and only learns what it misses. Items
 with at least ``min_item_rows`` training rows for a nuisance also get a learner of their own;
 an item keeps it only where its out-of-fold loss beats the pooled learner's on that item.
+For the propensity a large item also gets an own learner from its base rate rather than the
+offset (``own_free``), kept only where it wins clearly (``select.clear_winner``).
 With ``auto``, each nuisance's final prediction is the convex combination of the GLM's and
 the flexible out-of-fold predictions with the smallest out-of-fold loss.
 """
@@ -20,13 +22,15 @@ from ..utils.hashing import _mix, row_hash
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
 from .foldfits import FoldFits, fits_joint_outcome, standardised
-from .select import calibration_table, choose_model, choose_per_item, row_loss, stack_weights
+from .select import (calibration_table, choose_model, choose_per_item, clear_winner, row_loss,
+                     stack_weights)
 from .sklearn_adapter import SklearnLearner, check_propensity_learner
 
 __all__ = ["FlexibleNuisance", "NuisanceResult", "resolve_nuisance", "cross_fit_nuisances"]
 
 NAMED = ("boosted", "factorised", "auto")
 JOINT = ("joint", "joint_own")  # the joint outcome model's pooled and own predictions
+OWN = ("own", "own_free", "joint_own")  # the candidates that are an item's own models
 
 
 class FlexibleNuisance:
@@ -246,12 +250,13 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
          [arm_learner, *also_if(also, everyone if fits_joint else t == a, out_learner)])
         for a in (0, 1)]
     fitted = {name: ctx.fit_one(target.astype(np.float64), arm, fam, learners, k,
-                                arm_value=None if name == "e" else int(name[-1]))
+                                arm_value=None if name == "e" else int(name[-1]),
+                                free_own=name == "e")
               for k, (name, target, arm, fam, learners) in enumerate(jobs)}
     joint = ctx.fit_joint(y.astype(np.float64), family, out_learner, len(jobs)) \
         if fits_joint else None
     for name, target, arm, fam, learners in jobs:
-        glm_pred, fits = fitted[name]
+        glm_pred, fits, free = fitted[name]
         scored = arm  # outcomes are observed only in their arm: score there
         loss = lambda p: row_loss(p[scored], target[scored], fam)
         loss_glm = loss(glm_pred)
@@ -264,6 +269,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                 per_item_learner = not getattr(learners[0], "own_item_models", True)
                 candidates = {} if per_item_learner else {"glm": glm_pred}
                 candidates.update(pooled=pooled, own=own)
+                if free is not None:  # the propensity's own models from the base rate
+                    candidates["own_free"] = free
                 if joint is not None and name != "e":
                     candidates.update(zip(JOINT, joint[int(name[-1])]))
                 # models not fitted (the tail's pooled one where every item has its own,
@@ -273,12 +280,15 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                 losses = [np.where(np.isfinite(p[scored]), loss(np.nan_to_num(p, nan=0.5)),
                                    np.nan) for p in candidates.values()]
                 chosen = choose_model(losses, item[scored], n_items)
+                if "own_free" in candidates:  # kept only where it wins clearly
+                    chosen = clear_winner(chosen, losses, item[scored], n_items,
+                                          list(candidates).index("own_free"))
                 stacked = np.stack(list(candidates.values()))
                 flexible.append(stacked[chosen[item], np.arange(n)])
                 names = np.array(list(candidates))[chosen]
                 rounds[name] = learner_rounds
                 items[f"model_{name}"] = names
-                items[f"own_{name}"] = np.isin(names, ("own", "joint_own"))
+                items[f"own_{name}"] = np.isin(names, OWN)
                 row.update(loss_pooled=float(loss(pooled).mean()),
                            loss_flexible=float(loss(flexible[0]).mean()),
                            n_own_candidates=max(n_big, joint[3] if joint and name != "e" else 0),

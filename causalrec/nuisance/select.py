@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["row_loss", "choose_per_item", "choose_model", "stack_weights", "calibration_table"]
+__all__ = ["row_loss", "choose_per_item", "choose_model", "clear_winner", "stack_weights",
+           "calibration_table"]
 
 STACK_GRID = np.linspace(0.0, 1.0, 21)
 _EPS = 1e-6  # keeps the log loss finite for predictions at 0 or 1 (scoring only)
@@ -40,6 +41,27 @@ def choose_model(losses, item, n_items) -> np.ndarray:
         total = np.bincount(item, weights=np.where(finite, loss, 0.0), minlength=n_items)
         totals[k] = np.where(complete, total, np.inf)
     return np.argmin(totals, axis=0)
+
+
+def clear_winner(chosen, losses, item, n_items, challenger, z=2.0) -> np.ndarray:
+    """``chosen`` (``choose_model``'s indices) with the ``challenger`` candidate kept only
+    where it beats the best other candidate clearly: the item's summed loss difference over
+    its scored rows at least ``z`` standard errors (paired, per row). Elsewhere the best other
+    candidate stands: a near tie is noise, and the challenger is the less structured model."""
+    won = chosen == challenger
+    if not won.any():
+        return chosen
+    others = [k for k in range(len(losses)) if k != challenger]
+    runner_up = np.asarray(others)[choose_model([losses[k] for k in others], item, n_items)]
+    rows = np.flatnonzero(won[item])
+    gap = (np.stack(losses)[runner_up[item[rows]], rows] - losses[challenger][rows])
+    total = np.bincount(item[rows], weights=gap, minlength=n_items)
+    count = np.bincount(item[rows], minlength=n_items)
+    square = np.bincount(item[rows], weights=gap ** 2, minlength=n_items)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.sqrt(np.maximum(square - total ** 2 / count, 0.0))  # sd * sqrt(n)
+        clear = total > z * spread
+    return np.where(won & ~clear, runner_up, chosen)
 
 
 def stack_weights(glm, candidates, target, family) -> tuple[np.ndarray, float]:
