@@ -229,16 +229,20 @@ def test_too_few_units_only_where_per_item_predicts_out_of_fold():
 
 
 # ---- Spark computes the same unit folds on its executors
-def test_spark_with_unit_equals_local(sim_df):
+@pytest.fixture(scope="module")
+def spark():
     pytest.importorskip("pyspark")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("no Java runtime for Spark")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
+    return (SparkSession.builder.master("local[2,2]").appName("causalrec-tests")
+            .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
+            .getOrCreate())  # the session of tests/spark/test_spark.py when it runs in this process
+
+
+def test_spark_with_unit_equals_local(sim_df, spark):
     from causalrec.spark import estimate_item_effects_spark
-    spark = (SparkSession.builder.master("local[2,2]").appName("causalrec-tests")
-             .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
-             .getOrCreate())  # the session of tests/spark/test_spark.py when it runs in this process
     df = sim_df.drop(columns=["user_text", "item_text"]).assign(
         row=np.arange(len(sim_df)), user=lambda d: "u" + d["user_id"].astype(str))
     local = _fit(df, dict(ROLES, item=["item_id"], unit="user"), dtype="float64")
@@ -249,6 +253,34 @@ def test_spark_with_unit_equals_local(sim_df):
     rows = res.rows.toPandas().sort_values("row_id")
     np.testing.assert_array_equal(rows["fold"].to_numpy(), local.fold_.to_numpy())
     assert _one_fold_per_unit(rows["fold"], df["user"])
+
+
+def test_spark_gives_an_item_of_one_unit_too_few_units_as_local(spark):
+    # was: "ok" with the item's naive difference (the Spark path finishes with FitPlan.finish)
+    from causalrec.spark import estimate_item_effects_spark
+    df = one_unit_item_log()
+    local = _fit(df, dict(SOLO_ROLES, item=["item"], unit="u"), nuisance="per_item",
+                 dtype="float64")
+    res = estimate_item_effects_spark(spark.createDataFrame(df), **SOLO_ROLES, unit="u",
+                                      nuisance="per_item", dtype="float64", shards=2)
+    assert res.effects.set_index("item").loc["solo", "status"] == "too_few_units"
+    pd.testing.assert_frame_equal(local.effects_, res.effects, check_exact=False, rtol=1e-8,
+                                  check_dtype=False)
+
+
+def test_spark_refuses_a_split_in_one_fold_as_local(spark):
+    # was: the Spark tasks drew the folds and nobody checked them: every fitted row in one
+    # fold gave each item its naive difference as "ok"; now the local ValueError, from the
+    # same check (the shards' fold counts summed on the driver)
+    from causalrec.spark import estimate_item_effects_spark
+    small = one_unit_item_log(rows=200, solo=0).assign(u=7, zero=0)
+    sdf = spark.createDataFrame(small)
+    for nuisance in ("per_item", "pooled"):
+        with pytest.raises(ValueError, match="unit column 'u' puts every fitted row in fold"):
+            estimate_item_effects_spark(sdf, **SOLO_ROLES, unit="u", nuisance=nuisance,
+                                        refit_small_logs=False, shards=2)
+        with pytest.raises(ValueError, match="the given folds put every fitted row in fold 0"):
+            estimate_item_effects_spark(sdf, **SOLO_ROLES, folds="zero", nuisance=nuisance)
 
 
 # ---- seeds: the default repeats (4 splits on this log) keep estimates and the top put
