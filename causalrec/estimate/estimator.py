@@ -42,7 +42,12 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         (propensity, outcome) of them; or a ``causalrec.nuisance.FlexibleNuisance`` with
         settings (see ``causalrec.nuisance``).
     n_folds : cross-fitting folds, stratified by item, arm and (0/1 outcomes) click, or by
-        unit when the log has a ``unit`` role (1 disables cross-fitting).
+        unit when the log has a ``unit`` role (1 disables cross-fitting). A split whose
+        fitted rows all lie in one fold is a ``ValueError``. With ``nuisance="per_item"``
+        cross-fitted, an item whose rows fill one fold of some split (its rows from one
+        unit, or from a few that hash alike) gets status "too_few_units" (numbers NaN): its
+        own models would predict its rows from none of them; other nuisances' shared models
+        still predict it, so it keeps "ok" (``scores.split_status``).
     n_repeats : independent cross-fitting splits (1 to 100), each with its own folds, out-of-fold
         predictions and per-item estimates, averaged (``causalrec.estimate.splits``: the
         variance is that of an average: mean var_s + split_sd^2 / n_repeats; ``split_sd`` in

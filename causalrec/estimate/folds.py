@@ -16,8 +16,8 @@ from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_
 from .params import MAX_FOLDS
 
 __all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds",
-           "check_split", "narrow_codes", "row_hash", "split_seed", "unit_folds", "unit_key",
-           "warn_unit_like"]
+           "check_split", "check_fold_rows", "item_fold_rows", "narrow_codes", "row_hash",
+           "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
@@ -280,14 +280,29 @@ def check_split(folds, n_folds: int, unit=None) -> None:
     """The fitted rows of a split fill at least two folds: with one, the models that predict
     its rows are fitted on no rows (they predict 0.5 everywhere, and the "effect" is the
     unadjusted difference). Given folds can do that, and so can unit folds (a unit's rows
-    share one fold: one unit, or a few that hash alike)."""
-    filled = np.flatnonzero(np.bincount(folds, minlength=n_folds))  # no sort of every row
+    share one fold: one unit, or a few that hash alike). ``check_fold_rows`` of the rows'
+    folds."""
+    check_fold_rows(np.bincount(folds, minlength=n_folds), unit)  # no sort of every row
+
+
+def check_fold_rows(rows_per_fold, unit=None) -> None:
+    """``check_split`` from a split's fitted rows per fold (a backend that sums its shards'
+    counts: Spark); ``ValueError`` when they lie in one fold of several."""
+    filled = np.flatnonzero(rows_per_fold)
+    n_folds = len(rows_per_fold)
     if n_folds == 1 or len(filled) != 1:
         return
     what = "the given folds put" if unit is None else f"unit column {unit!r} puts"
     raise ValueError(f"{what} every fitted row in fold {filled[0]} of n_folds={n_folds}: "
                      "cross-fitting needs fitted rows in two folds at least; use n_folds=1 "
                      "(fits on all rows)" + ("" if unit is None else " or more units"))
+
+
+def item_fold_rows(seg, folds, n_items: int, n_folds: int) -> np.ndarray:
+    """(n_items, n_folds): each item's fitted rows in each fold of a split (``seg`` and
+    ``folds`` as narrow as they come: one pass per fold, no int64 copy of the rows)."""
+    return np.stack([np.bincount(seg[folds == f], minlength=n_items) for f in range(n_folds)],
+                    axis=1)
 
 
 def narrow_codes(codes: np.ndarray, n_codes: int) -> np.ndarray:

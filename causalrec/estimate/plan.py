@@ -27,7 +27,8 @@ from .folds import unit_key
 from .nuisance import MODEL_NAMES, tunes_shared_penalty, warn_unconverged
 from .params import PARAMETER_CONSTRAINTS
 from .scaling import OutcomeScale, outcome_for_fits
-from .scores import NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status
+from .scores import (NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status,
+                     split_status)
 
 __all__ = ["FitPlan", "ItemFacts", "ShardPart", "resolve_shrinkage", "resolve_flexible",
            "GLM_NUISANCES", "split_roles", "outcome_family", "n_repeats", "max_repeats",
@@ -77,8 +78,9 @@ class ShardPart:
     """What fitting one shard of items returns (``causalrec.estimate.shardfit.fit_shard``):
     its items (codes into the plan's items), their per-item table (the splits combined), the
     per-model convergence of each, Newton steps, reductions (count, seconds), the chosen
-    shared-slope penalties, the balancing step's mean |gamma| per item, and the per-row outputs
-    (float64 numpy, the shard's rows in order; None where not kept)."""
+    shared-slope penalties, the balancing step's mean |gamma| per item, the per-row outputs
+    (float64 numpy, the shard's rows in order; None where not kept), per item the fewest folds
+    its rows fill in a split, and per split the rows in each fold."""
 
     items: np.ndarray
     table: pd.DataFrame
@@ -91,11 +93,14 @@ class ShardPart:
     nuisance_fits: list = field(default_factory=list)
     nuisance_models: object = None  # flexible nuisances: the last repeat's choice per model
     n_repeats: int = 1              # the cross-fitting splits fitted (n_repeats="auto": grown)
+    folds_filled: np.ndarray | None = None  # per item: the fewest folds a split's rows fill
+    fold_rows: np.ndarray | None = None     # (splits, n_folds): the shard's rows per fold
 
     def without_rows(self) -> "ShardPart":
         """The part without its row arrays and fitted models (what a Spark task sends back)."""
         return ShardPart(self.items, self.table, self.converged, self.n_iter, self.reductions,
-                         self.shared_penalty, self.balance_shift, n_repeats=self.n_repeats)
+                         self.shared_penalty, self.balance_shift, n_repeats=self.n_repeats,
+                         folds_filled=self.folds_filled, fold_rows=self.fold_rows)
 
 
 @dataclass
@@ -239,12 +244,14 @@ class FitPlan:
         """The effects table of all items (one row per item, in ``facts.segments`` order;
         ``all_converged`` reads its ``converged`` column) from the shards' ``ShardPart``s:
         their tables concatenated (items without fitted rows get ``effects_table`` of no
-        rows), post-fit statuses, counts, NaN where an item has no number; a
+        rows), the splits' and post-fit statuses, counts, NaN where an item has no number; a
         ``ConvergenceWarning`` per model names the items that stopped at max_iter."""
         p, facts, n_seg = self.params, self.facts, self.n_items
         converged, tables, codes = {}, [], []
+        folds_filled = np.full(n_seg, p["n_folds"])
         for part in parts:
             tables.append(part.table), codes.append(np.asarray(part.items))
+            folds_filled[part.items] = part.folds_filled
             for name, flags in part.converged.items():
                 converged.setdefault(name, np.ones(n_seg, dtype=bool))[part.items] &= flags
         missing = np.setdiff1d(np.arange(n_seg), np.concatenate(codes) if codes else [])
@@ -259,7 +266,8 @@ class FitPlan:
             table = pd.concat(tables, ignore_index=True)
             table.index = np.concatenate(codes)
             table = table.sort_index().reset_index(drop=True)
-        status = facts.status
+        status = (split_status(facts.status, folds_filled) if self.own_models_out_of_fold
+                  else facts.status)
         item_names = facts.segments[self.keys[0]].to_numpy()
         for name, ok in converged.items():  # items without rows in use have nothing to fit
             warn_unconverged(ok | (status != "ok"), item_names, MODEL_NAMES[name] + " model")
@@ -279,6 +287,16 @@ class FitPlan:
                              unit=self.unit, outcome_model=self.outcome_family,
                              n_repeats=max([part.n_repeats for part in parts], default=0))
         return effects
+
+    @property
+    def own_models_out_of_fold(self) -> bool:
+        """Whether an item's estimate reads out-of-fold predictions of models of its own
+        (``split_status``): per_item, cross-fitted (not the small-log refit on every row,
+        whose estimate reads all-rows fits) with n_folds > 1. Pooled and flexible nuisances
+        predict an item's rows with models that other items' rows inform."""
+        p = self.params
+        refit = self.tune_columns is not None and p["refit_small_logs"]
+        return _per_item(p) and p["n_folds"] > 1 and not refit
 
     def all_converged(self, effects: pd.DataFrame) -> bool:
         """Whether every fitted item's models converged (``finish``'s ``converged`` column

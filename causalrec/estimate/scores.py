@@ -12,8 +12,8 @@ from ..glm.layout import segment_sum
 from ..inference import interval, p_value
 from ..utils.tensors import at_rows
 
-__all__ = ["effects_table", "pre_status", "post_status", "NO_ESTIMATE", "STATUSES",
-           "PRIOR_DOF"]
+__all__ = ["effects_table", "pre_status", "split_status", "post_status", "NO_ESTIMATE",
+           "STATUSES", "PRIOR_DOF"]
 
 # weight of the fitted-probability variance in a binary normalised AIPW's variance, in
 # degrees of freedom of HC3 (measured plateau 8-15 on the benchmark logs: session 9)
@@ -23,8 +23,9 @@ PRIOR_DOF = 12.0
 # their magnitude are one value written twice (0.1 + 0.2 against 0.3): "constant_outcome"
 CONSTANT_ULPS = 4
 
-# statuses for which no estimate is formed: numbers are NaN
-NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows")
+# statuses for which no estimate is formed: numbers are NaN ("too_few_units": the item's own
+# models never predict out of fold, ``split_status``)
+NO_ESTIMATE = ("no_treated", "no_control", "too_few_rows", "too_few_units")
 # no overlap: the arms' fitted propensities barely share a range, so the "effect" would be an
 # extrapolation of the nuisance models; numbers are NaN (their diagnostics are kept)
 NO_OVERLAP = "no_overlap"
@@ -36,6 +37,21 @@ def pre_status(n_t, n_c, min_rows):
     status[(n_t < min_rows) | (n_c < min_rows)] = "too_few_rows"
     status[n_c == 0] = "no_control"
     status[n_t == 0] = "no_treated"
+    return status
+
+
+def split_status(status, folds_filled):
+    """"too_few_units" for the "ok" items whose fitted rows fill fewer than two folds of
+    some cross-fitting split (``folds_filled``: per item, the fewest folds any split's rows
+    fill), for a nuisance with models of the item's own (``FitPlan.own_models_out_of_fold``):
+    the own models that predict those rows are fitted on none of the item's rows, so the
+    "estimate" would be its unadjusted difference. Unit folds do this to an item whose rows
+    come from one unit, or from a few that hash to one fold (given folds can too). Pooled
+    and flexible nuisances predict such rows from models fitted on the other items' rows
+    (shared slopes and intercept; an own booster needs the item's rows in every fold), so
+    their items keep "ok"."""
+    status = status.copy()
+    status[(status == "ok") & (np.asarray(folds_filled) < 2)] = "too_few_units"
     return status
 
 

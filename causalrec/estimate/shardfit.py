@@ -17,7 +17,7 @@ import torch
 
 from ..glm.layout import read_only_tensor, release_free_heap
 from ..glm.reducer import Reducer
-from .folds import split_seed
+from .folds import item_fold_rows, split_seed
 from .nuisance import (cross_fit, cross_fit_tuned, penalty_grid, tuned_penalty,
                        tunes_shared_penalty)
 from .plan import FitPlan, ShardPart, repeats_for_split_noise
@@ -84,10 +84,16 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     held_out = None  # leave-one-out predictions: the variance of a small log's all-rows estimate
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
+    folds_filled, fold_rows = np.full(n_seg, p["n_folds"]), []
     while repeat < n_splits:
         if repeat == len(data.split_folds):
             data.split_folds.append(data.fold_of(repeat))
         split = data.split_folds[repeat]
+        # the folds each item's rows fill (FitPlan.finish: "too_few_units") and each fold's
+        # rows (a distributed backend's check_fold_rows)
+        per_item = item_fold_rows(seg, split, n_seg, p["n_folds"])
+        folds_filled = np.minimum(folds_filled, (per_item > 0).sum(axis=1))
+        fold_rows.append(per_item.sum(axis=0))
         if plan.flexible is not None:
             # the learners of split r seeded as a single fit seeded split_seed(seed, r) seeds them;
             # 31 bits: XGBoost takes a long, and each fit offsets this seed
@@ -158,7 +164,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
         shared_penalty={name: tuned_penalty(model) for name, model in
                         zip(("propensity", "outcome"), chosen) if model is not None},
         balance_shift=shift, rows=rows, nuisance_fits=nuisance_fits, nuisance_models=models,
-        n_repeats=n_splits)
+        n_repeats=n_splits, folds_filled=folds_filled, fold_rows=np.stack(fold_rows))
 
 
 def _splits_for_noise(plan: FitPlan, tables, reducer, n_start: int) -> int:

@@ -15,6 +15,8 @@ STATUS_REASONS = {
     "no_treated": "never recommended",
     "no_control": "recommended every time it was a candidate",
     "too_few_rows": "fewer than {min_rows_per_arm} recommended or not-recommended rows",
+    "too_few_units": "its rows come from too few units (users, sessions) to cross-fit models "
+                     "of its own (per_item)",
     "no_overlap": "the arms' propensities do not meet (or more than {max_clipped:.0%} of rows "
                   "clipped): the effect would be an extrapolation",
     "poor_overlap": "an arm's effective sample size below {min_ess:g}: estimated, not ranked",

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..estimate.folds import check_fold_rows
 from ..estimate.nuisance import pack_shards
 from ..glm.layout import block_size_for
 from ..glm.reducer import Reducer
@@ -54,7 +55,8 @@ class SparkBackend:
 
     def run(self, plan, fit_shard) -> list:
         """``fit_shard(plan, shard data, reducer)`` on every shard of the plan's fitted items,
-        in Spark tasks -> their ``ShardPart``s (row arrays left on the executors)."""
+        in Spark tasks -> their ``ShardPart``s (row arrays left on the executors);
+        ``ValueError`` when a split's fitted rows lie in one fold (``check_split``)."""
         F, facts = _functions(), plan.facts
         codes = np.flatnonzero(facts.use)
         self.shard_of_item = np.full(plan.n_items, -1, dtype=np.int64)
@@ -96,7 +98,17 @@ class SparkBackend:
                 fitted, lambda rows, red: fit_shard_rows(rows, job, red), n_shards, self.barrier,
                 self.row_outputs,
                 rounds_task=lambda rows, red: fit_shard_rows(rows, in_rounds, red))
-        return [pickle.loads(payload) for payload in payloads]
+        parts = [pickle.loads(payload) for payload in payloads]
+        _check_splits(parts, plan.unit, given=self.folds is not None)
+        return parts
+
+
+def _check_splits(parts, unit, given: bool) -> None:
+    """``check_fold_rows`` of every split's rows per fold, summed over the shards: the local
+    fit's check, made here after the fit because the tasks draw the folds (a split in one
+    fold costs one fit on Spark, then the same ``ValueError``)."""
+    for repeat, rows in enumerate(sum(part.fold_rows for part in parts)):
+        check_fold_rows(rows, None if given and repeat == 0 else unit)
 
 
 def _block_size(arm_rows: np.ndarray, n_folds: int) -> int:

@@ -13,6 +13,7 @@ import pytest
 import causalrec as cr
 from causalrec.estimate.folds import unit_folds
 from causalrec.exceptions import DataWarning
+from causalrec.nuisance import FlexibleNuisance
 from causalrec.schema import InteractionLog, SchemaError
 
 ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
@@ -152,17 +153,96 @@ def test_recurring_unit_ids_without_unit_warn(sim_df):
         assert not [w for w in record if "looks like a unit id" in str(w.message)]
 
 
+# ---- an item whose rows fill one fold: per_item's own models never see its rows out of fold
+SOLO_ROLES = dict(item="item", treatment="t", outcome="y", confounders=["x1", "x2"])
+
+
+def one_unit_item_log(rows=3000, solo=600, seed=0):
+    """Items i0..i2 of ``rows`` rows from 500 recurring users (strong confounding by x1:
+    naive differences ~0.37, effects ~0.1), and item "solo" whose ``solo`` rows all come
+    from user 10000, so they share one fold in every split."""
+    rng = np.random.default_rng(seed)
+    item = np.r_[np.repeat(["i0", "i1", "i2"], rows), np.repeat("solo", solo)]
+    n = len(item)
+    x1, x2 = rng.normal(size=(2, n))
+    t = (rng.random(n) < 1 / (1 + np.exp(-1.5 * x1))).astype(int)
+    y = (rng.random(n) < 1 / (1 + np.exp(0.5 - 1.5 * x1 - 0.3 * x2 - 0.5 * t))).astype(int)
+    return pd.DataFrame(dict(item=item, u=np.r_[rng.integers(500, size=3 * rows),
+                                                 np.full(solo, 10_000)], t=t, y=y, x1=x1, x2=x2))
+
+
+NO_NUMBER = ["ate", "se", "ci_low", "ci_high", "p_value", "split_sd"]
+
+
+def test_per_item_item_from_one_unit_gets_too_few_units():
+    # was: "solo"'s own models were fitted on none of its rows (all in the other fold), so
+    # its "estimate" was its naive difference (0.345), with status "ok"
+    df = one_unit_item_log()  # the largest item, 3,000 rows, is above the small-log gate
+    est = _fit(df, dict(SOLO_ROLES, unit="u"), nuisance="per_item")
+    assert est.plan_.tune_columns is None and est.n_repeats_ == 4
+    eff = est.effects_.set_index("item")
+    assert eff.loc["solo", "status"] == "too_few_units"
+    assert eff.loc["solo", NO_NUMBER].isna().all() and eff.loc["solo", "converged"]
+    assert eff.loc["solo", "n"] == 600 and np.isfinite(eff.loc["solo", "naive_ate"])
+    # the other items: "ok", as fitted without "solo" (the design's standardising moments,
+    # read from every fitted row, differ: 1e-4 SE)
+    alone = _fit(df[df["item"] != "solo"], dict(SOLO_ROLES, unit="u"),
+                 nuisance="per_item").effects_.set_index("item")
+    others = eff.drop(index="solo")
+    assert (others["status"] == "ok").all() and (alone["status"] == "ok").all()
+    assert ((others["ate"] - alone["ate"]).abs() / alone["se"]).max() < 1e-3
+    # given folds that put the item's rows in one fold: the same status (no unit role)
+    given = cr.ItemEffectEstimator(nuisance="per_item").fit(
+        InteractionLog(df, **SOLO_ROLES), folds=unit_folds(df["u"], 2, 0)).effects_
+    assert given.set_index("item").loc["solo", "status"] == "too_few_units"
+    # every consumer of statuses: summary counts, ranking (not ranked), the report's reason
+    assert est.summary().status_counts["too_few_units"] == 1
+    ranked = cr.rank_items(est.effects_).set_index("item")
+    assert ranked.loc["solo", "rank_status"] == "status_not_ok" and np.isnan(ranked.loc["solo", "rank"])
+    from causalrec.reporting import EffectReport
+    assert "too few units" in EffectReport(est).to_html()
+
+
+def test_too_few_units_only_where_per_item_predicts_out_of_fold():
+    """pooled and flexible nuisances predict the item's rows from models the other items'
+    rows inform (shared slopes and intercept; an own booster needs the item's rows in every
+    fold): an adjusted estimate, "ok". per_item on a small log refits its models on every row
+    (``refit_small_logs``): adjusted too; without the refit, cross-fitted: "too_few_units"."""
+    df = one_unit_item_log()
+    for nuisance in ("pooled", FlexibleNuisance("boosted", min_item_rows=50)):
+        est = _fit(df, dict(SOLO_ROLES, unit="u"), nuisance=nuisance)
+        solo = est.effects_.set_index("item").loc["solo"]
+        assert solo["status"] == "ok"
+        assert abs(solo["ate"] - solo["naive_ate"]) > 4 * solo["se"]  # adjusted: 0.05 vs 0.35
+    small = one_unit_item_log(rows=600)  # 600 rows < 500 per column: tuned
+    refit = _fit(small, dict(SOLO_ROLES, unit="u"), nuisance="per_item")
+    assert refit.plan_.tune_columns is not None
+    solo = refit.effects_.set_index("item").loc["solo"]
+    assert solo["status"] == "ok" and abs(solo["ate"] - solo["naive_ate"]) > 4 * solo["se"]
+    crossfit = _fit(small, dict(SOLO_ROLES, unit="u"), nuisance="per_item",
+                    refit_small_logs=False).effects_.set_index("item")
+    assert crossfit.loc["solo", "status"] == "too_few_units"
+    assert (crossfit.drop(index="solo")["status"] == "ok").all()
+    # one fold asks for no cross-fitting: every item is fitted on its own rows
+    assert (_fit(df, dict(SOLO_ROLES, unit="u"), nuisance="per_item",
+                 n_folds=1).effects_["status"] == "ok").all()
+
+
 # ---- Spark computes the same unit folds on its executors
-def test_spark_with_unit_equals_local(sim_df):
+@pytest.fixture(scope="module")
+def spark():
     pytest.importorskip("pyspark")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("no Java runtime for Spark")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
+    return (SparkSession.builder.master("local[2,2]").appName("causalrec-tests")
+            .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
+            .getOrCreate())  # the session of tests/spark/test_spark.py when it runs in this process
+
+
+def test_spark_with_unit_equals_local(sim_df, spark):
     from causalrec.spark import estimate_item_effects_spark
-    spark = (SparkSession.builder.master("local[2,2]").appName("causalrec-tests")
-             .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
-             .getOrCreate())  # the session of tests/spark/test_spark.py when it runs in this process
     df = sim_df.drop(columns=["user_text", "item_text"]).assign(
         row=np.arange(len(sim_df)), user=lambda d: "u" + d["user_id"].astype(str))
     local = _fit(df, dict(ROLES, item=["item_id"], unit="user"), dtype="float64")
@@ -173,6 +253,34 @@ def test_spark_with_unit_equals_local(sim_df):
     rows = res.rows.toPandas().sort_values("row_id")
     np.testing.assert_array_equal(rows["fold"].to_numpy(), local.fold_.to_numpy())
     assert _one_fold_per_unit(rows["fold"], df["user"])
+
+
+def test_spark_gives_an_item_of_one_unit_too_few_units_as_local(spark):
+    # was: "ok" with the item's naive difference (the Spark path finishes with FitPlan.finish)
+    from causalrec.spark import estimate_item_effects_spark
+    df = one_unit_item_log()
+    local = _fit(df, dict(SOLO_ROLES, item=["item"], unit="u"), nuisance="per_item",
+                 dtype="float64")
+    res = estimate_item_effects_spark(spark.createDataFrame(df), **SOLO_ROLES, unit="u",
+                                      nuisance="per_item", dtype="float64", shards=2)
+    assert res.effects.set_index("item").loc["solo", "status"] == "too_few_units"
+    pd.testing.assert_frame_equal(local.effects_, res.effects, check_exact=False, rtol=1e-8,
+                                  check_dtype=False)
+
+
+def test_spark_refuses_a_split_in_one_fold_as_local(spark):
+    # was: the Spark tasks drew the folds and nobody checked them: every fitted row in one
+    # fold gave each item its naive difference as "ok"; now the local ValueError, from the
+    # same check (the shards' fold counts summed on the driver)
+    from causalrec.spark import estimate_item_effects_spark
+    small = one_unit_item_log(rows=200, solo=0).assign(u=7, zero=0)
+    sdf = spark.createDataFrame(small)
+    for nuisance in ("per_item", "pooled"):
+        with pytest.raises(ValueError, match="unit column 'u' puts every fitted row in fold"):
+            estimate_item_effects_spark(sdf, **SOLO_ROLES, unit="u", nuisance=nuisance,
+                                        refit_small_logs=False, shards=2)
+        with pytest.raises(ValueError, match="the given folds put every fitted row in fold 0"):
+            estimate_item_effects_spark(sdf, **SOLO_ROLES, folds="zero", nuisance=nuisance)
 
 
 # ---- seeds: the default repeats (4 splits on this log) keep estimates and the top put
