@@ -1,7 +1,7 @@
 """Cross-fitting folds from a seeded hash of each row's values, or of its unit (user, session)
 when the log has one: canonical (column names, column order and int / float / bool spelling
-do not matter), row-order free, duplicates kept in one fold, and an item's folds depend only on
-its own rows (so a shard computes its items' folds alone)."""
+do not matter), row-order free, a few duplicates kept in one fold (``MAX_COPIES``), and an
+item's folds depend only on its own rows (so a shard computes its items' folds alone)."""
 from __future__ import annotations
 
 import re
@@ -15,9 +15,19 @@ from ..exceptions import DataWarning
 from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_hash
 from .params import MAX_FOLDS
 
-__all__ = ["MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds", "check_n_folds",
-           "check_split", "check_fold_rows", "item_fold_rows", "narrow_codes", "row_hash",
-           "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
+__all__ = ["MAX_COPIES", "MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds",
+           "check_n_folds", "check_split", "check_fold_rows", "item_fold_rows", "narrow_codes",
+           "row_hash", "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
+
+
+# Identical rows (same item, arm, confounders and click) share a fold while there are at most
+# this many: a few copies of one row are a logging artefact, and a flexible model trained on
+# one copy would predict the other out of fold. A larger set is a cell of a coarse design (no
+# confounders, or a few discrete ones, with 0/1 outcomes: whole item-arms look alike) and is
+# dealt row by row: kept whole, every non-click of an item-arm landed in one fold and every
+# click in the other, and the out-of-fold outcome models predicted 1 for non-clicks and 0
+# for clicks (effects 0, SEs 0.001 on an A/B log without confounders).
+MAX_COPIES = 4
 
 
 def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) -> np.ndarray:
@@ -146,9 +156,12 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     where the segment's outcomes are all 0 or 1, its non-clicks are dealt first, then its
     clicks (``_click_level``), so each fold holds its share of the stratum's clicks.
     Rows with the same content (and click) share a fold, so duplicated rows never straddle
-    folds (a ``DataWarning`` counts the exact duplicates, outcome included, unless
-    ``warn_duplicates`` is False: later splits of the same rows have the same duplicates).
-    A continuous outcome plays no part, so shifting or scaling it keeps every fold. The assignment
+    folds, up to ``MAX_COPIES`` of them; more identical rows are a coarse design's cell, dealt
+    row by row (in the order of their outcomes: identical rows are interchangeable) (a
+    ``DataWarning`` counts the exact duplicates, outcome included, unless ``warn_duplicates``
+    is False: later splits of the same rows have the same duplicates).
+    A continuous outcome only orders a coarse cell's rows, so shifting or (positively)
+    scaling it keeps every fold. The assignment
     therefore depends neither on row order nor on column names, order or dtypes, and
     swapping the treatment labels keeps every row in its fold. The offset comes from a hash
     of the ``item_columns`` values (in role order) when given (an item's folds then do not
@@ -213,7 +226,11 @@ class FoldAssigner:
         new_stratum = np.r_[True, sorted_stratum[1:] != sorted_stratum[:-1]]
         new_content = new_stratum | np.r_[True, (sorted_key[1:] != sorted_key[:-1])
                                           | (sorted_level[1:] != sorted_level[:-1])]
-        group = np.cumsum(new_content) - 1  # one rank per distinct content within a stratum
+        # one rank per distinct content within a stratum, except that a set of more than
+        # MAX_COPIES identical rows is dealt row by row (see MAX_COPIES)
+        run = np.cumsum(new_content) - 1
+        cell = np.bincount(run)[run] > MAX_COPIES
+        group = np.cumsum(new_content | cell) - 1
         starts = np.flatnonzero(new_stratum)
         rank = group - np.repeat(group[starts], np.diff(np.r_[starts, len(order)]))
         if warn_duplicates:  # equal content sorts by outcome: exact duplicates are neighbours
@@ -222,8 +239,10 @@ class FoldAssigner:
                                              outcome)
             if n_duplicates:
                 warnings.warn(f"{n_duplicates} rows repeat another row exactly (same item, "
-                              "confounders, treatment and outcome); each set of duplicates "
-                              "is kept in one cross-fitting fold", DataWarning, stacklevel=3)
+                              "confounders, treatment and outcome); sets of up to "
+                              f"{MAX_COPIES} are kept in one cross-fitting fold, larger "
+                              "ones (a coarse design's cells) are dealt row by row",
+                              DataWarning, stacklevel=3)
         if hashes["item"] is not None:
             base = _mix(hashes["item"][order] ^ _seed_bits(seed + 1))
         else:
@@ -276,26 +295,28 @@ def check_folds(folds, n_rows, n_folds) -> np.ndarray:
     return folds.astype(np.int64)
 
 
-def check_split(folds, n_folds: int, unit=None) -> None:
+def check_split(folds, n_folds: int, unit=None, given: bool = False) -> None:
     """The fitted rows of a split fill at least two folds: with one, the models that predict
     its rows are fitted on no rows (they predict 0.5 everywhere, and the "effect" is the
-    unadjusted difference). Given folds can do that, and so can unit folds (a unit's rows
-    share one fold: one unit, or a few that hash alike). ``check_fold_rows`` of the rows'
-    folds."""
-    check_fold_rows(np.bincount(folds, minlength=n_folds), unit)  # no sort of every row
+    unadjusted difference). Given folds (``given``) can do that, and so can unit folds (a
+    unit's rows share one fold: one unit, or a few that hash alike), and a log of a few rows
+    (an item-arm's only row, or its few copies, takes one fold). ``check_fold_rows`` of the
+    rows' folds."""
+    check_fold_rows(np.bincount(folds, minlength=n_folds), unit, given)  # no sort of every row
 
 
-def check_fold_rows(rows_per_fold, unit=None) -> None:
+def check_fold_rows(rows_per_fold, unit=None, given: bool = False) -> None:
     """``check_split`` from a split's fitted rows per fold (a backend that sums its shards'
     counts: Spark); ``ValueError`` when they lie in one fold of several."""
     filled = np.flatnonzero(rows_per_fold)
     n_folds = len(rows_per_fold)
     if n_folds == 1 or len(filled) != 1:
         return
-    what = "the given folds put" if unit is None else f"unit column {unit!r} puts"
+    what = ("the given folds put" if given else "the log's rows put" if unit is None
+            else f"unit column {unit!r} puts")
     raise ValueError(f"{what} every fitted row in fold {filled[0]} of n_folds={n_folds}: "
                      "cross-fitting needs fitted rows in two folds at least; use n_folds=1 "
-                     "(fits on all rows)" + ("" if unit is None else " or more units"))
+                     "(fits on all rows)" + ("" if unit is None or given else " or more units"))
 
 
 def item_fold_rows(seg, folds, n_items: int, n_folds: int) -> np.ndarray:

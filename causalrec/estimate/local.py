@@ -69,13 +69,14 @@ class LocalBackend:
         self.folds = narrow_codes(folds, n_folds)
         # every repeat's split, then the rows in use of each row array, formed once (the fits
         # and the effects table read the same copies; the whole-log item ids are freed)
-        def fitted_split(folds, unit=log.unit):  # the rows in use of a split, two folds filled
+        given = self.given_folds is not None
+
+        def fitted_split(folds, given=False):  # the rows in use of a split, two folds filled
             folds = in_use(folds)
-            check_split(folds, n_folds, unit)
+            check_split(folds, n_folds, log.unit, given)
             return folds
 
-        given = self.given_folds is not None
-        self.split_folds = [fitted_split(self.folds, None if given else log.unit)] + [
+        self.split_folds = [fitted_split(self.folds, given)] + [
             fitted_split(narrow_codes(fold_of(split_seed(seed, r)), n_folds))
             for r in range(1, plan.n_repeats)]
         assigner.release()  # its row hashes (32 bytes a row) are not kept beside the fits

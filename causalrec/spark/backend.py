@@ -108,7 +108,7 @@ def _check_splits(parts, unit, given: bool) -> None:
     fit's check, made here after the fit because the tasks draw the folds (a split in one
     fold costs one fit on Spark, then the same ``ValueError``)."""
     for repeat, rows in enumerate(sum(part.fold_rows for part in parts)):
-        check_fold_rows(rows, None if given and repeat == 0 else unit)
+        check_fold_rows(rows, unit, given=given and repeat == 0)
 
 
 def _block_size(arm_rows: np.ndarray, n_folds: int) -> int:
