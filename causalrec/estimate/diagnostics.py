@@ -17,7 +17,7 @@ from scipy import stats
 from ..nuisance.select import row_loss
 from .design import segment_ids
 
-__all__ = ["nuisance_quality", "covariate_balance", "balance_overview"]
+__all__ = ["nuisance_quality", "covariate_balance", "balance_overview", "balance_verdict"]
 
 # |standardised mean difference| below which a confounder counts as balanced (Austin 2009)
 SMD_BALANCED = 0.1
@@ -90,8 +90,8 @@ def covariate_balance(estimator) -> pd.DataFrame:
 
     One row per item (with its ``status``) and column: each numeric confounder, and each
     level of each categorical one as a 0/1 column ``"name=level"`` (text components are
-    balanced by the balancing step, ``balance_penalty``, and not listed). ``smd_unweighted`` is (treated mean - control mean)
-    over the pooled within-arm SD; ``smd_weighted`` the same difference with each arm weighted
+    balanced by the balancing step, ``balance_penalty``, and not listed). ``smd_unweighted``
+    is (treated mean - control mean) over the pooled within-arm SD; ``smd_weighted`` the same difference with each arm weighted
     to the item's population (1 / e on treated rows, 1 / (1 - e) on control rows, the clipped
     propensities of ``propensity_``, trimmed rows left out), over the same SD, so the two are
     comparable. ``smd_noise`` = sqrt(1 / ess_treated + 1 / ess_control) (Kish effective sizes
@@ -117,30 +117,30 @@ def covariate_balance(estimator) -> pd.DataFrame:
     sizes = [(count(m), count(w), count(w ** 2)) for m, w in arms]
     with np.errstate(divide="ignore", invalid="ignore"):
         noise = np.sqrt(sum(w2 / w ** 2 for _, w, w2 in sizes))
-    parts = []
-    for name in log.confounders:  # per arm: the plain and the weighted mean, the plain spread
-        x = df[name].to_numpy(dtype=np.float64)
-        x = x - x[used].mean() if used.any() else x  # centred: sums of squares lose less
-        stats_ = []
+
+    def per_arm(total, spread):  # (arm, item, column): plain mean, weighted mean, plain spread
+        out = []
         for (member, weight), (n, w, _) in zip(arms, sizes):
             with np.errstate(divide="ignore", invalid="ignore"):
-                plain = count(member * x) / n
-                stats_.append((plain, count(weight * x) / w,
-                               count(member * (x - plain[item]) ** 2) / n))
-        scale = float(np.abs(x[used]).max(initial=0.0))
-        parts.append(([name], scale, *(np.stack(v)[:, :, None] for v in zip(*stats_))))
+                plain = total(member) / n[:, None]
+                out.append((plain, total(weight) / w[:, None], spread(member, plain, n)))
+        return [np.stack(v) for v in zip(*out)]
+
+    parts = []
+    for name in log.confounders:
+        x = df[name].to_numpy(dtype=np.float64)
+        x = x - x[used].mean() if used.any() else x  # centred: sums of squares lose less
+        spread = lambda member, plain, n: (count(member * (x - plain[item, 0]) ** 2)
+                                           / n)[:, None]
+        parts.append(([name], float(np.abs(x[used]).max(initial=0.0)),
+                      *per_arm(lambda w: count(w * x)[:, None], spread)))
     for name in log.categorical:  # each level a 0/1 column: one count per (item, level)
         codes, levels = pd.factorize(df[name], sort=True, use_na_sentinel=False)
         cell = item * len(levels) + codes
         by_cell = lambda w: np.bincount(cell, weights=w.astype(np.float64),
                                         minlength=n_items * len(levels)).reshape(n_items, -1)
-        stats_ = []
-        for (member, weight), (n, w, _) in zip(arms, sizes):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                share = by_cell(member) / n[:, None]
-                stats_.append((share, by_cell(weight) / w[:, None], share * (1 - share)))
         parts.append(([f"{name}={level}" for level in levels], 1.0,
-                      *(np.stack(v) for v in zip(*stats_))))
+                      *per_arm(by_cell, lambda member, share, n: share * (1 - share))))
     rows = []
     for names, scale, plain, weighted, spread in parts:  # (arm, item, column) arrays
         sd = np.sqrt(spread.mean(axis=0))
@@ -152,8 +152,7 @@ def covariate_balance(estimator) -> pd.DataFrame:
         return pd.DataFrame(columns=["item", *keys[1:], "status", "column", "smd_unweighted",
                                      "smd_weighted", "smd_noise"])
     key_table = estimator.effects_[estimator._keys() + ["status"]].reset_index(drop=True)
-    out = pd.concat([pd.concat([key_table, part], axis=1) for part in rows], ignore_index=True)
-    return out
+    return pd.concat([pd.concat([key_table, part], axis=1) for part in rows], ignore_index=True)
 
 
 def _standardised(gap, sd, rounding):
@@ -162,6 +161,19 @@ def _standardised(gap, sd, rounding):
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(sd > rounding, gap / sd,
                         np.where(np.abs(gap) > rounding, np.sign(gap) * np.inf, 0.0))
+
+
+def balance_verdict(estimator) -> dict | None:
+    """The weighted balance of the ``ok`` items, as the summary and the report state it:
+    ``balance`` (their ``covariate_balance`` rows with a chance SD), its ``overview``
+    (``balance_overview`` at the estimator's alpha) and ``off``, the pairs off balance
+    beyond chance; None where no pair was measured."""
+    balance = estimator.covariate_balance()
+    balance = balance[(balance["status"] == "ok") & np.isfinite(balance["smd_noise"])]
+    if not len(balance):
+        return None
+    overview = balance_overview(balance, estimator.alpha)
+    return dict(balance=balance, overview=overview, off=int(overview["items_imbalanced"].sum()))
 
 
 def balance_overview(balance: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:

@@ -80,13 +80,12 @@ def _estimate_from(estimator) -> str:
 def _balance_line(estimator) -> str:
     """The weighted confounder balance in one line: the pairs off balance beyond chance and
     the largest weighted |SMD| over the ok items ("" where none was measured)."""
-    from .diagnostics import balance_overview
-    balance = estimator.covariate_balance()
-    balance = balance[(balance["status"] == "ok") & np.isfinite(balance["smd_noise"])]
-    if not len(balance):
+    from .diagnostics import balance_verdict
+    verdict = balance_verdict(estimator)
+    if verdict is None:
         return ""
-    overview = balance_overview(balance, estimator.alpha)
+    overview, balance = verdict["overview"], verdict["balance"]
     worst = overview.loc[overview["max_abs_smd_weighted"].idxmax()]
-    return (f"{int(overview['items_imbalanced'].sum())} of {len(balance)} item-column pairs "
+    return (f"{verdict['off']} of {len(balance)} item-column pairs "
             f"off; |SMD| max {worst['max_abs_smd_weighted']:.2f} ({worst['column']}), "
             f"median {balance['smd_weighted'].abs().median():.2f}")

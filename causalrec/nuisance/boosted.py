@@ -85,8 +85,8 @@ class BoostedLearner:
         reuse them."""
         xgb = _xgboost()
         types = ["q"] * (X.shape[1] - 1) + ["c"] if categorical else None
-        dm = lambda A, label=None, margin=None: xgb.DMatrix(
-            A, label=label, base_margin=margin, feature_types=types, enable_categorical=categorical,
+        dm = lambda A, label=None: xgb.DMatrix(  # offsets are set per fit
+            A, label=label, feature_types=types, enable_categorical=categorical,
             nthread=self.n_threads)
         params = dict(objective="binary:logistic" if family == "logistic" else "reg:squarederror",
                       eval_metric="logloss" if family == "logistic" else "rmse",

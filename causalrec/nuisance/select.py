@@ -54,7 +54,8 @@ def clear_winner(chosen, losses, item, n_items, challenger, z=2.0) -> np.ndarray
     others = [k for k in range(len(losses)) if k != challenger]
     runner_up = np.asarray(others)[choose_model([losses[k] for k in others], item, n_items)]
     rows = np.flatnonzero(won[item])
-    gap = (np.stack(losses)[runner_up[item[rows]], rows] - losses[challenger][rows])
+    gap = (np.stack([loss[rows] for loss in losses])[runner_up[item[rows]], np.arange(len(rows))]
+           - losses[challenger][rows])
     total = np.bincount(item[rows], weights=gap, minlength=n_items)
     count = np.bincount(item[rows], minlength=n_items)
     square = np.bincount(item[rows], weights=gap ** 2, minlength=n_items)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from ..estimate.diagnostics import SMD_BALANCED, balance_overview
+from ..estimate.diagnostics import SMD_BALANCED, balance_verdict
 from .html import format_number, html_table, paragraph
 
 __all__ = ["nuisance_html", "calibration_verdict"]
@@ -73,13 +73,12 @@ def nuisance_html(estimator) -> str:
 
 def _balance_html(estimator, top: int = 15) -> str:
     """The confounders' balance after weighting, over the items estimated ("ok")."""
-    balance = estimator.covariate_balance()
-    balance = balance[balance["status"] == "ok"]
-    if not len(balance):
+    verdict = balance_verdict(estimator)
+    if verdict is None:
         return ""
-    overview = balance_overview(balance, getattr(estimator, "alpha", 0.05))
-    overview = overview.sort_values("max_abs_smd_weighted", ascending=False, kind="stable")
-    off, pairs = int(overview["items_imbalanced"].sum()), len(balance)
+    overview = verdict["overview"].sort_values("max_abs_smd_weighted", ascending=False,
+                                               kind="stable")
+    off, pairs = verdict["off"], len(verdict["balance"])
     caption = (f"Confounder balance: standardised mean differences between the arms before and "
                f"after weighting by the fitted propensities ({min(top, len(overview))} of "
                f"{len(overview)} columns, the least balanced first)")

@@ -454,3 +454,26 @@ def test_a_challenger_is_kept_only_where_it_wins_clearly():
     chosen = choose_model(losses, item, 2)
     assert list(chosen) == [2, 2]
     assert list(clear_winner(chosen, losses, item, 2, challenger=2)) == [2, 0]
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_fits_on_several_offsets_share_rows_and_equal_separate_fits(categorical):
+    """fit_predict_offsets builds the rows' matrices once for all offsets; each fit must be
+    exactly the fit on that offset alone (rounds included): nothing of an earlier offset's
+    fit (its base margin, its booster) carries over to the next."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    X = np.c_[rng.normal(size=(n, 3)), rng.integers(0, 4, n)] if categorical \
+        else rng.normal(size=(n, 3))
+    y = (rng.random(n) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    offsets = [np.zeros(n), 0.5 * X[:, 1], np.full(n, -0.3)]
+    X_test = X[:200]
+    tests = [o[:200] for o in offsets]
+    kw = dict(family="logistic", validation=rng.random(n) < 0.2, seed=5, categorical=categorical)
+    learner = BoostedLearner()
+    together = learner.fit_predict_offsets(X, y, offsets, X_test, tests, **kw)
+    for (pred, rounds), offset, test in zip(together, offsets, tests):
+        alone, alone_rounds = learner.fit_predict(X, y, offset, X_test, test, **kw)
+        np.testing.assert_array_equal(pred, alone)
+        assert rounds == alone_rounds
+    assert len({r for _, r in together}) > 1 or not np.allclose(together[0][0], together[2][0])
