@@ -81,7 +81,10 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         propensities to the clip and inflating the variance threefold in the benchmark).
     intercept_penalty : ridge on item intercepts; tiny, it only keeps one-arm items finite.
     outcome_model : "auto" (logistic for 0/1 outcomes, else linear), "logistic", "linear".
-    clip : propensities are clipped into [clip, 1 - clip] (rows clipped are counted).
+    clip : propensities are clipped into [clip, 1 - clip] (rows clipped are counted); for
+        an item whose treated (or control) rows are under 10% of its rows that side's bound
+        is a tenth of the arm's share instead (``scores.clip_bounds``): an item recommended
+        to 0.5% of users has propensities near 0.005 by design, not for lack of overlap.
     trim : if set, rows with propensity outside [trim, 1 - trim] are dropped from the item's
         estimate (the estimand becomes the effect on the overlap population).
     min_rows_per_arm : items with fewer treated or control rows get status "too_few_rows".

@@ -12,8 +12,8 @@ from ..glm.layout import segment_sum
 from ..inference import interval, p_value
 from ..utils.tensors import at_rows
 
-__all__ = ["effects_table", "pre_status", "split_status", "post_status", "NO_ESTIMATE",
-           "STATUSES", "PRIOR_DOF"]
+__all__ = ["effects_table", "clip_bounds", "pre_status", "split_status", "post_status",
+           "NO_ESTIMATE", "STATUSES", "PRIOR_DOF", "CLIP_BASE_SHARE"]
 
 # weight of the fitted-probability variance in a binary normalised AIPW's variance, in
 # degrees of freedom of HC3 (measured plateau 8-15 on the benchmark logs: session 9)
@@ -22,6 +22,12 @@ PRIOR_DOF = 12.0
 # an item's outcome values that differ by at most this many units in the last place of
 # their magnitude are one value written twice (0.1 + 0.2 against 0.3): "constant_outcome"
 CONSTANT_ULPS = 4
+
+# the clip never binds closer than 1 / CLIP_BASE_SHARE times an arm's base weight: an item
+# recommended to 0.5% of users has propensities near 0.005, and the absolute clip 0.01 would
+# move every one of them (a randomised 0.5% item was "no_overlap"; at 1% it clipped 15% of
+# the rows toward weights half the true ones); items with both arms above 10% keep ``clip``
+CLIP_BASE_SHARE = 0.1
 
 # statuses for which no estimate is formed: numbers are NaN ("too_few_units": the item's own
 # models never predict out of fold, ``split_status``)
@@ -104,7 +110,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
     # are taken in float64
     t_sum = lambda values: S(values.to(e.dtype))
-    e_clip = e.clamp(clip, 1 - clip)
+    e_clip = _clipped(e, seg, t, n_seg, clip, t_sum, S)
     keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
     k = keep.to(e.dtype)
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
@@ -257,6 +263,23 @@ def _outcome_spread(y, seg, n_seg, n, S):
 
 _SUPPORT = ("e_min_treated", "e_max_treated", "e_min_control", "e_max_control",
             "share_outside_support")
+
+
+def clip_bounds(share_treated, clip):
+    """Per item, the (low, high) propensity bounds: [clip, 1 - clip], each side moved toward
+    its end where the arm's share of the item's rows is under 10% (``CLIP_BASE_SHARE``)."""
+    share = np.asarray(share_treated, np.float64)
+    return (np.minimum(clip, CLIP_BASE_SHARE * share),
+            1 - np.minimum(clip, CLIP_BASE_SHARE * (1 - share)))
+
+
+def _clipped(e, seg, t, n_seg, clip, t_sum, S):
+    """``e`` clamped into its item's ``clip_bounds`` (the share from the item's own rows:
+    a shard or Spark partition holds whole items)."""
+    share = (t_sum(t) / S(torch.ones_like(e)).clamp(min=1)).cpu().numpy()
+    low, high = (at_rows(torch.as_tensor(b, dtype=e.dtype, device=e.device), seg)
+                 for b in clip_bounds(share, clip))
+    return torch.minimum(torch.maximum(e, low), high)
 
 
 def _support(seg, t, e, n_seg, S):

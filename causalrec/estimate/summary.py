@@ -31,7 +31,7 @@ class EffectSummary(Summary):
             "Items": len(eff),
             "Items estimated (ok)": len(ok),
             "Confounder columns": len(estimator.design_columns_),
-            "Propensity clip": estimator.clip,
+            "Propensity clip": f"{estimator.clip:g} (a tenth of an arm's share where that is less)",
             "Newton steps (max, incl. chord)": estimator.n_iter_,
             "Items not converged (max_iter)": int((~eff["converged"]).sum()),
             "Dropped columns": ", ".join(estimator.dropped_columns_) or "none",
