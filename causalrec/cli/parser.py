@@ -104,6 +104,10 @@ def _add_estimation_flags(parser: argparse.ArgumentParser) -> None:
                         help="propensity and outcome models: one pooled GLM with shrunk item "
                              "slopes, a GLM per item, XGBoost on top of the GLM (boost extra), "
                              "low-rank item factors, or the out-of-fold best of them")
+    parser.add_argument("--estimand", default="population", choices=string_choices("estimand"),
+                        help="intervals for the average effect over users drawn like the "
+                             "logged ones, or over the logged users as they are (narrower "
+                             "where effects vary over users)")
     parser.add_argument("--folds", type=_positive_int, default=2,
                         help=f"cross-fitting folds (1 to {MAX_FOLDS})")
     parser.add_argument("--device", type=_device, default="auto",

@@ -100,6 +100,14 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         with ``normalize`` the moderated variance's ``PRIOR_DOF`` + HC3's own; the smaller
         arm's rows - 1 where neither is finite; normal for large items
         (``causalrec.estimate.scores``).
+    estimand : what the intervals are for (the estimates are the same). "population"
+        (default): the average effect over users drawn as the logged ones were (the
+        influence values' variance, which includes how the effect varies over the
+        confounders). "conditional": the average effect over the logged rows' confounders as
+        they are, the question "what did recommending the item do to these users" (the
+        variance of the residual terms alone, as a regression's with fixed covariates, e.g.
+        OLS's). Narrower where effects vary over users (IHDP surface B: width 0.73 -> 0.52,
+        benchmarks/README.md); needs outcome models (method "aipw" or "or").
     text_encoder, text_components : how text columns become confounders.
     balance_penalty : with text confounders and a fitted propensity (AIPW / IPW), each item's
         cross-fitted propensity is calibrated along the text components so that its arms
@@ -182,7 +190,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
                  outcome_model="auto", clip=0.01, trim=None, min_rows_per_arm=10, min_ess=5.0,
                  alpha=0.05, text_encoder=None, text_components=8, balance_penalty="auto",
                  balance_columns="text", device="auto", dtype="float32", seed=0, max_iter=50,
-                 shards=1, max_clipped=0.3, refit_small_logs=True):
+                 shards=1, max_clipped=0.3, refit_small_logs=True, estimand="population"):
         self.method = method
         self.normalize = normalize
         self.nuisance = nuisance
@@ -208,6 +216,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         self.shards = shards
         self.max_clipped = max_clipped
         self.refit_small_logs = refit_small_logs
+        self.estimand = estimand
 
     # ------------------------------------------------------------------ fitting
     def fit(self, log: InteractionLog, folds=None) -> "ItemEffectEstimator":

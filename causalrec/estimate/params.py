@@ -59,6 +59,7 @@ PARAMETER_CONSTRAINTS = {
     "min_ess": [Interval(0, None, "left")],
     "max_clipped": [Interval(0, 1, "right")],
     "alpha": [Interval(0, 1, "neither")],
+    "estimand": [Options("population", "conditional")],
     "text_encoder": [Options(None), Callable(lambda v: hasattr(v, "encode"), "an encoder with encode()")],
     "text_components": [Integer(1, None)],
     "balance_penalty": [Options(None, "auto"), Interval(0, None, "neither")],

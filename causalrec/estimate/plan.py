@@ -130,6 +130,10 @@ class FitPlan:
     def check_params(params: dict) -> dict:
         """``params`` checked against ``PARAMETER_CONSTRAINTS`` (the estimator's one door)."""
         validate_params(params, PARAMETER_CONSTRAINTS, "ItemEffectEstimator")
+        if params["estimand"] == "conditional" and params["method"] == "ipw":
+            raise ValueError("estimand='conditional' needs outcome models (method 'aipw' or "
+                             "'or'): IPW's error given the confounders includes the arms' "
+                             "outcome means, which it does not model")
         return dict(params)
 
     @classmethod
@@ -237,7 +241,8 @@ class FitPlan:
         p = self.params
         return effects_table(seg, t, y, e, mu0, mu1, n_seg, p["method"], p["clip"], p["trim"],
                              p["alpha"], binary=self.facts.binary, normalize=p["normalize"],
-                             folds=folds, held_out=held_out, held_out_folds=held_out_folds)
+                             folds=folds, held_out=held_out, held_out_folds=held_out_folds,
+                             estimand=p["estimand"])
 
     # ------------------------------------------------------------------ finishing
     def finish(self, parts: list) -> pd.DataFrame:
@@ -283,6 +288,7 @@ class FitPlan:
         item_frame = facts.segments.rename(columns={self.keys[0]: "item"})
         effects = pd.concat([item_frame, table], axis=1)[_column_order(item_frame, table)]
         effects.attrs.update(method=p["method"], normalize=p["normalize"], nuisance=p["nuisance"],
+                             estimand=p["estimand"],
                              n_folds=p["n_folds"], seed=p["seed"], device=str(self.device),
                              unit=self.unit, outcome_model=self.outcome_family,
                              n_repeats=max([part.n_repeats for part in parts], default=0))

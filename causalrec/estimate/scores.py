@@ -84,7 +84,8 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
-                   normalize=True, folds=None, held_out=None, held_out_folds=None):
+                   normalize=True, folds=None, held_out=None, held_out_folds=None,
+                   estimand="population"):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -139,7 +140,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     normalised = psi_var is not None
     if not normalised:
         psi_var = psi
-    elif trim is not None:
+    conditional = estimand == "conditional"
+    if conditional:  # the effect's spread over the rows' confounders is not error here
+        psi_var = psi_var - (mu1 - mu0)
+    if trim is not None and (normalised or conditional):
         psi_var = torch.where(keep, psi_var, 0.0)
     var_of_mean = _variance_of_mean(psi_var, seg, n_seg, n_keep)
     # (a continuous normalised AIPW's variance is its own: taking the larger of it and the
@@ -161,7 +165,8 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             model = S(wt ** 2 * r1) / s1 ** 2 + S(wc ** 2 * r0) / s0 ** 2
         else:
             omega_t, omega_c = arm_weights  # each row's weight in its arm's mean, times n
-            spread = (k * (mu1 - mu0 - at_rows(ate, seg)) ** 2 + omega_t ** 2 * mu1 * (1 - mu1)
+            spread = ((0.0 if conditional else k * (mu1 - mu0 - at_rows(ate, seg)) ** 2)
+                      + omega_t ** 2 * mu1 * (1 - mu1)
                       + omega_c ** 2 * mu0 * (1 - mu0))
             model = S(spread) / n_keep ** 2
         if normalised:
@@ -231,7 +236,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     })
     if held_out is not None:
         honest = effects_table(seg, t, y, *held_out, n_seg, method, clip, trim, alpha, binary,
-                               normalize, held_out_folds)[0]
+                               normalize, held_out_folds, estimand=estimand)[0]
         table["se"], table["dof"] = honest["se"].to_numpy(), honest["dof"].to_numpy()
         table["ci_low"], table["ci_high"] = interval(table["ate"].to_numpy(), table["se"].to_numpy(),
                                                      alpha, table["dof"].to_numpy())

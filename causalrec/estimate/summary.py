@@ -24,6 +24,9 @@ class EffectSummary(Summary):
             "Method": estimator.method.upper() + (" (normalised weights)" if estimator.method == "aipw"
                                                   and estimator.normalize else ""),
             "Nuisance models": nuisance,
+            "Intervals for": ("the logged users' average effect (conditional on the confounders)"
+                              if estimator.estimand == "conditional"
+                              else "the population's average effect"),
             "Cross-fitting folds": estimator.n_folds,
             "Cross-fitting splits": _splits_line(estimator.n_repeats_, ok),
             "Estimate from": _estimate_from(estimator) if len(ok) else "no item estimated",

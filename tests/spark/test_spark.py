@@ -200,6 +200,16 @@ def test_repeated_splits_on_spark_equal_local(small_parquet, small_frame, local_
     _assert_same_rows(local, res, small_frame)
 
 
+def test_conditional_intervals_on_spark_equal_local(small_parquet, local_fit):
+    """estimand="conditional" with n_repeats=2 on two shards: the same variance rule and the
+    same combination of the splits as the local estimator."""
+    local = local_fit("small", n_repeats=2, estimand="conditional")
+    res = estimate_item_effects_spark(small_parquet, **ROLES, n_repeats=2, dtype="float64",
+                                      shards=2, estimand="conditional")
+    _assert_same(local.effects_, res.effects)
+    assert res.effects.attrs["estimand"] == "conditional"
+
+
 def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     """cr.estimate_item_effects dispatches on a Spark frame; a logged propensity; the pooled
     fit forced off barrier mode (barrier=False: rounds of plain tasks, one Spark job per
