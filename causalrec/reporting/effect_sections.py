@@ -270,6 +270,11 @@ class EffectSections:
             items.append("The doubly robust (AIPW) estimate is consistent if either the "
                          "exposure model or the outcome model is right; cross-fitting keeps "
                          "the models from overfitting their own rows.")
+        if getattr(self._estimator, "estimand", None) == "conditional":
+            items.append("The intervals are for the average effect over the logged users as "
+                         "they are (estimand='conditional'), not over users drawn anew: "
+                         "narrower where effects vary over users, and not a forecast for "
+                         "a different audience.")
         return "<ul class=\"plain\">" + "".join(f"<li>{escape(s)}</li>" for s in items) + "</ul>"
 
     def _reproducibility_html(self) -> str:

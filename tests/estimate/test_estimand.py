@@ -70,6 +70,7 @@ def test_conditional_estimand_is_reported_and_needs_outcome_models():
     est = _fit(df, estimand="conditional")
     assert est.effects_.attrs["estimand"] == "conditional"
     assert "logged users' average effect" in str(est.summary())
+    assert "estimand=&#x27;conditional&#x27;" in cr.EffectReport(est).to_html()
     with pytest.raises(ValueError, match="needs outcome models"):
         _fit(df, estimand="conditional", method="ipw")
     with pytest.raises(ValueError, match="estimand"):
