@@ -121,8 +121,20 @@ def unit_like_column(df: pd.DataFrame, candidates: list, segment: np.ndarray):
 
 def warn_unit_like(log, segment: np.ndarray) -> None:
     """A ``DataWarning`` suggesting ``unit=`` when a column of an ``InteractionLog`` without a
-    unit looks like a recurring unit id (its ``user`` column, or one in no other role)."""
+    unit looks like a recurring unit id (its ``user`` column, or one in no other role); with
+    a unit, one when it takes a single value within every item (an item-level id: each item
+    would be one fold and one draw)."""
     if log.unit is not None:
+        codes = pd.factorize(log.data[log.unit])[0]
+        n_seg = int(segment.max()) + 1 if len(segment) else 0
+        low = np.full(n_seg, np.iinfo(np.int64).max)
+        high = np.full(n_seg, -1)
+        np.minimum.at(low, segment, codes), np.maximum.at(high, segment, codes)
+        if n_seg > 1 and (low == high).all():
+            warnings.warn(f"unit column {log.unit!r} takes one value within every item: it looks "
+                          "like an item-level id, not a user or session; an item's rows then "
+                          "share one fold and its interval reads no spread between units",
+                          DataWarning, stacklevel=3)
         return
     used = {c for role, cols in log.roles.items() if role != "user" for c in cols}
     repeated = log.data.columns.duplicated(keep=False)  # a repeated label is no one column
@@ -132,7 +144,8 @@ def warn_unit_like(log, segment: np.ndarray) -> None:
         warnings.warn(f"column {column!r} looks like a unit id (user, session) whose rows recur "
                       f"across items; pass unit={column!r} so that each unit's rows share one "
                       "cross-fitting fold (row-level folds put a unit's copies on both sides of "
-                      "the split, and flexible nuisances then memorise the unit)",
+                      "the split, and flexible nuisances then memorise the unit) and count as "
+                      "one draw in the intervals",
                       DataWarning, stacklevel=3)
 
 

@@ -86,7 +86,7 @@ class LocalBackend:
             return None
         seg, t, y = in_use(seg), in_use(t), in_use(y)
         y_fit = plan.fit_outcome(y)
-        groups = None if unit is None or plan.flexible is None else in_use(unit_key(unit))
+        groups = None if unit is None else in_use(unit_key(unit))
         # the GLM fits pad the design rows straight from the frame's columns (standardised in
         # float64, then cast): no (n, d) design matrix beside the padded one; flexible
         # learners take the matrix of the rows in use

@@ -236,13 +236,13 @@ class FitPlan:
         return self.outcome_scale.standardise(y) if self.outcome_family == "gaussian" else y
 
     def scores(self, seg, t, y, e, mu0, mu1, n_seg, folds=None, held_out=None,
-               held_out_folds=None):
+               held_out_folds=None, units=None):
         """``effects_table`` with the plan's method, clipping, trimming and level."""
         p = self.params
         return effects_table(seg, t, y, e, mu0, mu1, n_seg, p["method"], p["clip"], p["trim"],
                              p["alpha"], binary=self.facts.binary, normalize=p["normalize"],
                              folds=folds, held_out=held_out, held_out_folds=held_out_folds,
-                             estimand=p["estimand"])
+                             estimand=p["estimand"], units=units)
 
     # ------------------------------------------------------------------ finishing
     def finish(self, parts: list) -> pd.DataFrame:

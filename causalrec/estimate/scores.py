@@ -85,7 +85,7 @@ def post_status(status, table, min_ess, max_clipped=0.3):
 
 def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, binary,
                    normalize=True, folds=None, held_out=None, held_out_folds=None,
-                   estimand="population"):
+                   estimand="population", units=None):
     """Per-row influence values and per-item estimates, in float64 on the tensors' device
     (row arrays stay where the fits ran; only per-item numbers and two row arrays come back).
     Returns the per-item table and, as numpy, psi and the clipped propensities.
@@ -105,7 +105,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     (item, fold) of ``held_out_folds`` where ``held_out`` is out of fold (flexible nuisances).
     In-sample residuals are shrunk by the fit (IHDP-A stacked: coverage 0.91); the
     out-of-fold fits' residuals (session 32) are those of models fitted on half the rows:
-    intervals 1.8x the oracle's, coverage 0.99 (benchmarks/README.md, session 33)."""
+    intervals 1.8x the oracle's, coverage 0.99 (benchmarks/README.md, session 33).
+
+    ``units`` (one integer code per row, the log's ``unit``, or None): the variance counts
+    each unit's rows in an item as one draw (``_unit_design_effect``)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
@@ -198,6 +201,10 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             null = ((omega_t / n_row) ** 2 + (omega_c / n_row) ** 2) * rate * (1 - rate)
             model = torch.fmax(model, S(null))
         var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
+    if units is not None:
+        inflation, n_units = _unit_design_effect(psi_var, seg, units, k, n_seg, n_keep)
+        var_of_mean = var_of_mean * inflation
+        dof_welch = torch.where(n_units > 1, torch.fmin(dof_welch, n_units - 1), dof_welch)
     n_all = n_t + n_c
     y_sd, y_constant = _outcome_spread(y, seg, n_seg, n_all, S)
     per_item = {  # float64 numpy from here on
@@ -236,7 +243,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     })
     if held_out is not None:
         honest = effects_table(seg, t, y, *held_out, n_seg, method, clip, trim, alpha, binary,
-                               normalize, held_out_folds, estimand=estimand)[0]
+                               normalize, held_out_folds, estimand=estimand, units=units)[0]
         table["se"], table["dof"] = honest["se"].to_numpy(), honest["dof"].to_numpy()
         table["ci_low"], table["ci_high"] = interval(table["ate"].to_numpy(), table["se"].to_numpy(),
                                                      alpha, table["dof"].to_numpy())
@@ -369,6 +376,24 @@ def _welch_dof(psi, seg, in_t, in_c, ess_t, ess_c, n_seg, n):
     v1, v0 = segment_sum(in_t * dev, seg, n_seg), segment_sum(in_c * dev, seg, n_seg)
     nu1, nu0 = (ess_t - 1).clamp(min=1), (ess_c - 1).clamp(min=1)
     return (v1 + v0) ** 2 / (v1 ** 2 / nu1 + v0 ** 2 / nu0)
+
+
+def _unit_design_effect(psi, seg, units, k, n_seg, n):
+    """Per item: the variance of the mean of ``psi`` with each unit's kept rows summed into
+    one draw (cluster-robust, G / (G - 1) over its G units) over that with each row a draw,
+    at least 1; and G. A unit shown the same item many times, the policy's choice fixed for
+    the pair, repeats its affinity for the item in every row: rows as draws covered 0.60-0.70
+    (tests/estimate/test_unit_variance.py). Rows of distinct units: exactly 1. An item of one
+    unit keeps its rows as draws (the unit's own effect: no spread between units to read)."""
+    width = int(units.max()) + 1 if len(units) else 1
+    pairs, pair = torch.unique(seg * width + units, return_inverse=True)
+    pair_item, n_pairs = pairs // width, len(pairs)
+    dev = k * (psi - at_rows(segment_sum(psi, seg, n_seg) / n, seg))
+    g = segment_sum((segment_sum(k, pair, n_pairs) > 0).to(psi.dtype), pair_item, n_seg)
+    by_unit = segment_sum(segment_sum(dev, pair, n_pairs) ** 2, pair_item, n_seg) * g / (g - 1)
+    by_row = segment_sum(dev ** 2, seg, n_seg) * n / (n - 1)
+    ratio = torch.where((g > 1) & (by_row > 0), by_unit / by_row, 1.0)
+    return ratio.nan_to_num(1.0).clamp(min=1.0), g
 
 
 def _variance_of_mean(psi, seg, n_seg, n):

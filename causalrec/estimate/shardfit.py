@@ -42,7 +42,8 @@ class ShardData:
     block_sizes : per split, the GLM layout's block size (None: from that split's folds; an
         added split takes the last one's).
     balance : the balancing step (``nuisance.balance.balancing_step``) or None.
-    groups : unit hashes of the rows (flexible nuisances' early stopping), or None.
+    groups : unit hashes of the rows (flexible nuisances' early stopping; the variance counts
+        a unit's rows in an item as one draw), or None.
     shard_of_item : the GLM fits' own shards (threads of ``cross_fit``), or None.
     """
 
@@ -85,6 +86,8 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
     folds_filled, fold_rows = np.full(n_seg, p["n_folds"]), []
+    units = (None if data.groups is None
+             else on_device(np.unique(data.groups, return_inverse=True)[1].ravel(), torch.long))
     while repeat < n_splits:
         if repeat == len(data.split_folds):
             data.split_folds.append(data.fold_of(repeat))
@@ -147,7 +150,7 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
                                 on_device(y, torch.float64), e, mu0, mu1, n_seg,
                                 folds=on_device(split, None), held_out=held_out,
                                 held_out_folds=None if held_out_folds is None
-                                else on_device(held_out_folds, None)), e, mu0, mu1)
+                                else on_device(held_out_folds, None), units=units), e, mu0, mu1)
         preds = e = mu0 = mu1 = held_out = None  # not alive beside the next split's fits
         repeat += 1
         if repeat == n_start and plan.max_repeats > n_start:  # the same on every shard

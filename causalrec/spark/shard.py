@@ -69,7 +69,7 @@ def fit_shard_rows(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
     data = ShardData(
         items=items, seg=seg, t=t, y=y, y_fit=plan.fit_outcome(y), X=X, rows=slice(None),
         split_folds=[folds] + [fold_of(split_seed(p["seed"], r)) for r in range(1, plan.n_repeats)],
-        logged_e=logged_e, groups=None if unit is None or plan.flexible is None else unit_key(unit),
+        logged_e=logged_e, groups=None if unit is None else unit_key(unit),
         balance=balancing_step(plan.spec, pdf, extra, penalty=plan.balance_penalty,
                                columns=p["balance_columns"], method=p["method"],
                                fitted_propensity=logged_e is None),

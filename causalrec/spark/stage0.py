@@ -222,7 +222,7 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
                 if mw > 0:
                     second += [F.avg(w / mw).alias(f"wm{i}"), F.stddev_pop(w / mw).alias(f"ws{i}")]
         moments_row = fitted.agg(*second).first() if second else None
-    moments, categorical, pooled, dropped = [], {}, {}, {}
+    moments, categorical, pooled, dropped, pooled_rows = [], {}, {}, {}, {}
     numeric_moments = []
     for i, col in enumerate(numeric):
         s = stats[col]
@@ -240,11 +240,11 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
         labels = _as_labels(counts[col])
         uniques, inverse = np.unique(labels.astype(str), return_inverse=True)
         label_counts = np.bincount(inverse, weights=counts["count"].to_numpy(), minlength=len(uniques))
-        levels, n_pooled = levels_from_counts(uniques, label_counts.astype(np.int64),
-                                              max_levels, min_level_count)
+        levels, n_pooled, rows_pooled = levels_from_counts(
+            uniques, label_counts.astype(np.int64), max_levels, min_level_count)
         categorical[col] = levels
         if n_pooled:
-            pooled[col] = n_pooled
+            pooled[col], pooled_rows[col] = n_pooled, rows_pooled
         if len(levels) < 2:
             dropped[col] = "a single level on the fitted rows"
         ones = np.bincount(_level_codes(uniques, levels), weights=label_counts,
@@ -253,7 +253,8 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
             moments.append((f"{col}={level}", _indicator_moments(int(ones[k]), n, ranks)))
     moments += [(name, m) for (_, name), m in zip(extra, numeric_moments[n_conf:])]
     return DesignSpec.from_moments(list(log.confounders), categorical, [name for _, name in extra],
-                                   moments, dropped, pooled, outcome_binary, n)
+                                   moments, dropped, pooled, outcome_binary, n,
+                                   pooled_rows=pooled_rows)
 
 
 def outcome_scale(fitted, outcome: str) -> OutcomeScale:
