@@ -35,7 +35,8 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     -------
     DataFrame, one row per item: ``item, ate, se, ci_low, ci_high, p_value, n, n_treated,
     n_control, status`` then diagnostics (``naive_ate``, arm means, propensity range,
-    effective sample sizes per arm, clipped / trimmed row counts). ``status`` is "ok" or the
+    effective sample sizes per arm, clipped / trimmed row counts, the share of rows in
+    categorical levels one arm never reaches). ``status`` is "ok" or the
     reason the item could not be (reliably) estimated; items without an estimate get NaN.
     """
     fit = backend_for(df, _item_effects, spark="item_effects")

@@ -26,6 +26,7 @@ from .design import DesignSpec, segment_ids
 from .folds import unit_key
 from .nuisance import MODEL_NAMES, tunes_shared_penalty, warn_unconverged
 from .params import PARAMETER_CONSTRAINTS
+from .positivity import one_arm_share, stratum_counts
 from .scaling import OutcomeScale, outcome_for_fits
 from .scores import (NO_ESTIMATE, NO_OVERLAP, effects_table, post_status, pre_status,
                      split_status)
@@ -62,6 +63,7 @@ class ItemFacts:
     use: np.ndarray           # item is fitted
     binary: bool              # outcome is 0/1 on every row (log.outcome_is_binary)
     fitted_binary: bool | None = None  # ... on the fitted rows (all rows when none is fitted)
+    one_arm_share: np.ndarray | None = None  # rows in one-arm categorical levels (positivity)
 
     @property
     def arm_rows(self) -> np.ndarray:
@@ -151,6 +153,7 @@ class FitPlan:
         t = df[log.treatment].to_numpy(dtype=np.float64)
         n_t = np.bincount(seg, weights=t, minlength=n_seg).astype(np.int64)
         n_all = np.bincount(seg, minlength=n_seg)
+        one_arm = one_arm_share([stratum_counts(seg, df[c], t) for c in log.categorical], n_all, n_t)
         del t
         status = pre_status(n_t, n_all - n_t, params["min_rows_per_arm"])
         use_rows = (status == "ok")[seg]
@@ -158,7 +161,8 @@ class FitPlan:
         if use_rows.any() and np.ptp(y[use_rows]) == 0:  # nothing to model
             status[status == "ok"] = "constant_outcome"
             use_rows[:] = False
-        facts = ItemFacts(segments, n_all, n_t, status, status == "ok", log.outcome_is_binary)
+        facts = ItemFacts(segments, n_all, n_t, status, status == "ok", log.outcome_is_binary,
+                          one_arm_share=one_arm)
         n_use = int(use_rows.sum())
         rows = np.flatnonzero(use_rows) if 0 < n_use < len(df) else None
         np_dtype = np.float64 if resolve_dtype(params["dtype"]) == torch.float64 else np.float32
@@ -278,6 +282,8 @@ class FitPlan:
             warn_unconverged(ok | (status != "ok"), item_names, MODEL_NAMES[name] + " model")
         item_converged = np.logical_and.reduce(list(converged.values())) if converged \
             else np.ones(n_seg, dtype=bool)
+        table["share_one_arm_strata"] = (facts.one_arm_share if facts.one_arm_share is not None
+                                         else 0.0)
         table["status"] = post_status(status, table, p["min_ess"], p["max_clipped"])
         no_number = table["status"].isin(NO_ESTIMATE + (NO_OVERLAP,))
         table.loc[no_number, ["ate", "se", "ci_low", "ci_high", "p_value", "split_sd"]] = np.nan

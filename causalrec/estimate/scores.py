@@ -11,6 +11,7 @@ import torch
 from ..glm.layout import segment_sum
 from ..inference import interval, p_value
 from ..utils.tensors import at_rows
+from .positivity import ONE_ARM_MAX
 
 __all__ = ["effects_table", "clip_bounds", "pre_status", "split_status", "post_status",
            "NO_ESTIMATE", "STATUSES", "PRIOR_DOF", "CLIP_BASE_SHARE"]
@@ -63,13 +64,18 @@ def split_status(status, folds_filled):
 
 def post_status(status, table, min_ess, max_clipped=0.3):
     """Statuses that need the fit: "no_overlap" when more than ``max_clipped`` of an item's
-    rows have a clipped propensity, or when the arms' propensity ranges do not meet;
+    rows have a clipped propensity, when the arms' propensity ranges do not meet, or when
+    more than ``ONE_ARM_MAX`` of its rows lie in levels of a categorical confounder that one
+    arm never reaches (``share_one_arm_strata``, ``causalrec.estimate.positivity``);
     "poor_overlap" when an arm's effective sample size is below ``min_ess``;
     "constant_outcome" when the item's outcome takes one value on all its rows, both arms
     (``outcome_sd`` 0, see ``effects_table``): its effect is 0 by construction, with no
     interval. An outcome constant within one arm only is estimated as usual: that arm's
     mean is known exactly and the interval comes from the other arm and the models."""
     status = status.copy()
+    ok = status == "ok"
+    one_arm = table.get("share_one_arm_strata", pd.Series(0.0, index=table.index)).to_numpy()
+    status[ok & (one_arm > ONE_ARM_MAX)] = NO_OVERLAP
     ok = status == "ok"
     disjoint = ((table["e_max_control"] < table["e_min_treated"])
                 | (table["e_max_treated"] < table["e_min_control"])).to_numpy()

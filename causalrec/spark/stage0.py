@@ -10,6 +10,7 @@ import pandas as pd
 from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_moments,
                                levels_from_counts, segment_ids, tail_ranks)
 from ..estimate.plan import ItemFacts
+from ..estimate.positivity import one_arm_share
 from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import pre_status
 from ..schema import InteractionLog, SchemaError
@@ -123,7 +124,24 @@ def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> ItemFacts:
     nonbinary = per_item["_nonbinary"].to_numpy(np.int64)
     fitted = use if use.any() else np.ones(len(use), dtype=bool)
     return ItemFacts(segments, n_all, n_t, status, use, bool(nonbinary.sum() == 0),
-                     bool(nonbinary[fitted].sum() == 0))
+                     bool(nonbinary[fitted].sum() == 0),
+                     one_arm_share=_one_arm_share(sdf, log, per_item[keys], n_all, n_t))
+
+
+def _one_arm_share(sdf, log, item_keys, n_all, n_t):
+    """``positivity.one_arm_share`` from one aggregation per categorical confounder (a
+    null level is a group of its own, as a missing value is locally)."""
+    F = _F()
+    t = F.col(log.treatment).cast("double")
+    code = item_keys.reset_index().rename(columns={"index": "_item"})
+    strata = []
+    for col in log.categorical:
+        counts = (sdf.groupBy(*log.item_columns, col)
+                  .agg(F.count(F.lit(1)).alias("_rows"), F.sum(t).alias("_treated")).toPandas())
+        counts = counts.merge(code, on=list(log.item_columns), how="left")
+        strata.append((counts["_item"].to_numpy(np.int64), counts["_rows"].to_numpy(np.float64),
+                       counts["_treated"].to_numpy(np.float64)))
+    return one_arm_share(strata, n_all, n_t)
 
 
 def _exact_fraction(rank: int, n: int) -> float:

@@ -210,6 +210,21 @@ def test_conditional_intervals_on_spark_equal_local(small_parquet, local_fit):
     assert res.effects.attrs["estimand"] == "conditional"
 
 
+def test_one_arm_levels_on_spark_equal_local(spark):
+    """Items never shown on one device (and a null device level): the same shares and
+    "no_overlap" statuses from Spark's per-level aggregation as from the pandas log."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "estimate"))
+    from test_positivity import segment_log
+    df, _ = segment_log(2, n_items=6, rows=1500, items_violated=3)
+    df.loc[df.index % 97 == 0, "device"] = None
+    roles = dict(item="item", treatment="t", outcome="y", confounders=["x"],
+                 categorical=["device"])
+    local = ItemEffectEstimator(dtype="float64").fit(InteractionLog(df, **roles)).effects_
+    res = estimate_item_effects_spark(spark.createDataFrame(df), **roles, dtype="float64")
+    assert (local.status.to_numpy()[:3] == "no_overlap").all()
+    _assert_same(local, res.effects)
+
+
 def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     """cr.estimate_item_effects dispatches on a Spark frame; a logged propensity; the pooled
     fit forced off barrier mode (barrier=False: rounds of plain tasks, one Spark job per
