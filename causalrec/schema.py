@@ -104,6 +104,8 @@ def split_roles(item, by, confounders, categorical, text):
 
 _ROLE_NAMES = ("item", "treatment", "outcome", "confounders", "categorical", "text", "propensity",
                "user", "group", "unit")
+# what a missing value in a numeric confounder means: bad input, or a fact to adjust for
+MISSING_POLICIES = ("error", "indicator")
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,10 @@ class Roles(Mapping):
     Attributes hold the roles as ``InteractionLog`` takes them: ``item`` one column (text) or
     several (a tuple), ``treatment`` and ``outcome`` one column each, ``confounders``,
     ``categorical`` and ``text`` tuples, ``propensity``, ``user``, ``group`` and ``unit`` one
-    column or None. As a read-only mapping it is role -> list of columns, for the roles that
-    are set (what ``log.roles`` always was). Build it from the public functions' keyword
-    arguments with ``Roles.from_arguments``.
+    column or None, ``missing`` the log's missing-value policy (``InteractionLog``). As a
+    read-only mapping it is role -> list of columns, for the roles that are set (what
+    ``log.roles`` always was). Build it from the public functions' keyword arguments with
+    ``Roles.from_arguments``.
     """
 
     item: str | tuple[str, ...]
@@ -129,11 +132,12 @@ class Roles(Mapping):
     user: str | None = None
     group: str | None = None
     unit: str | None = None
+    missing: str = "error"
 
     @classmethod
     def from_arguments(cls, *, item, treatment, outcome, confounders=None, categorical=None,
                        text=None, propensity=None, user=None, group=None, unit=None,
-                       by=None) -> "Roles":
+                       by=None, missing="error") -> "Roles":
         """Roles from the public functions' keyword arguments: a column name or a list of
         them, None for none. ``by`` (extra segment columns) joins the item as a key and
         leaves the confounder roles (see ``split_roles``)."""
@@ -144,7 +148,7 @@ class Roles(Mapping):
                    treatment=treatment, outcome=outcome,
                    confounders=tuple(_as_list(confounders)),
                    categorical=tuple(_as_list(categorical)), text=tuple(_as_list(text)),
-                   propensity=propensity, user=user, group=group, unit=unit)
+                   propensity=propensity, user=user, group=group, unit=unit, missing=missing)
 
     @property
     def item_columns(self) -> list[str]:
@@ -153,7 +157,7 @@ class Roles(Mapping):
     def keywords(self) -> dict:
         """The roles as ``InteractionLog``'s keyword arguments (lists for several columns)."""
         return {name: list(value) if isinstance(value, tuple) else value
-                for name, value in ((n, getattr(self, n)) for n in _ROLE_NAMES)}
+                for name, value in ((n, getattr(self, n)) for n in (*_ROLE_NAMES, "missing"))}
 
     def _columns(self) -> dict[str, list[str]]:
         return {name: cols for name in _ROLE_NAMES if (cols := _as_list(getattr(self, name)))}
@@ -188,6 +192,15 @@ class InteractionLog:
     unit : the unit a row belongs to (user or session id: any hashable values, no missing
         ones; may be the ``user`` column): all of a unit's rows share one cross-fitting fold,
         so a unit seen under many items never sits on both sides of a split.
+    missing : what a missing value (NaN, None, NA) in a numeric confounder means. "error"
+        (default): bad input, a ``SchemaError``. "indicator": the missing-indicator method;
+        the design fills a column's missing values with its median over the observed fitted
+        rows and adds a 0/1 column ``<name>=__missing__`` as a confounder of its own, so that
+        missingness itself is adjusted for (in recommender logs it is informative: a new
+        user has no tenure). Rows are kept, not dropped: dropping them, or filling without
+        the indicator, biases the effects when missingness confounds exposure and outcome.
+        Infinite values stay an error. Missing categorical values are always a level of
+        their own.
     """
 
     data: pd.DataFrame
@@ -201,8 +214,11 @@ class InteractionLog:
     user: str | None = None
     group: str | None = None
     unit: str | None = None
+    missing: str = "error"
 
     def __post_init__(self):
+        if not (isinstance(self.missing, str) and self.missing in MISSING_POLICIES):
+            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
         self.confounders = _as_list(self.confounders)
         self.categorical = _as_list(self.categorical)
         self.text = _as_list(self.text)
@@ -219,7 +235,7 @@ class InteractionLog:
                      treatment=self.treatment, outcome=self.outcome,
                      confounders=tuple(self.confounders), categorical=tuple(self.categorical),
                      text=tuple(self.text), propensity=self.propensity, user=self.user,
-                     group=self.group, unit=self.unit)
+                     group=self.group, unit=self.unit, missing=self.missing)
 
     @classmethod
     def from_roles(cls, data: pd.DataFrame, roles: "Roles") -> "InteractionLog":
@@ -261,8 +277,10 @@ class InteractionLog:
                     + _as_list(self.user) + _as_list(self.unit)):
             check_key_values(df[col], col)
         self._check_treatment(df[self.treatment])
-        for col in [self.outcome, *self.confounders]:
-            _check_finite_numeric(df[col], col)
+        _check_finite_numeric(df[self.outcome], self.outcome)
+        for col in self.confounders:
+            _check_finite_numeric(df[col], col, allow_missing=self.missing == "indicator",
+                                  remedy=MISSING_REMEDY)
         if self.propensity is not None:
             p = df[self.propensity]
             _check_finite_numeric(p, self.propensity)
@@ -308,13 +326,25 @@ def _is_real_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_complex_dtype(s)
 
 
-def _check_finite_numeric(s: pd.Series, col: str) -> None:
+MISSING_REMEDY = ("pass missing='indicator' to keep these rows: the missing values are filled "
+                  "and a 0/1 column marking them is adjusted for")
+
+
+def _check_finite_numeric(s: pd.Series, col: str, allow_missing: bool = False,
+                          remedy: str | None = None) -> None:
+    """Real numbers, finite; missing values (NaN, NA) too when ``allow_missing``. An infinite
+    value is bad input either way; ``remedy`` ends the message about missing values."""
     if not (_is_real_numeric(s) or pd.api.types.is_bool_dtype(s)):
         raise SchemaError(col, f"must be numeric (real numbers), got dtype {s.dtype}")
     values = s.to_numpy()
     if values.dtype.kind in "iub":  # plain integers and booleans are finite
         return
     if values.dtype.kind != "f":  # extension types (nullable integers, ...): NA becomes NaN
-        values = s.to_numpy(dtype=float)
-    if not np.isfinite(values).all():  # no float64 copy of float32 columns
-        raise SchemaError(col, f"{int((~np.isfinite(values)).sum())} NaN or infinite values")
+        values = s.to_numpy(dtype=float, na_value=np.nan)
+    if np.isfinite(values).all():  # no float64 copy of float32 columns
+        return
+    n_inf, n_nan = int(np.isinf(values).sum()), int(np.isnan(values).sum())
+    if n_inf:
+        raise SchemaError(col, f"{n_inf} infinite values" + (f" (and {n_nan} NaN)" if n_nan else ""))
+    if not allow_missing:
+        raise SchemaError(col, f"{n_nan} NaN (missing) values" + (f"; {remedy}" if remedy else ""))

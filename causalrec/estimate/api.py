@@ -12,7 +12,8 @@ __all__ = ["estimate_item_effects", "split_roles"]
 
 def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
                           confounders=None, categorical=None, text=None, propensity=None,
-                          by=None, graph=None, folds=None, unit=None, **options) -> pd.DataFrame:
+                          by=None, graph=None, folds=None, unit=None, missing="error",
+                          **options) -> pd.DataFrame:
     """Average causal effect of recommending each item, with honest intervals.
 
     Parameters
@@ -29,6 +30,9 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
         all of a unit's rows share one cross-fitting fold, for every item and nuisance
         (``causalrec.estimate.folds.unit_folds``). Without it, a column that looks like a
         recurring unit id draws a ``DataWarning`` suggesting it.
+    missing : "error" (default) or "indicator": missing values in numeric confounders are
+        bad input, or are filled and adjusted for with a 0/1 indicator column each
+        (``InteractionLog``).
     **options : parameters of ``ItemEffectEstimator`` (method, nuisance, n_folds, seed, ...).
 
     Returns
@@ -41,12 +45,12 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     """
     fit = backend_for(df, _item_effects, spark="item_effects")
     return fit(df, item, treatment, outcome, confounders, categorical, text, propensity, by,
-               graph, folds, unit=unit, **options)
+               graph, folds, unit=unit, missing=missing, **options)
 
 
 def _item_effects(df: pd.DataFrame, item, treatment, outcome, confounders=None,
                   categorical=None, text=None, propensity=None, by=None, graph=None,
-                  folds=None, unit=None, **options) -> pd.DataFrame:
+                  folds=None, unit=None, missing="error", **options) -> pd.DataFrame:
     """``estimate_item_effects`` of a pandas frame."""
     if graph is not None:
         roles = graph.merge_adjustment(df, confounders, categorical, text)
@@ -54,5 +58,5 @@ def _item_effects(df: pd.DataFrame, item, treatment, outcome, confounders=None,
     # the keys are [item] + by, a list even without by
     log = InteractionLog.from_roles(df, Roles.from_arguments(
         item=item, by=by or [], treatment=treatment, outcome=outcome, confounders=confounders,
-        categorical=categorical, text=text, propensity=propensity, unit=unit))
+        categorical=categorical, text=text, propensity=propensity, unit=unit, missing=missing))
     return ItemEffectEstimator(**options).fit(log, folds=folds).effects_

@@ -17,7 +17,8 @@ from ..schema import InteractionLog
 from .design_rows import DesignRows
 from .precision import SAMPLE, warn_float32_precision
 
-__all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "segment_ids"]
+__all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "indicator_name", "median",
+           "segment_ids"]
 
 OTHER, MISSING = "__other__", "__missing__"
 _TAIL = 0.01  # share of rows winsorised at each end for the robust moments
@@ -60,6 +61,12 @@ class DesignSpec:
     exponent : per kept column, a power of two its values are multiplied by (exactly) before
         ``center`` and ``scale`` apply: 0, except for a column whose spread is so small
         (subnormal) that 1 / its std overflows; such a column is rescaled, not dropped.
+    fill : numeric confounder -> the value its missing entries take (the log's
+        ``missing="indicator"``; empty otherwise): its median over the observed fitted rows,
+        an order statistic, so neither row order nor sharding moves it.
+    indicators : the numeric confounders that have missing values on the fitted rows; each
+        adds the 0/1 column ``indicator_name(col)`` right after its own (a confounder with
+        none would add a constant column).
     """
 
     confounders: list[str]
@@ -73,10 +80,26 @@ class DesignSpec:
     outcome_binary: bool | None = None
     n_rows: int = 0
     exponent: np.ndarray | None = None
+    fill: dict[str, float] = field(default_factory=dict)
+    indicators: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.exponent is None:
             self.exponent = np.zeros(len(self.columns), dtype=np.int64)
+
+    def numeric(self, values: pd.Series, col: str) -> np.ndarray:
+        """The numeric confounder ``col`` as the design reads it: its missing values filled
+        (a copy only where there are some)."""
+        v = _numeric_column(values)
+        if col not in self.fill:
+            return v
+        missing = np.isnan(v)
+        return _filled(v, missing, self.fill[col]) if missing.any() else v
+
+    @staticmethod
+    def is_missing(values: pd.Series) -> np.ndarray:
+        """Where a numeric confounder is missing: its indicator column, as booleans."""
+        return np.isnan(_numeric_column(values))
 
     @classmethod
     def from_log(cls, log: InteractionLog, extra: pd.DataFrame | None = None, rows=None,
@@ -93,11 +116,20 @@ class DesignSpec:
             raise ValueError(f"min_level_count must be a positive integer, got {min_level_count!r}")
         df = log.data
         take = (lambda v: v) if rows is None else (lambda v: v[rows])
-        categorical, pooled, dropped, pooled_rows = {}, {}, {}, {}
+        categorical, pooled, dropped, pooled_rows, fill, indicators = {}, {}, {}, {}, {}, []
 
         def sources():  # (output column, values), one column alive at a time
             for col in log.confounders:
-                yield col, take(_numeric_column(df[col]))
+                values = take(_numeric_column(df[col]))
+                if log.missing != "indicator":
+                    yield col, values
+                    continue
+                missing = np.isnan(values)
+                fill[col] = median(values[~missing])
+                yield col, _filled(values, missing, fill[col]) if missing.any() else values
+                if missing.any():
+                    indicators.append(col)
+                    yield indicator_name(col), missing.astype(np.float64)
             for col in log.categorical:
                 labels = take(_as_labels(df[col]))
                 levels, n_pooled, rows_pooled = _levels(labels, max_levels, min_level_count)
@@ -128,16 +160,18 @@ class DesignSpec:
         binary = bool(np.isin(y, [0, 1]).all()) if len(y) else None
         return cls.from_moments(list(log.confounders), categorical, extra_names, moments,
                                 dropped, pooled, binary, len(y), warn=warn,
-                                pooled_rows=pooled_rows)
+                                pooled_rows=pooled_rows, fill=fill, indicators=indicators)
 
     @classmethod
     def from_moments(cls, confounders, categorical, extra, moments, dropped, pooled,
-                     outcome_binary, n_rows, warn: bool = True, pooled_rows=None):
+                     outcome_binary, n_rows, warn: bool = True, pooled_rows=None, fill=None,
+                     indicators=()):
         """The spec from facts already computed (e.g. by a distributed aggregation):
         ``moments`` lists (output column, ``choose_moments``'s (center, 1 / scale, why dropped
         or None, exponent)) in output order; ``dropped`` holds the columns dropped before
         (single levels); ``pooled_rows``: categorical column -> rows of its pooled levels
-        (a ``DataWarning`` where they are ``POOLED_WARN_SHARE`` of the rows or more)."""
+        (a ``DataWarning`` where they are ``POOLED_WARN_SHARE`` of the rows or more);
+        ``fill`` and ``indicators`` as the fields."""
         dropped = dict(dropped)
         columns, center, scale, exponent = [], [], [], []
         for name, (c, s, problem, k) in moments:
@@ -148,7 +182,7 @@ class DesignSpec:
         spec = cls(list(confounders), categorical, list(extra), columns,
                    np.array(center, dtype=np.float64), np.array(scale, dtype=np.float64),
                    dropped, dict(pooled), outcome_binary, n_rows,
-                   np.array(exponent, dtype=np.int64))
+                   np.array(exponent, dtype=np.int64), dict(fill or {}), list(indicators))
         if warn and dropped:
             warnings.warn("confounder columns dropped: " + "; ".join(
                 f"{name!r} ({why})" for name, why in dropped.items()), DataWarning,
@@ -181,7 +215,9 @@ class DesignSpec:
             raise ValueError(f"this design needs the extra columns {self.extra} for every row")
         source = {}
         for col in self.confounders:
-            source[col] = _numeric_column(df[col])
+            source[col] = self.numeric(df[col], col)
+        for col in self.indicators:  # a 0/1 column: the codes of "missing" (1) and not (0)
+            source[indicator_name(col)] = (self.is_missing(df[col]), 1)
         for col, levels in self.categorical.items():
             codes = _level_codes(_as_labels(df[col]), levels)
             source.update({f"{col}={level}": (codes, k) for k, level in enumerate(levels) if k})
@@ -203,12 +239,43 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     return spec.transform(log, extra, dtype=dtype, standardise=standardise)
 
 
+def indicator_name(col: str) -> str:
+    """The design column marking the rows where the numeric confounder ``col`` is missing
+    (named as a categorical's level: a missing categorical value is the level MISSING)."""
+    return f"{col}={MISSING}"
+
+
+def median(values: np.ndarray) -> float:
+    """The median of observed values, as float64: the mean of the two middle order
+    statistics (each exact, so row order cannot move it), 0.0 when there are none (the
+    filled column is then constant and dropped as such)."""
+    n = len(values)
+    if n == 0:
+        return 0.0
+    low, high = np.partition(values, ((n - 1) // 2, n // 2))[[(n - 1) // 2, n // 2]]
+    return middle(float(low), float(high))
+
+
+def middle(low: float, high: float) -> float:
+    """The midpoint of the two middle order statistics, halved first (no overflow); the one
+    formula the local and the Spark design use."""
+    return low / 2 + high / 2
+
+
+def _filled(values: np.ndarray, missing: np.ndarray, fill: float) -> np.ndarray:
+    """The values in float64 with the ``missing`` ones set to ``fill`` (float64 whatever the
+    column's type, as Spark reads it: a float32 column's fill is not rounded)."""
+    out = values.astype(np.float64)
+    out[missing] = fill
+    return out
+
+
 def _numeric_column(values: pd.Series) -> np.ndarray:
     """A numeric column as numpy: float32 / float64 as they are (no copy), anything else as
-    float64 (what the moments and the design compute in)."""
+    float64 (what the moments and the design compute in; a nullable column's NA as NaN)."""
     if isinstance(values.dtype, np.dtype) and values.dtype in (np.float32, np.float64):
         return values.to_numpy()
-    return values.to_numpy(dtype=np.float64)
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _mean_std(v: np.ndarray, m: float) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from ..nuisance.select import row_loss
-from .design import segment_ids
+from .design import indicator_name, segment_ids
 
 __all__ = ["nuisance_quality", "covariate_balance", "balance_overview", "balance_verdict"]
 
@@ -89,7 +89,9 @@ def covariate_balance(estimator) -> pd.DataFrame:
     before and after inverse-propensity weighting with the fitted propensities.
 
     One row per item (with its ``status``) and column: each numeric confounder, and each
-    level of each categorical one as a 0/1 column ``"name=level"`` (text components are
+    level of each categorical one as a 0/1 column ``"name=level"``, as the design reads them
+    (a missing numeric value filled, its indicator ``"name=__missing__"`` a column of its
+    own, where the log's ``missing="indicator"``; text components are
     balanced by the balancing step, ``balance_penalty``, and not listed). ``smd_unweighted``
     is (treated mean - control mean) over the pooled within-arm SD; ``smd_weighted`` the same difference with each arm weighted
     to the item's population (1 / e on treated rows, 1 / (1 - e) on control rows, the clipped
@@ -127,8 +129,15 @@ def covariate_balance(estimator) -> pd.DataFrame:
         return [np.stack(v) for v in zip(*out)]
 
     parts = []
-    for name in log.confounders:
-        x = df[name].to_numpy(dtype=np.float64)
+    spec = estimator.design_spec_
+
+    def numeric():  # as the design reads them, one alive at a time: missing values filled,
+        for name in log.confounders:  # each indicator a column (the log's missing="indicator")
+            yield name, np.asarray(spec.numeric(df[name], name), dtype=np.float64)
+        for name in spec.indicators:
+            yield indicator_name(name), spec.is_missing(df[name]).astype(np.float64)
+
+    for name, x in numeric():
         x = x - x[used].mean() if used.any() else x  # centred: sums of squares lose less
         spread = lambda member, plain, n: (count(member * (x - plain[item, 0]) ** 2)
                                            / n)[:, None]

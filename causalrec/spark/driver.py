@@ -45,7 +45,7 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                                 categorical=None, text=None, propensity=None, by=None,
                                 graph=None, folds=None, *, shards=None, row_id=None,
                                 row_outputs=False, barrier=True, fold_columns=None,
-                                unit=None, **options) -> SparkEffects:
+                                unit=None, missing="error", **options) -> SparkEffects:
     """``estimate_item_effects`` on a Spark DataFrame (same arguments and table).
 
     shards : number of shards (default: the cluster's default parallelism); a pooled fit
@@ -78,7 +78,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         confounders, categorical, text = roles["confounders"], roles["categorical"], roles["text"]
     keys, confounders, categorical, text = split_roles(item, by, confounders, categorical, text)
     roles = dict(item=keys, treatment=treatment, outcome=outcome, confounders=confounders,
-                 categorical=categorical, text=text, propensity=propensity, unit=unit)
+                 categorical=categorical, text=text, propensity=propensity, unit=unit,
+                 missing=missing)
     est = ItemEffectEstimator(**options)
     params = FitPlan.check_params(est.get_params(deep=False))
     plan_flexible(params)  # a flexible nuisance's own checks, before any Spark job

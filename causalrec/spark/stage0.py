@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_moments,
-                               levels_from_counts, segment_ids, tail_ranks)
+                               indicator_name, levels_from_counts, middle, segment_ids,
+                               tail_ranks)
 from ..estimate.plan import ItemFacts
 from ..estimate.positivity import one_arm_share
 from ..estimate.scaling import OutcomeScale
@@ -42,7 +43,9 @@ def validate(sdf, roles: dict) -> InteractionLog:
     checks["treatment"] = bad_t
     for col in [log.outcome, *log.confounders] + ([log.propensity] if log.propensity else []):
         v = F.col(col).cast("double")
-        checks[col] = v.isNull() | F.isnan(v) | (F.abs(v) == float("inf"))
+        checks[col] = (F.abs(v) == float("inf"))
+        if not (col in log.confounders and log.missing == "indicator"):
+            checks[col] = checks[col] | _missing(v)
     if log.propensity:
         p = F.col(log.propensity).cast("double")
         checks["propensity range"] = (p <= 0) | (p > 1) | ((t == 0) & (p >= 1))
@@ -164,43 +167,68 @@ def _exact_fraction(rank: int, n: int) -> float:
 _ACCURACY = 10_000  # approx_percentile's accuracy: rank error at most n / _ACCURACY
 
 
-def _brackets(v, ranks, n: int):
-    """approx_percentile at each tail rank -+ 3 rank errors: values at or below / at or
+def _missing(v):
+    """A missing value of a double column on Spark: null, or NaN (pandas' missing value)."""
+    return v.isNull() | _F().isnan(v)
+
+
+def _brackets(v, fractions):
+    """approx_percentile at each fraction -+ 3 rank errors: values at or below / at or
     above the exact order statistic (checked by counts in ``_order_statistics``)."""
     F, margin = _F(), 3.0 / _ACCURACY
-    fractions = [min(max(r / n + side * margin, 0.0), 1.0) for r in ranks for side in (-1, 1)]
-    return F.percentile_approx(v, F.array(*[F.lit(p) for p in fractions]), _ACCURACY)
+    points = [min(max(p + side * margin, 0.0), 1.0) for p in fractions for side in (-1, 1)]
+    return F.percentile_approx(v, F.array(*[F.lit(p) for p in points]), _ACCURACY)
 
 
-def _order_statistics(fitted, numeric, brackets, ranks, n: int) -> list[list[float]]:
-    """The exact order statistics of each column at ``ranks``, with memory bounded by the
-    bracket widths (at most ~10 n / _ACCURACY values), not by the column's distinct values: count the
-    values below and inside each approximate bracket, then take Spark's exact ``percentile``
-    of the values inside it (nulls are skipped) at the rank among them. A bracket that misses
-    its rank (never expected) falls back to the exact percentile of the whole column."""
+def _order_statistics(fitted, values, brackets, ranks, counts) -> list[list[float]]:
+    """The exact order statistics of each column (``values``: Spark expressions, nulls
+    skipped) at its ``ranks`` among its ``counts`` non-null values, with memory bounded by
+    the bracket widths (at most ~10 n / _ACCURACY values), not by the column's distinct
+    values: count the values below and inside each approximate bracket, then take Spark's
+    exact ``percentile`` of the values inside it at the rank among them. A bracket that
+    misses its rank (never expected) falls back to the exact percentile of the whole column."""
     F = _F()
-    counts, inside = [], {}
-    for i, col in enumerate(numeric):
-        v = F.col(col).cast("double")
-        for j in range(len(ranks)):
+    sums, inside = [], {}
+    for i, v in enumerate(values):
+        for j in range(len(ranks[i])):
             low, high = brackets[i][2 * j], brackets[i][2 * j + 1]
             inside[i, j] = (v >= F.lit(low)) & (v <= F.lit(high))
-            counts += [F.sum(F.when(v < F.lit(low), 1).otherwise(0)).alias(f"below{i}_{j}"),
-                       F.sum(F.when(inside[i, j], 1).otherwise(0)).alias(f"in{i}_{j}")]
-    got = fitted.agg(*counts).first()
+            sums += [F.sum(F.when(v < F.lit(low), 1).otherwise(0)).alias(f"below{i}_{j}"),
+                     F.sum(F.when(inside[i, j], 1).otherwise(0)).alias(f"in{i}_{j}")]
+    got = fitted.agg(*sums).first()
     aggs = []
-    for i, col in enumerate(numeric):
-        v = F.col(col).cast("double")
-        for j, rank in enumerate(ranks):
+    for i, v in enumerate(values):
+        for j, rank in enumerate(ranks[i]):
             below, m = int(got[f"below{i}_{j}"] or 0), int(got[f"in{i}_{j}"] or 0)
             if below <= rank < below + m:
-                values, at, count = F.when(inside[i, j], v), rank - below, m
+                chosen, at, count = F.when(inside[i, j], v), rank - below, m
             else:
-                values, at, count = v, rank, n
+                chosen, at, count = v, rank, counts[i]
             fraction = _exact_fraction(at, count) if count > 1 else 0.0
-            aggs.append(F.percentile(values, F.lit(fraction)).alias(f"q{i}_{j}"))
+            aggs.append(F.percentile(chosen, F.lit(fraction)).alias(f"q{i}_{j}"))
     row = fitted.agg(*aggs).first()
-    return [[row[f"q{i}_{j}"] for j in range(len(ranks))] for i in range(len(numeric))]
+    return [[row[f"q{i}_{j}"] for j in range(len(ranks[i]))] for i in range(len(values))]
+
+
+def _fills(fitted, confounders: list[str], n: int) -> tuple[dict, dict]:
+    """``DesignSpec.from_log``'s fill of each numeric confounder (``median`` of its observed
+    values: the two middle order statistics, exact, through ``middle``) and its missing
+    count on the n rows of ``fitted``, by aggregations."""
+    F = _F()
+    observed = [F.when(~_missing(F.col(c).cast("double")), F.col(c).cast("double"))
+                for c in confounders]
+    first = fitted.agg(*[agg for i, v in enumerate(observed) for agg in (
+        F.sum(F.when(v.isNull(), 1).otherwise(0)).alias(f"na{i}"),
+        _brackets(v, [0.5]).alias(f"b{i}"))]).first()
+    n_missing = {c: int(first[f"na{i}"] or 0) for i, c in enumerate(confounders)}
+    present = [i for i, c in enumerate(confounders) if n_missing[c] < n]
+    counts = [n - n_missing[confounders[i]] for i in present]
+    middles = _order_statistics(
+        fitted, [observed[i] for i in present], [first[f"b{i}"] * 2 for i in present],
+        [((m - 1) // 2, m // 2) for m in counts], counts) if present else []
+    fill = {c: 0.0 for c in confounders}  # no observed value: the column is constant
+    fill.update({confounders[i]: middle(*map(float, q)) for i, q in zip(present, middles)})
+    return fill, n_missing
 
 
 def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels: int = 50,
@@ -210,25 +238,34 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
     F = _F()
     extra = list(extra or [])
     numeric = list(log.confounders) + [col for col, _ in extra]
+    fill, n_missing = (_fills(fitted, list(log.confounders), n) if log.missing == "indicator"
+                       and log.confounders else ({}, {}))
+
+    def value(col):  # a numeric column as the design reads it (missing values filled)
+        v = F.col(col).cast("double")
+        return F.when(_missing(v), F.lit(fill[col])).otherwise(v) if col in fill else v
+
     ranks = tail_ranks(n)
     stats = {}
     if numeric:
         aggs = []
         for i, col in enumerate(numeric):
-            v = F.col(col).cast("double")
+            v = value(col)
             aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
             if ranks is not None:
-                aggs.append(_brackets(v, ranks, n).alias(f"b{i}"))
+                aggs.append(_brackets(v, [r / n for r in ranks]).alias(f"b{i}"))
         first = fitted.agg(*aggs).first()
-        tails = (_order_statistics(fitted, numeric, [first[f"b{i}"] for i in range(len(numeric))],
-                                   ranks, n) if ranks is not None else None)
+        tails = (_order_statistics(fitted, [value(col) for col in numeric],
+                                   [first[f"b{i}"] for i in range(len(numeric))],
+                                   [ranks] * len(numeric), [n] * len(numeric))
+                 if ranks is not None else None)
         second = []
         for i, col in enumerate(numeric):
             lo, hi = first[f"lo{i}"], first[f"hi{i}"]
             stats[col] = dict(lo=lo, hi=hi, q=tails[i] if ranks is not None else None)
             if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
                 continue
-            v = F.col(col).cast("double")
+            v = value(col)
             # the moments of _mean_std: values scaled by the largest magnitude first
             m = max(abs(lo), abs(hi))
             second += [F.avg(v / m).alias(f"m{i}"), F.stddev_pop(v / m).alias(f"s{i}")]
@@ -252,7 +289,11 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
                               if s["mw"] > 0 else (0.0, 0.0))
         numeric_moments.append(choose_moments(n, s["lo"], s["hi"], plain, winsorised))
     n_conf = len(log.confounders)
-    moments = list(zip(log.confounders, numeric_moments[:n_conf]))
+    indicators = [col for col in log.confounders if n_missing.get(col)]
+    for col, m in zip(log.confounders, numeric_moments[:n_conf]):
+        moments.append((col, m))
+        if col in indicators:  # right after its column, as DesignSpec.from_log
+            moments.append((indicator_name(col), _indicator_moments(n_missing[col], n, ranks)))
     for col in log.categorical:
         counts = fitted.groupBy(col).count().toPandas()
         labels = _as_labels(counts[col])
@@ -272,7 +313,7 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
     moments += [(name, m) for (_, name), m in zip(extra, numeric_moments[n_conf:])]
     return DesignSpec.from_moments(list(log.confounders), categorical, [name for _, name in extra],
                                    moments, dropped, pooled, outcome_binary, n,
-                                   pooled_rows=pooled_rows)
+                                   pooled_rows=pooled_rows, fill=fill, indicators=indicators)
 
 
 def outcome_scale(fitted, outcome: str) -> OutcomeScale:

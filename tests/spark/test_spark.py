@@ -344,6 +344,36 @@ def test_schema_errors_match_pandas(spark, log_frame):
     both(frame)
 
 
+def test_missing_indicator_on_spark_equals_local(spark, small_frame):
+    """missing="indicator" with missing values as Spark nulls (tenure) and as NaN (hour):
+    the same fill (exact: order statistics), indicator columns, moments and table as the
+    local fit; without the option both raise the same error, naming it."""
+    from pyspark.sql import functions as F
+    rng = np.random.default_rng(4)
+    df = small_frame.assign(tenure=small_frame["tenure"].mask(rng.random(len(small_frame)) < 0.2),
+                            hour=small_frame["hour"].astype(float).mask(small_frame["row"] % 13 == 0))
+    sdf = spark.createDataFrame(df)
+    sdf = sdf.withColumn("tenure", F.when(~F.isnan("tenure"), F.col("tenure")))  # NaN -> null
+    roles = {**ROLES, "missing": "indicator"}
+    local = cr.ItemEffectEstimator(dtype="float64").fit(
+        InteractionLog(df, **{**roles, "item": [ROLES["item"]]}))
+    res = estimate_item_effects_spark(sdf, **roles, dtype="float64", shards=2, row_id="row")
+    assert local.design_spec_.indicators == ["tenure", "hour"]
+    assert res.design_spec.fill == local.design_spec_.fill
+    assert res.design_spec.indicators == local.design_spec_.indicators
+    assert res.design_spec.columns == local.design_spec_.columns
+    np.testing.assert_allclose(res.design_spec.center, local.design_spec_.center, rtol=1e-12)
+    np.testing.assert_allclose(res.design_spec.scale, local.design_spec_.scale, rtol=1e-12)
+    _assert_same(local.effects_, res.effects)
+    with pytest.raises(SchemaError, match="missing='indicator'") as remote:
+        estimate_item_effects_spark(sdf, **ROLES)
+    with pytest.raises(SchemaError) as pandas:
+        cr.estimate_item_effects(df, **ROLES)
+    # the same words; the count is of the rows shown to InteractionLog (a sample, witnesses)
+    count = lambda error: re.sub(r"\d+ NaN", "N NaN", str(error.value))
+    assert count(remote) == count(pandas)
+
+
 CONNECT_SCRIPT = """
 import sys
 import causalrec as cr
@@ -439,9 +469,11 @@ def test_tail_order_statistics_are_exact_from_narrow_brackets(parquet, log_frame
     from causalrec.spark.stage0 import _ACCURACY, _brackets, _order_statistics
     n, cols = len(log_frame), ROLES["confounders"]
     ranks = tail_ranks(n)
-    first = parquet.agg(*[_brackets(F.col(c).cast("double"), ranks, n).alias(c)
-                          for c in cols]).first()
-    got = _order_statistics(parquet, cols, [first[c] for c in cols], ranks, n)
+    values = [F.col(c).cast("double") for c in cols]
+    first = parquet.agg(*[_brackets(v, [r / n for r in ranks]).alias(c)
+                          for v, c in zip(values, cols)]).first()
+    got = _order_statistics(parquet, values, [first[c] for c in cols], [ranks] * len(cols),
+                            [n] * len(cols))
     for col, values in zip(cols, got):
         v = np.sort(log_frame[col].to_numpy(np.float64))
         np.testing.assert_allclose(values, v[list(ranks)], rtol=1e-12, atol=0)
