@@ -358,7 +358,8 @@ def test_missing_indicator_reaches_the_effect_and_the_exposure_models(small):
         cr.FairnessAudit(**r, group="user_group").fit(data)
     audit = cr.FairnessAudit(**r, group="user_group", missing="indicator").fit(data)
     flag = indicator_name("tenure")
-    confounders = [c for col in r["confounders"] for c in ([col, flag] if col == "tenure" else [col])]
+    confounders = [c for col in r["confounders"]
+                   for c in ([col, flag] if col == "tenure" else [col])]
     by_hand = data.assign(tenure=data["tenure"].fillna(data["tenure"].median()),
                           **{flag: data["tenure"].isna().astype(float)})
     filled = cr.FairnessAudit(**{**r, "confounders": confounders}, group="user_group").fit(by_hand)
