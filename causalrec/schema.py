@@ -326,8 +326,9 @@ def _is_real_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_complex_dtype(s)
 
 
-MISSING_REMEDY = ("pass missing='indicator' to keep these rows: the missing values are filled "
-                  "and a 0/1 column marking them is adjusted for")
+MISSING_REMEDY = ("pass missing='indicator' (--missing indicator on the command line) to keep "
+                  "these rows: the missing values are filled and a 0/1 column marking them is "
+                  "adjusted for")
 
 
 def _check_finite_numeric(s: pd.Series, col: str, allow_missing: bool = False,

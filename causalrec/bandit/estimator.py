@@ -34,6 +34,7 @@ from ..base import BaseEstimator
 from ..estimate.folds import assign_folds
 from ..glm.layout import resolve_device
 from ..inference import critical_value
+from ..schema import MISSING_POLICIES
 from ..utils.validation import Boolean, InstanceOf, Integer, Interval, Options
 from .log import _bandit_log, _catalogue, inverse_propensity_weights
 from .outcome import OutcomeModel
@@ -74,6 +75,9 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         float64 by default, since Newton steps on a rare-click logistic model stall in float32.
     chunk_rows : rows per chunk when predicting every item (None: sized to ~256 MiB).
     seed : fixes the folds.
+    missing : "error" (default) or "indicator": missing values in numeric confounders are
+        bad input, or are filled (median) with a 0/1 indicator column each in the outcome
+        model (``InteractionLog``).
 
     Attributes
     ----------
@@ -106,12 +110,13 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         "chunk_rows": [Options(None), Integer(1, None)],
         "seed": [Integer(0, 2**63 - 1)],
         "max_iter": [Integer(1, None)],
+        "missing": [Options(*MISSING_POLICIES)],
     }
 
     def __init__(self, *, method="dr", n_folds=2, outcome_segments="item", shrinkage=10.0,
                  intercept_shrinkage=1.0, max_levels=50, max_weight="auto", min_shown=10,
                  min_ess=10.0, min_events=5, se_floor=True, alpha=0.05, device="auto",
-                 dtype="float64", chunk_rows=None, seed=0, max_iter=50):
+                 dtype="float64", chunk_rows=None, seed=0, max_iter=50, missing="error"):
         self.method = method
         self.n_folds = n_folds
         self.outcome_segments = outcome_segments
@@ -129,6 +134,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         self.chunk_rows = chunk_rows
         self.seed = seed
         self.max_iter = max_iter
+        self.missing = missing
 
     # ------------------------------------------------------------------ fitting
     def fit(self, df: pd.DataFrame, item: str, outcome: str, propensity: str,
@@ -141,7 +147,7 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         catalogue (default: the logged items, sorted).
         """
         self._validate_params()
-        log = _bandit_log(df, item, outcome, propensity, position, confounders)
+        log = _bandit_log(df, item, outcome, propensity, position, confounders, self.missing)
         self.position_ = position
         self.items_ = _catalogue(df[item], items)
         self._a = pd.Index(self.items_).get_indexer(df[item]).astype(np.int64)

@@ -26,9 +26,10 @@ def _catalogue(logged: pd.Series, items) -> np.ndarray:
     return np.asarray(items)
 
 
-def _bandit_log(df, item, outcome, propensity, position, confounders) -> InteractionLog:
-    """Validate the roles once (via ``InteractionLog``); non-numeric confounders become
-    categorical (one-hot) columns."""
+def _bandit_log(df, item, outcome, propensity, position, confounders,
+                missing="error") -> InteractionLog:
+    """Validate the roles once (via ``InteractionLog``, with its ``missing`` policy);
+    non-numeric confounders become categorical (one-hot) columns."""
     if not isinstance(df, pd.DataFrame):
         raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
     if propensity is None:
@@ -41,7 +42,7 @@ def _bandit_log(df, item, outcome, propensity, position, confounders) -> Interac
     return InteractionLog(df.assign(**{_SHOWN: 1}), item=[item] + ([position] if position else []),
                           treatment=_SHOWN, outcome=outcome, confounders=numeric,
                           categorical=[c for c in confounders if c not in numeric],
-                          propensity=propensity)
+                          propensity=propensity, missing=missing)
 
 
 # Under a valid logging policy E[1 / p] over a position's rows is the number of items it can

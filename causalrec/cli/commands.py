@@ -45,9 +45,11 @@ def _check_device(device: str) -> None:
 
 
 def _roles(args) -> dict:
+    """The log's roles and its missing-value policy (--missing), as every command passes them
+    on: to ``InteractionLog``, the estimator's functions, the refutation and the audit."""
     return dict(item=args.item, treatment=args.treatment, outcome=args.outcome,
                 confounders=list(args.confounders), categorical=list(args.categorical),
-                text=list(args.text), propensity=args.propensity)
+                text=list(args.text), propensity=args.propensity, missing=args.missing)
 
 
 def _graph(args):

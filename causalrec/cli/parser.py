@@ -5,6 +5,7 @@ import argparse
 import re
 
 from ..estimate.params import MAX_FOLDS, string_choices
+from ..schema import MISSING_POLICIES
 from ..utils.suggest import did_you_mean
 from .commands import cmd_audit, cmd_demo, cmd_effects, cmd_report, cmd_simulate
 from .net_command import cmd_net
@@ -136,6 +137,9 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", help="user or session column: all of a unit's rows share one "
                                        "cross-fitting fold (a user seen under many items never "
                                        "sits on both sides of a split)")
+    parser.add_argument("--missing", default="error", choices=MISSING_POLICIES,
+                        help="missing values in numeric confounders: bad input, or filled "
+                             "(median) and adjusted for with a 0/1 indicator column each")
     parser.add_argument("--encoding", default="utf-8",
                         help="text encoding of a CSV log (e.g. latin-1, cp1252)")
     parser.add_argument("--graph", help="causal graph (.gml, see CausalGraph.to_gml); its "

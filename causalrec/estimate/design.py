@@ -15,12 +15,12 @@ import pandas as pd
 from ..exceptions import DataWarning
 from ..schema import InteractionLog
 from .design_rows import DesignRows
+from .missing_values import MISSING, _filled, fill_of, indicator_name
 from .precision import SAMPLE, warn_float32_precision
 
-__all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "indicator_name", "median",
-           "segment_ids"]
+__all__ = ["Design", "DesignRows", "DesignSpec", "build_design", "indicator_name", "segment_ids"]
 
-OTHER, MISSING = "__other__", "__missing__"
+OTHER = "__other__"  # pooled categorical levels (MISSING: missing_values.py)
 _TAIL = 0.01  # share of rows winsorised at each end for the robust moments
 _INFLATION = 2.0  # plain std above this multiple of the winsorised one: outliers, use robust
 # a categorical confounder whose levels pooled into ``__other__`` hold this share of the rows
@@ -124,8 +124,7 @@ class DesignSpec:
                 if log.missing != "indicator":
                     yield col, values
                     continue
-                missing = np.isnan(values)
-                fill[col] = median(values[~missing])
+                fill[col], missing = fill_of(values)
                 yield col, _filled(values, missing, fill[col]) if missing.any() else values
                 if missing.any():
                     indicators.append(col)
@@ -237,37 +236,6 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     spec = DesignSpec.from_log(log, extra, rows=rows, max_levels=max_levels,
                                min_level_count=min_level_count)
     return spec.transform(log, extra, dtype=dtype, standardise=standardise)
-
-
-def indicator_name(col: str) -> str:
-    """The design column marking the rows where the numeric confounder ``col`` is missing
-    (named as a categorical's level: a missing categorical value is the level MISSING)."""
-    return f"{col}={MISSING}"
-
-
-def median(values: np.ndarray) -> float:
-    """The median of observed values, as float64: the mean of the two middle order
-    statistics (each exact, so row order cannot move it), 0.0 when there are none (the
-    filled column is then constant and dropped as such)."""
-    n = len(values)
-    if n == 0:
-        return 0.0
-    low, high = np.partition(values, ((n - 1) // 2, n // 2))[[(n - 1) // 2, n // 2]]
-    return middle(float(low), float(high))
-
-
-def middle(low: float, high: float) -> float:
-    """The midpoint of the two middle order statistics, halved first (no overflow); the one
-    formula the local and the Spark design use."""
-    return low / 2 + high / 2
-
-
-def _filled(values: np.ndarray, missing: np.ndarray, fill: float) -> np.ndarray:
-    """The values in float64 with the ``missing`` ones set to ``fill`` (float64 whatever the
-    column's type, as Spark reads it: a float32 column's fill is not rounded)."""
-    out = values.astype(np.float64)
-    out[missing] = fill
-    return out
 
 
 def _numeric_column(values: pd.Series) -> np.ndarray:

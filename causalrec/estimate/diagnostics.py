@@ -15,7 +15,8 @@ import pandas as pd
 from scipy import stats
 
 from ..nuisance.select import row_loss
-from .design import indicator_name, segment_ids
+from .design import segment_ids
+from .missing_values import indicator_name
 
 __all__ = ["nuisance_quality", "covariate_balance", "balance_overview", "balance_verdict"]
 

@@ -262,7 +262,8 @@ def _warn_fixed_slates(units: np.ndarray, t: np.ndarray) -> None:
 
 def estimate_net_effects(log: pd.DataFrame, item: str, treatment: str, outcome: str, unit: str,
                          confounders=None, categorical=None, text=None, propensity=None,
-                         seed: int = 0, additive="check", **estimator_options) -> pd.DataFrame:
+                         seed: int = 0, additive="check", missing="error",
+                         **estimator_options) -> pd.DataFrame:
     """Own, net and spillover effect of recommending each item, with joint intervals.
 
     Parameters
@@ -275,6 +276,7 @@ def estimate_net_effects(log: pd.DataFrame, item: str, treatment: str, outcome: 
     seed, **estimator_options : parameters of ``ItemEffectEstimator`` (nuisance, n_folds,
         alpha, ...); cross-fitting folds are grouped by unit.
     additive : see ``NetEffectEstimator``.
+    missing : "error" (default) or "indicator", as in ``estimate_item_effects``.
 
     Returns
     -------
@@ -291,7 +293,7 @@ def estimate_net_effects(log: pd.DataFrame, item: str, treatment: str, outcome: 
                         "(or a sample of its units) with toPandas()")
     roles = Roles.from_arguments(item=item, treatment=treatment, outcome=outcome,
                                  confounders=confounders, categorical=categorical, text=text,
-                                 propensity=propensity, unit=unit)
+                                 propensity=propensity, unit=unit, missing=missing)
     data = InteractionLog.from_roles(log, roles)
     estimator = ItemEffectEstimator(seed=seed, **estimator_options)
     return NetEffectEstimator(estimator=estimator, additive=additive).fit(data, unit=unit).effects_
@@ -342,7 +344,8 @@ def _fit_frame(df, roles_and_options) -> NetEffectEstimator:
     and options."""
     options = dict(roles_and_options)
     roles = Roles.from_arguments(**{name: options.pop(name, None) for name in (
-        "item", "treatment", "outcome", "confounders", "categorical", "text", "propensity")})
+        "item", "treatment", "outcome", "confounders", "categorical", "text", "propensity")},
+                                 missing=options.pop("missing", "error"))
     unit, additive = options.pop("unit", None), options.pop("additive", "check")
     log = InteractionLog.from_roles(df, roles)
     return NetEffectEstimator(estimator=ItemEffectEstimator(**options),

@@ -28,6 +28,7 @@ from ..backend import backend_for
 from ..base import BaseEstimator
 from ..estimate import ItemEffectEstimator
 from ..inference import critical_value, p_value
+from ..schema import MISSING_POLICIES
 from ..summary import Summary
 from ..utils.validation import InstanceOf, Integer, Interval, Options
 from .benefit import group_benefit, metric_frame, provider_benefit
@@ -68,6 +69,9 @@ class FairnessAudit(BaseEstimator):
     estimator : an (unfitted) ``ItemEffectEstimator`` whose parameters every effect and
         exposure model here uses (method, nuisance, n_folds, alpha, seed, device,
         text_encoder, ...); its ``alpha`` sets every interval. Default: its defaults.
+    missing : "error" (default) or "indicator": missing values in numeric confounders are
+        bad input, or are filled and adjusted for with a 0/1 indicator column each, in the
+        effect and the exposure models alike (``InteractionLog``).
 
     Everything is computed by ``fit(df)``; results read before it raise ``NotFittedError``.
     Group labels keep their type; all tables name the group column ``group``.
@@ -106,11 +110,13 @@ class FairnessAudit(BaseEstimator):
         "fdr": [Interval(0, 1, "neither")],
         "min_group_rows": [Integer(1, None)],
         "estimator": [Options(None), InstanceOf((ItemEffectEstimator,), "an ItemEffectEstimator")],
+        "missing": [Options(*MISSING_POLICIES)],
     }
 
     def __init__(self, *, item, treatment, outcome, group=None, confounders=None,
                  categorical=None, text=None, propensity=None, provider=None, reference=None,
-                 compare="reference", fdr=0.1, min_group_rows=50, estimator=None):
+                 compare="reference", fdr=0.1, min_group_rows=50, estimator=None,
+                 missing="error"):
         self.item = item
         self.treatment = treatment
         self.outcome = outcome
@@ -125,6 +131,7 @@ class FairnessAudit(BaseEstimator):
         self.fdr = fdr
         self.min_group_rows = min_group_rows
         self.estimator = estimator
+        self.missing = missing
 
     # ------------------------------------------------------------------ fitting
     def fit(self, df) -> "FairnessAudit":

@@ -29,6 +29,7 @@ class AuditPlan:
     provider: str | None = None
     reference: object = None
     min_group_rows: int = 50
+    missing: str = "error"  # the log's missing-value policy (``InteractionLog``)
 
     @classmethod
     def from_audit(cls, audit) -> "AuditPlan":
@@ -42,14 +43,15 @@ class AuditPlan:
                    categorical=tuple(c for c in _as_list(audit.categorical) if c != audit.group),
                    text=tuple(_as_list(audit.text)), propensity=audit.propensity,
                    provider=audit.provider, reference=audit.reference,
-                   min_group_rows=audit.min_group_rows)
+                   min_group_rows=audit.min_group_rows, missing=audit.missing)
 
     @property
     def log_roles(self) -> dict:
         """The roles for ``InteractionLog`` (or the Spark door, which takes the same)."""
         return dict(item=self.item, treatment=self.treatment, outcome=self.outcome,
                     confounders=list(self.confounders), categorical=list(self.categorical),
-                    text=list(self.text), propensity=self.propensity, group=self.group)
+                    text=list(self.text), propensity=self.propensity, group=self.group,
+                    missing=self.missing)
 
     # ------------------------------------------------------------------ checks
     def check_groups(self, groups) -> None:

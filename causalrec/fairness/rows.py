@@ -79,13 +79,14 @@ class LocalAuditRows(AuditRows):
         # the group joins the item as a segment key
         log = InteractionLog(self.rows, item=[plan.item, plan.group], treatment=plan.treatment,
                              outcome=plan.outcome, confounders=confounders,
-                             categorical=categorical, propensity=plan.propensity)
+                             categorical=categorical, propensity=plan.propensity,
+                             missing=plan.missing)
         return estimator.fit(log).effects_
 
     def exposure_sums(self, audit, confounders, categorical, items) -> dict:
         log = InteractionLog(self.rows, item=audit.item, treatment=audit.treatment,
                              outcome=audit.outcome, confounders=confounders,
-                             categorical=categorical)
+                             categorical=categorical, missing=audit.missing)
         X = build_design(log, dtype=np.float64).X
         item_codes, _ = pd.factorize(self.rows[audit.item], sort=True)
         return exposure_sums(audit.estimator_, X,

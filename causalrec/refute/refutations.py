@@ -21,7 +21,7 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
                         by=None, graph=None, *, checks=None, n_subsets: int = 5,
                         subset_fraction: float = 0.8, rcc_tolerance: float = 1.0,
                         seed: int = 0, text_encoder=None, text_components: int = 8,
-                        **options) -> pd.DataFrame:
+                        missing: str = "error", **options) -> pd.DataFrame:
     """Refutation checks of every item's effect, batched over items.
 
     Takes the arguments of ``estimate_item_effects`` (``**options`` go to the estimator) and
@@ -40,7 +40,10 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
       Each row keeps its original fold.
 
     Text columns are embedded once (``TextConfounders``) and their components reused as
-    numeric confounders by every call. ``checks`` : default all of ``CHECKS``.
+    numeric confounders by every call. ``checks`` : default all of ``CHECKS``. ``missing``:
+    the log's missing-value policy, as for ``estimate_item_effects`` ("indicator": missing
+    values in numeric confounders are filled and adjusted for); the original fit and every
+    refit use it (each fit fixes its own fill on its own rows, as the estimator does).
 
     On a Spark DataFrame the checks run through the Spark estimator and the same loop
     (``causalrec.spark.refute``): "placebo" and "random_common_cause" (the default there),
@@ -58,7 +61,8 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     if on_spark is not None:
         return on_spark(df, item, treatment, outcome, confounders, categorical, text, propensity,
                         by, graph, checks=checks, rcc_tolerance=rcc_tolerance, seed=seed,
-                        text_encoder=text_encoder, text_components=text_components, **options)
+                        text_encoder=text_encoder, text_components=text_components,
+                        missing=missing, **options)
     from ..estimate import estimate_item_effects
     from ..schema import split_roles
     from ..estimate.folds import assign_folds
@@ -77,14 +81,14 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     # the log door before anything reads a column (folds cast the treatment to integers)
     _, *adjust = split_roles(item, by, confounders, categorical, text)
     InteractionLog(df, item=keys, treatment=treatment, outcome=outcome, confounders=adjust[0],
-                   categorical=adjust[1], text=adjust[2], propensity=propensity)
+                   categorical=adjust[1], text=adjust[2], propensity=propensity, missing=missing)
     df, confounders, categorical = _resolve_confounders(
         df, confounders, categorical, text, graph, text_encoder, text_components)
 
     def estimate(data, *, confounders=confounders, propensity=propensity, folds=None):
         eff = estimate_item_effects(data, item, treatment, outcome, confounders=confounders,
                                     categorical=categorical, propensity=propensity, by=by,
-                                    seed=seed, folds=folds, **options)
+                                    seed=seed, folds=folds, missing=missing, **options)
         return eff.rename(columns={"item": item, "ate": "estimate"})
 
     segment = df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()

@@ -91,7 +91,7 @@ class SparkAuditRows(AuditRows):
         return estimate_item_effects_spark(
             self.rows, plan.item, plan.treatment, plan.outcome, confounders=confounders,
             categorical=categorical, propensity=plan.propensity, by=[plan.group],
-            row_id=ROW_ID, barrier=self.barrier, **params).effects
+            row_id=ROW_ID, barrier=self.barrier, missing=plan.missing, **params).effects
 
     def exposure_sums(self, audit, confounders, categorical, items) -> dict:
         return _exposure_sums(audit, self.rows, confounders, categorical, items, self.barrier)
@@ -105,7 +105,8 @@ def _exposure_sums(audit, sdf, numeric, categorical, items, barrier) -> dict:
     spark = sdf.sparkSession
     sample = InteractionLog(sdf.limit(SAMPLE_ROWS).toPandas(), item=audit.item,
                             treatment=audit.treatment, outcome=audit.outcome,
-                            confounders=numeric, categorical=categorical)
+                            confounders=numeric, categorical=categorical,
+                            missing=audit.missing)
     n_rows = int(audit.groups_["n"].sum())
     spec = design_spec(sdf, sample, n_rows, None)
     n_item = (audit.group_effects_.groupby("item", sort=True)["n"].sum()

@@ -54,7 +54,7 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
                               categorical=None, text=None, propensity=None, by=None,
                               graph=None, *, checks=None, rcc_tolerance: float = 1.0,
                               seed: int = 0, text_encoder=None, text_components: int = 8,
-                              **options) -> pd.DataFrame:
+                              missing: str = "error", **options) -> pd.DataFrame:
     """The Spark checks (``SPARK_CHECKS``) of ``refute_item_effects``; same table, through
     the same loop (``run_refutations``)."""
     F = _F()
@@ -80,7 +80,7 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         eff = estimate_item_effects_spark(
             data, item, treatment, outcome, confounders=confounders, categorical=categorical,
             propensity=propensity, by=by, seed=seed, row_id=ROW_ID, fold_columns=fold_columns,
-            **options).effects
+            missing=missing, **options).effects
         return eff.rename(columns={"item": item, "ate": "estimate"})
 
     # the estimator's own fold columns (the segment keys out of the confounder roles)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..estimate.design import (DesignSpec, _as_labels, _level_codes, choose_moments,
-                               indicator_name, levels_from_counts, middle, segment_ids,
-                               tail_ranks)
+                               levels_from_counts, segment_ids, tail_ranks)
+from ..estimate.missing_values import indicator_name, middle
 from ..estimate.plan import ItemFacts
 from ..estimate.positivity import one_arm_share
 from ..estimate.scaling import OutcomeScale

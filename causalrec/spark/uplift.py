@@ -19,7 +19,7 @@ from ..uplift.features import level_counts
 from ..uplift.rows import Block, dr_outcomes, pseudo_outcomes, stage1_options, sum_parts
 from .driver import estimate_item_effects_spark
 from .shard import ROW_ID
-from .stage0 import validate
+from .stage0 import _fills, _missing, validate
 
 __all__ = ["SparkUpliftRows"]
 
@@ -45,7 +45,8 @@ class SparkUpliftRows:
     """The uplift model's rows in a Spark DataFrame (see ``causalrec.uplift.rows``).
 
     Roles as keywords: ``item`` (one column), ``treatment``, ``outcome``, ``confounders``,
-    ``categorical``, ``text`` (stage-1 confounders), ``propensity``, ``unit``; ``row_id``: an
+    ``categorical``, ``text`` (stage-1 confounders), ``propensity``, ``unit``, ``missing``
+    (the log's policy, which the features follow too); ``row_id``: an
     integer column naming rows (default ``monotonically_increasing_id``); ``barrier`` as in
     ``estimate_item_effects_spark``. The model's ``text`` features are not supported on
     Spark (``ValueError``); categorical levels beyond ``max_levels`` tied in count are cut in
@@ -54,11 +55,12 @@ class SparkUpliftRows:
     device = "cpu"
 
     def __init__(self, sdf, *, item, treatment, outcome, confounders=None, categorical=None,
-                 text=None, propensity=None, unit=None, row_id=None, barrier=True):
-        self.data = sdf
+                 text=None, propensity=None, unit=None, missing="error", row_id=None,
+                 barrier=True):
+        self.data, self.missing = sdf, missing
         self.roles = dict(item=item, treatment=treatment, outcome=outcome,
                           confounders=confounders, categorical=categorical, text=text,
-                          propensity=propensity, unit=unit)
+                          propensity=propensity, unit=unit, missing=missing)
         self.row_id, self.barrier = row_id, barrier
 
     def check(self, model) -> None:
@@ -78,7 +80,9 @@ class SparkUpliftRows:
             bad = None
             for col in features:
                 v = F.col(col).cast("double")
-                cond = v.isNull() | F.isnan(v) | (F.abs(v) == float("inf"))
+                cond = F.abs(v) == float("inf")
+                if self.missing != "indicator":
+                    cond = cond | _missing(v)
                 bad = cond if bad is None else bad | cond
             offending = self.data.where(bad).limit(5).toPandas()
             if len(offending):
@@ -117,6 +121,11 @@ class SparkUpliftRows:
                 counts[col] = summed.sort_index().sort_values(ascending=False, kind="stable")
         encoder.fit_levels(counts)
         encoder.text_ = None
+        fill, indicators = {}, []
+        if encoder.missing == "indicator" and encoder.features:  # stage 0's fills, all rows
+            fill, n_missing = _fills(data, list(encoder.features), data.count())
+            indicators = [col for col in encoder.features if n_missing[col]]
+        encoder.fit_missing(fill, indicators)
         sums = sum_parts(_map_partitions(data, lambda pdf: (
             encoder.raw(pdf)[0].sum(0), np.array([len(pdf)], dtype=np.float64))))
         mean = sums[0] / sums[1][0]

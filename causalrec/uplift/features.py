@@ -8,8 +8,11 @@ import pandas as pd
 
 import warnings
 
+from ..estimate.design import DesignSpec
+from ..estimate.missing_values import fill_of, indicator_name
 from ..exceptions import DataWarning
-from ..schema import SchemaError, _as_list, _check_finite_numeric, check_key_values
+from ..schema import (MISSING_REMEDY, SchemaError, _as_list, _check_finite_numeric,
+                      check_key_values)
 from ..utils.frames import check_frame
 
 __all__ = ["UserFeatures", "level_counts"]
@@ -30,14 +33,22 @@ class UserFeatures:
         (a missing value counts as one unless training had missing values): "error" (default)
         raises a ``SchemaError`` naming the column and the levels; "reference" scores those
         rows as the reference level and warns (``DataWarning``) with their count.
+    missing : the log's missing-value policy (``InteractionLog``) for the numeric features:
+        "error" (default): a missing value is bad input; "indicator": as the design does
+        with a confounder, a feature's missing values take its fill (the median of its
+        observed training values) and a feature with missing training values adds its 0/1
+        column ``indicator_name(col)`` right after its own; both are fixed at fit
+        (``missing_``, a ``DesignSpec`` holding them) and reused on any users frame.
 
     Attributes
     ----------
     columns_ : names of the encoded columns; center_, scale_ : standardisation moments.
+    missing_ : the fill and indicators of the numeric features (``DesignSpec.fill``,
+        ``DesignSpec.indicators``; empty under "error").
     """
 
     def __init__(self, features=(), categorical=(), text=(), text_encoder=None,
-                 text_components=8, max_levels=50, unknown_levels="error"):
+                 text_components=8, max_levels=50, unknown_levels="error", missing="error"):
         self.features = _as_list(features)
         self.categorical = _as_list(categorical)
         self.text = _as_list(text)
@@ -45,6 +56,7 @@ class UserFeatures:
         self.text_components = text_components
         self.max_levels = max_levels
         self.unknown_levels = unknown_levels
+        self.missing = missing
 
     @property
     def input_columns(self) -> list[str]:
@@ -53,6 +65,14 @@ class UserFeatures:
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         self.check(frame, "log")
         self.fit_levels({col: level_counts(frame[col]) for col in self.categorical})
+        fill, indicators = {}, []
+        if self.missing == "indicator":  # DesignSpec.from_log's rule, on every row
+            for col in self.features:
+                fill[col], missing = fill_of(frame[col].to_numpy(dtype=np.float64,
+                                                                  na_value=np.nan))
+                if missing.any():
+                    indicators.append(col)
+        self.fit_missing(fill, indicators)
         self.text_ = None
         if self.text:
             from ..confounders import TextConfounders
@@ -70,6 +90,12 @@ class UserFeatures:
         for col in self.categorical:
             self.levels_[col] = sorted(counts[col].index[:self.max_levels])
             self.seen_levels_[col] = pd.Index(counts[col].index)
+
+    def fit_missing(self, fill: dict, indicators: list) -> None:
+        """The numeric features' fill (column -> value) and the columns with an indicator,
+        held as the design holds a confounder's (``DesignSpec.numeric``, ``is_missing``)."""
+        self.missing_ = DesignSpec(list(self.features), {}, [], [], np.empty(0), np.empty(0),
+                                   fill=dict(fill), indicators=list(indicators))
 
     def fit_moments(self, mean: np.ndarray, std: np.ndarray, names: list[str]) -> None:
         """Standardisation from the raw columns' mean and (population) standard deviation;
@@ -94,7 +120,8 @@ class UserFeatures:
     def check(self, frame: pd.DataFrame, what: str) -> None:
         check_frame(frame, f"the {what}", self.input_columns)
         for col in self.features:
-            _check_finite_numeric(frame[col], col)
+            _check_finite_numeric(frame[col], col, allow_missing=self.missing == "indicator",
+                                  remedy=MISSING_REMEDY if what == "log" else None)
         for col in self.categorical:
             check_key_values(frame[col], col)
 
@@ -115,9 +142,15 @@ class UserFeatures:
             f"({shown}); scored as the reference level {self.levels_[col][0]!r}"), stacklevel=4)
 
     def raw(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-        """The unstandardised columns (numeric, one-hot, text components) and their names."""
-        parts = [frame[self.features].to_numpy(dtype=np.float64)] if self.features else []
-        names = list(self.features)
+        """The unstandardised columns (numeric, each with its indicator if it has one,
+        one-hot, text components) and their names."""
+        parts, names, spec = [], [], self.missing_
+        for col in self.features:  # missing values filled, as the design reads a confounder
+            parts.append(spec.numeric(frame[col], col).astype(np.float64)[:, None])
+            names.append(col)
+            if col in spec.indicators:
+                parts.append(spec.is_missing(frame[col]).astype(np.float64)[:, None])
+                names.append(indicator_name(col))
         for col in self.categorical:
             levels = self.levels_[col]
             codes = pd.Categorical(_levels(frame[col]), categories=levels).codes

@@ -53,6 +53,9 @@ class UpliftModel(BaseEstimator):
         ``effect_matrix`` and ``recommend`` do with a categorical level (or a missing value)
         not seen at fit: raise a ``SchemaError`` naming the column and levels, or score the
         rows as the reference level with a ``DataWarning`` giving their count.
+        Missing values in numeric features follow the log's ``missing``: an error, or
+        (``InteractionLog(..., missing="indicator")``) the design's fill and 0/1 indicator,
+        fixed at fit and reused by every prediction (``UserFeatures``).
     **estimator_options : options of ``ItemEffectEstimator`` (nuisance, n_folds, seed,
         device, ...).
 
@@ -139,7 +142,7 @@ class UpliftModel(BaseEstimator):
         self.encoder_ = UserFeatures(self.features, self.categorical, self.text,
                                      text_encoder=self.estimator_options.get("text_encoder"),
                                      text_components=self.estimator_options.get("text_components", 8),
-                                     unknown_levels=self.unknown_levels)
+                                     unknown_levels=self.unknown_levels, missing=rows.missing)
         rows.check(self)  # the roles and feature columns, before the costly stage 1
         est, effects, items = rows.stage1(self)
         self.estimator_, self.estimator_effects_ = est, effects

@@ -80,6 +80,11 @@ class LocalUpliftRows:
     def __init__(self, log):
         self.log = log
 
+    @property
+    def missing(self) -> str:
+        """The log's missing-value policy: the features follow it."""
+        return self.log.missing
+
     def check(self, model) -> None:
         if len(self.log.item_columns) != 1:
             raise ValueError(f"UpliftModel needs one item column, got {self.log.item_columns}")

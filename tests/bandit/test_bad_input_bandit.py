@@ -94,7 +94,7 @@ def test_default_cap_is_the_row_count_and_leaves_plausible_logs_alone():
 
 
 @pytest.mark.parametrize("value,match", [
-    (0.0, "outside"), (-0.2, "outside"), (1.5, "outside"), (np.nan, "NaN"), (np.inf, "NaN")])
+    (0.0, "outside"), (-0.2, "outside"), (1.5, "outside"), (np.nan, "NaN"), (np.inf, "infinite")])
 def test_impossible_propensity_of_a_shown_item_is_a_schema_error(value, match):
     df = uniform_log(n=200)
     df.loc[3, "p"] = value

@@ -321,3 +321,43 @@ def test_exit_codes_are_documented_and_returned(monkeypatch, capsys):
         line = one_error_line(capsys.readouterr().err)
         assert str(error).strip("'") in line
         assert ("unexpected KeyError" in line) == isinstance(error, KeyError)
+
+
+# ------------------------------------------------ missing values in numeric confounders
+def test_missing_flag_passes_the_policy_to_every_command(tmp_path, capsys):
+    """``--missing indicator`` on a CSV log with empty tenure cells: ``effects`` writes the
+    Python API's table and ``audit`` the audit's; the choices are the schema's declared
+    tuple; without the flag the one error line names the flag."""
+    from causalrec.fairness import FairnessAudit
+    from causalrec.schema import MISSING_POLICIES
+
+    data = simulate_log(**SIM).data
+    data["tenure"] = data["tenure"].mask(np.arange(len(data)) % 7 == 0)
+    path = tmp_path / "log.csv"
+    data.to_csv(path, index=False)
+    df = pd.read_csv(path)
+    assert df["tenure"].isna().sum() == len(data[::7])
+    _, commands = _commands()
+    for name in ("effects", "report", "audit", "net"):
+        flags = {a.dest: a for a in commands[name]._actions}
+        assert tuple(flags["missing"].choices) == MISSING_POLICIES and \
+            flags["missing"].default == "error"
+
+    out = tmp_path / "effects.csv"
+    argv = ["effects", str(path), *FLAGS, "--seed", "0", "-q", "--out", str(out)]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "column 'tenure'" in line and "--missing indicator" in line and not out.exists()
+    assert main(argv + ["--missing", "indicator"]) == 0, capsys.readouterr().err
+    got = pd.read_csv(out)
+    expected = estimate_item_effects(df, **ROLES, seed=0, missing="indicator")
+    assert list(got["status"]) == list(expected["status"]) and (got["status"] == "ok").any()
+    for col in ("ate", "se", "ci_low", "ci_high"):
+        np.testing.assert_allclose(got[col], expected[col], rtol=1e-7, atol=1e-9)
+
+    audit_out = tmp_path / "audit"
+    assert main(["audit", str(path), *FLAGS, "--group", "user_group", "--missing", "indicator",
+                 "-q", "--out", str(audit_out)]) == 0, capsys.readouterr().err
+    audit = FairnessAudit(**ROLES, group="user_group", missing="indicator").fit(df)
+    written = pd.read_csv(audit_out / "group_effects.csv")
+    np.testing.assert_allclose(written["ate"], audit.group_effects_["ate"], rtol=1e-7, atol=1e-9)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import causalrec as cr
-from causalrec.estimate.design import MISSING, DesignSpec, indicator_name
+from causalrec.estimate.design import DesignSpec
+from causalrec.estimate.missing_values import MISSING, indicator_name
 from causalrec.exceptions import DataWarning
 from causalrec.schema import SchemaError
 

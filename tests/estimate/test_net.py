@@ -277,3 +277,29 @@ def test_other_estimator_options_run_with_unit_folds(small, options):
     assert np.allclose(ok["net_ate"], ok["own_ate"] + ok["spillover"], atol=1e-10)
     assert (est.fold_.groupby(small.data["unit"]).nunique() == 1).all()
     assert est.item_estimator_.n_repeats == 1
+
+
+def test_missing_indicator_reaches_the_own_and_net_fits():
+    """missing="indicator": a log with a missing confounder gives own effects equal to
+    ``estimate_item_effects(..., unit=, missing="indicator")`` (the same unit folds), the
+    fitted log's own policy is kept, the pairs run on a frame; without it the error names
+    the option."""
+    sim = simulate_net_log(3000, seed=6)
+    r = sim.roles
+    col = r["confounders"][0]
+    data = sim.data.assign(**{col: sim.data[col].mask(np.arange(len(sim.data)) % 5 == 0)})
+    with pytest.raises(cr.SchemaError, match=f"column '{col}'.*pass missing='indicator'"):
+        cr.estimate_net_effects(data, **r)
+    eff = cr.estimate_net_effects(data, **r, missing="indicator", dtype="float64")
+    log = cr.InteractionLog(data, item=r["item"], treatment=r["treatment"], outcome=r["outcome"],
+                            confounders=r["confounders"], missing="indicator")
+    net = cr.NetEffectEstimator(estimator=cr.ItemEffectEstimator(dtype="float64")).fit(
+        log, unit=r["unit"])
+    pd.testing.assert_frame_equal(net.effects_, eff)
+    own = cr.estimate_item_effects(data, **{k: v for k, v in r.items()}, missing="indicator",
+                                   dtype="float64", n_repeats=1)
+    ok = eff["status"] == "ok"
+    assert ok.any()
+    np.testing.assert_allclose(eff.loc[ok, "own_ate"], own.loc[ok.to_numpy(), "ate"], rtol=1e-8)
+    pairs = cr.spillover_pairs(data, top=2, **r, missing="indicator", dtype="float64")
+    pd.testing.assert_frame_equal(pairs, net.spillover_pairs(top=2))

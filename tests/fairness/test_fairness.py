@@ -343,3 +343,30 @@ def test_max_min_uses_a_homogeneity_test(small):
         assert d.loc[item, "disparity"] == pytest.approx(part["ate"].max() - part["ate"].min())
         assert d.loc[item, "group"] == part.loc[part["ate"].idxmax(), "group"]
     assert list(audit.overall_disparity_["group"]) == ["max"]
+
+
+def test_missing_indicator_reaches_the_effect_and_the_exposure_models(small):
+    """missing="indicator": the audit's group effects on a log with missing tenure are
+    ``estimate_item_effects(..., by=group, missing="indicator")``, and its exposure models
+    those of the log filled by hand (the median of the observed values) with the 0/1
+    indicator as a confounder of its own (the effects are not: the folds hash the
+    confounders' values). Without it the error names the option."""
+    from causalrec.estimate.missing_values import indicator_name
+    data, r = small
+    data = data.assign(tenure=data["tenure"].mask(np.arange(len(data)) % 6 == 0))
+    with pytest.raises(SchemaError, match="column 'tenure'.*pass missing='indicator'"):
+        cr.FairnessAudit(**r, group="user_group").fit(data)
+    audit = cr.FairnessAudit(**r, group="user_group", missing="indicator").fit(data)
+    flag = indicator_name("tenure")
+    confounders = [c for col in r["confounders"]
+                   for c in ([col, flag] if col == "tenure" else [col])]
+    by_hand = data.assign(tenure=data["tenure"].fillna(data["tenure"].median()),
+                          **{flag: data["tenure"].isna().astype(float)})
+    filled = cr.FairnessAudit(**{**r, "confounders": confounders}, group="user_group").fit(by_hand)
+    pd.testing.assert_frame_equal(audit.exposure_, filled.exposure_, check_exact=False,
+                                  rtol=1e-6)
+    assert np.isfinite(audit.exposure_["logit_shift_se"].dropna()).all()
+    table = cr.estimate_item_effects(data, **{**r, "categorical": [
+        c for c in r["categorical"] if c != "user_group"]}, by="user_group", missing="indicator")
+    np.testing.assert_allclose(audit.group_effects_.dropna(subset=["ate"])["ate"],
+                               table.dropna(subset=["ate"])["ate"], rtol=1e-10)

@@ -552,6 +552,23 @@ def test_audit_on_spark_equals_pandas(small_parquet, small_frame):
         FairnessAudit(**{**kw, "provider": "hour"}).fit(small_parquet)
 
 
+def test_audit_with_missing_values_on_spark_equals_pandas(spark, small_frame, tmp_path):
+    """FairnessAudit(missing="indicator") on a log with missing tenure (nulls in Parquet):
+    the Spark effect segments and exposure models fill and flag as the pandas ones do, so
+    every table equals the pandas audit's; without the option both raise, naming it."""
+    from causalrec.fairness import FairnessAudit
+    frame = small_frame.assign(tenure=small_frame["tenure"].mask(small_frame["row"] % 7 == 0))
+    frame.to_parquet(tmp_path / "missing.parquet", index=False)
+    sdf = spark.read.parquet(str(tmp_path / "missing.parquet"))
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64"), missing="indicator")
+    local = FairnessAudit(**kw).fit(frame)
+    remote = FairnessAudit(**kw).fit(sdf)
+    _assert_same_audit(local, remote)
+    for data in (frame, sdf):
+        with pytest.raises(SchemaError, match="column 'tenure'.*missing='indicator'"):
+            FairnessAudit(**{**kw, "missing": "error"}).fit(data)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("CAUSALREC_LONG_TESTS"),
                     reason="~400 Spark jobs (4-5 min); set CAUSALREC_LONG_TESTS=1 to run it")
@@ -691,6 +708,28 @@ def test_uplift_on_spark_equals_pandas(spark, small_frame, tmp_path):
     g = remote.pseudo_outcome_.toPandas().set_index("row_id").sort_index()["pseudo_outcome"]
     np.testing.assert_allclose(g.to_numpy(), local.pseudo_outcome_.dropna().to_numpy(),
                                rtol=1e-8, atol=1e-12)
+
+
+def test_uplift_with_missing_values_on_spark_equals_pandas(spark, small_frame, tmp_path):
+    """A log with missing tenure (a confounder and a feature) and missing="indicator": the
+    Spark fit's feature fill and indicator (stage 0's order statistics), coefficients and
+    predictions equal the pandas fit's."""
+    roles = dict(ROLES, item="item_id")
+    frame = small_frame.assign(row=np.arange(len(small_frame)),
+                               tenure=small_frame["tenure"].mask(small_frame["row"] % 7 == 0))
+    frame.to_parquet(tmp_path / "uplift_missing.parquet", index=False)
+    options = dict(UPLIFT, n_bootstrap=0)
+    local = cr.UpliftModel(**options).fit(InteractionLog(frame, **roles, missing="indicator"))
+    remote = cr.UpliftModel(**options).fit(
+        spark.read.parquet(str(tmp_path / "uplift_missing.parquet")), **roles,
+        missing="indicator", row_id="row")
+    assert remote.encoder_.missing_.fill == local.encoder_.missing_.fill
+    assert remote.encoder_.missing_.indicators == local.encoder_.missing_.indicators == ["tenure"]
+    assert remote.encoder_.columns_ == local.encoder_.columns_
+    pd.testing.assert_frame_equal(local.coef_, remote.coef_, check_exact=False, rtol=1e-8,
+                                  atol=1e-12)
+    users = frame.head(200)
+    np.testing.assert_allclose(remote.effect(users), local.effect(users), rtol=1e-8, atol=1e-12)
 
 
 def test_uplift_on_spark_bad_input(small_parquet):

@@ -108,3 +108,42 @@ def test_recommend_k_must_be_a_positive_integer_not_a_bool(fitted, k):
     with pytest.raises(ValueError, match=f"k must be a positive integer, got {k!r}"):
         model.recommend(users, k=k)
     assert len(model.recommend(users, k=np.int64(2))) == 2 * len(users)
+
+
+def test_missing_indicator_log_fills_features_as_the_design_fixed_at_fit():
+    """A log with missing tenure (a confounder and a feature) and missing="indicator": the
+    features take the design's fill (the median of the observed training values) and 0/1
+    indicator, fixed at fit and reused at prediction; the model equals the one fitted on
+    the log filled by hand with the indicator as a column of its own (unit folds: the
+    folds do not read the confounders). A missing feature under the default policy is an
+    error naming the option."""
+    from causalrec.estimate.missing_values import indicator_name
+    sim = cr.datasets.simulate_log(n_items=6, n_users=300, n_rows=4000, text_confounding=0.0,
+                                   seed=2)
+    data = sim.data.assign(tenure=sim.data["tenure"].mask(np.arange(len(sim.data)) % 6 == 0))
+    roles = dict(ROLES, unit="user_id")
+    options = dict(categorical=["device"], n_bootstrap=0, seed=0, device="cpu", dtype="float64")
+    model = cr.UpliftModel(features=FEATURES, **options).fit(
+        cr.InteractionLog(data, **roles, missing="indicator"))
+    flag = indicator_name("tenure")
+    fill = data["tenure"].median()
+    assert model.encoder_.missing_.fill == {"user_activity": data["user_activity"].median(),
+                                            "tenure": fill}
+    assert model.encoder_.missing_.indicators == ["tenure"] and flag in model.encoder_.columns_
+    by_hand = data.assign(tenure=data["tenure"].fillna(fill), **{flag: data["tenure"].isna() * 1.0})
+    confounders = ["user_activity", "hour", "tenure", flag]
+    expected = cr.UpliftModel(features=["user_activity", "tenure", flag], **options).fit(
+        cr.InteractionLog(by_hand, **{**roles, "confounders": confounders}))
+    np.testing.assert_allclose(model.coef_matrix_.numpy(), expected.coef_matrix_.numpy(),
+                               rtol=1e-8, atol=1e-12)
+    users = data.iloc[:60].reset_index(drop=True)
+    users_by_hand = by_hand.iloc[:60].reset_index(drop=True)
+    np.testing.assert_allclose(model.effect(users), expected.effect(users_by_hand), rtol=1e-8)
+    # a users frame's own missing values take the fit's fill, not their own median
+    odd = users.assign(user_activity=np.nan)
+    np.testing.assert_allclose(model.effect(odd), expected.effect(
+        users_by_hand.assign(user_activity=data["user_activity"].median())), rtol=1e-8)
+    with pytest.raises(SchemaError, match="column 'hour'.*pass missing='indicator'"):
+        cr.UpliftModel(features=["hour"], **options).fit(cr.InteractionLog(
+            sim.data.assign(hour=sim.data["hour"].mask(sim.data.index % 9 == 0)),
+            **{**ROLES, "confounders": ["user_activity", "tenure"]}))
