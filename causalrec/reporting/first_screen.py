@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..estimate.positivity import ONE_ARM_MAX
 from .html import column_decimals, escape, format_number, html_table, paragraph
 
 __all__ = ["first_screen_html", "popularity_verdict", "choose_items", "policy_change"]
@@ -18,7 +19,8 @@ STATUS_REASONS = {
     "too_few_units": "its rows come from too few units (users, sessions) to cross-fit models "
                      "of its own (per_item)",
     "no_overlap": "the arms' propensities do not meet (or more than {max_clipped:.0%} of rows "
-                  "clipped): the effect would be an extrapolation",
+                  "clipped, or more than " + f"{ONE_ARM_MAX:.0%}" + " in a level of a categorical "
+                  "confounder that one arm never reaches): the effect would be an extrapolation",
     "poor_overlap": "an arm's effective sample size below {min_ess:g}: estimated, not ranked",
     "constant_outcome": "the outcome never varies within the item",
     "fit_failed": "the models gave no finite estimate",

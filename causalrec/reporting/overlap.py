@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..estimate.positivity import ONE_ARM_MAX
 from .html import escape, figure_to_img, format_number, html_table, new_figure, paragraph
 
 __all__ = ["overlap_verdict", "OVERLAP_VERDICTS", "DEFAULT_MAX_OUTSIDE"]
@@ -47,8 +48,9 @@ def overlap_html(table, keys, labels, verdict, max_outside, rows) -> str:
     n_ok = int((table["status"] == "ok").sum()) if "status" in table.columns else len(table)
     text = ("An item's effect can only be learned where users could plausibly have been shown "
             "it and plausibly not. The estimator's rule: items whose arms' propensity ranges "
-            "do not meet (or with more than " + share + " of rows clipped) get no estimate "
-            "('no_overlap'); items with an arm's effective sample size below min_ess are not "
+            "do not meet (or with more than " + share + " of rows clipped, or more than "
+            f"{ONE_ARM_MAX:.0%} of rows in a level of a categorical confounder one arm never "
+            "reaches) get no estimate ('no_overlap'); items with an arm's effective sample size below min_ess are not "
             "ranked ('poor_overlap'); estimated items with more than " + share + " of their "
             "rows outside the range both arms share are marked 'limited' here.")
     out = paragraph(text)
@@ -64,7 +66,8 @@ def overlap_html(table, keys, labels, verdict, max_outside, rows) -> str:
     if len(flagged):
         cols = [c for c in keys + ["status", "n", "n_treated", "n_control",
                                    "share_outside_support", "ess_treated", "ess_control",
-                                   "share_clipped"] if c in flagged.columns]
+                                   "share_clipped", "share_one_arm_strata"]
+                if c in flagged.columns]
         shown = flagged[cols].assign(overlap=verdict[flagged.index])
         if "share_outside_support" in shown.columns:
             shown = shown.sort_values("share_outside_support", ascending=False, kind="stable")

@@ -81,3 +81,17 @@ def test_levels_that_both_arms_reach_are_not_flagged():
     df, _ = segment_log(1, n_items=6, never_shown=0.15, items_violated=0)
     eff = _fit(df)
     assert (eff.share_one_arm_strata == 0).all() and (eff.status == "ok").all()
+
+
+def test_the_report_says_why_an_item_has_no_overlap():
+    """The overlap section names the rule and lists the share for the flagged items."""
+    df, _ = segment_log(3, n_items=4, rows=2000, items_violated=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log = cr.InteractionLog(df, item="item", treatment="t", outcome="y", confounders=["x"],
+                                categorical=["device"])
+        est = cr.ItemEffectEstimator().fit(log)
+        html = cr.EffectReport(est).to_html()
+    assert (est.effects_.status.to_numpy()[:2] == "no_overlap").all()
+    assert "level of a categorical confounder one arm never reaches" in html
+    assert "share_one_arm_strata" in html
