@@ -13,8 +13,8 @@ from ..inference import interval, p_value
 from ..utils.tensors import at_rows
 from .positivity import ONE_ARM_MAX
 
-__all__ = ["effects_table", "clip_bounds", "pre_status", "split_status", "post_status",
-           "NO_ESTIMATE", "STATUSES", "PRIOR_DOF", "CLIP_BASE_SHARE"]
+__all__ = ["effects_table", "clip_bounds", "unit_pairs", "pre_status", "split_status",
+           "post_status", "NO_ESTIMATE", "STATUSES", "PRIOR_DOF", "CLIP_BASE_SHARE"]
 
 # weight of the fitted-probability variance in a binary normalised AIPW's variance, in
 # degrees of freedom of HC3 (measured plateau 8-15 on the benchmark logs: session 9)
@@ -113,14 +113,15 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     out-of-fold fits' residuals (session 32) are those of models fitted on half the rows:
     intervals 1.8x the oracle's, coverage 0.99 (benchmarks/README.md, session 33).
 
-    ``units`` (one integer code per row, the log's ``unit``, or None): the variance counts
+    ``units`` (``unit_pairs`` of the rows' items and units, or None): the variance counts
     each unit's rows in an item as one draw (``_unit_design_effect``)."""
     S = lambda values: segment_sum(values, seg, n_seg)
     # t and folds may come in a narrow integer dtype (memory: 10 MB instead of 80 MB a
     # column at 10M rows): products with float64 rows are float64 and exact; sums of t alone
     # are taken in float64
     t_sum = lambda values: S(values.to(e.dtype))
-    e_clip = _clipped(e, seg, t, n_seg, clip, t_sum, S)
+    n_t, n_c = t_sum(t), t_sum(1 - t)
+    e_clip = _clipped(e, seg, n_t, n_c, clip)
     keep = torch.ones_like(e, dtype=torch.bool) if trim is None else (e >= trim) & (e <= 1 - trim)
     k = keep.to(e.dtype)
     wt, wc = k * t / e_clip, k * (1 - t) / (1 - e_clip)
@@ -161,7 +162,6 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
     # tests/estimate/test_scores_folds.py)
     ess_t, ess_c = s1 ** 2 / S(wt ** 2), s0 ** 2 / S(wc ** 2)
     dof_welch = _welch_dof(psi_var, seg, t * k, (1 - t) * k, ess_t, ess_c, n_seg, n_keep)
-    n_t, n_c = t_sum(t), t_sum(1 - t)
     if binary:
         # An arm with no (or only) clicks shows no residual spread, so the empirical
         # variance collapses; the variance implied by the fitted click probabilities
@@ -208,7 +208,7 @@ def effects_table(seg, t, y, e, mu0, mu1, n_seg, method, clip, trim, alpha, bina
             model = torch.fmax(model, S(null))
         var_of_mean = torch.where(degenerate, torch.fmax(var_of_mean, model), var_of_mean)
     if units is not None:
-        inflation, n_units = _unit_design_effect(psi_var, seg, units, k, n_seg, n_keep)
+        inflation, n_units = _unit_design_effect(psi_var, seg, *units, k, n_seg, n_keep)
         var_of_mean = var_of_mean * inflation
         dof_welch = torch.where(n_units > 1, torch.fmin(dof_welch, n_units - 1), dof_welch)
     n_all = n_t + n_c
@@ -291,10 +291,10 @@ def clip_bounds(share_treated, clip):
             1 - np.minimum(clip, CLIP_BASE_SHARE * (1 - share)))
 
 
-def _clipped(e, seg, t, n_seg, clip, t_sum, S):
-    """``e`` clamped into its item's ``clip_bounds`` (the share from the item's own rows:
-    a shard or Spark partition holds whole items)."""
-    share = (t_sum(t) / S(torch.ones_like(e)).clamp(min=1)).cpu().numpy()
+def _clipped(e, seg, n_t, n_c, clip):
+    """``e`` clamped into its item's ``clip_bounds`` (the share from the item's own rows,
+    ``n_t`` treated of ``n_t + n_c``: a shard or Spark partition holds whole items)."""
+    share = (n_t / (n_t + n_c).clamp(min=1)).cpu().numpy()
     low, high = (at_rows(torch.as_tensor(b, dtype=e.dtype, device=e.device), seg)
                  for b in clip_bounds(share, clip))
     return torch.minimum(torch.maximum(e, low), high)
@@ -384,16 +384,23 @@ def _welch_dof(psi, seg, in_t, in_c, ess_t, ess_c, n_seg, n):
     return (v1 + v0) ** 2 / (v1 ** 2 / nu1 + v0 ** 2 / nu0)
 
 
-def _unit_design_effect(psi, seg, units, k, n_seg, n):
+def unit_pairs(seg, units):
+    """(each row's (item, unit) pair, each pair's item) for ``effects_table``'s ``units``:
+    ``units`` one integer code per row (the log's ``unit``). Formed once per shard: the
+    pairs do not depend on the split."""
+    width = int(units.max()) + 1 if len(units) else 1
+    pairs, pair = torch.unique(seg * width + units, return_inverse=True)
+    return pair, pairs // width
+
+
+def _unit_design_effect(psi, seg, pair, pair_item, k, n_seg, n):
     """Per item: the variance of the mean of ``psi`` with each unit's kept rows summed into
     one draw (cluster-robust, G / (G - 1) over its G units) over that with each row a draw,
     at least 1; and G. A unit shown the same item many times, the policy's choice fixed for
     the pair, repeats its affinity for the item in every row: rows as draws covered 0.60-0.70
     (tests/estimate/test_unit_variance.py). Rows of distinct units: exactly 1. An item of one
     unit keeps its rows as draws (the unit's own effect: no spread between units to read)."""
-    width = int(units.max()) + 1 if len(units) else 1
-    pairs, pair = torch.unique(seg * width + units, return_inverse=True)
-    pair_item, n_pairs = pairs // width, len(pairs)
+    n_pairs = len(pair_item)
     dev = k * (psi - at_rows(segment_sum(psi, seg, n_seg) / n, seg))
     g = segment_sum((segment_sum(k, pair, n_pairs) > 0).to(psi.dtype), pair_item, n_seg)
     by_unit = segment_sum(segment_sum(dev, pair, n_pairs) ** 2, pair_item, n_seg) * g / (g - 1)

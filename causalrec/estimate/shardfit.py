@@ -21,6 +21,7 @@ from .folds import item_fold_rows, split_seed
 from .nuisance import (cross_fit, cross_fit_tuned, penalty_grid, tuned_penalty,
                        tunes_shared_penalty)
 from .plan import FitPlan, ShardPart, repeats_for_split_noise
+from .scores import unit_pairs
 from .splits import SplitAverage, split_noise_sums
 
 __all__ = ["ShardData", "fit_shard"]
@@ -86,8 +87,9 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     chosen = (propensity, outcome)
     n_splits, repeat = n_start, 0  # n_repeats="auto" may add splits after the first n_start
     folds_filled, fold_rows = np.full(n_seg, p["n_folds"]), []
-    units = (None if data.groups is None
-             else on_device(np.unique(data.groups, return_inverse=True)[1].ravel(), torch.long))
+    units = (None if data.groups is None else unit_pairs(
+        on_device(seg, torch.long),
+        on_device(np.unique(data.groups, return_inverse=True)[1].ravel(), torch.long)))
     while repeat < n_splits:
         if repeat == len(data.split_folds):
             data.split_folds.append(data.fold_of(repeat))

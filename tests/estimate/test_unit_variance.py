@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import causalrec as cr
-from causalrec.estimate.scores import effects_table
+from causalrec.estimate.scores import effects_table, unit_pairs
 from causalrec.exceptions import DataWarning
 
 
@@ -63,12 +63,12 @@ def test_units_of_one_row_per_item_leave_the_variance_as_it_was():
     folds = torch.as_tensor(rng.integers(0, 2, n))
     args = (seg, t, y, e, mu0, mu1, 5, "aipw", 0.01, None, 0.05, False)
     plain = effects_table(*args, folds=folds)[0]
-    units = effects_table(*args, folds=folds, units=torch.arange(n))[0]
+    units = effects_table(*args, folds=folds, units=unit_pairs(seg, torch.arange(n)))[0]
     np.testing.assert_allclose(units["se"], plain["se"], rtol=1e-12)
     np.testing.assert_allclose(units["dof"], plain["dof"], rtol=1e-12)
     # each user's rows spread over the items (one row per unit and item): still ratio 1
     users = torch.as_tensor(pd.Series(seg.numpy()).groupby(seg.numpy()).cumcount().to_numpy())
-    spread = effects_table(*args, folds=folds, units=users)[0]
+    spread = effects_table(*args, folds=folds, units=unit_pairs(seg, users))[0]
     np.testing.assert_allclose(spread["se"], plain["se"], rtol=1e-12)
 
 
