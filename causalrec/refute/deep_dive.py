@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ..estimate.missing_values import fill_of
 from ..inference import p_value
 from .refutations import _resolve_confounders, refute_item_effects
 
@@ -26,6 +27,8 @@ def deep_dive(df: pd.DataFrame, item_id, item: str, treatment: str, outcome: str
     components), estimated with ``method`` (e.g. ``"backdoor.linear_regression"``,
     ``"backdoor.propensity_score_weighting"``) and refuted with its placebo
     (permute), random-common-cause and data-subset refuters (``num_simulations`` each).
+    With ``missing="indicator"`` (an option of the causalrec run) DoWhy gets the same
+    policy: the log's median fill and a ``<col>_missing`` 0/1 column among its confounders.
 
     Returns
     -------
@@ -59,7 +62,9 @@ def deep_dive(df: pd.DataFrame, item_id, item: str, treatment: str, outcome: str
                          else np.nan))
 
     data = full.loc[full[item] == item_id, [treatment, outcome, *conf, *cat]]
-    model = CausalGraph.recommendation(treatment, outcome, context=conf + cat).to_dowhy(data)
+    data, indicators = _fill_for_dowhy(data, full, conf, options.get("missing", "error"))
+    model = CausalGraph.recommendation(treatment, outcome,
+                                       context=conf + indicators + cat).to_dowhy(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         estimand = model.identify_effect(proceed_when_unidentifiable=True)
@@ -81,6 +86,30 @@ def deep_dive(df: pd.DataFrame, item_id, item: str, treatment: str, outcome: str
     out["original_ate"] = np.where(out["source"] == "causalrec", original["original_ate"], value)
     out.attrs.update(item=item_id, dowhy_estimand=estimand, method=method)
     return out
+
+
+def _fill_for_dowhy(data: pd.DataFrame, full: pd.DataFrame, numeric: list,
+                    missing: str) -> tuple[pd.DataFrame, list]:
+    """The item's rows for DoWhy under causalrec's missing-value policy: with "indicator"
+    each numeric confounder's missing entries take the median of its observed values over
+    the whole log (causalrec's fill) and a 0/1 column ``<col>_missing`` joins the
+    adjustment set where the item has any (DoWhy's estimators take no NaN; a constant
+    column would only be dropped). -> (rows, indicator columns)."""
+    if missing != "indicator":
+        return data, []
+    data, indicators = data.copy(), []
+    for col in numeric:
+        gaps = data[col].isna().to_numpy()
+        if not gaps.any():
+            continue
+        fill, _ = fill_of(full[col].to_numpy(dtype=np.float64, na_value=np.nan))
+        name = f"{col}_missing"
+        while name in data.columns or name in full.columns:
+            name += "_"
+        data[col] = data[col].fillna(fill)
+        data[name] = gaps.astype(np.float64)
+        indicators.append(name)
+    return data, indicators
 
 
 def _normal_p(ate: float, se: float) -> float:
