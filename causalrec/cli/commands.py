@@ -17,14 +17,16 @@ def _estimator(args):
     _check_device(args.device)
     estimator = ItemEffectEstimator(method=args.method, nuisance=args.nuisance,
                                     n_folds=args.folds, device=args.device, seed=args.seed,
-                                    dtype=args.dtype, estimand=args.estimand)
+                                    dtype=args.dtype, estimand=args.estimand,
+                                    n_repeats=args.repeats)
     estimator._validate_params()  # fail on a bad flag now, not after minutes of fitting
     return estimator
 
 
 def _options(args) -> dict:
     return dict(method=args.method, nuisance=args.nuisance, n_folds=args.folds,
-                device=args.device, seed=args.seed, dtype=args.dtype, estimand=args.estimand)
+                device=args.device, seed=args.seed, dtype=args.dtype, estimand=args.estimand,
+                n_repeats=args.repeats)
 
 
 def _check_device(device: str) -> None:

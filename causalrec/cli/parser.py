@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..estimate.params import MAX_FOLDS, string_choices
+from ..estimate.params import MAX_FOLDS, MAX_REPEATS, string_choices
 from ..schema import MISSING_POLICIES
 from ..utils.suggest import did_you_mean
 from .commands import cmd_audit, cmd_demo, cmd_effects, cmd_report, cmd_simulate
@@ -88,6 +88,11 @@ EXIT_CODES = f"""exit codes:
 """
 
 
+def _repeats(value: str):
+    """--repeats: "auto" or a positive integer (the estimator's ``n_repeats``)."""
+    return value if value == "auto" else _positive_int(value)
+
+
 def _device(value: str) -> str:
     """--device: one of the estimator's named devices, or cuda:N."""
     if value in string_choices("device") or re.fullmatch(r"cuda:\d+", value):
@@ -111,6 +116,10 @@ def _add_estimation_flags(parser: argparse.ArgumentParser) -> None:
                              "where effects vary over users)")
     parser.add_argument("--folds", type=_positive_int, default=2,
                         help=f"cross-fitting folds (1 to {MAX_FOLDS})")
+    parser.add_argument("--repeats", type=_repeats, default="auto", metavar="{auto,N}",
+                        help="cross-fitting splits whose estimates are combined (auto: as "
+                             f"many as the log affords, up to 16; 1 to {MAX_REPEATS}): more "
+                             "splits, less dependence on --seed")
     parser.add_argument("--device", type=_device, default="auto",
                         metavar="{" + ",".join(string_choices("device")) + ",cuda:N}",
                         help="where the models are fitted (auto: CUDA when present)")

@@ -361,3 +361,28 @@ def test_missing_flag_passes_the_policy_to_every_command(tmp_path, capsys):
     audit = FairnessAudit(**ROLES, group="user_group", missing="indicator").fit(df)
     written = pd.read_csv(audit_out / "group_effects.csv")
     np.testing.assert_allclose(written["ate"], audit.group_effects_["ate"], rtol=1e-7, atol=1e-9)
+
+
+def test_repeats_flag_is_the_estimators_n_repeats(tmp_path, capsys):
+    """``--repeats N`` writes the Python API's table for ``n_repeats=N`` (and differs from
+    the default's); ``auto`` is the default; 0 or a word is a one-line usage error."""
+    data = simulate_log(**SIM).data
+    path = tmp_path / "log.csv"
+    data.to_csv(path, index=False)
+    df = pd.read_csv(path)
+    _, commands = _commands()
+    for name in ("effects", "report", "audit", "net"):
+        assert {a.dest: a for a in commands[name]._actions}["repeats"].default == "auto"
+    out = tmp_path / "effects.csv"
+    assert main(["effects", str(path), *FLAGS, "-q", "--repeats", "1", "--out", str(out)]) == 0
+    got = pd.read_csv(out)
+    one = estimate_item_effects(df, **ROLES, n_repeats=1)
+    default = estimate_item_effects(df, **ROLES)
+    ok = (one["status"] == "ok").to_numpy()
+    assert ok.any() and list(got["status"]) == list(one["status"])
+    np.testing.assert_allclose(got["ate"], one["ate"], rtol=1e-7, atol=1e-9)
+    assert not np.allclose(got["ate"][ok], default["ate"][ok])
+    for bad in ("0", "many"):
+        assert main(["effects", str(path), *FLAGS, "-q", "--repeats", bad, "--out",
+                     str(out)]) == 2
+        assert "--repeats" in capsys.readouterr().err

@@ -245,9 +245,10 @@ def test_spark_with_unit_equals_local(sim_df, spark):
     from causalrec.spark import estimate_item_effects_spark
     df = sim_df.drop(columns=["user_text", "item_text"]).assign(
         row=np.arange(len(sim_df)), user=lambda d: "u" + d["user_id"].astype(str))
-    local = _fit(df, dict(ROLES, item=["item_id"], unit="user"), dtype="float64")
+    local = _fit(df, dict(ROLES, item=["item_id"], unit="user"), dtype="float64", n_repeats=2)
     res = estimate_item_effects_spark(spark.createDataFrame(df), **ROLES, unit="user",
-                                      dtype="float64", shards=2, row_id="row", row_outputs=True)
+                                      dtype="float64", shards=2, row_id="row", row_outputs=True,
+                                      n_repeats=2)
     pd.testing.assert_frame_equal(local.effects_, res.effects, check_exact=False, rtol=1e-8,
                                   check_dtype=False)
     rows = res.rows.toPandas().sort_values("row_id")

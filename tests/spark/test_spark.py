@@ -170,9 +170,9 @@ def test_balancing_chosen_columns_on_spark_equals_local(small_parquet, small_fra
     """The balancing step on each shard (here along two numeric confounders): table and
     per-row propensities equal the local fit's."""
     columns = ("user_activity", "tenure")
-    local = local_fit("small", balance_columns=columns)
+    local = local_fit("small", balance_columns=columns, n_repeats=2)
     res = estimate_item_effects_spark(small_parquet, **ROLES, balance_columns=columns,
-                                      dtype="float64", shards=2, row_id="row", row_outputs=True)
+                                      n_repeats=2, dtype="float64", shards=2, row_id="row", row_outputs=True)
     assert (local.balance_shift_[local.effects_.status.eq("ok").to_numpy()] > 0).all()
     _assert_same(local.effects_, res.effects)
     _assert_same_rows(local, res, small_frame)
@@ -219,8 +219,10 @@ def test_one_arm_levels_on_spark_equal_local(spark):
     df.loc[df.index % 97 == 0, "device"] = None
     roles = dict(item="item", treatment="t", outcome="y", confounders=["x"],
                  categorical=["device"])
-    local = ItemEffectEstimator(dtype="float64").fit(InteractionLog(df, **roles)).effects_
-    res = estimate_item_effects_spark(spark.createDataFrame(df), **roles, dtype="float64")
+    local = ItemEffectEstimator(dtype="float64", n_repeats=2).fit(
+        InteractionLog(df, **roles)).effects_
+    res = estimate_item_effects_spark(spark.createDataFrame(df), **roles, dtype="float64",
+                                      n_repeats=2)
     assert (local.status.to_numpy()[:3] == "no_overlap").all()
     _assert_same(local, res.effects)
 
@@ -355,9 +357,10 @@ def test_missing_indicator_on_spark_equals_local(spark, small_frame):
     sdf = spark.createDataFrame(df)
     sdf = sdf.withColumn("tenure", F.when(~F.isnan("tenure"), F.col("tenure")))  # NaN -> null
     roles = {**ROLES, "missing": "indicator"}
-    local = cr.ItemEffectEstimator(dtype="float64").fit(
+    local = cr.ItemEffectEstimator(dtype="float64", n_repeats=2).fit(
         InteractionLog(df, **{**roles, "item": [ROLES["item"]]}))
-    res = estimate_item_effects_spark(sdf, **roles, dtype="float64", shards=2, row_id="row")
+    res = estimate_item_effects_spark(sdf, **roles, dtype="float64", shards=2, row_id="row",
+                                      n_repeats=2)
     assert local.design_spec_.indicators == ["tenure", "hour"]
     assert res.design_spec.fill == local.design_spec_.fill
     assert res.design_spec.indicators == local.design_spec_.indicators
@@ -384,7 +387,7 @@ sdf = spark.read.parquet(sys.argv[1])
 assert type(sdf).__module__.startswith("pyspark.sql.connect")
 table = cr.estimate_item_effects(sdf, item="item_id", treatment="recommended", outcome="clicked",
     confounders={confounders!r}, categorical={categorical!r}, nuisance="pooled",
-    dtype="float64", shards=2, row_id="row")
+    dtype="float64", shards=2, row_id="row", n_repeats=2)
 table.to_pickle(sys.argv[2])
 spark.stop()
 """
@@ -400,19 +403,22 @@ def test_spark_connect_smoke(small_path, local_fit, tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(small_path), str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same(local_fit("small", nuisance="pooled").effects_, pd.read_pickle(out))
+    _assert_same(local_fit("small", nuisance="pooled", n_repeats=2).effects_,
+                 pd.read_pickle(out))
 
 
 CLI_FLAGS = ["--item", "item_id", "--treatment", "recommended", "--outcome", "clicked",
              "--confounders", ",".join(ROLES["confounders"]),
-             "--categorical", ",".join(ROLES["categorical"]), "--dtype", "float64", "-q"]
+             "--categorical", ",".join(ROLES["categorical"]), "--dtype", "float64", "-q",
+             "--repeats", "2"]
 
 
 def test_cli_spark_equals_cli_local(spark, small_path, tmp_path):
     """``causalrec effects LOG --spark local[2]`` (reusing the active session) writes the
-    table the local command writes from the same Parquet file (per_item and pooled)."""
+    table the local command writes from the same Parquet file (pooled: the barrier stage;
+    per_item on Spark is test_spark_equals_local's)."""
     from causalrec.cli import main
-    for nuisance in ("per_item", "pooled"):
+    for nuisance in ("pooled",):
         tables = {}
         for name, extra in (("local", []), ("spark", ["--spark", "local[2]"])):
             out = tmp_path / f"{name}-{nuisance}.parquet"
@@ -502,9 +508,10 @@ def test_text_on_spark_equals_local(spark, tmp_path):
     path = tmp_path / "text.parquet"
     df.assign(row=np.arange(len(df))).to_parquet(path, index=False)
     log = InteractionLog(df, **{**TEXT_ROLES, "item": ["item_id"]})
-    local = ItemEffectEstimator(dtype="float64", nuisance="pooled").fit(log)
+    local = ItemEffectEstimator(dtype="float64", nuisance="pooled", n_repeats=2).fit(log)
     res = estimate_item_effects_spark(spark.read.parquet(str(path)), **TEXT_ROLES,
-                                      nuisance="pooled", dtype="float64", shards=2, row_id="row")
+                                      nuisance="pooled", dtype="float64", shards=2, row_id="row",
+                                      n_repeats=2)
     _assert_same(local.effects_, res.effects)  # the balancing step included, on each shard
     assert (local.balance_shift_[local.effects_.status.eq("ok").to_numpy()] > 0).all()
     assert res.design_spec.extra == local.design_spec_.extra  # 2 x 8 components + the cosine
@@ -540,7 +547,7 @@ def test_audit_on_spark_equals_pandas(small_parquet, small_frame):
     """FairnessAudit.fit on the Spark frame (item x group effects on Spark, exposure models
     in a barrier stage): every table equals the pandas audit's."""
     from causalrec.fairness import FairnessAudit
-    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64"))
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64", n_repeats=2))
     local = FairnessAudit(**kw).fit(small_frame)
     remote = FairnessAudit(**kw).fit(small_parquet)
     _assert_same_audit(local, remote)
@@ -560,7 +567,8 @@ def test_audit_with_missing_values_on_spark_equals_pandas(spark, small_frame, tm
     frame = small_frame.assign(tenure=small_frame["tenure"].mask(small_frame["row"] % 7 == 0))
     frame.to_parquet(tmp_path / "missing.parquet", index=False)
     sdf = spark.read.parquet(str(tmp_path / "missing.parquet"))
-    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64"), missing="indicator")
+    kw = dict(AUDIT, estimator=ItemEffectEstimator(dtype="float64", n_repeats=2),
+              missing="indicator")
     local = FairnessAudit(**kw).fit(frame)
     remote = FairnessAudit(**kw).fit(sdf)
     _assert_same_audit(local, remote)
@@ -661,10 +669,10 @@ def test_offset_continuous_outcome_on_spark_equals_local(spark, small_frame):
     y = small_frame["user_activity"] + 0.5 * small_frame["recommended"] + noise + 1e8
     df = small_frame.assign(spend=y)
     roles = {**ROLES, "outcome": "spend"}
-    local = cr.ItemEffectEstimator(dtype="float64").fit(
+    local = cr.ItemEffectEstimator(dtype="float64", n_repeats=2).fit(
         cr.InteractionLog(df, **{**roles, "item": [roles["item"]]}))
     res = estimate_item_effects_spark(spark.createDataFrame(df), **roles, dtype="float32",
-                                      shards=2, row_id="row")
+                                      shards=2, row_id="row", n_repeats=2)
     ok = (local.effects_["status"] == "ok").to_numpy()
     assert (res.effects["status"].to_numpy() == local.effects_["status"].to_numpy()).all()
     gap = np.abs(res.effects["ate"].to_numpy() - local.effects_["ate"].to_numpy())[ok]

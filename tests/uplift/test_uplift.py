@@ -147,12 +147,16 @@ def test_uplift_policy_beats_click_and_ate_policies():
 
 
 def test_dr_policy_value_covers_the_truth():
-    # 60 replications: the coverage's binomial sd at 0.95 is 0.028, so 0.85 is > 3 sd below
+    # 60 replications: the coverage's binomial sd at 0.95 is 0.028, so 0.85 is > 3 sd below.
+    # One split and no heterogeneity bootstrap (the policy value's interval needs neither):
+    # 0.983 coverage either way, widths 0.100 against 0.091 with the default splits, 0.57x
+    # the time
     covered = []
     for seed in range(60):
         sim = _simulate(100 + seed, n_items=20, n_rows=6000)
         cut = 3000
-        model = _fit(sim.data.iloc[:cut], shrinkage=(100.0, 1000.0, 1000.0), n_folds=2)
+        model = _fit(sim.data.iloc[:cut], shrinkage=(100.0, 1000.0, 1000.0), n_folds=2,
+                     n_repeats=1, n_bootstrap=0)
         ev = cr.evaluate_policy(_log(sim.data.iloc[cut:]), policy=model, k=2, baselines=(),
                                 truth=sim.row_truth.iloc[cut:])
         row = ev.values.iloc[0]
