@@ -93,11 +93,12 @@ class SparkBackend:
                 lambda pdf: fit_shard_rows(pdf, job, Reducer()), OUTPUT_SCHEMA)
             payloads, self.rows = _collect(out, self.row_outputs)
         else:
-            in_rounds = replace(job, lockstep=True)  # a round carries every penalty's reduction
+            # the penalty grid's fits side by side: a reduction carries every penalty's (a
+            # round in rounds mode; an all-reduce in a barrier stage)
+            together = replace(job, lockstep=True)
+            task = lambda rows, red: fit_shard_rows(rows, together, red)
             payloads, self.rows, self.mode = run_pooled(
-                fitted, lambda rows, red: fit_shard_rows(rows, job, red), n_shards, self.barrier,
-                self.row_outputs,
-                rounds_task=lambda rows, red: fit_shard_rows(rows, in_rounds, red))
+                fitted, task, n_shards, self.barrier, self.row_outputs, rounds_task=task)
         parts = [pickle.loads(payload) for payload in payloads]
         _check_splits(parts, plan.unit, given=self.folds is not None)
         return parts
