@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import DataWarning
-from ..schema import InteractionLog
+from ..schema import InteractionLog, SchemaError
 from .design_rows import DesignRows
 from .missing_values import MISSING, _filled, fill_of, indicator_name
 from .precision import SAMPLE, warn_float32_precision
@@ -171,6 +171,7 @@ class DesignSpec:
         (single levels); ``pooled_rows``: categorical column -> rows of its pooled levels
         (a ``DataWarning`` where they are ``POOLED_WARN_SHARE`` of the rows or more);
         ``fill`` and ``indicators`` as the fields."""
+        _check_unique_names([name for name, _ in moments])
         dropped = dict(dropped)
         columns, center, scale, exponent = [], [], [], []
         for name, (c, s, problem, k) in moments:
@@ -236,6 +237,21 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     spec = DesignSpec.from_log(log, extra, rows=rows, max_levels=max_levels,
                                min_level_count=min_level_count)
     return spec.transform(log, extra, dtype=dtype, standardise=standardise)
+
+
+def _check_unique_names(names: list[str]) -> None:
+    """Design columns are found by name (``rows``): a confounder named like a column the
+    design derives (``<categorical>=<level>``, ``<col>=__missing__``, ``<text>_pc<k>``) would
+    silently take that column's values instead of its own."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise SchemaError(name, "is the name of two design columns: a confounder is named "
+                              "like a column causalrec derives (a categorical's level "
+                              "'<column>=<level>', a missing-value indicator "
+                              f"'<column>={MISSING}', a text component '<column>_pc<k>'); "
+                              "rename the confounder, e.g. df.rename(columns={...})")
+        seen.add(name)
 
 
 def _numeric_column(values: pd.Series) -> np.ndarray:

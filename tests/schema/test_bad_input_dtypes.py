@@ -1,0 +1,42 @@
+"""Unusual but plausible columns from a real log (sweep 38): names that collide with the
+design's derived columns, dtypes pandas calls numeric or not, treatments coded as text.
+Each gives the clean-dtype numbers or a SchemaError naming the column and the fix."""
+import warnings
+
+import numpy as np
+import pytest
+from test_bad_input import ROLES, small_log
+
+import causalrec as cr
+from causalrec.estimate.design import DesignSpec
+from causalrec.exceptions import DataWarning
+
+
+
+def effects(df, roles=ROLES, **log_options):
+    log = cr.InteractionLog(df, **roles, **log_options)
+    folds = np.arange(len(df)) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return cr.ItemEffectEstimator(n_repeats=1).fit(log, folds=folds).effects_
+
+
+@pytest.mark.parametrize("name, missing", [("c=b", "error"), ("x1=__missing__", "indicator")])
+def test_a_confounder_named_like_a_derived_design_column_is_refused(name, missing):
+    # was: the design found its columns by name, so the confounder took the values of the
+    # one-hot column c=b (or of x1's missing indicator) and the fit ran on the wrong data
+    df = small_log(0)
+    if missing == "indicator":
+        df.loc[::5, "x1"] = np.nan
+    renamed = df.rename(columns={"x2": name})
+    roles = dict(ROLES, confounders=["x1", name])
+    with pytest.raises(cr.SchemaError, match=f"column '{name}': is the name of two design "
+                       "columns.*rename the confounder"):
+        effects(renamed, roles, missing=missing)
+    # another name keeps the confounder's own column: the clean design, renamed
+    log = cr.InteractionLog(df.rename(columns={"x2": "c b"}),
+                            **dict(ROLES, confounders=["x1", "c b"]), missing=missing)
+    spec, clean = (DesignSpec.from_log(one, warn=False)
+                   for one in (log, cr.InteractionLog(df, **ROLES, missing=missing)))
+    assert spec.columns == [c.replace("x2", "c b") for c in clean.columns]
+    assert np.array_equal(spec.center, clean.center) and np.array_equal(spec.scale, clean.scale)
