@@ -265,7 +265,8 @@ class InteractionLog:
                                       "strings, e.g. df.columns = df.columns.map(str)")
                 shared = (role, seen.get(col)) in {("group", "categorical"), ("unit", "user")}
                 if col in seen and not shared:
-                    raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
+                    raise SchemaError(col, f"listed twice in {role!r}" if seen[col] == role
+                                      else f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
                     raise SchemaError(col, f"missing from the log (role {role!r})"
@@ -308,11 +309,16 @@ class InteractionLog:
         if t.isna().any():
             raise SchemaError(self.treatment, f"{int(t.isna().sum())} missing treatment values")
         if not (pd.api.types.is_bool_dtype(t) or _is_real_numeric(t)):
-            raise SchemaError(self.treatment, f"treatment must be binary 0/1, got dtype {t.dtype}")
+            shown = ", ".join(repr(v) for v in pd.unique(t.to_numpy(dtype=object))[:5])
+            raise SchemaError(self.treatment, f"treatment must be binary 0/1, got dtype {t.dtype} "
+                              f"(values {shown}); code it as 0/1 yourself, e.g. df[col] = "
+                              "(df[col] == <the recommended value>).astype(int)")
         values = np.unique(t.to_numpy(dtype=float))
         if not np.isin(values, [0.0, 1.0]).all():
             shown = ", ".join(f"{v:g}" for v in values[:5])
-            raise SchemaError(self.treatment, f"treatment must be binary 0/1, found values {shown}")
+            raise SchemaError(self.treatment, f"treatment must be binary 0/1, found values {shown}"
+                              "; code it as 0/1 yourself, e.g. df[col] = (df[col] == "
+                              "<the recommended value>).astype(int)")
 
 
 def _check_no_missing(s: pd.Series, col: str) -> None:
@@ -336,7 +342,8 @@ def _check_finite_numeric(s: pd.Series, col: str, allow_missing: bool = False,
     """Real numbers, finite; missing values (NaN, NA) too when ``allow_missing``. An infinite
     value is bad input either way; ``remedy`` ends the message about missing values."""
     if not (_is_real_numeric(s) or pd.api.types.is_bool_dtype(s)):
-        raise SchemaError(col, f"must be numeric (real numbers), got dtype {s.dtype}")
+        raise SchemaError(col, f"must be numeric (real numbers), got dtype {s.dtype}; "
+                          + _numeric_remedy(s))
     values = s.to_numpy()
     if values.dtype.kind in "iub":  # plain integers and booleans are finite
         return
@@ -349,3 +356,24 @@ def _check_finite_numeric(s: pd.Series, col: str, allow_missing: bool = False,
         raise SchemaError(col, f"{n_inf} infinite values" + (f" (and {n_nan} NaN)" if n_nan else ""))
     if not allow_missing:
         raise SchemaError(col, f"{n_nan} NaN (missing) values" + (f"; {remedy}" if remedy else ""))
+
+
+def _numeric_remedy(s: pd.Series) -> str:
+    """What to do with a column that is not numeric: its dtype says what it holds."""
+    if pd.api.types.is_timedelta64_dtype(s):
+        return "encode the durations as numbers, e.g. df[col].dt.total_seconds()"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return ("encode the times as numbers, e.g. (df[col] - df[col].min()).dt.total_seconds(), "
+                "or a part of them (df[col].dt.hour) as a categorical confounder")
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return ("a categorical confounder goes in categorical=[...]; numeric categories "
+                "convert with df[col].astype(float)")
+    try:
+        numbers = pd.to_numeric(s.dropna(), errors="coerce")
+    except (TypeError, ValueError):  # cells pandas cannot even try (lists, dicts)
+        return "it holds values that are not numbers"
+    if numbers.notna().all():  # numbers stored as text or Python objects (e.g. Decimal)
+        return "it holds numbers as text or objects: convert it, e.g. df[col] = pd.to_numeric(df[col])"
+    bad = s.dropna()[numbers.isna().to_numpy()]
+    return (f"it holds {len(bad)} values that are not numbers, e.g. {bad.iloc[0]!r} (row "
+            f"{bad.index[0]!r}); fix or drop them, or pass a categorical column in categorical=[...]")

@@ -4,6 +4,7 @@ Each gives the clean-dtype numbers or a SchemaError naming the column and the fi
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_bad_input import ROLES, small_log
 
@@ -40,3 +41,33 @@ def test_a_confounder_named_like_a_derived_design_column_is_refused(name, missin
                    for one in (log, cr.InteractionLog(df, **ROLES, missing=missing)))
     assert spec.columns == [c.replace("x2", "c b") for c in clean.columns]
     assert np.array_equal(spec.center, clean.center) and np.array_equal(spec.scale, clean.scale)
+
+
+def _datetimes(s):
+    return pd.Timestamp("2024-01-01") + pd.to_timedelta(s * 1000, unit="s")
+
+
+@pytest.mark.parametrize("column, convert, fix", [
+    ("t", lambda s: s.map({1: "yes", 0: "no"}), r"values 'no', 'yes'\); code it as 0/1"),
+    ("t", lambda s: s.astype(bool).astype(object), r"values False, True\); code it as 0/1"),
+    ("t", lambda s: 2 * s - 1, r"found values -1, 1; code it as 0/1"),
+    ("y", lambda s: s.astype(str), r"got dtype str; .*df\[col\] = pd.to_numeric\(df\[col\]\)"),
+    ("x1", lambda s: s.astype(object), r"dtype object; .*pd.to_numeric"),
+    ("x1", lambda s: s.astype(object).where(s.index != 3, "n/a"),
+     r"holds 1 values that are not numbers, e.g. 'n/a' \(row 3\)"),
+    ("x1", _datetimes, r"datetime64\[ns\]; encode the times as numbers"),
+    ("x1", lambda s: _datetimes(s) - _datetimes(s).min(), r"dt.total_seconds\(\)"),
+    ("x2", lambda s: s.round().astype("category"), r"categorical confounder goes in categorical="),
+])
+def test_a_column_of_the_wrong_kind_names_it_and_the_conversion(column, convert, fix):
+    # was: "must be numeric, got dtype object" / "treatment must be binary 0/1, got dtype
+    # str", with no word on what the column holds or how to convert it
+    df = small_log(0)
+    df[column] = convert(df[column])
+    with pytest.raises(cr.SchemaError, match=f"column '{column}': .*{fix}"):
+        cr.InteractionLog(df, **ROLES)
+
+
+def test_a_column_listed_twice_in_one_role_says_so():
+    with pytest.raises(cr.SchemaError, match="column 'x1': listed twice in 'confounders'"):
+        cr.InteractionLog(small_log(0), **dict(ROLES, confounders=["x1", "x2", "x1"]))
