@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,74 +15,11 @@ import pandas as pd
 # they are part of this module's API too
 from .utils.frames import SchemaError, check_column_labels, check_key_values, check_unique_columns
 from .utils.io import csv_safe
+from .utils.read import COMPRESSIONS, read_log
 from .utils.suggest import did_you_mean
 
-__all__ = ["InteractionLog", "Roles", "SchemaError", "read_log", "csv_safe", "split_roles"]
-
-
-# compression suffixes pandas and the standard library can undo (zst: the zstandard package)
-COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd",
-                ".zip": "zip"}
-_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": None, ".pq": None}
-
-
-def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a log from CSV, TSV or Parquet, chosen by the file suffixes: the format suffix may
-    be followed by a compression suffix (``.csv.gz``, ``.tsv.zst``, ``.parquet.gz``, ... of
-    ``COMPRESSIONS``); a bare ``.gz`` is a compressed CSV. ``encoding`` is the text encoding
-    of a CSV / TSV (e.g. "latin-1", "cp1252")."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such log file: {path}")
-    fmt, compression = _log_format(path)
-    if _FORMATS[fmt] is None:
-        return _read_parquet(path, compression)
-    try:
-        return pd.read_csv(path, sep=_FORMATS[fmt], encoding=encoding, compression=compression)
-    except UnicodeDecodeError as exc:
-        raise SchemaError(None, f"cannot read {path}: it is not {encoding} text ({exc.reason} "
-                          f"at byte {exc.start}); pass its encoding, e.g. "
-                          "encoding='latin-1' (--encoding on the command line)") from None
-    except LookupError:
-        raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
-    except pd.errors.EmptyDataError:  # pandas' own words name neither the file nor the fix
-        raise SchemaError(None, f"cannot read {path}: the file is empty (no header row)") from None
-    except (OSError, EOFError) as exc:  # bad gzip / zstd stream: a wrong suffix or a cut file
-        raise SchemaError(None, f"cannot read {path} as {compression or 'uncompressed'} "
-                          f"{fmt[1:]}: {exc}") from None
-
-
-def _log_format(path: Path) -> tuple[str, str | None]:
-    """(format suffix, pandas compression name or None) from all of the file's suffixes."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
-    fmt = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-    if compression and fmt not in _FORMATS and not fmt[1:].isalpha():
-        fmt = ".csv"  # "log.gz", "log.2024.gz": a compressed CSV, as before ("x.json.gz" is not)
-    if fmt not in _FORMATS:
-        raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file (or "
-                          f".tsv), optionally compressed ({', '.join(COMPRESSIONS)})")
-    if compression == "zstd":
-        try:
-            import zstandard  # noqa: F401
-        except ImportError:
-            raise SchemaError(None, f"cannot read {path.name}: .zst files need the zstandard "
-                              "package (pip install zstandard)") from None
-    return fmt, compression
-
-
-def _read_parquet(path: Path, compression: str | None) -> pd.DataFrame:
-    if compression is None:
-        return pd.read_parquet(path)
-    import io
-
-    from pandas.io.common import get_handle  # pandas' own decompressors, as read_csv uses
-    try:
-        with get_handle(path, "rb", compression=compression, is_text=False) as handle:
-            data = handle.handle.read()
-        return pd.read_parquet(io.BytesIO(data))
-    except (OSError, EOFError, ValueError) as exc:
-        raise SchemaError(None, f"cannot read {path} as {compression}-compressed parquet: {exc}") from None
+__all__ = ["InteractionLog", "Roles", "SchemaError", "read_log", "csv_safe", "split_roles",
+           "COMPRESSIONS"]
 
 
 def _as_list(value) -> list[str]:
@@ -269,8 +205,9 @@ class InteractionLog:
                                       else f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
-                    raise SchemaError(col, f"missing from the log (role {role!r})"
-                                           + did_you_mean(col, df.columns))
+                    raise SchemaError(col, f"missing from the log (role {role!r})" + (
+                        "; it is a level of the index: make it a column with df.reset_index()"
+                        if col in df.index.names else did_you_mean(col, df.columns)))
         check_unique_columns(df, [c for cols in self.roles.values() for c in cols], "the log")
         for col in self.item_columns:
             _check_no_missing(df[col], col)
