@@ -71,3 +71,19 @@ def test_a_column_of_the_wrong_kind_names_it_and_the_conversion(column, convert,
 def test_a_column_listed_twice_in_one_role_says_so():
     with pytest.raises(cr.SchemaError, match="column 'x1': listed twice in 'confounders'"):
         cr.InteractionLog(small_log(0), **dict(ROLES, confounders=["x1", "x2", "x1"]))
+
+
+def test_an_audit_by_a_boolean_group_column_runs_and_matches_text_labels():
+    # was: IndexError deep in pandas: the exposure table's .loc[[True], ...] read the list
+    # of shifted groups as a row mask
+    df = small_log(0, n_items=1, rows=(180, 181))
+    is_new = np.arange(len(df)) % 3 == 0
+    roles = dict(ROLES, group="g")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        flags = cr.FairnessAudit(**roles, estimator=cr.ItemEffectEstimator(n_repeats=1)).fit(df.assign(g=is_new)).exposure_
+        text = cr.FairnessAudit(**roles, estimator=cr.ItemEffectEstimator(n_repeats=1)).fit(df.assign(g=np.where(is_new, "T", "F"))).exposure_
+    assert flags["group"].tolist() == [False, True]
+    numbers = text.columns.drop(["group", "status"])
+    pd.testing.assert_frame_equal(flags[numbers], text[numbers])
+    assert np.isfinite(flags.loc[1, "logit_shift"]) and flags.loc[0, "logit_shift"] == 0
