@@ -54,7 +54,8 @@ def read_log(path, encoding: str = "utf-8", ids=()) -> pd.DataFrame:
         if col in df.columns:
             df[col] = _integers_if_exact(df[col])
     _check_separator(df, path, _FORMATS[fmt])
-    return df
+    return _repeated_header(df, path, sep=_FORMATS[fmt], encoding=encoding,
+                            compression=compression)
 
 
 # an integer written canonically: read back as a number, it is written the same way
@@ -94,6 +95,20 @@ def _log_format(path: Path) -> tuple[str, str | None]:
             raise SchemaError(None, f"cannot read {path.name}: .zst files need the zstandard "
                               "package (pip install zstandard)") from None
     return fmt, compression
+
+
+def _repeated_header(df: pd.DataFrame, path: Path, **csv) -> pd.DataFrame:
+    """pandas renames a repeated CSV header ("x", "x" -> "x", "x.1"), so a role naming "x"
+    would silently take the first copy; the file's own labels go back on, and the log door
+    refuses a repeated role column as it does in a DataFrame."""
+    names = [str(c) for c in df.columns]
+    if not any(c.rpartition(".")[0] in names and c.rpartition(".")[2].isdigit() for c in names):
+        return df
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **csv)
+    labels = header.iloc[0].tolist()
+    if len(labels) == len(names) and len(set(labels)) < len(labels):
+        df.columns = labels
+    return df
 
 
 def _check_separator(df: pd.DataFrame, path: Path, sep: str) -> None:

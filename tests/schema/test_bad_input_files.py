@@ -160,3 +160,17 @@ def test_a_csv_with_another_separator_is_named_with_its_separator(tmp_path, sep)
     with pytest.raises(SchemaError, match=f"log.csv: its header 'item{re.escape(sep)}t.* is one "
                        f"column; the file looks '{re.escape(sep)}'-separated"):
         read_log(tmp_path / "log.csv")
+
+
+def test_a_repeated_csv_header_is_refused_for_a_role_and_harmless_elsewhere(tmp_path):
+    # was: pandas renamed the copies "x1", "x1.1" and the role x1 silently took the first
+    df = small_log(0)
+    text = df.to_csv(index=False).replace("x2", "x1", 1)
+    (tmp_path / "log.csv").write_text(text)
+    read = read_log(tmp_path / "log.csv")
+    assert read.columns.tolist() == ["item", "t", "y", "x1", "x1", "c"]
+    with pytest.raises(SchemaError, match="column 'x1': appears 2 times"):
+        cr.InteractionLog(read, **dict(ROLES, confounders=["x1"]))
+    cr.InteractionLog(read, **dict(ROLES, confounders=[]))  # copies outside the roles
+    (tmp_path / "dotted.csv").write_text(df.rename(columns={"x2": "x1.1"}).to_csv(index=False))
+    assert read_log(tmp_path / "dotted.csv").columns[4] == "x1.1"  # a real name stays
