@@ -36,9 +36,9 @@ def read_log(path, encoding: str = "utf-8", ids=()) -> pd.DataFrame:
         return _read_parquet(path, compression)
     # pandas passes over names that are not columns
     as_text = {col: str for col in ([ids] if isinstance(ids, str) else ids or ())}
-    try:
+    try:  # "item, t, y": the spaces after a separator are layout, not part of a name or id
         df = pd.read_csv(path, sep=_FORMATS[fmt], encoding=encoding, compression=compression,
-                         dtype=as_text or None)
+                         dtype=as_text or None, skipinitialspace=True)
     except UnicodeDecodeError as exc:
         raise SchemaError(None, f"cannot read {path}: it is not {encoding} text ({exc.reason} "
                           f"at byte {exc.start}); pass its encoding, e.g. "
@@ -104,7 +104,8 @@ def _repeated_header(df: pd.DataFrame, path: Path, **csv) -> pd.DataFrame:
     names = [str(c) for c in df.columns]
     if not any(c.rpartition(".")[0] in names and c.rpartition(".")[2].isdigit() for c in names):
         return df
-    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **csv)
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                         skipinitialspace=True, **csv)
     labels = header.iloc[0].tolist()
     if len(labels) == len(names) and len(set(labels)) < len(labels):
         df.columns = labels

@@ -174,3 +174,11 @@ def test_a_repeated_csv_header_is_refused_for_a_role_and_harmless_elsewhere(tmp_
     cr.InteractionLog(read, **dict(ROLES, confounders=[]))  # copies outside the roles
     (tmp_path / "dotted.csv").write_text(df.rename(columns={"x2": "x1.1"}).to_csv(index=False))
     assert read_log(tmp_path / "dotted.csv").columns[4] == "x1.1"  # a real name stays
+
+
+def test_a_csv_written_with_spaces_after_its_commas_reads_as_the_plain_one(tmp_path):
+    # was: columns " t", " y", ... which the command line's --confounders (stripped of
+    # spaces) could never name
+    df = small_log(0)
+    (tmp_path / "log.csv").write_text(df.to_csv(index=False).replace(",", ", "))
+    pd.testing.assert_frame_equal(read_log(tmp_path / "log.csv"), df)
