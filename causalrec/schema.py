@@ -13,7 +13,8 @@ import pandas as pd
 
 # the frame checks and their error live below this module (every layer raises SchemaError);
 # they are part of this module's API too
-from .utils.frames import SchemaError, check_column_labels, check_key_values, check_unique_columns
+from .utils.frames import (SchemaError, check_column_labels, check_key_values, check_unique_columns,
+                           not_a_frame)
 from .utils.io import csv_safe
 from .utils.read import COMPRESSIONS, read_log
 from .utils.suggest import did_you_mean
@@ -188,7 +189,7 @@ class InteractionLog:
     def _validate(self) -> None:
         df = self.data
         if not isinstance(df, pd.DataFrame):
-            raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
+            raise not_a_frame(df)
         if len(df) == 0:
             raise SchemaError(None, "the log is empty (no rows)")
         check_column_labels(df, "the log")

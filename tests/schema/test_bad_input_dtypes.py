@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from test_bad_input import ROLES, small_log
 
@@ -87,3 +88,13 @@ def test_an_audit_by_a_boolean_group_column_runs_and_matches_text_labels():
     numbers = text.columns.drop(["group", "status"])
     pd.testing.assert_frame_equal(flags[numbers], text[numbers])
     assert np.isfinite(flags.loc[1, "logit_shift"]) and flags.loc[0, "logit_shift"] == 0
+
+
+def test_a_table_that_is_not_pandas_is_named_in_full_with_its_conversion():
+    # was: "expected a pandas DataFrame, got Table" (a polars frame: "got DataFrame")
+    df = small_log(0)
+    with pytest.raises(cr.SchemaError, match=r"got pyarrow\.lib\.Table; convert it with "
+                       r"\.to_pandas\(\)"):
+        cr.InteractionLog(pa.Table.from_pandas(df), **ROLES)
+    with pytest.raises(cr.SchemaError, match=r"got dict; make it one, e\.g\. pd\.DataFrame"):
+        cr.estimate_item_values(df.to_dict("list"), item="item", outcome="y", propensity="x1")
