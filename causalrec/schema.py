@@ -225,7 +225,11 @@ class InteractionLog:
             _check_finite_numeric(p, self.propensity)
             bad = int(((p <= 0) | (p > 1)).sum())
             if bad:
-                raise SchemaError(self.propensity, f"{bad} logged propensities outside (0, 1]")
+                percent = bool(((p > 0) & (p <= 100)).all())  # a share logged as 0-100
+                raise SchemaError(self.propensity, f"{bad} logged propensities outside (0, 1], "
+                                  f"e.g. {float(p[(p <= 0) | (p > 1)].iloc[0]):g}" + (
+                                      "; they look like percentages: divide the column by 100"
+                                      if percent else ""))
             # a row logged with probability 1 of treatment could not have been a control
             control = (df[self.treatment].to_numpy(dtype=float) == 0) & (p.to_numpy(dtype=float) >= 1)
             if control.any():

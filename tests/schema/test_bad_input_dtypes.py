@@ -98,3 +98,12 @@ def test_a_table_that_is_not_pandas_is_named_in_full_with_its_conversion():
         cr.InteractionLog(pa.Table.from_pandas(df), **ROLES)
     with pytest.raises(cr.SchemaError, match=r"got dict; make it one, e\.g\. pd\.DataFrame"):
         cr.estimate_item_values(df.to_dict("list"), item="item", outcome="y", propensity="x1")
+
+
+def test_propensities_logged_as_percentages_say_so():
+    df = small_log(0).assign(p=50.0)
+    with pytest.raises(cr.SchemaError, match=r"column 'p': \d+ logged propensities outside "
+                       r"\(0, 1\], e.g. 50; they look like percentages: divide the column by 100"):
+        cr.InteractionLog(df, **ROLES, propensity="p")
+    with pytest.raises(cr.SchemaError, match=r"outside \(0, 1\], e.g. -0.5$"):
+        cr.InteractionLog(df.assign(p=-0.5), **ROLES, propensity="p")
