@@ -373,7 +373,7 @@ def _as_labels(values: pd.Series) -> np.ndarray:
 
 
 def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[str], int]:
-    """Sorted levels with at least ``min_count`` rows, at most ``max_levels - 1`` of them
+    """Levels with at least ``min_count`` rows, at most ``max_levels - 1`` of them
     by frequency (ties by label, so row order never matters) when pooling is needed; the
     rest pool into ``__other__``. Returns the levels, how many were pooled and their rows."""
     uniques, counts = np.unique(labels.astype(str), return_counts=True)
@@ -382,7 +382,8 @@ def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[s
 
 def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,
                        min_count: int) -> tuple[list[str], int]:
-    """``_levels`` from the distinct labels (sorted, unique) and their row counts."""
+    """``_levels`` from the distinct labels (sorted, unique) and their row counts: the most
+    frequent level first (the reference), the others sorted."""
     uniques, counts = np.asarray(uniques).astype(str), np.asarray(counts)
     keep = counts >= min_count
     if keep.sum() > max_levels - (not keep.all()):
@@ -390,8 +391,15 @@ def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,
         keep = np.zeros(len(uniques), dtype=bool)
         keep[order[:max_levels - 1]] = True
     n_pooled = int((~keep).sum())
-    levels = list(uniques[keep]) + ([OTHER] if n_pooled and OTHER not in uniques[keep] else [])
-    return sorted(str(level) for level in levels), n_pooled, int(counts[~keep].sum())
+    kept = {str(level): int(count) for level, count in zip(uniques[keep], counts[keep])}
+    if n_pooled:
+        kept[OTHER] = kept.get(OTHER, 0) + int(counts[~keep].sum())
+    # the reference (first) is the most frequent level, ties by label, then the others
+    # sorted: the penalised fits depend on which level is the reference, and a choice by
+    # label would let renaming a level ("rare" -> "a_rare") move the effects
+    reference = min(kept, key=lambda level: (-kept[level], level))
+    levels = [reference] + sorted(level for level in kept if level != reference)
+    return levels, n_pooled, int(counts[~keep].sum())
 
 
 def _level_codes(labels: np.ndarray, levels: list[str]) -> np.ndarray:
