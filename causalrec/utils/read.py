@@ -59,7 +59,7 @@ def read_log(path, encoding: str = "utf-8", ids=()) -> pd.DataFrame:
 
 
 # an integer written canonically: read back as a number, it is written the same way
-_CANONICAL_INTEGER = r"-?(?:0|[1-9][0-9]{0,17})"
+_CANONICAL_INTEGER = r"0|-?[1-9][0-9]{0,17}"
 
 
 def _integers_if_exact(s: pd.Series) -> pd.Series:
