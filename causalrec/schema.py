@@ -7,83 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 # the frame checks and their error live below this module (every layer raises SchemaError);
 # they are part of this module's API too
-from .utils.frames import SchemaError, check_column_labels, check_key_values, check_unique_columns
+from .utils.frames import (SchemaError, check_column_labels, check_key_values, check_unique_columns,
+                           not_a_frame)
 from .utils.io import csv_safe
+from .utils.read import COMPRESSIONS, read_log
 from .utils.suggest import did_you_mean
 
-__all__ = ["InteractionLog", "Roles", "SchemaError", "read_log", "csv_safe", "split_roles"]
-
-
-# compression suffixes pandas and the standard library can undo (zst: the zstandard package)
-COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd",
-                ".zip": "zip"}
-_FORMATS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": None, ".pq": None}
-
-
-def read_log(path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a log from CSV, TSV or Parquet, chosen by the file suffixes: the format suffix may
-    be followed by a compression suffix (``.csv.gz``, ``.tsv.zst``, ``.parquet.gz``, ... of
-    ``COMPRESSIONS``); a bare ``.gz`` is a compressed CSV. ``encoding`` is the text encoding
-    of a CSV / TSV (e.g. "latin-1", "cp1252")."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such log file: {path}")
-    fmt, compression = _log_format(path)
-    if _FORMATS[fmt] is None:
-        return _read_parquet(path, compression)
-    try:
-        return pd.read_csv(path, sep=_FORMATS[fmt], encoding=encoding, compression=compression)
-    except UnicodeDecodeError as exc:
-        raise SchemaError(None, f"cannot read {path}: it is not {encoding} text ({exc.reason} "
-                          f"at byte {exc.start}); pass its encoding, e.g. "
-                          "encoding='latin-1' (--encoding on the command line)") from None
-    except LookupError:
-        raise ValueError(f"unknown text encoding {encoding!r} for {path}") from None
-    except pd.errors.EmptyDataError:  # pandas' own words name neither the file nor the fix
-        raise SchemaError(None, f"cannot read {path}: the file is empty (no header row)") from None
-    except (OSError, EOFError) as exc:  # bad gzip / zstd stream: a wrong suffix or a cut file
-        raise SchemaError(None, f"cannot read {path} as {compression or 'uncompressed'} "
-                          f"{fmt[1:]}: {exc}") from None
-
-
-def _log_format(path: Path) -> tuple[str, str | None]:
-    """(format suffix, pandas compression name or None) from all of the file's suffixes."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
-    fmt = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-    if compression and fmt not in _FORMATS and not fmt[1:].isalpha():
-        fmt = ".csv"  # "log.gz", "log.2024.gz": a compressed CSV, as before ("x.json.gz" is not)
-    if fmt not in _FORMATS:
-        raise SchemaError(None, f"cannot read {path.name}: expected a .csv or .parquet file (or "
-                          f".tsv), optionally compressed ({', '.join(COMPRESSIONS)})")
-    if compression == "zstd":
-        try:
-            import zstandard  # noqa: F401
-        except ImportError:
-            raise SchemaError(None, f"cannot read {path.name}: .zst files need the zstandard "
-                              "package (pip install zstandard)") from None
-    return fmt, compression
-
-
-def _read_parquet(path: Path, compression: str | None) -> pd.DataFrame:
-    if compression is None:
-        return pd.read_parquet(path)
-    import io
-
-    from pandas.io.common import get_handle  # pandas' own decompressors, as read_csv uses
-    try:
-        with get_handle(path, "rb", compression=compression, is_text=False) as handle:
-            data = handle.handle.read()
-        return pd.read_parquet(io.BytesIO(data))
-    except (OSError, EOFError, ValueError) as exc:
-        raise SchemaError(None, f"cannot read {path} as {compression}-compressed parquet: {exc}") from None
+__all__ = ["InteractionLog", "Roles", "SchemaError", "read_log", "csv_safe", "split_roles",
+           "COMPRESSIONS"]
 
 
 def _as_list(value) -> list[str]:
@@ -252,7 +189,7 @@ class InteractionLog:
     def _validate(self) -> None:
         df = self.data
         if not isinstance(df, pd.DataFrame):
-            raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
+            raise not_a_frame(df)
         if len(df) == 0:
             raise SchemaError(None, "the log is empty (no rows)")
         check_column_labels(df, "the log")
@@ -265,11 +202,13 @@ class InteractionLog:
                                       "strings, e.g. df.columns = df.columns.map(str)")
                 shared = (role, seen.get(col)) in {("group", "categorical"), ("unit", "user")}
                 if col in seen and not shared:
-                    raise SchemaError(col, f"given two roles: {seen[col]!r} and {role!r}")
+                    raise SchemaError(col, f"listed twice in {role!r}" if seen[col] == role
+                                      else f"given two roles: {seen[col]!r} and {role!r}")
                 seen.setdefault(col, role)
                 if col not in df.columns:
-                    raise SchemaError(col, f"missing from the log (role {role!r})"
-                                           + did_you_mean(col, df.columns))
+                    raise SchemaError(col, f"missing from the log (role {role!r})" + (
+                        "; it is a level of the index: make it a column with df.reset_index()"
+                        if col in df.index.names else did_you_mean(col, df.columns)))
         check_unique_columns(df, [c for cols in self.roles.values() for c in cols], "the log")
         for col in self.item_columns:
             _check_no_missing(df[col], col)
@@ -286,7 +225,11 @@ class InteractionLog:
             _check_finite_numeric(p, self.propensity)
             bad = int(((p <= 0) | (p > 1)).sum())
             if bad:
-                raise SchemaError(self.propensity, f"{bad} logged propensities outside (0, 1]")
+                percent = bool(((p > 0) & (p <= 100)).all())  # a share logged as 0-100
+                raise SchemaError(self.propensity, f"{bad} logged propensities outside (0, 1], "
+                                  f"e.g. {float(p[(p <= 0) | (p > 1)].iloc[0]):g}" + (
+                                      "; they look like percentages: divide the column by 100"
+                                      if percent else ""))
             # a row logged with probability 1 of treatment could not have been a control
             control = (df[self.treatment].to_numpy(dtype=float) == 0) & (p.to_numpy(dtype=float) >= 1)
             if control.any():
@@ -308,11 +251,16 @@ class InteractionLog:
         if t.isna().any():
             raise SchemaError(self.treatment, f"{int(t.isna().sum())} missing treatment values")
         if not (pd.api.types.is_bool_dtype(t) or _is_real_numeric(t)):
-            raise SchemaError(self.treatment, f"treatment must be binary 0/1, got dtype {t.dtype}")
+            shown = ", ".join(repr(v) for v in pd.unique(t.to_numpy(dtype=object))[:5])
+            raise SchemaError(self.treatment, f"treatment must be binary 0/1, got dtype {t.dtype} "
+                              f"(values {shown}); code it as 0/1 yourself, e.g. df[col] = "
+                              "(df[col] == <the recommended value>).astype(int)")
         values = np.unique(t.to_numpy(dtype=float))
         if not np.isin(values, [0.0, 1.0]).all():
             shown = ", ".join(f"{v:g}" for v in values[:5])
-            raise SchemaError(self.treatment, f"treatment must be binary 0/1, found values {shown}")
+            raise SchemaError(self.treatment, f"treatment must be binary 0/1, found values {shown}"
+                              "; code it as 0/1 yourself, e.g. df[col] = (df[col] == "
+                              "<the recommended value>).astype(int)")
 
 
 def _check_no_missing(s: pd.Series, col: str) -> None:
@@ -336,7 +284,8 @@ def _check_finite_numeric(s: pd.Series, col: str, allow_missing: bool = False,
     """Real numbers, finite; missing values (NaN, NA) too when ``allow_missing``. An infinite
     value is bad input either way; ``remedy`` ends the message about missing values."""
     if not (_is_real_numeric(s) or pd.api.types.is_bool_dtype(s)):
-        raise SchemaError(col, f"must be numeric (real numbers), got dtype {s.dtype}")
+        raise SchemaError(col, f"must be numeric (real numbers), got dtype {s.dtype}; "
+                          + _numeric_remedy(s))
     values = s.to_numpy()
     if values.dtype.kind in "iub":  # plain integers and booleans are finite
         return
@@ -349,3 +298,24 @@ def _check_finite_numeric(s: pd.Series, col: str, allow_missing: bool = False,
         raise SchemaError(col, f"{n_inf} infinite values" + (f" (and {n_nan} NaN)" if n_nan else ""))
     if not allow_missing:
         raise SchemaError(col, f"{n_nan} NaN (missing) values" + (f"; {remedy}" if remedy else ""))
+
+
+def _numeric_remedy(s: pd.Series) -> str:
+    """What to do with a column that is not numeric: its dtype says what it holds."""
+    if pd.api.types.is_timedelta64_dtype(s):
+        return "encode the durations as numbers, e.g. df[col].dt.total_seconds()"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return ("encode the times as numbers, e.g. (df[col] - df[col].min()).dt.total_seconds(), "
+                "or a part of them (df[col].dt.hour) as a categorical confounder")
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return ("a categorical confounder goes in categorical=[...]; numeric categories "
+                "convert with df[col].astype(float)")
+    try:
+        numbers = pd.to_numeric(s.dropna(), errors="coerce")
+    except (TypeError, ValueError):  # cells pandas cannot even try (lists, dicts)
+        return "it holds values that are not numbers"
+    if numbers.notna().all():  # numbers stored as text or Python objects (e.g. Decimal)
+        return "it holds numbers as text or objects: convert it, e.g. df[col] = pd.to_numeric(df[col])"
+    bad = s.dropna()[numbers.isna().to_numpy()]
+    return (f"it holds {len(bad)} values that are not numbers, e.g. {bad.iloc[0]!r} (row "
+            f"{bad.index[0]!r}); fix or drop them, or pass a categorical column in categorical=[...]")

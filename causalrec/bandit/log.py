@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..exceptions import DataWarning
 from ..schema import InteractionLog, SchemaError, _as_list
+from ..utils.frames import not_a_frame
 
 _SHOWN = "__shown__"   # constant treatment column: every logged row is an impression
 
@@ -31,7 +32,7 @@ def _bandit_log(df, item, outcome, propensity, position, confounders,
     """Validate the roles once (via ``InteractionLog``, with its ``missing`` policy);
     non-numeric confounders become categorical (one-hot) columns."""
     if not isinstance(df, pd.DataFrame):
-        raise SchemaError(None, f"expected a pandas DataFrame, got {type(df).__name__}")
+        raise not_a_frame(df)
     if propensity is None:
         raise SchemaError(None, "a bandit log needs the logged propensity column (propensity=)")
     confounders = _as_list(confounders)

@@ -86,7 +86,10 @@ def _read(args, progress, writes: str, work: str = "estimating {items} items"):
 
     graph = _graph(args)
     with progress.step(f"reading {args.log}"):
-        df = read_log(args.log, encoding=args.encoding)
+        ids = [args.item, *args.categorical, getattr(args, "unit", None),
+               getattr(args, "group", None), getattr(args, "provider", None),
+               getattr(args, "category", None)]
+        df = read_log(args.log, encoding=args.encoding, ids=[c for c in ids if c])
     roles = _with_graph(_roles(args), graph, df)
     # the unit groups the folds of the fit; the audit and refutations take the roles only
     log = InteractionLog(df, **roles, unit=getattr(args, "unit", None))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import DataWarning
-from ..schema import InteractionLog
+from ..schema import InteractionLog, SchemaError
 from .design_rows import DesignRows
 from .missing_values import MISSING, _filled, fill_of, indicator_name
 from .precision import SAMPLE, warn_float32_precision
@@ -171,6 +171,7 @@ class DesignSpec:
         (single levels); ``pooled_rows``: categorical column -> rows of its pooled levels
         (a ``DataWarning`` where they are ``POOLED_WARN_SHARE`` of the rows or more);
         ``fill`` and ``indicators`` as the fields."""
+        _check_unique_names([name for name, _ in moments])
         dropped = dict(dropped)
         columns, center, scale, exponent = [], [], [], []
         for name, (c, s, problem, k) in moments:
@@ -236,6 +237,21 @@ def build_design(log: InteractionLog, extra: pd.DataFrame | None = None,
     spec = DesignSpec.from_log(log, extra, rows=rows, max_levels=max_levels,
                                min_level_count=min_level_count)
     return spec.transform(log, extra, dtype=dtype, standardise=standardise)
+
+
+def _check_unique_names(names: list[str]) -> None:
+    """Design columns are found by name (``rows``): a confounder named like a column the
+    design derives (``<categorical>=<level>``, ``<col>=__missing__``, ``<text>_pc<k>``) would
+    silently take that column's values instead of its own."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise SchemaError(name, "is the name of two design columns: a confounder is named "
+                              "like a column causalrec derives (a categorical's level "
+                              "'<column>=<level>', a missing-value indicator "
+                              f"'<column>={MISSING}', a text component '<column>_pc<k>'); "
+                              "rename the confounder, e.g. df.rename(columns={...})")
+        seen.add(name)
 
 
 def _numeric_column(values: pd.Series) -> np.ndarray:
@@ -357,7 +373,7 @@ def _as_labels(values: pd.Series) -> np.ndarray:
 
 
 def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[str], int]:
-    """Sorted levels with at least ``min_count`` rows, at most ``max_levels - 1`` of them
+    """Levels with at least ``min_count`` rows, at most ``max_levels - 1`` of them
     by frequency (ties by label, so row order never matters) when pooling is needed; the
     rest pool into ``__other__``. Returns the levels, how many were pooled and their rows."""
     uniques, counts = np.unique(labels.astype(str), return_counts=True)
@@ -366,7 +382,8 @@ def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[s
 
 def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,
                        min_count: int) -> tuple[list[str], int]:
-    """``_levels`` from the distinct labels (sorted, unique) and their row counts."""
+    """``_levels`` from the distinct labels (sorted, unique) and their row counts: the most
+    frequent level first (the reference), the others sorted."""
     uniques, counts = np.asarray(uniques).astype(str), np.asarray(counts)
     keep = counts >= min_count
     if keep.sum() > max_levels - (not keep.all()):
@@ -374,8 +391,15 @@ def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,
         keep = np.zeros(len(uniques), dtype=bool)
         keep[order[:max_levels - 1]] = True
     n_pooled = int((~keep).sum())
-    levels = list(uniques[keep]) + ([OTHER] if n_pooled and OTHER not in uniques[keep] else [])
-    return sorted(str(level) for level in levels), n_pooled, int(counts[~keep].sum())
+    kept = {str(level): int(count) for level, count in zip(uniques[keep], counts[keep])}
+    if n_pooled:
+        kept[OTHER] = kept.get(OTHER, 0) + int(counts[~keep].sum())
+    # the reference (first) is the most frequent level, ties by label, then the others
+    # sorted: the penalised fits depend on which level is the reference, and a choice by
+    # label would let renaming a level ("rare" -> "a_rare") move the effects
+    reference = min(kept, key=lambda level: (-kept[level], level))
+    levels = [reference] + sorted(level for level in kept if level != reference)
+    return levels, n_pooled, int(counts[~keep].sum())
 
 
 def _level_codes(labels: np.ndarray, levels: list[str]) -> np.ndarray:

@@ -66,13 +66,16 @@ def exposure_from_sums(audit, sums: dict) -> pd.DataFrame:
     rate = table["exposure_rate"]
     rate = rate.where(rate.between(0, 1, inclusive="neither"))
     logit = np.log(rate / (1 - rate))
-    table["raw_logit_shift"] = logit - logit[audit.reference_]
-    table["logit_shift"], table["logit_shift_se"] = np.nan, np.nan
-    table.loc[audit.reference_, "logit_shift"] = 0.0
+    # groups by position: a list of group labels True / False would be read as a row mask
+    reference = table.index.get_loc(audit.reference_)
+    table["raw_logit_shift"] = logit - logit.iloc[reference]
+    shift, shift_se = np.full(len(table), np.nan), np.full(len(table), np.nan)
+    shift[reference] = 0.0
     others = shifted_groups(audit)
     if others:
-        table.loc[others, "logit_shift"] = sums["shift"]
-        table.loc[others, "logit_shift_se"] = np.sqrt(np.diag(sums["shift_cov"]))
+        rows = table.index.get_indexer(others)
+        shift[rows], shift_se[rows] = sums["shift"], np.sqrt(np.diag(sums["shift_cov"]))
+    table["logit_shift"], table["logit_shift_se"] = shift, shift_se
     table["logit_shift_low"] = table["logit_shift"] - z * table["logit_shift_se"]
     table["logit_shift_high"] = table["logit_shift"] + z * table["logit_shift_se"]
     table["logit_shift_p_value"] = p_value(table["logit_shift"], table["logit_shift_se"])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["SchemaError", "check_frame", "check_column_labels", "check_unique_columns",
-           "check_key_values"]
+           "check_key_values", "not_a_frame"]
 
 
 class SchemaError(ValueError):
@@ -33,7 +33,7 @@ def check_frame(frame, argument: str, columns=(), unique_index: bool = False) ->
         ``user`` column), so a repeated label would merge two users' rows.
     """
     if not isinstance(frame, pd.DataFrame):
-        raise SchemaError(None, f"{argument}: expected a pandas DataFrame, got {type(frame).__name__}")
+        raise not_a_frame(frame, f"{argument}: ")
     what = f"{argument!s}"
     check_column_labels(frame, what)
     missing = [c for c in columns if c not in frame.columns]
@@ -46,6 +46,17 @@ def check_frame(frame, argument: str, columns=(), unique_index: bool = False) ->
                           "one user, named by its index label in the result: make them unique, "
                           "e.g. set_index('user_id') or reset_index(drop=True)")
     return frame
+
+
+def not_a_frame(obj, prefix: str = "") -> SchemaError:
+    """The error for something that is not a pandas DataFrame, named in full (a polars or
+    pyarrow table is also called "DataFrame" / "Table"), with the conversion where it has one."""
+    kind = type(obj)
+    named = f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
+    convert = "; convert it with .to_pandas()" if hasattr(obj, "to_pandas") else (
+        "; make it one, e.g. pd.DataFrame(...)" if isinstance(obj, (dict, list, np.ndarray))
+        else "")
+    return SchemaError(None, f"{prefix}expected a pandas DataFrame, got {named}{convert}")
 
 
 def check_column_labels(frame: pd.DataFrame, what: str) -> None:

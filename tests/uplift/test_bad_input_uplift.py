@@ -90,7 +90,8 @@ def test_multiindex_and_non_frame_users_are_refused_by_name(fitted):
     multi.columns = pd.MultiIndex.from_product([["u"], users.columns])
     with pytest.raises(SchemaError, match="users has MultiIndex columns"):
         model.recommend(multi)
-    with pytest.raises(SchemaError, match="users: expected a pandas DataFrame, got ndarray"):
+    with pytest.raises(SchemaError, match=r"users: expected a pandas DataFrame, got "
+                       r"numpy\.ndarray; make it one"):
         model.recommend(users.to_numpy())
 
 
