@@ -103,8 +103,10 @@ def test_effects_come_back_in_the_outcomes_units(continuous):
     scaled = _quiet(estimate_item_effects, data.assign(**{y: data[y] * 1e6}), **roles,
                     folds=folds).set_index("item")
     ok = ref.status == "ok"
-    # the offset rounds y itself at 1e8 (float64 ulp 1.5e-8): differences of that order
-    np.testing.assert_allclose(shifted.ate[ok], ref.ate[ok], atol=1e-6 * ref.se[ok].min())
+    # the offset rounds y itself at 1e8 (float64 ulp 1.5e-8), and a standardised value
+    # near a float32 rounding boundary then rounds the other way: differences of up to
+    # ~4e-6 SE (measured), against the 0.05 SE asked of float32
+    np.testing.assert_allclose(shifted.ate[ok], ref.ate[ok], atol=1e-5 * ref.se[ok].min())
     np.testing.assert_allclose(shifted.se[ok], ref.se[ok], rtol=1e-6)
     np.testing.assert_allclose(scaled.ate[ok], 1e6 * ref.ate[ok], rtol=1e-6,
                                atol=1e-6 * 1e6 * ref.se[ok].min())
