@@ -49,7 +49,7 @@ def covariate_matrix(covariates: pd.DataFrame, items) -> tuple[np.ndarray, list[
 
     ``covariates`` is indexed by item or has an ``item`` column. Numeric and boolean columns
     are standardised; other columns (strings, categoricals) are one-hot encoded, dropping the
-    first level. Columns constant over ``items`` are dropped. Returns (matrix, column names,
+    most frequent level (ties by label). Columns constant over ``items`` are dropped. Returns (matrix, column names,
     the covariate each column comes from); no intercept column.
     """
     if not isinstance(covariates, pd.DataFrame):
@@ -78,9 +78,12 @@ def covariate_matrix(covariates: pd.DataFrame, items) -> tuple[np.ndarray, list[
                 groups.append(str(column))
         elif (pd.api.types.is_string_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)
               or values.dtype == object):
-            levels = np.unique(values.astype(str).to_numpy())
             codes = values.astype(str).to_numpy()
-            for level in levels[1:]:
+            levels, counts = np.unique(codes, return_counts=True)
+            # the reference: the most frequent level, ties by label (as the estimator's
+            # design), so renaming a level cannot move what the shrunk coefficients mean
+            reference = levels[np.lexsort((levels, -counts))[0]]
+            for level in levels[levels != reference]:
                 blocks.append((codes == level).astype(float)[:, None])
                 names.append(f"{column}={level}")
                 groups.append(str(column))

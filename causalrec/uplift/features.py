@@ -24,8 +24,9 @@ class UserFeatures:
     Parameters
     ----------
     features : numeric columns. categorical : columns one-hot encoded (reference coding:
-        the first level of the training data is the baseline; levels beyond the
-        ``max_levels`` most frequent are pooled into it; a missing value is a level of its
+        the most frequent level of the training data, ties by label, is the baseline, as
+        in the estimator's design; levels beyond the ``max_levels`` most frequent are pooled
+        into it; a missing value is a level of its
         own, ``MISSING``). text : free-text columns, embedded and reduced to
         ``text_components`` principal components (embeddings come from the on-disk cache
         that the nuisance fits filled). Constant columns are dropped.
@@ -85,11 +86,17 @@ class UserFeatures:
         return self.encode(frame, raw)
 
     def fit_levels(self, counts: dict) -> None:
-        """Levels from each categorical column's level counts (most frequent first)."""
+        """Levels from each categorical column's level counts (any order): the ``max_levels``
+        most frequent, ties by label, the most frequent first (the reference, so that
+        renaming a level cannot change which one the penalised coefficients shrink towards)
+        and the others sorted."""
         self.levels_, self.seen_levels_ = {}, {}
         for col in self.categorical:
-            self.levels_[col] = sorted(counts[col].index[:self.max_levels])
-            self.seen_levels_[col] = pd.Index(counts[col].index)
+            count = counts[col]
+            top = sorted(count.index, key=lambda level: (-int(count[level]), str(level)))
+            top = top[:self.max_levels]
+            self.levels_[col] = top[:1] + sorted(top[1:])
+            self.seen_levels_[col] = pd.Index(count.index)
 
     def fit_missing(self, fill: dict, indicators: list) -> None:
         """The numeric features' fill (column -> value) and the columns with an indicator,

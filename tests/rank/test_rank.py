@@ -403,7 +403,8 @@ def test_covariate_matrix_encodes_and_aligns():
     before = frame.copy()
     matrix, names, groups = covariate_matrix(frame, ["a", "b", "c", "d"])
     pd.testing.assert_frame_equal(frame, before)  # caller's frame untouched
-    assert names == ["topic=y", "topic=z", "quality", "flag"]  # constant dropped, first level too
+    # constant dropped, and the most frequent level ("x", the reference)
+    assert names == ["topic=y", "topic=z", "quality", "flag"]
     assert groups == ["topic", "topic", "quality", "flag"]
     np.testing.assert_array_equal(matrix[:, 0], [1, 0, 0, 0])  # item a has topic y
     quality = np.array([2.0, 3.0, 1.0, 4.0])
@@ -412,6 +413,12 @@ def test_covariate_matrix_encodes_and_aligns():
     np.testing.assert_array_equal(by_index, matrix)
     categorical, *_ = covariate_matrix(frame.astype({"topic": "category"}), ["a", "b", "c", "d"])
     np.testing.assert_array_equal(categorical, matrix)
+    # the reference is the most frequent level whatever its name (it was the first label in
+    # sorted order): renaming "x" to sort last keeps the matrix
+    renamed, renamed_names, _ = covariate_matrix(frame.replace({"topic": {"x": "zz"}}),
+                                                 ["a", "b", "c", "d"])
+    assert renamed_names == names
+    np.testing.assert_array_equal(renamed, matrix)
 
 
 @pytest.mark.parametrize("frame, match", [

@@ -148,3 +148,29 @@ def test_missing_indicator_log_fills_features_as_the_design_fixed_at_fit():
         cr.UpliftModel(features=["hour"], **options).fit(cr.InteractionLog(
             sim.data.assign(hour=sim.data["hour"].mask(sim.data.index % 9 == 0)),
             **{**ROLES, "confounders": ["user_activity", "tenure"]}))
+
+
+def test_a_categorical_features_reference_is_its_most_frequent_level_whatever_its_name():
+    """The reference (the penalised coefficients' baseline, and where unseen levels score)
+    is the most frequent level, ties by label, as in the estimator's design: renaming the
+    rarest level to sort first, or shuffling the rows, encodes the same matrix (its columns
+    renamed); it was the first label in sorted order."""
+    from causalrec.uplift.features import UserFeatures
+    rng = np.random.default_rng(0)
+    device = rng.choice(["phone", "desktop", "tablet", "tv"], size=400, p=[0.5, 0.25, 0.15, 0.1])
+    frame = pd.DataFrame({"x": rng.normal(size=400), "device": device})
+    renamed = frame.assign(device=frame["device"].replace({"tv": "a_tv"}))
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    encoders = [UserFeatures(features=["x"], categorical=["device"]) for _ in range(3)]
+    plain, other, mixed = (enc.fit_transform(f)
+                           for enc, f in zip(encoders, (frame, renamed, shuffled)))
+    assert encoders[0].levels_["device"] == ["phone", "desktop", "tablet", "tv"]
+    assert encoders[1].levels_["device"] == ["phone", "a_tv", "desktop", "tablet"]
+    assert encoders[2].levels_["device"] == encoders[0].levels_["device"]
+    order = [encoders[1].columns_.index(c.replace("device=tv", "device=a_tv"))
+             for c in encoders[0].columns_]
+    np.testing.assert_allclose(other[:, order], plain, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mixed, plain[shuffled.index.to_numpy()], rtol=1e-12, atol=1e-12)
+    tie = UserFeatures(categorical=["g"])
+    tie.fit_levels({"g": pd.Series({"b": 5, "a": 5, "c": 1})})
+    assert tie.levels_["g"] == ["a", "b", "c"]
