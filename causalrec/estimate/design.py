@@ -380,25 +380,34 @@ def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[s
     return levels_from_counts(uniques, counts, max_levels, min_count)
 
 
+def frequency_order(labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Positions of ``labels`` from the most to the least frequent, ties by label."""
+    return np.lexsort((np.asarray(labels).astype(str), -np.asarray(counts)))
+
+
+def reference_first(labels, counts) -> list[str]:
+    """A categorical's levels as text, the reference first: the most frequent level, ties by
+    label; then the others sorted. The penalised fits shrink towards the reference, so a
+    choice by label would let renaming a level ("rare" -> "a_rare") move the answers."""
+    labels = np.asarray(labels).astype(str)
+    reference = labels[frequency_order(labels, counts)[0]]
+    return [str(reference)] + sorted(str(level) for level in labels if level != reference)
+
+
 def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,
                        min_count: int) -> tuple[list[str], int]:
-    """``_levels`` from the distinct labels (sorted, unique) and their row counts: the most
-    frequent level first (the reference), the others sorted."""
+    """``_levels`` from the distinct labels (sorted, unique) and their row counts, the
+    reference first (``reference_first``); rare or surplus levels pooled into ``__other__``."""
     uniques, counts = np.asarray(uniques).astype(str), np.asarray(counts)
     keep = counts >= min_count
     if keep.sum() > max_levels - (not keep.all()):
-        order = np.lexsort((uniques, -counts))  # by count, then label
         keep = np.zeros(len(uniques), dtype=bool)
-        keep[order[:max_levels - 1]] = True
+        keep[frequency_order(uniques, counts)[:max_levels - 1]] = True
     n_pooled = int((~keep).sum())
     kept = {str(level): int(count) for level, count in zip(uniques[keep], counts[keep])}
     if n_pooled:
         kept[OTHER] = kept.get(OTHER, 0) + int(counts[~keep].sum())
-    # the reference (first) is the most frequent level, ties by label, then the others
-    # sorted: the penalised fits depend on which level is the reference, and a choice by
-    # label would let renaming a level ("rare" -> "a_rare") move the effects
-    reference = min(kept, key=lambda level: (-kept[level], level))
-    levels = [reference] + sorted(level for level in kept if level != reference)
+    levels = reference_first(list(kept), list(kept.values()))
     return levels, n_pooled, int(counts[~keep].sum())
 
 

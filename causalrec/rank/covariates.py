@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from ..estimate.design import reference_first
 from .prior import _POSTERIOR_COLUMNS, _check_estimates
 from .robust import robust_critical_values
 
@@ -79,11 +80,9 @@ def covariate_matrix(covariates: pd.DataFrame, items) -> tuple[np.ndarray, list[
         elif (pd.api.types.is_string_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)
               or values.dtype == object):
             codes = values.astype(str).to_numpy()
-            levels, counts = np.unique(codes, return_counts=True)
-            # the reference: the most frequent level, ties by label (as the estimator's
-            # design), so renaming a level cannot move what the shrunk coefficients mean
-            reference = levels[np.lexsort((levels, -counts))[0]]
-            for level in levels[levels != reference]:
+            # the reference first, as in the estimator's design: renaming a level cannot
+            # move what the shrunk coefficients mean
+            for level in reference_first(*np.unique(codes, return_counts=True))[1:]:
                 blocks.append((codes == level).astype(float)[:, None])
                 names.append(f"{column}={level}")
                 groups.append(str(column))

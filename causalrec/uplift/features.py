@@ -8,7 +8,7 @@ import pandas as pd
 
 import warnings
 
-from ..estimate.design import DesignSpec
+from ..estimate.design import DesignSpec, frequency_order, reference_first
 from ..estimate.missing_values import fill_of, indicator_name
 from ..exceptions import DataWarning
 from ..schema import (MISSING_REMEDY, SchemaError, _as_list, _check_finite_numeric,
@@ -93,9 +93,8 @@ class UserFeatures:
         self.levels_, self.seen_levels_ = {}, {}
         for col in self.categorical:
             count = counts[col]
-            top = sorted(count.index, key=lambda level: (-int(count[level]), str(level)))
-            top = top[:self.max_levels]
-            self.levels_[col] = top[:1] + sorted(top[1:])
+            top = frequency_order(count.index, count.to_numpy())[:self.max_levels]
+            self.levels_[col] = reference_first(count.index[top], count.to_numpy()[top])
             self.seen_levels_[col] = pd.Index(count.index)
 
     def fit_missing(self, fill: dict, indicators: list) -> None:
