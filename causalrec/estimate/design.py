@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..exceptions import DataWarning
 from ..schema import InteractionLog, SchemaError
+from ..utils.levels import frequency_order, reference_first
 from .design_rows import DesignRows
 from .missing_values import MISSING, _filled, fill_of, indicator_name
 from .precision import SAMPLE, warn_float32_precision
@@ -378,20 +379,6 @@ def _levels(labels: np.ndarray, max_levels: int, min_count: int) -> tuple[list[s
     rest pool into ``__other__``. Returns the levels, how many were pooled and their rows."""
     uniques, counts = np.unique(labels.astype(str), return_counts=True)
     return levels_from_counts(uniques, counts, max_levels, min_count)
-
-
-def frequency_order(labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Positions of ``labels`` from the most to the least frequent, ties by label."""
-    return np.lexsort((np.asarray(labels).astype(str), -np.asarray(counts)))
-
-
-def reference_first(labels, counts) -> list[str]:
-    """A categorical's levels as text, the reference first: the most frequent level, ties by
-    label; then the others sorted. The penalised fits shrink towards the reference, so a
-    choice by label would let renaming a level ("rare" -> "a_rare") move the answers."""
-    labels = np.asarray(labels).astype(str)
-    reference = labels[frequency_order(labels, counts)[0]]
-    return [str(reference)] + sorted(str(level) for level in labels if level != reference)
 
 
 def levels_from_counts(uniques: np.ndarray, counts: np.ndarray, max_levels: int,

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from ..estimate.design import reference_first
+from ..utils.levels import reference_first
 from .prior import _POSTERIOR_COLUMNS, _check_estimates
 from .robust import robust_critical_values
 

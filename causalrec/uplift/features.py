@@ -8,7 +8,8 @@ import pandas as pd
 
 import warnings
 
-from ..estimate.design import DesignSpec, frequency_order, reference_first
+from ..estimate.design import DesignSpec
+from ..utils.levels import frequency_order, reference_first
 from ..estimate.missing_values import fill_of, indicator_name
 from ..exceptions import DataWarning
 from ..schema import (MISSING_REMEDY, SchemaError, _as_list, _check_finite_numeric,
