@@ -21,6 +21,7 @@ from ..glm.layout import (block_size_for, pad, read_only_tensor, release_free_he
 from ..glm.passes import block_grams
 from ..glm.reducer import Reducer
 from ..utils.tensors import at_rows
+from .lockstep import run_in_lockstep
 
 __all__ = ["CrossFit", "cross_fit", "cross_fit_tuned", "pack_shards", "blocked_arm",
            "tunes_shared_penalty", "tuned_penalty"]
@@ -60,7 +61,7 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
               propensity: SegmentGLM | None, outcome: SegmentGLM, logged_e=None,
               shard_of_item: np.ndarray | None = None, device, dtype, warm: list | None = None,
               reducer: Reducer | None = None, block_size: int | None = None,
-              loo: bool = False) -> CrossFit:
+              loo: bool = False, lockstep: bool = False) -> CrossFit:
     """Cross-fitted (e, mu0, mu1) for ``rows`` of X (positions, a boolean mask, or
     ``slice(None)`` for all; seg, t, y, folds already subset to them).
 
@@ -74,7 +75,10 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     ``block_size``: the layout's (default: from these rows' cells). ``loo`` (one fold, the
     models fitted on every row): also each model's approximate leave-one-out predictions
     (``SegmentGLM.loo_predict_blocks``) on the rows it was fitted on, its plain predictions
-    on the others (an outcome model's other arm), as ``CrossFit.loo``.
+    on the others (an outcome model's other arm), as ``CrossFit.loo``. ``lockstep``: each
+    fold's models (e, mu0, mu1) fitted side by side with their reductions sent together
+    (``lockstep.run_in_lockstep``): a third of the rounds or all-reduces on Spark, the same
+    numbers.
     """
     if loo and n_folds != 1:
         raise ValueError("loo=True needs n_folds=1 (the models fitted on every row)")
@@ -90,7 +94,7 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
         out["e"] = torch.as_tensor(logged_e, dtype=dtype, device=device)
     job = dict(X=X, center=center, scale=scale, rows=rows, seg=seg, t=t, y=y, folds=folds,
                n_folds=n_folds, n_items=n_seg, propensity=propensity, outcome=outcome,
-               block_size=block_size, device=device, loo=loo)
+               block_size=block_size, device=device, loo=loo, lockstep=lockstep)
     if shard_of_item is None or int(np.max(shard_of_item, initial=0)) == 0:
         shards = [np.arange(n_seg)]
         results = [_fit_shard(shards[0], reducer or Reducer(), warm[0] if warm else None, **job)]
@@ -155,9 +159,9 @@ def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensi
     fit = lambda lam, red: cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
                                      propensity=with_penalty(propensity, lam),
                                      outcome=with_penalty(outcome, lam),
-                                     reducer=red if coupled else None, **options)
+                                     reducer=red if coupled else None, lockstep=lockstep,
+                                     **options)
     if lockstep:
-        from .lockstep import run_in_lockstep
         fits = run_in_lockstep([lambda red, lam=lam: fit(lam, red) for lam in grid], reducer)
     else:
         fits = [fit(lam, reducer) for lam in grid]
@@ -236,7 +240,8 @@ def _loss_sum(pred: np.ndarray, y: np.ndarray, family: str) -> float:
 
 
 def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds, n_folds,
-               n_items, propensity, outcome, block_size, device=None, loo=False):
+               n_items, propensity, outcome, block_size, device=None, loo=False,
+               lockstep=False):
     """One solver's share: the rows of ``items``, renumbered 0..len(items)-1; ``warm`` is an
     earlier cross-fit of the same shard (its first fold's models start every fold).
 
@@ -246,7 +251,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     one's test design).
     Blocks keep their order and runs, so the fits equal those on one design of all rows.
     ``loo`` (one fold): also the models' leave-one-out predictions (``cross_fit``), blocked
-    while the fold's design and outcome are at hand."""
+    while the fold's design and outcome are at hand. ``lockstep``: a fold's models fitted
+    side by side (``lockstep.run_in_lockstep``), as ``cross_fit`` says."""
     if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
         mine, local_seg = slice(None), seg
     else:
@@ -304,23 +310,26 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         cold = not warm and (n_folds == 2 or not fits)
         start = {} if cold else (warm[0] if warm else fits[0])
         grams = _arm_grams(design, block_arm, n_seg) if cold else None
-        models, fitted_on = {}, {}
+        fitted_on, jobs = {}, {}  # name -> (prototype, outcome, blocks, first Hessian)
         if propensity is not None:
             fitted_on["e"] = (tb, train)
-            models["e"] = propensity.clone().fit_blocks(
-                design, tb, train, n_segments=n_seg, init=start.get("e"), reducer=reducer,
-                first_gram=None if grams is None else grams[0] + grams[1])
+            jobs["e"] = (propensity, None if grams is None else grams[0] + grams[1])
         y_fit, y_back = _outcome_scale(design, yb, train, n_seg, outcome)
         for arm in (0, 1):
             fitted_on[f"mu{arm}"] = (y_fit, design.blocks(block_arm == arm))
-            models[f"mu{arm}"] = outcome.clone().fit_blocks(
-                design, y_fit, design.blocks(block_arm == arm), n_segments=n_seg,
-                init=start.get(f"mu{arm}"), reducer=reducer,
-                first_gram=None if grams is None else grams[arm])
+            jobs[f"mu{arm}"] = (outcome, None if grams is None else grams[arm])
+        fit_one = lambda name, red: jobs[name][0].clone().fit_blocks(
+            design, *fitted_on[name], n_segments=n_seg, init=start.get(name), reducer=red,
+            first_gram=jobs[name][1])
+        if lockstep:  # the fold's models side by side, their reductions sent together
+            fitted = run_in_lockstep([lambda red, n=n: fit_one(n, red) for n in jobs], reducer)
+        else:
+            fitted = [fit_one(name, reducer) for name in jobs]
+        models = dict(zip(jobs, fitted))
         if loo:  # one fold: this design holds every row, in the test design's blocks
             loo_blocked = {name: _loo_blocked(model, design, *fitted_on[name], reducer)
                            for name, model in models.items()}
-        del design, tb, yb, y_fit, part, grams, fitted_on
+        del design, tb, yb, y_fit, part, grams, fitted_on, jobs, fit_one
         fits.append(models)
         scales.append(y_back)
     # the held-out folds' predictions after every fit (none is alive beside a solver's

@@ -69,9 +69,9 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
     """Fit ``data`` (one shard of whole items) as the plan says -> its ``ShardPart``.
 
     ``reducer`` couples this shard's pooled fits with the other shards' (None: this shard
-    holds every item); ``lockstep`` runs the penalty grid's fits side by side, so that their
-    reductions travel together (one round per step instead of one per fit and step, for the
-    rounds of Spark without barrier mode; the same numbers). ``keep_rows``: the per-row
+    holds every item); ``lockstep`` runs independent fits side by side (the penalty grid's,
+    and each fold's propensity and outcome models), so that their reductions travel together
+    (one round or all-reduce per step instead of one per fit and step; the same numbers). ``keep_rows``: the per-row
     outputs; ``keep_fits``: the fitted nuisance models (``nuisance_fits_``)."""
     reducer = reducer or Reducer()
     p, device = plan.params, plan.device
@@ -126,12 +126,13 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
                     every_row = (*args[:7], np.zeros(len(t), dtype=np.int64), n_seg)
                     fits = cross_fit(*every_row, propensity=chosen[0], outcome=chosen[1],
                                      **dict(job, n_folds=1, warm=fits.shard_fits,
-                                            block_size=None), loo=True,
+                                            block_size=None), loo=True, lockstep=lockstep,
                                      reducer=reducer if data.shard_of_item is None else None)
                     held_out = (fits.loo.get("e", fits.e), fits.loo["mu0"], fits.loo["mu1"])
             else:  # (threads of this process couple the GLM fits' own shards, if any)
                 fits = cross_fit(*args, propensity=propensity, outcome=outcome, **job,
-                                 reducer=reducer if data.shard_of_item is None else None)
+                                 reducer=reducer if data.shard_of_item is None else None,
+                                 lockstep=lockstep)
             if keep_fits and len(fits.shard_fits) == 1:
                 nuisance_fits += fits.shard_fits[0]
             for name, ok in fits.converged.items():

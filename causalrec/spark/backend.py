@@ -93,8 +93,9 @@ class SparkBackend:
                 lambda pdf: fit_shard_rows(pdf, job, Reducer()), OUTPUT_SCHEMA)
             payloads, self.rows = _collect(out, self.row_outputs)
         else:
-            # the penalty grid's fits side by side: a reduction carries every penalty's (a
-            # round in rounds mode; an all-reduce in a barrier stage)
+            # independent fits side by side (the penalty grid's; a fold's e, mu0, mu1): a
+            # reduction carries all of theirs (a round in rounds mode; an all-reduce in a
+            # barrier stage)
             together = replace(job, lockstep=True)
             task = lambda rows, red: fit_shard_rows(rows, together, red)
             payloads, self.rows, self.mode = run_pooled(

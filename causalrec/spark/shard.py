@@ -43,7 +43,7 @@ class ShardJob:
     shard_items: list             # per shard: its items' codes, ascending
     block_size: int               # the local fit's layout block size
     row_outputs: bool
-    lockstep: bool = False        # the penalty grid's reductions together (rounds mode)
+    lockstep: bool = False        # independent fits' reductions together (a round or all-reduce)
 
 
 def fit_shard_rows(pdf: pd.DataFrame, job: ShardJob, reducer) -> pd.DataFrame:
