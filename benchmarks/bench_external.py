@@ -285,7 +285,8 @@ def summarise(bench, reps, results, seconds):
 
 
 CAUSALREC = ("pooled", "per_item", "boosted", "auto", "factorised", "HistGB (nuisance=)",
-             "pooled + conditional", "per_item + conditional", "boosted + conditional")
+             *(f"{mode} + conditional" for mode in ("pooled", "per_item", "boosted", "auto",
+                                                     "factorised", "HistGB (nuisance=)")))
 
 
 def main(argv=None):

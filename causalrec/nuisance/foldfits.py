@@ -57,6 +57,7 @@ class FoldFits:
         self.shared_penalties = {}  # nuisance -> the offset GLM's tuned shared-slope penalty
         self.refit = refit and self.n_folds > 1
         self.eta_gap = {}  # nuisance -> all-rows GLM eta minus the out-of-fold one (refit)
+        self.loo_gap = {}  # the same with the all-rows GLM's leave-one-out eta (variance)
 
     def split(self, f):
         """(test, train) masks of fold f (one fold: every row is both)."""
@@ -104,15 +105,16 @@ class FoldFits:
         glm = self._fit_grid(target, train, family, [shared_penalty])[0]
         return glm.decision_function(self.Xs, self.item).astype(np.float64)
 
-    def _fit_grid(self, target, train, family, grid):
+    def _fit_grid(self, target, train, family, grid, design=None):
         """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
         (None: the settings' own), on one padded design. Logistic fits run from the largest
         penalty down, each starting Newton from the last (a neighbour's optimum: 3-5 steps
         instead of 8-11 cold); a Gaussian fit is one exact step from anywhere, so each
         starts cold from the design's X'X, computed once. -> the fits, in ``grid``'s order."""
         rows = np.flatnonzero(train)
-        design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
-                               index=torch.as_tensor(rows, device=self.Xs.device))
+        if design is None:
+            design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
+                                   index=torch.as_tensor(rows, device=self.Xs.device))
         y, blocks = design.pad(target[rows]), design.blocks()
         p = design.X.shape[-1]
         gram = (block_grams(design.X, blocks, design.block_seg, self.n_items)
@@ -149,9 +151,29 @@ class FoldFits:
             small = ~np.isin(np.arange(self.n_items),
                              self.large_items(np.ones(len(self.item), bool)))
             if small.any():
-                gap = self.glm_eta(target, arm, family, penalty) - self.held_out(etas)
-                self.eta_gap[name] = np.where(small[self.item], gap, 0.0)
+                eta, eta_loo = self._all_rows_eta(target, arm, family, penalty)
+                oof = self.held_out(etas)
+                self.eta_gap[name] = np.where(small[self.item], eta - oof, 0.0)
+                self.loo_gap[name] = np.where(small[self.item], eta_loo - oof, 0.0)
         return etas
+
+    def _all_rows_eta(self, target, arm, family, penalty):
+        """The offset GLM fitted on every ``arm`` row: its linear predictor for all rows, and
+        the same with its approximate leave-one-out value on the rows it was fitted on
+        (``SegmentGLM.loo_predict_blocks``: the variance's, as the pooled GLM's refit)."""
+        rows = np.flatnonzero(arm)
+        design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
+                               index=torch.as_tensor(rows, device=self.Xs.device))
+        glm = self._fit_grid(target, arm, family, [penalty], design=design)[0]
+        eta = glm.decision_function(self.Xs, self.item).astype(np.float64)
+        y, blocks = design.pad(target[rows]), design.blocks()
+        mean = design.unpad(glm.loo_predict_blocks(design, y, blocks)).double().cpu().numpy()
+        if family == "logistic":
+            mean = np.clip(mean, 1e-12, 1 - 1e-12)
+            mean = np.log(mean) - np.log1p(-mean)
+        eta_loo = eta.copy()
+        eta_loo[rows] = mean
+        return eta, eta_loo
 
     def large_items(self, rows):
         """Items with at least ``min_item_rows`` training rows among ``rows`` in every fold."""

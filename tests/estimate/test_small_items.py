@@ -171,15 +171,17 @@ def test_summary_states_where_the_estimate_comes_from():
 
 def test_flexible_small_items_estimate_from_all_rows_offset_glm():
     """The flexible nuisances on a small log: a small item's estimate adds the offset GLM's
-    all-rows refit to the out-of-fold flexible models (link scale), its variance stays the
-    out-of-fold fits' (the same SE as ``refit_small_logs=False``). 12 fixed replications,
+    all-rows refit to the out-of-fold flexible models (link scale), its variance reads the
+    same with the refit's approximate leave-one-out linear predictor (measured z RMS 0.91
+    over the 12 replications; 12 standard normal z give an RMS within 1 +- 0.4 about 95%
+    of the time). 12 fixed replications,
     paired on the same logs; measured: RMSE 0.145 with the refit, 0.193 cross-fitted (ratio
     0.76), OLS with interactions 0.151 (IHDP, 100 items stacked with unit=: boosted 0.190 ->
     0.140 on A, 0.176 -> 0.128 on B, benchmarks/README.md session 33). The code before (every
     prediction out of fold) fails both bounds: a ratio of exactly 1, and 1.27x OLS. The
     bounds leave ~15% for other platforms' rounding of the boosters."""
     errors = {True: [], False: []}
-    ols = []
+    ols, z = [], []
     for seed in range(12):
         df = small_log(seed)
         log = cr.InteractionLog(df, item="item", treatment="t", outcome="y",
@@ -192,8 +194,8 @@ def test_flexible_small_items_estimate_from_all_rows_offset_glm():
                                                      refit_small_logs=refit).fit(log)
             errors[refit].append(fits[refit].effects_["ate"].iloc[0] - EFFECT)
         ols.append(ols_with_interactions(df) - EFFECT)
-        np.testing.assert_allclose(fits[True].effects_["se"], fits[False].effects_["se"],
-                                   rtol=1e-10)
+        z.append(errors[True][-1] / fits[True].effects_["se"].iloc[0])
+    assert 0.6 <= np.sqrt(np.mean(np.square(z))) <= 1.4
     rmse = {k: np.sqrt(np.mean(np.square(v))) for k, v in errors.items()}
     assert rmse[True] <= 0.9 * rmse[False]
     assert rmse[True] <= 1.15 * np.sqrt(np.mean(np.square(ols)))
