@@ -144,9 +144,11 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         coverage 0.97 / 0.99). The flexible nuisances do the same for the items too small
         for models of their own (under ``min_item_rows`` training rows in a fold): their
         offset GLMs are refitted on every row and the out-of-fold flexible corrections
-        (prediction minus out-of-fold offset, link scale) added, the variance from the
-        out-of-fold predictions (IHDP, 100 items stacked with unit=: boosted RMSE 0.190 ->
-        0.140 on A, 0.176 -> 0.128 on B; session 33); large items stay out of fold. The
+        (prediction minus out-of-fold offset, link scale) added (IHDP, 100 items stacked
+        with unit=: boosted RMSE 0.190 -> 0.140 on A, 0.176 -> 0.128 on B; session 33), the
+        variance from the same corrections on the all-rows GLM's leave-one-out predictor
+        (IHDP-A per call: widths 1.42x -> 1.19x the oracle's, coverage 0.97 -> 0.96;
+        session 39); large items stay out of fold. The
         per-row outputs are then the all-rows fits' (not out of fold); False keeps every
         split cross-fitted.
 
