@@ -95,11 +95,23 @@ def test_shards_in_threads_equal_the_local_fit(log, nuisance):
     pd.testing.assert_frame_equal(effects, local.effects_, check_exact=False, rtol=1e-8)
 
 
-def test_penalty_grid_in_lockstep_same_numbers_fewer_reductions(log):
-    """The grid's four fits with their reductions sent together: bitwise the same shard
-    results, and as many reductions as the longest fit plus the loss sum per split instead
-    of the sum over the grid's fits."""
+@pytest.fixture(scope="module")
+def big_log():
+    # 6,000 rows, 6 items: many rows per column, no penalty grid
+    df = cr.datasets.simulate_log(n_items=6, n_rows=6000, seed=7).data
+    return cr.InteractionLog(df, **ROLES)
+
+
+@pytest.mark.parametrize("which", ["log", "big_log"])
+def test_independent_fits_in_lockstep_same_numbers_fewer_reductions(request, which):
+    """Independent fits with their reductions sent together: on the small log the penalty
+    grid's four fits (each fold's three models side by side within each), on the large log
+    (no grid) each fold's propensity and two outcome models. Bitwise the same shard results
+    with at most half the reductions (sequential: every fit's; lockstep: at most two outer
+    calls, sum and max, per step of the longest fit)."""
+    log = request.getfixturevalue(which)
     plan, _ = _plan_and_local(log, n_repeats=1)
+    assert (plan.tune_columns is None) == (which == "big_log")
     local = _local_data(log, plan)
     parts, calls = {}, {}
     for lockstep in (False, True):
@@ -110,28 +122,6 @@ def test_penalty_grid_in_lockstep_same_numbers_fewer_reductions(log):
     for name in ("psi", "e", "mu0", "mu1"):
         np.testing.assert_array_equal(parts[True].rows[name], parts[False].rows[name])
     assert parts[True].shared_penalty == parts[False].shared_penalty
-    # sequential: every fit's reductions; lockstep: at most two outer calls (sum, max) per
-    # step of the longest fit, and far fewer than the sequential count
-    assert 0 < calls[True] < calls[False] / 2
-
-
-def test_a_folds_models_in_lockstep_same_numbers_fewer_reductions():
-    """A log with many rows per column (no penalty grid): each fold's propensity and two
-    outcome models fitted side by side send their reductions together: bitwise the same
-    shard results with about a third of the reductions (the longest of the three fits')."""
-    big = cr.InteractionLog(cr.datasets.simulate_log(n_items=6, n_rows=6000, seed=7).data,
-                            **ROLES)
-    plan, _ = _plan_and_local(big, n_repeats=1)
-    assert plan.tune_columns is None
-    local = _local_data(big, plan)
-    parts, calls = {}, {}
-    for lockstep in (False, True):
-        reducer = CountingReducer()
-        parts[lockstep] = fit_shard(plan, local, reducer, lockstep=lockstep)
-        calls[lockstep] = reducer.n_calls
-    pd.testing.assert_frame_equal(parts[True].table, parts[False].table, check_exact=True)
-    for name in ("psi", "e", "mu0", "mu1"):
-        np.testing.assert_array_equal(parts[True].rows[name], parts[False].rows[name])
     assert 0 < calls[True] < calls[False] / 2
 
 
