@@ -27,6 +27,10 @@ __all__ = ["CrossFit", "cross_fit", "cross_fit_tuned", "pack_shards", "blocked_a
            "tunes_shared_penalty", "tuned_penalty"]
 
 MODEL_NAMES = {"e": "propensity", "mu0": "outcome (control)", "mu1": "outcome (treated)"}
+# ``lockstep`` fits a shard's folds side by side only where every training design together
+# holds at most this many values (256 MB in float32): above it the fits' arithmetic, not
+# the reductions' latency, sets the time, and one design at a time keeps the memory low
+FOLDS_IN_LOCKSTEP_VALUES = 2 ** 26
 
 
 @dataclass
@@ -276,28 +280,32 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
             at = (np.flatnonzero(rows) if rows.dtype == bool else rows)[mine][sub]
         return None if len(at) == X.shape[0] else torch.as_tensor(at, device=device)
 
+    def padded(fold_set) -> dict:
+        """Padded design of the rows in ``fold_set``, with their arm and outcome blocked."""
+        member = np.zeros(n_folds, dtype=bool)  # (a lookup: np.isin sorts the rows)
+        member[list(fold_set)] = True
+        sub = np.flatnonzero(member[f_mine]) if len(fold_set) < n_folds else np.arange(n_mine)
+        # (fold, arm, item); folds may come narrow (int8): the cell number needs int64
+        cells = (f_mine[sub].astype(np.int64) * 2 + t_mine[sub]) * n_seg + local_seg[sub]
+        design = BlockedDesign(
+            X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
+            center=center, scale=scale, block_size=block_size, device=device,
+            index=rows_of_X(sub))
+        return dict(folds=fold_set, design=design, sub=sub, tb=blocked_arm(design, n_seg, dtype),
+                    yb=pad(design.layout, torch.as_tensor(y_mine[sub], device=device,
+                                                          dtype=_blocked_dtype(y_mine, dtype))))
+
     def design_of(fold_set):
-        """Padded design of the rows in ``fold_set`` (kept until another set is asked for)."""
+        """``padded(fold_set)``, kept until another set is asked for."""
         if held.get("folds") != fold_set:
             held.clear()  # the old design is freed before the new one is padded
-            member = np.zeros(n_folds, dtype=bool)  # (a lookup: np.isin sorts the rows)
-            member[list(fold_set)] = True
-            sub = np.flatnonzero(member[f_mine]) if len(fold_set) < n_folds else np.arange(n_mine)
-            # (fold, arm, item); folds may come narrow (int8): the cell number needs int64
-            cells = (f_mine[sub].astype(np.int64) * 2 + t_mine[sub]) * n_seg + local_seg[sub]
-            design = BlockedDesign(
-                X, cells, n_seg * n_folds * 2, cell_segment=np.tile(np.arange(n_seg), 2 * n_folds),
-                center=center, scale=scale, block_size=block_size, device=device,
-                index=rows_of_X(sub))
-            held.update(folds=fold_set, design=design, sub=sub, tb=blocked_arm(design, n_seg, dtype),
-                        yb=pad(design.layout, torch.as_tensor(y_mine[sub], device=device,
-                                                              dtype=_blocked_dtype(y_mine, dtype))))
+            held.update(padded(fold_set))
             release_free_heap()  # the padding's freed temporaries: not resident beside the fits
         return held
 
-    fits, scales = [], []
-    for f in range(n_folds):
-        part = design_of(frozenset(range(n_folds)) - {f} if n_folds > 1 else frozenset({0}))
+    def fit_fold(part, first, red):
+        """One fold's models on its training design ``part``; ``first``: the first fold's
+        models (None for the first fold) -> (models, outcome scale, leave-one-out blocks)."""
         design, tb, yb = part["design"], part["tb"], part["yb"]
         train = design.blocks()
         block_arm = (design.block_cell // n_seg) % 2
@@ -307,8 +315,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         # (an item's deviations fit the other half's noise); a cold start's first Hessian
         # needs no pass: the arms' X'X (one pass for the three models) times the start's
         # variance. (The same rule in every shard: starts must agree across the reducer.)
-        cold = not warm and (n_folds == 2 or not fits)
-        start = {} if cold else (warm[0] if warm else fits[0])
+        cold = not warm and (n_folds == 2 or first is None)
+        start = {} if cold else (warm[0] if warm else first)
         grams = _arm_grams(design, block_arm, n_seg) if cold else None
         fitted_on, jobs = {}, {}  # name -> (prototype, outcome, blocks, first Hessian)
         if propensity is not None:
@@ -318,20 +326,41 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
         for arm in (0, 1):
             fitted_on[f"mu{arm}"] = (y_fit, design.blocks(block_arm == arm))
             jobs[f"mu{arm}"] = (outcome, None if grams is None else grams[arm])
-        fit_one = lambda name, red: jobs[name][0].clone().fit_blocks(
-            design, *fitted_on[name], n_segments=n_seg, init=start.get(name), reducer=red,
+        fit_one = lambda name, r: jobs[name][0].clone().fit_blocks(
+            design, *fitted_on[name], n_segments=n_seg, init=start.get(name), reducer=r,
             first_gram=jobs[name][1])
         if lockstep:  # the fold's models side by side, their reductions sent together
-            fitted = run_in_lockstep([lambda red, n=n: fit_one(n, red) for n in jobs], reducer)
+            fitted = run_in_lockstep([lambda r, n=n: fit_one(n, r) for n in jobs], red)
         else:
-            fitted = [fit_one(name, reducer) for name in jobs]
+            fitted = [fit_one(name, red) for name in jobs]
         models = dict(zip(jobs, fitted))
+        loo_blocked = None
         if loo:  # one fold: this design holds every row, in the test design's blocks
-            loo_blocked = {name: _loo_blocked(model, design, *fitted_on[name], reducer)
+            loo_blocked = {name: _loo_blocked(model, design, *fitted_on[name], red)
                            for name, model in models.items()}
-        del design, tb, yb, y_fit, part, grams, fitted_on, jobs, fit_one
-        fits.append(models)
-        scales.append(y_back)
+        return models, y_back, loo_blocked
+
+    train_sets = [frozenset(range(n_folds)) - {f} if n_folds > 1 else frozenset({0})
+                  for f in range(n_folds)]
+    width = X.shape[1] if len(X.shape) > 1 else 1
+    if (lockstep and n_folds > 1 and (n_folds == 2 or warm)
+            and n_mine * (width + 1) <= FOLDS_IN_LOCKSTEP_VALUES):
+        # the folds side by side too (independent where no fold starts from another's):
+        # every training design alive at once, so only where they are small, which is where
+        # a reduction's latency outweighs the fits' arithmetic
+        parts = [padded(fold_set) for fold_set in train_sets]
+        results = run_in_lockstep([lambda r, part=part: fit_fold(part, None, r)
+                                   for part in parts], reducer)
+        del parts
+        release_free_heap()
+    else:
+        results = []
+        for fold_set in train_sets:
+            results.append(fit_fold(design_of(fold_set), results[0][0] if results else None,
+                                    reducer))
+    fits, scales = [r[0] for r in results], [r[1] for r in results]
+    loo_blocked = results[0][2]
+    del results
     # the held-out folds' predictions after every fit (none is alive beside a solver's
     # buffers); with two folds the last training design is the first test design. Each
     # prediction goes straight to its rows' places in the row arrays (the padded slots'
