@@ -80,9 +80,9 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
     models fitted on every row): also each model's approximate leave-one-out predictions
     (``SegmentGLM.loo_predict_blocks``) on the rows it was fitted on, its plain predictions
     on the others (an outcome model's other arm), as ``CrossFit.loo``. ``lockstep``: each
-    fold's models (e, mu0, mu1) fitted side by side with their reductions sent together
-    (``lockstep.run_in_lockstep``): a third of the rounds or all-reduces on Spark, the same
-    numbers.
+    fold's models (e, mu0, mu1), and the folds where they are independent and small
+    (``FOLDS_IN_LOCKSTEP_VALUES``), fitted side by side with their reductions sent together
+    (``lockstep.run_in_lockstep``): fewer rounds or all-reduces on Spark, the same numbers.
     """
     if loo and n_folds != 1:
         raise ValueError("loo=True needs n_folds=1 (the models fitted on every row)")
@@ -255,8 +255,8 @@ def _fit_shard(items, reducer, warm, *, X, center, scale, rows, seg, t, y, folds
     one's test design).
     Blocks keep their order and runs, so the fits equal those on one design of all rows.
     ``loo`` (one fold): also the models' leave-one-out predictions (``cross_fit``), blocked
-    while the fold's design and outcome are at hand. ``lockstep``: a fold's models fitted
-    side by side (``lockstep.run_in_lockstep``), as ``cross_fit`` says."""
+    while the fold's design and outcome are at hand. ``lockstep``: the models fitted side by
+    side as ``cross_fit`` says (folds side by side: every training design alive at once)."""
     if len(items) == n_items:  # the whole run: no renumbering, views of the row arrays
         mine, local_seg = slice(None), seg
     else:

@@ -332,7 +332,7 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                           if name in ctx.loo_gap else preds[name])[back]
                          for name in ("e", "mu0", "mu1"))
         for name, gap in ctx.eta_gap.items():
-            preds[name] = shifted(preds[name], gap, "logistic" if name == "e" else family)
+            preds[name] = shifted(preds[name], gap, link(name))
     e, mu0, mu1 = (preds[name][back] for name in ("e", "mu0", "mu1"))
     return NuisanceResult(e, mu0, mu1, pd.DataFrame(rows), pd.DataFrame(items),
                           calibration_table(e, t[back]), rounds, max(ctx.glm_n_iter, default=0),

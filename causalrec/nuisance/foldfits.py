@@ -100,11 +100,6 @@ class FoldFits:
                 for per_penalty in fits]
         return self._with_refit(etas, target, arm, family, name, grid[best])
 
-    def glm_eta(self, target, train, family, shared_penalty=None):
-        """Linear predictor of the pooled segment GLM fitted on ``train`` rows, for all rows."""
-        glm = self._fit_grid(target, train, family, [shared_penalty])[0]
-        return glm.decision_function(self.Xs, self.item).astype(np.float64)
-
     def _fit_grid(self, target, train, family, grid, design=None):
         """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
         (None: the settings' own), on one padded design. Logistic fits run from the largest
