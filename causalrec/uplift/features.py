@@ -9,12 +9,12 @@ import pandas as pd
 import warnings
 
 from ..estimate.design import DesignSpec
-from ..utils.levels import frequency_order, reference_first
 from ..estimate.missing_values import fill_of, indicator_name
 from ..exceptions import DataWarning
 from ..schema import (MISSING_REMEDY, SchemaError, _as_list, _check_finite_numeric,
                       check_key_values)
 from ..utils.frames import check_frame
+from ..utils.levels import frequency_order, reference_first
 
 __all__ = ["UserFeatures", "level_counts"]
 
