@@ -15,14 +15,3 @@ import torch  # noqa: E402
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist with ``--dist loadgroup`` (the README's test command) every test
-    that uses the local Spark session runs on one worker: one JVM and one set of the
-    session-scoped Spark fixtures and local reference fits, instead of one per worker (two
-    JVMs on two cores, each computing the same fixtures)."""
-    import pytest
-    for item in items:
-        if "spark" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("spark"))

@@ -100,17 +100,21 @@ class FoldFits:
                 for per_penalty in fits]
         return self._with_refit(etas, target, arm, family, name, grid[best])
 
-    def _fit_grid(self, target, train, family, grid, design=None):
-        """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
-        (None: the settings' own), on one padded design. Logistic fits run from the largest
-        penalty down, each starting Newton from the last (a neighbour's optimum: 3-5 steps
-        instead of 8-11 cold); a Gaussian fit is one exact step from anywhere, so each
-        starts cold from the design's X'X, computed once. -> the fits, in ``grid``'s order."""
+    def _padded(self, target, train):
+        """The ``train`` rows' blocked design, its padded ``target`` and its blocks."""
         rows = np.flatnonzero(train)
-        if design is None:
-            design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
-                                   index=torch.as_tensor(rows, device=self.Xs.device))
-        y, blocks = design.pad(target[rows]), design.blocks()
+        design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
+                               index=torch.as_tensor(rows, device=self.Xs.device))
+        return design, design.pad(target[rows]), design.blocks()
+
+    def _fit_grid(self, target, train, family, grid, padded=None):
+        """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
+        (None: the settings' own), on one padded design (``padded``: ``_padded``'s, if made
+        already). Logistic fits run from the largest penalty down, each starting Newton from
+        the last (a neighbour's optimum: 3-5 steps instead of 8-11 cold); a Gaussian fit is
+        one exact step from anywhere, so each starts cold from the design's X'X, computed
+        once. -> the fits, in ``grid``'s order."""
+        design, y, blocks = padded or self._padded(target, train)
         p = design.X.shape[-1]
         gram = (block_grams(design.X, blocks, design.block_seg, self.n_items)
                 if self.n_items * p * p <= design.X.numel() // 2 else None)  # else cheap anyway
@@ -156,18 +160,15 @@ class FoldFits:
         """The offset GLM fitted on every ``arm`` row: its linear predictor for all rows, and
         the same with its approximate leave-one-out value on the rows it was fitted on
         (``SegmentGLM.loo_predict_blocks``: the variance's, as the pooled GLM's refit)."""
-        rows = np.flatnonzero(arm)
-        design = BlockedDesign(self.Xs, self.item[rows], self.n_items,
-                               index=torch.as_tensor(rows, device=self.Xs.device))
-        glm = self._fit_grid(target, arm, family, [penalty], design=design)[0]
+        design, y, blocks = padded = self._padded(target, arm)
+        glm = self._fit_grid(target, arm, family, [penalty], padded=padded)[0]
         eta = glm.decision_function(self.Xs, self.item).astype(np.float64)
-        y, blocks = design.pad(target[rows]), design.blocks()
         mean = design.unpad(glm.loo_predict_blocks(design, y, blocks)).double().cpu().numpy()
         if family == "logistic":
             mean = np.clip(mean, 1e-12, 1 - 1e-12)
             mean = np.log(mean) - np.log1p(-mean)
         eta_loo = eta.copy()
-        eta_loo[rows] = mean
+        eta_loo[arm] = mean
         return eta, eta_loo
 
     def large_items(self, rows):

@@ -138,7 +138,10 @@ def test_spark_equals_local(spark, request, local_fit, tmp_path, nuisance, metho
     from causalrec.spark.barrier import FAULT_ENV
     df = request.getfixturevalue("log_frame" if frame == "log" else "small_frame")
     sdf = request.getfixturevalue("parquet" if frame == "log" else "small_parquet")
-    local = local_fit(frame, nuisance=nuisance, method=method)
+    # the large log at two splits (n_repeats="auto" fits 16 there: 4x the Spark time); the
+    # small logs keep the default, so Spark's choice of the count is checked too
+    repeats = dict(n_repeats=2) if frame == "log" else {}
+    local = local_fit(frame, nuisance=nuisance, method=method, **repeats)
     marker, env = tmp_path / "killed", spark.sparkContext.environment  # shipped with each task
     fault = nuisance == "pooled" and frame == "log"
     if fault:
@@ -146,7 +149,7 @@ def test_spark_equals_local(spark, request, local_fit, tmp_path, nuisance, metho
     try:
         res = estimate_item_effects_spark(sdf, **ROLES, nuisance=nuisance, method=method,
                                           dtype="float64", shards=2, row_id="row",
-                                          row_outputs=True)
+                                          row_outputs=True, **repeats)
     finally:
         env.pop(FAULT_ENV, None)
     assert marker.exists() == fault  # the fault did fire
