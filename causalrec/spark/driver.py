@@ -97,17 +97,19 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
             row_id=ROW_ID, seed=params["seed"])
         extra = list(zip(safe, names))
     # stage 0: the per-item facts, the design spec and outcome scale of the fitted rows
-    facts = item_facts(sdf, sample_log, params["min_rows_per_arm"])
+    facts, tallies = item_facts(sdf, sample_log, params["min_rows_per_arm"])
     fitted = sdf
     if facts.use.any():
         used = facts.segments[facts.use].reset_index(drop=True)
         fitted = sdf.join(F.broadcast(sdf.sparkSession.createDataFrame(used)), on=keys,
                           how="inner")
     n_spec = facts.n_fitted if facts.use.any() else int(facts.n_all.sum())
-    spec = design_spec(fitted, sample_log, n_spec, facts.fitted_binary, extra=extra)
+    spec = design_spec(fitted, sample_log, n_spec, facts.fitted_binary, extra=extra,
+                       level_rows=tallies.level_rows,
+                       items=facts.use if facts.use.any() else None)
     balance_column_names(spec, params["balance_columns"])  # a bad name fails here, not in a task
     # a continuous outcome is fitted centred and scaled, as locally (estimate/scaling.py)
-    scale = (outcome_scale(fitted, outcome)
+    scale = (outcome_scale(fitted, outcome, tallies.largest_outcome)
              if outcome_family(params["outcome_model"], facts.binary, outcome) == "gaussian"
              else OutcomeScale())
     # rows of a recurring unit are not independent: the tuning gate counts units, as locally

@@ -4,6 +4,8 @@ from the whole log (per-item counts and statuses, float64 moments of the fitted 
 categorical levels, the 0/1 outcome checks)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -103,8 +105,17 @@ def check_fold_column(sdf, column, n_folds: int) -> None:
                          f"in column {column!r}")
 
 
-def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> ItemFacts:
-    """One aggregation per item: rows per arm, the outcome's range and 0/1 count."""
+class Tallies(NamedTuple):
+    """What ``item_facts``' aggregations also give the later steps, saving passes."""
+    level_rows: dict         # categorical -> rows per item (``_item``) and level: design_spec's
+    largest_outcome: float   # max |outcome| on the fitted rows: outcome_scale's
+
+
+def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> tuple[ItemFacts, Tallies]:
+    """One aggregation per item: rows per arm, the outcome's range and 0/1 count; and one
+    per categorical confounder: rows per item and level, which give the positivity check's
+    one-arm share here and the design's level counts (``design_spec``) without another
+    pass over the log. -> (facts, tallies)."""
     F = _F()
     keys, y = log.item_columns, F.col(log.outcome).cast("double")
     t = F.col(log.treatment).cast("double")
@@ -126,25 +137,26 @@ def item_facts(sdf, log: InteractionLog, min_rows_per_arm: int) -> ItemFacts:
         use[:] = False
     nonbinary = per_item["_nonbinary"].to_numpy(np.int64)
     fitted = use if use.any() else np.ones(len(use), dtype=bool)
-    return ItemFacts(segments, n_all, n_t, status, use, bool(nonbinary.sum() == 0),
-                     bool(nonbinary[fitted].sum() == 0),
-                     one_arm_share=_one_arm_share(sdf, log, per_item[keys], n_all, n_t))
+    level_rows = _level_rows(sdf, log, per_item[keys])
+    strata = [(c["_item"].to_numpy(np.int64), c["_rows"].to_numpy(np.float64),
+               c["_treated"].to_numpy(np.float64)) for c in level_rows.values()]
+    facts = ItemFacts(segments, n_all, n_t, status, use, bool(nonbinary.sum() == 0),
+                      bool(nonbinary[fitted].sum() == 0),
+                      one_arm_share=one_arm_share(strata, n_all, n_t))
+    largest = float(np.max(np.abs([ymin[fitted], ymax[fitted]]))) if len(ymin) else 0.0
+    return facts, Tallies(level_rows, largest)
 
 
-def _one_arm_share(sdf, log, item_keys, n_all, n_t):
-    """``positivity.one_arm_share`` from one aggregation per categorical confounder (a
-    null level is a group of its own, as a missing value is locally)."""
+def _level_rows(sdf, log, item_keys) -> dict:
+    """Each categorical confounder's rows and treated rows per item (``_item``: its code)
+    and level (a null level is a group of its own, as a missing value is locally)."""
     F = _F()
     t = F.col(log.treatment).cast("double")
     code = item_keys.reset_index().rename(columns={"index": "_item"})
-    strata = []
-    for col in log.categorical:
-        counts = (sdf.groupBy(*log.item_columns, col)
-                  .agg(F.count(F.lit(1)).alias("_rows"), F.sum(t).alias("_treated")).toPandas())
-        counts = counts.merge(code, on=list(log.item_columns), how="left")
-        strata.append((counts["_item"].to_numpy(np.int64), counts["_rows"].to_numpy(np.float64),
-                       counts["_treated"].to_numpy(np.float64)))
-    return one_arm_share(strata, n_all, n_t)
+    return {col: (sdf.groupBy(*log.item_columns, col)
+                  .agg(F.count(F.lit(1)).alias("_rows"), F.sum(t).alias("_treated")).toPandas()
+                  .merge(code, on=list(log.item_columns), how="left"))
+            for col in log.categorical}
 
 
 def _exact_fraction(rank: int, n: int) -> float:
@@ -232,9 +244,12 @@ def _fills(fitted, confounders: list[str], n: int) -> tuple[dict, dict]:
 
 
 def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels: int = 50,
-                min_level_count: int = 10, extra=None) -> DesignSpec:
+                min_level_count: int = 10, extra=None, level_rows=None,
+                items=None) -> DesignSpec:
     """``DesignSpec.from_log`` of the rows of ``fitted`` (n of them), by aggregations;
-    ``extra`` : (Spark column, design name) pairs of extra numeric columns (text components)."""
+    ``extra`` : (Spark column, design name) pairs of extra numeric columns (text components);
+    ``level_rows`` : ``item_facts``'s rows per item and level, summed here over the items
+    ``items`` (a mask; None: all) that ``fitted`` holds, instead of counting them again."""
     F = _F()
     extra = list(extra or [])
     numeric = list(log.confounders) + [col for col, _ in extra]
@@ -295,7 +310,12 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
         if col in indicators:  # right after its column, as DesignSpec.from_log
             moments.append((indicator_name(col), _indicator_moments(n_missing[col], n, ranks)))
     for col in log.categorical:
-        counts = fitted.groupBy(col).count().toPandas()
+        if level_rows is None:
+            counts = fitted.groupBy(col).count().toPandas()
+        else:  # the rows of (item, level) groups; np.unique below sums them by level
+            counts = level_rows[col].rename(columns={"_rows": "count"})
+            if items is not None:
+                counts = counts[items[counts["_item"].to_numpy(np.int64)]]
         labels = _as_labels(counts[col])
         uniques, inverse = np.unique(labels.astype(str), return_inverse=True)
         label_counts = np.bincount(inverse, weights=counts["count"].to_numpy(), minlength=len(uniques))
@@ -316,12 +336,13 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
                                    pooled_rows=pooled_rows, fill=fill, indicators=indicators)
 
 
-def outcome_scale(fitted, outcome: str) -> OutcomeScale:
+def outcome_scale(fitted, outcome: str, largest=None) -> OutcomeScale:
     """``OutcomeScale.of`` the outcome of the rows of ``fitted``, by aggregations (the same
-    moments: values divided by their largest magnitude first)."""
+    moments: values divided by their largest magnitude first; ``largest``: that magnitude,
+    if known, from ``item_facts``)."""
     F = _F()
     y = F.col(outcome).cast("double")
-    m = fitted.agg(F.max(F.abs(y))).first()[0]
+    m = fitted.agg(F.max(F.abs(y))).first()[0] if largest is None else largest
     if not m or not np.isfinite(m):
         return OutcomeScale()
     row = fitted.agg(F.avg(y / m), F.stddev_pop(y / m)).first()
