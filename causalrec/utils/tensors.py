@@ -11,7 +11,11 @@ __all__ = ["read_only_tensor", "at_rows"]
 
 def read_only_tensor(values: np.ndarray, dtype=None, device=None) -> torch.Tensor:
     """``torch.as_tensor`` for arrays that may be read-only views of a frame, for callers
-    that never write to the result (torch warns about every such array otherwise)."""
+    that never write to the result (torch warns about every such array otherwise). A view
+    with a negative stride (a frame's rows reversed, ``df.iloc[::-1]``) is copied: torch
+    refuses those."""
+    if isinstance(values, np.ndarray) and any(s < 0 for s in values.strides):
+        values = np.ascontiguousarray(values)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.as_tensor(values, dtype=dtype, device=device)

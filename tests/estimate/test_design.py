@@ -121,6 +121,15 @@ def test_folds_and_estimates_ignore_column_order_and_dtypes(sim_df):
     np.testing.assert_array_equal(folds, base.fold_)  # row order still does not matter
 
 
+def test_a_log_that_is_a_strided_view_of_the_frame_gives_the_copy_s_estimates(sim_df):
+    """``df.iloc[::-1]`` and ``df.iloc[::2]`` are views with negative or wide strides (pandas
+    copy-on-write): torch refused the reversed one ("negative strides"); both now give the
+    estimates of the same rows copied."""
+    for view in (sim_df.iloc[::-1], sim_df.iloc[::2]):
+        np.testing.assert_allclose(_fit(view).effects_["ate"], _fit(view.copy()).effects_["ate"],
+                                   rtol=1e-12, atol=1e-15)
+
+
 # -- item 7: duplicates never straddle folds -----------------------------------------------
 def test_duplicate_rows_share_a_fold_and_are_counted(sim_df):
     doubled = pd.concat([sim_df, sim_df], ignore_index=True)
