@@ -32,11 +32,13 @@ def _as_list(value) -> list[str]:
 
 
 def split_roles(item, by, confounders, categorical, text):
-    """Segment key columns ([item] + by) and the confounder roles without them: a segment
-    column is constant within each segment, so it cannot confound there."""
-    by = _as_list(by)
-    return ([item] + by, *([c for c in _as_list(cols) if c not in by]
-                           for cols in (confounders, categorical, text)))
+    """Segment key columns (item + by; ``item`` may name several, as ``by`` does) and the
+    confounder roles without them: a segment column is constant within each segment, so
+    it cannot confound there."""
+    keys = _as_list(item)
+    keys += [col for col in _as_list(by) if col not in keys]
+    return (keys, *([c for c in _as_list(cols) if c not in keys[1:]]
+                    for cols in (confounders, categorical, text)))
 
 
 _ROLE_NAMES = ("item", "treatment", "outcome", "confounders", "categorical", "text", "propensity",

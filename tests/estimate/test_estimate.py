@@ -182,6 +182,9 @@ def test_segments_by_group_and_summary():
     eff = cr.estimate_item_effects(sim.data, **roles, by="user_group")
     assert list(eff.columns[:3]) == ["item", "user_group", "ate"]
     assert len(eff) == sim.data.groupby(["item_id", "user_group"]).ngroups
+    # the keys given as one list (as InteractionLog takes them) are the same segments
+    listed = cr.estimate_item_effects(sim.data, **{**roles, "item": ["item_id", "user_group"]})
+    pd.testing.assert_frame_equal(listed, eff)
     est = cr.ItemEffectEstimator().fit(cr.InteractionLog(sim.data, **roles))
     text = str(est.summary())
     assert "AIPW" in text and "Items estimated (ok)" in text
