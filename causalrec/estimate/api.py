@@ -10,7 +10,7 @@ from .estimator import ItemEffectEstimator
 __all__ = ["estimate_item_effects", "split_roles"]
 
 
-def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: str,
+def estimate_item_effects(df: pd.DataFrame, item: str | list[str], treatment: str, outcome: str,
                           confounders=None, categorical=None, text=None, propensity=None,
                           by=None, graph=None, folds=None, unit=None, missing="error",
                           **options) -> pd.DataFrame:
@@ -19,7 +19,8 @@ def estimate_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: 
     Parameters
     ----------
     df : the log, one row per (user, item, context) opportunity.
-    item, treatment, outcome : column names (treatment is 0/1).
+    item, treatment, outcome : column names (treatment is 0/1); ``item`` may list several
+        key columns, the same as the first with the others as ``by``.
     confounders, categorical, text : numeric, categorical and free-text confounders.
     propensity : logged probability of treatment; when given, IPW/AIPW use it.
     by : extra segment columns (e.g. a user group): effects per item x group.
