@@ -35,6 +35,7 @@ def validate(sdf, roles: dict) -> InteractionLog:
     raise the pandas ``SchemaError``), then Spark-wide checks of the values: where one fails,
     offending rows are added to the sample so ``InteractionLog`` raises its own error."""
     F = _F()
+    _check_spark_names_and_types(sdf, roles)
     sample = sdf.limit(SAMPLE_ROWS).toPandas()
     log = InteractionLog(sample, **roles)
     t = F.col(log.treatment).cast("double")
@@ -69,6 +70,30 @@ def validate(sdf, roles: dict) -> InteractionLog:
         raise SchemaError(None, f"a Spark-wide check failed ({name}) that the rows shown to "
                           "InteractionLog did not reproduce")  # cannot happen: a guard
     return log
+
+
+_NUMERIC_ROLES = ("treatment", "outcome", "confounders", "propensity")
+
+
+def _check_spark_names_and_types(sdf, roles: dict) -> None:
+    """What only Spark gets wrong in a log the pandas checks would pass: a '.' in a role's
+    column name (Spark reads it as a struct field: an ``AnalysisException`` deep in a job)
+    and a decimal column in a numeric role (pandas receives Decimal objects, "not numeric").
+    Each is a ``SchemaError`` naming the column and the one-line fix."""
+    from pyspark.sql.types import DecimalType
+    types = {f.name: f.dataType for f in sdf.schema.fields}
+    for role, cols in roles.items():
+        if role == "missing" or cols is None:
+            continue
+        for col in [cols] if isinstance(cols, str) else cols:
+            if isinstance(col, str) and "." in col and col in types:
+                raise SchemaError(col, "Spark reads a '.' in a column name as a struct field: "
+                                  f"rename it first, e.g. sdf = sdf.withColumnRenamed({col!r}, "
+                                  f"{col.replace('.', '_')!r})")
+            if role in _NUMERIC_ROLES and isinstance(types.get(col), DecimalType):
+                raise SchemaError(col, f"Spark type {types[col].simpleString()} reaches pandas as "
+                                  "Decimal objects: cast it to double first, e.g. sdf = "
+                                  f"sdf.withColumn({col!r}, F.col({col!r}).cast('double'))")
 
 
 def schema_frame(sdf) -> pd.DataFrame:

@@ -352,6 +352,27 @@ def test_schema_errors_match_pandas(spark, log_frame):
     both(frame)
 
 
+def test_spark_only_names_and_types_are_schema_errors_with_the_fix(spark, log_frame):
+    """A '.' in a role's column name (a struct field to Spark) and a decimal confounder or
+    outcome (Decimal objects in pandas) raised Spark's AnalysisException or "must be
+    numeric ... pd.to_numeric": now a SchemaError naming the column and the Spark fix."""
+    from pyspark.sql import functions as F
+    sdf = spark.createDataFrame(log_frame.iloc[:3000])
+    dotted = sdf.withColumnRenamed("hour", "hour.of.day")
+    roles = {**ROLES, "confounders": ["user_activity", "tenure", "hour.of.day"]}
+    with pytest.raises(SchemaError, match=r"withColumnRenamed\('hour.of.day', 'hour_of_day'\)"):
+        cr.estimate_item_effects(dotted, **roles)
+    for col in ("tenure", "clicked"):
+        decimal = sdf.withColumn(col, F.col(col).cast("decimal(18,6)"))
+        with pytest.raises(SchemaError, match=rf"column '{col}': Spark type decimal\(18,6\) "
+                           r".*cast\('double'\)") as error:
+            cr.estimate_item_effects(decimal, **ROLES)
+        assert error.value.column == col and "\n" not in str(error.value)
+    fixed = (sdf.withColumn("tenure", F.col("tenure").cast("decimal(18,6)"))
+             .withColumn("tenure", F.col("tenure").cast("double")))  # as the message says
+    assert (cr.estimate_item_effects(fixed, **ROLES, n_repeats=1)["status"] == "ok").any()
+
+
 def test_missing_indicator_on_spark_equals_local(spark, small_frame):
     """missing="indicator" with missing values as Spark nulls (tenure) and as NaN (hour):
     the same fill (exact: order statistics), indicator columns, moments and table as the
