@@ -148,9 +148,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         with unit=: boosted RMSE 0.190 -> 0.140 on A, 0.176 -> 0.128 on B; session 33), the
         variance from the same corrections on the all-rows GLM's leave-one-out predictor
         (IHDP-A per call: widths 1.42x -> 1.19x the oracle's, coverage 0.97 -> 0.96;
-        session 39); large items stay out of fold. The
-        per-row outputs are then the all-rows fits' (not out of fold); False keeps every
-        split cross-fitted.
+        session 39); large items stay out of fold. The per-row outputs are then the
+        all-rows fits' (not out of fold); False keeps every split cross-fitted.
 
     Attributes
     ----------

@@ -21,7 +21,7 @@ import pandas as pd
 from ..utils.hashing import _mix, row_hash
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
-from .foldfits import FoldFits, fits_joint_outcome, standardised
+from .foldfits import FoldFits, fits_joint_outcome, logit, standardised
 from .select import (calibration_table, choose_model, choose_per_item, clear_winner, row_loss,
                      stack_weights)
 from .sklearn_adapter import SklearnLearner, check_propensity_learner
@@ -343,8 +343,7 @@ def shifted(pred, gap, family):
     """Predictions moved by ``gap`` on the link scale (logit for "logistic")."""
     if family != "logistic":
         return pred + gap
-    p = np.clip(pred, 1e-9, 1 - 1e-9)
-    return 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p) + gap)))
+    return 1 / (1 + np.exp(-(logit(pred, 1e-9) + gap)))
 
 
 def recurring_rows(x_key, item_key, share=0.2) -> bool:

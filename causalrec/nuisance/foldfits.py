@@ -17,7 +17,7 @@ from ..glm import BlockedDesign, SegmentGLM
 from ..glm.passes import block_grams
 from .select import row_loss
 
-__all__ = ["FoldFits", "standardised"]
+__all__ = ["FoldFits", "logit", "standardised"]
 
 
 def standardised(X, device, chunk=65_536):
@@ -34,6 +34,12 @@ def standardised(X, device, chunk=65_536):
     scale = torch.where(std > 0, 1.0 / std, 1.0)
     Xt = Xt.to(device)
     return (Xt - center.to(Xt)) * scale.to(Xt)
+
+
+def logit(p, eps):
+    """log(p / (1 - p)), p first kept ``eps`` from 0 and 1."""
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
 
 
 def fits_joint_outcome(learner) -> bool:
@@ -165,8 +171,7 @@ class FoldFits:
         eta = glm.decision_function(self.Xs, self.item).astype(np.float64)
         mean = design.unpad(glm.loo_predict_blocks(design, y, blocks)).double().cpu().numpy()
         if family == "logistic":
-            mean = np.clip(mean, 1e-12, 1 - 1e-12)
-            mean = np.log(mean) - np.log1p(-mean)
+            mean = logit(mean, 1e-12)
         eta_loo = eta.copy()
         eta_loo[arm] = mean
         return eta, eta_loo
@@ -237,8 +242,7 @@ class FoldFits:
         mean = np.divide(total, count, out=np.full(self.n_items, total.sum() / max(count.sum(), 1)),
                          where=count > 0)
         if family == "logistic":
-            mean = np.clip(mean, 1e-3, 1 - 1e-3)
-            mean = np.log(mean) - np.log1p(-mean)
+            mean = logit(mean, 1e-3)
         return mean[self.item]
 
     def fit_joint(self, y, family, learner, index):

@@ -16,7 +16,7 @@ from ..estimate.plan import ItemFacts
 from ..estimate.positivity import one_arm_share
 from ..estimate.scaling import OutcomeScale
 from ..estimate.scores import pre_status
-from ..schema import InteractionLog, SchemaError
+from ..schema import InteractionLog, SchemaError, _as_list
 
 __all__ = ["validate", "item_facts", "design_spec", "outcome_scale", "schema_frame",
            "check_fold_column"]
@@ -83,9 +83,9 @@ def _check_spark_names_and_types(sdf, roles: dict) -> None:
     from pyspark.sql.types import DecimalType
     types = {f.name: f.dataType for f in sdf.schema.fields}
     for role, cols in roles.items():
-        if role == "missing" or cols is None:
+        if role == "missing":
             continue
-        for col in [cols] if isinstance(cols, str) else cols:
+        for col in _as_list(cols):
             if isinstance(col, str) and "." in col and col in types:
                 raise SchemaError(col, "Spark reads a '.' in a column name as a struct field: "
                                   f"rename it first, e.g. sdf = sdf.withColumnRenamed({col!r}, "

@@ -174,12 +174,12 @@ def test_flexible_small_items_estimate_from_all_rows_offset_glm():
     all-rows refit to the out-of-fold flexible models (link scale), its variance reads the
     same with the refit's approximate leave-one-out linear predictor (measured z RMS 0.91
     over the 12 replications; 12 standard normal z give an RMS within 1 +- 0.4 about 95%
-    of the time). 12 fixed replications,
-    paired on the same logs; measured: RMSE 0.145 with the refit, 0.193 cross-fitted (ratio
-    0.76), OLS with interactions 0.151 (IHDP, 100 items stacked with unit=: boosted 0.190 ->
-    0.140 on A, 0.176 -> 0.128 on B, benchmarks/README.md session 33). The code before (every
-    prediction out of fold) fails both bounds: a ratio of exactly 1, and 1.27x OLS. The
-    bounds leave ~15% for other platforms' rounding of the boosters."""
+    of the time). 12 fixed replications, paired on the same logs; measured: RMSE 0.145
+    with the refit, 0.193 cross-fitted (ratio 0.76), OLS with interactions 0.151 (IHDP, 100
+    items stacked with unit=: boosted 0.190 -> 0.140 on A, 0.176 -> 0.128 on B,
+    benchmarks/README.md session 33). The code before (every prediction out of fold) fails
+    both bounds: a ratio of exactly 1, and 1.27x OLS. The bounds leave ~15% for other
+    platforms' rounding of the boosters."""
     errors = {True: [], False: []}
     ols, z = [], []
     for seed in range(12):
