@@ -4,8 +4,8 @@ reductions travel together.
 On Spark without barrier mode every reduction is a round (a Spark job, ``spark/replay.py``);
 the penalty grid's fits (``nuisance.cross_fit_tuned``) are independent of each other, so
 their k-th reductions can go out as one: each fit runs in its own thread, and when every fit
-still running has reached its next reduction, their values are concatenated (per op and
-dtype, in fit order) and reduced by the outer reducer at once. Reductions are elementwise, so
+still running has reached its next reduction, their values are concatenated (per dtype, in
+fit order) and reduced by the outer reducer at once: sums and maxima in one ``sum_max``. Reductions are elementwise, so
 each fit receives the same values as it would alone: the same numbers, with about as many
 rounds as the longest fit instead of the sum of all. The composition of every batch is
 deterministic (batch k holds the k-th reduction of each fit that makes one), which the
@@ -51,18 +51,23 @@ class _Lockstep:
         if not self.pending or len(self.pending) < self.live or self.broken is not None:
             return
         try:
-            groups: dict = {}  # (op, dtype) -> fits, in fit order
+            groups: dict = {}  # dtype -> op -> fits, in fit order
             for fit in sorted(self.pending):
                 op, value = self.pending[fit]
-                groups.setdefault((op, value.dtype), []).append(fit)
-            for (op, _), fits in groups.items():
-                values = [self.pending[f][1] for f in fits]
-                device = values[0].device
-                flat = torch.cat([v.detach().reshape(-1).to(device) for v in values])
-                out = getattr(self.outer, op)(flat)
-                for f, v in zip(fits, torch.split(out, [v.numel() for v in values])):
-                    self.answers[f] = v.reshape(self.pending[f][1].shape).clone().to(
-                        self.pending[f][1].device)
+                groups.setdefault(value.dtype, {}).setdefault(op, []).append(fit)
+            for ops in groups.values():
+                device = self.pending[next(iter(ops.values()))[0]][1].device
+                flat = {op: torch.cat([self.pending[f][1].detach().reshape(-1).to(device)
+                                       for f in fits]) for op, fits in ops.items()}
+                if len(flat) == 2:  # sums and maxima: one reduction (``Reducer.sum_max``)
+                    out = dict(zip(("sum", "max"), self.outer.sum_max(flat["sum"], flat["max"])))
+                else:
+                    out = {op: getattr(self.outer, op)(value) for op, value in flat.items()}
+                for op, fits in ops.items():
+                    values = [self.pending[f][1] for f in fits]
+                    for f, v in zip(fits, torch.split(out[op], [v.numel() for v in values])):
+                        self.answers[f] = v.reshape(self.pending[f][1].shape).clone().to(
+                            self.pending[f][1].device)
             self.pending.clear()
         except BaseException as exc:  # noqa: BLE001 - every waiting fit re-raises it
             self.broken = exc

@@ -14,17 +14,29 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
 
-__all__ = ["Reducer", "ThreadReducer", "combine_in_order"]
+__all__ = ["Reducer", "ThreadReducer", "combine_in_order", "sum_max_op"]
 
 COMBINE = {"sum": torch.add, "max": torch.maximum}
 
 
+def sum_max_op(n_sum: int) -> str:
+    """The op of one reduction of ``cat([s, m])``: the first ``n_sum`` entries summed, the
+    rest maximised (``Reducer.sum_max``)."""
+    return f"sum|max:{n_sum}"
+
+
 def combine_in_order(values: list, op: str) -> torch.Tensor:
-    """The solvers' partial values (in shard order) reduced by ``op`` ("sum" or "max") in
-    that fixed order, so every reducer that uses it returns bitwise the same result."""
+    """The solvers' partial values (in shard order) reduced by ``op`` ("sum", "max" or a
+    ``sum_max_op``) in that fixed order, so every reducer that uses it returns bitwise the
+    same result."""
     out = values[0].clone()
+    k = int(op.split(":")[1]) if op.startswith("sum|max:") else None
     for other in values[1:]:
-        out = COMBINE[op](out, other.to(out.device))
+        other = other.to(out.device)
+        if k is None:
+            out = COMBINE[op](out, other)
+        else:
+            out = torch.cat([out[:k] + other[:k], torch.maximum(out[k:], other[k:])])
     return out
 
 
@@ -38,6 +50,15 @@ class Reducer:
     def max(self, value: torch.Tensor) -> torch.Tensor:
         """Elementwise maximum of ``value`` over all solvers."""
         return value
+
+    def sum_max(self, s: torch.Tensor, m: torch.Tensor) -> tuple:
+        """(``sum(s)``, ``max(m)``) of two flat tensors of one dtype, in one reduction where
+        the reducer can (``_reduce(value, op)``; the independent fits run side by side,
+        ``estimate/lockstep.py``, often wait on both at once)."""
+        if not hasattr(self, "_reduce"):
+            return self.sum(s), self.max(m)
+        out = self._reduce(torch.cat([s, m.to(s.device)]), sum_max_op(s.numel()))
+        return out[:s.numel()], out[s.numel():]
 
 
 class ThreadReducer:
@@ -53,14 +74,18 @@ class ThreadReducer:
             raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
         self.n_shards = n_shards
         self._barrier = threading.Barrier(n_shards)
-        self._slots: list = [None] * n_shards
+        # two sets of slots, alternating: a rank writes its k-th value into set k % 2 only
+        # after every rank has passed the (k-1)-th wait, so after all have read set k % 2 at
+        # reduction k-2 (one wait per reduction instead of a second one before the overwrite)
+        self._slots: list = [[None] * n_shards, [None] * n_shards]
+        self._calls: list = [0] * n_shards
 
     def _collect(self, rank: int, value: torch.Tensor, op: str) -> torch.Tensor:
-        self._slots[rank] = value
+        slots = self._slots[self._calls[rank] % 2]
+        self._calls[rank] += 1
+        slots[rank] = value
         self._barrier.wait()
-        out = combine_in_order(self._slots, op)  # every rank gets bitwise the same result
-        self._barrier.wait()  # no rank overwrites its slot before all have read
-        return out
+        return combine_in_order(slots, op)  # every rank gets bitwise the same result
 
     def view(self, rank: int) -> "_RankView":
         return _RankView(self, rank)
@@ -91,8 +116,11 @@ class _RankView(Reducer):
     def __init__(self, parent: ThreadReducer, rank: int):
         self.parent, self.rank = parent, rank
 
+    def _reduce(self, value, op):
+        return self.parent._collect(self.rank, value, op)
+
     def sum(self, value):
-        return self.parent._collect(self.rank, value, "sum")
+        return self._reduce(value, "sum")
 
     def max(self, value):
-        return self.parent._collect(self.rank, value, "max")
+        return self._reduce(value, "max")

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pandas as pd
 import torch
 
-from ..glm.reducer import Reducer
+from ..glm.reducer import Reducer, combine_in_order
 
 __all__ = ["GlooReducer", "barrier_task"]
 
@@ -31,24 +31,27 @@ class GlooReducer(Reducer):
         self.before_reduce = before_reduce
         self.n_calls, self.seconds = 0, 0.0  # all-reduces and the time spent in them
 
-    def _reduce(self, value: torch.Tensor, op) -> torch.Tensor:
+    def _reduce(self, value: torch.Tensor, op: str) -> torch.Tensor:
         import torch.distributed as dist
         self.n_calls += 1
         if self.before_reduce is not None:
             self.before_reduce()
         out = value.detach().to("cpu", copy=True).contiguous()
         start = time.perf_counter()
-        dist.all_reduce(out, op=op)
+        if op in ("sum", "max"):
+            dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        else:  # a mixed op (``sum_max_op``): every rank combines the gathered parts in order
+            parts = [torch.empty_like(out) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, out)
+            out = combine_in_order(parts, op)
         self.seconds += time.perf_counter() - start
         return out.to(value.device)
 
     def sum(self, value):
-        import torch.distributed as dist
-        return self._reduce(value, dist.ReduceOp.SUM)
+        return self._reduce(value, "sum")
 
     def max(self, value):
-        import torch.distributed as dist
-        return self._reduce(value, dist.ReduceOp.MAX)
+        return self._reduce(value, "max")
 
 
 def _free_port() -> int:

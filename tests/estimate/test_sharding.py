@@ -84,7 +84,8 @@ def _log(seed=3):
 @pytest.mark.parametrize("method", ["aipw", "ipw", "or"])
 def test_sharded_estimator_equals_the_whole_fit(nuisance, method):
     df, roles = _log()
-    options = dict(nuisance=nuisance, method=method, dtype="float64", seed=1)
+    # two splits ("auto" fits four here): the repeats' combination is checked, at half the cost
+    options = dict(nuisance=nuisance, method=method, dtype="float64", seed=1, n_repeats=2)
     whole = cr.estimate_item_effects(df, **roles, **options)
     items = whole["item"].to_numpy()
     unestimable = whole["status"].isin(["no_treated", "no_control", "too_few_rows"]).to_numpy()
@@ -129,6 +130,23 @@ def test_a_failing_shard_raises_its_error_instead_of_hanging():
     with pytest.raises(RuntimeError, match="shard 1 failed"):
         ThreadReducer(3).run(fit, [0, 1, 2])
     assert [float(v) for v in ThreadReducer(3).run(lambda s, r: r.sum(torch.tensor([s + 1.0])), [0, 1, 2])] == [6.0] * 3
+
+
+def test_sums_and_maxima_in_one_reduction_equal_them_apart():
+    """``sum_max`` (the lockstep's mixed batch: one round or all-reduce instead of two) gives
+    the separate ``sum`` and ``max`` bitwise, for three ranks and for one."""
+    def parts(shard):
+        gen = torch.Generator().manual_seed(shard)
+        return torch.randn(5, generator=gen, dtype=torch.float64), torch.randn(
+            3, generator=gen, dtype=torch.float64)
+
+    together = ThreadReducer(3).run(lambda s, r: r.sum_max(*parts(s)), [0, 1, 2])
+    apart = ThreadReducer(3).run(lambda s, r: (r.sum(parts(s)[0]), r.max(parts(s)[1])), [0, 1, 2])
+    for (s1, m1), (s2, m2) in zip(together, apart):
+        assert torch.equal(s1, s2) and torch.equal(m1, m2)
+    assert not torch.equal(together[0][0], parts(0)[0])  # reduced over the ranks
+    one = ThreadReducer(1).run(lambda s, r: r.sum_max(*parts(s)), [0])[0]
+    assert torch.equal(one[0], parts(0)[0]) and torch.equal(one[1], parts(0)[1])
 
 
 @pytest.mark.parametrize("n_shards", [1, 2])

@@ -138,9 +138,10 @@ def test_spark_equals_local(spark, request, local_fit, tmp_path, nuisance, metho
     from causalrec.spark.barrier import FAULT_ENV
     df = request.getfixturevalue("log_frame" if frame == "log" else "small_frame")
     sdf = request.getfixturevalue("parquet" if frame == "log" else "small_parquet")
-    # the large log at two splits (n_repeats="auto" fits 16 there: 4x the Spark time); the
-    # small logs keep the default, so Spark's choice of the count is checked too
-    repeats = dict(n_repeats=2) if frame == "log" else {}
+    # two splits (n_repeats="auto" fits 16 on the large log, 4 on the small pooled one: 2-8x
+    # the Spark time); per_item on the small log keeps the default, so Spark's choice of the
+    # count is checked too
+    repeats = {} if nuisance == "per_item" and frame == "small" else dict(n_repeats=2)
     local = local_fit(frame, nuisance=nuisance, method=method, **repeats)
     marker, env = tmp_path / "killed", spark.sparkContext.environment  # shipped with each task
     fault = nuisance == "pooled" and frame == "log"
@@ -196,16 +197,6 @@ def _assert_same_rows(local, res, df):
                                    atol=1e-12, err_msg=name)
 
 
-def test_repeated_splits_on_spark_equal_local(small_parquet, small_frame, local_fit):
-    """n_repeats=2 (pooled, two shards: the barrier all-reduce): each shard combines its
-    splits' tables as the local estimator does; table and per-row outputs equal."""
-    local = local_fit("small", n_repeats=2)
-    res = estimate_item_effects_spark(small_parquet, **ROLES, n_repeats=2, dtype="float64",
-                                      shards=2, row_id="row", row_outputs=True)
-    _assert_same(local.effects_, res.effects)
-    _assert_same_rows(local, res, small_frame)
-
-
 def test_conditional_intervals_on_spark_equal_local(small_parquet, local_fit):
     """estimand="conditional" with n_repeats=2 on two shards: the same variance rule and the
     same combination of the splits as the local estimator."""
@@ -238,7 +229,8 @@ def test_logged_propensity_and_top_level_call(small_parquet, local_fit, caplog):
     fit forced off barrier mode (barrier=False: rounds of plain tasks, one Spark job per
     reduction) gives the same table and says so in a log line. max_iter=2 and one split keep
     the rounds few (each round is a Spark job; the shared-slope penalty grid's fits send
-    their reductions together; repeated splits on Spark: test_repeated_splits_on_spark_equal_local)."""
+    their reductions together, sums and maxima in one; repeated splits on Spark: the two
+    splits of ``test_spark_equals_local``, with per-row outputs)."""
     local = local_fit("small", nuisance="pooled", propensity="propensity", max_iter=2,
                       n_repeats=1).effects_
     with caplog.at_level(logging.INFO, logger="causalrec.spark"):
