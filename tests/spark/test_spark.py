@@ -406,14 +406,15 @@ sdf = spark.read.parquet(sys.argv[1])
 assert type(sdf).__module__.startswith("pyspark.sql.connect")
 table = cr.estimate_item_effects(sdf, item="item_id", treatment="recommended", outcome="clicked",
     confounders={confounders!r}, categorical={categorical!r}, nuisance="pooled",
-    dtype="float64", shards=2, row_id="row", n_repeats=2)
+    dtype="float64", shards=2, row_id="row", n_repeats=1)
 table.to_pickle(sys.argv[2])
 spark.stop()
 """
 
 
 def test_spark_connect_smoke(small_path, local_fit, tmp_path):
-    """Through Spark Connect (its own process: one kind of session per process), pooled."""
+    """Through Spark Connect (its own process: one kind of session per process), pooled, one
+    split (the splits' combination on Spark: ``test_spark_equals_local``)."""
     pytest.importorskip("grpc")
     import subprocess
     out = tmp_path / "effects.pkl"
@@ -422,7 +423,7 @@ def test_spark_connect_smoke(small_path, local_fit, tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(small_path), str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same(local_fit("small", nuisance="pooled", n_repeats=2).effects_,
+    _assert_same(local_fit("small", nuisance="pooled", n_repeats=1).effects_,
                  pd.read_pickle(out))
 
 
