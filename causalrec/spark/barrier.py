@@ -23,8 +23,9 @@ FAULT_ENV = "CAUSALREC_SPARK_FAULT"
 
 
 class GlooReducer(Reducer):
-    """Sums and maxima over the ranks of the default process group (one all-reduce each).
-    Every rank receives the same reduced bits, so every rank takes the same decisions.
+    """Sums and maxima over the ranks of the default process group (one all-reduce each; a
+    ``sum_max`` of both: one all-gather, combined on every rank in rank order). Every rank
+    receives the same reduced bits, so every rank takes the same decisions.
     ``before_reduce`` (optional) is called before each reduction (fault injection)."""
 
     def __init__(self, before_reduce=None):
