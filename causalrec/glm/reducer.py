@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
 
-__all__ = ["Reducer", "ThreadReducer", "combine_in_order", "sum_max_op"]
+__all__ = ["Reducer", "OpReducer", "ThreadReducer", "combine_in_order", "sum_max_op"]
 
 COMBINE = {"sum": torch.add, "max": torch.maximum}
 
@@ -52,11 +52,25 @@ class Reducer:
         return value
 
     def sum_max(self, s: torch.Tensor, m: torch.Tensor) -> tuple:
-        """(``sum(s)``, ``max(m)``) of two flat tensors of one dtype, in one reduction where
-        the reducer can (``_reduce(value, op)``; the independent fits run side by side,
-        ``estimate/lockstep.py``, often wait on both at once)."""
-        if not hasattr(self, "_reduce"):
-            return self.sum(s), self.max(m)
+        """(``sum(s)``, ``max(m)``) of two flat tensors of one dtype (the independent fits
+        run side by side, ``estimate/lockstep.py``, often wait on both at once)."""
+        return self.sum(s), self.max(m)
+
+
+class OpReducer(Reducer):
+    """A reducer whose every reduction goes through one ``_reduce(value, op)`` (op: "sum",
+    "max" or a ``sum_max_op``): a ``sum_max`` is then one reduction, not two."""
+
+    def _reduce(self, value: torch.Tensor, op: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sum(self, value):
+        return self._reduce(value, "sum")
+
+    def max(self, value):
+        return self._reduce(value, "max")
+
+    def sum_max(self, s, m):
         out = self._reduce(torch.cat([s, m.to(s.device)]), sum_max_op(s.numel()))
         return out[:s.numel()], out[s.numel():]
 
@@ -112,15 +126,9 @@ class ThreadReducer:
             return [f.result() for f in futures]
 
 
-class _RankView(Reducer):
+class _RankView(OpReducer):
     def __init__(self, parent: ThreadReducer, rank: int):
         self.parent, self.rank = parent, rank
 
     def _reduce(self, value, op):
         return self.parent._collect(self.rank, value, op)
-
-    def sum(self, value):
-        return self._reduce(value, "sum")
-
-    def max(self, value):
-        return self._reduce(value, "max")

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pandas as pd
 import torch
 
-from ..glm.reducer import Reducer, combine_in_order
+from ..glm.reducer import OpReducer, combine_in_order
 
 __all__ = ["GlooReducer", "barrier_task"]
 
@@ -22,7 +22,7 @@ TIMEOUT = timedelta(minutes=30)  # a rank waiting this long on the others fails 
 FAULT_ENV = "CAUSALREC_SPARK_FAULT"
 
 
-class GlooReducer(Reducer):
+class GlooReducer(OpReducer):
     """Sums and maxima over the ranks of the default process group (one all-reduce each; a
     ``sum_max`` of both: one all-gather, combined on every rank in rank order). Every rank
     receives the same reduced bits, so every rank takes the same decisions.
@@ -47,12 +47,6 @@ class GlooReducer(Reducer):
             out = combine_in_order(parts, op)
         self.seconds += time.perf_counter() - start
         return out.to(value.device)
-
-    def sum(self, value):
-        return self._reduce(value, "sum")
-
-    def max(self, value):
-        return self._reduce(value, "max")
 
 
 def _free_port() -> int:

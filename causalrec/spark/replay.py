@@ -31,7 +31,7 @@ import uuid
 import pandas as pd
 import torch
 
-from ..glm.reducer import Reducer, combine_in_order
+from ..glm.reducer import OpReducer, combine_in_order
 from .shard import OUTPUT_SCHEMA, payload_row
 
 __all__ = ["LogReducer", "round_task", "run_rounds"]
@@ -47,7 +47,7 @@ class _Abandon(BaseException):
     """Ends a suspended fit's thread (a BaseException: no ``except Exception`` swallows it)."""
 
 
-class LogReducer(Reducer):
+class LogReducer(OpReducer):
     """Answers reduction i from ``log[i]`` (op, reduced value); at the first reduction the
     log does not hold, ``wait(i, op, partial)`` returns the longer log (or raises).
     ``before_reduce`` (optional) runs before each reduction (fault injection)."""
@@ -70,12 +70,6 @@ class LogReducer(Reducer):
                                f"holds a {logged_op} of shape {tuple(reduced.shape)}: the shards' "
                                "fits are not deterministic")
         return reduced.to(device=value.device, dtype=value.dtype, copy=True)
-
-    def sum(self, value):
-        return self._reduce(value, "sum")
-
-    def max(self, value):
-        return self._reduce(value, "max")
 
 
 class _Solver:

@@ -12,7 +12,7 @@ pytest.importorskip("pyspark")  # causalrec.spark's modules (the task code impor
 
 import causalrec as cr
 from causalrec.estimate.shardfit import fit_shard
-from causalrec.glm.reducer import Reducer, ThreadReducer
+from causalrec.glm.reducer import OpReducer, ThreadReducer
 from causalrec.spark.backend import _block_size
 from causalrec.spark.shard import CODE, ROW_ID, SHARD, ShardJob, fit_shard_rows
 
@@ -20,22 +20,16 @@ ROLES = dict(item="item_id", treatment="recommended", outcome="clicked",
              confounders=["user_activity", "tenure", "hour"], categorical=["device"])
 
 
-class CountingReducer(Reducer):
+class CountingReducer(OpReducer):
     """The identity reducer, counting its calls (one round each on Spark without barrier)."""
 
     def __init__(self):
         self.n_calls, self.ops = 0, []
 
-    def _reduce(self, value, op):  # sum_max's one reduction goes through here too
+    def _reduce(self, value, op):
         self.n_calls += 1
         self.ops.append(op)
         return value
-
-    def sum(self, value):
-        return self._reduce(value, "sum")
-
-    def max(self, value):
-        return self._reduce(value, "max")
 
 
 @pytest.fixture(scope="module")
