@@ -7,9 +7,9 @@ their k-th reductions can go out as one: each fit runs in its own thread, and wh
 still running has reached its next reduction, their values are concatenated (per dtype, in
 fit order) and reduced by the outer reducer at once, sums and maxima in one ``sum_max``.
 Reductions are elementwise, so each fit receives the same values as it would alone: the same
-numbers, with about as many rounds as the longest fit instead of the sum of all. The composition of every batch is
-deterministic (batch k holds the k-th reduction of each fit that makes one), which the
-rounds' replay needs.
+numbers, with about as many rounds as the longest fit instead of the sum of all. The
+composition of every batch is deterministic (batch k holds the k-th reduction of each fit
+that makes one), which the rounds' replay needs.
 """
 from __future__ import annotations
 

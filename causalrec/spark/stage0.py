@@ -361,13 +361,12 @@ def design_spec(fitted, log: InteractionLog, n: int, outcome_binary, max_levels:
                                    pooled_rows=pooled_rows, fill=fill, indicators=indicators)
 
 
-def outcome_scale(fitted, outcome: str, largest=None) -> OutcomeScale:
+def outcome_scale(fitted, outcome: str, largest: float) -> OutcomeScale:
     """``OutcomeScale.of`` the outcome of the rows of ``fitted``, by aggregations (the same
     moments: values divided by their largest magnitude first; ``largest``: that magnitude,
-    if known, from ``item_facts``)."""
+    ``item_facts``' ``Tallies.largest_outcome``)."""
     F = _F()
-    y = F.col(outcome).cast("double")
-    m = fitted.agg(F.max(F.abs(y))).first()[0] if largest is None else largest
+    y, m = F.col(outcome).cast("double"), largest
     if not m or not np.isfinite(m):
         return OutcomeScale()
     row = fitted.agg(F.avg(y / m), F.stddev_pop(y / m)).first()
