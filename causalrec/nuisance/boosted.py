@@ -77,12 +77,27 @@ class BoostedLearner:
                                         validation=validation, seed=seed,
                                         categorical=categorical)[0]
 
+    def shares_matrices(self, other) -> bool:
+        """Whether this learner's fits and ``other``'s may share one row set's matrices
+        (``fit_predict_offsets(matrices=...)``): the same settings, every column in every
+        tree (a column kept out through ``skip`` needs ``colsample_bytree`` = 1)."""
+        return self == other and self.colsample_bytree == 1
+
     def fit_predict_offsets(self, X, y, offsets, X_test, offsets_test, *, family, validation,
-                            seed, categorical=False):
+                            seed, categorical=False, matrices=None, skip=None):
         """``fit_predict`` once per (offset, test offset) pair on the same rows -> a list of
         (predictions, rounds). The rows' DMatrix is built once: XGBoost sketches its quantiles
         at the first fit (~100 ns a value, most of a small booster's time), the later fits
-        reuse them."""
+        reuse them.
+
+        ``matrices`` (a dict the caller keeps per row set) carries the DMatrices to a later
+        call on the same rows and columns, which only sets its labels: the propensity and the
+        joint outcome model share them, the arm a column of both. ``skip`` is a column the
+        fits must not use (the arm, in the propensity's): it gets feature weight 0 and
+        ``colsample_bytree`` leaves exactly the other columns, so the trees are those fitted
+        without it. XGBoost draws the columns by weighted keys, and a zero weight is raised
+        to 1e-6, so the skipped column can still win a draw (~5e-6 a tree); a fit whose
+        trees use it is fitted again on the matrix without it."""
         xgb = _xgboost()
         types = ["q"] * (X.shape[1] - 1) + ["c"] if categorical else None
         dm = lambda A, label=None: xgb.DMatrix(  # offsets are set per fit
@@ -98,7 +113,19 @@ class BoostedLearner:
         fit, val = ~validation, validation
         if not val.any() or not fit.any():  # too few rows to hold any out: the offset alone
             return [(_mean(test, family), 0) for test in offsets_test]
-        train, valid = dm(X[fit], y[fit]), dm(X[val], y[val])
+        if matrices is not None and "train" in matrices:
+            train, valid = matrices["train"], matrices["valid"]
+            train.set_label(y[fit]), valid.set_label(y[val])
+        else:
+            train, valid = dm(X[fit], y[fit]), dm(X[val], y[val])
+            if matrices is not None:
+                matrices.update(train=train, valid=valid)
+        weights = np.ones(X.shape[1], np.float32)
+        if skip is not None:  # int(colsample * columns) = the columns but one
+            weights[skip] = 0.0
+            params["colsample_bytree"] = (X.shape[1] - 0.5) / X.shape[1]
+        if skip is not None or matrices is not None:  # a shared matrix keeps the last ones
+            train.set_info(feature_weights=weights)
         test_matrix = dm(X_test) if categorical else None  # the item code: a category
         out = []
         for offset, offset_test in zip(offsets, offsets_test):
@@ -107,6 +134,12 @@ class BoostedLearner:
             booster = xgb.train(params, train, self.max_rounds, evals=[(valid, "valid")],
                                 early_stopping_rounds=self.early_stopping_rounds,
                                 verbose_eval=False)
+            if skip is not None and f"f{skip}" in booster.get_score(importance_type="weight"):
+                keep = np.arange(X.shape[1]) != skip
+                out += self.fit_predict_offsets(
+                    X[:, keep], y, [offset], X_test[:, keep], [offset_test], family=family,
+                    validation=validation, seed=seed, categorical=categorical)
+                continue
             rounds = booster.best_iteration + 1
             if categorical:
                 test_matrix.set_base_margin(offset_test)

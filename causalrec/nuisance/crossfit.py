@@ -242,6 +242,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     everyone = np.ones(n, bool)
     tail = lambda rows, learner: len(ctx.big_items(rows, learner)) < n_items
     fits_joint = spec.joint_outcome and fits_joint_outcome(out_learner)
+    if fits_joint and logged_e is None:
+        ctx.share_matrices(prop_learner, out_learner)
     # beside the joint outcome model, per-arm learners as ``per_arm_outcome`` says
     per_arm = not fits_joint or spec.per_arm_outcome is True or (
         spec.per_arm_outcome == "auto" and tail(everyone, out_learner))

@@ -477,3 +477,72 @@ def test_fits_on_several_offsets_share_rows_and_equal_separate_fits(categorical)
         np.testing.assert_array_equal(pred, alone)
         assert rounds == alone_rounds
     assert len({r for _, r in together}) > 1 or not np.allclose(together[0][0], together[2][0])
+
+
+@pytest.mark.parametrize("spec", [
+    FlexibleNuisance(min_item_rows=500, auto=True, also=("factorised",)),
+    FlexibleNuisance(min_item_rows=500, learner=BoostedLearner(max_depth=3))])
+def test_propensity_and_joint_outcome_share_matrices_with_the_same_numbers(monkeypatch, spec):
+    """The propensity's boosters leave their training matrices (the arm a column they skip)
+    to the joint outcome model's on the same rows: two large items (own boosters) and a tail
+    (pooled booster, and a factorised learner in auto's stack, which must never see the
+    arm). Every prediction equals the fit without sharing, bit for bit, and each shared
+    matrix is used twice and then dropped."""
+    import causalrec.nuisance.foldfits as foldfits
+    X, item, t, y, folds, n_items = _two_large_items_and_a_tail(12)
+    fit = lambda: cross_fit_nuisances(X, item, t, y, folds, n_items=n_items, family="gaussian",
+                                      spec=spec, glm=dict(shrinkage=3.0))
+    built = []
+    original = foldfits.FoldFits._slot
+
+    def counting_slot(self, fold, j, release):
+        slot = original(self, fold, j, release)
+        built.append((fold, j, release, None if self.matrices is None else len(self.matrices)))
+        return slot
+
+    monkeypatch.setattr(foldfits.FoldFits, "_slot", counting_slot)
+    shared = fit()
+    # per fold: the pooled rows and the two large items' rows, stored by e, taken by joint
+    calls = [(f, j, r) for f, j, r, _ in built]
+    assert len(calls) == 12 and set(calls) == {
+        (f, j, r) for f in (0, 1) for j in (None, 0, 1) for r in (False, True)}
+    assert built[-1][3] == 0  # every slot released
+    monkeypatch.setattr(foldfits, "SHARED_MATRIX_VALUES", 0)
+    built.clear()
+    alone = fit()
+    assert not built or all(n is None for *_, n in built)
+    for name in ("e", "mu0", "mu1"):
+        np.testing.assert_array_equal(getattr(shared, name), getattr(alone, name))
+    pd.testing.assert_frame_equal(shared.models, alone.models)
+    assert shared.rounds == alone.rounds
+
+
+def test_a_skipped_column_never_enters_the_trees(monkeypatch):
+    """``skip``: a propensity fitted on the joint model's columns (the arm, its label, among
+    them) gives the fit without that column; where XGBoost's weighted column draw lets the
+    skipped column in anyway (a zero weight is raised to 1e-6), the fit is made again without
+    it (forced here: every booster reports using it)."""
+    import xgboost
+    rng = np.random.default_rng(4)
+    n = 1200
+    X = rng.normal(size=(n, 3))
+    t = (rng.random(n) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
+    with_t = np.c_[X, t]
+    kw = dict(family="logistic", validation=rng.random(n) < 0.2, seed=2)
+    learner, offsets = BoostedLearner(), [np.zeros(n)]
+    alone = learner.fit_predict_offsets(X, t, offsets, X[:300], [np.zeros(300)], **kw)
+    skipped = learner.fit_predict_offsets(with_t, t, offsets, with_t[:300], [np.zeros(300)],
+                                          skip=3, **kw)
+    leaky = learner.fit_predict(with_t, t, offsets[0], with_t[:300], np.zeros(300), **kw)
+    np.testing.assert_array_equal(skipped[0][0], alone[0][0])
+    assert np.abs(leaky[0] - t[:300]).max() < 0.1  # with the arm, the label is learnt
+    calls = []
+    real = xgboost.Booster.get_score
+    monkeypatch.setattr(xgboost.Booster, "get_score", lambda self, **k: calls.append(1) or {
+        **real(self, **k), "f3": 1.0})
+    matrices = {}
+    again = learner.fit_predict_offsets(with_t, t, offsets, with_t[:300], [np.zeros(300)],
+                                        skip=3, matrices=matrices, **kw)
+    assert calls and set(matrices) == {"train", "valid"}
+    np.testing.assert_array_equal(again[0][0], alone[0][0])
+    assert again[0][1] == alone[0][1]
