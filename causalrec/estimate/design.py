@@ -275,12 +275,14 @@ def _mean_std(v: np.ndarray, m: float) -> tuple[float, float]:
     return m * float(mean), m * float(np.sqrt(u.mean()))
 
 
-def _order_statistics(v: np.ndarray, ranks: tuple[int, int]) -> tuple:
+def _order_statistics(v: np.ndarray, ranks: tuple[int, int], lo=None, hi=None) -> tuple:
     """The values of ``ranks`` (ascending, 0-based) in v, exactly, and the two tails that
     hold them (v's values up to / from a threshold, in v's order; None when the whole
     column was partitioned): a partition of only the values beyond thresholds taken from a
     strided sample (each tail holds ~1%), checked by counting; the whole column is
-    partitioned when a threshold misses its rank."""
+    partitioned when a threshold misses its rank. A tail whose threshold is v's minimum
+    ``lo`` (maximum ``hi``) holds that value only: no partition (a binary or coarse column,
+    whose tails are large)."""
     n, (k_low, k_high) = len(v), ranks
     sample = v[::max(1, n // SAMPLE)]
     s, p = len(sample), (k_low + 1) / n
@@ -288,11 +290,16 @@ def _order_statistics(v: np.ndarray, ranks: tuple[int, int]) -> tuple:
     if share < 0.25:
         j = int(share * s)
         t_low, t_high = np.partition(sample, (j, s - 1 - j))[[j, s - 1 - j]]
-        below, above = v[v <= t_low], v[v >= t_high]
-        if len(below) > k_low and len(above) > n - 1 - k_high:
-            low = np.partition(below, k_low)[k_low]
+        # a threshold at the extreme: that value's count alone, its tail holds nothing beyond
+        below = v[:0] if t_low == lo else v[v <= t_low]
+        above = v[:0] if t_high == hi else v[v >= t_high]
+        n_below = np.count_nonzero(v == lo) if t_low == lo else len(below)
+        n_above = np.count_nonzero(v == hi) if t_high == hi else len(above)
+        if n_below > k_low and n_above > n - 1 - k_high:
+            low = t_low if t_low == lo else np.partition(below, k_low)[k_low]
             r = len(above) - (n - k_high)  # rank of the same value among the values above
-            return low, np.partition(above, r)[r], (below, above)
+            high = t_high if t_high == hi else np.partition(above, r)[r]
+            return low, high, (below, above)
     low, high = np.partition(v, ranks)[list(ranks)]
     return low, high, None
 
@@ -310,7 +317,7 @@ def _robust_moments(v: np.ndarray) -> tuple[float, float, str | None, int]:
     ranks = tail_ranks(len(v))
     plain, winsorised = _mean_std(v, max(abs(lo), abs(hi))), None
     if ranks is not None:
-        low, high, tails = _order_statistics(v, ranks)
+        low, high, tails = _order_statistics(v, ranks, v.dtype.type(lo), v.dtype.type(hi))
         if _winsorising_may_matter(v, low, high, plain[1], tails):
             winsorised = _mean_std(np.clip(v, low, high), max(abs(float(low)), abs(float(high))))
     return choose_moments(len(v), lo, hi, plain, winsorised)
