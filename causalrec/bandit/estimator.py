@@ -167,7 +167,10 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         self.outcome_binary_ = log.outcome_is_binary
         self._device = resolve_device(self.device)
         click = (self._y > 0).astype(np.int64) if self.outcome_binary_ else np.zeros(len(df), np.int64)
-        content = [item] + ([position] if position else []) + log.confounders + log.categorical
+        # the logged propensity is content: rows equal on the rest would else be dealt to
+        # folds in row order
+        content = ([item] + ([position] if position else []) + log.confounders + log.categorical
+                   + [propensity])
         self.fold_ = pd.Series(assign_folds(df, content, self._a, click, self._y, self.n_folds,
                                             self.seed), index=df.index, name="fold")
         self.outcome_coef_, self._q_obs, self._n_pos_seg = None, None, 1

@@ -225,7 +225,8 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
 
         ``folds`` (optional, one integer in [0, n_folds) per row) fixes the cross-fitting
         folds, e.g. to re-use ``fold_`` of an earlier fit when refuting it; by default they
-        are drawn from a seeded hash of each row's content (see ``assign_folds``), or of its
+        are drawn from a seeded hash of each row's content (its keys, confounders and logged
+        propensity, never names or column order; see ``assign_folds``), or of its
         unit when the log has a ``unit`` role (``unit_folds``: a unit's rows share one fold
         in every split, and the flexible nuisances' early-stopping rows are whole units too).
 

@@ -57,7 +57,10 @@ class LocalBackend:
         # the rows in use: a mask (1 byte a row), or a slice when all are (views, no copies)
         self.rows = rows = slice(None) if n_use == len(df) else use
         in_use = lambda a: a[rows]
-        content = keys + log.confounders + log.categorical + log.text
+        # a logged propensity is content too: rows equal on the rest would else be dealt to
+        # folds in row order
+        content = keys + log.confounders + log.categorical + log.text + (
+            [log.propensity] if log.propensity is not None else [])
         unit = None if log.unit is None else df[log.unit]
         if self.given_folds is None:
             warn_unit_like(log, seg)

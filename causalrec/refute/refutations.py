@@ -92,7 +92,8 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
         return eff.rename(columns={"item": item, "ate": "estimate"})
 
     segment = df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
-    folds = assign_folds(df, keys + confounders + categorical, segment,
+    logged = [propensity] if propensity else []  # content too, as in the estimator's folds
+    folds = assign_folds(df, keys + confounders + categorical + logged, segment,
                          df[treatment].to_numpy(dtype=np.int64), df[outcome].to_numpy(dtype=float),
                          options.get("n_folds", 2), seed)
     rows = LocalRefutationRows(df, treatment=treatment, confounders=confounders,

@@ -118,7 +118,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     plan = FitPlan.from_facts(params, facts, spec, scale, keys=keys,
                               fit_propensity=propensity is None, unit=unit, n_independent=n_units,
                               folds_given=folds is not None, outcome_name=outcome, checked=True)
-    content = list(fold_columns or keys + confounders + categorical + text)
+    content = list(fold_columns or keys + confounders + categorical + text
+                   + ([propensity] if propensity else []))  # as locally (estimate/local.py)
     columns = (keys + [treatment, outcome] + confounders + categorical + text
                + [col for col, _ in extra] + ([propensity] if propensity else [])
                + ([folds] if folds is not None else []) + ([unit] if unit is not None else []))

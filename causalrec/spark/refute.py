@@ -85,7 +85,7 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
 
     # the estimator's own fold columns (the segment keys out of the confounder roles)
     fold_columns = [col for cols in split_roles(item, by, confounders, categorical, None)
-                    for col in cols]
+                    for col in cols] + ([propensity] if propensity else [])
     rows = SparkRefutationRows(sdf, keys=keys, treatment=treatment, confounders=confounders,
                                fold_columns=fold_columns, seed=seed, estimate=estimate)
     return run_refutations(rows, refuters, keys, alpha=alpha, settings=dict(

@@ -44,8 +44,14 @@ def test_one_extreme_propensity_moves_only_its_own_item(method):
     base, got = values(df, method), values(extreme, method)
     others = base.index != 4
     cols = ["value", "se", "status", "n_shown", "ess", "n_events"]
-    # the outcome model never sees the weights: every other item's value is unchanged
-    pd.testing.assert_frame_equal(got.loc[others, cols], base.loc[others, cols], rtol=1e-12)
+    if method in ("ipw", "snipw"):  # every other item's value is unchanged
+        pd.testing.assert_frame_equal(got.loc[others, cols], base.loc[others, cols], rtol=1e-12)
+    else:  # the outcome model never sees the weights, but the propensity is part of a row's
+        # content: item 4's click rows are dealt to folds anew, and the pooled outcome model
+        # trained on them moves the other items by a sliver of an SE
+        pd.testing.assert_frame_equal(got.loc[others, cols[2:]], base.loc[others, cols[2:]])
+        moved = (got.loc[others, "value"] - base.loc[others, "value"]).abs()
+        assert (moved < 0.05 * base.loc[others, "se"]).all()
     row = got.loc[4]
     assert row["n_clipped"] == 1 and row["status"] == "clipped_weights" and not row["lift_reference"]
     # the weight is bounded by the row count: its item's value moves by at most y * n / n = 1
