@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..utils.hashing import _mix, row_hash
+from ..utils.hashing import _mix, content_column_order, row_hash
 from .boosted import BoostedLearner
 from .factorised import FactorisedLearner
 from .foldfits import FoldFits, fits_joint_outcome, logit, standardised
@@ -211,10 +211,18 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     """
     prop_learner, out_learner = spec.learners()
     n = len(item)
-    # the content key hashes X's values as float32 whatever its dtype: the row order and the
-    # early-stopping rows (hence the boosters) are then the same under float32 and float64
+    # the columns in an order set by their content and the content key hashes X's values as
+    # float32 whatever its dtype: the row order and the early-stopping rows (hence the
+    # boosters) are then the same under float32 and float64 and whatever the roles' order
+    X = X[:, content_column_order(X)]
     xhash = row_hash(pd.DataFrame(np.asarray(X, np.float32)))
-    key = _mix(xhash ^ _mix(np.asarray(item, np.uint64) * np.uint64(2) + np.asarray(t, np.uint64))
+    # an item enters the key, and the pooled booster as a category, by its rows' content, not
+    # by its code (its label's place in the sorted labels): relabelling changes nothing
+    item_key = np.zeros(n_items, np.uint64)
+    np.add.at(item_key, item, _mix(xhash ^ _mix(np.asarray(t, np.uint64) + np.uint64(1)))
+              ^ np.asarray(y, np.float32).view(np.uint32).astype(np.uint64))  # float32: as X
+    item_code = np.argsort(np.argsort(item_key, kind="stable"), kind="stable")
+    key = _mix(xhash ^ _mix(item_key[item] * np.uint64(2) + np.asarray(t, np.uint64))
                ^ np.uint64(seed))
     xkey = _mix(xhash ^ np.uint64(seed))
     order = np.lexsort((np.asarray(y, np.float64), key, item))
@@ -229,7 +237,7 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     else:  # covariate rows that recur across items (unit-like): their copies stay together
         split_key = xkey if recurring_rows(xkey, key) else key
     ctx = FoldFits(X, Xs, item, t, folds, n_items, split_key, spec, glm or {}, seed, device,
-                   refit=refit)
+                   refit=refit, item_code=item_code)
 
     preds, rows, items, rounds = {}, [], {"item": np.arange(n_items)}, {}
     if logged_e is not None:

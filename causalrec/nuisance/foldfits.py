@@ -57,12 +57,15 @@ class FoldFits:
     """The data of one cross-fit and the fits of one nuisance over the folds."""
 
     def __init__(self, X, Xs, item, t, folds, n_items, key, spec, glm, seed, device,
-                 refit=False):
+                 refit=False, item_code=None):
         self.X, self.Xs, self.item, self.t, self.folds = X, Xs, item, t, folds
         self.n_items, self.key, self.spec, self.glm = n_items, key, spec, glm
         self.seed, self.device = seed, device
         self.n_folds = int(folds.max()) + 1 if len(folds) else 1
-        self.Xp = (np.column_stack([X, item.astype(X.dtype)]) if spec.item_feature else X)
+        # the pooled booster's item category: ``item_code`` per item (its rank by content,
+        # so relabelling the items changes nothing), else the item index
+        self.item_category = (item if item_code is None else item_code[item]).astype(X.dtype)
+        self.Xp = np.column_stack([X, self.item_category]) if spec.item_feature else X
         self.glm_n_iter, self.glm_converged = [], []
         self.etas = {}  # (arm, fold) -> the outcome GLM's linear predictor: the joint offsets
         self.shared_penalties = {}  # nuisance -> the offset GLM's tuned shared-slope penalty
@@ -79,7 +82,7 @@ class FoldFits:
     @cached_property
     def with_t_pooled(self):
         """``with_t`` and, for the pooled booster, the item code (a category)."""
-        return (np.column_stack([self.with_t, self.item.astype(self.X.dtype)])
+        return (np.column_stack([self.with_t, self.item_category])
                 if self.spec.item_feature else self.with_t)
 
     def share_matrices(self, propensity, outcome) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from .tensors import read_only_tensor
 
-__all__ = ["row_hash"]
+__all__ = ["content_column_order", "row_hash"]
 
 
 # ``row_hash`` equals pandas.util.hash_pandas_object(df, index=False) bit for bit (or, with
@@ -214,3 +214,32 @@ def _content_key(df: pd.DataFrame, columns: list[str], segment: np.ndarray, seed
     values between such columns share a key (and a fold): the price of names not
     mattering, counted exactly where duplicates are counted."""
     return _mix(_content_hash(df, columns, segment) ^ _seed_bits(seed))
+
+
+def content_column_order(X: np.ndarray, chunk_rows: int = 1 << 16) -> np.ndarray:
+    """An order of X's columns set by their content alone (not by names, positions or row
+    order), for learners whose results depend on column order (XGBoost breaks ties between
+    equally good splits by column index). Values are read as float32, so float32 and float64
+    copies agree. A column's signature is the wrapping sum of its values' hashes; columns
+    with equal sums (the same values in another arrangement, e.g. two binary columns with as
+    many ones) are told apart by a second sum that hashes each value with its row's
+    signature-weighted content. Identical columns stay tied: either order gives the same
+    matrix. -> a permutation of range(X.shape[1])."""
+    n, d = X.shape
+    if d < 2:
+        return np.arange(d)
+
+    def bits(a, b):  # the chunk's float32 images (+0.0 for -0.0), mixed: (rows, d) uint64
+        v = np.asarray(X[a:b], np.float32) + np.float32(0.0)
+        return _mix(v.view(np.uint32).astype(np.uint64).ravel()).reshape(b - a, d)
+
+    chunks = [(a, min(a + chunk_rows, n)) for a in range(0, n, chunk_rows)]
+    first = np.zeros(d, np.uint64)
+    for a, b in chunks:
+        first += bits(a, b).sum(0, dtype=np.uint64)
+    second = np.zeros(d, np.uint64)
+    for a, b in chunks:
+        h = bits(a, b)
+        row = _mix((h ^ first).ravel()).reshape(h.shape).sum(1, dtype=np.uint64)
+        second += _mix((h ^ row[:, None]).ravel()).reshape(h.shape).sum(0, dtype=np.uint64)
+    return np.lexsort((second, first))

@@ -100,14 +100,19 @@ def test_early_stopping_and_auto_hold_out_whole_units(sim_df, monkeypatch):
     continuous value per user, so it identifies the user in the boosters' design rows."""
     from causalrec.nuisance.boosted import BoostedLearner
     assert sim_df.groupby("user_activity")["user_id"].nunique().max() == 1
-    seen, fit_predict = [], BoostedLearner.fit_predict
+    import causalrec.nuisance.crossfit as crossfit
+    seen, fit_predict = [], BoostedLearner.fit_predict_offsets
+    orders, content_order = [], crossfit.content_column_order
 
-    def spy(self, X, y, offset, X_test, offset_test, *, validation, **kw):
+    def spy(self, X, y, offsets, X_test, offsets_test, *, validation, **kw):
+        column = list(orders[-1]).index(design_column)  # the boosters' own column order
         seen.append((X[:, column].copy(), validation.copy()))
-        return fit_predict(self, X, y, offset, X_test, offset_test, validation=validation, **kw)
+        return fit_predict(self, X, y, offsets, X_test, offsets_test, validation=validation, **kw)
 
-    monkeypatch.setattr(BoostedLearner, "fit_predict", spy)
-    column = list(_fit(sim_df, n_folds=1).design_columns_).index("user_activity")
+    monkeypatch.setattr(BoostedLearner, "fit_predict_offsets", spy)
+    monkeypatch.setattr(crossfit, "content_column_order",
+                        lambda X: orders.append(content_order(X)) or orders[-1])
+    design_column = list(_fit(sim_df, n_folds=1).design_columns_).index("user_activity")
     est = _fit(sim_df, dict(ROLES, unit="user_id"), nuisance="auto")
     assert seen and _one_fold_per_unit(est.fold_, sim_df["user_id"])
     for activity, validation in seen:

@@ -546,3 +546,46 @@ def test_a_skipped_column_never_enters_the_trees(monkeypatch):
     assert calls and set(matrices) == {"train", "valid"}
     np.testing.assert_array_equal(again[0][0], alone[0][0])
     assert again[0][1] == alone[0][1]
+
+
+def test_flexible_fits_ignore_the_roles_order_and_the_item_labels():
+    """The boosters' columns come in an order set by their content and an item enters them by
+    its rows' content: reversing the confounder roles, or relabelling the items (a
+    permutation of their int ids, or the same ids as text), gives the same estimates. Before,
+    XGBoost's column-index tie-breaks and the item's code as its category moved them by up
+    to 0.15 SE."""
+    s = cr.datasets.simulate_log(n_items=12, n_users=600, n_rows=4000, seed=1)
+    df = s.data.drop(columns=["user_text", "item_text", "propensity"])
+    relabel = dict(zip(range(12), np.random.default_rng(0).permutation(12) + 100))
+    conf, cat = ["user_activity", "hour", "tenure"], ["device", "user_group"]
+
+    def effects(frame, conf=conf, cat=cat, back=None):
+        log = cr.InteractionLog(frame, item="item_id", treatment="recommended", outcome="clicked",
+                                confounders=conf, categorical=cat, unit="user_id")
+        table = cr.ItemEffectEstimator(nuisance="boosted", dtype="float64").fit(log).effects_
+        table["item"] = table["item"].map(back or (lambda i: i)).astype(np.int64)
+        return table.set_index("item").sort_index()
+
+    base = effects(df)
+    back = {v: k for k, v in relabel.items()}
+    for other in (effects(df, conf[::-1], cat[::-1]),
+                  effects(df.assign(item_id=df["item_id"].map(relabel)), back=back.get),
+                  effects(df.assign(item_id=df["item_id"].astype(str)), back=int)):
+        np.testing.assert_allclose(other["ate"], base["ate"], rtol=0, atol=1e-9 * base["se"].min())
+
+
+def test_content_column_order_is_free_of_positions_rows_and_dtype():
+    from causalrec.utils.hashing import content_column_order
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.normal(size=(500, 3)), rng.integers(0, 2, (500, 2)), rng.integers(0, 5, 500)]
+    X[:, 4] = np.roll(X[:, 3], 7)  # the same values as column 3 in another arrangement
+    order = content_column_order(X)
+    canonical = X[:, order]
+    for perm in (np.arange(6)[::-1], rng.permutation(6)):
+        shuffled = X[rng.permutation(500)][:, perm]
+        np.testing.assert_array_equal(np.sort(shuffled[:, content_column_order(shuffled)], 0),
+                                      np.sort(canonical, 0))
+        same_rows = X[:, perm]
+        np.testing.assert_array_equal(same_rows[:, content_column_order(same_rows)], canonical)
+    np.testing.assert_array_equal(content_column_order(X.astype(np.float32)), order)
+    assert content_column_order(X, chunk_rows=64).tolist() == order.tolist()
