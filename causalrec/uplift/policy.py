@@ -10,6 +10,12 @@ propensities e and outcome models mu0, mu1 of the held-out log itself,
 with a normal interval from the rows' spread (the policy is fixed: it was fitted on other
 rows). Its *incremental* value over recommending nothing is mean_i pi_i (G1_i - G0_i).
 
+Rows a policy scores alike (the "ate" baseline scores every row of an item alike) are
+interchangeable to it, so no row order may choose among them: a tie straddling a user's k-th
+slot shares the slots left equally (pi_i = slots left / rows tied, the policy that draws the
+tied rows at random), and a tie straddling a curve's cut counts in proportion. The results
+depend on the rows' contents only, not on their order or index.
+
 Every compared policy ranks by what its training stage learned, never by the held-out fit:
 its nuisances have seen the evaluated rows' outcomes, so a policy ranking by them (the click
 baseline once ranked by the held-out mu1) could not have been run and gains from every
@@ -37,15 +43,17 @@ BASELINES = ("click", "ate", "logging")
 class PolicyEvaluation:
     """Result of ``evaluate_policy``.
 
-    values : per policy: n_recommended, value (DR mean outcome per row), se, ci_low,
-        ci_high, incremental (value minus the value of recommending nothing) with its se and
-        interval, causal_precision (mean DR effect of a user's recommended rows, averaged over
-        users: Sato et al.'s causal precision@k) with its se, and true_value / true_incremental
-        when the truth was given.
+    values : per policy: n_recommended (the recommendations' total weight: rows tied at a
+        user's k-th slot share it), value (DR mean outcome per row), se, ci_low, ci_high,
+        incremental (value minus the value of recommending nothing) with its se and interval,
+        causal_precision (mean DR effect of a user's recommended rows, tied rows weighted by
+        their share, averaged over users: Sato et al.'s causal precision@k) with its se, and
+        true_value / true_incremental when the truth was given.
     differences : the uplift policy minus each other policy (paired over rows): difference,
         se, ci_low, ci_high, p_value.
     curve : uplift (Qini) curve per scored policy: treating the top ``fraction`` of rows by the
-        policy's score, the DR incremental outcome per row (``gain``; ``true_gain`` with truth).
+        policy's score, the DR incremental outcome per row (``gain``; ``true_gain`` with truth);
+        a tie straddling the cut counts in proportion of its rows treated.
     """
 
     values: pd.DataFrame
@@ -109,7 +117,7 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
         scores["ate"] = ate.reindex(rows[policy.item_column_]).to_numpy()
     chosen = {name: _top_k_per_user(users, s, k) for name, s in scores.items()}
     if "logging" in baselines:
-        chosen["logging"] = t.astype(bool)
+        chosen["logging"] = t  # the logged 0/1 recommendations as weights
 
     true = None
     if truth is not None:
@@ -125,13 +133,24 @@ def evaluate_policy(log: InteractionLog, policy, k: int = 10, baselines=BASELINE
 
 
 def _top_k_per_user(users, score, k) -> np.ndarray:
-    """True on each user's k highest-scoring rows (NaN scores last, ties by row order)."""
-    order = np.lexsort((np.arange(len(score)), -np.nan_to_num(score, nan=-np.inf), users))
-    sorted_users = users[order]
-    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    out = np.zeros(len(score), dtype=bool)
-    out[order] = rank < k
+    """Each row's weight in its user's top k: 1 on the k highest-scoring rows, 0 below, and
+    rows tied across the k-th slot share the slots left equally, so no row order picks among
+    them (NaN scores tie last)."""
+    desc = -np.nan_to_num(score, nan=-np.inf)
+    order = np.lexsort((desc, users))
+    sorted_users, sorted_desc = users[order], desc[order]
+    new_user = np.ones(len(order), dtype=bool)
+    new_user[1:] = sorted_users[1:] != sorted_users[:-1]
+    new_tie = new_user.copy()
+    new_tie[1:] |= sorted_desc[1:] != sorted_desc[:-1]
+    position = np.arange(len(order))
+    user_start = np.maximum.accumulate(np.where(new_user, position, 0))
+    starts = np.flatnonzero(new_tie)
+    sizes = np.diff(np.r_[starts, len(order)])
+    above = starts - user_start[starts]  # the user's rows ranked above the tie
+    share = np.clip(k - above, 0, sizes) / sizes
+    out = np.empty(len(score))
+    out[order] = share[np.cumsum(new_tie) - 1]
     return out
 
 
@@ -140,18 +159,23 @@ def _mean_se(values):
 
 
 def _values(name, pi, g1, g0, users, z, true) -> dict:
-    value, se = _mean_se(np.where(pi, g1, g0))
+    # pi is each row's recommendation weight (fractional for tied rows): pi * g1 + (1 - pi) * g0
+    # is the value of recommending it with that probability, and exactly g1 or g0 otherwise
+    value, se = _mean_se(pi * g1 + (1 - pi) * g0)
     incremental, inc_se = _mean_se(pi * (g1 - g0))
-    # causal precision@k: per user, the mean DR effect of the rows recommended to them
-    per_user = pd.Series((g1 - g0)[pi]).groupby(users[pi]).mean()
+    # causal precision@k: per user, the weighted mean DR effect of the rows recommended to them
+    on = pi > 0
+    weighted = pd.DataFrame({"effect": (pi * (g1 - g0))[on], "weight": pi[on]})
+    weighted = weighted.groupby(users[on]).sum()
+    per_user = weighted["effect"] / weighted["weight"]
     precision, precision_se = _mean_se(per_user.to_numpy()) if len(per_user) > 1 else (np.nan, np.nan)
-    out = dict(policy=name, n_recommended=int(pi.sum()), value=value, se=se,
+    out = dict(policy=name, n_recommended=int(round(pi.sum())), value=value, se=se,
                ci_low=value - z * se, ci_high=value + z * se, incremental=incremental,
                incremental_se=inc_se, incremental_ci_low=incremental - z * inc_se,
                incremental_ci_high=incremental + z * inc_se, causal_precision=precision,
                causal_precision_se=precision_se)
     if true is not None:
-        out["true_value"] = float(np.where(pi, true[:, 1], true[:, 0]).mean())
+        out["true_value"] = float((pi * true[:, 1] + (1 - pi) * true[:, 0]).mean())
         out["true_incremental"] = float((pi * (true[:, 1] - true[:, 0])).mean())
     return out
 
@@ -163,11 +187,20 @@ def _difference(name, pi_a, pi_b, g1, g0, z) -> dict:
 
 
 def _curve(name, score, effect, n_points, true_effect) -> pd.DataFrame:
-    order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+    desc = -np.nan_to_num(score, nan=-np.inf)
+    order = np.argsort(desc, kind="stable")
+    sorted_desc = desc[order]
+    # the cumulative sums are order-free at the ends of ties only; a cut inside a tie treats
+    # that share of its rows, i.e. interpolates linearly between the tie's ends
+    ends = np.r_[0, np.flatnonzero(sorted_desc[1:] != sorted_desc[:-1]) + 1, len(order)]
     fraction = np.linspace(0, 1, n_points)
     cut = np.round(fraction * len(order)).astype(int)
-    gain = np.r_[0.0, np.cumsum(effect[order])][cut] / len(order)
-    out = pd.DataFrame({"policy": name, "fraction": fraction, "gain": gain})
+
+    def gain(values):
+        cumulative = np.r_[0.0, np.cumsum(values[order])]
+        return np.interp(cut, ends, cumulative[ends]) / len(order)
+
+    out = pd.DataFrame({"policy": name, "fraction": fraction, "gain": gain(effect)})
     if true_effect is not None:
-        out["true_gain"] = np.r_[0.0, np.cumsum(true_effect[order])][cut] / len(order)
+        out["true_gain"] = gain(true_effect)
     return out
