@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import optimize, special
 
 from ..utils.levels import reference_first
-from .prior import _POSTERIOR_COLUMNS, _check_estimates
+from .prior import _POSTERIOR_COLUMNS, _check_estimates, _uniforms
 from .robust import robust_critical_values
 
 __all__ = ["CovariatePrior", "covariate_matrix"]
@@ -148,6 +148,9 @@ class CovariatePrior:
             raise ValueError("groups must give one label per covariate column")
         log_se = np.log(s)
         self._n_covariates = covariates.shape[1]
+        # columns (and groups) in an order fixed by their values, not by their names or
+        # the order given: the fit, its optimiser's path and the draws are then the same
+        self._order = _canonical_order(covariates)
         self._log_se = (log_se.mean(), log_se.std()) if self.use_se and np.ptp(log_se) > 0 else None
         if self._log_se is not None:
             names, groups = names + ["log_se"], groups + ["log_se"]
@@ -158,16 +161,20 @@ class CovariatePrior:
         if np.linalg.matrix_rank(z) < z.shape[1]:
             raise ValueError("covariate columns are collinear (with each other or the intercept)")
         self.names_, self.n_ = ["intercept"] + names, x.size
-        labels, member = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
-        self._member = member
-        tau, gamma, omega = self._fit_hyper(x, s, z, labels.size)
+        groups = [str(groups[j]) for j in self._order] + groups[self._n_covariates:]
+        labels = list(dict.fromkeys(groups))  # by first column, in the canonical order
+        self._member = np.array([labels.index(g) for g in groups], dtype=int)
+        tau, gamma, omega = self._fit_hyper(x, s, z, len(labels))
         self.tau_, self.spread_power_ = tau, gamma
-        self.relevance_ = pd.Series(omega, index=[str(g) for g in labels], dtype=float)
+        self.relevance_ = pd.Series(omega, index=labels, dtype=float).sort_index()
         self._precision = self._coef_precision(omega)
         self.loglik_, beta, gram = _marginal(x, s, z, tau**2 * self._shape(s), self._precision)
-        self._beta_cov = np.linalg.inv(gram)
-        self.coef_ = pd.Series(beta, index=self.names_)
-        self.coef_se_ = pd.Series(np.sqrt(np.diag(self._beta_cov)), index=self.names_)
+        self._beta, self._beta_cov = beta, np.linalg.inv(gram)
+        # reported in the columns' given order (internal column i is given column given[i])
+        given = np.r_[0, 1 + self._order, np.arange(1 + self._n_covariates, z.shape[1])]
+        self.coef_ = pd.Series(_placed(beta, given), index=self.names_)
+        self.coef_se_ = pd.Series(_placed(np.sqrt(np.diag(self._beta_cov)), given),
+                                  index=self.names_)
         self.kurtosis_ = _kurtosis(x - z @ beta, s, tau**2 * self._shape(s))
         self._fit_grid(x, s, z)
         return self
@@ -187,7 +194,7 @@ class CovariatePrior:
         if covariates.shape[1] != self._n_covariates:
             raise ValueError(f"covariates have {covariates.shape[1]} columns, the prior was "
                              f"fitted with {self._n_covariates}")
-        columns = [np.ones((s.size, 1)), covariates]
+        columns = [np.ones((s.size, 1)), covariates[:, self._order]]
         if self._log_se is not None:
             columns.append(((np.log(s) - self._log_se[0]) / self._log_se[1])[:, None])
         return np.hstack(columns)
@@ -272,7 +279,7 @@ class CovariatePrior:
     def prior_mean(self, ses, covariates) -> np.ndarray:
         """Fitted prior mean ``z' beta`` of each item."""
         s = np.asarray(ses, dtype=float).ravel()
-        return self._design(s, covariates) @ self.coef_.to_numpy()
+        return self._design(s, covariates) @ self._beta
 
     def posterior(self, estimates, ses, covariates, alpha: float = 0.05) -> pd.DataFrame:
         """Per-estimate posterior mean, sd, equal-tailed ``1 - alpha`` interval, P(theta > 0)."""
@@ -308,22 +315,28 @@ class CovariatePrior:
         kappa = self.kurtosis_ if np.isfinite(self.kurtosis_) else 3.0  # irrelevant: m2 = 0
         return robust_critical_values(m2, kappa, alpha) * noise_sd
 
-    def sample(self, estimates, ses, covariates, n_draws: int = 1000, seed=0) -> np.ndarray:
+    def sample(self, estimates, ses, covariates, n_draws: int = 1000, seed=0, uniforms=None,
+               shared=None) -> np.ndarray:
         """Joint posterior draws, shape ``(n_estimates, n_draws)``: tau, then beta, are drawn
-        per draw and shared by all items, so the draws carry the items' common uncertainty."""
+        per draw and shared by all items, so the draws carry the items' common uncertainty.
+        ``uniforms`` (per item and draw) drive the items' own noise and ``shared``
+        (``(1 + n_coefficients, n_draws)``: tau's grid point, then beta's normals) the common
+        part, both in (0, 1) (default from ``seed``'s generator)."""
         x, s = _check_estimates(estimates, ses)
         rng = np.random.default_rng(seed)
+        shared = _uniforms(shared, rng, (1 + len(self.names_), n_draws))
+        uniforms = _uniforms(uniforms, rng, (x.size, n_draws))
         parts = self._components(x, s, covariates)
-        w = np.array([p[0] for p in parts])
-        which = rng.choice(len(parts), size=n_draws, p=w / w.sum())  # renormalise rounding
+        w = np.cumsum([p[0] for p in parts])
+        which = np.minimum(np.searchsorted(w / w[-1], shared[0], side="right"), len(parts) - 1)
         draws = np.empty((x.size, n_draws))
         for k in np.unique(which):
             _, _, _, pull, beta, beta_cov, z = parts[k]
             cols = np.flatnonzero(which == k)
-            betas = rng.multivariate_normal(beta, beta_cov, size=cols.size, method="cholesky").T
+            betas = beta[:, None] + np.linalg.cholesky(beta_cov) @ special.ndtri(shared[1:, cols])
             mean = x[:, None] - pull[:, None] * (x[:, None] - z @ betas)
-            draws[:, cols] = mean + np.sqrt((1 - pull) * s**2)[:, None] * rng.standard_normal(
-                (x.size, cols.size))
+            draws[:, cols] = mean + np.sqrt((1 - pull) * s**2)[:, None] * special.ndtri(
+                uniforms[:, cols])
         return draws
 
     def linear_posterior(self, shares, estimates, ses, covariates) -> tuple[np.ndarray, np.ndarray]:
@@ -351,6 +364,19 @@ class CovariatePrior:
                 "relevance": {k: float(v) for k, v in self.relevance_.items()},
                 "kurtosis": float(self.kurtosis_), "interval": self.interval,
                 "loglik": float(self.loglik_)}
+
+
+def _canonical_order(covariates) -> np.ndarray:
+    """Order of the covariate columns by their values (lexicographic over the rows as given;
+    ``rank_items`` gives them in item-key order): free of the columns' names and given order.
+    Equal columns would be collinear, so the order is total for any usable design."""
+    return np.lexsort(covariates[::-1]) if covariates.size else np.arange(covariates.shape[1])
+
+
+def _placed(values, positions) -> np.ndarray:
+    out = np.empty_like(values)
+    out[positions] = values
+    return out
 
 
 def _marginal(x, s, z, prior_var, coef_precision):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 from threadpoolctl import threadpool_limits
 from ..inference import critical_value
 
@@ -61,6 +61,18 @@ def prior_row_status(estimates, ses) -> np.ndarray:
         far = ~(np.abs((x - center) / spread) <= EXTREME)  # inf after the subtraction: far
         vague = ~(s / spread <= EXTREME)
     return np.where(far, "ate_extreme", np.where(vague, "se_extreme", "ok")).astype(object)
+
+
+def _uniforms(uniforms, seed, shape) -> np.ndarray:
+    """The given uniforms (checked against ``shape``) or fresh ones in (0, 1) from ``seed``
+    (an int or a Generator), never 0 or 1, whose normal quantiles are infinite."""
+    if uniforms is None:
+        rng = np.random.default_rng(seed)
+        return (rng.integers(0, 2**53, size=shape) + 0.5) / 2.0**53
+    uniforms = np.asarray(uniforms, dtype=float)
+    if uniforms.shape != tuple(shape):
+        raise ValueError(f"uniforms have shape {uniforms.shape}, expected {tuple(shape)}")
+    return uniforms
 
 
 def _check_estimates(estimates, ses) -> tuple[np.ndarray, np.ndarray]:
@@ -229,21 +241,24 @@ class EmpiricalBayesPrior:
             var_z = self._var_z / (1 + ratio)
         return self.center_ + self.spread_ * mean_z, self.spread_ * np.sqrt(var_z)
 
-    def sample(self, estimates, ses, n_draws: int = 1000, seed=0, offset=0.0) -> np.ndarray:
-        """Independent posterior draws, shape ``(n_estimates, n_draws)``."""
+    def sample(self, estimates, ses, n_draws: int = 1000, seed=0, offset=0.0,
+               uniforms=None) -> np.ndarray:
+        """Independent posterior draws, shape ``(n_estimates, n_draws)``, by inverse CDF of
+        ``uniforms`` (that shape, in (0, 1); default from ``seed``'s generator): a row's
+        draws depend on its own uniforms only (``rank_items`` gives each item its own)."""
         x, s = _check_estimates(estimates, ses)
-        rng = np.random.default_rng(seed)
+        uniforms = _uniforms(uniforms, seed, (x.size, n_draws))
         if self.kind == "normal":
             post = self.posterior(x, s, offset=offset)
             return post["posterior_mean"].to_numpy()[:, None] + post["posterior_sd"].to_numpy()[
-                :, None] * rng.standard_normal((x.size, n_draws))
+                :, None] * special.ndtri(uniforms)
         offset = np.broadcast_to(np.asarray(offset, dtype=float), x.shape)
         # inverse-CDF sampling for all rows at once: shift row i's CDF by i, search once
         cdf = np.cumsum(self._npmle_posterior_weights(x - offset, s), axis=1)
         cdf[:, -1] = 1.0
         offsets = np.arange(x.size)[:, None]
         flat = (cdf + offsets).ravel()
-        hits = np.searchsorted(flat, rng.random((x.size, n_draws)) + offsets, side="right")
+        hits = np.searchsorted(flat, uniforms + offsets, side="right")
         return self.grid_[np.minimum(hits - offsets * self.grid_size, self.grid_size - 1)] \
             + offset[:, None]
 

@@ -10,7 +10,7 @@ import torch
 
 from .tensors import read_only_tensor
 
-__all__ = ["content_column_order", "row_hash"]
+__all__ = ["content_column_order", "row_hash", "stream_uniforms"]
 
 
 # ``row_hash`` equals pandas.util.hash_pandas_object(df, index=False) bit for bit (or, with
@@ -243,3 +243,18 @@ def content_column_order(X: np.ndarray, chunk_rows: int = 1 << 16) -> np.ndarray
         row = _mix((h ^ first).ravel()).reshape(h.shape).sum(1, dtype=np.uint64)
         second += _mix((h ^ row[:, None]).ravel()).reshape(h.shape).sum(0, dtype=np.uint64)
     return np.lexsort((second, first))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
+
+
+def stream_uniforms(keys, seed: int, start: int, count: int, stream: int = 0) -> np.ndarray:
+    """Uniforms in (0, 1), shape ``(len(keys), count)``: draws ``start .. start + count - 1``
+    of one SplitMix64 stream per uint64 key, seeded by the key, ``seed`` and ``stream`` (a
+    purpose tag). A key's draws depend on nothing else: not on the other keys, their order,
+    nor how the draws are split into batches (``rank_items`` keys items by ``row_hash``)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    state = _mix(_mix(keys ^ _seed_bits(seed)) ^ _seed_bits(stream))
+    counter = np.arange(start + 1, start + count + 1, dtype=np.uint64) * _GOLDEN
+    bits = _mix((state[:, None] + counter[None, :]).ravel()).reshape(keys.size, count)
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0 ** 53
