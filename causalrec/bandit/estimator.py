@@ -172,7 +172,8 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         content = ([item] + ([position] if position else []) + log.confounders + log.categorical
                    + [propensity])
         self.fold_ = pd.Series(assign_folds(df, content, self._a, click, self._y, self.n_folds,
-                                            self.seed), index=df.index, name="fold")
+                                            self.seed, item_columns=[item]),
+                               index=df.index, name="fold")
         self.outcome_coef_, self._q_obs, self._n_pos_seg = None, None, 1
         if self.method in ("dr", "dm"):
             self._fit_outcome_model(log)

@@ -176,11 +176,13 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     A continuous outcome only orders a coarse cell's rows, so shifting or (positively)
     scaling it keeps every fold. The assignment
     therefore depends neither on row order nor on column names, order or dtypes, and
-    swapping the treatment labels keeps every row in its fold. The offset comes from a hash
-    of the ``item_columns`` values (in role order) when given (an item's folds then do not
-    depend on which other items are in the log), else from the segment id. Cost: one hash
-    and one sort of the rows, whatever ``n_folds``; ``FoldAssigner`` hashes once for
-    several seeds.
+    swapping the treatment labels keeps every row in its fold. Neither does it depend on
+    the segments' labels: the ``item_columns`` (the keys: constant within a segment) are left
+    out of the content, and the offset comes from the segment's signature, the wrapping sum
+    of its rows' content, arm and click level (so relabelling items or groups, or spelling
+    their ids as text, keeps every fold; an item's folds do not depend on which other items
+    are in the log). Cost: one hash and one sort of the rows, whatever ``n_folds``;
+    ``FoldAssigner`` hashes once for several seeds.
     """
     return FoldAssigner(df, content, segment, treatment, outcome, n_folds,
                         item_columns=item_columns, unit=unit)(seed, warn_duplicates)
@@ -209,14 +211,20 @@ class FoldAssigner:
             if self.unit is not None:
                 self._hashes = dict(unit=unit_key(self.unit))
             else:
-                df, item_columns = self.df, self.item_columns
-                self._hashes = dict(
-                    content=_content_hash(df, self.content, self.segment),
-                    item=(row_hash({c: df[c] for c in item_columns}, canonical=True)
-                          if item_columns else None),
-                    stratum=np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment,
-                    outcome=np.asarray(self.outcome, dtype=np.float64))
-                self._hashes["level"] = _click_level(self._hashes["outcome"], self.segment)
+                keys = set(self.item_columns or ())
+                content = _content_hash(self.df, [c for c in self.content if c not in keys],
+                                        self.segment)
+                stratum = np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment
+                outcome = np.asarray(self.outcome, dtype=np.float64)
+                level = _click_level(outcome, self.segment)
+                # a segment's signature: its rows' content, arms and click levels (not its
+                # labels, nor a continuous outcome's scale); wrapping sums: row-order free
+                segment = np.asarray(self.segment, dtype=np.int64)
+                signature = np.zeros(int(segment.max()) + 1 if len(segment) else 0, np.uint64)
+                np.add.at(signature, segment,
+                          _mix(content ^ _mix((stratum % 2 * 2 + level + 1).astype(np.uint64))))
+                self._hashes = dict(content=content, signature=signature, stratum=stratum,
+                                    outcome=outcome, level=level)
         return self._hashes
 
     def __call__(self, seed: int, warn_duplicates: bool = True) -> np.ndarray:
@@ -256,11 +264,7 @@ class FoldAssigner:
                               f"{MAX_COPIES} are kept in one cross-fitting fold, larger "
                               "ones (a coarse design's cells) are dealt row by row",
                               DataWarning, stacklevel=3)
-        if hashes["item"] is not None:
-            base = _mix(hashes["item"][order] ^ _seed_bits(seed + 1))
-        else:
-            base = segment[order].astype(np.uint64) + _seed_bits(seed + 1)
-        offset = _mix(base)
+        offset = _mix(_mix(hashes["signature"] ^ _seed_bits(seed + 1)))[segment[order]]
         folds = np.empty(len(order), dtype=np.int64)
         folds[order] = (rank + (offset % np.uint64(n_folds)).astype(np.int64)) % n_folds
         return folds

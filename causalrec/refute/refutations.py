@@ -95,7 +95,7 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
     logged = [propensity] if propensity else []  # content too, as in the estimator's folds
     folds = assign_folds(df, keys + confounders + categorical + logged, segment,
                          df[treatment].to_numpy(dtype=np.int64), df[outcome].to_numpy(dtype=float),
-                         options.get("n_folds", 2), seed)
+                         options.get("n_folds", 2), seed, item_columns=keys)
     rows = LocalRefutationRows(df, treatment=treatment, confounders=confounders,
                                segment=segment, folds=folds, rng=np.random.default_rng(seed),
                                estimate=estimate)

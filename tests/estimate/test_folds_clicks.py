@@ -106,3 +106,30 @@ def test_a_logged_propensity_is_part_of_a_rows_content_for_its_fold():
     assert df[key].duplicated(keep=False).to_numpy()[moved].all()  # only exact copies move
     ea, eb = a.effects_.set_index("item"), b.effects_.set_index("item").loc[a.effects_["item"]]
     assert float(((ea["ate"] - eb["ate"]).abs() / ea["se"]).max()) < 1e-9
+
+
+def test_folds_and_estimates_ignore_the_items_labels():
+    """An item's folds come from its rows, not its label: permuted int ids, the same ids as
+    text (a Parquet export) or as int32 give the same folds and estimates (before, "7" and 7
+    hashed apart: 51% of rows moved fold, estimates up to 0.3 SE)."""
+    s = cr.datasets.simulate_log(n_items=12, n_users=600, n_rows=4000, seed=1)
+    df = s.data.drop(columns=["user_text", "item_text", "propensity"])
+    relabel = dict(zip(range(12), np.random.default_rng(0).permutation(12) + 40))
+
+    def fit(frame):
+        log = cr.InteractionLog(frame, item="item_id", treatment="recommended", outcome="clicked",
+                                confounders=["user_activity", "hour", "tenure"],
+                                categorical=["device", "user_group"])
+        return cr.ItemEffectEstimator(dtype="float64").fit(log)
+
+    base = fit(df)
+    back = {v: k for k, v in relabel.items()}
+    for frame, to_int in ((df.assign(item_id=df["item_id"].map(relabel)), back.get),
+                          (df.assign(item_id=df["item_id"].astype(str)), int),
+                          (df.assign(item_id=df["item_id"].astype(np.int32)), int)):
+        other = fit(frame)
+        np.testing.assert_array_equal(other.fold_, base.fold_)
+        table = other.effects_.assign(item=lambda t: t["item"].map(to_int)).set_index("item")
+        expected = base.effects_.set_index("item")
+        np.testing.assert_allclose(table.loc[expected.index, "ate"], expected["ate"],
+                                   rtol=0, atol=1e-9 * expected["se"].min())
