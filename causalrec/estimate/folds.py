@@ -179,7 +179,7 @@ def assign_folds(df: pd.DataFrame, content: list[str], segment: np.ndarray, trea
     swapping the treatment labels keeps every row in its fold. Neither does it depend on
     the segments' labels: the ``item_columns`` (the keys: constant within a segment) are left
     out of the content, and the offset comes from the segment's signature, the wrapping sum
-    of its rows' content, arm and click level (so relabelling items or groups, or spelling
+    of its rows' content and click level (so relabelling items or groups, or spelling
     their ids as text, keeps every fold; an item's folds do not depend on which other items
     are in the log). Cost: one hash and one sort of the rows, whatever ``n_folds``;
     ``FoldAssigner`` hashes once for several seeds.
@@ -217,12 +217,12 @@ class FoldAssigner:
                 stratum = np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment
                 outcome = np.asarray(self.outcome, dtype=np.float64)
                 level = _click_level(outcome, self.segment)
-                # a segment's signature: its rows' content, arms and click levels (not its
-                # labels, nor a continuous outcome's scale); wrapping sums: row-order free
+                # a segment's signature: its rows' content and click levels (not its labels,
+                # its arms' labels, nor a continuous outcome's scale); wrapping sums
                 segment = np.asarray(self.segment, dtype=np.int64)
                 signature = np.zeros(int(segment.max()) + 1 if len(segment) else 0, np.uint64)
                 np.add.at(signature, segment,
-                          _mix(content ^ _mix((stratum % 2 * 2 + level + 1).astype(np.uint64))))
+                          _mix(content ^ _mix((level + 1).astype(np.uint64))))
                 self._hashes = dict(content=content, signature=signature, stratum=stratum,
                                     outcome=outcome, level=level)
         return self._hashes

@@ -31,7 +31,10 @@ def test_a_randomised_item_shown_to_few_or_to_nearly_all_users_is_estimated(nuis
     """Was: the absolute clip 0.01 bound every propensity of an item shown to 0.5% of users
     (and 40% of those of a 99%-treated one), so both were "no_overlap" with no number.
     Randomised, such an item's AIPW estimate is its difference in means, up to the
-    outcome model's adjustment for x's chance imbalance (a fraction of an SE)."""
+    outcome model's adjustment for x's chance imbalance: its sd is about R SE, with R^2 the
+    share of the outcome's variance x explains (slope p(1 - p) 0.5 at p = 0.12: R^2 ~ 0.026,
+    R ~ 0.16), so 3 sd ~ 0.5 SE (seeds 0-3 give at most 0.35 here; 0.74 before the folds
+    ignored labels, on the 99%-treated item's 300 control rows)."""
     rng = np.random.default_rng(3)
     parts = []
     for k, (rows, share) in enumerate([(60_000, 0.005), (60_000, 0.01), (30_000, 0.99),
@@ -43,7 +46,7 @@ def test_a_randomised_item_shown_to_few_or_to_nearly_all_users_is_estimated(nuis
     eff = _fit(pd.concat(parts, ignore_index=True), nuisance=nuisance)
     assert (eff.status == "ok").all(), eff[["item", "status", "share_clipped"]]
     assert (eff.share_clipped < 0.01).all()
-    np.testing.assert_array_less(np.abs(eff.ate - eff.naive_ate) / eff.se, 0.35)
+    np.testing.assert_array_less(np.abs(eff.ate - eff.naive_ate) / eff.se, 0.5)
 
 
 def test_confounded_items_with_a_rare_arm_are_estimated_with_honest_intervals():
