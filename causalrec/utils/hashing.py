@@ -220,29 +220,36 @@ def content_column_order(X: np.ndarray, chunk_rows: int = 1 << 16) -> np.ndarray
     """An order of X's columns set by their content alone (not by names, positions or row
     order), for learners whose results depend on column order (XGBoost breaks ties between
     equally good splits by column index). Values are read as float32, so float32 and float64
-    copies agree. A column's signature is the wrapping sum of its values' hashes; columns
-    with equal sums (the same values in another arrangement, e.g. two binary columns with as
-    many ones) are told apart by a second sum that hashes each value with its row's
-    signature-weighted content. Identical columns stay tied: either order gives the same
-    matrix. -> a permutation of range(X.shape[1])."""
+    copies agree. A column's signature is the wrapping sums of its values' bit patterns and
+    of their squares (no hashing: one cheap pass); columns with equal signatures (the same
+    values in another arrangement, e.g. two binary columns with as many ones) are told apart
+    by a sum that hashes each value with its row's content. Identical columns stay tied:
+    either order gives the same matrix. -> a permutation of range(X.shape[1])."""
     n, d = X.shape
     if d < 2:
         return np.arange(d)
-
-    def bits(a, b):  # the chunk's float32 images (+0.0 for -0.0), mixed: (rows, d) uint64
-        v = np.asarray(X[a:b], np.float32) + np.float32(0.0)
-        return _mix(v.view(np.uint32).astype(np.uint64).ravel()).reshape(b - a, d)
-
     chunks = [(a, min(a + chunk_rows, n)) for a in range(0, n, chunk_rows)]
-    first = np.zeros(d, np.uint64)
-    for a, b in chunks:
-        first += bits(a, b).sum(0, dtype=np.uint64)
-    second = np.zeros(d, np.uint64)
+
+    def bits(a, b):  # the chunk's float32 bit patterns (+0.0 for -0.0), as uint64
+        v = np.asarray(X[a:b], np.float32) + np.float32(0.0)
+        return v.view(np.uint32).astype(np.uint64)
+
+    total, squares = np.zeros(d, np.uint64), np.zeros(d, np.uint64)
     for a, b in chunks:
         h = bits(a, b)
-        row = _mix((h ^ first).ravel()).reshape(h.shape).sum(1, dtype=np.uint64)
-        second += _mix((h ^ row[:, None]).ravel()).reshape(h.shape).sum(0, dtype=np.uint64)
-    return np.lexsort((second, first))
+        total += h.sum(0, dtype=np.uint64)
+        squares += (h * h).sum(0, dtype=np.uint64)
+    _, group = np.unique(np.c_[total, squares], axis=0, return_inverse=True)
+    tied = np.bincount(group.ravel(), minlength=d)[group.ravel()] > 1
+    second = np.zeros(d, np.uint64)
+    if tied.any():  # rare: hash each tied column's values with its rows' content
+        salt = _mix(total ^ _mix(squares))
+        for a, b in chunks:
+            h = _mix(bits(a, b).ravel()).reshape(b - a, d)
+            row = _mix((h ^ salt).ravel()).reshape(h.shape).sum(1, dtype=np.uint64)
+            second[tied] += _mix((h[:, tied] ^ row[:, None]).ravel()).reshape(
+                b - a, int(tied.sum())).sum(0, dtype=np.uint64)
+    return np.lexsort((second, squares, total))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
