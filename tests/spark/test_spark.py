@@ -400,7 +400,7 @@ CONNECT_SCRIPT = """
 import sys
 import causalrec as cr
 from pyspark.sql import SparkSession
-spark = SparkSession.builder.remote("local[2]").getOrCreate()
+spark = SparkSession.builder.remote(sys.argv[3]).getOrCreate()
 spark.conf.set("spark.sql.shuffle.partitions", "4")  # as the tests' session: fewer tasks
 sdf = spark.read.parquet(sys.argv[1])
 assert type(sdf).__module__.startswith("pyspark.sql.connect")
@@ -412,16 +412,29 @@ spark.stop()
 """
 
 
-def test_spark_connect_smoke(small_path, local_fit, tmp_path):
-    """Through Spark Connect (its own process: one kind of session per process), pooled, one
-    split (the splits' combination on Spark: ``test_spark_equals_local``)."""
+def test_spark_connect_smoke(spark, small_path, local_fit, tmp_path):
+    """Through Spark Connect, pooled, one split (the splits' combination on Spark:
+    ``test_spark_equals_local``). The client runs in its own process (one kind of session
+    per process); the server is this session's JVM (a Connect service started on it: a
+    second JVM took ~40 s more)."""
     pytest.importorskip("grpc")
+    import socket
     import subprocess
+    service = spark._jvm.org.apache.spark.sql.connect.service.SparkConnectService
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    spark._jsc.sc().conf().set("spark.connect.grpc.binding.port", str(port))
+    service.start(spark._jsc.sc())
     out = tmp_path / "effects.pkl"
     script = CONNECT_SCRIPT.format(confounders=ROLES["confounders"], categorical=ROLES["categorical"])
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    done = subprocess.run([sys.executable, "-c", script, str(small_path), str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(small_path), str(out),
+                               f"sc://localhost:{port}"], capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        none = spark._jvm.scala.Option.empty()
+        service.stop(none, none)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same(local_fit("small", nuisance="pooled", n_repeats=1).effects_,
                  pd.read_pickle(out))
