@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from ..base import BaseEstimator
-from ..estimate.folds import assign_folds
+from ..estimate.folds import assign_folds, fold_content
 from ..glm.layout import resolve_device
 from ..inference import critical_value
 from ..schema import MISSING_POLICIES
@@ -167,10 +167,8 @@ class BanditEstimator(OutcomeModel, BaseEstimator):
         self.outcome_binary_ = log.outcome_is_binary
         self._device = resolve_device(self.device)
         click = (self._y > 0).astype(np.int64) if self.outcome_binary_ else np.zeros(len(df), np.int64)
-        # the logged propensity is content: rows equal on the rest would else be dealt to
-        # folds in row order
-        content = ([item] + ([position] if position else []) + log.confounders + log.categorical
-                   + [propensity])
+        content = fold_content([item], [position] if position else [], log.confounders,
+                               log.categorical, propensity=propensity)
         self.fold_ = pd.Series(assign_folds(df, content, self._a, click, self._y, self.n_folds,
                                             self.seed, item_columns=[item]),
                                index=df.index, name="fold")

@@ -16,8 +16,8 @@ from ..utils.hashing import _content_hash, _mix, _seed_bits, _value_hashes, row_
 from .params import MAX_FOLDS
 
 __all__ = ["MAX_COPIES", "MAX_FOLDS", "FoldAssigner", "assign_folds", "check_folds",
-           "check_n_folds", "check_split", "check_fold_rows", "item_fold_rows", "narrow_codes",
-           "row_hash", "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
+           "check_n_folds", "check_split", "check_fold_rows", "fold_content", "item_fold_rows",
+           "narrow_codes", "row_hash", "split_seed", "unit_folds", "unit_key", "warn_unit_like"]
 
 
 # Identical rows (same item, arm, confounders and click) share a fold while there are at most
@@ -43,6 +43,13 @@ def _stratum_order(stratum: np.ndarray, key: np.ndarray, outcome: np.ndarray) ->
     if bool((values[1:] == values[:-1]).any()):
         return np.lexsort((outcome, key, stratum))
     return order
+
+
+def fold_content(keys, *roles, propensity=None) -> list[str]:
+    """The columns whose values are a row's content for its fold (``assign_folds``): the
+    segment keys, the adjustment roles' columns and a logged propensity (rows equal on the
+    rest but not on it would else be dealt to folds in row order)."""
+    return [*keys, *(col for cols in roles for col in cols), *([propensity] if propensity else [])]
 
 
 def unit_key(units) -> np.ndarray:
@@ -211,15 +218,14 @@ class FoldAssigner:
             if self.unit is not None:
                 self._hashes = dict(unit=unit_key(self.unit))
             else:
-                keys = set(self.item_columns or ())
+                keys, segment = set(self.item_columns or ()), np.asarray(self.segment, np.int64)
                 content = _content_hash(self.df, [c for c in self.content if c not in keys],
-                                        self.segment)
-                stratum = np.asarray(self.segment, dtype=np.int64) * 2 + self.treatment
+                                        segment)
+                stratum = segment * 2 + self.treatment
                 outcome = np.asarray(self.outcome, dtype=np.float64)
-                level = _click_level(outcome, self.segment)
+                level = _click_level(outcome, segment)
                 # a segment's signature: its rows' content and click levels (not its labels,
                 # its arms' labels, nor a continuous outcome's scale); wrapping sums
-                segment = np.asarray(self.segment, dtype=np.int64)
                 signature = np.zeros(int(segment.max()) + 1 if len(segment) else 0, np.uint64)
                 np.add.at(signature, segment,
                           _mix(content ^ _mix((level + 1).astype(np.uint64))))

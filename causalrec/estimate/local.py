@@ -12,8 +12,8 @@ import pandas as pd
 
 from ..schema import InteractionLog, Roles
 from .design import segment_ids
-from .folds import (FoldAssigner, check_folds, check_split, narrow_codes, split_seed, unit_key,
-                    warn_unit_like)
+from .folds import (FoldAssigner, check_folds, check_split, fold_content, narrow_codes,
+                    split_seed, unit_key, warn_unit_like)
 from .nuisance import pack_shards
 from .plan import FitPlan, ShardPart, native_column
 from .shardfit import ShardData
@@ -57,10 +57,8 @@ class LocalBackend:
         # the rows in use: a mask (1 byte a row), or a slice when all are (views, no copies)
         self.rows = rows = slice(None) if n_use == len(df) else use
         in_use = lambda a: a[rows]
-        # a logged propensity is content too: rows equal on the rest would else be dealt to
-        # folds in row order
-        content = keys + log.confounders + log.categorical + log.text + (
-            [log.propensity] if log.propensity is not None else [])
+        content = fold_content(keys, log.confounders, log.categorical, log.text,
+                               propensity=log.propensity)
         unit = None if log.unit is None else df[log.unit]
         if self.given_folds is None:
             warn_unit_like(log, seg)

@@ -120,11 +120,11 @@ class BoostedLearner:
             train, valid = dm(X[fit], y[fit]), dm(X[val], y[val])
             if matrices is not None:
                 matrices.update(train=train, valid=valid)
-        weights = np.ones(X.shape[1], np.float32)
-        if skip is not None:  # int(colsample * columns) = the columns but one
-            weights[skip] = 0.0
-            params["colsample_bytree"] = (X.shape[1] - 0.5) / X.shape[1]
         if skip is not None or matrices is not None:  # a shared matrix keeps the last ones
+            weights = np.ones(X.shape[1], np.float32)
+            if skip is not None:  # int(colsample * columns) = the columns but one
+                weights[skip] = 0.0
+                params["colsample_bytree"] = (X.shape[1] - 0.5) / X.shape[1]
             train.set_info(feature_weights=weights)
         test_matrix = dm(X_test) if categorical else None  # the item code: a category
         out = []

@@ -214,8 +214,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
     # the columns in an order set by their content and the content key hashes X's values as
     # float32 whatever its dtype: the row order and the early-stopping rows (hence the
     # boosters) are then the same under float32 and float64 and whatever the roles' order
-    X = X[:, content_column_order(X)]
-    xhash = row_hash(pd.DataFrame(np.asarray(X, np.float32)))
+    columns = content_column_order(X)
+    xhash = row_hash(pd.DataFrame(np.asarray(X, np.float32)[:, columns]))
     # an item enters the key, and the pooled booster as a category, by its rows' content, not
     # by its code (its label's place in the sorted labels): relabelling changes nothing
     item_key = np.zeros(n_items, np.uint64)
@@ -226,7 +226,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
                ^ np.uint64(seed))
     xkey = _mix(xhash ^ np.uint64(seed))
     order = np.lexsort((np.asarray(y, np.float64), key, item))
-    X, item, t, y, folds, key = X[order], item[order], t[order], y[order], folds[order], key[order]
+    X = X[np.ix_(order, columns)]  # one copy: rows in content order, columns too
+    item, t, y, folds, key = item[order], t[order], y[order], folds[order], key[order]
     xkey = xkey[order]
     Xs = standardised(X, device)
     # early stopping holds out whole units when there are units: a unit's copies on both

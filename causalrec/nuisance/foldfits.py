@@ -99,9 +99,7 @@ class FoldFits:
 
     def _slot(self, fold, j, release):
         """The shared matrices of ``fold``'s training rows of item ``j`` (None: the pooled
-        fit's rows), or None without sharing; ``release``: their last use, dropped."""
-        if self.matrices is None or fold is None:
-            return None
+        fit's rows); ``release``: their last use, dropped."""
         key = (fold, j)
         return self.matrices.pop(key, {}) if release else self.matrices.setdefault(key, {})
 

@@ -65,7 +65,7 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
                         missing=missing, **options)
     from ..estimate import estimate_item_effects
     from ..schema import split_roles
-    from ..estimate.folds import assign_folds
+    from ..estimate.folds import assign_folds, fold_content
 
     refuters = choose_refuters(checks, rcc_tolerance=rcc_tolerance, n_subsets=n_subsets,
                                subset_fraction=subset_fraction)
@@ -92,10 +92,10 @@ def refute_item_effects(df: pd.DataFrame, item: str, treatment: str, outcome: st
         return eff.rename(columns={"item": item, "ate": "estimate"})
 
     segment = df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
-    logged = [propensity] if propensity else []  # content too, as in the estimator's folds
-    folds = assign_folds(df, keys + confounders + categorical + logged, segment,
-                         df[treatment].to_numpy(dtype=np.int64), df[outcome].to_numpy(dtype=float),
-                         options.get("n_folds", 2), seed, item_columns=keys)
+    content = fold_content(keys, confounders, categorical, propensity=propensity)
+    folds = assign_folds(df, content, segment, df[treatment].to_numpy(dtype=np.int64),
+                         df[outcome].to_numpy(dtype=float), options.get("n_folds", 2), seed,
+                         item_columns=keys)
     rows = LocalRefutationRows(df, treatment=treatment, confounders=confounders,
                                segment=segment, folds=folds, rng=np.random.default_rng(seed),
                                estimate=estimate)

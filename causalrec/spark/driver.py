@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..estimate.design import DesignSpec
 from ..estimate.estimator import ItemEffectEstimator
+from ..estimate.folds import fold_content
 from ..estimate.plan import (FitPlan, counts_units, outcome_family,
                               resolve_flexible as plan_flexible, split_roles)
 from ..estimate.scaling import OutcomeScale
@@ -118,8 +119,8 @@ def estimate_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
     plan = FitPlan.from_facts(params, facts, spec, scale, keys=keys,
                               fit_propensity=propensity is None, unit=unit, n_independent=n_units,
                               folds_given=folds is not None, outcome_name=outcome, checked=True)
-    content = list(fold_columns or keys + confounders + categorical + text
-                   + ([propensity] if propensity else []))  # as locally (estimate/local.py)
+    content = list(fold_columns or fold_content(keys, confounders, categorical, text,
+                                                propensity=propensity))
     columns = (keys + [treatment, outcome] + confounders + categorical + text
                + [col for col, _ in extra] + ([propensity] if propensity else [])
                + ([folds] if folds is not None else []) + ([unit] if unit is not None else []))

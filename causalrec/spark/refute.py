@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..estimate.folds import fold_content
 from ..refute.checks import choose_refuters
 from ..refute.loop import run_refutations
 from ..refute.refutations import adjustment_roles
@@ -84,8 +85,8 @@ def refute_item_effects_spark(sdf, item, treatment, outcome, confounders=None,
         return eff.rename(columns={"item": item, "ate": "estimate"})
 
     # the estimator's own fold columns (the segment keys out of the confounder roles)
-    fold_columns = [col for cols in split_roles(item, by, confounders, categorical, None)
-                    for col in cols] + ([propensity] if propensity else [])
+    fold_columns = fold_content(*split_roles(item, by, confounders, categorical, None),
+                                propensity=propensity)
     rows = SparkRefutationRows(sdf, keys=keys, treatment=treatment, confounders=confounders,
                                fold_columns=fold_columns, seed=seed, estimate=estimate)
     return run_refutations(rows, refuters, keys, alpha=alpha, settings=dict(
