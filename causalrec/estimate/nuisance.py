@@ -24,7 +24,7 @@ from ..utils.tensors import at_rows
 from .lockstep import run_in_lockstep
 
 __all__ = ["CrossFit", "cross_fit", "cross_fit_tuned", "pack_shards", "blocked_arm",
-           "tunes_shared_penalty", "tuned_penalty"]
+           "tunes_shared_penalty", "tuned_penalty", "shrinkage_grid"]
 
 MODEL_NAMES = {"e": "propensity", "mu0": "outcome (control)", "mu1": "outcome (treated)"}
 # ``lockstep`` fits a shard's folds side by side only where every training design together
@@ -123,7 +123,7 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
                 ok[items] &= models[name].converged_
     n_iter = max((m.n_iter_ for r in results for models in r[2] for m in models.values()),
                  default=0)
-    return CrossFit(out["e"], out["mu0"], out["mu1"], shards, [r[2] for r in results],
+    return CrossFit(out.get("e"), out["mu0"], out["mu1"], shards, [r[2] for r in results],
                     converged, n_iter, loo=out_loo if loo else None)
 
 
@@ -136,6 +136,14 @@ def cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg, *, n_folds: int,
 # a top of 4d the propensity took the top in 29 of 30 IHDP replications (a grid edge that
 # binds is no choice); up to 64d, RMSE A 0.136 -> 0.132, B 0.159 -> 0.155 (256d: no gain).
 SHARED_PENALTY_GRID = (0.0, 0.25, 1.0, 4.0, 16.0, 64.0)
+# Where the shared slopes' ridge is tuned and the log has several items, the outcome models'
+# ridge on the items' deviations (``shrinkage``, d by default) is chosen next from d x this
+# grid: their surfaces may differ by item far more than d allows (IHDP, 100 replications
+# stacked with unit=, a surface per replication: d/16 chosen, pooled RMSE A 0.139 -> 0.132,
+# interval width 1.46x -> 1.29x the oracle's; benchmarks/README.md, session 43). The
+# propensity keeps d: chosen by log loss it smoothed ACIC's (4d) and the boosted path's bias
+# rose 0.057 -> 0.076, the under-smoothing trade-off of session 36.
+SHRINKAGE_GRID = (1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0)
 TUNE_ROWS_PER_COLUMN = 500  # beyond this a ridge of 4d moves the fit by < 1% (4d / n)
 
 
@@ -146,11 +154,15 @@ def tunes_shared_penalty(n_rows: int, n_columns: int) -> bool:
 
 def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensity, outcome,
                     family: str, n_columns: int, reducer: Reducer | None = None,
-                    lockstep: bool = False, **options):
+                    lockstep: bool = False, tune_shrinkage: bool = False, **options):
     """``cross_fit`` once per penalty of ``tuned_grid`` (``SHARED_PENALTY_GRID`` x d: the
     pooled models' shared slopes, or per_item's own slopes from its ``penalty`` up); the
     propensity keeps the penalty with the lowest out-of-fold log loss, the outcome models the
     one with the lowest out-of-fold loss of mu0 on control rows plus mu1 on treated rows.
+    With ``tune_shrinkage`` (pooled models, several items) the outcome models' ridge on the
+    items' deviations is chosen next the same way, from ``shrinkage_grid`` at the chosen
+    shared penalty; the untuned value wins ties (``SHRINKAGE_GRID``: why not the
+    propensity's).
     The one penalty-tuning loop: ``reducer`` adds the loss sums of every process's items
     (a Spark task's shard; identity in one process), so every shard makes the same choice;
     ``lockstep`` fits the grid side by side with their reductions sent together
@@ -158,33 +170,53 @@ def cross_fit_tuned(X, center, scale, rows, seg, t, y, folds, n_seg, *, propensi
     Returns the combined ``CrossFit`` and the two prototypes with the chosen penalties (for
     later repeats)."""
     reducer = reducer or Reducer()
-    grid = tuned_grid(outcome, n_columns)
     coupled = options.get("shard_of_item") is None  # else the shards' threads couple the fits
-    fit = lambda lam, red: cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
-                                     propensity=with_penalty(propensity, lam),
-                                     outcome=with_penalty(outcome, lam),
-                                     reducer=red if coupled else None, lockstep=lockstep,
-                                     **options)
-    if lockstep:
-        fits = run_in_lockstep([lambda red, lam=lam: fit(lam, red) for lam in grid], reducer)
-    else:
-        fits = [fit(lam, reducer) for lam in grid]
-    sums = np.stack([tuning_losses(f.e, f.mu0, f.mu1, t, y, family) for f in fits])
-    total = reducer.sum(torch.as_tensor(sums, dtype=torch.float64)).cpu().numpy()
+
+    def fit_all(pairs):
+        """Each (propensity, outcome) pair cross-fitted -> the fits, their summed losses."""
+        fit = lambda pair, red: cross_fit(X, center, scale, rows, seg, t, y, folds, n_seg,
+                                          propensity=pair[0], outcome=pair[1],
+                                          reducer=red if coupled else None, lockstep=lockstep,
+                                          **options)
+        if lockstep:
+            fits = run_in_lockstep([lambda red, pair=pair: fit(pair, red) for pair in pairs],
+                                   reducer)
+        else:
+            fits = [fit(pair, reducer) for pair in pairs]
+        sums = np.stack([tuning_losses(f.e, f.mu0, f.mu1, t, y, family) for f in fits])
+        return fits, reducer.sum(torch.as_tensor(sums, dtype=torch.float64)).cpu().numpy()
+
+    pairs = [(with_penalty(propensity, lam), with_penalty(outcome, lam))
+             for lam in tuned_grid(outcome, n_columns)]
+    fits, total = fit_all(pairs)
     best_e, best_mu = choose_penalties(total, propensity is not None)
     e, mu = fits[best_e], fits[best_mu]
+    chosen = [pairs[best_e][0], pairs[best_mu][1]]
+    if tune_shrinkage and outcome.pooled:  # the outcome models' (the propensity keeps its)
+        values = [s for s in shrinkage_grid(n_columns) if s != outcome.shrinkage]
+        pairs = [(None, with_shrinkage(chosen[1], s)) for s in values]
+        more, more_total = fit_all(pairs)
+        # row 0: the shared penalty's choice, at the untuned deviations' ridge
+        best = choose_penalties(np.vstack([total[best_mu], more_total]), False)[1]
+        if best:
+            mu, chosen[1] = more[best - 1], pairs[best - 1][1]
     shard_fits = [merge_models(e_shard, mu_shard)
                   for e_shard, mu_shard in zip(e.shard_fits, mu.shard_fits)]
     converged = {name: (e if name == "e" else mu).converged[name] for name in mu.converged}
     combined = CrossFit(e.e, mu.mu0, mu.mu1, mu.shard_items, shard_fits, converged,
                         max(e.n_iter, mu.n_iter))
-    return combined, with_penalty(propensity, grid[best_e]), with_penalty(outcome, grid[best_mu])
+    return combined, *chosen
 
 
 def penalty_grid(n_columns: int, smallest: float = 1e-4) -> list:
     """The penalties tried, in order (``SHARED_PENALTY_GRID`` x d, at least ``smallest``:
     a per-item model's own ``penalty``, where the shared slopes' is near zero)."""
     return list(dict.fromkeys(max(c * n_columns, smallest) for c in SHARED_PENALTY_GRID))
+
+
+def shrinkage_grid(n_columns: int) -> list:
+    """The items' deviations' ridges tried (``SHRINKAGE_GRID`` x d), in order."""
+    return [c * max(1, n_columns) for c in SHRINKAGE_GRID]
 
 
 def tuned_grid(model, n_columns: int) -> list:
@@ -199,6 +231,12 @@ def with_penalty(model, penalty):
     if model is None:
         return None
     return model.clone().set_params(**{"shared_penalty" if model.pooled else "penalty": penalty})
+
+
+def with_shrinkage(model, shrinkage):
+    """A copy of the GLM prototype with this ridge on the items' deviations (None stays
+    None)."""
+    return None if model is None else model.clone().set_params(shrinkage=shrinkage)
 
 
 def tuned_penalty(model):

@@ -90,6 +90,7 @@ class ShardPart:
     n_iter: int = 0
     reductions: tuple = (0, 0.0)
     shared_penalty: dict = field(default_factory=dict)
+    shrinkage: dict = field(default_factory=dict)  # the items' deviations' ridge per model
     balance_shift: np.ndarray | None = None
     rows: dict | None = None        # psi, e_clipped, e, mu0, mu1
     nuisance_fits: list = field(default_factory=list)
@@ -101,7 +102,8 @@ class ShardPart:
     def without_rows(self) -> "ShardPart":
         """The part without its row arrays and fitted models (what a Spark task sends back)."""
         return ShardPart(self.items, self.table, self.converged, self.n_iter, self.reductions,
-                         self.shared_penalty, self.balance_shift, n_repeats=self.n_repeats,
+                         self.shared_penalty, self.shrinkage, self.balance_shift,
+                         n_repeats=self.n_repeats,
                          folds_filled=self.folds_filled, fold_rows=self.fold_rows)
 
 
@@ -222,6 +224,12 @@ class FitPlan:
         return len(self.facts.status)
 
     @property
+    def shrinkage_tunable(self) -> bool:
+        """Whether the items' deviations' ridge may be chosen by out-of-fold loss where the
+        shared slopes' is (``shrinkage="auto"``, more than one item fitted)."""
+        return self.params["shrinkage"] == "auto" and int(self.facts.use.sum()) > 1
+
+    @property
     def device(self) -> torch.device:
         return resolve_device(self.params["device"])
 
@@ -297,7 +305,9 @@ class FitPlan:
                              estimand=p["estimand"],
                              n_folds=p["n_folds"], seed=p["seed"], device=str(self.device),
                              unit=self.unit, outcome_model=self.outcome_family,
-                             n_repeats=max([part.n_repeats for part in parts], default=0))
+                             n_repeats=max([part.n_repeats for part in parts], default=0),
+                             shrinkage=next((part.shrinkage for part in parts if part.shrinkage),
+                                            {}))
         return effects
 
     @property

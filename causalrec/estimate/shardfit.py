@@ -18,8 +18,8 @@ import torch
 from ..glm.layout import read_only_tensor, release_free_heap
 from ..glm.reducer import Reducer
 from .folds import item_fold_rows, split_seed
-from .nuisance import (cross_fit, cross_fit_tuned, penalty_grid, tuned_penalty,
-                       tunes_shared_penalty)
+from .nuisance import (cross_fit, cross_fit_tuned, penalty_grid, shrinkage_grid,
+                       tuned_penalty, tunes_shared_penalty)
 from .plan import FitPlan, ShardPart, repeats_for_split_noise
 from .scores import unit_pairs
 from .splits import SplitAverage, split_noise_sums
@@ -120,7 +120,8 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
             if plan.tune_columns is not None:  # few rows per column: the slopes' ridge by CV
                 fits, *chosen = cross_fit_tuned(
                     *args, propensity=propensity, outcome=outcome, family=plan.outcome_family,
-                    n_columns=plan.tune_columns, reducer=reducer, lockstep=lockstep, **job)
+                    n_columns=plan.tune_columns, reducer=reducer, lockstep=lockstep,
+                    tune_shrinkage=plan.shrinkage_tunable, **job)
                 if p["refit_small_logs"]:  # the estimate from the chosen models on every row,
                     # its variance from their approximate leave-one-out predictions
                     every_row = (*args[:7], np.zeros(len(t), dtype=np.int64), n_seg)
@@ -169,6 +170,8 @@ def fit_shard(plan: FitPlan, data: ShardData, reducer=None, *, keep_rows: bool =
         reductions=(getattr(reducer, "n_calls", 0), getattr(reducer, "seconds", 0.0)),
         shared_penalty={name: tuned_penalty(model) for name, model in
                         zip(("propensity", "outcome"), chosen) if model is not None},
+        shrinkage={name: model.shrinkage for name, model in
+                   zip(("propensity", "outcome"), chosen) if model is not None and model.pooled},
         balance_shift=shift, rows=rows, nuisance_fits=nuisance_fits, nuisance_models=models,
         n_repeats=n_splits, folds_filled=folds_filled, fold_rows=np.stack(fold_rows))
 
@@ -202,6 +205,8 @@ def _fit_flexible(plan: FitPlan, data: ShardData, split, seed: int):
     if small:  # few rows (units) per column:
         # the offset GLM's shared-slope penalty chosen from the GLM path's grid per nuisance
         glm["shared_penalty"] = penalty_grid(X.shape[1])
+        if plan.shrinkage_tunable:  # and then the deviations' ridge, where it has items
+            glm["shrinkage_grid"] = shrinkage_grid(X.shape[1])
     return cross_fit_nuisances(X, data.seg.astype(np.int64), data.t.astype(np.int64),
                                data.y_fit.astype(np.float64), split.astype(np.int64),
                                n_items=len(data.items), family=plan.outcome_family,

@@ -19,7 +19,9 @@ class EffectSummary(Summary):
         self.overall_se = float(np.sqrt((w ** 2 * ok["se"] ** 2).sum())) if len(ok) else np.nan
         nuisance = f"{estimator.nuisance} (outcome: {estimator.outcome_family_})"
         if estimator.nuisance == "pooled":
-            nuisance += f", shrinkage {estimator.shrinkage_:g}"
+            shrink = estimator.shrinkage_
+            nuisance += (f", shrinkage {shrink['outcome']:g}" if len(set(shrink.values())) == 1
+                         else ", shrinkage " + ", ".join(f"{k} {v:g}" for k, v in shrink.items()))
         info = {
             "Method": estimator.method.upper() + (" (normalised weights)" if estimator.method == "aipw"
                                                   and estimator.normalize else ""),

@@ -166,7 +166,8 @@ class NuisanceResult:
         prediction (pooled + own where chosen), the stacking weight on the flexible one
         (1 without ``auto``), the final loss, the number of items with a model of their own and
         ``offset_shared_penalty`` (the offset GLM's shared-slope penalty where it was chosen by
-        out-of-fold loss: logs with few rows or units per column; else NaN).
+        out-of-fold loss: logs with few rows or units per column; else NaN) and
+        ``offset_shrinkage`` (its deviations' ridge where chosen so; else NaN).
     items : per item, whether it kept a model of its own for e / mu0 / mu1.
     calibration : ``calibration_table`` of the final propensities.
     rounds : per nuisance, the boosting rounds of the pooled learner in each fold.
@@ -329,7 +330,8 @@ def cross_fit_nuisances(X, item, t, y, folds, *, n_items, family, spec: Flexible
         preds[name] = (1 - weights.sum()) * glm_pred + sum(weights[j] * flexible[j]
                                                            for j in stacked_j)
         row.update(weight_flexible=float(weights[0]), loss_final=final_loss,
-                   offset_shared_penalty=ctx.shared_penalties.get(name, np.nan))
+                   offset_shared_penalty=ctx.shared_penalties.get(name, np.nan),
+                   offset_shrinkage=ctx.shrinkages.get(name, np.nan))
         row.update({f"weight_{also}": float(w) for also, w in zip(spec.also_names, weights[1:])})
         rows.append(row)
     if joint is not None:

@@ -69,6 +69,7 @@ class FoldFits:
         self.glm_n_iter, self.glm_converged = [], []
         self.etas = {}  # (arm, fold) -> the outcome GLM's linear predictor: the joint offsets
         self.shared_penalties = {}  # nuisance -> the offset GLM's tuned shared-slope penalty
+        self.shrinkages = {}  # nuisance -> its tuned deviations' ridge (``shrinkage_grid``)
         self.refit = refit and self.n_folds > 1
         self.eta_gap = {}  # nuisance -> all-rows GLM eta minus the out-of-fold one (refit)
         self.loo_gap = {}  # the same with the all-rows GLM's leave-one-out eta (variance)
@@ -118,31 +119,53 @@ class FoldFits:
         rows kept, as the pooled GLM chooses its own (IHDP's 747 units: the propensity wants
         16-64d; with the deviations' prior d it overfitted: boosted RMSE 0.256 -> 0.190 on
         100 stacked items, 0.210 -> 0.162 one item per call; tuning the propensity alone
-        left the per-call 0.194); ``shared_penalties[name]`` reports it. With ``tune=False``
-        (factorised, whose propensity is under-smoothed on purpose: tuned, its per-call RMSE
-        rose 0.289 -> 0.343) the shared slopes get the deviations' prior."""
+        left the per-call 0.194); ``shared_penalties[name]`` reports it. Then, given a
+        ``shrinkage_grid`` (``shrinkage="auto"``, several items), an outcome model's ridge
+        on the items' deviations the same way at the chosen shared penalty
+        (``shrinkages[name]``; the untuned value wins ties; the propensity keeps its, as
+        ``estimate.nuisance.SHRINKAGE_GRID`` says). With ``tune=False`` (factorised, whose propensity is under-smoothed
+        on purpose: tuned, its per-call RMSE rose 0.289 -> 0.343) the shared slopes get the
+        deviations' prior."""
         grid = self.glm.get("shared_penalty")
         if isinstance(grid, (list, tuple)) and not tune:
             grid = self.glm["shrinkage"]
         grid = list(grid) if isinstance(grid, (list, tuple)) else [grid]
-        fits = [self._fit_grid(target, arm & self.split(f)[1], family, grid)
-                for f in range(self.n_folds)]
-        best = 0
+        candidates = [{} if lam is None else {"shared_penalty": lam} for lam in grid]
+        fits, losses = self._cross_fit_candidates(target, arm, family, candidates)
+        best = int(np.argmin(losses))  # ties keep the smaller penalty (the grid ascends)
         if len(grid) > 1:
-            losses = []
-            for k in range(len(grid)):
-                held_out = np.zeros(len(target))
-                for f, per_penalty in enumerate(fits):
-                    test = np.flatnonzero(self.split(f)[0] & arm)
-                    held_out[test] = per_penalty[k].decision_function(
-                        self.Xs[torch.as_tensor(test, device=self.Xs.device)], self.item[test])
-                pred = 1 / (1 + np.exp(-held_out)) if family == "logistic" else held_out
-                losses.append(float(row_loss(pred[arm], target[arm], family).mean()))
-            best = int(np.argmin(losses))  # ties keep the smaller penalty (the grid ascends)
             self.shared_penalties[name] = grid[best]
-        etas = [per_penalty[best].decision_function(self.Xs, self.item).astype(np.float64)
-                for per_penalty in fits]
-        return self._with_refit(etas, target, arm, family, name, grid[best])
+            more = [dict(candidates[best], shrinkage=value)
+                    for value in self.glm.get("shrinkage_grid", ())
+                    if value != self.glm["shrinkage"] and name != "e"]
+            if more:
+                more_fits, more_losses = self._cross_fit_candidates(target, arm, family, more)
+                k = int(np.argmin(more_losses))
+                self.shrinkages[name] = self.glm["shrinkage"]
+                if more_losses[k] < losses[best]:
+                    fits, best, candidates = more_fits, k, more
+                    self.shrinkages[name] = more[k]["shrinkage"]
+        etas = [per_candidate[best].decision_function(self.Xs, self.item).astype(np.float64)
+                for per_candidate in fits]
+        return self._with_refit(etas, target, arm, family, name, candidates[best])
+
+    def _cross_fit_candidates(self, target, arm, family, candidates):
+        """The offset GLM per fold and candidate settings (``_fit_grid``), and each
+        candidate's out-of-fold loss on ``arm``'s rows (one candidate: no loss, [0])."""
+        fits = [self._fit_grid(target, arm & self.split(f)[1], family, candidates)
+                for f in range(self.n_folds)]
+        if len(candidates) == 1:
+            return fits, [0.0]
+        losses = []
+        for k in range(len(candidates)):
+            held_out = np.zeros(len(target))
+            for f, per_candidate in enumerate(fits):
+                test = np.flatnonzero(self.split(f)[0] & arm)
+                held_out[test] = per_candidate[k].decision_function(
+                    self.Xs[torch.as_tensor(test, device=self.Xs.device)], self.item[test])
+            pred = 1 / (1 + np.exp(-held_out)) if family == "logistic" else held_out
+            losses.append(float(row_loss(pred[arm], target[arm], family).mean()))
+        return fits, losses
 
     def _padded(self, target, train):
         """The ``train`` rows' blocked design, its padded ``target`` and its blocks."""
@@ -151,30 +174,33 @@ class FoldFits:
                                index=torch.as_tensor(rows, device=self.Xs.device))
         return design, design.pad(target[rows]), design.blocks()
 
-    def _fit_grid(self, target, train, family, grid, padded=None):
-        """The pooled segment GLM on ``train`` rows once per shared-slope penalty of ``grid``
-        (None: the settings' own), on one padded design (``padded``: ``_padded``'s, if made
-        already). Logistic fits run from the largest penalty down, each starting Newton from
-        the last (a neighbour's optimum: 3-5 steps instead of 8-11 cold); a Gaussian fit is
-        one exact step from anywhere, so each starts cold from the design's X'X, computed
-        once. -> the fits, in ``grid``'s order."""
+    def _fit_grid(self, target, train, family, candidates, padded=None):
+        """The pooled segment GLM on ``train`` rows once per candidate of ``candidates``
+        (settings overriding the offset GLM's own: a shared-slope penalty, a deviations'
+        ridge), on one padded design (``padded``: ``_padded``'s, if made already). Logistic
+        fits run from the largest penalties down, each starting Newton from the last (a
+        neighbour's optimum: 3-5 steps instead of 8-11 cold); a Gaussian fit is one exact step
+        from anywhere, so each starts cold from the design's X'X, computed once. -> the fits,
+        in ``candidates``' order."""
         design, y, blocks = padded or self._padded(target, train)
         p = design.X.shape[-1]
         gram = (block_grams(design.X, blocks, design.block_seg, self.n_items)
                 if self.n_items * p * p <= design.X.numel() // 2 else None)  # else cheap anyway
+        settings = [{**self.glm, **candidate} for candidate in candidates]
+        strength = lambda k: (settings[k].get("shared_penalty", 0.0), settings[k]["shrinkage"])
         fits, last = {}, None
-        for k in sorted(range(len(grid)), key=lambda k: -np.inf if grid[k] is None else grid[k],
-                        reverse=True):
-            settings = self.glm if grid[k] is None else dict(self.glm, shared_penalty=grid[k])
+        for k in sorted(range(len(candidates)), key=strength, reverse=True):
             glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
-                             dtype=self.Xs.dtype, **settings)
+                             dtype=self.Xs.dtype,
+                             **{key: value for key, value in settings[k].items()
+                                if key != "shrinkage_grid"})
             warm = last if family == "logistic" else None
             glm.fit_blocks(design, y, blocks, n_segments=self.n_items, init=warm,
                            first_gram=gram if warm is None else None)
             self.glm_n_iter.append(glm.n_iter_)
             self.glm_converged.append(bool(glm.converged_.all()))
             fits[k] = last = glm
-        return [fits[k] for k in range(len(grid))]
+        return [fits[k] for k in range(len(candidates))]
 
     def held_out(self, etas):
         """Each row's value from the fold that held it out (``etas``: one array per fold)."""
@@ -183,7 +209,7 @@ class FoldFits:
             out = np.where(self.split(f)[0], eta, out)
         return out
 
-    def _with_refit(self, etas, target, arm, family, name, penalty):
+    def _with_refit(self, etas, target, arm, family, name, candidate):
         """With ``refit``: ``eta_gap[name]``, the GLM refitted on every ``arm`` row minus its
         out-of-fold linear predictor, on the rows of items too small for models of their own
         (``large_items`` of all rows: 0 on large items' rows). Cross-fitting costs a small
@@ -194,18 +220,18 @@ class FoldFits:
             small = ~np.isin(np.arange(self.n_items),
                              self.large_items(np.ones(len(self.item), bool)))
             if small.any():
-                eta, eta_loo = self._all_rows_eta(target, arm, family, penalty)
+                eta, eta_loo = self._all_rows_eta(target, arm, family, candidate)
                 oof = self.held_out(etas)
                 self.eta_gap[name] = np.where(small[self.item], eta - oof, 0.0)
                 self.loo_gap[name] = np.where(small[self.item], eta_loo - oof, 0.0)
         return etas
 
-    def _all_rows_eta(self, target, arm, family, penalty):
+    def _all_rows_eta(self, target, arm, family, candidate):
         """The offset GLM fitted on every ``arm`` row: its linear predictor for all rows, and
         the same with its approximate leave-one-out value on the rows it was fitted on
         (``SegmentGLM.loo_predict_blocks``: the variance's, as the pooled GLM's refit)."""
         design, y, blocks = padded = self._padded(target, arm)
-        glm = self._fit_grid(target, arm, family, [penalty], padded=padded)[0]
+        glm = self._fit_grid(target, arm, family, [candidate], padded=padded)[0]
         eta = glm.decision_function(self.Xs, self.item).astype(np.float64)
         mean = design.unpad(glm.loo_predict_blocks(design, y, blocks)).double().cpu().numpy()
         if family == "logistic":
