@@ -81,7 +81,7 @@ class ItemEffectEstimator(EffectResults, BaseEstimator):
         propensities to the clip and inflating the variance threefold in the benchmark).
         Where the shared slopes' penalty is chosen by out-of-fold loss (few rows or units
         per column) and more than one item is fitted, "auto" chooses the outcome models'
-        too, from d x (1/16, 1/4, 1, 4, 16, 64) at the chosen shared penalty (per split;
+        too, from d x (1/16, 1/4, 1) at the chosen shared penalty (per split;
         flexible nuisances: their offset GLMs'), d winning ties:
         surfaces may differ by item far more than d allows (IHDP, 100 replications stacked
         with ``unit=``, a surface per replication: d/16 chosen; pooled RMSE A 0.139 -> 0.132,
