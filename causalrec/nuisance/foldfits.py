@@ -59,6 +59,10 @@ class FoldFits:
     def __init__(self, X, Xs, item, t, folds, n_items, key, spec, glm, seed, device,
                  refit=False, item_code=None):
         self.X, self.Xs, self.item, self.t, self.folds = X, Xs, item, t, folds
+        # the deviations' ridges to try beside the GLM's own (``glm_etas``), apart from the
+        # GLM's settings
+        glm = dict(glm)
+        self.shrinkage_grid = glm.pop("shrinkage_grid", ())
         self.n_items, self.key, self.spec, self.glm = n_items, key, spec, glm
         self.seed, self.device = seed, device
         self.n_folds = int(folds.max()) + 1 if len(folds) else 1
@@ -135,13 +139,12 @@ class FoldFits:
         best = int(np.argmin(losses))  # ties keep the smaller penalty (the grid ascends)
         if len(grid) > 1:
             self.shared_penalties[name] = grid[best]
-            # not where every item has boosters of its own on top (they correct what the
-            # offset's ridge leaves; ACIC's 10 large items chose d anyway, at 4 more offset
-            # fits a fold)
-            every_item_large = len(self.large_items(np.ones(len(target), bool))) == self.n_items
-            more = [dict(candidates[best], shrinkage=value)
-                    for value in self.glm.get("shrinkage_grid", ())
-                    if value != self.glm["shrinkage"] and name != "e" and not every_item_large]
+            # not the propensity's, nor where every item has boosters of its own on top (they
+            # correct what the offset's ridge leaves; ACIC's 10 large items chose d anyway, at
+            # 4 more offset fits a fold)
+            tune_shrinkage = name != "e" and len(self.large_on_all_rows) < self.n_items
+            more = [dict(candidates[best], shrinkage=value) for value in self.shrinkage_grid
+                    if value != self.glm["shrinkage"]] if tune_shrinkage else []
             if more:
                 more_fits, more_losses = self._cross_fit_candidates(target, arm, family, more)
                 k = int(np.argmin(more_losses))
@@ -196,8 +199,7 @@ class FoldFits:
         for k in sorted(range(len(candidates)), key=strength, reverse=True):
             glm = SegmentGLM(family=family, pooled=True, tol=1e-7, device=self.Xs.device,
                              dtype=self.Xs.dtype,
-                             **{key: value for key, value in settings[k].items()
-                                if key != "shrinkage_grid"})
+                             **settings[k])
             warm = last if family == "logistic" else None
             glm.fit_blocks(design, y, blocks, n_segments=self.n_items, init=warm,
                            first_gram=gram if warm is None else None)
@@ -221,8 +223,7 @@ class FoldFits:
         large (ACIC, 10 items of 4,802 rows, refitted too: RMSE 0.122 -> 0.140). Returns
         ``etas``."""
         if self.refit:
-            small = ~np.isin(np.arange(self.n_items),
-                             self.large_items(np.ones(len(self.item), bool)))
+            small = ~np.isin(np.arange(self.n_items), self.large_on_all_rows)
             if small.any():
                 eta, eta_loo = self._all_rows_eta(target, arm, family, candidate)
                 oof = self.held_out(etas)
@@ -251,6 +252,13 @@ class FoldFits:
             train = rows & self.split(f)[1]
             smallest = np.minimum(smallest, np.bincount(self.item[train], minlength=self.n_items))
         return np.flatnonzero(smallest >= self.spec.min_item_rows)
+
+    @cached_property
+    def large_on_all_rows(self):
+        """``large_items`` of every row: the items with models of their own on top of the
+        offset GLM (joint outcome model), whose small-log refit and deviations' ridge stage
+        are left out."""
+        return self.large_items(np.ones(len(self.item), bool))
 
     def big_items(self, rows, learner):
         """The large items (``large_items``) that get models of their own from ``learner``."""
